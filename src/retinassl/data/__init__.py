@@ -1,0 +1,1 @@
+"""Data layer: manifests, dataset sources, synthetic data, preprocessing, cache, patches, splits."""

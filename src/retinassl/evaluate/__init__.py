@@ -1,0 +1,1 @@
+"""Evaluation: metrics, statistics, linear probe, fine-tuning, sweeps, segmentation."""

@@ -1,0 +1,68 @@
+"""The shallow "conv-large" ConvNet of Salimans et al. 2016 as adapted by Lecouat et al. 2018.
+
+Lecouat et al. 2018, Table 3 (discriminator): "3x3 conv. weightnorm 96 lReLU" x3 (the third with
+stride 2), dropout 0.5, "3x3 conv. weightnorm 192 lReLU" x3 (the third with stride 2), dropout 0.5,
+two "3x3 conv. 192 pad=0 stride=2", two "NiN weightnorm 192 lReLU", global pooling. The same network
+without the GAN is their supervised "ConvNet" baseline. Inputs are 32x32 patches in the paper; any
+size >= 32 works (the spatial size of the last map grows with the input).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm as _weight_norm
+
+from .base import Encoder
+from .registry import register_encoder
+
+
+def _conv(cin: int, cout: int, k: int, stride: int, pad: int, wn: bool) -> nn.Module:
+    conv = nn.Conv2d(cin, cout, k, stride=stride, padding=pad)
+    return _weight_norm(conv) if wn else conv
+
+
+@register_encoder("convnet")
+class ConvNet(Encoder):
+    """conv-large encoder.
+
+    Args:
+        in_channels: input channels.
+        width: channels of the first block (96 in the paper); the second block uses ``2 * width``.
+        weight_norm: weight-normalised convolutions (as in the GAN discriminator).
+        dropout: use the paper's dropout (0.2 on the input, 0.5 after each block).
+        slope: leaky-ReLU slope (0.2).
+
+    Pyramid levels: after block 1 (stride 2), block 2 (stride 4), and the NiN layers (stride 16).
+    """
+
+    def __init__(self, in_channels: int = 3, width: int = 96, weight_norm: bool = True,
+                 dropout: bool = True, slope: float = 0.2) -> None:
+        super().__init__()
+        w1, w2 = width, 2 * width
+        act = lambda: nn.LeakyReLU(slope)  # noqa: E731
+        self.in_channels = in_channels
+        self.input_dropout = nn.Dropout(0.2 if dropout else 0.0)
+        self.block1 = nn.Sequential(
+            _conv(in_channels, w1, 3, 1, 1, weight_norm), act(),
+            _conv(w1, w1, 3, 1, 1, weight_norm), act(),
+            _conv(w1, w1, 3, 2, 1, weight_norm), act(),
+            nn.Dropout(0.5 if dropout else 0.0))
+        self.block2 = nn.Sequential(
+            _conv(w1, w2, 3, 1, 1, weight_norm), act(),
+            _conv(w2, w2, 3, 1, 1, weight_norm), act(),
+            _conv(w2, w2, 3, 2, 1, weight_norm), act(),
+            nn.Dropout(0.5 if dropout else 0.0))
+        self.block3 = nn.Sequential(
+            _conv(w2, w2, 3, 2, 0, weight_norm), act(),
+            _conv(w2, w2, 3, 2, 0, weight_norm), act(),
+            _conv(w2, w2, 1, 1, 0, weight_norm), act(),
+            _conv(w2, w2, 1, 1, 0, weight_norm), act())
+        self.num_features = w2
+        self.feature_channels = (w1, w2, w2)
+        self.reductions = (2, 4, 16)
+
+    def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        f1 = self.block1(self.input_dropout(x))
+        f2 = self.block2(f1)
+        return [f1, f2, self.block3(f2)]

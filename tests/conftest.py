@@ -1,0 +1,33 @@
+"""Shared fixtures: the real-data folder (skipping cleanly when absent) and tiny synthetic inputs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Tests run two at a time (pytest -n 2) on two cores: one intra-op thread each.
+torch.set_num_threads(1)
+os.environ.setdefault("RETINASSL_PROGRESS", "0")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("RETINASSL_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (the public datasets); skips the test when the folder is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real datasets not found at {SHARED_DATA} (set RETINASSL_SHARED_DATA to run "
+                    f"the real-data tests)")
+    return SHARED_DATA
+
+
+def shared_dataset(name: str) -> Path:
+    """One dataset folder under ``../shared/data``, skipping when it is absent."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"dataset {name!r} not found at {path}")
+    return path
