@@ -121,7 +121,7 @@ def read_image(path: str | Path, min_size: int | None = None, grayscale: bool = 
         w, h = original_size
         factor = max(1, min(w, h) // max(1, min_size))
         if factor >= 2:
-            image.draft("L" if grayscale else "RGB", (w // factor + 1, h // factor + 1))
+            image.draft("L" if grayscale else "RGB", (w // factor, h // factor))
     _load_pixels(image, path)
     if grayscale:
         image = image.convert("L")
