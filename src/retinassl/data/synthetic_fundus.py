@@ -497,7 +497,7 @@ def _apply_lesions(img: np.ndarray, op: dict[str, np.ndarray], boat: np.ndarray 
     def blend(im: np.ndarray, alpha: np.ndarray, colour: np.ndarray) -> np.ndarray:
         return im * (1.0 - alpha[..., None]) + colour * alpha[..., None]
 
-    jitter = rng.uniform(0.93, 1.07, 4)
+    jitter = rng.uniform(0.93, 1.07, 4).astype(np.float32)
     img = darken(img, op["MA"], np.array([0.6, 0.36, 0.45], np.float32) * jitter[0])
     img = darken(img, op["HE"], np.array([0.56, 0.32, 0.4], np.float32) * jitter[1])
     if boat is not None:
@@ -568,7 +568,8 @@ def render_eye(rng: int | np.random.Generator, size: int = 512, *, eye: str = "R
     floor = r_post.integers(0, 4, (size, size, 1), dtype=np.uint8)
 
     def finish(im: np.ndarray) -> np.ndarray:
-        out = im * illum[..., None] + noise
+        # float32 throughout: both renderings must round identically where they are equal
+        out = im.astype(np.float32) * illum.astype(np.float32)[..., None] + noise
         out = np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.where(fov[..., None], out, floor)
 
