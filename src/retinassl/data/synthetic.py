@@ -13,7 +13,7 @@ On-disk layout (``<id>`` is ``syn<patient:05d>_<eye>``, e.g. ``syn00007_L``)::
       manifest.csv, manifest.csv.root   the manifest (Manifest.save; paths relative to out_dir)
       dataset.json                      generation parameters
       images/<id>.png                   RGB fundus image, size x size
-      masks/<id>_<KEY>.png              8-bit 0/255 masks, KEY in MA HE EX SE OD vessels fov
+      masks/<id>_<KEY>.png              1-bit PNG masks, KEY in MA HE EX SE OD vessels fov
                                         (lesion masks of healthy eyes are written, all zero)
       thickness/<id>.npy                (with_oct) float32 (128, 128) ILM-BM thickness in
                                         micrometres on the infrared field, 0 = undefined
@@ -60,11 +60,12 @@ log = logging.getLogger(__name__)
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 
 
-def _png(array: np.ndarray) -> bytes:
-    """Encode a uint8 gray or RGB array as PNG bytes (deterministic)."""
+def _png(array: np.ndarray, bilevel: bool = False) -> bytes:
+    """Encode a uint8 gray or RGB array (or, ``bilevel``, a 0/255 mask as 1-bit) as PNG bytes."""
     if array.ndim == 3:
         array = array[..., ::-1]                         # RGB -> BGR for OpenCV
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(array), [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    params = [cv2.IMWRITE_PNG_BILEVEL, 1] if bilevel else [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(array), params)
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return buf.tobytes()
@@ -155,7 +156,7 @@ def _make_item(args: tuple) -> dict:
     write_bytes(out / row["image"], _png(eye.image))
     for key in MASK_KEYS:
         rel = f"masks/{item}_{key}.png"
-        write_bytes(out / rel, _png(eye.masks[key].astype(np.uint8) * 255))
+        write_bytes(out / rel, _png(eye.masks[key].astype(np.uint8) * 255, bilevel=True))
         row[f"mask_{key}"] = rel
     if with_oct:
         o = render_oct(eye, rng, shape=oct_shape, map_size=map_size, ir_size=ir_size,

@@ -203,6 +203,15 @@ def sample_anatomy(rng: np.random.Generator, size: int, eye: str) -> Anatomy:
 
 
 # -- small drawing helpers ----------------------------------------------------------------------
+def _bbox(alpha: np.ndarray) -> tuple[slice, slice] | None:
+    """The bounding box of the non-zero pixels of a 2-D array (None when all zero)."""
+    rows = np.flatnonzero(alpha.any(axis=1))
+    if len(rows) == 0:
+        return None
+    cols = np.flatnonzero(alpha.any(axis=0))
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
 def _noise_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     """Smooth zero-mean noise with about ``cells`` features across, std ~1, ``(size, size)``."""
     cells = max(2, cells)
@@ -271,13 +280,22 @@ def _background(rng: np.random.Generator, a: Anatomy, t: PatientTraits, xx: np.n
     tex += 0.018 * grain / max(1e-6, float(grain.std()))
     pig = np.asarray(t.pigment, np.float32) * rng.uniform(0.96, 1.04, 3).astype(np.float32)
     img = pig[None, None, :] * (1.0 + tex[..., None])
-    # macula: broad darkening (macular pigment) with a darker foveal centre
-    rf2 = ((xx - a.fovea[0]) ** 2 + (yy - a.fovea[1]) ** 2) * a.pixel_mm ** 2
-    mac = (rng.uniform(0.22, 0.34) * np.exp(-rf2 / (2 * rng.uniform(0.8, 1.2) ** 2))
-           + rng.uniform(0.08, 0.16) * np.exp(-rf2 / (2 * 0.25 ** 2)))
+    # macula: broad darkening (macular pigment) with a darker foveal centre (separable Gaussians)
+    dx = (np.arange(s, dtype=np.float32) - a.fovea[0]) * a.pixel_mm
+    dy = (np.arange(s, dtype=np.float32) - a.fovea[1]) * a.pixel_mm
+
+    def gauss(sigma: float) -> np.ndarray:
+        return np.outer(np.exp(-dy ** 2 / (2 * sigma ** 2)), np.exp(-dx ** 2 / (2 * sigma ** 2)))
+
+    mac = (rng.uniform(0.22, 0.34) * gauss(rng.uniform(0.8, 1.2))
+           + rng.uniform(0.08, 0.16) * gauss(0.25)).astype(np.float32)
     img *= (1.0 - mac[..., None] * np.array([0.8, 1.15, 1.25], np.float32))
-    # disc: bright yellow-orange with a soft edge, paler rim halo, whiter cup
+    # disc: bright yellow-orange with a soft edge, paler rim halo, whiter cup (within a box)
     (ox, oy), (rx, ry) = a.od_centre, a.od_radii
+    y0, y1 = max(0, int(oy - 1.6 * ry)), min(s, int(oy + 1.6 * ry) + 2)
+    x0, x1 = max(0, int(ox - 1.6 * rx)), min(s, int(ox + 1.6 * rx) + 2)
+    whole, img = img, img[y0:y1, x0:x1]
+    xx, yy = xx[y0:y1, x0:x1], yy[y0:y1, x0:x1]
     d = np.sqrt(((xx - ox) / rx) ** 2 + ((yy - oy) / ry) ** 2)
     disc = 1.0 / (1.0 + np.exp(np.clip((d - 1.0) / 0.035, -30, 30)))
     halo = 0.08 * np.exp(-((d - 1.05) / 0.12) ** 2)
@@ -289,7 +307,8 @@ def _background(rng: np.random.Generator, a: Anatomy, t: PatientTraits, xx: np.n
     cup = 1.0 / (1.0 + np.exp(np.clip((dc - 1.0) / 0.15, -30, 30)))
     cup_col = np.array([1.0, 0.9, 0.76], np.float32)
     img = img * (1 - 0.8 * cup[..., None]) + cup_col * (0.8 * cup[..., None])
-    return img.astype(np.float32)
+    whole[y0:y1, x0:x1] = img
+    return whole.astype(np.float32)
 
 
 def _apply_vessels(img: np.ndarray, v: VesselMaps) -> np.ndarray:
@@ -335,9 +354,14 @@ def _distractors(rng: np.random.Generator, img: np.ndarray, a: Anatomy, t: Patie
         r = max(0.8, rng.uniform(0.04, 0.08) * mm)
         dark.ellipses([(p[0], p[1], r, r * rng.uniform(0.6, 1.0), rng.uniform(0, math.pi))],
                       rng.uniform(0.3, 0.6), fuzzy=True)
-    ab = bright.alpha[..., None]
-    img = img * (1 - ab) + np.array([1.0, 0.88, 0.7], np.float32) * ab
-    img = img * (1 - dark.alpha[..., None] * np.array([0.35, 0.38, 0.3], np.float32))
+    box = _bbox(bright.alpha)
+    if box is not None:
+        ab = bright.alpha[box][..., None]
+        img[box] = img[box] * (1 - ab) + np.array([1.0, 0.88, 0.7], np.float32) * ab
+    box = _bbox(dark.alpha)
+    if box is not None:
+        img[box] = img[box] * (1 - dark.alpha[box][..., None]
+                               * np.array([0.35, 0.38, 0.3], np.float32))
     return img
 
 
@@ -492,10 +516,19 @@ def _apply_lesions(img: np.ndarray, op: dict[str, np.ndarray], boat: np.ndarray 
                    rng: np.random.Generator) -> np.ndarray:
     """Blend lesion opacities into ``img``: red lesions darken, exudates brighten."""
     def darken(im: np.ndarray, alpha: np.ndarray, factor: np.ndarray) -> np.ndarray:
-        return im * (1.0 - alpha[..., None] * (1.0 - factor))
+        box = _bbox(alpha)
+        if box is not None:
+            im[box] = im[box] * (1.0 - alpha[box][..., None] * (1.0 - factor))
+        return im
 
     def blend(im: np.ndarray, alpha: np.ndarray, colour: np.ndarray) -> np.ndarray:
-        return im * (1.0 - alpha[..., None]) + colour * alpha[..., None]
+        box = _bbox(alpha)
+        if box is not None:
+            a3 = alpha[box][..., None]
+            im[box] = im[box] * (1.0 - a3) + colour * a3
+        return im
+
+    img = img.copy()
 
     jitter = rng.uniform(0.93, 1.07, 4).astype(np.float32)
     img = darken(img, op["MA"], np.array([0.6, 0.36, 0.45], np.float32) * jitter[0])
