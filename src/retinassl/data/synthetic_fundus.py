@@ -231,11 +231,12 @@ class _Stamp:
         self.size = size
 
     def ellipses(self, parts: list[tuple[float, float, float, float, float]], peak: float,
-                 fuzzy: bool, edge: float = 0.8) -> None:
+                 fuzzy: bool, edge: float = 0.8, shade: float = 0.0) -> None:
         """Add one lesion made of ellipses ``(cx, cy, a, b, angle)``; union by max.
 
-        Sharp lesions get a linear edge ramp ``edge`` pixels wide (anti-aliasing); fuzzy ones a
-        Gaussian fall-off. ``peak`` is the maximum opacity.
+        Sharp lesions get a linear edge ramp ``edge`` pixels wide (anti-aliasing) and, with
+        ``shade``, an opacity falling by that fraction from centre to rim; fuzzy ones a Gaussian
+        fall-off. ``peak`` is the maximum opacity.
         """
         reach = max(max(p[2], p[3]) for p in parts) * (2.2 if fuzzy else 1.0) + 2
         xs = [p[0] for p in parts]
@@ -257,6 +258,8 @@ class _Stamp:
                 part = np.exp(-1.6 * d * d)
             else:
                 part = np.clip(0.5 + (1.0 - d) * min(a, b) / edge, 0.0, 1.0)
+                if shade:                                    # darker/denser centre
+                    part *= 1.0 - shade * np.minimum(d, 1.0) ** 2
             np.maximum(local, part, out=local)
         view = self.alpha[y0:y1, x0:x1]
         np.maximum(view, local * peak, out=view)
@@ -419,7 +422,7 @@ def _draw_lesions(rng: np.random.Generator, a: Anatomy, t: PatientTraits, grade:
         x, y = _random_point(rng, a, 2.2, avoid=on_vessel)
         r = max(0.9, rng.uniform(0.035, 0.06) * mm)
         st["MA"].ellipses([(x, y, r, r * rng.uniform(0.85, 1.0), 0.0)], rng.uniform(0.75, 1.0),
-                          fuzzy=False)
+                          fuzzy=False, edge=max(0.8, 0.4 * r), shade=0.25)
     # haemorrhages: dot/blot (union of ellipses) or flame (radial from the disc, near vessels)
     quadrant = 0
     for i in range(n_he):
@@ -430,7 +433,8 @@ def _draw_lesions(rng: np.random.Generator, a: Anatomy, t: PatientTraits, grade:
             ang = math.atan2(y - a.od_centre[1], x - a.od_centre[0])
             ln = max(1.6, rng.uniform(0.15, 0.3) * mm)
             st["HE"].ellipses([(x, y, ln, max(0.9, ln * rng.uniform(0.25, 0.4)), ang)],
-                              rng.uniform(0.6, 0.9), fuzzy=False)
+                              rng.uniform(0.6, 0.9), fuzzy=False, edge=max(0.8, 0.15 * ln),
+                              shade=0.3)
             continue
         if grade >= 3:              # spread across the four quadrants around the fovea
             quadrant = (quadrant + 1) % 4
@@ -445,7 +449,8 @@ def _draw_lesions(rng: np.random.Generator, a: Anatomy, t: PatientTraits, grade:
         for _ in range(int(rng.integers(0, 4))):
             parts.append((x + rng.normal(0, 0.5 * r), y + rng.normal(0, 0.5 * r),
                           r * rng.uniform(0.4, 0.8), r * rng.uniform(0.3, 0.7), rng.uniform(0, math.pi)))
-        st["HE"].ellipses(parts, rng.uniform(0.65, 0.95), fuzzy=False)
+        st["HE"].ellipses(parts, rng.uniform(0.65, 0.95), fuzzy=False,
+                          edge=max(0.8, 0.3 * r), shade=rng.uniform(0.2, 0.5))
     if grade == 4:
         boat = _Stamp(s)
         x, y = _random_point(rng, a, 3.0)
