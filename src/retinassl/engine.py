@@ -196,7 +196,7 @@ class FitResult:
 
 # -- the Lightning module --------------------------------------------------------------------------
 def _lightning_module(method: Method, config: EngineConfig, seed: int, loader: ResumableLoader,
-                      channels_last: bool, checkpoint_dir: Path, total_batches: int):
+                      channels_last: bool, checkpoint_dir: Path):
     import lightning.pytorch as pl
 
     class LitMethod(pl.LightningModule):
@@ -211,6 +211,10 @@ def _lightning_module(method: Method, config: EngineConfig, seed: int, loader: R
         # setup ------------------------------------------------------------------------------
         def setup(self, stage: str) -> None:
             loader.epoch_sampler.set_distributed(self.trainer.global_rank, self.trainer.world_size)
+            # total batches of the run on this rank (known only once the world size is)
+            self.total_batches = max(1, len(loader)) * config.max_epochs
+            if config.max_steps > 0:
+                self.total_batches = min(self.total_batches, config.max_steps)
             if channels_last:
                 self.method.to(memory_format=torch.channels_last)
 
@@ -232,7 +236,7 @@ def _lightning_module(method: Method, config: EngineConfig, seed: int, loader: R
             generator = torch.Generator().manual_seed(seed_value)
             optimizers = self.optimizers()
             optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-            factor = self.method.lr_factor(number, total_batches)
+            factor = self.method.lr_factor(number, self.total_batches)
             for (group, _), opt in zip(self._groups, optimizers):
                 for pg in opt.optimizer.param_groups:
                     pg.setdefault("initial_lr", pg["lr"])
@@ -399,10 +403,7 @@ def fit(method: Method, train: Dataset, *, config: EngineConfig, run: RunDir, se
     channels_last = config.channels_last is True or (config.channels_last == "auto" and _is_convolutional(method))
     checkpoint_dir = run.checkpoints
     batches_per_epoch = max(1, len(loader))
-    total = batches_per_epoch * config.max_epochs
-    if config.max_steps > 0:
-        total = min(total, config.max_steps)
-    module = _lightning_module(method, config, seed, loader, channels_last, checkpoint_dir, total)
+    module = _lightning_module(method, config, seed, loader, channels_last, checkpoint_dir)
     ckpt_path = None
     if resume:
         ckpt_path = latest_checkpoint(checkpoint_dir)
@@ -419,7 +420,7 @@ def fit(method: Method, train: Dataset, *, config: EngineConfig, run: RunDir, se
         num_sanity_val_steps=0, deterministic=config.deterministic or None,
         enable_progress_bar=_progress_bar(), enable_model_summary=False, default_root_dir=run.path)
     start = time.perf_counter()
-    log.info("training %s: %d batches/epoch x %d epochs, precision %s, channels_last %s",
+    log.info("training %s: %d batches/epoch (one process) x %d epochs, precision %s, channels_last %s",
              method.name or type(method).__name__, batches_per_epoch, config.max_epochs, precision,
              channels_last)
     with warnings.catch_warnings():

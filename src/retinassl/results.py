@@ -62,5 +62,5 @@ def read_results(path: str | Path) -> pd.DataFrame:
         if c not in frame.columns:
             frame[c] = math.nan if c in ("fraction", "n_labelled", "seed", "fold") else ""
     for c in ("experiment", "task", "method", "init", "protocol", "metric"):
-        frame[c] = frame[c].fillna("").astype(str)
+        frame[c] = frame[c].astype(object).where(frame[c].notna(), "").astype(str)
     return frame

@@ -215,7 +215,8 @@ class Manifest:
                 raise DataError(f"{column} is {value!r}, not a number", path=self.name, row=r,
                                 item=df.at[r, "id"]) from None
             if not math.isfinite(number) or number != int(number) or not low <= number <= high:
-                raise DataError(f"{column} is {value!r}; expected an integer in [{low}, {high}]",
+                shown = int(number) if math.isfinite(number) and number == int(number) else value
+                raise DataError(f"{column} is {shown!r}; expected an integer in [{low}, {high}]",
                                 path=self.name, row=r, item=df.at[r, "id"])
 
     def _validate_path_column(self, column: str, check_files: bool) -> None:

@@ -116,7 +116,7 @@ def fov_mask(image: np.ndarray, threshold: float = 0.08) -> np.ndarray:
     level = float(np.percentile(small, 99))
     if level <= 0:
         return np.zeros(bright.shape, dtype=bool)
-    mask = cv2.GaussianBlur(small, (0, 0), 1.0) > threshold * level
+    mask = cv2.medianBlur(small, 3) > threshold * level
     mask = ndimage.binary_opening(mask, iterations=2)
     labels, count = ndimage.label(mask)
     if count == 0:

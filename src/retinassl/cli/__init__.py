@@ -1,0 +1,69 @@
+"""The ``retinassl`` command.
+
+Each command group lives in its own module and is added here explicitly. Errors the toolkit raises
+on purpose (:class:`~retinassl.errors.RetinasslError`) are printed as one line naming the file, row
+and problem, with exit status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+import typer
+
+from ..errors import RetinasslError
+from . import data as data_cmd
+from . import demo as demo_cmd
+from . import report as report_cmd
+from . import train as train_cmd
+
+app = typer.Typer(
+    name="retinassl", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Label-efficient deep learning on retinal images: pretrain encoders without labels, train "
+         "semi-supervised classifiers from a handful of labelled images, and evaluate them the way "
+         "papers in the field do.\n\nStart with `retinassl demo` (synthetic data, a few minutes on a "
+         "laptop CPU), then `retinassl data inspect idrid --option root=PATH` on your own data.")
+app.add_typer(data_cmd.app, name="data")
+app.command("train")(train_cmd.train)
+app.command("demo")(demo_cmd.demo)
+app.command("report")(report_cmd.report)
+
+
+@app.callback()
+def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    setup_logging(logging.DEBUG if verbose else logging.INFO)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Log ``retinassl`` messages to stderr (rich on a terminal); keep libraries quiet."""
+    logger = logging.getLogger("retinassl")
+    logger.setLevel(level)
+    if not logger.handlers:
+        if sys.stderr.isatty():
+            from rich.logging import RichHandler
+
+            handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+        else:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning")
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except RetinasslError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        typer.secho("interrupted", fg=typer.colors.RED, err=True)
+        raise SystemExit(130) from None

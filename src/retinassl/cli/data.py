@@ -1,0 +1,95 @@
+"""``retinassl data list|inspect|prepare``: what data the toolkit reads, what is in a dataset, and
+turning it into a manifest + preprocessed cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import SKIP_BAD
+
+app = typer.Typer(no_args_is_help=True, help="Dataset sources, inspection and preparation.")
+
+
+def _options(option: list[str] | None) -> dict:
+    from ..config import apply_overrides
+
+    return apply_overrides({}, option or [])
+
+
+@app.command("list")
+def list_() -> None:
+    """List dataset sources, packaged presets, encoders and training methods."""
+    from ..config import preset_names
+    from ..data.sources import SOURCES
+    from ..method import method_names
+    from ..models import encoder_names
+    from .. import pretrain  # noqa: F401  (registers methods)
+
+    typer.echo("dataset sources (retinassl data inspect SOURCE --option root=PATH):")
+    for name, loader in sorted(SOURCES.items()):
+        doc = (loader.__doc__ or "").strip().splitlines()
+        typer.echo(f"  {name:10s} {doc[0] if doc else ''}")
+    typer.echo("presets (retinassl train PRESET / retinassl sweep PRESET): " + ", ".join(preset_names()))
+    typer.echo("encoders: " + ", ".join(encoder_names()))
+    typer.echo("methods: " + ", ".join(method_names()))
+
+
+@app.command()
+def inspect(source: str = typer.Argument(..., help="A source name (idrid, drive, ...) or a manifest CSV."),
+            option: list[str] = typer.Option(None, "--option", "-o",
+                                              help="Source option key=value (e.g. root=/data/idrid)."),
+            duplicates: bool = typer.Option(False, "--duplicates",
+                                            help="Also look for near-duplicate images across splits.")) -> None:
+    """Summarise a dataset: images per split, label distributions, masks and paired data present."""
+    from ..data.manifest import MASK_COLUMNS, PAIRED_COLUMNS, Manifest, label_columns
+    from ..data.sources import load_source
+
+    if source.endswith(".csv"):
+        manifest = Manifest.load(Path(source))
+    else:
+        manifest = load_source(source, **_options(option))
+    frame = manifest.frame
+    typer.echo(f"{manifest.name}: {len(frame)} images under {manifest.root}")
+    typer.echo("  split: " + ", ".join(f"{k or '(none)'}={v}" for k, v in frame["split"].value_counts().items()))
+    typer.echo(f"  patients: {frame['patient'].replace('', None).nunique()}  eyes: "
+               + ", ".join(f"{k or '?'}={v}" for k, v in frame["eye"].value_counts().items()))
+    for column in label_columns(frame.columns):
+        counts = frame[column].value_counts(dropna=False).sort_index()
+        typer.echo(f"  {column}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    for column in MASK_COLUMNS + PAIRED_COLUMNS:
+        if column in frame.columns:
+            typer.echo(f"  {column}: {int(frame[column].notna().sum() - (frame[column] == '').sum())} files")
+    if duplicates:
+        from ..data.duplicates import find_duplicates
+
+        pairs = find_duplicates(manifest)
+        typer.echo(f"  near-duplicate pairs: {len(pairs)}")
+        typer.echo(pairs.to_string(index=False) if len(pairs) else "  (none)")
+
+
+@app.command()
+def prepare(config: str = typer.Argument(..., help="A YAML config or preset whose data/preprocess "
+                                                   "sections describe the dataset."),
+            overrides: list[str] = typer.Argument(None, show_default=False),
+            out: Path = typer.Option(Path("manifest.csv"), "--out", help="Where to write the manifest."),
+            skip_bad: bool = SKIP_BAD) -> None:
+    """Build the manifest and fill the preprocessed-image cache (decodes every image once)."""
+    from ..config import Section, load_config
+    from ..data.loading import prepare as prepare_data
+    from ..config import DataConfig, PreprocessConfig
+
+    class PrepareConfig(Section):
+        model_config = Section.model_config | {"extra": "ignore"}
+        data: DataConfig = DataConfig()
+        preprocess: PreprocessConfig = PreprocessConfig()
+
+    cfg = load_config(PrepareConfig, config, (overrides or []) + (["data.skip_bad=true"] if skip_bad else []))
+    prepared = prepare_data(cfg.data, cfg.preprocess)
+    prepared.manifest.save(out)
+    typer.echo(f"{len(prepared)} images prepared at {cfg.preprocess.size}px; manifest: {out}")
+    if prepared.skipped:
+        typer.echo(f"{len(prepared.skipped)} skipped:")
+        for item, problem in prepared.skipped:
+            typer.echo(f"  {item}: {problem}")

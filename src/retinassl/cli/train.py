@@ -1,0 +1,40 @@
+"""``retinassl train CONFIG``: supervised training of an encoder (images or patches)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..config import load_config
+from ..rundir import RunDir
+from .common import OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, with_common_overrides
+
+
+def train(config: str = typer.Argument(..., help="A YAML config file or a packaged preset name "
+                                                  "(see `retinassl data list`)."),
+          overrides: list[str] = OVERRIDES, resume: Path = RESUME, runs_dir: Path = RUNS_DIR,
+          skip_bad: bool = SKIP_BAD) -> None:
+    """Train a supervised classifier (whole images, or patches with labels from lesion masks), then
+    evaluate it on the test split. Writes runs/<name>-<time>/ with the encoder checkpoint,
+    predictions, results.csv and an HTML report."""
+    from ..report.html import build_report
+    from ..train import TrainConfig, run_train
+
+    if resume is not None:
+        run = RunDir.resume(resume)
+        cfg = load_config(TrainConfig, run.config_file, overrides)
+    else:
+        cfg = load_config(TrainConfig, config, with_common_overrides(overrides, runs_dir, skip_bad))
+        run = RunDir.create(cfg.runs_dir, cfg.name)
+    run.attach_log_file()
+    typer.echo(f"run directory: {run.path}")
+    try:
+        metrics = run_train(cfg, run, resume=resume is not None)
+    except BaseException as exc:
+        run.update_status(status="failed", error=str(exc)[:500])
+        raise
+    run.update_status(status="finished", metrics=metrics)
+    report = build_report(run)
+    typer.echo("test: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    typer.echo(f"report: {report}")

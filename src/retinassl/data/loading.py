@@ -1,0 +1,66 @@
+"""From a :class:`~retinassl.config.DataConfig` to a manifest and its prepared (cached) images,
+with train/val/test splits."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import DataConfig
+from ..errors import ConfigError, DataError
+from .cache import Cache, PreparedData
+from .manifest import Manifest
+from .preprocess import PreprocessConfig
+from .splits import stratified_group_split
+
+log = logging.getLogger(__name__)
+
+
+def load_manifest(config: DataConfig) -> Manifest:
+    """The manifest a data config describes (a source, or a manifest CSV)."""
+    if config.source == "manifest":
+        if config.manifest is None:
+            raise ConfigError("data.source is 'manifest' but data.manifest (a CSV path) is not set")
+        return Manifest.load(config.manifest)
+    from .sources import load_source
+
+    return load_source(config.source, **config.options)
+
+
+def prepare(config: DataConfig, preprocess: PreprocessConfig, manifest: Manifest | None = None) -> PreparedData:
+    """Load (unless given) and cache the images of a data config."""
+    manifest = manifest if manifest is not None else load_manifest(config)
+    cache = Cache(config.cache_dir)
+    return cache.prepare(manifest, preprocess, workers=max(1, config.workers), skip_bad=config.skip_bad)
+
+
+@dataclass
+class Splits:
+    """Row indices (into the prepared data) of each split."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def ensure_splits(prepared: PreparedData, label: str | None, seed: int,
+                  fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> Splits:
+    """Use the manifest's ``split`` column, or make a patient-level stratified split when it is
+    empty (recorded in the manifest so that the run records it)."""
+    frame = prepared.manifest.frame
+    splits = frame["split"].astype(str).to_numpy()
+    if not np.isin(splits, ["train", "val", "test"]).any():
+        labels = prepared.manifest.require_labels(label) if label else np.zeros(len(frame), dtype=int)
+        n = len(frame)
+        sizes = {"train": int(round(fractions[0] * n)), "val": int(round(fractions[1] * n)), "test": 0}
+        splits = stratified_group_split(labels, frame["patient"].astype(str).to_numpy(), sizes, seed)
+        frame["split"] = splits
+        log.info("no split in the manifest: made a patient-level split %s",
+                 {k: int((splits == k).sum()) for k in ("train", "val", "test")})
+    out = Splits(*(np.flatnonzero(splits == k) for k in ("train", "val", "test")))
+    if len(out.train) == 0:
+        raise DataError("no training images: the manifest's split column has no 'train' rows",
+                        path=prepared.manifest.name)
+    return out

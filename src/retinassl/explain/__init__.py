@@ -1,0 +1,1 @@
+"""Explanations: patch heatmaps, Grad-CAM, embeddings."""

@@ -1,0 +1,1 @@
+"""HTML report (jinja2) and plots (matplotlib) built from a run's results table and prediction files."""

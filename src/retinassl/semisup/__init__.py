@@ -1,0 +1,1 @@
+"""Semi-supervised learning: the patch-based GAN and image-level aggregation of patch predictions."""

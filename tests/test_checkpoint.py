@@ -1,0 +1,78 @@
+"""Encoder checkpoints (safetensors + JSON) and pickle-free training-state trees."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from retinassl.checkpoint import load_encoder, read_state_dict, save_encoder
+from retinassl.errors import CheckpointError
+from retinassl.models import build_encoder
+from retinassl.tree_io import load_tree, save_tree
+
+
+def test_encoder_round_trip_is_exact(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    enc = build_encoder("resnet18", in_channels=1)
+    with torch.no_grad():
+        enc.bn1.running_mean.uniform_()
+    save_encoder(tmp_path / "enc", enc, arch="resnet18", kwargs={"in_channels": 1},
+                 preprocess={"size": 224}, method="rotation", data_fingerprint="abc")
+    back, meta = load_encoder(tmp_path / "enc")
+    assert meta["arch"] == "resnet18" and meta["preprocess"] == {"size": 224}
+    assert meta["method"] == "rotation" and "torch" in meta["versions"]
+    x = torch.randn(2, 1, 64, 64)
+    enc.eval(), back.eval()
+    assert torch.equal(enc(x), back(x))
+    for k, v in enc.state_dict().items():
+        assert torch.equal(v, back.state_dict()[k])
+
+
+def test_mismatched_weights_are_named(tmp_path: Path) -> None:
+    enc = build_encoder("convnet", width=8)
+    save_encoder(tmp_path / "e", enc, arch="convnet", kwargs={"width": 8})
+    meta = json.loads((tmp_path / "e" / "encoder.json").read_text())
+    meta["kwargs"] = {"width": 16}
+    (tmp_path / "e" / "encoder.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="weights do not fit the model: .* with other shapes"):
+        load_encoder(tmp_path / "e")
+    with pytest.raises(CheckpointError, match="no encoder.json"):
+        load_encoder(tmp_path)
+
+
+def test_pickle_refused_unless_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "w.pth"
+    torch.save({"a": torch.ones(2)}, path)
+    with pytest.raises(CheckpointError, match="refusing to load a pickle-based checkpoint"):
+        read_state_dict(path)
+    assert torch.equal(read_state_dict(path, allow_pickle=True)["a"], torch.ones(2))
+
+    class Evil:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('pwned')",))
+
+    torch.save({"a": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match="weights-only"):
+        read_state_dict(tmp_path / "evil.pth", allow_pickle=True)
+
+
+def test_tree_round_trip(tmp_path: Path) -> None:
+    tree = {"epoch": 3, "lr": 1e-3, "inf": float("inf"), "name": "x", "none": None, "flag": True,
+            "t": torch.arange(6).reshape(2, 3), "arr": np.arange(4, dtype=np.uint8),
+            "opt": {"state": {0: {"step": torch.tensor(5.0), "exp_avg": torch.ones(3)}},
+                    "param_groups": [{"betas": (0.9, 0.999), "params": [0, 1]}]},
+            "rng": ("MT19937", np.arange(3, dtype=np.uint32), 2, 0, 0.0), "dtype": torch.float32}
+    save_tree(tree, tmp_path / "c.json")
+    back = load_tree(tmp_path / "c.json")
+    assert back["epoch"] == 3 and back["inf"] == float("inf") and back["none"] is None
+    assert torch.equal(back["t"], tree["t"]) and np.array_equal(back["arr"], tree["arr"])
+    assert set(back["opt"]["state"]) == {0}
+    assert back["opt"]["param_groups"][0]["betas"] == (0.9, 0.999)
+    assert back["rng"][0] == "MT19937" and isinstance(back["rng"], tuple)
+    assert back["dtype"] is torch.float32
+    with pytest.raises(CheckpointError, match="cannot store object at .x"):
+        save_tree({"x": object()}, tmp_path / "bad.json")
