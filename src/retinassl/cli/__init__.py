@@ -18,6 +18,7 @@ from ..errors import RetinasslError
 from . import data as data_cmd
 from . import demo as demo_cmd
 from . import report as report_cmd
+from . import sweep as sweep_cmd
 from . import train as train_cmd
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ app.add_typer(data_cmd.app, name="data")
 app.command("train")(train_cmd.train)
 app.command("demo")(demo_cmd.demo)
 app.command("report")(report_cmd.report)
+app.command("sweep")(sweep_cmd.sweep)
 
 
 @app.callback()

@@ -1,0 +1,64 @@
+"""``retinassl sweep PRESET``: run a packaged experiment (many trainings and evaluations) into one
+run directory with one results table and one report.
+
+A preset's ``kind`` says which runner executes it; each runner is a plain function
+``(config_dict, run, budget, resume) -> None`` listed in :func:`runners`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ..errors import ConfigError
+from .common import OVERRIDES, RESUME, RUNS_DIR
+
+Runner = Callable[[dict[str, Any], Any, str, bool], None]
+
+
+def runners() -> dict[str, Runner]:
+    """Experiment kinds and the function that runs each (imported here, explicitly)."""
+    return {}
+
+
+def sweep(preset: str = typer.Argument(..., help="A packaged experiment preset or a YAML file."),
+          overrides: list[str] = OVERRIDES,
+          budget: str = typer.Option("cpu", "--budget", help="smoke (seconds, for tests), cpu (hours "
+                                     "on 2 CPU cores), or full (the paper's setting, for GPUs)."),
+          resume: Path = RESUME, runs_dir: Path = RUNS_DIR) -> None:
+    """Run a whole experiment (e.g. idrid-ssl-gan, idrid-transfer) and write its results table,
+    comparison tables, figures and HTML report."""
+    from ..config import apply_overrides, read_yaml
+    from ..report.html import build_report
+    from ..rundir import RunDir
+
+    if budget not in ("smoke", "cpu", "full"):
+        raise ConfigError(f"--budget must be smoke, cpu or full, not {budget!r}")
+    if resume is not None:
+        run = RunDir.resume(resume)
+        data = apply_overrides(read_yaml(run.path / "sweep.yaml"), overrides or [])
+    else:
+        data = apply_overrides(read_yaml(preset), overrides or [])
+        name = str(data.get("name", Path(preset).stem))
+        run = RunDir.create(runs_dir or Path(str(data.get("runs_dir", "runs"))), f"{name}-{budget}")
+        import yaml
+
+        from ..atomic import write_text
+
+        write_text(run.path / "sweep.yaml", yaml.safe_dump(data, sort_keys=False))
+    kind = data.get("kind")
+    table = runners()
+    if kind not in table:
+        raise ConfigError(f"{preset}: unknown experiment kind {kind!r}; known: {', '.join(sorted(table)) or 'none'}")
+    run.attach_log_file()
+    typer.echo(f"run directory: {run.path}")
+    try:
+        table[kind](data, run, budget, resume is not None)
+    except BaseException as exc:
+        run.update_status(status="failed", error=str(exc)[:500])
+        raise
+    run.update_status(status="finished")
+    typer.echo(f"report: {build_report(run)}")
