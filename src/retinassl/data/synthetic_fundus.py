@@ -195,7 +195,8 @@ def sample_anatomy(rng: np.random.Generator, size: int, eye: str) -> Anatomy:
     od_radii = (rx, rx * rng.uniform(1.03, 1.14))
     cdr = rng.uniform(0.25, 0.55)
     cup_radii = (od_radii[0] * cdr, od_radii[1] * cdr * rng.uniform(1.0, 1.15))
-    cup = (od[0] - nasal * od_radii[0] * rng.uniform(0.05, 0.2), od[1] + rng.uniform(-0.05, 0.05) * rx)
+    cup = (od[0] - nasal * od_radii[0] * rng.uniform(0.05, 0.2),
+           od[1] + rng.uniform(-0.05, 0.05) * rx)
     return Anatomy(eye, size, float(px_mm), (float(fov_c[0]), float(fov_c[1])), float(fov_r),
                    (float(od[0]), float(od[1])), (float(od_radii[0]), float(od_radii[1])),
                    (float(cup[0]), float(cup[1])), (float(cup_radii[0]), float(cup_radii[1])),
@@ -448,7 +449,8 @@ def _draw_lesions(rng: np.random.Generator, a: Anatomy, t: PatientTraits, grade:
         parts = [(x, y, r, r * rng.uniform(0.7, 1.0), rng.uniform(0, math.pi))]
         for _ in range(int(rng.integers(0, 4))):
             parts.append((x + rng.normal(0, 0.5 * r), y + rng.normal(0, 0.5 * r),
-                          r * rng.uniform(0.4, 0.8), r * rng.uniform(0.3, 0.7), rng.uniform(0, math.pi)))
+                          r * rng.uniform(0.4, 0.8), r * rng.uniform(0.3, 0.7),
+                          rng.uniform(0, math.pi)))
         st["HE"].ellipses(parts, rng.uniform(0.65, 0.95), fuzzy=False,
                           edge=max(0.8, 0.3 * r), shade=rng.uniform(0.2, 0.5))
     if grade == 4:
@@ -456,7 +458,8 @@ def _draw_lesions(rng: np.random.Generator, a: Anatomy, t: PatientTraits, grade:
         x, y = _random_point(rng, a, 3.0)
         r = max(2.0, rng.uniform(0.5, 0.9) * mm)
         parts = [(x, y, r, r * rng.uniform(0.8, 1.0), 0.0)]
-        parts += [(x + rng.normal(0, 0.4 * r), y + rng.uniform(0, 0.4) * r, r * rng.uniform(0.4, 0.7),
+        parts += [(x + rng.normal(0, 0.4 * r), y + rng.uniform(0, 0.4) * r,
+                   r * rng.uniform(0.4, 0.7),
                    r * rng.uniform(0.3, 0.6), rng.uniform(0, math.pi)) for _ in range(3)]
         boat.ellipses(parts, 0.95, fuzzy=False)
         cut = int(math.floor(y - r * rng.uniform(0.1, 0.5)))      # flat fluid level on top
@@ -613,7 +616,8 @@ def render_eye(rng: int | np.random.Generator, size: int = 512, *, eye: str = "R
 
     image, lesion_free = finish(sick_img), finish(base)
     masks = {k: op[k] > 0 for k in LESION_KEYS}
-    d_od = ((xx - a.od_centre[0]) / a.od_radii[0]) ** 2 + ((yy - a.od_centre[1]) / a.od_radii[1]) ** 2
+    d_od = (((xx - a.od_centre[0]) / a.od_radii[0]) ** 2
+            + ((yy - a.od_centre[1]) / a.od_radii[1]) ** 2)
     masks["OD"] = (d_od <= 1.0) & fov
     masks["vessels"] = vessels.mask & fov
     masks["fov"] = fov

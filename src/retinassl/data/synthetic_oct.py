@@ -2,12 +2,12 @@
 
 :func:`render_oct` scans the macula of a :class:`~retinassl.data.synthetic_fundus.SyntheticEye`
 like a Heidelberg Spectralis 20x20 degree volume: ``n_bscans`` horizontal B-scans, each of ``width``
-A-scans and ``depth`` rows, centred on the fovea and covering about 5.9 x 5.8 mm. The retina is a stack
-of layers with analytic thicknesses (foveal pit, parafoveal ring, RNFL thickening towards the disc)
-that sit on a curved, tilted Bruch's membrane; the B-scans are rendered from the exact boundaries
-(partial-volume at sub-pixel precision), with speckle, the shadows of the fundus vessels, hyper-
-reflective foci under hard exudates, and, when the eye has macular oedema, a thickening of the INL,
-OPL and ONL around the leakage point with optional intraretinal fluid cysts.
+A-scans and ``depth`` rows, centred on the fovea and covering about 5.9 x 5.8 mm. The retina is a
+stack of layers with analytic thicknesses (foveal pit, parafoveal ring, RNFL thickening towards the
+disc) that sit on a curved, tilted Bruch's membrane; the B-scans are rendered from the exact
+boundaries (partial-volume at sub-pixel precision), with speckle, the shadows of the fundus
+vessels, hyper-reflective foci under hard exudates, and, when the eye has macular oedema, a
+thickening of the INL, OPL and ONL around the leakage point with optional intraretinal fluid cysts.
 
 Conventions
 -----------
@@ -175,7 +175,7 @@ def _sample_line(img: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
 def _render_bscan(rng: np.random.Generator, b: np.ndarray, depth: int, axial_mm: float,
                   lateral_mm: float, vessel: np.ndarray, exudate: np.ndarray,
                   cysts: np.ndarray | None) -> np.ndarray:
-    """Linear intensity (speckled) of one B-scan ``(depth, width)`` from its boundaries ``(10, W)``."""
+    """Speckled linear intensity ``(depth, width)`` of one B-scan from its boundaries ``(10, W)``."""
     w = b.shape[1]
     rows = np.arange(depth, dtype=np.float32)[:, None]
     bf = b.astype(np.float32)
@@ -245,7 +245,8 @@ def _cysts(rng: np.random.Generator, eye: SyntheticEye, b_all: np.ndarray, u: np
     return out
 
 
-def _ir_image(rng: np.random.Generator, eye: SyntheticEye, affine: np.ndarray, size: int) -> np.ndarray:
+def _ir_image(rng: np.random.Generator, eye: SyntheticEye, affine: np.ndarray,
+              size: int) -> np.ndarray:
     """Infrared-like grayscale image of the field ``affine`` maps from (see module docstring)."""
     refl = eye.reflectance
     gray = (0.55 * refl[..., 0] + 0.45 * refl[..., 1] / 0.45).astype(np.float32)
@@ -322,7 +323,8 @@ def render_oct(eye: SyntheticEye, rng: int | np.random.Generator, *,
             if abs(dv) >= 1:
                 continue
             scale = math.sqrt(1 - dv * dv)
-            m = ((u_mm[i][None, :] - cu) / (ru * scale)) ** 2 + ((rows - crow) / (rr * scale)) ** 2 <= 1
+            m = (((u_mm[i][None, :] - cu) / (ru * scale)) ** 2
+                 + ((rows - crow) / (rr * scale)) ** 2) <= 1
             cy_mask = m if cy_mask is None else (cy_mask | m)
         if cy_mask is not None and fluid_mask is not None:
             fluid_mask[i] = cy_mask
