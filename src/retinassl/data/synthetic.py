@@ -58,6 +58,9 @@ __all__ = ["generate_dataset", "render_eye", "render_oct", "SyntheticEye", "Synt
 
 log = logging.getLogger(__name__)
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+# Bumped whenever the same seed and options would produce different pixels or labels; recorded in
+# dataset.json, so that a cache of generated datasets can include it in its key.
+GENERATOR_VERSION = 1
 
 
 def _png(array: np.ndarray, bilevel: bool = False) -> bytes:
@@ -244,7 +247,8 @@ def generate_dataset(out_dir: str | Path, n_images: int, size: int = 512, preval
         rows = list(_run(jobs, workers))
     for row in rows:
         row["split"] = split_of[int(row["patient"][3:])]
-    params = {"generator": "retinassl.data.synthetic", "layout_version": 1, "seed": seed,
+    params = {"generator": "retinassl.data.synthetic", "generator_version": GENERATOR_VERSION,
+              "layout_version": 1, "seed": seed,
               "n_images": n_images, "size": size, "prevalence": prevalence, "with_oct": with_oct,
               "splits": list(splits), "oct_shape": list(oct_shape), "map_size": map_size,
               "ir_size": ir_size, "ir_field_mm": ir_field_mm,
