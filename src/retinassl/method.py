@@ -79,11 +79,18 @@ def register_method(cls: T) -> T:
     return cls
 
 
+def _register_all() -> None:
+    """Import the packages whose modules register methods."""
+    from . import pretrain, semisup  # noqa: F401
+
+
 def method_names() -> list[str]:
+    _register_all()
     return sorted(_METHODS)
 
 
 def method_class(name: str) -> type[Method]:
+    _register_all()
     if name not in _METHODS:
         raise ConfigError(f"unknown method {name!r}; known: {', '.join(method_names()) or 'none'}")
     return _METHODS[name]

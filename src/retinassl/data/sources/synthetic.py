@@ -22,18 +22,21 @@ def load_synthetic(out_dir: str | Path | None = None, n_images: int = 200, size:
             :func:`retinassl.data.synthetic.generate_dataset`.
     """
     from ..cache import default_cache_dir
-    from ..synthetic import generate_dataset
+    from ..synthetic import GENERATOR_VERSION, generate_dataset
 
     settings = {"n_images": n_images, "size": size, "prevalence": prevalence, "seed": seed,
                 "with_oct": with_oct, **options}
     if out_dir is None:
-        key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        # the generator version is part of the key: a changed generator never serves stale data
+        key = hashlib.sha256(json.dumps([GENERATOR_VERSION, settings], sort_keys=True,
+                                        default=str).encode()).hexdigest()[:12]
         out_dir = default_cache_dir() / "synthetic" / key
     out = Path(out_dir)
     done = out / "complete.json"
+    record = json.loads(json.dumps({"generator": GENERATOR_VERSION, **settings}, default=str))
     with file_lock(out.with_name(out.name + ".generate")):
-        if done.is_file() and json.loads(done.read_text()) == json.loads(json.dumps(settings, default=str)):
+        if done.is_file() and json.loads(done.read_text()) == record:
             return Manifest.load(out / "manifest.csv")
         manifest = generate_dataset(out, **settings)
-        write_text(done, json.dumps(settings, default=str))
+        write_text(done, json.dumps(record))
     return manifest
