@@ -1,0 +1,308 @@
+"""Generic sources for datasets that have no module of their own: class folders, a CSV of paths and
+labels, and image+mask datasets described by glob patterns.
+
+Each returns a validated :class:`~retinassl.data.manifest.Manifest` with paths relative to the
+``root`` it was given, and ids ``<prefix>-[<split>-]...`` where ``prefix`` defaults to the name of
+the root folder (so that manifests of different datasets can be combined without clashing ids).
+
+Examples (the ``data`` section of a config)::
+
+    source: folder                     # root/<class>/*.png, or root/<split>/<class>/*.png
+    options: {root: /data/my_screening}
+
+    source: csv                        # a table of paths and labels
+    options: {csv: /data/labels.csv, image_column: path, columns: {abnormal: referable}}
+
+    source: glob                       # images + masks paired by file-name stem
+    options:
+      root: /data/DRIVE
+      image: "*/images/*.tif"
+      stem_regex: "^(?P<folder>training|test)/images/(?P<stem>\\d+)_"
+      split: "{folder}"
+      masks: {mask_vessels: "{folder}/1st_manual/{stem}_manual1.gif",
+              mask_fov: "{folder}/mask/{stem}_{folder}_mask.gif"}
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Collection, Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from ...errors import ConfigError, DataError
+from ..manifest import MASK_COLUMNS, PAIRED_COLUMNS, Manifest, label_columns
+from .files import is_image, list_images, relative, safe_id, stem
+from .tables import LINE, line_error, manifest_with_lines, read_table
+
+log = logging.getLogger(__name__)
+
+SPLIT_NAMES: dict[str, str] = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                               "validation": "val", "test": "test", "testing": "test", "": ""}
+EYE_NAMES: dict[str, str] = {"l": "L", "left": "L", "os": "L", "r": "R", "right": "R", "od": "R",
+                             "": ""}
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def normalise_split(value: object) -> str | None:
+    """``train``/``val``/``test``/``""`` for the usual spellings (training, validation...), else None."""
+    return SPLIT_NAMES.get(str(value).strip().lower())
+
+
+def normalise_eye(value: object) -> str | None:
+    """``L``/``R``/``""`` for left/right/OS/OD/L/R (any case), else None."""
+    return EYE_NAMES.get(str(value).strip().lower())
+
+
+# -- (a) class folders -------------------------------------------------------------------------
+def _class_folders(folder: Path) -> list[Path]:
+    """The class sub-folders of ``folder``; an error for images lying next to them."""
+    loose = list_images(folder)
+    if loose:
+        raise DataError("image lies directly in the folder; expected <class>/<image> (one "
+                        "sub-folder per class)", path=loose[0])
+    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError("no class sub-folders; expected <class>/<image>", path=folder)
+    return classes
+
+
+def load_folder(root: str | Path, prefix: str | None = None) -> Manifest:
+    """Image folders per class: ``root/<class>/<image>`` or ``root/<split>/<class>/<image>``.
+
+    Classes named ``normal``/``abnormal`` or ``0``/``1`` (any case) give the ``abnormal`` label;
+    any other class names give ``class_index`` (classes in sorted order: 0, 1, ...). Every row
+    also records its ``class_name``, so the mapping stays with the manifest. The split layout is
+    used when every top-level folder is a split name (train/training, val/valid/validation,
+    test/testing).
+
+    Raises:
+        DataError: images lying next to class folders, a folder inside a class folder, an empty
+            class folder, split folders mixed with class folders, two images with the same id.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError("dataset folder does not exist", path=root)
+    prefix = prefix if prefix is not None else root.name
+    top = _class_folders(root)
+    split_named = [normalise_split(p.name) not in (None, "") for p in top]
+    if any(split_named) and not all(split_named):
+        raise DataError(f"mixes split folders ({[p.name for p, s in zip(top, split_named) if s]}) "
+                        f"with class folders ({[p.name for p, s in zip(top, split_named) if not s]})",
+                        path=root)
+    layout = ([(normalise_split(p.name), c) for p in top for c in _class_folders(p)]
+              if all(split_named) else [("", c) for c in top])
+    names = sorted({c.name for _, c in layout})
+    lowered = {n.lower() for n in names}
+    binary = lowered <= {"normal", "abnormal"} or lowered <= {"0", "1"}
+    records, origin = [], {}
+    for split, folder in layout:
+        nested = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        if nested:
+            raise DataError("a folder inside a class folder; expected the images directly in "
+                            "<class>/", path=nested[0])
+        images = list_images(folder)
+        if not images:
+            raise DataError("class folder holds no images", path=folder)
+        for image in images:
+            item = safe_id(prefix, split, folder.name, stem(image.name))
+            if item in origin:
+                raise DataError(f"two images get the id {item!r} (the other is {origin[item]}); "
+                                f"rename one", path=image)
+            origin[item] = image
+            record = {"id": item, "image": relative(image, root), "patient": item, "eye": "",
+                      "split": split, "class_name": folder.name}
+            if binary:
+                record["abnormal"] = int(folder.name.lower() in ("abnormal", "1"))
+            else:
+                record["class_index"] = names.index(folder.name)
+            records.append(record)
+    if not binary:
+        log.info("folder source %s: class_index %s", root, dict(enumerate(names)))
+    return Manifest.from_records(records, root, name=str(root))
+
+
+# -- (b) a CSV of paths and labels -------------------------------------------------------------
+def _image_path(value: str, root: Path, csv: Path, line: int, check_files: bool) -> str:
+    if not value:
+        raise line_error("image path is empty", csv, line)
+    path = Path(value)
+    full = Path(os.path.normpath(path if path.is_absolute() else root / path))
+    if not full.is_relative_to(Path(os.path.normpath(root.absolute()))):
+        raise line_error(f"image path {value!r} escapes the dataset root {root}", csv, line)
+    if check_files and not full.is_file():
+        raise line_error(f"image file does not exist: {full}", csv, line)
+    return relative(full, root)
+
+
+def load_csv(csv: str | Path, root: str | Path | None = None, image_column: str = "image",
+             columns: Mapping[str, str] | None = None, prefix: str | None = None,
+             check_files: bool = True) -> Manifest:
+    """A CSV with one row per image: a path column, optional labels, masks and metadata.
+
+    Args:
+        csv: the table (UTF-8 with or without BOM; header names are stripped).
+        root: the folder image paths are relative to (default: the CSV's folder). Absolute paths
+            are accepted when inside it; paths escaping it are refused.
+        image_column: the column with image paths.
+        columns: manifest column -> CSV column, e.g. ``{"abnormal": "referable", "patient":
+            "subject", "mask_vessels": "vessel_path"}``. CSV columns already named like manifest
+            columns (``id``, ``patient``, ``eye``, ``split``, ``dr_grade``, ``mask_OD``...) need no
+            entry. Any other CSV column is kept as metadata.
+        prefix: id prefix (default: the root folder's name). Without an ``id`` column the id is
+            ``<prefix>-<image path without extension>``.
+        check_files: check that every image and mask exists.
+
+    Raises:
+        DataError naming the CSV line: a missing column, an empty path, a path escaping the root,
+            a missing file, an unknown eye or split, a label out of range or not a number
+            (``NaN`` written in the cell included; an *empty* cell means "not labelled"), a repeated
+            image or id.
+    """
+    csv = Path(csv)
+    root = Path(root) if root is not None else csv.parent
+    prefix = prefix if prefix is not None else root.absolute().name
+    mapping = {"image": image_column, **dict(columns or {})}
+    table = read_table(csv, required=list(dict.fromkeys(mapping.values())))
+    targets = set(mapping)
+    for column in table.columns:
+        if column not in mapping.values() and column != LINE and column not in targets:
+            mapping[column] = column
+    records, lines = [], []
+    first_line: dict[str, int] = {}
+    for row in table.to_dict("records"):
+        line = row[LINE]
+        record = {target: row[source] for target, source in mapping.items()}
+        record["image"] = _image_path(record["image"], root, csv, line, check_files)
+        for column in ("eye", "split"):
+            value = record.get(column, "")
+            normal = normalise_eye(value) if column == "eye" else normalise_split(value)
+            if normal is None:
+                raise line_error(f"{column} {value!r} is not understood", csv, line)
+            record[column] = normal
+        if not record.get("id"):
+            record["id"] = safe_id(prefix, re.sub(r"[/\\]", "-", stem(record["image"])))
+        for key in ("image", "id"):
+            seen = first_line.setdefault(f"{key}:{record[key]}", line)
+            if seen != line:
+                raise line_error(f"{key} {record[key]!r} already on line {seen}", csv, line)
+        record.setdefault("patient", "")
+        if not record["patient"]:
+            record["patient"] = record["id"]
+        records.append(record)
+        lines.append(line)
+    if not records:
+        raise DataError("the CSV lists no images", path=csv)
+    manifest = manifest_with_lines(records, root, str(csv), lines, csv, check_files=check_files)
+    for column in label_columns(manifest.frame.columns):
+        manifest.frame[column] = pd.to_numeric(manifest.frame[column], errors="coerce")
+    return manifest
+
+
+# -- (c) image + mask datasets by glob pattern -------------------------------------------------
+def _fields(rel: str, regex: re.Pattern | None, image: Path) -> dict[str, str]:
+    if regex is None:
+        return {"stem": stem(image.name), "name": image.name}
+    match = regex.search(rel)
+    if match is None:
+        raise DataError(f"path {rel!r} does not match stem_regex {regex.pattern!r}", path=image)
+    fields = {k: v for k, v in match.groupdict().items() if v is not None}
+    if "stem" not in fields:
+        fields["stem"] = match.group(1) if regex.groups else match.group(0)
+    fields["name"] = image.name
+    return fields
+
+
+def _format(template: str, fields: Mapping[str, str], what: str) -> str:
+    try:
+        return template.format(**fields)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"{what} {template!r} uses a placeholder that is not available "
+                          f"({exc}); available: {sorted(fields)}") from None
+
+
+def _find_mask(root: Path, rel: str, image: Path, column: str, required: bool) -> str:
+    if _GLOB_CHARS.search(rel):
+        found = sorted(p for p in root.glob(rel) if p.is_file())
+        if len(found) > 1:
+            raise DataError(f"{column} pattern {rel!r} matches {len(found)} files "
+                            f"({found[0].name}, {found[1].name}, ...); make it specific", path=image)
+        path = found[0] if found else None
+    else:
+        path = root / rel if (root / rel).is_file() else None
+    if path is not None:
+        return relative(path, root)
+    if required:
+        raise DataError(f"no {column} for this image: {rel!r} does not exist under {root}",
+                        path=image)
+    return ""
+
+
+def load_glob(root: str | Path, image: str, masks: Mapping[str, str] | None = None,
+              stem_regex: str | None = None, split: str = "", patient: str | None = None,
+              eye: str | None = None, optional: Collection[str] = (),
+              prefix: str | None = None) -> Manifest:
+    """Images matched by a glob pattern, each paired with masks found by file-name templates.
+
+    Every image yields *fields*: ``stem`` (the file name without its extension, or what
+    ``stem_regex`` extracts: its group ``stem``, else its first group), ``name`` (the file name),
+    and every other named group of ``stem_regex``. The regex is searched in the image path
+    relative to ``root`` (with ``/``). Mask templates, ``split``, ``patient`` and ``eye`` are
+    ``str.format`` templates over these fields; a mask template may contain glob characters
+    (``*``) as long as it matches a single file.
+
+    Args:
+        root: the dataset folder.
+        image: glob pattern of the images, relative to ``root`` (e.g. ``"images/*.tif"``).
+        masks: manifest mask column -> template, e.g. ``{"mask_vessels":
+            "manual/{stem}_manual1.gif"}``. Columns must be mask or paired-modality columns.
+        stem_regex: regex extracting the stem (and other fields) from the relative image path.
+        split: split template (e.g. ``"{folder}"``); training/testing/validation are normalised.
+        patient: patient template (default: every image is its own patient).
+        eye: eye template (left/right/L/R/OS/OD).
+        optional: mask columns that may be missing for some images (empty cell).
+        prefix: id prefix (default: the root folder's name).
+
+    Raises:
+        ConfigError: an unknown mask column or template placeholder.
+        DataError: no image matched, an image the regex does not match, a required mask missing
+            or ambiguous, two images with the same id, an unknown split or eye value.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError("dataset folder does not exist", path=root)
+    masks = dict(masks or {})
+    allowed = MASK_COLUMNS + PAIRED_COLUMNS
+    unknown = [c for c in list(masks) + list(optional) if c not in allowed]
+    if unknown:
+        raise ConfigError(f"unknown mask column(s) {unknown}; allowed: {list(allowed)}")
+    prefix = prefix if prefix is not None else root.absolute().name
+    regex = re.compile(stem_regex) if stem_regex else None
+    images = sorted(p for p in root.glob(image) if is_image(p))
+    if not images:
+        raise DataError(f"the pattern {image!r} matches no image file", path=root)
+    records, origin = [], {}
+    for path in images:
+        rel = relative(path, root)
+        fields = _fields(rel, regex, path)
+        split_value = normalise_split(_format(split, fields, "split"))
+        eye_value = normalise_eye(_format(eye, fields, "eye")) if eye else ""
+        if split_value is None or eye_value is None:
+            raise DataError(f"split {_format(split, fields, 'split')!r} or eye is not understood",
+                            path=path)
+        item = safe_id(prefix, split_value, fields["stem"])
+        if item in origin:
+            raise DataError(f"two images get the id {item!r} (the other is {origin[item]}); add a "
+                            f"split or a stem_regex that tells them apart", path=path)
+        origin[item] = path
+        record = {"id": item, "image": rel,
+                  "patient": safe_id(prefix, _format(patient, fields, "patient")) if patient
+                  else item, "eye": eye_value, "split": split_value}
+        for column, template in masks.items():
+            record[column] = _find_mask(root, _format(template, fields, column), path, column,
+                                        column not in optional)
+        records.append(record)
+    return Manifest.from_records(records, root, name=str(root))
