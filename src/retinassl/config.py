@@ -53,12 +53,20 @@ class ModelConfig(Section):
     Attributes:
         arch: registered encoder name (``convnet``, ``resnet18``, ``resnet34``, ``resnet50``, ``unet``).
         kwargs: encoder keyword arguments.
-        init: ``scratch``, or an encoder checkpoint directory (``.../encoder``).
+        init: ``scratch``, an encoder checkpoint directory (``.../encoder``), or a weights file
+            made elsewhere (a torchvision/timm ResNet state dict: ``.safetensors``, or
+            ``.pth``/``.pt``/``.bin`` with ``allow_pickle``), mapped onto ``arch`` by
+            :mod:`retinassl.models.external` (the "ImageNet + Fundus" two-step pretraining).
+        allow_pickle: let ``init`` be a pickle-based torch file (read with ``weights_only=True``).
+        init_prefix: with a weights file, use only the keys under this prefix (e.g.
+            ``module.encoder_q.``); None strips ``module.``/``model.`` wrappers automatically.
     """
 
     arch: str = "convnet"
     kwargs: dict[str, Any] = Field(default_factory=dict)
     init: str = "scratch"
+    allow_pickle: bool = False
+    init_prefix: str | None = None
 
 
 class EngineConfig(Section):

@@ -19,7 +19,7 @@ import torch
 from pydantic import Field
 
 from .atomic import write_text
-from .checkpoint import load_encoder, save_encoder
+from .checkpoint import save_encoder
 from .config import DataConfig, EngineConfig, ModelConfig, PreprocessConfig, Section, to_yaml
 from .data.cache import PreparedData
 from .data.datasets import ImageDataset, PatchDataset, lesion_mask
@@ -28,7 +28,7 @@ from .engine import fit
 from .evaluate.metrics import roc_auc
 from .explain.heatmap import overlay, save_png
 from .method import build_method
-from .models import Encoder, build_encoder
+from .models.initialize import initial_encoder
 from .results import append_results, result_row
 from .rundir import RunDir
 from .semisup.aggregate import image_scores, predict_patch_logits
@@ -74,17 +74,6 @@ class TrainConfig(Section):
     engine: EngineConfig = EngineConfig()
 
 
-def build_initial_encoder(model: ModelConfig) -> Encoder:
-    """The encoder of a model config: from scratch, or loaded from an encoder checkpoint."""
-    if model.init == "scratch":
-        return build_encoder(model.arch, **model.kwargs)
-    encoder, meta = load_encoder(model.init)
-    if meta["arch"] != model.arch:
-        log.warning("model.arch is %s but %s holds a %s encoder: using the checkpoint's", model.arch,
-                    model.init, meta["arch"])
-    return encoder
-
-
 def _patch_rows(prepared: PreparedData, rows: np.ndarray) -> np.ndarray:
     """Rows that can be patch-labelled (have lesion masks, or are labelled healthy)."""
     from .data.manifest import is_missing
@@ -114,10 +103,10 @@ def run_train(config: TrainConfig, run: RunDir, resume: bool = False,
         run.update_status(skipped=[{"id": i, "problem": p} for i, p in prepared.skipped])
     prepared.manifest.save(run.path / "manifest.csv")
     splits = ensure_splits(prepared, config.task.label, config.seed)
-    encoder = build_initial_encoder(config.model)
+    initial = initial_encoder(config.model)
     params = dict(config.method)
     name = params.pop("name", "supervised")
-    method = build_method(name, params, encoder)
+    method = build_method(name, params, initial.encoder)
     task = config.task
     if task.kind == "patch":
         train_rows, val_rows = _patch_rows(prepared, splits.train), _patch_rows(prepared, splits.val)
@@ -132,27 +121,19 @@ def run_train(config: TrainConfig, run: RunDir, resume: bool = False,
     result = fit(method, train, config=config.engine, run=run, seed=config.seed,
                  val=val if len(val) else None, resume=resume)
     method.eval()
-    save_encoder(run.encoder_dir, method.encoder, arch=config.model.arch,
-                 kwargs=_encoder_kwargs(config.model), preprocess=config.preprocess.model_dump(),
+    save_encoder(run.encoder_dir, method.encoder, arch=initial.arch,
+                 kwargs=initial.kwargs, preprocess=config.preprocess.model_dump(),
                  method=name, config=config.model_dump(mode="json"),
                  data_fingerprint=prepared.manifest.subset(splits.train).fingerprint())
     metrics = evaluate_test(method, prepared, splits, config, run)
     metrics["train_seconds"] = result.seconds
     metrics["train_batches"] = float(result.batches)
     rows = [result_row(experiment=config.name, task=f"{task.kind}:{task.label}", method=name,
-                       init=config.model.init if config.model.init == "scratch" else "checkpoint",
+                       init=initial.kind,
                        protocol="finetune", n_labelled=len(splits.train), seed=config.seed,
                        metric=k, value=v) for k, v in metrics.items()]
     append_results(run.results_file, rows)
     return metrics
-
-
-def _encoder_kwargs(model: ModelConfig) -> dict[str, Any]:
-    if model.init == "scratch":
-        return dict(model.kwargs)
-    from .checkpoint import read_encoder_meta
-
-    return dict(read_encoder_meta(model.init)["kwargs"])
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ import typer
 from ..errors import RetinasslError
 from . import data as data_cmd
 from . import demo as demo_cmd
+from . import pretrain as pretrain_cmd
 from . import report as report_cmd
 from . import sweep as sweep_cmd
 from . import train as train_cmd
@@ -29,6 +30,7 @@ app = typer.Typer(
          "laptop CPU), then `retinassl data inspect idrid --option root=PATH` on your own data.")
 app.add_typer(data_cmd.app, name="data")
 app.command("train")(train_cmd.train)
+app.command("pretrain")(pretrain_cmd.pretrain)
 app.command("demo")(demo_cmd.demo)
 app.command("report")(report_cmd.report)
 app.command("sweep")(sweep_cmd.sweep)

@@ -98,3 +98,12 @@ def gaussian_blur(x: torch.Tensor, generator: torch.Generator, sigma: tuple[floa
                        k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
         out[i:i + 1] = img
     return out
+
+
+def random_grayscale(x: torch.Tensor, generator: torch.Generator, probability: float = 0.2) -> torch.Tensor:
+    """Replace a random subset of 3-channel images by their luma (ITU-R 601), kept in 3 channels."""
+    apply = (torch.rand(x.shape[0], generator=generator) < probability).to(x.device)
+    if x.shape[1] != 3 or not bool(apply.any()):
+        return x
+    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
+    return torch.where(apply[:, None, None, None], gray, x)

@@ -1,3 +1,4 @@
 """Pretraining methods, one module and one registry entry each (importing registers them)."""
 
 from . import supervised  # noqa: F401
+from . import autoencoder, inpainting, offset_heatmap, relative_position, rotation, simclr  # noqa: F401

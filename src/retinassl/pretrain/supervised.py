@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -25,6 +24,7 @@ from ..evaluate.metrics import roc_auc
 from ..method import Method, register_method
 from ..models import Encoder
 from ..models.heads import LinearHead
+from .base import warmup_cosine
 
 
 class SupervisedConfig(Section):
@@ -94,11 +94,7 @@ class Supervised(Method):
     def lr_factor(self, step: int, total_steps: int) -> float:
         if self.config.schedule == "constant":
             return 1.0
-        warmup = max(1, int(0.05 * total_steps))
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1 + np.cos(np.pi * min(1.0, progress)))
+        return warmup_cosine(step, total_steps, 0.05)
 
     def _augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.config.augment == "dihedral":

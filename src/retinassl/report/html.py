@@ -93,6 +93,11 @@ def heatmap_section(run: RunDir) -> Section | None:
 SECTION_BUILDERS: list[Callable[[RunDir], Section | None]] = [summary_section, roc_section,
                                                                heatmap_section]
 
+# Builders defined in their own modules (imported here, after Section and table_html exist).
+from .curves import training_curves_section  # noqa: E402
+
+SECTION_BUILDERS.append(training_curves_section)
+
 
 def build_report(run: RunDir, title: str | None = None) -> Path:
     """Write ``report/index.html``; returns its path."""

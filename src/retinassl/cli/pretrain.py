@@ -1,0 +1,72 @@
+"""``retinassl pretrain METHOD [CONFIG] [key=value ...]``: pretrain an encoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import RESUME, RUNS_DIR, SKIP_BAD, with_common_overrides
+
+
+def split_config_and_overrides(method: str, args: list[str] | None) -> tuple[str, list[str]]:
+    """``[CONFIG] [key=value ...]`` -> (config file or preset, overrides); the default config is
+    the packaged preset ``pretrain-<METHOD>``."""
+    args = list(args or [])
+    if args and "=" not in args[0]:
+        return args[0], args[1:]
+    return f"pretrain-{method}", args
+
+
+def pretrain(method: str = typer.Argument(..., help="A pretraining method: rotation, "
+                                          "relative_position, offset_heatmap, inpainting, "
+                                          "autoencoder, simclr or supervised."),
+             args: list[str] = typer.Argument(None, help="[CONFIG] [key=value ...]: a YAML file or "
+                                              "packaged preset (default: pretrain-METHOD, synthetic "
+                                              "data), then overrides such as engine.max_steps=200 "
+                                              "data.source=idrid data.options.root=PATH.",
+                                              show_default=False),
+             resume: Path = RESUME, runs_dir: Path = RUNS_DIR, skip_bad: bool = SKIP_BAD,
+             allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Let model.init be a "
+                                               "pickle-based .pth/.pt file (read with "
+                                               "torch.load(weights_only=True)).")) -> None:
+    """Pretrain an encoder with a self-supervised method (or supervised normal/abnormal
+    pretraining) on a pool of images; labels are ignored unless `label` is set. Writes
+    runs/<name>-<time>/ with the encoder checkpoint (encoder/), training curves (logs/csv) and a
+    report."""
+    from ..config import apply_overrides, load_config, read_yaml, validate
+    from ..errors import ConfigError
+    from ..method import method_names
+    from ..pretrain.run import PretrainConfig, run_pretrain
+    from ..report.html import build_report
+    from ..rundir import RunDir
+
+    if method not in method_names():
+        raise ConfigError(f"unknown method {method!r}; known: {', '.join(method_names())}")
+    source, overrides = split_config_and_overrides(method, args)
+    overrides = with_common_overrides(overrides, runs_dir, skip_bad)
+    if allow_pickle:
+        overrides.append("model.allow_pickle=true")
+    if resume is not None:
+        run = RunDir.resume(resume)
+        cfg = load_config(PretrainConfig, run.config_file, overrides)
+    else:
+        data = read_yaml(source)
+        named = (data.get("method") or {}).get("name")
+        if named is not None and named != method:
+            raise ConfigError(f"{source} configures method {named!r}, not {method!r}")
+        data = apply_overrides(data, overrides + [f"method.name={method}"])
+        cfg = validate(PretrainConfig, data, origin=source)
+        run = RunDir.create(cfg.runs_dir, cfg.name)
+    if cfg.method_name != method:
+        raise ConfigError(f"{run.path} was a {cfg.method_name!r} run, not {method!r}")
+    run.attach_log_file()
+    typer.echo(f"run directory: {run.path}")
+    try:
+        encoder_dir = run_pretrain(cfg, run, resume=resume is not None)
+    except BaseException as exc:
+        run.update_status(status="failed", error=str(exc)[:500])
+        raise
+    run.update_status(status="finished", encoder=str(encoder_dir))
+    typer.echo(f"encoder: {encoder_dir}")
+    typer.echo(f"report: {build_report(run)}")

@@ -1,0 +1,70 @@
+"""The encoder a :class:`~retinassl.config.ModelConfig` asks for: from scratch, from one of our
+encoder checkpoints, or from a weights file made elsewhere (``model.init``)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ..checkpoint import ENCODER_META, load_encoder
+from ..config import ModelConfig
+from ..errors import CheckpointError
+from .base import Encoder
+from .external import load_external_weights
+from .registry import build_encoder
+
+log = logging.getLogger(__name__)
+
+InitKind = Literal["scratch", "checkpoint", "external"]
+
+
+def init_kind(model: ModelConfig) -> InitKind:
+    """``scratch``, ``checkpoint`` (a directory with ``encoder.json``, or that JSON file) or
+    ``external`` (any other existing file).
+
+    Raises:
+        CheckpointError: ``init`` names nothing that exists.
+    """
+    if model.init == "scratch":
+        return "scratch"
+    path = Path(model.init)
+    if path.is_dir() or path.name == ENCODER_META:
+        return "checkpoint"
+    if path.is_file():
+        return "external"
+    raise CheckpointError(f"{path}: model.init is neither 'scratch', an encoder checkpoint directory "
+                          f"nor a weights file")
+
+
+@dataclass
+class InitialEncoder:
+    """An encoder as ``model.init`` asks for it, with what rebuilds it (for its checkpoint JSON)."""
+
+    encoder: Encoder
+    arch: str
+    kwargs: dict[str, Any]
+    kind: InitKind
+
+
+def initial_encoder(model: ModelConfig) -> InitialEncoder:
+    """Build the encoder of ``model``: from scratch, from an encoder checkpoint (which brings its own
+    architecture; a differing ``model.arch`` is logged and ignored), or with external weights
+    loaded into ``build_encoder(model.arch, **model.kwargs)``.
+
+    Raises:
+        CheckpointError: ``init`` does not exist, or its weights do not fit (keys named).
+    """
+    kind = init_kind(model)
+    if kind == "scratch":
+        return InitialEncoder(build_encoder(model.arch, **model.kwargs), model.arch, dict(model.kwargs), kind)
+    if kind == "checkpoint":
+        encoder, meta = load_encoder(model.init)
+        if meta["arch"] != model.arch:
+            log.warning("model.arch is %s but %s holds a %s encoder: using the checkpoint's",
+                        model.arch, model.init, meta["arch"])
+        return InitialEncoder(encoder, meta["arch"], dict(meta["kwargs"]), kind)
+    encoder = build_encoder(model.arch, **model.kwargs)
+    load_external_weights(encoder, model.init, allow_pickle=model.allow_pickle, prefix=model.init_prefix)
+    return InitialEncoder(encoder, model.arch, dict(model.kwargs), kind)
