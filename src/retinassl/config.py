@@ -84,10 +84,13 @@ class EngineConfig(Section):
         devices: devices per node (an int, or ``auto``).
         num_nodes: nodes (multi-node DDP under torchrun or SLURM).
         strategy: Lightning strategy (``auto``, ``ddp``, ``ddp_spawn``...).
-        checkpoint_every_n_steps: save a resumable checkpoint this often (0: only at epoch ends).
+        checkpoint_every_n_steps: save a resumable checkpoint this often (0: only at epoch ends;
+            -1: never, for short runs that are cheaper to redo than to checkpoint).
         log_every_n_steps: logging interval.
         val_every_n_epochs: validation interval (when there is validation data).
         num_threads: torch intra-op threads (0: leave torch's default).
+        patience: early stopping: stop when the method's ``monitor`` metric has not improved for
+            this many validations (0: never; needs validation data and a method with a monitor).
     """
 
     max_epochs: int = Field(10, ge=1)
@@ -100,10 +103,11 @@ class EngineConfig(Section):
     devices: int | Literal["auto"] = 1
     num_nodes: int = Field(1, ge=1)
     strategy: str = "auto"
-    checkpoint_every_n_steps: int = Field(50, ge=0)
+    checkpoint_every_n_steps: int = Field(50, ge=-1)
     log_every_n_steps: int = Field(10, ge=1)
     val_every_n_epochs: int = Field(1, ge=1)
     num_threads: int = Field(0, ge=0)
+    patience: int = Field(0, ge=0)
 
 
 def preset_names() -> list[str]:

@@ -302,6 +302,9 @@ def _lightning_module(method: Method, config: EngineConfig, seed: int, loader: R
                     self.best = {**metrics, "epoch": float(self.current_epoch)}
                     if self.trainer.is_global_zero:
                         _save_weights(self.method, checkpoint_dir / "best-weights.safetensors")
+                elif config.patience and self.best and \
+                        self.current_epoch - self.best["epoch"] >= config.patience * config.val_every_n_epochs:
+                    self.trainer.should_stop = True  # early stopping (the best weights are kept)
 
         # checkpoint state -------------------------------------------------------------------
         def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -339,9 +342,12 @@ def _step_checkpoint_callback(every: int, directory: Path):
     import lightning.pytorch as pl
 
     class StepCheckpoint(pl.Callback):
-        """Save ``step-<n>.json`` every ``every`` batches and at each epoch end; keep the newest."""
+        """Save ``step-<n>.json`` every ``every`` batches and at each epoch end; keep the newest
+        (never when ``every`` is negative)."""
 
         def _save(self, trainer: pl.Trainer, module: Any) -> None:
+            if every < 0:
+                return
             path = directory / f"step-{module.batches_done:08d}.json"
             if path.exists():
                 return
@@ -353,7 +359,7 @@ def _step_checkpoint_callback(every: int, directory: Path):
                         p.with_suffix(".safetensors").unlink(missing_ok=True)
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-            if every and module.batches_done % every == 0:
+            if every > 0 and module.batches_done % every == 0:
                 self._save(trainer, module)
 
         def on_train_epoch_end(self, trainer, module) -> None:
