@@ -9,7 +9,9 @@ Layout of the official archives (700x605 gzipped PPM images)::
 
 Some copies of STARE also hold images that were *resized* by whoever redistributed them (e.g.
 ``resized_512_by_repo_author/{stare-images,labels-ah}/`` in ``../shared/data/stare``); they are
-excluded by default and, when included, flagged by ``resized=1``.
+excluded by default and, when included, flagged by ``resized=1``. Their labels were resized with
+interpolation: about 5 % of the pixels are grey (1-254), so :func:`~retinassl.data.imageio.read_mask`
+refuses them as not binary; threshold them (e.g. at 128) before use.
 
 Manifest: ids ``stare-im0002``, ``mask_vessels`` (ah), ``mask_vessels_2`` (vk, when present), no
 split (STARE has no official one), no labels. STARE has **no FOV masks**: ``mask_fov`` is left

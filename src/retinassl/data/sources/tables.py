@@ -21,9 +21,13 @@ LINE = "_line"  # column added by read_table: 1-based line of the row in the fil
 
 
 def line_error(problem: str, path: str | Path, line: int | None, item: str | None = None) -> DataError:
-    """A :class:`DataError` that names the file and, when known, the line (``line N: problem``)."""
-    return DataError(f"line {line}: {problem}" if line is not None else problem, path=path,
-                     item=item)
+    """A :class:`DataError` naming the file and, when known, the line and item:
+    ``labels.csv: line 7: id 'x': problem`` (``item`` is also kept as the error's ``item``)."""
+    where = "".join([f"line {line}: " if line is not None else "",
+                     f"id {item!r}: " if item is not None else ""])
+    error = DataError(where + problem, path=path)
+    error.item = item
+    return error
 
 
 def read_table(path: str | Path, required: Sequence[str] = ()) -> pd.DataFrame:
@@ -43,15 +47,19 @@ def read_table(path: str | Path, required: Sequence[str] = ()) -> pd.DataFrame:
     if not path.is_file():
         raise DataError("CSV file does not exist", path=path)
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False,
+        # header=None: pandas must not take a first column as the index when rows are longer than
+        # the header (it would silently shift every column); a ragged row is a parser error.
+        frame = pd.read_csv(path, header=None, dtype=str, keep_default_na=False, na_filter=False,
                             encoding="utf-8-sig", skip_blank_lines=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"not a readable CSV table ({exc})", path=path) from None
+    frame.columns = [str(c) for c in frame.iloc[0].fillna("")]
+    frame = frame.iloc[1:].fillna("").reset_index(drop=True)
     names = [str(c).strip() for c in frame.columns]
     keep = []
     for position, name in enumerate(names):
         column = frame.iloc[:, position].astype(str).str.strip()
-        unnamed = name == "" or name.startswith("Unnamed:")
+        unnamed = name == ""
         if unnamed and (column == "").all():
             continue
         if unnamed:
