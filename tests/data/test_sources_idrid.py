@@ -218,3 +218,19 @@ def test_dr_pool_image_check_agrees_with_the_known_links(tmp_path: Path,
     root = shared_dataset("idrid")
     checked = idrid_dr_pool(root)
     assert checked.ids == idrid_dr_pool(root, check_images=False).ids
+
+
+def test_fake_tree_with_official_part_c_tables(tmp_path: Path) -> None:
+    root = fake_idrid(tmp_path)
+    folder = root / "C. Localization" / "2. Groundtruths"
+    for sub, name, kind in (("1. Optic Disc Center Location", "OD", "od"),
+                            ("2. Fovea Center Location", "Fovea", "fovea")):
+        for split in ("Training", "Testing"):
+            write_csv = folder / sub / f"{'ab'[split == 'Testing']}. IDRiD_{name}_Center_{split} Set_Markups.csv"
+            write_csv.parent.mkdir(parents=True, exist_ok=True)
+            write_csv.write_text("Image No,X- Coordinate,Y - Coordinate,,\r\n"
+                                 f"IDRiD_001,{1 if kind == 'od' else 5},2,,\r\nIDRiD_002,3,4,,\r\n,,,,\r\n")
+    f = load_idrid(root).frame.set_index("id")
+    row = f.loc["idrid-B-test-IDRiD_001"]
+    assert (row["od_x"], row["od_y"], row["fovea_x"], row["fovea_y"]) == (1.0, 2.0, 5.0, 2.0)
+    assert np.isnan(f.loc["idrid-A-train-IDRiD_01", "od_x"])

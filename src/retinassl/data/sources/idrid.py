@@ -221,9 +221,10 @@ def _part_c(root: Path) -> dict[str, dict[str, float]]:
                     {c: _coordinate(row, columns[_norm(c)], path) for c in
                      ("od_x", "od_y", "fovea_x", "fovea_y")})
         elif {"imageno", "xcoordinate", "ycoordinate"} <= set(columns):
-            text = _norm(path.name)
-            kind = "od" if "od" in text or "opticdisc" in text else "fovea" if "fovea" in text else None
-            split = "train" if "training" in text else "test" if "testing" in text else None
+            words = set(re.split(r"[^a-z]+", str(path.relative_to(root)).lower()))
+            kind = ("fovea" if "fovea" in words else
+                    "od" if "od" in words or {"optic", "disc"} <= words else None)
+            split = "train" if "training" in words else "test" if "testing" in words else None
             if kind is None or split is None:
                 raise DataError("cannot tell from the file name whether this is an OD or fovea, "
                                 "training or testing table", path=path)
