@@ -343,11 +343,11 @@ def _build_entry(job: _Job, config: PreprocessConfig, cache: Cache) -> None:
 
 def pixel_stats(image: np.ndarray, fov: np.ndarray) -> dict[str, float | list[float]]:
     """Maximum, per-channel mean and standard deviation of ``image`` inside ``fov``."""
-    pixels = (image[fov] if fov.any() else image.reshape(-1, *image.shape[2:])).astype(np.float64)
-    if pixels.ndim == 1:
-        pixels = pixels[:, None]
-    return {"max": float(image.max()), "mean": pixels.mean(axis=0).tolist(),
-            "std": pixels.std(axis=0).tolist()}
+    import cv2
+
+    mask = fov.astype(np.uint8) if fov.any() else None
+    mean, std = cv2.meanStdDev(image, mask=mask)
+    return {"max": float(image.max()), "mean": mean.ravel().tolist(), "std": std.ravel().tolist()}
 
 
 def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -27,6 +27,30 @@ from .preprocess import normalize
 LESION_MASK_COLUMNS: tuple[str, ...] = tuple(f"mask_{t}" for t in LESION_TYPES)
 
 
+class _EntryReader:
+    """Per-process memo of each entry's memory-mapped image and statistics (opened once)."""
+
+    def __init__(self, prepared: PreparedData) -> None:
+        self.prepared = prepared
+        self._images: dict[int, np.ndarray] = {}
+        self._stats: dict[int, dict] = {}
+
+    def image(self, row: int) -> np.ndarray:
+        image = self._images.get(row)
+        if image is None:
+            image = self._images[row] = self.prepared.entries[row].image()
+        return image
+
+    def stats(self, row: int) -> dict:
+        stats = self._stats.get(row)
+        if stats is None:
+            stats = self._stats[row] = self.prepared.entries[row].stats
+        return stats
+
+    def __getstate__(self) -> dict:  # worker processes reopen their own memory maps
+        return {"prepared": self.prepared, "_images": {}, "_stats": self._stats}
+
+
 def _labels(prepared: PreparedData, columns: Sequence[str] | str | None) -> np.ndarray | None:
     if columns is None:
         return None
@@ -55,16 +79,16 @@ class ImageDataset(Dataset):
             labels = np.vectorize(label_map)(labels)
         self.labels = labels
         self.size = size
+        self.reader = _EntryReader(prepared)
 
     def __len__(self) -> int:
         return len(self.prepared)
 
     def __getitem__(self, index: int) -> dict:
-        entry = self.prepared.entries[index]
-        image = np.asarray(entry.image())
+        image = np.asarray(self.reader.image(index))
         if self.size and image.shape[0] != self.size:
             image = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_AREA)
-        item = {"image": torch.from_numpy(normalize(image, self.normalize, entry.stats)),
+        item = {"image": torch.from_numpy(normalize(image, self.normalize, self.reader.stats(index))),
                 "index": index}
         if self.labels is not None:
             item["label"] = torch.as_tensor(self.labels[index])
@@ -118,6 +142,7 @@ class PatchDataset(Dataset):
             raise DataError(f"image size {size} is not divisible by the {grid}x{grid} patch grid")
         self.cell = size // grid
         self.normalize = prepared.config.normalize
+        self.reader = _EntryReader(prepared)
         self.labels: np.ndarray | None = None
         if labelled:
             self.labels = np.stack([self.patch_labels(int(r), min_pixels, healthy_column)
@@ -150,13 +175,12 @@ class PatchDataset(Dataset):
         row = int(self.rows[index // per_image])
         patch = index % per_image
         py, px = divmod(patch, self.grid)
-        entry = self.prepared.entries[row]
         c = self.cell
-        pixels = np.asarray(entry.image()[py * c:(py + 1) * c, px * c:(px + 1) * c])
+        pixels = np.asarray(self.reader.image(row)[py * c:(py + 1) * c, px * c:(px + 1) * c])
         if c != self.patch_size:
             interp = cv2.INTER_AREA if c > self.patch_size else cv2.INTER_LINEAR
             pixels = cv2.resize(pixels, (self.patch_size, self.patch_size), interpolation=interp)
-        item = {"image": torch.from_numpy(normalize(pixels, self.normalize, entry.stats)),
+        item = {"image": torch.from_numpy(normalize(pixels, self.normalize, self.reader.stats(row))),
                 "image_index": row, "patch": patch, "index": index}
         if self.labels is not None:
             item["label"] = torch.as_tensor(self.labels[index])

@@ -22,7 +22,6 @@ from typing import Literal
 import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from scipy import ndimage
 
 from ..errors import DataError
 
@@ -109,22 +108,28 @@ def fov_mask(image: np.ndarray, threshold: float = 0.08) -> np.ndarray:
     Returns:
         ``(H, W)`` bool: the largest bright connected region, holes filled.
     """
-    bright = image.max(axis=2) if image.ndim == 3 else image
     small_side = 256
-    factor = max(1, min(bright.shape) // small_side)
-    small = bright[::factor, ::factor].astype(np.float32)
+    factor = max(1, min(image.shape[:2]) // small_side)
+    view = image[::factor, ::factor]
+    if view.ndim == 3:  # brightest channel (np.maximum is much faster than max(axis=2))
+        view = np.maximum(np.maximum(view[..., 0], view[..., 1]), view[..., 2])
+    small = np.ascontiguousarray(view, dtype=np.uint8)
+    full_shape = image.shape[:2]
     level = float(np.percentile(small, 99))
     if level <= 0:
-        return np.zeros(bright.shape, dtype=bool)
-    mask = cv2.medianBlur(small, 3) > threshold * level
-    mask = ndimage.binary_opening(mask, iterations=2)
-    labels, count = ndimage.label(mask)
-    if count == 0:
-        return np.zeros(bright.shape, dtype=bool)
-    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
-    mask = labels == (int(np.argmax(sizes)) + 1)
-    mask = ndimage.binary_fill_holes(mask)
-    full = cv2.resize(mask.astype(np.uint8), (bright.shape[1], bright.shape[0]),
+        return np.zeros(full_shape, dtype=bool)
+    mask = (cv2.medianBlur(small, 3) > threshold * level).astype(np.uint8)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if count <= 1:
+        return np.zeros(full_shape, dtype=bool)
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    # fill the holes of the largest region by drawing its outer contour filled
+    contours, _ = cv2.findContours((labels == largest).astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_NONE)
+    mask = np.zeros_like(mask)
+    cv2.drawContours(mask, contours, -1, 1, thickness=cv2.FILLED)
+    full = cv2.resize(mask.astype(np.uint8), (full_shape[1], full_shape[0]),
                       interpolation=cv2.INTER_NEAREST)
     return full.astype(bool)
 

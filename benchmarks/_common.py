@@ -1,0 +1,43 @@
+"""Shared helpers of the benchmark scripts: where the real data is, and writing results.
+
+Every benchmark measures ratios side by side in one run (the toolkit's path vs a plain baseline on
+the same inputs, interleaved), so the numbers mean something on a shared or loaded machine; it writes
+``benchmarks/results/<name>.json`` (all numbers, machine info, command) and ``<name>.md`` (a table).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+SHARED_DATA = Path(os.environ.get("RETINASSL_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def machine() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "load_average": os.getloadavg(), "platform": platform.platform(),
+            "date": _dt.datetime.now().isoformat(timespec="seconds")}
+
+
+def write_results(name: str, data: dict, table_md: str) -> None:
+    """Write ``results/<name>.json`` and ``results/<name>.md``."""
+    from retinassl.atomic import write_text
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    data = {"benchmark": name, "command": " ".join([Path(sys.executable).name] + sys.argv),
+            "machine": machine(), **data}
+    write_text(RESULTS / f"{name}.json", json.dumps(data, indent=2, default=float))
+    header = (f"# {name}\n\nCommand: `{data['command']}`  \nMachine: {data['machine']['platform']}, "
+              f"torch {data['machine']['torch']}, {data['machine']['threads']} threads, load average "
+              f"at start {tuple(round(x, 1) for x in data['machine']['load_average'])}, "
+              f"{data['machine']['date']}\n\n")
+    write_text(RESULTS / f"{name}.md", header + table_md + "\n")
