@@ -1,0 +1,190 @@
+"""``retinassl segment train|predict|evaluate|curve``: vessel segmentation with a U-Net on any encoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..config import load_config
+from ..rundir import RunDir
+from .common import OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, with_common_overrides
+
+app = typer.Typer(no_args_is_help=True, help="Vessel segmentation: a U-Net whose encoder is any "
+                  "registered encoder or encoder checkpoint; metrics inside the field of view.")
+
+OPTIONS = typer.Option(None, "--option", "-o", help="A data-source option as key=value (repeatable), "
+                       "e.g. root=/data/STARE, or for the glob source image='*/images/*.tif'.",
+                       show_default=False)
+
+
+def _options(items: list[str] | None) -> dict:
+    import yaml
+
+    from ..errors import ConfigError
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--option {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw else ""
+        out[key.strip()] = raw if value is None else value
+    return out
+
+
+@app.command("train")
+def train(config: str = typer.Argument("drive-vessels", help="A YAML config or a packaged preset "
+                                       "(drive-vessels)."),
+          overrides: list[str] = OVERRIDES, resume: Path = RESUME, runs_dir: Path = RUNS_DIR,
+          skip_bad: bool = SKIP_BAD) -> None:
+    """Train a U-Net on random FOV patches, then evaluate it on the test split (and on the
+    config's evaluate_on datasets, e.g. STARE). Writes runs/<name>-<time>/ with segmenter/ (the
+    model), encoder/, predictions/ (PNG probability maps and binary masks), results.csv and an HTML
+    report with overlays."""
+    from ..evaluate.segmentation_run import SegmentConfig, run_segment_train
+    from ..report.html import build_report
+
+    if resume is not None:
+        run = RunDir.resume(resume)
+        cfg = load_config(SegmentConfig, run.config_file, overrides)
+    else:
+        cfg = load_config(SegmentConfig, config, with_common_overrides(overrides, runs_dir, skip_bad))
+        run = RunDir.create(cfg.runs_dir, cfg.name)
+    run.attach_log_file()
+    typer.echo(f"run directory: {run.path}")
+    try:
+        metrics = run_segment_train(cfg, run, resume=resume is not None)
+    except BaseException as exc:
+        run.update_status(status="failed", error=str(exc)[:500])
+        raise
+    run.update_status(status="finished", metrics=metrics)
+    typer.echo(", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    typer.echo(f"report: {build_report(run)}")
+
+
+@app.command("predict")
+def predict(model: Path = typer.Argument(..., help="A segmenter directory or a run directory "
+                                         "holding segmenter/."),
+            images: list[Path] = typer.Argument(None, help="Image files (or give --source).",
+                                                show_default=False),
+            out: Path = typer.Option(..., "--out", help="Folder for <id>-prob.png (8-bit "
+                                     "probabilities) and <id>-vessels.png (binary masks)."),
+            source: str = typer.Option(None, "--source", help="A data source instead of image "
+                                       "files (drive, stare, glob...).", show_default=False),
+            options: list[str] = OPTIONS,
+            fov_threshold: float = typer.Option(None, "--fov-threshold", help="FOV estimation "
+                                                "threshold (default: the model's).", show_default=False),
+            cache_dir: Path = typer.Option(None, "--cache-dir", show_default=False)) -> None:
+    """Write vessel probability maps and binary masks, at each image's original resolution."""
+    from ..data.cache import Cache
+    from ..data.manifest import Manifest
+    from ..data.sources import load_source
+    from ..data.sources.files import safe_id, stem
+    from ..errors import ConfigError
+    from ..evaluate.segmentation_run import load_segmenter, predict_images
+
+    segmenter = load_segmenter(model)
+    if source:
+        manifest = load_source(source, **_options(options))
+    elif images:
+        import os
+
+        paths = [p.resolve() for p in images]
+        root = Path(os.path.commonpath([str(p.parent) for p in paths]))
+        manifest = Manifest.from_records([{"id": safe_id(stem(p.name)), "image": str(p.relative_to(root))}
+                                          for p in paths], root, name="images")
+    else:
+        raise ConfigError("give image files or --source")
+    preprocess = segmenter.preprocess
+    if fov_threshold is not None:
+        preprocess = preprocess.model_copy(update={"fov_threshold": fov_threshold})
+    prepared = Cache(cache_dir).prepare(manifest, preprocess, mask_columns=["mask_fov"])
+    written = predict_images(segmenter, prepared, out)
+    typer.echo(f"wrote {len(written)} files to {out}")
+
+
+@app.command("evaluate")
+def evaluate(model: Path = typer.Argument(..., help="A segmenter directory or a run directory "
+                                          "holding segmenter/."),
+             source: str = typer.Option(..., "--source", help="Data source of the images and "
+                                        "vessel masks (stare, drive, glob, manifest...)."),
+             options: list[str] = OPTIONS,
+             name: str = typer.Option(None, "--name", help="Dataset name in the results (default: "
+                                      "the source).", show_default=False),
+             split: str = typer.Option(None, "--split", help="Only this split (default: every "
+                                       "image with a vessel mask).", show_default=False),
+             exclude_flag: str = typer.Option(None, "--exclude-flag", help="Leave out rows whose "
+                                              "value in this manifest column is 1.", show_default=False),
+             fov_threshold: float = typer.Option(None, "--fov-threshold", help="FOV estimation "
+                                                 "threshold for datasets without FOV masks (STARE: "
+                                                 "0.25).", show_default=False),
+             size: int = typer.Option(None, "--size", help="Cache side in pixels (default: the "
+                                      "model's).", show_default=False),
+             crop_fov: bool = typer.Option(None, "--crop-fov/--no-crop-fov", help="Crop to the FOV "
+                                           "before resizing (default: the model's).", show_default=False),
+             runs_dir: Path = RUNS_DIR,
+             figures: int = typer.Option(4, "--figures", help="Overlays in the report.")) -> None:
+    """Evaluate a trained model on a dataset (cross-dataset: e.g. train on DRIVE, test on STARE):
+    Dice, sensitivity, specificity, accuracy and pixel AUC inside the FOV, with bootstrap intervals
+    over images; predictions, overlays, results.csv and a report in a new run directory."""
+    from ..config import DataConfig
+    from ..evaluate.segmentation_run import EvalDatasetConfig, load_segmenter, run_segment_evaluate
+    from ..report.html import build_report
+
+    segmenter = load_segmenter(model)
+    update = {k: v for k, v in {"fov_threshold": fov_threshold, "size": size, "crop_fov": crop_fov}.items()
+              if v is not None}
+    preprocess = segmenter.preprocess.model_copy(update=update)
+    spec = EvalDatasetConfig(name=name or source, data=DataConfig(source=source, options=_options(options)),
+                             preprocess=preprocess, split=split, exclude_flag=exclude_flag)
+    run = RunDir.create(runs_dir or Path("runs"), f"segment-evaluate-{spec.name}")
+    run.attach_log_file()
+    typer.echo(f"run directory: {run.path}")
+    result = run_segment_evaluate(segmenter, spec, run, n_figures=figures)
+    run.update_status(status="finished", metrics=result.summary)
+    s = result.summary
+    typer.echo(f"{spec.name}: dice {s['dice']:.4f} sensitivity {s['sensitivity']:.4f} specificity "
+               f"{s['specificity']:.4f} accuracy {s['accuracy']:.4f} auc {s['auc']:.4f} "
+               f"({int(s['n_images'])} images)")
+    typer.echo(f"report: {build_report(run)}")
+
+
+@app.command("curve")
+def curve(config: str = typer.Argument("drive-vessels", help="A YAML config or preset (the "
+                                       "budget of every training)."),
+          overrides: list[str] = OVERRIDES,
+          init: list[str] = typer.Option(None, "--init", help="An initialisation: scratch, or "
+                                         "NAME=PATH of an encoder checkpoint (repeatable).",
+                                         show_default=False),
+          sizes: str = typer.Option("1,2,5,10,20", "--sizes", help="Numbers of training images."),
+          seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds."),
+          resume: Path = RESUME, runs_dir: Path = RUNS_DIR) -> None:
+    """Label-fraction curve: one U-Net per (initialisation, number of training images, seed),
+    each tested on the test split; one results table (same format as the classification
+    protocol) and a report. With --resume, finished combinations are skipped."""
+    from ..evaluate.segmentation_run import SegmentConfig, run_label_fraction_curve
+    from ..report.html import build_report
+
+    inits: dict[str, str] = {}
+    for item in init or ["scratch"]:
+        if item == "scratch":
+            inits["scratch"] = "scratch"
+        else:
+            label, _, path = item.rpartition("=")
+            inits[label or Path(path).parent.name or path] = path
+    if resume is not None:
+        run = RunDir.resume(resume)
+        cfg = load_config(SegmentConfig, run.config_file, overrides)
+    else:
+        cfg = load_config(SegmentConfig, config, with_common_overrides(overrides, runs_dir, False))
+        run = RunDir.create(cfg.runs_dir, f"{cfg.name}-curve")
+    run.attach_log_file()
+    typer.echo(f"run directory: {run.path}")
+    table = run_label_fraction_curve(cfg, run, inits, [int(s) for s in sizes.split(",")],
+                                     [int(s) for s in seeds.split(",")])
+    run.update_status(status="finished")
+    dice = table[(table["metric"] == "dice") & (table["method"] == "segmentation")]
+    summary = dice.groupby(["init", "n_labelled"])["value"].agg(["mean", "std", "count"])
+    typer.echo(summary.to_string())
+    typer.echo(f"report: {build_report(run)}")
