@@ -19,6 +19,7 @@ from . import data as data_cmd
 from . import demo as demo_cmd
 from . import pretrain as pretrain_cmd
 from . import report as report_cmd
+from . import segment as segment_cmd
 from . import sweep as sweep_cmd
 from . import train as train_cmd
 
@@ -34,6 +35,7 @@ app.command("pretrain")(pretrain_cmd.pretrain)
 app.command("demo")(demo_cmd.demo)
 app.command("report")(report_cmd.report)
 app.command("sweep")(sweep_cmd.sweep)
+app.add_typer(segment_cmd.app, name="segment")
 
 
 @app.callback()

@@ -90,8 +90,15 @@ def heatmap_section(run: RunDir) -> Section | None:
                            "ground-truth lesion mask is outlined in cyan.")
 
 
+def vessel_section(run: RunDir) -> Section | None:
+    return gallery_section(run, "vessels-", "Vessel segmentation overlays",
+                           "Each row: image | ground truth | predicted probability | errors inside the "
+                           "field of view (white: true positive, red: false positive, blue: false "
+                           "negative; grey: outside the FOV). Captions: dataset and image id.")
+
+
 SECTION_BUILDERS: list[Callable[[RunDir], Section | None]] = [summary_section, roc_section,
-                                                               heatmap_section]
+                                                               heatmap_section, vessel_section]
 
 # Builders defined in their own modules (imported here, after Section and table_html exist).
 from .curves import training_curves_section  # noqa: E402
