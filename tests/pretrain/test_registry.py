@@ -32,10 +32,14 @@ def make_method(name: str):
     return build_method(name, TINY.get(name, {}), encoder)
 
 
-def make_batch() -> dict:
+def make_batch(name: str = "") -> dict:
     g = torch.Generator().manual_seed(123)
-    return {"image": torch.rand(4, 3, SIZE, SIZE, generator=g), "label": torch.tensor([0, 1, 0, 1]),
-            "index": torch.arange(4)}
+    batch = {"image": torch.rand(4, 3, SIZE, SIZE, generator=g), "label": torch.tensor([0, 1, 0, 1]),
+             "index": torch.arange(4)}
+    if name == "cross-modal":  # its dataset pairs each image with a thickness map and its mask
+        batch["target"] = 200 + 100 * torch.rand(4, 1, SIZE, SIZE, generator=g)
+        batch["mask"] = (torch.rand(4, 1, SIZE, SIZE, generator=g) > 0.3).float()
+    return batch
 
 
 def step_losses(method, batch: dict, seed: int, backward: bool = False) -> dict[str, torch.Tensor]:
@@ -71,7 +75,7 @@ def test_every_pretext_method_is_registered() -> None:
 def test_loss_gradients_and_seeds(name: str) -> None:
     method = make_method(name)
     method.train()
-    batch = make_batch()
+    batch = make_batch(name)
     first = step_losses(method, batch, seed=1, backward=True)
     grouped = {id(p) for opt in method.configure_optimizers().values()
                for pg in opt.param_groups for p in pg["params"]}
@@ -88,7 +92,7 @@ def test_loss_gradients_and_seeds(name: str) -> None:
 def test_checkpoint_round_trip(name: str, tmp_path: Path) -> None:
     method = make_method(name)
     method.train()
-    batch = make_batch()
+    batch = make_batch(name)
     step_losses(method, batch, seed=3, backward=True)
     for optimizer in method.configure_optimizers().values():
         optimizer.step()  # weights and BN statistics now differ from the initialisation

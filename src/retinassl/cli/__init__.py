@@ -17,6 +17,7 @@ import typer
 from ..errors import RetinasslError
 from . import data as data_cmd
 from . import demo as demo_cmd
+from . import oct as oct_cmd
 from . import pretrain as pretrain_cmd
 from . import report as report_cmd
 from . import segment as segment_cmd
@@ -30,6 +31,7 @@ app = typer.Typer(
          "papers in the field do.\n\nStart with `retinassl demo` (synthetic data, a few minutes on a "
          "laptop CPU), then `retinassl data inspect idrid --option root=PATH` on your own data.")
 app.add_typer(data_cmd.app, name="data")
+app.add_typer(oct_cmd.app, name="oct")
 app.command("train")(train_cmd.train)
 app.command("pretrain")(pretrain_cmd.pretrain)
 app.command("demo")(demo_cmd.demo)

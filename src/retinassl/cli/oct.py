@@ -1,0 +1,140 @@
+"""``retinassl oct info|thickness|segment|train-seg|pretrain``: OCT volumes (DICOM, HEYEX .vol/.xml,
+NumPy/TIFF stacks) -> layer boundaries -> retinal-thickness maps, and the cross-modal pretraining
+that learns those maps from fundus images (DeepRT, Holmberg et al. 2020).
+
+Nothing these commands print, log or write contains a patient identifier or the input's file name:
+volumes are described by their hashed patient key (see :mod:`retinassl.oct.identity`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from .common import OVERRIDES, RESUME, RUNS_DIR
+
+app = typer.Typer(no_args_is_help=True, help="OCT volumes: read, segment layers, thickness maps, "
+                                             "cross-modal pretraining.")
+
+VOLUME = typer.Argument(..., help="An OCT export: DICOM file or folder, HEYEX .vol or .xml, or a "
+                                  ".npy/.tif stack with a .json spacing sidecar.", show_default=False)
+INFRARED = typer.Option(None, "--infrared", help="The infrared-image DICOM (default: found beside "
+                                                 "the OCT file).", show_default=False)
+MODEL = typer.Option(None, "--model", help="A layer-segmentation model folder (from `retinassl oct "
+                                           "train-seg`); default: the export's own layer annotations.",
+                     show_default=False)
+
+
+def _runs_dir(runs_dir: Path | None) -> Path:
+    return runs_dir if runs_dir is not None else Path("runs")
+
+
+@app.command()
+def info(volume: Path = VOLUME, infrared: Path = INFRARED) -> None:
+    """Print what a volume holds (format, shape, spacing, laterality, date, hashed patient key,
+    positions, localizer, layer annotations, warnings) as JSON."""
+    from ..oct.read import read_volume
+
+    typer.echo(json.dumps(read_volume(volume, infrared).describe(), indent=1))
+
+
+@app.command()
+def thickness(volume: Path = VOLUME, model: Path = MODEL, infrared: Path = INFRARED,
+              map_size: int = typer.Option(128, "--map-size", help="Side of the thickness map."),
+              runs_dir: Path = RUNS_DIR,
+              name: str = typer.Option("oct-thickness", "--name", help="Run name.")) -> None:
+    """Retinal-thickness map (ILM to Bruch's membrane, micrometres) of one volume: writes
+    thickness_map.npy (128x128 on the infrared field, 0 = undefined, the DeepRT format), a PNG with
+    a colour bar, the ETDRS 9-sector table (etdrs.csv) and thickness.json into a new run directory."""
+    from ..oct.layerseg import load_layer_model
+    from ..oct.pipeline import compute_thickness, write_thickness
+    from ..oct.read import read_volume
+    from ..rundir import RunDir
+
+    run = RunDir.create(_runs_dir(runs_dir), name)
+    run.attach_log_file()
+    typer.echo(f"run directory: {run.path}")
+    try:
+        vol = read_volume(volume, infrared)
+        layer_model = load_layer_model(model) if model is not None else None
+        result = compute_thickness(vol, layer_model, map_size)
+        paths = write_thickness(result, vol, run.path,
+                                extra={"model": None if model is None else str(model)})
+    except BaseException as exc:
+        run.update_status(status="failed", error=str(exc)[:500])
+        raise
+    run.update_status(status="finished", outputs=sorted(p.name for p in paths.values()),
+                      quality=result.quality)
+    if result.etdrs is not None:
+        typer.echo(result.etdrs.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    q = result.quality
+    verdict = "passes" if q["passes"] else "fails: " + "; ".join(q["reasons"])
+    typer.echo(f"quality: total variation {q['tv']:.4f}, {q['defined_fraction']:.0%} of the map "
+               f"defined; {verdict}")
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}")
+
+
+@app.command()
+def segment(volume: Path = VOLUME, model: Path = typer.Option(..., "--model", help="A layer-"
+            "segmentation model folder."), infrared: Path = INFRARED, runs_dir: Path = RUNS_DIR,
+            name: str = typer.Option("oct-segment", "--name", help="Run name.")) -> None:
+    """Segment the layer boundaries of a volume: boundaries.npy (K, n_bscans, width rows, NaN =
+    undefined), boundaries.json and a PNG of the central B-scan."""
+    import numpy as np
+
+    from ..atomic import write_text, write_with
+    from ..oct.figures import bscan_png
+    from ..oct.layerseg import load_layer_model
+    from ..oct.read import read_volume
+    from ..rundir import RunDir
+
+    run = RunDir.create(_runs_dir(runs_dir), name)
+    run.attach_log_file()
+    typer.echo(f"run directory: {run.path}")
+    vol = read_volume(volume, infrared)
+    layer_model = load_layer_model(model)
+    rows = layer_model.segment(vol)
+    stack = np.stack([rows[n] for n in layer_model.boundaries]).astype(np.float32)
+    write_with(run.path / "boundaries.npy", lambda fh: np.save(fh, stack, allow_pickle=False))
+    write_text(run.path / "boundaries.json", json.dumps(
+        {"boundary_names": list(layer_model.boundaries), "volume": vol.describe(),
+         "undefined_fraction": float(np.isnan(stack).any(axis=0).mean()),
+         "rows": "continuous row coordinate; pixel row r spans [r-0.5, r+0.5)"}, indent=1))
+    mid = vol.shape[0] // 2
+    bscan_png(vol.bscans[mid], {n: rows[n][mid] for n in layer_model.boundaries},
+              run.path / "bscan_central.png", title=f"B-scan {mid}")
+    run.update_status(status="finished")
+    typer.echo(f"{len(layer_model.boundaries)} boundaries on {vol.shape[0]} B-scans; "
+               f"undefined A-scans: {float(np.isnan(stack).any(axis=0).mean()):.1%}")
+
+
+@app.command("train-seg")
+def train_seg(config: str = typer.Argument(None, help="A YAML config (default: built-in defaults "
+                                                       "on synthetic volumes).", show_default=False),
+              overrides: list[str] = OVERRIDES, resume: Path = RESUME, runs_dir: Path = RUNS_DIR) -> None:
+    """Train a layer-segmentation U-Net on annotated B-scans (``volumes=[...]`` files with layer
+    annotations, or synthetic volumes). The model folder is <run>/layer-model."""
+    from ..config import load_config
+    from ..oct.train_layers import LayerTrainConfig, run_train_layers
+    from ..rundir import RunDir
+
+    extra = [f"runs_dir={runs_dir}"] if runs_dir is not None else []
+    if resume is not None:
+        run = RunDir.resume(resume)
+        cfg = load_config(LayerTrainConfig, run.config_file, overrides)
+    else:
+        cfg = load_config(LayerTrainConfig, config, list(overrides or []) + extra)
+        run = RunDir.create(cfg.runs_dir, cfg.name)
+    run.attach_log_file()
+    typer.echo(f"run directory: {run.path}")
+    try:
+        _, metrics = run_train_layers(cfg, run, resume=resume is not None)
+    except BaseException as exc:
+        run.update_status(status="failed", error=str(exc)[:500])
+        raise
+    run.update_status(status="finished", metrics=metrics)
+    typer.echo("validation: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    typer.echo(f"model: {run.path / 'layer-model'}")

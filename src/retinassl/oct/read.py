@@ -1,0 +1,66 @@
+"""``read_volume(path)``: any supported OCT export -> :class:`~retinassl.oct.volume.OCTVolume`.
+
+Dispatch: a DICOM file (by its preamble, whatever the extension) -> :mod:`.dicom`; a folder ->
+its Ophthalmic Tomography DICOM (the infrared image is found beside it); ``.vol`` / ``.xml`` ->
+:mod:`.heyex`; ``.npy`` / ``.tif`` / ``.tiff`` with a JSON sidecar -> :mod:`.stack`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import DataError
+from .volume import OCTVolume
+
+FORMATS = "DICOM (.dcm or a folder), HEYEX .vol, HEYEX .xml, .npy/.tif stack with a .json sidecar"
+
+
+def _oct_in_folder(folder: Path) -> Path:
+    from .dicom import _dcmread, _is_photo, is_dicom
+
+    found = []
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and is_dicom(p):
+            head = _dcmread(p, header_only=True)
+            if not _is_photo(head) or int(getattr(head, "NumberOfFrames", 1) or 1) > 1:
+                found.append(p)
+    if len(found) != 1:
+        raise DataError(f"expected one OCT DICOM file in the folder, found {len(found)}", path=folder)
+    return found[0]
+
+
+def read_volume(path: str | Path, infrared: str | Path | None = None) -> OCTVolume:
+    """Read an OCT volume in any supported format (see the module docstring).
+
+    Args:
+        path: the export.
+        infrared: for DICOM, the infrared image file (default: found beside the OCT file).
+
+    Raises:
+        DataError: missing file, unknown format, or bad content (naming the file).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = _oct_in_folder(path)
+    if not path.is_file():
+        raise DataError("file does not exist", path=path)
+    from .dicom import is_dicom, read_dicom_volume
+
+    if is_dicom(path):
+        return read_dicom_volume(path, infrared)
+    suffix = path.suffix.lower()
+    if suffix == ".dcm":
+        return read_dicom_volume(path, infrared)      # raises "not a DICOM file"
+    if suffix == ".vol":
+        from .heyex import read_heyex_vol
+
+        return read_heyex_vol(path)
+    if suffix == ".xml":
+        from .heyex import read_heyex_xml
+
+        return read_heyex_xml(path)
+    if suffix in (".npy", ".tif", ".tiff"):
+        from .stack import read_stack_volume
+
+        return read_stack_volume(path)
+    raise DataError(f"unknown OCT format {suffix!r}; supported: {FORMATS}", path=path)
