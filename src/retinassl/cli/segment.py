@@ -18,6 +18,22 @@ OPTIONS = typer.Option(None, "--option", "-o", help="A data-source option as key
                        show_default=False)
 
 
+FOV_THRESHOLD = typer.Option(None, "--fov-threshold", help="FOV estimation threshold for images "
+                             "without FOV masks (default: the model's; STARE needs 0.25).",
+                             show_default=False)
+SIZE = typer.Option(None, "--size", help="Cache side in pixels (default: the model's).",
+                    show_default=False)
+CROP_FOV = typer.Option(None, "--crop-fov/--no-crop-fov", help="Crop to the FOV before resizing "
+                        "(default: the model's).", show_default=False)
+
+
+def _preprocess(segmenter, fov_threshold: float | None, size: int | None, crop_fov: bool | None):
+    """The model's preprocessing with the command line's changes (scale and FOV estimation)."""
+    update = {k: v for k, v in {"fov_threshold": fov_threshold, "size": size, "crop_fov": crop_fov}.items()
+              if v is not None}
+    return segmenter.preprocess.model_copy(update=update)
+
+
 def _options(items: list[str] | None) -> dict:
     import yaml
 
@@ -72,9 +88,8 @@ def predict(model: Path = typer.Argument(..., help="A segmenter directory or a r
                                      "probabilities) and <id>-vessels.png (binary masks)."),
             source: str = typer.Option(None, "--source", help="A data source instead of image "
                                        "files (drive, stare, glob...).", show_default=False),
-            options: list[str] = OPTIONS,
-            fov_threshold: float = typer.Option(None, "--fov-threshold", help="FOV estimation "
-                                                "threshold (default: the model's).", show_default=False),
+            options: list[str] = OPTIONS, fov_threshold: float = FOV_THRESHOLD, size: int = SIZE,
+            crop_fov: bool = CROP_FOV,
             cache_dir: Path = typer.Option(None, "--cache-dir", show_default=False)) -> None:
     """Write vessel probability maps and binary masks, at each image's original resolution."""
     from ..data.cache import Cache
@@ -96,10 +111,8 @@ def predict(model: Path = typer.Argument(..., help="A segmenter directory or a r
                                           for p in paths], root, name="images")
     else:
         raise ConfigError("give image files or --source")
-    preprocess = segmenter.preprocess
-    if fov_threshold is not None:
-        preprocess = preprocess.model_copy(update={"fov_threshold": fov_threshold})
-    prepared = Cache(cache_dir).prepare(manifest, preprocess, mask_columns=["mask_fov"])
+    prepared = Cache(cache_dir).prepare(manifest, _preprocess(segmenter, fov_threshold, size, crop_fov),
+                                        mask_columns=["mask_fov"])
     written = predict_images(segmenter, prepared, out)
     typer.echo(f"wrote {len(written)} files to {out}")
 
@@ -116,13 +129,7 @@ def evaluate(model: Path = typer.Argument(..., help="A segmenter directory or a 
                                        "image with a vessel mask).", show_default=False),
              exclude_flag: str = typer.Option(None, "--exclude-flag", help="Leave out rows whose "
                                               "value in this manifest column is 1.", show_default=False),
-             fov_threshold: float = typer.Option(None, "--fov-threshold", help="FOV estimation "
-                                                 "threshold for datasets without FOV masks (STARE: "
-                                                 "0.25).", show_default=False),
-             size: int = typer.Option(None, "--size", help="Cache side in pixels (default: the "
-                                      "model's).", show_default=False),
-             crop_fov: bool = typer.Option(None, "--crop-fov/--no-crop-fov", help="Crop to the FOV "
-                                           "before resizing (default: the model's).", show_default=False),
+             fov_threshold: float = FOV_THRESHOLD, size: int = SIZE, crop_fov: bool = CROP_FOV,
              runs_dir: Path = RUNS_DIR,
              figures: int = typer.Option(4, "--figures", help="Overlays in the report.")) -> None:
     """Evaluate a trained model on a dataset (cross-dataset: e.g. train on DRIVE, test on STARE):
@@ -133,9 +140,7 @@ def evaluate(model: Path = typer.Argument(..., help="A segmenter directory or a 
     from ..report.html import build_report
 
     segmenter = load_segmenter(model)
-    update = {k: v for k, v in {"fov_threshold": fov_threshold, "size": size, "crop_fov": crop_fov}.items()
-              if v is not None}
-    preprocess = segmenter.preprocess.model_copy(update=update)
+    preprocess = _preprocess(segmenter, fov_threshold, size, crop_fov)
     spec = EvalDatasetConfig(name=name or source, data=DataConfig(source=source, options=_options(options)),
                              preprocess=preprocess, split=split, exclude_flag=exclude_flag)
     run = RunDir.create(runs_dir or Path("runs"), f"segment-evaluate-{spec.name}")

@@ -328,13 +328,15 @@ def native_masks(prepared: PreparedData, row: int) -> tuple[np.ndarray, np.ndarr
 
 def predict_row(model: torch.nn.Module, prepared: PreparedData, row: int, input_config: InputConfig,
                 inference: InferenceConfig) -> tuple[np.ndarray, float]:
-    """Probabilities of one cached image on the original pixel grid, and the inference seconds."""
+    """Probabilities of one cached image on the original pixel grid (0 outside the FOV), and the
+    inference seconds."""
     entry = prepared.entries[row]
-    x = torch.from_numpy(network_input(np.asarray(entry.image()), np.asarray(entry.fov()), input_config))
+    fov = np.asarray(entry.fov())
+    x = torch.from_numpy(network_input(np.asarray(entry.image()), fov, input_config))
     start = time.perf_counter()
     prob = sliding_window_probabilities(model, x, inference)[0].numpy()
     seconds = time.perf_counter() - start
-    return to_original(prob, entry.geometry), seconds
+    return to_original(prob * fov, entry.geometry), seconds
 
 
 def evaluate_segmenter(model: torch.nn.Module, prepared: PreparedData, rows: np.ndarray,
