@@ -80,26 +80,6 @@ class TrainImagesConfig(Section):
     freeze_encoder_epochs: int = Field(0, ge=0)
 
 
-class EvalDatasetConfig(Section):
-    """A dataset to evaluate a trained model on (cross-dataset evaluation).
-
-    Attributes:
-        name: short name used in the results table (``task = vessels:<name>``) and file names.
-        data: where the images come from (any source: ``stare``, ``glob``, ``manifest``...).
-        preprocess: its caching (None: the training preprocessing). To match the training
-            scale, crop to the FOV and resize so the FOV has the training images' diameter.
-        split: only rows of this split (None: every row with a vessel mask).
-        exclude_flag: leave out rows whose value in this manifest column is 1 (e.g. STARE's
-            ``resized``).
-    """
-
-    name: str
-    data: DataConfig
-    preprocess: PreprocessConfig | None = None
-    split: str | None = None
-    exclude_flag: str | None = None
-
-
 class SegmentModelConfig(ModelConfig):
     """The U-Net's encoder (:class:`~retinassl.config.ModelConfig` with a small ``unet`` default;
     ``in_channels`` defaults to the input's channels)."""
@@ -122,6 +102,27 @@ class SegmentPreprocessConfig(PreprocessConfig):
     size: int = Field(584, ge=8, le=8192)
     crop_fov: bool = False
     normalize: Literal["max", "imagenet", "image", "unit"] = "unit"
+
+
+class EvalDatasetConfig(Section):
+    """A dataset to evaluate a trained model on (cross-dataset evaluation).
+
+    Attributes:
+        name: short name used in the results table (``task = vessels:<name>``) and file names.
+        data: where the images come from (any source: ``stare``, ``glob``, ``manifest``...).
+        preprocess: its caching (None: the training preprocessing; defaults as for training:
+            no FOV crop, ``size`` 584, so set ``size`` to the images' longer side to keep their
+            scale, or smaller to shrink them towards the training images' scale).
+        split: only rows of this split (None: every row with a vessel mask).
+        exclude_flag: leave out rows whose value in this manifest column is 1 (e.g. STARE's
+            ``resized``).
+    """
+
+    name: str
+    data: DataConfig
+    preprocess: SegmentPreprocessConfig | None = None
+    split: str | None = None
+    exclude_flag: str | None = None
 
 
 class SegmentConfig(Section):
