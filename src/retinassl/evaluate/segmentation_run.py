@@ -175,16 +175,18 @@ def build_vessel_method(config: SegmentConfig, steps_per_epoch: int) -> tuple[Ve
     model = config.model
     if model.init == "scratch" and "in_channels" not in model.kwargs:
         model = model.model_copy(update={"kwargs": {**model.kwargs, "in_channels": config.input.num_channels}})
-    initial = initial_encoder(model)
-    if initial.encoder.in_channels not in (config.input.num_channels, 3):
-        raise ConfigError(f"the encoder takes {initial.encoder.in_channels} channel(s) but input."
-                          f"channels is {config.input.channels!r}")
     params = dict(config.method)
     name = params.pop("name", "segmentation")
     if name != VesselSegmentation.name:
         raise ConfigError(f"method.name must be {VesselSegmentation.name!r} for segmentation, not {name!r}")
     params["freeze_encoder_steps"] = config.train.freeze_encoder_epochs * steps_per_epoch
-    method = build_method(name, params, initial.encoder)
+    with torch.random.fork_rng(devices=[]):  # layer initialisation draws from the global RNG
+        torch.manual_seed(config.seed)
+        initial = initial_encoder(model)
+        if initial.encoder.in_channels not in (config.input.num_channels, 3):
+            raise ConfigError(f"the encoder takes {initial.encoder.in_channels} channel(s) but input."
+                              f"channels is {config.input.channels!r}")
+        method = build_method(name, params, initial.encoder)
     return method, {"arch": initial.arch, "kwargs": initial.kwargs, "kind": initial.kind}  # type: ignore[return-value]
 
 
