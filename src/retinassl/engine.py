@@ -251,6 +251,7 @@ def _lightning_module(method: Method, config: EngineConfig, seed: int, loader: R
                 for key, value in metrics.items():
                     self.log(f"train/{key}", float(value), on_step=True, on_epoch=False)
             self.method.after_step()
+            self._check_divergence(number)
             self.batches_done += 1
             loader.position = (self.current_epoch, batch_idx + 1)
             if 0 < config.max_steps <= self.batches_done:
@@ -260,20 +261,29 @@ def _lightning_module(method: Method, config: EngineConfig, seed: int, loader: R
             bad = not bool(torch.isfinite(loss.detach()).all())
             bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
             if bad:
-                path = checkpoint_dir / "last-good-weights.safetensors"
-                if self.trainer.is_global_zero:
-                    from safetensors.torch import save_file
-
-                    from .atomic import atomic_path
-
-                    state = {k: v.detach().cpu().contiguous() for k, v in self.method.state_dict().items()}
-                    with atomic_path(path) as tmp:
-                        save_file(state, str(tmp))
+                path = self._save_last_good()
                 raise TrainingDiverged(
                     f"the {group} loss became {float(loss.detach().float())} at batch {number}; "
                     f"training stopped. The weights before this batch are in {path}; the last "
                     f"resumable checkpoint is in {checkpoint_dir}. Lower the learning rate or use "
                     f"precision 32.")
+
+        def _check_divergence(self, number: int) -> None:
+            """Stop when the method reports a divergence it detects itself (e.g. a collapsed GAN
+            generator; :meth:`Method.divergence`), after saving the current weights."""
+            problem = self.method.divergence()
+            if self.trainer.strategy.reduce_boolean_decision(problem is not None, all=False):
+                path = self._save_last_good()
+                raise TrainingDiverged(
+                    f"{problem or 'another process reported a divergence'} (batch {number}); "
+                    f"training stopped. The weights after this batch are in {path}; the last "
+                    f"resumable checkpoint is in {checkpoint_dir}.")
+
+        def _save_last_good(self) -> Path:
+            path = checkpoint_dir / "last-good-weights.safetensors"
+            if self.trainer.is_global_zero:
+                _save_weights(self.method, path)
+            return path
 
         # validation -------------------------------------------------------------------------
         def validation_step(self, batch: Any, batch_idx: int) -> None:

@@ -28,7 +28,7 @@ class Method(nn.Module):
 
     Subclasses define ``name``, a ``Config`` section (documented defaults), ``__init__(config,
     encoder)``, :meth:`configure_optimizers` and :meth:`loss`; optionally :meth:`after_step`,
-    :meth:`validation_outputs` / :meth:`validation_metrics` and ``monitor``.
+    :meth:`divergence`, :meth:`validation_outputs` / :meth:`validation_metrics` and ``monitor``.
     """
 
     name: ClassVar[str] = ""
@@ -51,6 +51,12 @@ class Method(nn.Module):
 
     def after_step(self) -> None:
         """Called after all optimizers stepped on a batch (e.g. to update an EMA)."""
+
+    def divergence(self) -> str | None:
+        """A message when training has failed in a way the method detects itself (e.g. a
+        collapsed GAN generator), else None; the engine then stops with TrainingDiverged after
+        saving the weights. Checked after every step (NaN/inf losses are the engine's own check)."""
+        return None
 
     def lr_factor(self, step: int, total_steps: int) -> float:
         """Learning-rate multiplier at ``step`` of ``total_steps`` (default: constant)."""

@@ -21,6 +21,7 @@ from . import oct as oct_cmd
 from . import pretrain as pretrain_cmd
 from . import report as report_cmd
 from . import segment as segment_cmd
+from . import semisup as semisup_cmd
 from . import sweep as sweep_cmd
 from . import train as train_cmd
 
@@ -38,6 +39,7 @@ app.command("demo")(demo_cmd.demo)
 app.command("report")(report_cmd.report)
 app.command("sweep")(sweep_cmd.sweep)
 app.add_typer(segment_cmd.app, name="segment")
+app.add_typer(semisup_cmd.app, name="semisup")
 
 
 @app.callback()

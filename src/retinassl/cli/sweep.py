@@ -21,7 +21,9 @@ Runner = Callable[[dict[str, Any], Any, str, bool], None]
 
 def runners() -> dict[str, Runner]:
     """Experiment kinds and the function that runs each (imported here, explicitly)."""
-    return {}
+    from ..semisup.experiment import run_ssl_gan_experiment
+
+    return {"ssl-gan": run_ssl_gan_experiment}
 
 
 def sweep(preset: str = typer.Argument(..., help="A packaged experiment preset or a YAML file."),

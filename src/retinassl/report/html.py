@@ -104,6 +104,9 @@ SECTION_BUILDERS: list[Callable[[RunDir], Section | None]] = [summary_section, r
 from .curves import training_curves_section  # noqa: E402
 
 SECTION_BUILDERS.append(training_curves_section)
+from ..semisup.report import ssl_gan_section  # noqa: E402
+
+SECTION_BUILDERS.append(ssl_gan_section)
 
 
 def build_report(run: RunDir, title: str | None = None) -> Path:

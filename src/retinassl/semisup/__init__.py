@@ -1,1 +1,4 @@
-"""Semi-supervised learning: the patch-based GAN and image-level aggregation of patch predictions."""
+"""Semi-supervised patch classification: the patch SSL-GAN of Lecouat et al. 2018 and the
+image-level aggregation of patch predictions (importing the package registers ``ssl-gan``)."""
+
+from . import patch_gan  # noqa: F401

@@ -1,0 +1,77 @@
+"""``retinassl semisup train|evaluate|heatmap``: the patch SSL-GAN (or a supervised patch baseline)
+trained on a few labelled images, evaluated, and applied to new images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, with_common_overrides
+
+app = typer.Typer(no_args_is_help=True, help="Semi-supervised patch classification (the patch "
+                                             "SSL-GAN of Lecouat et al. 2018).")
+
+
+@app.command()
+def train(config: str = typer.Argument(..., help="A YAML config or preset (e.g. ssl-gan, "
+                                                  "demo-ssl-gan)."),
+          overrides: list[str] = OVERRIDES, resume: Path = RESUME, runs_dir: Path = RUNS_DIR,
+          skip_bad: bool = SKIP_BAD) -> None:
+    """Train a patch classifier with n_labelled labelled images (the rest of the training cohort,
+    and an optional pool, unlabelled), then evaluate it on the test split: patch, image and
+    localisation AUC, predictions, heatmaps, results.csv and an HTML report in runs/<name>-<time>/."""
+    from ..config import load_config
+    from ..report.html import build_report
+    from ..rundir import RunDir
+    from ..semisup.config import SemisupTrainConfig
+    from ..semisup.pipeline import run_semisup_train
+
+    if resume is not None:
+        run = RunDir.resume(resume)
+        cfg = load_config(SemisupTrainConfig, run.config_file, overrides)
+    else:
+        cfg = load_config(SemisupTrainConfig, config, with_common_overrides(overrides, runs_dir, skip_bad))
+        run = RunDir.create(cfg.runs_dir, cfg.name)
+    run.attach_log_file()
+    typer.echo(f"run directory: {run.path}")
+    try:
+        metrics = run_semisup_train(cfg, run, resume=resume is not None)
+    except BaseException as exc:
+        run.update_status(status="failed", error=str(exc)[:500])
+        raise
+    run.update_status(status="finished", metrics=metrics)
+    typer.echo("test: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    typer.echo(f"report: {build_report(run)}")
+
+
+@app.command()
+def evaluate(run_dir: Path = typer.Argument(..., help="A `retinassl semisup train` run directory.")) -> None:
+    """Evaluate a run's saved classifier on its test split again (predictions, heatmaps, metrics)."""
+    from ..report.html import build_report
+    from ..semisup.pipeline import evaluate_run, load_run_config
+
+    run, cfg = load_run_config(run_dir)
+    metrics = evaluate_run(cfg, run)
+    typer.echo("test: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    typer.echo(f"report: {build_report(run)}")
+
+
+@app.command()
+def heatmap(image: Path = typer.Argument(..., help="A fundus image file."),
+            checkpoint: Path = typer.Option(..., "--checkpoint", help="A `semisup train` run "
+                                            "directory (or its classifier/ folder)."),
+            out: Path = typer.Option(None, "--out", help="Output PNG (default: <image>-heatmap.png "
+                                     "beside the image).", show_default=False),
+            mask: Path = typer.Option(None, "--mask", help="A lesion mask to outline.",
+                                      show_default=False)) -> None:
+    """Overlay a classifier's patch probabilities (Gaussian-smoothed) on one image; writes a PNG."""
+    from ..semisup.pipeline import heatmap_image
+
+    if not image.is_file():
+        from ..errors import DataError
+
+        raise DataError("image file does not exist", path=image)
+    path, probs = heatmap_image(image, checkpoint, out, mask)
+    typer.echo(f"image score (sum of patch probabilities): {probs.sum():.2f} of {probs.size}")
+    typer.echo(f"heatmap: {path}")

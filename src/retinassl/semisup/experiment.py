@@ -1,0 +1,312 @@
+"""The packaged experiment ``idrid-ssl-gan`` (``kind: ssl-gan``): SSL-GAN vs ConvNet vs ResNet34
+at 10/20/40/80/149 labelled images x 5 samplings on one stratified 149/50/50 split, plus the
+extension with an enlarged unlabelled pool.
+
+Run by ``retinassl sweep idrid-ssl-gan --budget smoke|cpu|full``. The preset's ``budgets``
+section holds each budget's overrides (widths, steps, image size...), merged into the preset
+before it is validated; the resolved configuration is the run's ``config.yaml``.
+
+Every (learner, labelled count, seed) *cell* trains in ``cells/<cell>/`` and, once evaluated,
+appends its rows (``patch_auc``, ``image_auc``, ``localisation_auc``, ``train_seconds``,
+``train_steps``) to the run's results table in one atomic write and its per-image predictions to
+``predictions/ssl-gan/<cell>.csv``. The sweep is resumable at any point: a cell with rows in the
+results table is skipped; a cell whose classifier was saved is only evaluated; a cell with a
+training checkpoint resumes from it (exactly, see :mod:`retinassl.engine`). When both cells of a
+comparison exist, the paired DeLong test of their test-image scores is appended
+(:mod:`retinassl.semisup.summary`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..atomic import file_lock, write_text
+from ..config import to_yaml, validate
+from ..errors import ConfigError
+from ..evaluate.stats import delong_test
+from ..results import append_results, read_results, result_row
+from ..rundir import RunDir
+from .classifier import PatchClassifier
+from .config import LearnerConfig, SSLGANExperimentConfig
+from .evaluation import evaluate_bank, write_heatmaps
+from .patch_data import PatchData, load_patch_data
+from .training import train_learner
+
+log = logging.getLogger(__name__)
+
+TASK = "patch:abnormal"
+CELL_METRICS = ("patch_auc", "image_auc", "localisation_auc")
+PREDICTIONS = "ssl-gan"          # predictions/<this>/ (kept apart from the generic ROC section)
+GALLERY_PREFIX = "sslgan-heatmap-"
+
+
+def resolve_config(data: dict[str, Any], budget: str) -> SSLGANExperimentConfig:
+    """Merge the preset's ``budgets[budget]`` overrides into it (:func:`_deep_merge`) and validate."""
+    data = dict(data)
+    budgets = data.pop("budgets", {}) or {}
+    if budget not in budgets:
+        raise ConfigError(f"the experiment defines no {budget!r} budget (it has: "
+                          f"{', '.join(budgets) or 'none'})")
+    merged = _deep_merge(data, budgets[budget] or {})
+    merged["budget"] = budget
+    return validate(SSLGANExperimentConfig, merged, origin=f"experiment {data.get('name')} ({budget})")
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` merged into ``base`` key by key; an ``options`` mapping (a data source's
+    arguments) is replaced whole, since options of one source mean nothing to another."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "options":
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def cell_name(label: str, n_labelled: int, seed: int) -> str:
+    return f"{label}-n{n_labelled:03d}-s{seed}"
+
+
+def predictions_path(run: RunDir, label: str, n_labelled: int, seed: int) -> Path:
+    return run.path / "predictions" / PREDICTIONS / f"{cell_name(label, n_labelled, seed)}.csv"
+
+
+def _done(run: RunDir, metric: str) -> set[tuple[str, int, int]]:
+    """``(method, n_labelled, seed)`` of the rows of ``metric`` already in the results table."""
+    if not run.results_file.is_file():
+        return set()
+    table = read_results(run.results_file)
+    table = table[table["metric"] == metric]
+    return {(str(m), int(n), int(s)) for m, n, s in zip(table["method"], table["n_labelled"], table["seed"])}
+
+
+def _done_cells(run: RunDir) -> set[tuple[str, int, int]]:
+    return _done(run, "image_auc")
+
+
+def plan_cells(config: SSLGANExperimentConfig) -> list[tuple[str, str, int, int, bool]]:
+    """``(label, learner, n_labelled, seed, use_pool)`` of every cell, seed by seed (so that an
+    interrupted sweep holds whole samplings), then count, then learner."""
+    cells = []
+    ext = config.extension
+    for seed in config.seeds:
+        for n in config.labelled:
+            for name in config.learners:
+                cells.append((name, name, n, seed, False))
+            if ext.enabled and n in (ext.labelled or config.labelled) and seed in (ext.seeds or config.seeds):
+                cells.append((ext.label, ext.learner, n, seed, True))
+    return cells
+
+
+def run_ssl_gan_experiment(data: dict[str, Any], run: RunDir, budget: str, resume: bool) -> None:
+    """The ``ssl-gan`` experiment runner for ``retinassl sweep`` (see the module docstring)."""
+    if resume and run.config_file.is_file():
+        import yaml
+
+        started = (yaml.safe_load(run.config_file.read_text()) or {}).get("budget")
+        if started and started != budget:
+            raise ConfigError(f"{run.path} was started with --budget {started}; resume it with the "
+                              f"same budget")
+    config = resolve_config(data, budget)
+    run.write_config(to_yaml(config))
+    patch_data = _load(config)
+    _write_split(run, patch_data)
+    cells = plan_cells(config)
+    done = _done_cells(run)
+    log.info("%d cells, %d already done; %d worker(s)", len(cells),
+             sum((c[0], c[2], c[3]) in done for c in cells), config.workers)
+    for claim in (run.path / "cells").glob("*/claim"):
+        claim.unlink()  # claims of an interrupted sweep
+    if config.workers == 1:
+        _work(config, run, patch_data)
+    else:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        processes = [context.Process(target=_worker, args=(data, str(run.path), budget, k),
+                                     name=f"ssl-gan-worker-{k}") for k in range(config.workers)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join()
+        failed = [p.name for p in processes if p.exitcode != 0]
+        if failed:
+            raise RuntimeError(f"worker(s) {failed} failed; see {run.logs / 'log.txt'}. Rerun with "
+                               f"--resume {run.path} to continue with the missing cells.")
+    append_comparisons(config, run, patch_data)
+    missing = [c for c in plan_cells(config) if (c[0], c[2], c[3]) not in _done_cells(run)]
+    if missing:
+        first = cell_name(missing[0][0], missing[0][2], missing[0][3])
+        raise RuntimeError(f"{len(missing)} cell(s) have no results (first: {first}); rerun with "
+                           f"--resume {run.path}")
+
+
+def _load(config: SSLGANExperimentConfig) -> PatchData:
+    pool = config.extension.pool if config.extension.enabled else None
+    return load_patch_data(config.data, config.preprocess, config.split, config.patches, pool)
+
+
+def _worker(data: dict[str, Any], run_path: str, budget: str, index: int) -> None:
+    """One worker process of a parallel sweep."""
+    from ..cli import setup_logging
+
+    setup_logging()
+    run = RunDir(Path(run_path))
+    handler = run.attach_log_file()
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [worker {index}] %(name)s: "
+                                           f"%(message)s"))
+    config = resolve_config(data, budget)
+    _work(config, run, _load(config))
+
+
+def _claim(cell: Path) -> bool:
+    """Atomically claim a cell for this process (False when another process has it)."""
+    cell.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(cell / "claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
+
+
+def _work(config: SSLGANExperimentConfig, run: RunDir, patch_data: PatchData) -> None:
+    """Train and evaluate every cell that is neither done nor claimed by another process."""
+    for label, learner_name, n, seed, use_pool in plan_cells(config):
+        name = cell_name(label, n, seed)
+        if (label, n, seed) in _done_cells(run) or not _claim(run.path / "cells" / name):
+            continue
+        start = time.perf_counter()
+        run_cell(config, config.learners[learner_name], patch_data, run, label, n, seed, use_pool)
+        log.info("cell %s done in %.0f s", name, time.perf_counter() - start)
+        append_comparisons(config, run, patch_data)
+
+
+def _write_split(run: RunDir, data: PatchData) -> None:
+    frame = data.prepared.manifest.frame
+    split = pd.Series("", index=range(len(frame)))
+    for name in ("train", "val", "test"):
+        split.iloc[getattr(data, name)] = name
+    table = pd.DataFrame({"id": frame["id"].to_numpy(), "abnormal": data.labels(np.arange(len(frame))),
+                          "split": split.to_numpy()})
+    write_text(run.path / "split.csv", table.to_csv(index=False))
+    if data.pool is not None:
+        write_text(run.path / "pool.csv", pd.DataFrame({"id": data.pool.manifest.ids}).to_csv(index=False))
+
+
+def run_cell(config: SSLGANExperimentConfig, learner: LearnerConfig, data: PatchData, run: RunDir,
+             label: str, n_labelled: int, seed: int, use_pool: bool) -> dict[str, float]:
+    """Train (or resume, or reuse) and evaluate one cell; append its results."""
+    name = cell_name(label, n_labelled, seed)
+    cell = RunDir(run.path / "cells" / name)
+    cell.path.mkdir(parents=True, exist_ok=True)
+    classifier_dir = cell.path / "classifier"
+    info_file = cell.path / "train.json"
+    subsets = data.labelled_subsets(config.labelled, seed)
+    labelled = subsets[min(n_labelled, len(data.train))]
+    if (classifier_dir / "head.safetensors").is_file() and info_file.is_file():
+        classifier, _ = PatchClassifier.load(classifier_dir)
+        info = json.loads(info_file.read_text())
+    else:
+        resume = (cell.path / "checkpoints").is_dir() and any((cell.path / "checkpoints").glob("step-*.json"))
+        if not (cell.path / "run.json").is_file():
+            cell.update_status(status="running", name=name)
+        trained = train_learner(learner, data, labelled, seed, cell, resume=resume, use_pool=use_pool)
+        classifier = trained.classifier
+        info = {"train_seconds": trained.fit.seconds, "train_steps": float(trained.fit.batches)}
+        classifier.save(classifier_dir, arch=trained.arch, kwargs=trained.kwargs,
+                        method=learner.method_name, preprocess=config.preprocess.model_dump(),
+                        config={"learner": learner.model_dump(mode="json"), "n_labelled": n_labelled,
+                                "seed": seed, "unlabelled_pool": use_pool})
+        write_text(info_file, json.dumps(info))
+        shutil.rmtree(cell.path / "checkpoints", ignore_errors=True)
+    test_bank = data.bank("test", learner.patch_size, 0)
+    metrics, predictions = evaluate_bank(classifier, test_bank, data.prepared,
+                                         data.labels(data.test), data.ids(data.test))
+    write_text(predictions_path(run, label, n_labelled, seed), predictions.to_csv(index=False))
+    gallery = config.gallery
+    if gallery.images and n_labelled == gallery.n_labelled and seed == gallery.seed:
+        _gallery(run, data, predictions, label, gallery.images)
+    metrics.update(info)
+    protocol = "semi-supervised" if learner.method_name == "ssl-gan" else "supervised"
+    rows = [result_row(experiment=config.name, task=TASK, method=label, init="scratch",
+                       protocol=protocol, fraction=n_labelled / len(data.train), n_labelled=n_labelled,
+                       seed=seed, metric=k, value=v) for k, v in metrics.items()]
+    append_results(run.results_file, rows)
+    if not learner.keep_weights:
+        shutil.rmtree(classifier_dir, ignore_errors=True)
+    log.info("%s: %s", name, ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    return metrics
+
+
+def _gallery(run: RunDir, data: PatchData, predictions: pd.DataFrame, label: str, images: int) -> None:
+    """Heatmaps of the same test images for every learner: the highest- and lowest-scoring
+    diseased images and the highest-scoring healthy ones (chosen by the first learner's scores and
+    then kept, so every learner shows the same images)."""
+    choice_file = run.path / "gallery.json"
+    if choice_file.is_file():
+        chosen = json.loads(choice_file.read_text())
+    else:
+        order = predictions.sort_values("score", ascending=False)
+        diseased = order[order["label"] == 1]["id"].tolist()
+        healthy = order[order["label"] == 0]["id"].tolist()
+        k = max(1, images // 3)
+        chosen = diseased[:k] + diseased[::-1][:k] + healthy[:images - 2 * k]
+        chosen = list(dict.fromkeys(chosen))
+        write_text(choice_file, json.dumps(chosen))
+    keep = predictions[predictions["id"].isin(chosen)].reset_index(drop=True)
+    positions = {ident: i for i, ident in enumerate(data.ids(data.test))}
+    rows = np.array([data.test[positions[i]] for i in keep["id"]], dtype=int)
+    write_heatmaps(data.prepared, rows, keep, run.report_dir / "figures", f"{GALLERY_PREFIX}{label}-")
+
+
+def comparisons(config: SSLGANExperimentConfig) -> list[tuple[str, str]]:
+    """``(a, b)`` pairs compared by DeLong's test: the reference vs each baseline, and the
+    extension vs the reference."""
+    pairs = [(config.reference, b) for b in config.baselines]
+    if config.extension.enabled:
+        pairs.append((config.extension.label, config.extension.learner))
+    return pairs
+
+
+def append_comparisons(config: SSLGANExperimentConfig, run: RunDir, data: PatchData) -> None:
+    """Paired DeLong tests (image level, same test images) for every cell pair that exists and has
+    not been tested yet: one test per (pair, count, seed), rows ``delong_p``, ``delong_z`` and
+    ``auc_difference`` with method ``"a vs b"``."""
+    with file_lock(run.path / "comparisons"):
+        _append_comparisons(config, run, data)
+
+
+def _append_comparisons(config: SSLGANExperimentConfig, run: RunDir, data: PatchData) -> None:
+    done = _done(run, "delong_p")
+    rows = []
+    for a, b in comparisons(config):
+        for n in config.labelled:
+            for seed in config.seeds:
+                key = (f"{a} vs {b}", n, seed)
+                pa, pb = predictions_path(run, a, n, seed), predictions_path(run, b, n, seed)
+                if key in done or not (pa.is_file() and pb.is_file()):
+                    continue
+                fa, fb = pd.read_csv(pa), pd.read_csv(pb)
+                if fa["id"].tolist() != fb["id"].tolist():
+                    raise ConfigError(f"{pa} and {pb} do not hold the same test images")
+                test = delong_test(fa["label"].to_numpy(), fa["score"].to_numpy(), fb["score"].to_numpy())
+                for metric, value in (("delong_p", test.p_value), ("delong_z", test.z),
+                                      ("auc_difference", test.difference)):
+                    rows.append(result_row(experiment=config.name, task=TASK, method=key[0],
+                                           init="scratch", protocol="comparison",
+                                           fraction=n / len(data.train), n_labelled=n, seed=seed,
+                                           metric=metric, value=value))
+    append_results(run.results_file, rows)
+

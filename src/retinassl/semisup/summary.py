@@ -1,0 +1,132 @@
+"""Summaries of an ``idrid-ssl-gan`` results table: mean +- sd per learner and label count next to
+Lecouat et al. 2018's Tables 1 and 2, the DeLong comparisons, localisation and the extension.
+
+Reports (:mod:`retinassl.semisup.report`) and the benchmark script render these tables; they read
+only the results table.
+
+**DeLong tests, per seed.** Every sampling (seed) of an SSL-GAN cell and of a baseline cell is
+scored on the same 50 test images, so each (count, seed) gives one valid paired test. Pooling the
+five seeds' scores into one test would count every test image five times as if independent,
+shrinking the p-values by about sqrt(5) for no new evidence; averaging the scores over seeds
+would test an ensemble nobody trained. So the tables give the per-seed p-values, their median and
+how many of the seeds reach p < 0.05.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+PAPER_COUNTS: tuple[int, ...] = (10, 20, 40, 80, 149)
+# Lecouat et al. 2018, Table 1 (patch) and Table 2 (image): AUC in %, mean +- sd over 5 samplings.
+PAPER: dict[tuple[str, str], tuple[tuple[float, float], ...]] = {
+    ("ssl-gan", "patch_auc"): ((75.8, 2.7), (79.4, 4.9), (81.7, 2.9), (83.3, 1.1), (84.5, 4.7)),
+    ("convnet", "patch_auc"): ((68.3, 3.9), (72.8, 2.4), (77.3, 0.14), (79.5, 1.8), (79.6, 0.22)),
+    ("resnet34", "patch_auc"): ((52.2, 23.0), (61.5, 17.0), (73.9, 10.8), (81.2, 8.0), (85.1, 2.6)),
+    ("ssl-gan", "image_auc"): ((84.5, 11.5), (89.0, 10.6), (94.7, 3.3), (98.5, 0.6), (99.1, 0.34)),
+    ("convnet", "image_auc"): ((71.1, 12.0), (81.4, 0.57), (87.4, 2.9), (94.5, 0.16), (97.8, 1.0)),
+    ("resnet34", "image_auc"): ((71.3, 16.7), (79.4, 15.3), (80.5, 5.8), (84.2, 2.0), (98.9, 1.7)),
+}
+
+
+def metric_stats(results: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """``method, n_labelled, mean, sd, count`` of ``metric`` over seeds."""
+    rows = results[results["metric"] == metric]
+    if rows.empty:
+        return pd.DataFrame(columns=["method", "n_labelled", "mean", "sd", "count"])
+    grouped = rows.groupby(["method", "n_labelled"], sort=False)["value"]
+    stats = grouped.agg(mean="mean", sd=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else float("nan"),
+                        count="count").reset_index()
+    stats["n_labelled"] = stats["n_labelled"].astype(int)
+    return stats
+
+
+def _fmt(mean: float, sd: float, count: int | None = None, scale: float = 100.0) -> str:
+    if not np.isfinite(mean):
+        return "-"
+    text = f"{scale * mean:.1f} ± {scale * sd:.1f}" if np.isfinite(sd) else f"{scale * mean:.1f}"
+    return text + (f" (n={count})" if count is not None and count != 5 else "")
+
+
+def comparison_table(results: pd.DataFrame, metric: str, methods: list[str]) -> pd.DataFrame:
+    """Rows per method (ours, then the paper's), columns per label count: AUC % mean ± sd."""
+    stats = metric_stats(results, metric)
+    counts = sorted(set(stats["n_labelled"]) | set(PAPER_COUNTS)) if not stats.empty else list(PAPER_COUNTS)
+    rows = []
+    for method in methods:
+        ours = {"method": f"{method} (this run)"}
+        for n in counts:
+            hit = stats[(stats["method"] == method) & (stats["n_labelled"] == n)]
+            ours[str(n)] = _fmt(float(hit["mean"].iloc[0]), float(hit["sd"].iloc[0]),
+                                int(hit["count"].iloc[0])) if len(hit) else "-"
+        rows.append(ours)
+        paper = PAPER.get((method, metric))
+        if paper is not None:
+            row = {"method": f"{method} (paper)"}
+            for n in counts:
+                row[str(n)] = (f"{paper[PAPER_COUNTS.index(n)][0]:.1f} ± {paper[PAPER_COUNTS.index(n)][1]:g}"
+                               if n in PAPER_COUNTS else "-")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def delong_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Per comparison and label count: per-seed p-values, their median, seeds with p < 0.05 and
+    the mean AUC difference (a - b, image level)."""
+    p = results[results["metric"] == "delong_p"]
+    d = results[results["metric"] == "auc_difference"]
+    rows = []
+    for (pair, n), group in p.groupby(["method", "n_labelled"], sort=False):
+        group = group.sort_values("seed")
+        diffs = d[(d["method"] == pair) & (d["n_labelled"] == n)]["value"]
+        values = group["value"].to_numpy(float)
+        rows.append({"comparison": pair, "n_labelled": int(n),
+                     "AUC difference (mean, pts)": f"{100 * diffs.mean():+.1f}" if len(diffs) else "-",
+                     "p per seed": ", ".join(f"{v:.3g}" for v in values),
+                     "median p": f"{np.nanmedian(values):.3g}" if np.isfinite(values).any() else "-",
+                     "seeds p<0.05": f"{int(np.sum(values < 0.05))}/{len(values)}"})
+    return pd.DataFrame(rows)
+
+
+def metric_table(results: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Rows per method, columns per label count: ``metric`` % mean ± sd over seeds."""
+    stats = metric_stats(results, metric)
+    rows = []
+    for method in dict.fromkeys(stats["method"]):
+        row = {"method": method}
+        for n in sorted(set(stats["n_labelled"])):
+            hit = stats[(stats["method"] == method) & (stats["n_labelled"] == n)]
+            row[str(n)] = _fmt(float(hit["mean"].iloc[0]), float(hit["sd"].iloc[0]),
+                               int(hit["count"].iloc[0])) if len(hit) else "-"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_dict(results: pd.DataFrame) -> dict:
+    """Every aggregated number as plain Python (for JSON)."""
+    out: dict = {"metrics": {}, "delong": []}
+    for metric in ("patch_auc", "image_auc", "localisation_auc", "train_seconds", "train_steps"):
+        stats = metric_stats(results, metric)
+        out["metrics"][metric] = [
+            {"method": r.method, "n_labelled": int(r.n_labelled), "mean": float(r.mean),
+             "sd": float(r.sd), "count": int(r.count),
+             "values": results[(results["metric"] == metric) & (results["method"] == r.method)
+                               & (results["n_labelled"] == r.n_labelled)].sort_values("seed")["value"].tolist()}
+            for r in stats.itertuples()]
+    p = results[results["metric"] == "delong_p"]
+    for (pair, n), group in p.groupby(["method", "n_labelled"], sort=False):
+        group = group.sort_values("seed")
+        diffs = results[(results["metric"] == "auc_difference") & (results["method"] == pair)
+                        & (results["n_labelled"] == n)].sort_values("seed")["value"]
+        out["delong"].append({"comparison": pair, "n_labelled": int(n),
+                              "seeds": group["seed"].astype(int).tolist(),
+                              "p_values": group["value"].tolist(), "auc_differences": diffs.tolist()})
+    return out
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub Markdown table of a small frame (values as text)."""
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])

@@ -1,0 +1,110 @@
+"""Training one patch classifier (a *learner*: SSL-GAN or a supervised baseline) on a labelled
+subset of the training images, through the engine, and handing back its patch classifier.
+
+- ``ssl-gan``: one dataset whose item ``i`` is unlabelled patch ``i`` (every patch of every
+  training image, labelled or not, plus the pool's) with a labelled patch cycled beside it
+  (:class:`~retinassl.semisup.patch_bank.SemiSupervisedPatches`); windows carry a context margin
+  for the random crops.
+- ``supervised`` (the ConvNet and ResNet34 baselines of Lecouat et al. 2018, "trained on the
+  labelled patches only"): the labelled patches, with BCE ``pos_weight`` = negatives / positives
+  when ``balance`` (Table 5, "balanced class-weighting"). An epoch cycles through them until it
+  has shown as many patches as the training cohort has (the length of an SSL-GAN epoch), so
+  epochs, validations and checkpoints come at the same pace for every label count.
+
+Encoders are built under a fixed torch seed (PyTorch's default layer initialisation draws from
+the global generator), so a learner's result depends only on its seed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+
+from ..engine import FitResult, fit
+from ..method import Method, build_method
+from ..rundir import RunDir
+from ..models.initialize import initial_encoder
+from .classifier import PatchClassifier
+from .config import LearnerConfig
+from .patch_bank import LabelledPatches, SemiSupervisedPatches, concat_banks
+from .patch_data import PatchData
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Trained:
+    """A trained learner: its method (with every network), classifier, engine result, and the
+    encoder's registry name and arguments (what rebuilds it)."""
+
+    method: Method
+    classifier: PatchClassifier
+    fit: FitResult
+    arch: str
+    kwargs: dict
+
+
+def build_learner_method(learner: LearnerConfig, seed: int,
+                         pos_weight: float | None = None) -> tuple[Method, str, dict]:
+    """The learner's method around a freshly built (or ``model.init``-loaded) encoder,
+    deterministic for a seed; with the encoder's arch and kwargs."""
+    import retinassl.pretrain  # noqa: F401  (registers "supervised")
+    import retinassl.semisup.patch_gan  # noqa: F401  (registers "ssl-gan")
+
+    params = dict(learner.method)
+    name = str(params.pop("name"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        built = initial_encoder(learner.model)
+    if name == "ssl-gan":
+        params.setdefault("init_seed", seed)
+        params.setdefault("patch_size", learner.patch_size)
+    elif name == "supervised" and pos_weight is not None and learner.balance:
+        params.setdefault("pos_weight", pos_weight)
+    return build_method(name, params, built.encoder), built.arch, built.kwargs
+
+
+def _validation(data: PatchData, learner: LearnerConfig, seed: int) -> Dataset | None:
+    if not learner.val_patches or len(data.val) == 0:
+        return None
+    full = LabelledPatches(data.bank("val", learner.patch_size, 0))
+    if learner.val_patches >= len(full):
+        return full
+    rng = np.random.default_rng([seed, 7])
+    return Subset(full, np.sort(rng.choice(len(full), learner.val_patches, replace=False)).tolist())
+
+
+def train_learner(learner: LearnerConfig, data: PatchData, labelled: np.ndarray, seed: int,
+                  run: RunDir, resume: bool = False, use_pool: bool = False) -> Trained:
+    """Train ``learner`` with the training images at positions ``labelled`` (into ``data.train``)
+    labelled; checkpoints and logs go to ``run`` (resumed from its last checkpoint with
+    ``resume``)."""
+    name = learner.method_name
+    p = learner.patch_size
+    if name == "ssl-gan":
+        train_bank = data.bank("train", p, learner.margin)
+        unlabelled = concat_banks([train_bank, data.bank("pool", p, learner.margin)]) if use_pool \
+            else train_bank
+        dataset: Dataset = SemiSupervisedPatches(unlabelled, train_bank.images(labelled), seed)
+        method, arch, kwargs = build_learner_method(learner, seed)
+        log.info("ssl-gan: %d labelled images (%d patches), %d unlabelled patches", len(labelled),
+                 len(labelled) * train_bank.per_image, len(unlabelled))
+    elif name == "supervised":
+        bank = data.bank("train", p, 0).images(labelled)
+        positives = float(bank.labels.mean())  # type: ignore[union-attr]
+        pos_weight = (1 - positives) / positives if 0 < positives < 1 else None
+        dataset = LabelledPatches(bank, length=max(len(bank), len(data.train) * bank.per_image))
+        method, arch, kwargs = build_learner_method(learner, seed, pos_weight)
+        log.info("supervised %s: %d labelled images, %d patches (%.1f%% diseased)",
+                 learner.model.arch, len(labelled), len(bank), 100 * positives)
+    else:
+        raise ValueError(f"learner method must be ssl-gan or supervised, not {name!r}")
+    result = fit(method, dataset, config=learner.engine, run=run, seed=seed,
+                 val=_validation(data, learner, seed), resume=resume)
+    method.eval()
+    classifier = PatchClassifier.from_method(method, p, data.patches.grid)
+    return Trained(method, classifier, result, arch, dict(kwargs))

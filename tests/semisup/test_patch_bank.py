@@ -1,0 +1,99 @@
+"""Patch labels from lesion masks (counted by hand), windows with context margins, normalisation,
+and the SSL-GAN's paired dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from retinassl.data.cache import Cache
+from retinassl.data.manifest import Manifest
+from retinassl.data.preprocess import PreprocessConfig, normalize
+from retinassl.semisup.patch_bank import (LabelledPatches, SemiSupervisedPatches, build_patch_bank,
+                                          concat_banks)
+from retinassl.semisup.patch_gan import centre_crop, crop_and_flip
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    for name in ("dr", "healthy"):
+        Image.fromarray(rng.integers(20, 200, (64, 64, 3), dtype=np.uint8)).save(root / f"{name}.png")
+    ma = np.zeros((64, 64), np.uint8)
+    ma[3, 28] = 255                    # one pixel in cell (0, 3) of the 8x8 grid of 8 px cells
+    ex = np.zeros((64, 64), np.uint8)
+    ex[17, 9] = ex[18, 10] = 255       # two pixels in cell (2, 1)
+    ex[63, 63] = 255                   # one pixel in the last cell (7, 7)
+    Image.fromarray(ma).save(root / "dr_MA.png")
+    Image.fromarray(ex).save(root / "dr_EX.png")
+    manifest = Manifest.from_records([
+        {"id": "dr", "image": "dr.png", "abnormal": 1, "mask_MA": "dr_MA.png", "mask_EX": "dr_EX.png"},
+        {"id": "healthy", "image": "healthy.png", "abnormal": 0}], root=root)
+    config = PreprocessConfig(size=64, crop_fov=False, mask_outside_fov=False, normalize="max")
+    return Cache(tmp_path_factory.mktemp("cache")).prepare(manifest, config)
+
+
+def test_patch_labels_from_masks(prepared) -> None:
+    bank = build_patch_bank(prepared, [0, 1], grid=8, patch_size=8)
+    labels = bank.image_labels()
+    expected = np.zeros(64, dtype=int)
+    expected[[0 * 8 + 3, 2 * 8 + 1, 7 * 8 + 7]] = 1    # row-major cells with >= 1 lesion pixel
+    assert labels[0].tolist() == expected.tolist()
+    assert labels[1].sum() == 0                          # healthy image without masks
+    two = build_patch_bank(prepared, [0], grid=8, patch_size=8, min_pixels=2).image_labels()[0]
+    assert np.flatnonzero(two).tolist() == [2 * 8 + 1]
+
+
+def test_windows_cells_and_normalisation(prepared) -> None:
+    bank = build_patch_bank(prepared, [0, 1], grid=8, patch_size=8, margin=2)
+    assert tuple(bank.windows.shape) == (128, 3, 12, 12)
+    image = np.asarray(prepared.entries[1].image())
+    expected = normalize(image[8:16, 16:24], "max", prepared.entries[1].stats)   # cell (1, 2)
+    j = 64 + 1 * 8 + 2
+    assert torch.allclose(bank.cell(j), torch.from_numpy(expected), atol=1e-6)
+    assert torch.allclose(centre_crop(bank.window(j)[None], 8)[0], bank.cell(j))
+    # the window of cell (0, 0) is zero-padded above and to the left
+    assert bank.windows[0, :, :2].sum() == 0 and bank.windows[0, :, :, :2].sum() == 0
+    # the margin holds the neighbouring cell's pixels
+    right = normalize(image[0:8, 8:10], "max", prepared.entries[1].stats)
+    assert torch.allclose(bank.window(64)[:, 2:10, 10:12], torch.from_numpy(right), atol=1e-6)
+    # resizing: 64 px image, 4 px cells -> the cell is the 2x2 area average
+    small = build_patch_bank(prepared, [1], grid=8, patch_size=4)
+    area = image[8:16, 16:24].reshape(4, 2, 4, 2, 3).mean(axis=(1, 3))
+    got = small.windows[1 * 8 + 2].permute(1, 2, 0).numpy().astype(float)
+    assert np.abs(got - area).max() <= 0.5 + 1e-9
+
+
+def test_crop_and_flip_is_seeded_and_stays_inside(prepared) -> None:
+    bank = build_patch_bank(prepared, [0], grid=8, patch_size=8, margin=2)
+    windows = torch.stack([bank.window(i) for i in range(16)])
+    a = crop_and_flip(windows, 8, torch.Generator().manual_seed(3))
+    b = crop_and_flip(windows, 8, torch.Generator().manual_seed(3))
+    assert a.shape == (16, 3, 8, 8) and torch.equal(a, b)
+    for i in range(16):   # every crop (un-flipped in some orientation) is a sub-window
+        w = windows[i]
+        found = any(torch.equal(c, w[:, y:y + 8, x:x + 8]) for y in range(5) for x in range(5)
+                    for c in (a[i], a[i].flip(-1), a[i].flip(-2), a[i].flip(-1).flip(-2)))
+        assert found
+
+
+def test_semi_supervised_dataset_pairs(prepared) -> None:
+    bank = build_patch_bank(prepared, [0, 1], grid=8, patch_size=8, margin=1)
+    labelled = bank.images([0])
+    data = SemiSupervisedPatches(bank, labelled, seed=0)
+    assert len(data) == 128
+    item = data[70]
+    j = int(data.order[70 % 64])
+    assert torch.equal(item["unlabelled"], bank.window(70))
+    assert torch.equal(item["labelled"], labelled.window(j))
+    assert int(item["label"]) == int(labelled.labels[j])
+    assert sorted(data.order.tolist()) == list(range(64))
+    sup = LabelledPatches(labelled, length=150)
+    assert len(sup) == 150 and torch.equal(sup[149]["image"], labelled.cell(149 % 64))
+    joined = concat_banks([bank, bank.images([1])])
+    assert joined.n_images == 3 and joined.labels is not None and len(joined) == 192

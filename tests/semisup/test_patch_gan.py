@@ -1,0 +1,142 @@
+"""The ssl-gan method: gradients reach the right networks, identical seeds give identical losses,
+a smoke training through the engine (finite losses, checkpoint, exact resume), the collapsed-
+generator stop, and the patch classifier it leaves behind."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from retinassl.config import EngineConfig
+from retinassl.engine import fit, latest_checkpoint
+from retinassl.errors import TrainingDiverged
+from retinassl.method import build_method
+from retinassl.models import build_encoder
+from retinassl.rundir import RunDir
+from retinassl.semisup.classifier import PatchClassifier
+from retinassl.semisup.patch_bank import PatchBank, SemiSupervisedPatches
+
+
+def tiny_method(**params):
+    encoder = build_encoder("convnet", width=4, weight_norm=True, dropout=True)
+    return build_method("ssl-gan", {"generator_channels": [8, 8, 4, 4], "latent_dim": 8,
+                                    "init_seed": 1, **params}, encoder)
+
+
+def tiny_dataset(n_images: int = 2, margin: int = 2) -> SemiSupervisedPatches:
+    rng = np.random.default_rng(0)
+    w = 32 + 2 * margin
+    windows = torch.from_numpy(rng.integers(0, 256, (n_images * 64, 3, w, w), dtype=np.uint8))
+    labels = (rng.random(n_images * 64) < 0.3).astype(np.int64)
+    bank = PatchBank(windows, torch.full((n_images, 3), 1 / 255.0), torch.zeros(n_images, 3), labels,
+                     np.arange(n_images), 8, 32, margin)
+    return SemiSupervisedPatches(bank, bank.images([0]), seed=0)
+
+
+def batch_of(data: SemiSupervisedPatches, n: int = 8) -> dict:
+    items = [data[i] for i in range(n)]
+    return {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in items[0]}
+
+
+def test_gradients_reach_only_the_network_being_trained() -> None:
+    method = tiny_method()
+    batch = batch_of(tiny_dataset())
+    d_params = [*method.encoder.parameters(), *method.head.parameters()]
+    loss, metrics = method.loss(batch, "discriminator", torch.Generator().manual_seed(0))
+    loss.backward()
+    assert math.isfinite(float(loss.detach())) and {"l_supervised", "l_unsupervised"} <= set(metrics)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in d_params)
+    assert all(p.grad is None for p in method.generator_net.parameters())
+    for p in d_params:
+        p.grad = None
+    loss, _ = method.loss(batch, "generator", torch.Generator().manual_seed(0))
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in method.generator_net.parameters())
+    assert all(p.grad is None for p in d_params)
+    assert all(not p.requires_grad for p in [*method.ema_encoder.parameters(), *method.ema_head.parameters()])
+
+
+def test_same_seed_same_loss() -> None:
+    batch = batch_of(tiny_dataset())
+    values = []
+    for _ in range(2):
+        torch.manual_seed(0)  # dropout (the engine reseeds it per batch)
+        method = tiny_method()
+        values.append(float(method.loss(batch, "discriminator", torch.Generator().manual_seed(5))[0]))
+    assert values[0] == values[1]
+
+
+def test_gaussian_initialisation() -> None:
+    method = tiny_method(init_std=0.05)
+    w = method.generator_net.dense[0].weight
+    assert abs(float(w.std()) - 0.05) < 0.01 and float(method.generator_net.dense[0].bias.abs().sum()) == 0
+    conv = method.encoder.block1[2]   # weight-normalised: effective weight ~ N(0, 0.05)
+    assert abs(float(conv.weight.std()) - 0.05) < 0.01
+
+
+def _run(tmp: Path, steps: int, resume: bool = False, fail_at: int = 0, **params) -> torch.nn.Module:
+    method = tiny_method(**params)
+    if fail_at:
+        loss = method.loss
+        calls = []
+
+        def failing(batch, group, generator):
+            calls.append(group)
+            if len(calls) > 2 * (fail_at - 1):
+                raise RuntimeError("killed")
+            return loss(batch, group, generator)
+
+        method.loss = failing  # type: ignore[method-assign]
+    run = RunDir(tmp)
+    if not (tmp / "run.json").is_file():
+        run.update_status(status="running")
+    cfg = EngineConfig(max_epochs=50, max_steps=steps, batch_size=16, precision="32",
+                       checkpoint_every_n_steps=2, log_every_n_steps=1)
+    fit(method, tiny_dataset(), config=cfg, run=run, seed=3, resume=resume)
+    return method
+
+
+def test_smoke_training_checkpoint_and_exact_resume(tmp_path: Path) -> None:
+    straight = _run(tmp_path / "a", 5)
+    assert int(straight.steps) == 5
+    with pytest.raises(RuntimeError, match="killed"):
+        _run(tmp_path / "b", 5, fail_at=4)           # dies during step 4; step-2 checkpoint exists
+    assert latest_checkpoint(tmp_path / "b" / "checkpoints") is not None
+    resumed = _run(tmp_path / "b", 5, resume=True)
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    logged = pd.read_csv(tmp_path / "a" / "logs" / "csv" / "metrics.csv")
+    for column in ("train/discriminator_loss", "train/generator_loss"):
+        values = logged[column].dropna().to_numpy()
+        assert len(values) == 5 and np.isfinite(values).all()
+
+
+def test_collapsed_generator_stops_training(tmp_path: Path) -> None:
+    with pytest.raises(TrainingDiverged, match="generator collapsed"):
+        _run(tmp_path, 6, collapse_ratio=1e9, collapse_patience=2, collapse_every=1)
+    assert (tmp_path / "checkpoints" / "last-good-weights.safetensors").is_file()
+
+
+def test_patch_classifier_folds_the_ema_head(tmp_path: Path) -> None:
+    method = tiny_method()
+    batch = batch_of(tiny_dataset())
+    method.after_step()   # EMA moves towards the live weights
+    method.eval()
+    classifier = PatchClassifier.from_method(method, 32)
+    cells = batch["unlabelled"][:, :, 2:34, 2:34]
+    logits, _ = method.discriminate(cells * 2 - 1, ema=True)
+    assert torch.allclose(classifier(cells), logits[:, 1] - logits[:, 0], atol=1e-5)
+    assert torch.allclose(classifier(cells), method(cells), atol=1e-5)
+    classifier.save(tmp_path / "clf", arch="convnet", kwargs={"width": 4, "weight_norm": True,
+                                                             "dropout": True},
+                    method="ssl-gan", preprocess={"size": 256})
+    loaded, meta = PatchClassifier.load(tmp_path / "clf")
+    assert meta["patch_classifier"]["input_range"] == "tanh"
+    assert torch.allclose(loaded(cells), classifier(cells), atol=1e-6)

@@ -1,0 +1,77 @@
+"""The idrid-ssl-gan experiment on its smoke budget (synthetic data): results table, DeLong rows,
+report section, and a resumed sweep that redoes nothing already done."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import retinassl.semisup.experiment as experiment
+from retinassl.cli.sweep import runners
+from retinassl.config import read_yaml
+from retinassl.report.html import build_report
+from retinassl.results import read_results
+from retinassl.rundir import RunDir
+
+pytestmark = pytest.mark.slow
+
+
+def smoke_preset(tmp_path: Path) -> dict:
+    """The packaged preset, smoke budget, trimmed to one count and no ResNet34 (test time)."""
+    data = read_yaml("idrid-ssl-gan")
+    smoke = data["budgets"]["smoke"]
+    smoke["data"]["options"]["out_dir"] = str(tmp_path / "synthetic")
+    smoke["data"]["cache_dir"] = str(tmp_path / "cache")
+    smoke["extension"]["pool"]["options"]["out_dir"] = str(tmp_path / "pool")
+    smoke["labelled"] = [4]
+    smoke["gallery"] = {"n_labelled": 4, "images": 2}
+    del data["learners"]["resnet34"], smoke["learners"]["resnet34"]
+    data["baselines"] = ["convnet"]
+    return data
+
+
+def test_smoke_sweep_resumes_only_missing_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert runners()["ssl-gan"] is experiment.run_ssl_gan_experiment
+    data = smoke_preset(tmp_path)
+    run = RunDir.create(tmp_path / "runs", "idrid-ssl-gan-smoke")
+    trained, evaluated = [], []
+    train, evaluate = experiment.train_learner, experiment.evaluate_bank
+
+    def counting_train(learner, *args, **kwargs):
+        trained.append(learner.method_name)
+        return train(learner, *args, **kwargs)
+
+    def failing_evaluate(*args, **kwargs):
+        evaluated.append(1)
+        if len(evaluated) == 3:
+            raise RuntimeError("killed during the third cell's evaluation")
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "train_learner", counting_train)
+    monkeypatch.setattr(experiment, "evaluate_bank", failing_evaluate)
+    with pytest.raises(RuntimeError, match="killed"):
+        experiment.run_ssl_gan_experiment(data, run, "smoke", False)
+    assert trained == ["ssl-gan", "supervised", "ssl-gan"]       # the extension trained, then died
+    results = read_results(run.results_file)
+    assert set(results.loc[results["metric"] == "image_auc", "method"]) == {"ssl-gan", "convnet"}
+
+    trained.clear()
+    experiment.run_ssl_gan_experiment(data, RunDir.resume(run.path), "smoke", True)
+    assert trained == []                                         # its saved classifier was reused
+    results = read_results(run.results_file)
+    cells = results[results["metric"].isin(["patch_auc", "image_auc", "localisation_auc"])]
+    assert len(cells) == 3 * 3 and cells["value"].between(0, 1).all()
+    assert set(cells["method"]) == {"ssl-gan", "convnet", "ssl-gan+partB"}
+    pairs = results[results["metric"] == "delong_p"]
+    assert sorted(pairs["method"]) == ["ssl-gan vs convnet", "ssl-gan+partB vs ssl-gan"]
+    assert (run.path / "predictions" / "ssl-gan" / "ssl-gan-n004-s0.csv").is_file()
+    assert not list((run.path / "cells").glob("*/checkpoints"))   # cleaned once evaluated
+
+    experiment.run_ssl_gan_experiment(data, RunDir.resume(run.path), "smoke", True)
+    assert trained == [] and len(read_results(run.results_file)) == len(results)   # nothing redone
+
+    page = build_report(run).read_text()
+    assert "Patch SSL-GAN vs supervised baselines" in page and "84.5 ± 11.5" in page
+    assert list((run.report_dir / "figures").glob("sslgan-heatmap-ssl-gan-*.png"))
+    assert (run.report_dir / "figures" / "sslgan-roc.png").is_file()
