@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .data.preprocess import PreprocessConfig
 from .errors import ConfigError
@@ -108,6 +108,12 @@ class EngineConfig(Section):
     val_every_n_epochs: int = Field(1, ge=1)
     num_threads: int = Field(0, ge=0)
     patience: int = Field(0, ge=0)
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, value: Any) -> Any:
+        # ``engine.precision=32`` on the command line (or ``precision: 32`` in YAML) is a number
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def preset_names() -> list[str]:

@@ -103,10 +103,12 @@ def run_train(config: TrainConfig, run: RunDir, resume: bool = False,
         run.update_status(skipped=[{"id": i, "problem": p} for i, p in prepared.skipped])
     prepared.manifest.save(run.path / "manifest.csv")
     splits = ensure_splits(prepared, config.task.label, config.seed)
-    initial = initial_encoder(config.model)
-    params = dict(config.method)
-    name = params.pop("name", "supervised")
-    method = build_method(name, params, initial.encoder)
+    with torch.random.fork_rng(devices=[]):  # layer initialisation draws from the global RNG
+        torch.manual_seed(config.seed)
+        initial = initial_encoder(config.model)
+        params = dict(config.method)
+        name = params.pop("name", "supervised")
+        method = build_method(name, params, initial.encoder)
     task = config.task
     if task.kind == "patch":
         train_rows, val_rows = _patch_rows(prepared, splits.train), _patch_rows(prepared, splits.val)

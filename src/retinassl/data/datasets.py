@@ -11,6 +11,7 @@ Items are dicts: ``image`` ``(C, H, W)`` float32, ``index`` (row in the prepared
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import cv2
@@ -28,17 +29,27 @@ LESION_MASK_COLUMNS: tuple[str, ...] = tuple(f"mask_{t}" for t in LESION_TYPES)
 
 
 class _EntryReader:
-    """Per-process memo of each entry's memory-mapped image and statistics (opened once)."""
+    """Per-process memo of entries' memory-mapped images and statistics.
 
-    def __init__(self, prepared: PreparedData) -> None:
+    Each open memory map holds a file descriptor, so at most ``max_open`` maps stay open (least
+    recently used closed first): a dataset of 20,000 images must not hit the usual limit of 1,024
+    open files per process. Statistics (small dicts) are kept for every entry.
+    """
+
+    def __init__(self, prepared: PreparedData, max_open: int = 256) -> None:
         self.prepared = prepared
-        self._images: dict[int, np.ndarray] = {}
+        self.max_open = max_open
+        self._images: OrderedDict[int, np.ndarray] = OrderedDict()
         self._stats: dict[int, dict] = {}
 
     def image(self, row: int) -> np.ndarray:
         image = self._images.get(row)
         if image is None:
             image = self._images[row] = self.prepared.entries[row].image()
+            if len(self._images) > self.max_open:
+                self._images.popitem(last=False)
+        else:
+            self._images.move_to_end(row)
         return image
 
     def stats(self, row: int) -> dict:
@@ -48,7 +59,8 @@ class _EntryReader:
         return stats
 
     def __getstate__(self) -> dict:  # worker processes reopen their own memory maps
-        return {"prepared": self.prepared, "_images": {}, "_stats": self._stats}
+        return {"prepared": self.prepared, "max_open": self.max_open, "_images": OrderedDict(),
+                "_stats": self._stats}
 
 
 def _labels(prepared: PreparedData, columns: Sequence[str] | str | None) -> np.ndarray | None:

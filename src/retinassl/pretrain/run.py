@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import torch
 from pydantic import Field, field_validator
 
 from ..checkpoint import save_encoder
@@ -153,12 +154,14 @@ def run_pretrain(config: PretrainConfig, run: RunDir, resume: bool = False,
     if prepared.skipped:
         run.update_status(skipped=[{"id": i, "problem": p} for i, p in prepared.skipped])
     prepared.manifest.save(run.path / "manifest.csv")
-    initial = initial_encoder(config.model)
+    with torch.random.fork_rng(devices=[]):  # layer initialisation draws from the global RNG
+        torch.manual_seed(config.seed)
+        initial = initial_encoder(config.model)
+        params = {k: v for k, v in config.method.items() if k != "name"}
+        method = build_method(name, params, initial.encoder)
     if initial.kind == "external" and config.preprocess.normalize != "imagenet":
         log.warning("model.init is external weights but preprocess.normalize is %r; ImageNet "
                     "weights expect 'imagenet'", config.preprocess.normalize)
-    params = {k: v for k, v in config.method.items() if k != "name"}
-    method = build_method(name, params, initial.encoder)
     dataset = pretrain_dataset(prepared, config)
     log.info("pretraining %s on %d images (%s)", name, len(dataset), prepared.manifest.name)
     result = fit(method, dataset, config=config.engine, run=run, seed=config.seed, resume=resume)
