@@ -75,3 +75,29 @@ def test_smoke_sweep_resumes_only_missing_work(tmp_path: Path, monkeypatch: pyte
     assert "Patch SSL-GAN vs supervised baselines" in page and "84.5 ± 11.5" in page
     assert list((run.report_dir / "figures").glob("sslgan-heatmap-ssl-gan-*.png"))
     assert (run.report_dir / "figures" / "sslgan-roc.png").is_file()
+
+
+def test_a_diverged_cell_is_reported_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from retinassl.errors import TrainingDiverged
+
+    config = experiment.resolve_config(smoke_preset(tmp_path), "smoke")
+    run = RunDir.create(tmp_path / "runs", "diverging")
+    done = []
+
+    def fake_cell(config, learner, data, run, label, n, seed, use_pool):
+        if label == "ssl-gan":
+            raise TrainingDiverged("the generator collapsed")
+        done.append(label)
+
+    monkeypatch.setattr(experiment, "run_cell", fake_cell)
+    monkeypatch.setattr(experiment, "append_comparisons", lambda *a: None)
+    experiment._work(config, run, SimpleNamespace(train=np.arange(12)))
+    assert done == ["convnet", "ssl-gan+partB"]                  # the sweep went on
+    results = read_results(run.results_file)
+    assert results.loc[results["metric"] == "diverged", "method"].tolist() == ["ssl-gan"]
+    assert results.loc[results["metric"] == "image_auc", "value"].isna().all()
+    assert "collapsed" in (run.path / "cells" / "ssl-gan-n004-s0" / "diverged.txt").read_text()

@@ -31,7 +31,7 @@ import pandas as pd
 
 from ..atomic import file_lock, write_text
 from ..config import to_yaml, validate
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingDiverged
 from ..evaluate.stats import delong_test
 from ..results import append_results, read_results, result_row
 from ..rundir import RunDir
@@ -188,9 +188,27 @@ def _work(config: SSLGANExperimentConfig, run: RunDir, patch_data: PatchData) ->
         if (label, n, seed) in _done_cells(run) or not _claim(run.path / "cells" / name):
             continue
         start = time.perf_counter()
-        run_cell(config, config.learners[learner_name], patch_data, run, label, n, seed, use_pool)
+        try:
+            run_cell(config, config.learners[learner_name], patch_data, run, label, n, seed, use_pool)
+        except TrainingDiverged as exc:
+            _record_divergence(config, run, label, n, seed, len(patch_data.train), str(exc))
+            continue
         log.info("cell %s done in %.0f s", name, time.perf_counter() - start)
         append_comparisons(config, run, patch_data)
+
+
+def _record_divergence(config: SSLGANExperimentConfig, run: RunDir, label: str, n_labelled: int,
+                       seed: int, n_train: int, message: str) -> None:
+    """A cell whose training diverged (NaN loss, collapsed generator) is reported, not retried:
+    NaN metrics and ``diverged = 1`` in the results table, the message in the log and in
+    ``cells/<cell>/diverged.txt`` (summaries then count one sampling fewer)."""
+    log.error("cell %s diverged: %s", cell_name(label, n_labelled, seed), message)
+    write_text(run.path / "cells" / cell_name(label, n_labelled, seed) / "diverged.txt", message + "\n")
+    rows = [result_row(experiment=config.name, task=TASK, method=label, init="scratch",
+                       protocol="semi-supervised", fraction=n_labelled / n_train, n_labelled=n_labelled,
+                       seed=seed, metric=metric, value=value)
+            for metric, value in [*((m, float("nan")) for m in CELL_METRICS), ("diverged", 1.0)]]
+    append_results(run.results_file, rows)
 
 
 def _write_split(run: RunDir, data: PatchData) -> None:
