@@ -353,14 +353,19 @@ def _step_checkpoint_callback(every: int, directory: Path):
 
     class StepCheckpoint(pl.Callback):
         """Save ``step-<n>.json`` every ``every`` batches and at each epoch end; keep the newest
-        (never when ``every`` is negative)."""
+        (never when ``every`` is negative).
+
+        Whether step n was saved already is remembered in memory, not looked up on disk: under
+        DDP ``save_checkpoint`` is collective, and rank 0's file may or may not be visible to the
+        other ranks yet, so a file check would let ranks disagree and deadlock."""
+
+        saved: int | None = None
 
         def _save(self, trainer: pl.Trainer, module: Any) -> None:
-            if every < 0:
+            if every < 0 or self.saved == module.batches_done:
                 return
+            self.saved = module.batches_done
             path = directory / f"step-{module.batches_done:08d}.json"
-            if path.exists():
-                return
             trainer.save_checkpoint(path)
             if trainer.is_global_zero:
                 for p in directory.glob("step-*.json"):

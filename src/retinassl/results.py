@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from .atomic import file_lock, write_text
+from .launch import process_rank
 from .errors import DataError
 
 RESULT_COLUMNS: tuple[str, ...] = ("experiment", "task", "method", "init", "protocol", "fraction",
@@ -42,6 +43,8 @@ def append_results(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
         return
     path = Path(path)
     new = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    if process_rank() > 0:  # under DDP every rank evaluates; rank 0 records
+        return
     with file_lock(path):
         old = path.read_text() if path.is_file() else ""
         buf = io.StringIO()
