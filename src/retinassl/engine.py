@@ -325,6 +325,16 @@ def _lightning_module(method: Method, config: EngineConfig, seed: int, loader: R
             self.batches_done = int(state.get("batches_done", 0))
             self.best = dict(state.get("best", {}))
 
+        def on_train_end(self) -> None:
+            # DDP broadcasts buffers (BatchNorm running statistics) from rank 0 at the start of each
+            # forward, so after the last one every rank holds its own: end with rank 0's everywhere
+            if self.trainer.world_size > 1:
+                buffers = {k: v.detach().cpu() for k, v in self.method.named_buffers()}
+                buffers = self.trainer.strategy.broadcast(buffers, src=0)
+                with torch.no_grad():
+                    for key, value in self.method.named_buffers():
+                        value.copy_(buffers[key])
+
     return LitMethod()
 
 
@@ -432,9 +442,14 @@ def fit(method: Method, train: Dataset, *, config: EngineConfig, run: RunDir, se
             log.warning("no checkpoint in %s: starting from the beginning", checkpoint_dir)
     loggers = [CSVLogger(run.logs, name="", version="csv"), TensorBoardLogger(run.logs, name="",
                                                                              version="tensorboard")]
+    strategy = config.strategy
+    if strategy == "ddp" and len(method.configure_optimizers()) > 1:
+        # alternating updates (a GAN's discriminator and generator steps) leave some parameters
+        # without gradients in each backward, which DDP must be told about
+        strategy = "ddp_find_unused_parameters_true"
     trainer = pl.Trainer(
         accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
-        strategy=config.strategy, precision=precision, max_epochs=config.max_epochs,
+        strategy=strategy, precision=precision, max_epochs=config.max_epochs,
         logger=loggers, callbacks=[_step_checkpoint_callback(config.checkpoint_every_n_steps, checkpoint_dir)],
         enable_checkpointing=False, plugins=[_checkpoint_io()], use_distributed_sampler=False,
         log_every_n_steps=config.log_every_n_steps, check_val_every_n_epoch=config.val_every_n_epochs,

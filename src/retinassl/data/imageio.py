@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,8 @@ def _open(path: Path) -> Image.Image:
             suffix = Path(path.stem).suffix.lower()
         else:
             image = Image.open(path)
-    except (UnidentifiedImageError, OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (UnidentifiedImageError, OSError, EOFError, gzip.BadGzipFile, ValueError, SyntaxError,
+            struct.error, IndexError) as exc:  # Pillow's plugins raise all of these on bad headers
         raise DataError(f"not a readable image ({type(exc).__name__}: {exc})", path=path) from None
     except Image.DecompressionBombError as exc:
         raise DataError(f"image is implausibly large ({exc})", path=path) from None
@@ -77,7 +79,8 @@ def _load_pixels(image: Image.Image, path: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombWarning) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError,
+            Image.DecompressionBombWarning) as exc:
         raise DataError(f"image data is corrupt or truncated ({exc})", path=path) from None
 
 
