@@ -28,7 +28,7 @@ TIMING = ("seconds", "time")  # metrics that measure time, not results
 
 
 def cli_env(tmp: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELIABILITY_", "PL_", "LOCAL_RANK",
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELIABILITY_", "PL_", "LOCAL_RANK", "RETINASSL_RUN_DIR",
                                                                       "NODE_RANK", "WORLD_SIZE", "MASTER_"))}
     env.update(RETINASSL_CACHE=str(tmp / "cache"), RETINASSL_PROGRESS="0", OMP_NUM_THREADS="1",
                MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore", RETINASSL_PATIENT_SALT="reliability-tests")

@@ -63,7 +63,8 @@ def thickness(volume: Path = VOLUME, model: Path = MODEL, infrared: Path = INFRA
         paths = write_thickness(result, vol, run.path,
                                 extra={"model": None if model is None else str(model)})
     except BaseException as exc:
-        run.update_status(status="failed", error=str(exc)[:500])
+        # the input's file name may be the patient's: the run records the error without it
+        run.update_status(status="failed", error=str(exc).replace(str(volume), "<volume>")[:500])
         raise
     run.update_status(status="finished", outputs=sorted(p.name for p in paths.values()),
                       quality=result.quality)

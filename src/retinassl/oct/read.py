@@ -7,6 +7,7 @@ its Ophthalmic Tomography DICOM (the infrared image is found beside it); ``.vol`
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 from ..errors import DataError
@@ -46,11 +47,13 @@ def read_volume(path: str | Path, infrared: str | Path | None = None) -> OCTVolu
         raise DataError("file does not exist", path=path)
     from .dicom import is_dicom, read_dicom_volume
 
-    if is_dicom(path):
-        return read_dicom_volume(path, infrared)
     suffix = path.suffix.lower()
-    if suffix == ".dcm":
-        return read_dicom_volume(path, infrared)      # raises "not a DICOM file"
+    if is_dicom(path) or suffix == ".dcm":            # the latter raises "not a DICOM file"
+        try:
+            return read_dicom_volume(path, infrared)
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError, struct.error) as exc:
+            # pydicom decodes elements lazily: a malformed value surfaces wherever it is first read
+            raise DataError(f"malformed DICOM ({type(exc).__name__}: {exc})", path=path) from None
     if suffix == ".vol":
         from .heyex import read_heyex_vol
 

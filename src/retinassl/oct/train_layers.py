@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from pydantic import Field
 
 from ..config import EngineConfig, ModelConfig, Section, to_yaml
@@ -153,8 +154,10 @@ def run_train_layers(config: LayerTrainConfig, run: RunDir,
         raise DataError(f"need at least 2 annotated volumes (one for validation), got {len(volumes)}")
     params = dict(config.method)
     name = params.pop("name", "oct-layers")
-    encoder = build_encoder(config.model.arch, **config.model.kwargs)
-    method = build_method(name, params, encoder)
+    with torch.random.fork_rng(devices=[]):  # layer initialisation draws from the global RNG
+        torch.manual_seed(config.seed)
+        encoder = build_encoder(config.model.arch, **config.model.kwargs)
+        method = build_method(name, params, encoder)
     boundaries = tuple(method.config.boundaries)
     train_idx, val_idx = split_volumes(len(volumes), config.val_fraction, config.seed)
     images, rows = training_bscans([volumes[i] for i in train_idx], boundaries, config.max_bscans,
