@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, cohen_kappa_score
+from sklearn.metrics import average_precision_score, cohen_kappa_score, roc_auc_score
 
 from retinassl.evaluate.metrics import (accuracy, average_precision, multilabel_auc, quadratic_kappa,
                                         roc_auc, sensitivity_at_specificity)
@@ -15,6 +15,9 @@ def test_roc_auc_hand_and_undefined() -> None:
     assert roc_auc(np.array([1, 0, 1, 0]), np.array([0.8, 0.5, 0.4, 0.1])) == pytest.approx(0.75)
     assert np.isnan(roc_auc(np.array([1, 1]), np.array([0.2, 0.3])))
     assert np.isnan(roc_auc(np.array([], dtype=int), np.array([])))
+    rng = np.random.default_rng(3)
+    y, s = rng.integers(0, 2, 300), np.round(rng.normal(size=300), 1)   # many ties
+    assert roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
 
 
 def test_average_precision_hand() -> None:

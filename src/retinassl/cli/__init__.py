@@ -17,6 +17,8 @@ import typer
 from ..errors import RetinasslError
 from . import data as data_cmd
 from . import demo as demo_cmd
+from . import evaluate as evaluate_cmd
+from . import explain as explain_cmd
 from . import oct as oct_cmd
 from . import pretrain as pretrain_cmd
 from . import report as report_cmd
@@ -38,6 +40,8 @@ app.command("pretrain")(pretrain_cmd.pretrain)
 app.command("demo")(demo_cmd.demo)
 app.command("report")(report_cmd.report)
 app.command("sweep")(sweep_cmd.sweep)
+app.add_typer(evaluate_cmd.app, name="evaluate")
+app.add_typer(explain_cmd.app, name="explain")
 app.add_typer(segment_cmd.app, name="segment")
 app.add_typer(semisup_cmd.app, name="semisup")
 

@@ -21,9 +21,10 @@ Runner = Callable[[dict[str, Any], Any, str, bool], None]
 
 def runners() -> dict[str, Runner]:
     """Experiment kinds and the function that runs each (imported here, explicitly)."""
+    from ..evaluate.sweep import transfer_runner
     from ..semisup.experiment import run_ssl_gan_experiment
 
-    return {"ssl-gan": run_ssl_gan_experiment}
+    return {"ssl-gan": run_ssl_gan_experiment, "transfer": transfer_runner}
 
 
 def sweep(preset: str = typer.Argument(..., help="A packaged experiment preset or a YAML file."),

@@ -14,6 +14,7 @@ fractions records them instead of crashing.
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score, roc_curve
 
 
@@ -26,11 +27,22 @@ def _binary(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve of binary ``labels`` (0/1) ranked by ``scores``; NaN if one class."""
+    """Area under the ROC curve of binary ``labels`` (0/1) ranked by ``scores``; NaN if one class.
+
+    Computed as the Mann-Whitney statistic from mid-ranks (a tie between a positive and a negative
+    counts one half), which equals scikit-learn's ``roc_auc_score`` and is much faster on the
+    small arrays of bootstrap resamples.
+    """
     labels, scores = _binary(labels, scores)
     if labels.size == 0 or labels.min() == labels.max():
         return float("nan")
-    return float(roc_auc_score(labels, scores))
+    if not np.isfinite(scores).all():
+        return float(roc_auc_score(labels, scores))  # let scikit-learn report non-finite scores
+    positive = labels == 1
+    m = int(positive.sum())
+    n = labels.size - m
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - m * (m + 1) / 2) / (m * n))
 
 
 def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

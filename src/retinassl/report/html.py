@@ -104,6 +104,11 @@ SECTION_BUILDERS: list[Callable[[RunDir], Section | None]] = [summary_section, r
 from .curves import training_curves_section  # noqa: E402
 
 SECTION_BUILDERS.append(training_curves_section)
+from .transfer import (gradcam_section, transfer_curves_section,  # noqa: E402
+                       transfer_delong_section, tsne_section)
+
+SECTION_BUILDERS.extend([transfer_curves_section, transfer_delong_section, tsne_section,
+                         gradcam_section])
 from ..semisup.report import ssl_gan_section  # noqa: E402
 
 SECTION_BUILDERS.append(ssl_gan_section)

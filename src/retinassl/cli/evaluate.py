@@ -1,0 +1,103 @@
+"""``retinassl evaluate probe|finetune ENCODER [CONFIG] [key=value ...]``: evaluate one encoder.
+
+Both commands run the transfer protocol of :mod:`retinassl.evaluate.sweep` with a single
+initialisation (the encoder) and a single protocol: every task, label fraction, seed and fold of
+CONFIG (a transfer experiment: a packaged preset such as ``idrid-transfer``, or a YAML file;
+default ``transfer-demo``, synthetic data), into a run directory with the results table,
+predictions and a report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import RESUME, RUNS_DIR
+
+app = typer.Typer(no_args_is_help=True, help="Evaluate an encoder: linear probe or fine-tuning over "
+                                             "label fractions, seeds and folds.")
+
+ENCODER = typer.Argument(..., help="An encoder checkpoint directory (.../encoder), external weights "
+                                   "(.safetensors), or 'scratch'.")
+ARGS = typer.Argument(None, help="[CONFIG] [key=value ...]: a transfer experiment (preset or YAML; "
+                                 "default transfer-demo), then overrides such as fractions=[0.1,1.0] "
+                                 "seeds=[0].", show_default=False)
+BUDGET = typer.Option(None, "--budget", help="Apply the experiment's smoke/cpu/full budget.")
+NAME = typer.Option(None, "--name", help="The initialisation's name in results (default: from the "
+                                         "path).")
+
+DEFAULT_CONFIG = "transfer-demo"
+
+
+def split_args(args: list[str] | None) -> tuple[str, list[str]]:
+    """``[CONFIG] [key=value ...]`` -> (config, overrides)."""
+    args = list(args or [])
+    if args and "=" not in args[0]:
+        return args[0], args[1:]
+    return DEFAULT_CONFIG, args
+
+
+def init_name(encoder: str) -> str:
+    """A results name for an encoder path: ``scratch``, or the run directory's name."""
+    if encoder == "scratch":
+        return "scratch"
+    path = Path(encoder).resolve()
+    stem = path.parent.name if path.name in ("encoder", "encoder.json") else path.stem
+    cleaned = "".join(c if c.isalnum() or c in "._+-" else "-" for c in stem).strip("-.")
+    return cleaned or "encoder"
+
+
+def _evaluate(protocol: str, encoder: str, args: list[str] | None, budget: str | None,
+              name: str | None, resume: Path | None, runs_dir: Path | None) -> None:
+    from ..atomic import write_text
+    from ..config import apply_overrides, read_yaml
+    from ..evaluate.sweep import resolve_config, run_transfer
+    from ..report.html import build_report
+    from ..rundir import RunDir
+
+    if resume is not None:
+        run = RunDir.resume(resume)
+        data = read_yaml(run.path / "evaluate.yaml")
+    else:
+        source, overrides = split_args(args)
+        data = apply_overrides(read_yaml(source), overrides)
+        label = name or init_name(encoder)
+        data.update({"inits": [{"name": label, "init": encoder}], "reference": label,
+                     "protocols": [protocol]})
+        data["name"] = f"{data.get('name', 'transfer')}-{protocol}"
+        for override in (data.get("budgets") or {}).values():  # keep the encoder whatever the budget
+            for key in ("inits", "reference", "protocols"):
+                override.pop(key, None)
+        root = runs_dir or Path(str(data.get("runs_dir", "runs")))
+        run = RunDir.create(root, f"evaluate-{protocol}-{label}")
+        import yaml
+
+        write_text(run.path / "evaluate.yaml", yaml.safe_dump(data, sort_keys=False))
+    config = resolve_config(data, budget)
+    run.attach_log_file()
+    typer.echo(f"run directory: {run.path}")
+    try:
+        run_transfer(config, run)
+    except BaseException as exc:
+        run.update_status(status="failed", error=str(exc)[:500])
+        raise
+    run.update_status(status="finished")
+    typer.echo((run.path / "comparison.md").read_text())
+    typer.echo(f"report: {build_report(run)}")
+
+
+@app.command("probe")
+def probe(encoder: str = ENCODER, args: list[str] = ARGS, budget: str = BUDGET, name: str = NAME,
+          resume: Path = RESUME, runs_dir: Path = RUNS_DIR) -> None:
+    """Linear probe (logistic regression on frozen, cached features) at every label fraction and
+    seed; asserts afterwards that the encoder did not change."""
+    _evaluate("probe", encoder, args, budget, name, resume, runs_dir)
+
+
+@app.command("finetune")
+def finetune(encoder: str = ENCODER, args: list[str] = ARGS, budget: str = BUDGET, name: str = NAME,
+             resume: Path = RESUME, runs_dir: Path = RUNS_DIR) -> None:
+    """Full fine-tuning (early stopping on a validation split carved from the labelled subset) at
+    every label fraction and fine-tuning seed."""
+    _evaluate("finetune", encoder, args, budget, name, resume, runs_dir)

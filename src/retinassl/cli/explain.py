@@ -1,0 +1,112 @@
+"""``retinassl explain gradcam|tsne``: Grad-CAM overlays of a fine-tuned classifier, and t-SNE maps
+of an encoder's embeddings, on the data of a transfer experiment (preset or YAML)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import RUNS_DIR
+from .evaluate import init_name, split_args
+
+app = typer.Typer(no_args_is_help=True, help="Explain models: Grad-CAM overlays and t-SNE maps.")
+
+ARGS = typer.Argument(None, help="[CONFIG] [key=value ...]: the transfer experiment whose data is "
+                                 "used (default transfer-demo), then overrides.", show_default=False)
+
+
+def _setup(args: list[str] | None, kind: str, label: str, runs_dir: Path | None):
+    from ..config import apply_overrides, read_yaml
+    from ..evaluate.sweep import resolve_config
+    from ..rundir import RunDir
+
+    source, overrides = split_args(args)
+    data = apply_overrides(read_yaml(source), overrides)
+    data.pop("budgets", None)
+    config = resolve_config(data, None)
+    run = RunDir.create(runs_dir or config.runs_dir, f"explain-{kind}-{label}")
+    run.attach_log_file()
+    return config, run
+
+
+def _prepared(config, run, preprocess: dict | None):
+    from ..data.preprocess import PreprocessConfig
+    from ..evaluate.sweep import prepare_downstream
+
+    if preprocess:  # the checkpoint's own preprocessing
+        config = config.model_copy(update={"preprocess": PreprocessConfig.model_validate(preprocess)})
+    return prepare_downstream(config, run.sub("data"))
+
+
+@app.command("gradcam")
+def gradcam(model: Path = typer.Argument(..., help="A fine-tuned classifier directory (e.g. "
+                                                   "runs/<sweep>/models/<task>-<init>)."),
+            args: list[str] = ARGS,
+            images: int = typer.Option(8, "--images", help="Test images to explain (half positive)."),
+            seed: int = typer.Option(0, "--seed", help="Which test images are drawn."),
+            runs_dir: Path = RUNS_DIR) -> None:
+    """Grad-CAM (MONAI) at the encoder's deepest feature map for test images of the experiment's
+    data; writes one overlay figure and a report."""
+    from ..checkpoint import read_encoder_meta
+    from ..evaluate.sweep import evaluation_folds, gradcam_rows
+    from ..evaluate.tasks import TaskSpec
+    from ..explain.gradcam import gradcam_gallery
+    from ..report.html import build_report
+
+    meta = read_encoder_meta(model)
+    label = init_name(str(model / "encoder"))  # the classifier directory's name
+    config, run = _setup(args, "gradcam", label, runs_dir)
+    prepared = _prepared(config, run, meta.get("preprocess"))
+    task = TaskSpec.model_validate(meta["task"])
+    test = evaluation_folds(prepared.manifest, task, config.folds, config.seed)[0][2]
+    rows = gradcam_rows(task, prepared.manifest, test, images, seed)
+    path = gradcam_gallery(model, prepared, rows, run.report_dir / "figures" / f"gradcam-{label}.png",
+                           title=label)
+    run.update_status(status="finished")
+    typer.echo(f"figure: {path}")
+    typer.echo(f"report: {build_report(run)}")
+
+
+@app.command("tsne")
+def tsne(encoder: str = typer.Argument(..., help="An encoder checkpoint directory, or 'scratch'."),
+         args: list[str] = ARGS,
+         task: str = typer.Option(None, "--task", help="Colour by this task's label (default: the "
+                                                       "experiment's first task)."),
+         runs_dir: Path = RUNS_DIR) -> None:
+    """t-SNE of the encoder's frozen embeddings of the experiment's labelled images (features from
+    the feature cache), coloured by label."""
+    import torch
+
+    from ..evaluate.features import extract_features
+    from ..evaluate.probe import assert_frozen
+    from ..evaluate.sweep import class_labels
+    from ..explain.embedding import tsne_figure
+    from ..models.initialize import initial_encoder
+    from ..report.html import build_report
+
+    label = init_name(encoder)
+    config, run = _setup(args, "tsne", label, runs_dir)
+    meta_preprocess = None
+    if encoder != "scratch":
+        from ..checkpoint import read_encoder_meta
+
+        meta_preprocess = read_encoder_meta(encoder).get("preprocess")
+    prepared = _prepared(config, run, meta_preprocess)
+    spec = next((t for t in config.tasks if t.name == (task or config.tasks[0].name)), None)
+    if spec is None:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"no task {task!r}; the experiment has {[t.name for t in config.tasks]}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = initial_encoder(config.model.model_copy(update={"init": encoder})).encoder
+    with assert_frozen(model):
+        features = extract_features(model, prepared, config.data.cache_dir)
+    rows = spec.labelled_rows(prepared.manifest)
+    path = tsne_figure(features.values[rows], class_labels(spec, prepared.manifest)[rows],
+                       run.report_dir / "figures" / f"tsne-{label}.png",
+                       title=f"{label}: frozen embeddings ({spec.name})", seed=config.seed)
+    run.update_status(status="finished")
+    typer.echo(f"figure: {path}")
+    typer.echo(f"report: {build_report(run)}")

@@ -1,0 +1,149 @@
+"""Grad-CAM of our encoders + linear head, through MONAI's ``GradCAM``.
+
+Selvaraju et al. 2017: "Grad-CAM uses the gradient information flowing into the last
+convolutional layer of the CNN to assign importance values to each neuron for a particular
+decision of interest." Jang et al. 2024 use it "to enhance the interpretability of the predicted
+results for each fundus image".
+
+Every encoder has the same interface (``forward_features`` gives the deepest map), so one wrapper,
+:class:`CamModel`, exposes that map as a named layer (``features``, an ``nn.Identity``) for
+MONAI's hooks, whatever the architecture. The explained score is the model's single logit for
+binary tasks, the log-odds of ``P(class >= positive_from)`` for graded tasks with a
+``positive_from`` (e.g. referable DR from a DR-grade model), and otherwise the logit of the
+requested (default: predicted) class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.cache import PreparedData
+from ..data.datasets import ImageDataset
+from ..models import Encoder
+from .heatmap import overlay
+
+TARGET_LAYER = "features"
+
+
+class CamModel(nn.Module):
+    """``(B, C, H, W)`` -> scores ``(B, K)``, with the encoder's deepest map passing through the
+    ``features`` layer (for Grad-CAM hooks).
+
+    Args:
+        encoder: the encoder.
+        head: maps the pooled ``(B, num_features)`` embedding to logits.
+        kind: ``binary`` (one logit), ``multiclass`` or ``multilabel``.
+        positive_from: for ``multiclass``, explain ``log P(y >= t) - log P(y < t)`` (one output).
+    """
+
+    def __init__(self, encoder: Encoder, head: nn.Module, kind: str = "binary",
+                 positive_from: int | None = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.features = nn.Identity()
+        self.kind = kind
+        self.positive_from = positive_from
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fmap = self.features(self.encoder.forward_features(x))
+        logits = self.head(fmap.mean(dim=(2, 3)))
+        if self.kind == "multiclass" and self.positive_from is not None:
+            logp = torch.log_softmax(logits.float(), dim=1)
+            t = self.positive_from
+            return (torch.logsumexp(logp[:, t:], 1) - torch.logsumexp(logp[:, :t], 1))[:, None]
+        return logits
+
+
+def _unit_range(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max scale each map of ``(B, 1, H, W)`` to [0, 1] (a constant map becomes 0)."""
+    flat = maps.detach().reshape(maps.shape[0], -1)
+    low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    scaled = (flat - low) / (high - low).clamp_min(1e-12)
+    return scaled.reshape(maps.shape)
+
+
+def grad_cam(model: CamModel, images: torch.Tensor, class_idx: int | None = None) -> np.ndarray:
+    """Grad-CAM maps ``(B, H, W)`` in [0, 1] (each map min-max scaled, 1 = most important), at the
+    input resolution (MONAI's bilinear upsampling).
+
+    Args:
+        model: the wrapped classifier (its weights are not changed; gradients are cleared).
+        images: ``(B, C, H, W)`` normalised inputs.
+        class_idx: output explained (default: 0 for a one-output model, else the arg-max).
+    """
+    from monai.visualize import GradCAM
+
+    # MONAI's default post-processing maps (min, max) to (1, 0), i.e. flips the map; scale it
+    # so that 1 is the most important place instead.
+    cam = GradCAM(nn_module=model, target_layers=TARGET_LAYER, postprocessing=_unit_range)
+    was_training = model.training
+    requires = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            outputs = 1 if model.kind == "binary" or model.positive_from is not None else None
+            index = class_idx if class_idx is not None else (0 if outputs == 1 else None)
+            maps = cam(images.float(), class_idx=index)
+    finally:
+        for p, r in zip(model.parameters(), requires):
+            p.requires_grad_(r)
+            p.grad = None
+        model.train(was_training)
+    return maps[:, 0].detach().numpy()
+
+
+def classifier_cam_model(model_dir: str | Path) -> tuple[CamModel, object]:
+    """A :class:`CamModel` around a fine-tuned classifier saved by
+    :func:`~retinassl.evaluate.finetune.save_classifier`; returns ``(model, task)``."""
+    from ..evaluate.finetune import load_classifier
+
+    method, task, _ = load_classifier(model_dir)
+    model = CamModel(method.encoder, method.head, task.kind,
+                     task.positive_from if task.kind == "multiclass" else None)
+    return model.eval(), task
+
+
+def gradcam_overlays(model: CamModel, prepared: PreparedData, rows: Sequence[int],
+                     alpha: float = 0.5) -> list[tuple[np.ndarray, float]]:
+    """``(overlay (S, S, 3) uint8, score)`` of each row (score: the explained output)."""
+    dataset = ImageDataset(prepared)
+    out = []
+    for row in rows:
+        x = dataset[int(row)]["image"][None]
+        with torch.no_grad():
+            score = float(model.eval()(x)[0, 0])
+        heat = grad_cam(model, x)[0]
+        image = np.asarray(prepared.entries[int(row)].image())
+        out.append((overlay(image, heat, sigma_fraction=0.0, alpha=alpha), score))
+    return out
+
+
+def gradcam_gallery(model_dir: str | Path, prepared: PreparedData, rows: Sequence[int], path: str | Path,
+                    title: str = "") -> Path:
+    """One PNG with the Grad-CAM overlay of each row (label and score in each caption)."""
+    from ..report.plots import plt, save_figure
+
+    model, task = classifier_cam_model(model_dir)
+    items = gradcam_overlays(model, prepared, rows)
+    labels = task.targets(prepared.manifest)
+    ids = prepared.manifest.frame["id"].astype(str).to_numpy()
+    n = max(1, len(items))
+    fig, axes = plt.subplots(1, n, figsize=(2.3 * n, 2.6), squeeze=False)
+    for ax, row, (art, score) in zip(axes[0], rows, items):
+        ax.imshow(art)
+        label = labels[int(row)]
+        ax.set_title(f"{ids[int(row)][-12:]}\nlabel {label if np.ndim(label) == 0 else list(label)}, "
+                     f"out {score:+.2f}", fontsize=7)
+        ax.axis("off")
+    for ax in axes[0][len(items):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(f"Grad-CAM: {title}", fontsize=9)
+    return save_figure(fig, path)

@@ -1,0 +1,147 @@
+"""Report sections of a transfer sweep (:mod:`retinassl.evaluate.sweep`), built only from the run's
+results table, prediction files and figures: metric vs label-fraction curves with intervals, the
+DeLong p-values against the reference initialisation, t-SNE maps and Grad-CAM overlays."""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..rundir import RunDir
+from .plots import plt, save_figure
+
+# Section, gallery_section and table_html come from .html, which imports this module at its end to
+# register the builders: they are imported inside the functions.
+
+CONFIG_FILE = "transfer.yaml"
+
+
+def _config(run: RunDir):  # -> TransferConfig | None
+    path = run.path / CONFIG_FILE
+    if not path.is_file() or not run.results_file.is_file():
+        return None
+    from ..config import read_yaml, validate
+    from ..evaluate.sweep import TransferConfig
+
+    return validate(TransferConfig, read_yaml(path), origin=str(path))
+
+
+def _comparison(run: RunDir) -> tuple[object, pd.DataFrame] | None:
+    config = _config(run)
+    if config is None:
+        return None
+    from ..evaluate.compare import comparison
+
+    saved = run.path / "comparison.csv"
+    if saved.is_file() and saved.stat().st_mtime >= run.results_file.stat().st_mtime:
+        table = pd.read_csv(saved)  # written by the sweep from the same results and predictions
+    else:
+        table = comparison(run.path, list(config.tasks), config.reference)
+    return (config, table) if len(table) else None
+
+
+def curves_figure(table: pd.DataFrame, task: str, metric: str, path: Path, inits: list[str]) -> Path:
+    """``metric`` vs label fraction (log axis) per initialisation, one panel per protocol, with
+    the comparison table's 95 % intervals as bands."""
+    block = table[(table["task"] == task) & (table["metric"] == metric)]
+    protocols = [p for p in ("probe", "finetune") if p in set(block["protocol"])]
+    fig, axes = plt.subplots(1, len(protocols), figsize=(4.4 * len(protocols), 3.6), squeeze=False,
+                             sharey=True)
+    colours = plt.get_cmap("tab10")
+    for ax, protocol in zip(axes[0], protocols):
+        for n, init in enumerate(inits):
+            rows = block[(block["protocol"] == protocol) & (block["init"] == init)].sort_values("fraction")
+            if rows.empty:
+                continue
+            x = rows["fraction"].to_numpy(float) * 100
+            style = {"color": "black", "lw": 2.0, "ls": "--"} if n == 0 else {"color": colours(n % 10), "lw": 1.4}
+            ax.plot(x, rows["mean"], marker="o", ms=3, label=init, **style)
+            ok = np.isfinite(rows["lo"].to_numpy(float))
+            if ok.any():
+                ax.fill_between(x[ok], rows["lo"].to_numpy(float)[ok], rows["hi"].to_numpy(float)[ok],
+                                color=style["color"], alpha=0.12, lw=0)
+        ax.set_xscale("log")
+        ax.set_xlabel("labelled training images (%)")
+        ax.set_title("linear probe" if protocol == "probe" else "fine-tuning", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(metric)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"{task}: {metric} vs label fraction (mean over seeds, 95 % interval)", fontsize=9)
+    return save_figure(fig, path)
+
+
+def transfer_curves_section(run: RunDir):  # -> Section | None
+    """Metric vs label-fraction curves of every task (linear probe and fine-tuning)."""
+    from .html import Section
+
+    found = _comparison(run)
+    if found is None:
+        return None
+    config, table = found
+    inits = [i.name for i in config.inits]
+    inits = [config.reference] + [i for i in inits if i != config.reference]
+    parts = []
+    for (task, metric), _ in table.groupby(["task", "metric"], sort=False):
+        name = f"transfer-{task}-{metric}.png"
+        curves_figure(table, task, metric, run.report_dir / "figures" / name, inits)
+        parts.append(f'<img src="figures/{html.escape(name)}" alt="{html.escape(task)} {metric}" width="800">')
+    note = ("Mean over label-subset seeds; bands are 95 % Student-t intervals over seeds (DeLong "
+            f"intervals when a cell has one seed). The dashed line is the reference ({config.reference}).")
+    return Section("Transfer: metric vs label fraction", f'<p class="note">{note}</p>' + "".join(parts))
+
+
+def transfer_delong_section(run: RunDir):  # -> Section | None
+    """DeLong p-values of each initialisation against the reference, at every label fraction."""
+    from .html import Section, table_html
+
+    found = _comparison(run)
+    if found is None:
+        return None
+    config, table = found
+    tested = table[np.isfinite(table["p"].to_numpy(float))]
+    if tested.empty:
+        return None
+    parts = []
+    for (task, metric, protocol), block in tested.groupby(["task", "metric", "protocol"], sort=False):
+        wide = block.pivot_table(index="init", columns="fraction", values="p", aggfunc="first")
+        delta = block.pivot_table(index="init", columns="fraction", values="delta", aggfunc="first")
+        shown = pd.DataFrame(index=wide.index)
+        for f in wide.columns:
+            shown[f"{f:g}"] = [_p_cell(wide.at[i, f], delta.at[i, f]) for i in wide.index]
+        shown = shown.reset_index()
+        label = "linear probe" if protocol == "probe" else "fine-tuning"
+        parts.append(f"<h3>{html.escape(task)} ({html.escape(metric)}), {label}</h3>"
+                     + table_html(shown, text_columns=tuple(shown.columns)))
+    note = (f"Two-sided DeLong test of each initialisation against {html.escape(config.reference)} on "
+            "the same test images, on the seed-ensemble scores (each image's score averaged over "
+            "label-subset seeds); in brackets the difference of the mean metric (init minus "
+            "reference). p &lt; 0.05 is marked *.")
+    return Section("Transfer: DeLong p-values vs the reference", f'<p class="note">{note}</p>' + "".join(parts))
+
+
+def _p_cell(p: float, delta: float) -> str:
+    if not math.isfinite(p):
+        return ""
+    text = "<0.001" if p < 0.001 else f"{p:.3f}"
+    return f"{text}{'*' if p < 0.05 else ''} ({delta:+.3f})"
+
+
+def tsne_section(run: RunDir):  # -> Section | None
+    from .html import gallery_section
+
+    return gallery_section(run, "tsne-", "t-SNE of frozen embeddings",
+                           "Each initialisation's pooled encoder embeddings of the labelled images "
+                           "(train and test), t-SNE with a fixed seed, coloured by the label.")
+
+
+def gradcam_section(run: RunDir):  # -> Section | None
+    from .html import gallery_section
+
+    return gallery_section(run, "gradcam-", "Grad-CAM of fine-tuned models",
+                           "Grad-CAM (MONAI) at the encoder's deepest feature map of the model fine-tuned "
+                           "on all labelled images (first seed); the same test images for every "
+                           "initialisation; 'out' is the explained output (logit or log-odds).")

@@ -1,0 +1,60 @@
+"""``retinassl evaluate probe`` and ``retinassl explain tsne|gradcam`` on a tiny synthetic experiment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from retinassl.cli import app
+from retinassl.config import ModelConfig
+from retinassl.data.cache import Cache
+from retinassl.data.manifest import Manifest
+from retinassl.data.preprocess import PreprocessConfig
+from retinassl.evaluate.finetune import FinetuneConfig, build_classifier, save_classifier
+from retinassl.evaluate.tasks import TaskSpec
+from retinassl.results import read_results
+
+
+def _experiment(root: Path, tmp_path: Path) -> Path:
+    config = {"kind": "transfer", "name": "cli", "runs_dir": str(tmp_path / "runs"),
+              "data": {"source": "manifest", "manifest": str(root / "data" / "manifest.csv"),
+                       "cache_dir": str(root / "cache")},
+              "preprocess": {"size": 32}, "model": {"arch": "convnet", "kwargs": {"width": 8}},
+              "tasks": [{"name": "referable", "label": "dr_grade", "positive_from": 2}],
+              "fractions": [0.5, 1.0], "seeds": [0, 1], "probe": {"c_grid": [1.0]},
+              "explain": {"tsne": False, "gradcam": 0}}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_evaluate_probe_and_explain(tiny_root: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    exp = _experiment(tiny_root, tmp_path)
+    result = runner.invoke(app, ["evaluate", "probe", "scratch", str(exp), "seeds=[0]"])
+    assert result.exit_code == 0, result.output
+    run = next((tmp_path / "runs").glob("evaluate-probe-scratch-*"))
+    table = read_results(run / "results.csv")
+    cells = table[table["metric"] == "auc"]
+    assert len(cells) == 2 and set(cells["protocol"]) == {"probe"} and set(cells["seed"]) == {0}
+    assert (run / "report" / "index.html").is_file() and "| scratch |" in result.output
+
+    result = runner.invoke(app, ["explain", "tsne", "scratch", str(exp)])
+    assert result.exit_code == 0, result.output
+    assert list((tmp_path / "runs").glob("explain-tsne-scratch-*/report/figures/tsne-scratch.png"))
+
+    task = TaskSpec(name="referable", label="dr_grade", positive_from=2)
+    prepared = Cache(tiny_root / "cache").prepare(Manifest.load(tiny_root / "data" / "manifest.csv"),
+                                                  PreprocessConfig(size=32))
+    torch.manual_seed(0)
+    method, _ = build_classifier(ModelConfig(arch="convnet", kwargs={"width": 8}), task, prepared,
+                                 FinetuneConfig(), seed=0)
+    save_classifier(tmp_path / "models" / "referable-mine", method, arch="convnet", kwargs={"width": 8},
+                    preprocess=prepared.config.model_dump(), task=task)
+    result = runner.invoke(app, ["explain", "gradcam", str(tmp_path / "models" / "referable-mine"),
+                                 str(exp), "--images", "2"])
+    assert result.exit_code == 0, result.output
+    assert list((tmp_path / "runs").glob("explain-gradcam-*/report/figures/gradcam-referable-mine.png"))

@@ -1,0 +1,163 @@
+"""The transfer sweep: nested label fractions, a smoke sweep on synthetic data, resuming, comparison."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from retinassl.checkpoint import save_encoder
+from retinassl.data.manifest import Manifest
+from retinassl.evaluate import sweep as sweep_module
+from retinassl.evaluate.sweep import (TransferSweep, done_cells, evaluation_folds, label_subsets,
+                                      resolve_config, run_transfer)
+from retinassl.evaluate.tasks import TaskSpec
+from retinassl.models import build_encoder
+from retinassl.results import read_results
+from retinassl.rundir import RunDir
+
+FRACTIONS = [0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0]
+
+
+def _grades(n: int = 413, seed: int = 0) -> Manifest:
+    grades = np.random.default_rng(seed).choice(5, size=n, p=[0.33, 0.05, 0.33, 0.18, 0.11])
+    frame = pd.DataFrame({"id": [f"im{i}" for i in range(n)], "image": "x.png", "patient": "",
+                          "eye": "", "split": "train", "dr_grade": grades})
+    return Manifest(frame, Path("."))
+
+
+def test_label_fractions_nested_across_fractions_and_paired_across_tasks() -> None:
+    manifest = _grades()
+    referable = TaskSpec(name="referable", label="dr_grade", positive_from=2, stratify="dr_grade")
+    grade = TaskSpec(name="dr_grade", kind="multiclass", label="dr_grade")
+    train = np.arange(len(manifest))
+    by_seed = {}
+    for seed in (0, 1, 2):
+        subsets = label_subsets(manifest, referable, train, FRACTIONS, seed, None)
+        sizes = [len(subsets[f]) for f in FRACTIONS]
+        assert sizes == [5, 9, 21, 42, 104, 207, 413]                  # ceil(f * 413)
+        for small, large in zip(FRACTIONS, FRACTIONS[1:]):
+            assert set(subsets[small]) <= set(subsets[large])           # nested
+        assert set(manifest.labels("dr_grade")[subsets[0.01]]) == set(range(5))  # every grade at 1 %
+        # the same subsets for the grading task (same strata) and whatever other fractions are asked
+        assert all(np.array_equal(subsets[f], label_subsets(manifest, grade, train, [f, 0.3], seed, None)[f])
+                   for f in FRACTIONS)
+        by_seed[seed] = subsets
+    assert not np.array_equal(by_seed[0][0.1], by_seed[1][0.1])        # seeds draw other subsets
+    # folds: another ordering per fold
+    assert not np.array_equal(label_subsets(manifest, grade, train, [0.1], 0, 0)[0.1],
+                              label_subsets(manifest, grade, train, [0.1], 0, 1)[0.1])
+
+
+def test_kfold_when_there_is_no_test_split() -> None:
+    manifest = _grades(150)
+    folds = evaluation_folds(manifest, TaskSpec(name="g", kind="multiclass", label="dr_grade"), 5, 0)
+    assert [f for f, _, _ in folds] == [0, 1, 2, 3, 4]
+    tested = np.concatenate([test for _, _, test in folds])
+    assert sorted(tested) == list(range(150))
+    assert all(not set(train) & set(test) for _, train, test in folds)
+
+
+def _config(root: Path, encoder_dir: Path, **extra) -> dict:
+    return {
+        "kind": "transfer", "name": "smoke", "seed": 0,
+        "data": {"source": "manifest", "manifest": str(root / "data" / "manifest.csv"),
+                 "cache_dir": str(root / "cache")},
+        "preprocess": {"size": 32},
+        "model": {"arch": "convnet", "kwargs": {"width": 8}},
+        "inits": [{"name": "scratch"}, {"name": "other", "init": str(encoder_dir)}],
+        "tasks": [{"name": "referable", "label": "dr_grade", "positive_from": 2},
+                  {"name": "grade", "kind": "multiclass", "label": "dr_grade", "positive_from": 2}],
+        "fractions": [0.5, 1.0], "seeds": [0, 1], "finetune_seeds": [0], "finetune_fractions": [1.0],
+        "probe": {"c_grid": [1.0]},
+        "finetune": {"epochs": 1, "min_steps": 1, "max_steps": 2, "patience": 0},
+        "engine": {"batch_size": 16, "checkpoint_every_n_steps": -1, "precision": "32"},
+        "explain": {"tsne": True, "gradcam": 2},
+        "budgets": {"smoke": {"fractions": [0.25, 1.0], "explain": {"tsne": True, "gradcam": 1}}},
+        **extra}
+
+
+@pytest.mark.slow
+def test_smoke_sweep_resumes_only_missing_cells(tiny_root: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(5)
+    save_encoder(tmp_path / "enc", build_encoder("convnet", width=8), arch="convnet", kwargs={"width": 8})
+    data = _config(tiny_root, tmp_path / "enc")
+    config = resolve_config(data, "smoke")
+    assert config.fractions == [0.25, 1.0]
+    run = RunDir.create(tmp_path / "runs", "smoke")
+    calls = {"n": 0}
+    real = sweep_module.finetune
+
+    def dies_after_two(*args, **kwargs):
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "finetune", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_transfer(config, run)
+    first = done_cells(run.results_file)
+    # the first init's probes (2 tasks x 2 seeds x 2 fractions) and fine-tunings (2 tasks) and
+    # the second init's probes are done, its fine-tunings are not
+    assert len(first) == 8 + 2 + 8
+    counted = {"n": 0}
+
+    def counting(*args, **kwargs):
+        counted["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "finetune", counting)
+    from retinassl.evaluate import features as features_module
+
+    embedded = []
+    real_embed = features_module.embed
+    monkeypatch.setattr(features_module, "embed", lambda *a, **k: embedded.append(1) or real_embed(*a, **k))
+    run_transfer(config, RunDir.resume(run.path))
+    # each init's features were extracted once, in the first run; the t-SNE maps reuse them
+    assert len(embedded) == 0
+    # 2 inits x 2 tasks x 1 fraction x 1 seed fine-tunings in all, 2 were done before
+    assert counted["n"] == 4 - 2
+    results = read_results(run.results_file)
+    assert results.loc[results["metric"] == "extracted_images", "value"].tolist() == [40, 40]
+    cells = results[results["metric"] == "n_test"]
+    assert len(cells) == 16 + 4                                         # each cell exactly once
+    assert not cells.duplicated(["task", "init", "protocol", "fraction", "seed", "fold"]).any()
+    # the same labelled images for both inits (paired) and predictions for every cell
+    n_lab = cells.pivot_table(index=["task", "protocol", "fraction", "seed"], columns="init",
+                              values="n_labelled")
+    assert (n_lab["scratch"] == n_lab["other"]).all()
+    assert len(list((run.path / "predictions" / "transfer").rglob("*.csv"))) == 20
+    # the comparison: DeLong p-values for the other init at every fraction, not for the reference
+    table = pd.read_csv(run.path / "comparison.csv")
+    auc = table[(table["metric"] == "auc") & (table["task"] == "referable")]
+    assert auc.loc[auc["init"] == "other", "p"].between(0, 1).all()
+    assert auc.loc[auc["init"] == "scratch", "p"].isna().all()
+    assert set(table["metric"]) == {"auc", "kappa", "auc_bin"}
+    assert "| other |" in (run.path / "comparison.md").read_text()
+    figures = run.path / "report" / "figures"
+    assert {p.name for p in figures.glob("*.png")} >= {"tsne-scratch.png", "tsne-other.png",
+                                                       "gradcam-scratch.png", "gradcam-other.png"}
+    assert not list((run.path / "cells").glob("*/checkpoints"))         # work directories removed
+    # the report sections draw the curves and the p-value table from results + predictions alone
+    from retinassl.report.transfer import transfer_curves_section, transfer_delong_section
+
+    assert "transfer-referable-auc.png" in transfer_curves_section(run).html
+    assert "other" in transfer_delong_section(run).html
+
+
+def test_config_checks(tiny_root: Path, tmp_path: Path) -> None:
+    from retinassl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="reference"):
+        resolve_config(_config(tiny_root, tmp_path, reference="imagenet"), None)
+    with pytest.raises(ConfigError, match="budget"):
+        resolve_config(_config(tiny_root, tmp_path), "full")
+    with pytest.raises(ConfigError, match="unknown key"):
+        resolve_config(_config(tiny_root, tmp_path, epochs=3), None)
+    sweep = TransferSweep(resolve_config(_config(tiny_root, tmp_path), None), RunDir(tmp_path))
+    assert sweep.model_of(sweep.config.inits[1]).init == str(tmp_path)
