@@ -52,6 +52,30 @@ def run_cli(args: list[str], tmp: Path, *, kill_at: int = 0, record: Path | None
                           timeout=timeout)
 
 
+def cli_in_process(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run ``retinassl ARGS`` in this process (``retinassl.cli.main``, as the console script does);
+    (exit status, stdout, stderr). Any exception other than the toolkit's escapes to the caller."""
+    import logging
+
+    from retinassl.cli import main
+
+    argv = sys.argv
+    sys.argv = ["retinassl", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = argv
+        logger = logging.getLogger("retinassl")
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def kill_step(seed: int, first: int, last: int) -> int:
     """A step in ``[first, last]`` drawn from ``seed`` (the step at which the run is killed)."""
     return int(np.random.default_rng(seed).integers(first, last + 1))

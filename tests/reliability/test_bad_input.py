@@ -11,36 +11,13 @@ script: any exception other than the toolkit's escapes and fails the test); a fe
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from pathlib import Path
 
 import pytest
 
 from reliability.corpus import CASES, write_case
-from reliability.harness import assert_clean_failure, only_run, run_cli
+from reliability.harness import assert_clean_failure, cli_in_process as cli, only_run, run_cli
 from retinassl.errors import ConfigError, DataError, RetinasslError
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    """Run ``retinassl ARGS`` in this process; (exit status, stdout, stderr)."""
-    from retinassl.cli import main
-
-    argv = sys.argv
-    sys.argv = ["retinassl", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = argv
-        logger = logging.getLogger("retinassl")
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-            handler.close()
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def check_message(message: str, case_name: str, root: Path) -> None:

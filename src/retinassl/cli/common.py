@@ -12,6 +12,9 @@ RESUME = typer.Option(None, "--resume", help="Continue the run in this run direc
                                              "checkpoint.", show_default=False)
 RUNS_DIR = typer.Option(None, "--runs-dir", help="Where run directories are created (default: the "
                                                  "config's runs_dir, ./runs).", show_default=False)
+ALLOW_PICKLE = typer.Option(False, "--allow-pickle", help="Let model.init be a pickle-based .pth/.pt "
+                                                          "weights file (read with torch.load("
+                                                          "weights_only=True)); refused otherwise.")
 SKIP_BAD = typer.Option(False, "--skip-bad", help="Skip unreadable images (listed in the run report) "
                                                   "instead of stopping at the first.")
 

@@ -8,7 +8,7 @@ import typer
 
 from ..config import load_config
 from ..rundir import RunDir
-from .common import OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, with_common_overrides
+from .common import ALLOW_PICKLE, OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, with_common_overrides
 
 app = typer.Typer(no_args_is_help=True, help="Vessel segmentation: a U-Net whose encoder is any "
                   "registered encoder or encoder checkpoint; metrics inside the field of view.")
@@ -53,7 +53,7 @@ def _options(items: list[str] | None) -> dict:
 def train(config: str = typer.Argument("drive-vessels", help="A YAML config or a packaged preset "
                                        "(drive-vessels)."),
           overrides: list[str] = OVERRIDES, resume: Path = RESUME, runs_dir: Path = RUNS_DIR,
-          skip_bad: bool = SKIP_BAD) -> None:
+          skip_bad: bool = SKIP_BAD, allow_pickle: bool = ALLOW_PICKLE) -> None:
     """Train a U-Net on random FOV patches, then evaluate it on the test split (and on the
     config's evaluate_on datasets, e.g. STARE). Writes runs/<name>-<time>/ with segmenter/ (the
     model), encoder/, predictions/ (PNG probability maps and binary masks), results.csv and an HTML
@@ -61,6 +61,7 @@ def train(config: str = typer.Argument("drive-vessels", help="A YAML config or a
     from ..evaluate.segmentation_run import SegmentConfig, run_segment_train
     from ..report.html import build_report
 
+    overrides = list(overrides or []) + (["model.allow_pickle=true"] if allow_pickle else [])
     if resume is not None:
         run = RunDir.resume(resume)
         cfg = load_config(SegmentConfig, run.config_file, overrides)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .common import OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, with_common_overrides
+from .common import ALLOW_PICKLE, OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, with_common_overrides
 
 app = typer.Typer(no_args_is_help=True, help="Semi-supervised patch classification (the patch "
                                              "SSL-GAN of Lecouat et al. 2018).")
@@ -17,7 +17,7 @@ app = typer.Typer(no_args_is_help=True, help="Semi-supervised patch classificati
 def train(config: str = typer.Argument(..., help="A YAML config or preset (e.g. ssl-gan, "
                                                   "demo-ssl-gan)."),
           overrides: list[str] = OVERRIDES, resume: Path = RESUME, runs_dir: Path = RUNS_DIR,
-          skip_bad: bool = SKIP_BAD) -> None:
+          skip_bad: bool = SKIP_BAD, allow_pickle: bool = ALLOW_PICKLE) -> None:
     """Train a patch classifier with n_labelled labelled images (the rest of the training cohort,
     and an optional pool, unlabelled), then evaluate it on the test split: patch, image and
     localisation AUC, predictions, heatmaps, results.csv and an HTML report in runs/<name>-<time>/."""
@@ -27,6 +27,7 @@ def train(config: str = typer.Argument(..., help="A YAML config or preset (e.g. 
     from ..semisup.config import SemisupTrainConfig
     from ..semisup.pipeline import run_semisup_train
 
+    overrides = list(overrides or []) + (["learner.model.allow_pickle=true"] if allow_pickle else [])
     if resume is not None:
         run = RunDir.resume(resume)
         cfg = load_config(SemisupTrainConfig, run.config_file, overrides)

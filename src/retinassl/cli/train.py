@@ -8,19 +8,20 @@ import typer
 
 from ..config import load_config
 from ..rundir import RunDir
-from .common import OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, with_common_overrides
+from .common import ALLOW_PICKLE, OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, with_common_overrides
 
 
 def train(config: str = typer.Argument(..., help="A YAML config file or a packaged preset name "
                                                   "(see `retinassl data list`)."),
           overrides: list[str] = OVERRIDES, resume: Path = RESUME, runs_dir: Path = RUNS_DIR,
-          skip_bad: bool = SKIP_BAD) -> None:
+          skip_bad: bool = SKIP_BAD, allow_pickle: bool = ALLOW_PICKLE) -> None:
     """Train a supervised classifier (whole images, or patches with labels from lesion masks), then
     evaluate it on the test split. Writes runs/<name>-<time>/ with the encoder checkpoint,
     predictions, results.csv and an HTML report."""
     from ..report.html import build_report
     from ..train import TrainConfig, run_train
 
+    overrides = list(overrides or []) + (["model.allow_pickle=true"] if allow_pickle else [])
     if resume is not None:
         run = RunDir.resume(resume)
         cfg = load_config(TrainConfig, run.config_file, overrides)
