@@ -248,3 +248,36 @@ def test_subprocess_train_skip_bad_then_bad_image_and_nothing_lost(tmp_path: Pat
     assert status["status"] == "failed" and "bad.jpg" in status["error"]
     assert {p: p.read_bytes() for p in earlier.rglob("*") if p.is_file()} == snapshot
     assert {p: p.read_bytes() for p in (tmp_path / "cache").rglob("*.npy")} == cache_snapshot
+
+
+@pytest.mark.slow
+def test_segment_train_skip_bad_lists_the_item(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``retinassl segment train --skip-bad`` (in process) on images with vessel masks, one truncated."""
+    import pandas as pd
+
+    from reliability.corpus import SIZE, fundus, png_bytes
+
+    pytest.importorskip("retinassl.evaluate.segmentation_run")
+    root = tmp_path / "data"
+    manifest_path = write_case(root, CASES["truncated-jpeg"])
+    frame = pd.read_csv(manifest_path, keep_default_na=False)
+    rows = []
+    for k in range(5):
+        (root / f"v{k}.png").write_bytes(png_bytes(fundus(20 + k)))
+        rows.append({"id": f"v{k}", "image": f"v{k}.png", "patient": f"v{k}", "eye": "L",
+                     "split": "test" if k == 4 else "train", "abnormal": 0, "dr_grade": 0, "mask_MA": ""})
+    frame = pd.concat([frame, pd.DataFrame(rows)], ignore_index=True)
+    frame["mask_vessels"] = "good_mask.png"
+    frame.to_csv(manifest_path, index=False)
+    code, out, err = cli(["segment", "train", "drive-vessels", "data.source=manifest",
+                          f"data.manifest={manifest_path}", "data.options={}", "evaluate_on=[]",
+                          f"preprocess.size={SIZE}", "model.kwargs={channels: [4, 8]}", "method.patch_size=16",
+                          "method.patches_per_image=2", "train.samples_per_epoch=4", "engine.max_epochs=1",
+                          "engine.batch_size=2", "engine.precision=32", "engine.checkpoint_every_n_steps=-1",
+                          "bootstrap=0", "figures=0", "inference.roi_size=32", "--skip-bad",
+                          "--runs-dir", str(tmp_path / "runs")], capsys)
+    assert code == 0, err
+    run = only_run(tmp_path / "runs")
+    status = json.loads((run / "run.json").read_text())
+    assert [s["id"] for s in status["skipped"]] == ["bad"], status
+    assert "bad.jpg" in (run / "report" / "index.html").read_text()

@@ -451,6 +451,8 @@ def run_segment_train(config: SegmentConfig, run: RunDir, resume: bool = False) 
     split and on ``evaluate_on``, write predictions, overlays and results into ``run``."""
     run.write_config(to_yaml(config))
     prepared = prepare(config.data, config.preprocess)
+    if prepared.skipped:  # --skip-bad: listed in run.json and the report
+        run.update_status(skipped=[{"id": i, "problem": p} for i, p in prepared.skipped])
     prepared.manifest.save(run.path / "manifest.csv")
     trained = train_segmenter(config, run, prepared, resume=resume)
     method = trained.method
