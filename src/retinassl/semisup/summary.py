@@ -35,30 +35,35 @@ def metric_stats(results: pd.DataFrame, metric: str) -> pd.DataFrame:
     if rows.empty:
         return pd.DataFrame(columns=["method", "n_labelled", "mean", "sd", "count"])
     grouped = rows.groupby(["method", "n_labelled"], sort=False)["value"]
-    stats = grouped.agg(mean="mean", sd=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else float("nan"),
+    stats = grouped.agg(mean="mean",
+                        sd=lambda v: float(np.std(v.dropna(), ddof=1)) if v.count() > 1 else float("nan"),
                         count="count").reset_index()
     stats["n_labelled"] = stats["n_labelled"].astype(int)
     return stats
 
 
-def _fmt(mean: float, sd: float, count: int | None = None, scale: float = 100.0) -> str:
+def _fmt(mean: float, sd: float, count: int | None = None, full: int | None = None,
+         scale: float = 100.0) -> str:
+    """``mean ± sd`` in %, with ``(n=count)`` when fewer than ``full`` samplings contributed."""
     if not np.isfinite(mean):
         return "-"
     text = f"{scale * mean:.1f} ± {scale * sd:.1f}" if np.isfinite(sd) else f"{scale * mean:.1f}"
-    return text + (f" (n={count})" if count is not None and count != 5 else "")
+    return text + (f" (n={count})" if count is not None and full is not None and count < full else "")
 
 
 def comparison_table(results: pd.DataFrame, metric: str, methods: list[str]) -> pd.DataFrame:
-    """Rows per method (ours, then the paper's), columns per label count: AUC % mean ± sd."""
+    """Rows per method (ours, then the paper's), columns per label count: AUC % mean ± sd (``n=``
+    marks cells with fewer samplings than the fullest cell, e.g. a diverged sampling)."""
     stats = metric_stats(results, metric)
     counts = sorted(set(stats["n_labelled"]) | set(PAPER_COUNTS)) if not stats.empty else list(PAPER_COUNTS)
+    full = int(stats["count"].max()) if not stats.empty else None
     rows = []
     for method in methods:
         ours = {"method": f"{method} (this run)"}
         for n in counts:
             hit = stats[(stats["method"] == method) & (stats["n_labelled"] == n)]
             ours[str(n)] = _fmt(float(hit["mean"].iloc[0]), float(hit["sd"].iloc[0]),
-                                int(hit["count"].iloc[0])) if len(hit) else "-"
+                                int(hit["count"].iloc[0]), full) if len(hit) else "-"
         rows.append(ours)
         paper = PAPER.get((method, metric))
         if paper is not None:
@@ -91,13 +96,14 @@ def delong_table(results: pd.DataFrame) -> pd.DataFrame:
 def metric_table(results: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Rows per method, columns per label count: ``metric`` % mean ± sd over seeds."""
     stats = metric_stats(results, metric)
+    full = int(stats["count"].max()) if not stats.empty else None
     rows = []
     for method in dict.fromkeys(stats["method"]):
         row = {"method": method}
         for n in sorted(set(stats["n_labelled"])):
             hit = stats[(stats["method"] == method) & (stats["n_labelled"] == n)]
             row[str(n)] = _fmt(float(hit["mean"].iloc[0]), float(hit["sd"].iloc[0]),
-                               int(hit["count"].iloc[0])) if len(hit) else "-"
+                               int(hit["count"].iloc[0]), full) if len(hit) else "-"
         rows.append(row)
     return pd.DataFrame(rows)
 
