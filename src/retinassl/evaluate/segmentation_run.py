@@ -373,7 +373,7 @@ def evaluate_segmenter(model: torch.nn.Module, prepared: PreparedData, rows: np.
         records.append({"id": ident, **metrics, **dict(zip(("tp", "fp", "fn", "tn"), c.tolist())),
                         "seconds": seconds})
         pooled_truth.append(truth[fov])
-        pooled_prob.append(prob[fov].astype(np.float16))
+        pooled_prob.append(prob[fov])
         if observer is not None:
             observer_counts.append(confusion_counts(observer, truth, fov))
         if predictions_dir is not None:
@@ -387,7 +387,7 @@ def evaluate_segmenter(model: torch.nn.Module, prepared: PreparedData, rows: np.
     table = pd.DataFrame(records)
     counts_arr = np.stack(counts)
     summary = metrics_from_counts(counts_arr)
-    summary["auc"] = roc_auc(np.concatenate(pooled_truth), np.concatenate(pooled_prob).astype(np.float32))
+    summary["auc"] = roc_auc(np.concatenate(pooled_truth), np.concatenate(pooled_prob))
     for name in BINARY_METRICS + ("auc",):
         summary[f"{name}_image_mean"] = float(table[name].mean())
     if n_boot > 0 and len(rows) > 1:
