@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import load_config
+from .oct.demo_stage import stage_cross_modal
 from .rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ def stage_ssl_gan(ctx: DemoContext) -> None:
 STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("supervised patch classifier", stage_patch_classifier),
     ("patch SSL-GAN", stage_ssl_gan),
+    ("cross-modal OCT pretraining", stage_cross_modal),
 ]
 
 

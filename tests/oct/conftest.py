@@ -46,7 +46,7 @@ def tiny_layer_model(tmp_path_factory: pytest.TempPathFactory, tiny_volumes):
         "runs_dir": str(root), "input_size": [64, 64],
         "model": {"arch": "unet", "kwargs": {"in_channels": 1, "channels": [8, 16, 32]}},
         "engine": {"max_epochs": 100, "max_steps": 80, "batch_size": 8, "precision": "32",
-                   "checkpoint_every_n_steps": 0, "num_threads": 1},
+                   "checkpoint_every_n_steps": -1, "num_threads": 1},
         "method": {"name": "oct-layers", "lr": 0.01}})
     run = RunDir.create(cfg.runs_dir, "tiny")
     run_train_layers(cfg, run, [v for v, _ in tiny_volumes[:5]])

@@ -120,7 +120,7 @@ def test_three_stage_run_leaves_an_encoder(paired_dataset, tmp_path, tiny_layer_
         "data": {"source": "manifest", "manifest": str(manifest.name), "cache_dir": str(root / "cache")},
         "preprocess": {"size": 48}, "model": {"arch": "unet", "kwargs": {"channels": [8, 16, 32]}},
         "engine": {"max_epochs": 2, "batch_size": 4, "precision": "32", "num_threads": 1,
-                   "checkpoint_every_n_steps": 0}, "predictions": 1})
+                   "checkpoint_every_n_steps": -1}, "predictions": 1})
     run = RunDir.create(cfg.runs_dir, "cm")
     metrics = run_cross_modal(cfg, run)
     assert np.isfinite(metrics["mae_um"]) and np.isfinite(metrics["baseline_mae_um"])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from .common import OVERRIDES, RESUME, RUNS_DIR
+from .common import ALLOW_PICKLE, OVERRIDES, RESUME, RUNS_DIR
 
 app = typer.Typer(no_args_is_help=True, help="OCT volumes: read, segment layers, thickness maps, "
                                              "cross-modal pretraining.")
@@ -139,3 +139,38 @@ def train_seg(config: str = typer.Argument(None, help="A YAML config (default: b
     run.update_status(status="finished", metrics=metrics)
     typer.echo("validation: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     typer.echo(f"model: {run.path / 'layer-model'}")
+
+
+@app.command()
+def pretrain(config: str = typer.Argument(None, help="A YAML config (default: built-in defaults on "
+                                                      "synthetic eyes with OCT).", show_default=False),
+             overrides: list[str] = OVERRIDES, resume: Path = RESUME, runs_dir: Path = RUNS_DIR,
+             allow_pickle: bool = ALLOW_PICKLE) -> None:
+    """Cross-modal pretraining (DeepRT): an encoder + decoder learns the OCT thickness map from the
+    fundus (``input=image``) or infrared (``input=ir_image``) image; maps from the manifest's
+    thickness_map column, or segmented from its OCT volumes (``maps=segment layer_model=DIR``). The
+    encoder lands in <run>/encoder like every pretrained encoder."""
+    from ..config import load_config
+    from ..oct.cross_modal_run import CrossModalRunConfig, run_cross_modal
+    from ..report.html import build_report
+    from ..rundir import RunDir
+
+    extra = [f"runs_dir={runs_dir}"] if runs_dir is not None else []
+    overrides = list(overrides or []) + (["model.allow_pickle=true"] if allow_pickle else [])
+    if resume is not None:
+        run = RunDir.resume(resume)
+        cfg = load_config(CrossModalRunConfig, run.config_file, overrides)
+    else:
+        cfg = load_config(CrossModalRunConfig, config, list(overrides or []) + extra)
+        run = RunDir.create(cfg.runs_dir, cfg.name)
+    run.attach_log_file()
+    typer.echo(f"run directory: {run.path}")
+    try:
+        metrics = run_cross_modal(cfg, run, resume=resume is not None)
+    except BaseException as exc:
+        run.update_status(status="failed", error=str(exc)[:500])
+        raise
+    run.update_status(status="finished", metrics=metrics)
+    build_report(run, title="cross-modal pretraining")
+    typer.echo("test: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    typer.echo(f"encoder: {run.encoder_dir}")

@@ -141,14 +141,19 @@ def run_cross_modal(config: CrossModalRunConfig, run: RunDir, resume: bool = Fal
     train_rows, val_rows, test_rows = (np.flatnonzero(splits == s) for s in ("train", "val", "test"))
     if len(train_rows) == 0:
         raise DataError("no training pairs (no row with split 'train')", path=prepared.manifest.name)
-    initial = initial_encoder(config.model)
+    with torch.random.fork_rng(devices=[]):  # layer initialisation draws from the global RNG
+        torch.manual_seed(config.seed)
+        initial = initial_encoder(config.model)
+        params = dict(config.method)
+        name = params.pop("name", "cross-modal")
+        method = build_method(name, params, initial.encoder)
     encoder = initial.encoder
     if encoder.in_channels != preprocess.channels:
         raise ConfigError(f"the encoder takes {encoder.in_channels} channels but the input "
                           f"{config.input!r} has {preprocess.channels}; set model.kwargs.in_channels")
-    params = dict(config.method)
-    name = params.pop("name", "cross-modal")
-    method = build_method(name, params, encoder)
+    train_mask = dataset.masks[train_rows] > 0
+    if train_mask.any() and hasattr(method, "start_from"):
+        method.start_from(float(dataset.targets[train_rows][train_mask].mean()))
     log.info("cross-modal pretraining: %d train / %d val / %d test pairs (%s input, %s maps; %d maps "
              "fail the quality check and are masked)", len(train_rows), len(val_rows), len(test_rows),
              config.input, config.maps, len(dataset.failed))
@@ -168,7 +173,6 @@ def run_cross_modal(config: CrossModalRunConfig, run: RunDir, resume: bool = Fal
         pred = predict_maps(method, dataset, eval_rows)
         target, mask = dataset.targets[eval_rows], dataset.masks[eval_rows]
         metrics.update(regression_errors(pred, target, mask))
-        train_mask = dataset.masks[train_rows] > 0
         mean_map = np.where(train_mask.sum(0) > 0, (dataset.targets[train_rows] * train_mask).sum(0)
                             / np.maximum(train_mask.sum(0), 1), 0)
         metrics["baseline_mae_um"] = regression_errors(np.broadcast_to(mean_map, pred.shape), target,

@@ -259,21 +259,30 @@ class LayerModel:
     decoder_channels: tuple[int, ...] | None = None
 
     @torch.no_grad()
-    def probabilities(self, bscans: np.ndarray, batch_size: int = 16) -> np.ndarray:
-        """``(N, D, W)`` B-scans -> region probabilities ``(N, K + 1, H, W)`` at the input size."""
+    def probabilities(self, bscans: np.ndarray, batch_size: int = 16,
+                      bf16: bool | None = None) -> np.ndarray:
+        """``(N, D, W)`` B-scans -> region probabilities ``(N, K + 1, H, W)`` at the input size.
+
+        ``bf16``: bfloat16 autocast on the CPU (default: where the processor supports it).
+        """
+        from ..engine import cpu_supports_bf16
+
         self.net.eval()
+        use_bf16 = cpu_supports_bf16() if bf16 is None else bf16
         out = []
         for s in range(0, len(bscans), batch_size):
             x = np.stack([bscan_input(b, self.input_size) for b in bscans[s:s + batch_size]])
-            logits = self.net(torch.from_numpy(x)[:, None]).float()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                logits = self.net(torch.from_numpy(x)[:, None]).float()
             out.append(torch.softmax(logits, dim=1).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.boundaries) + 1) + self.input_size)
 
-    def segment(self, volume: OCTVolume, batch_size: int = 16, **extract: Any) -> dict[str, np.ndarray]:
+    def segment(self, volume: OCTVolume, batch_size: int = 16, bf16: bool | None = None,
+                **extract: Any) -> dict[str, np.ndarray]:
         """Boundary rows ``name -> (n_bscans, width)`` in the volume's B-scan grid (NaN =
         undefined). ``extract``: options of :func:`~retinassl.oct.boundaries.extract_boundaries`."""
         _, depth, width = volume.shape
-        probs = self.probabilities(volume.bscans, batch_size)
+        probs = self.probabilities(volume.bscans, batch_size, bf16)
         rows = extract_boundaries(probs, **extract)                          # (N, K, H, W')
         rows = rescale_rows(rows, self.input_size, (depth, width))
         return {name: rows[:, k] for k, name in enumerate(self.boundaries)}

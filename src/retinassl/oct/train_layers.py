@@ -129,9 +129,10 @@ def evaluate_layers(model: LayerModel, volumes: Sequence[OCTVolume],
     for c in range(1, k):
         out[f"dice_{names[c - 1]}-{names[c]}"] = float(dice[c])
     out["dice_layers"] = float(np.nanmean(dice[1:k])) if k > 1 else float("nan")
+    errors = np.where(err_n > 0, err_sum / np.maximum(err_n, 1), np.nan)
     for j, name in enumerate(names):
-        out[f"boundary_error_um_{name}"] = float(err_sum[j] / max(err_n[j], 1))
-    out["boundary_error_um"] = float(np.mean(err_sum / np.maximum(err_n, 1)))
+        out[f"boundary_error_um_{name}"] = float(errors[j])
+    out["boundary_error_um"] = float(np.mean(errors))
     out["undefined_fraction"] = undefined / max(ascans, 1)
     out["bscans"] = float(bscans)
     return out

@@ -91,6 +91,13 @@ class CrossModal(Method):
         super().__init__(config, encoder)
         self.decoder = UNetDecoder(encoder, 1, config.decoder_channels)
 
+    def start_from(self, mean_um: float) -> None:
+        """Set the output bias so that the untrained network predicts ``mean_um`` everywhere (the
+        run driver passes the mean training target: the regression then starts at the constant
+        baseline instead of at 0 micrometres)."""
+        with torch.no_grad():
+            self.decoder.head.bias.fill_(mean_um / self.config.scale_um)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` -> predicted thickness ``(B, 1, H, W)`` in micrometres."""
         return segment(self.encoder, self.decoder, x).float() * self.config.scale_um

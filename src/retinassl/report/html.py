@@ -104,6 +104,9 @@ SECTION_BUILDERS: list[Callable[[RunDir], Section | None]] = [summary_section, r
 from .curves import training_curves_section  # noqa: E402
 
 SECTION_BUILDERS.append(training_curves_section)
+from ..oct.report import oct_section  # noqa: E402
+
+SECTION_BUILDERS.append(oct_section)
 from .transfer import (gradcam_section, transfer_curves_section,  # noqa: E402
                        transfer_delong_section, tsne_section)
 
