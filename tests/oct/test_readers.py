@@ -152,3 +152,24 @@ def test_tiff_stack_and_bad_sidecars(tmp_path):
     np.testing.assert_array_equal(v.bscans, stack)
     assert v.laterality == "L" and v.patient_key == patient_key("ID-98765-XQ")
     assert not v.has_positions
+
+
+def test_stack_annotations_as_masks_or_polylines(tmp_path, tiny_volumes):
+    from retinassl.oct.layers import boundaries_to_labels, rows_to_polylines
+
+    volume, _ = tiny_volumes[0]
+    n, depth, width = volume.shape
+    np.save(tmp_path / "scan.npy", volume.bscans)
+    truth = np.stack([volume.layers["ILM"], volume.layers["BM"]])            # (2, n, width)
+    masks = np.stack([boundaries_to_labels(truth[:, i], depth) for i in range(n)])
+    np.save(tmp_path / "labels.npy", masks)
+    (tmp_path / "scan.json").write_text(json.dumps({
+        "spacing_mm": list(volume.spacing_mm), "labels": "labels.npy", "boundary_names": ["ILM", "BM"]}))
+    v = read_volume(tmp_path / "scan.npy")
+    assert np.abs(v.layers["BM"] - volume.layers["BM"]).max() <= 0.5 + 1e-6   # masks: half a pixel
+    lines = {name: [[line.tolist() for line in rows_to_polylines(volume.layers[name][i])]
+                    for i in range(n)] for name in ("ILM", "BM")}
+    (tmp_path / "scan.json").write_text(json.dumps({"spacing_mm": list(volume.spacing_mm),
+                                                    "polylines": lines}))
+    v = read_volume(tmp_path / "scan.npy")
+    np.testing.assert_allclose(v.layers["ILM"], volume.layers["ILM"], atol=1e-5)

@@ -14,6 +14,10 @@ given explicitly. Keys (only ``spacing_mm`` is required)::
                      where ``affine`` maps localizer pixel (col, row, 1) to the position frame
     fundus_pixel_mm  mm per unit of the position frame (gives the localizer spacing from the affine)
     boundaries       .npy file of (K, n_bscans, width) boundary rows, with "boundary_names" (K names)
+    labels           or: .npy file of (n_bscans, depth, width) region masks (0 above the first
+                     boundary ... K below the last, negative = unannotated), with "boundary_names"
+    polylines        or: {name: [per B-scan: list of polylines, each [[x, y], ...]]} annotations
+                     as drawn in a tool (A-scan, row); linear between points, NaN elsewhere
     fovea            [x, y] in the position frame
     patient_id       read only to be hashed into the patient key
 
@@ -31,6 +35,7 @@ import numpy as np
 
 from ..errors import DataError
 from .identity import patient_key
+from .layers import labels_to_boundaries, polylines_to_rows
 from .volume import OCTVolume, iso_date, laterality_code
 
 
@@ -121,6 +126,21 @@ def read_stack_volume(path: str | Path, sidecar: str | Path | None = None) -> OC
         fx, fy = to_localizer(meta["fovea"])[0]
         fovea = (float(fx), float(fy))
     layers: dict[str, np.ndarray] = {}
+    n, depth, width = bscans.shape
+    if meta.get("labels"):
+        masks = _read_array(side.parent / meta["labels"])
+        names = meta.get("boundary_names")
+        if masks.shape != bscans.shape or not names:
+            raise DataError(f"labels must have the stack's shape {bscans.shape} and come with "
+                            f"boundary_names, got {masks.shape}", path=side.parent / meta["labels"])
+        rows = np.stack([labels_to_boundaries(masks[i], len(names)) for i in range(n)], axis=1)
+        layers = {str(name): rows[k] for k, name in enumerate(names)}
+    if meta.get("polylines"):
+        for name, per_bscan in meta["polylines"].items():
+            if len(per_bscan) != n:
+                raise DataError(f"polylines of {name!r} must list {n} B-scans, got {len(per_bscan)}",
+                                path=side)
+            layers[str(name)] = np.stack([polylines_to_rows(lines, width) for lines in per_bscan])
     if meta.get("boundaries"):
         rows = _read_array(side.parent / meta["boundaries"])
         names = meta.get("boundary_names") or [f"B{k}" for k in range(rows.shape[0])]

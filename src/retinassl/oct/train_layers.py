@@ -1,8 +1,9 @@
 """Train and evaluate a layer-segmentation model (``retinassl oct train-seg``).
 
 Data: annotated volumes (any reader's output with layer boundaries: HEYEX XML exports with their
-segmentation, stacks with a boundaries file, synthetic volumes), split by volume into training and
-validation B-scans. The model folder lands in ``<run>/layer-model``; validation metrics (region Dice,
+segmentation, stacks whose sidecar gives boundary rows, region masks or annotation polylines -- see
+:mod:`retinassl.oct.stack` -- and synthetic volumes), split by volume into training and validation
+B-scans. The model folder lands in ``<run>/layer-model``; validation metrics (region Dice,
 boundary error in micrometres) go to the run's results table.
 """
 
