@@ -22,7 +22,7 @@ from retinassl.pretrain.run import PretrainConfig, load_pool, run_pretrain
 from retinassl.rundir import RunDir
 
 TINY = ["data.options.n_images=8", "data.options.size=96", "preprocess.size=64",
-        "model.kwargs.width=8", "engine.batch_size=4", "engine.log_every_n_steps=1",
+        "engine.batch_size=4", "engine.log_every_n_steps=1",
         "engine.precision='32'"]
 
 
@@ -41,7 +41,7 @@ def test_cli_pretrain_writes_encoder_curves_report_and_resumes(tmp_path: Path, s
     assert result.exit_code == 0, result.output
     run = next((tmp_path / "runs").iterdir())
     encoder, meta = load_encoder(run / "encoder")
-    assert meta["method"] == "simclr" and meta["arch"] == "convnet" and meta["batches"] == 3
+    assert meta["method"] == "simclr" and meta["arch"] == "resnet18" and meta["batches"] == 3
     assert meta["preprocess"]["size"] == 64 and meta["data_fingerprint"] and meta["init"] == "scratch"
     history = pd.read_csv(run / "logs" / "csv" / "metrics.csv")
     assert history["train/main_loss"].notna().sum() == 3
@@ -84,7 +84,7 @@ def test_supervised_pretraining_from_external_weights(tmp_path: Path, synthetic_
     state["module.fc.weight"], state["module.fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)
     weights = tmp_path / "imagenet-resnet18.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
-    cfg = load_config(PretrainConfig, "pretrain-supervised", TINY[:3] + TINY[4:] + [
+    cfg = load_config(PretrainConfig, "pretrain-supervised", TINY + [
         f"data.options.out_dir={synthetic_dir / 'a'}", "model.arch=resnet18", "model.kwargs={}",
         f"model.init={weights}", "preprocess.normalize=imagenet", "preprocess.size=32",
         "engine.max_steps=2", f"runs_dir={tmp_path}"])

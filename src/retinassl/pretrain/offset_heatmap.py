@@ -5,8 +5,8 @@ Learn from Unlabeled Volume Data: Self-supervised 3D Context Feature Learning"),
 on a new concept of image-intrinsic spatial offset relations with an auxiliary heatmap regression
 loss." A reference patch and a query patch whose centre is shifted by a random in-plane offset
 ``(dx, dy)`` are embedded by the same encoder; from the two embeddings the network predicts a
-``K x K`` heatmap over the range of possible offsets, regressed (mean squared error) onto a Gaussian
-centred on the true offset. The paper found a heatmap easier to learn than regressing ``(dx, dy)``
+``K x K`` heatmap over the range of possible offsets, regressed onto a Gaussian centred on the true
+offset (mean squared error; optionally a softmax cross-entropy, see ``criterion``). The paper found a heatmap easier to learn than regressing ``(dx, dy)``
 directly. (The paper works on pseudo-3D CT patches a fixed distance apart across slices with the
 in-plane offset to be found; a fundus image has no third axis, so here both patches lie in the
 image plane and overlap partly.)
@@ -14,7 +14,7 @@ image plane and overlap partly.)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,21 +31,28 @@ class OffsetHeatmapConfig(PretextConfig):
     """Offset-heatmap settings (plus the optimiser settings of :class:`PretextConfig`).
 
     Attributes:
-        patch_fraction: side of a patch as a fraction of the image side.
+        patch_fraction: side of a patch as a fraction of the image side (at most 0.5 with
+            ``max_offset`` 0.5). Large patches carry enough vessels to be registered: on 128-pixel
+            fundus images 0.4 learned within 300 steps where 0.25 and 0.15 stayed near chance.
         max_offset: largest ``|dx|`` and ``|dy|`` as a fraction of the patch side (offsets are
             uniform in the square ``[-max_offset, max_offset]^2``).
         patch_size: side (pixels) of the patches fed to the encoder (crops are resampled).
         heatmap_size: cells per side of the predicted heatmap (odd, so that offset 0 is a cell).
         sigma: standard deviation of the target Gaussian, in heatmap cells.
         hidden: hidden units of the MLP that outputs the heatmap.
+        criterion: ``mse`` (L2 regression of the Gaussian, peak 1) or ``softmax`` (the heatmap
+            as a spatial softmax, cross-entropy against the Gaussian normalised to sum 1: a KL
+            divergence between heatmaps; it learned a toy version of the task that ``mse`` did not
+            start on within 300 steps).
     """
 
-    patch_fraction: float = Field(0.25, gt=0, lt=1)
+    patch_fraction: float = Field(0.4, gt=0, lt=1)
     max_offset: float = Field(0.5, gt=0)
     patch_size: int = Field(64, ge=8)
-    heatmap_size: int = Field(15, ge=3)
+    heatmap_size: int = Field(9, ge=3)
     sigma: float = Field(1.0, gt=0)
     hidden: int = Field(512, ge=1)
+    criterion: Literal["mse", "softmax"] = "mse"
 
 
 def gaussian_heatmaps(offsets: torch.Tensor, max_offset: float, size: int, sigma: float) -> torch.Tensor:
@@ -115,4 +122,9 @@ class OffsetHeatmap(PretextMethod):
         predicted = self.forward(reference, query).float()
         target = gaussian_heatmaps(offsets, cfg.max_offset, cfg.heatmap_size, cfg.sigma).to(predicted.device)
         error = (heatmap_argmax(predicted.detach(), cfg.max_offset).cpu() - offsets).norm(dim=1).mean()
-        return F.mse_loss(predicted, target), {"offset_error": float(error)}
+        if cfg.criterion == "mse":
+            loss = F.mse_loss(predicted, target)
+        else:
+            soft = target.flatten(1) / target.flatten(1).sum(1, keepdim=True)
+            loss = -(soft * F.log_softmax(predicted.flatten(1), 1)).sum(1).mean()
+        return loss, {"offset_error": float(error)}

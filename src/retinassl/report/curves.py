@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 
 from ..rundir import RunDir
-from .html import Section, table_html
 from .plots import plt, save_figure
 
 
@@ -63,8 +62,10 @@ def curves_summary(history: pd.DataFrame, tail: float = 0.1) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def training_curves_section(run: RunDir) -> Section | None:
+def training_curves_section(run: RunDir):  # -> Section | None
     """The training curves of the run's engine log, if it has one."""
+    from .html import Section, table_html  # html.py lists this builder: import it lazily
+
     path = run.path / "logs" / "csv" / "metrics.csv"
     if not path.is_file():
         return None
