@@ -161,3 +161,22 @@ def test_config_checks(tiny_root: Path, tmp_path: Path) -> None:
         resolve_config(_config(tiny_root, tmp_path, epochs=3), None)
     sweep = TransferSweep(resolve_config(_config(tiny_root, tmp_path), None), RunDir(tmp_path))
     assert sweep.model_of(sweep.config.inits[1]).init == str(tmp_path)
+
+
+def test_shards_split_the_inits(tiny_root: Path, tmp_path: Path) -> None:
+    # what each of `workers` processes runs (in one process here: spawning costs seconds per worker)
+    torch.manual_seed(6)
+    save_encoder(tmp_path / "enc", build_encoder("convnet", width=8), arch="convnet", kwargs={"width": 8})
+    config = resolve_config(_config(tiny_root, tmp_path / "enc", protocols=["probe"], workers=2,
+                                    explain={"tsne": False, "gradcam": 0}), None)
+    run = RunDir.create(tmp_path / "runs", "workers")
+    run_transfer(config, run, shard=(1, 2))
+    assert {k[1] for k in done_cells(run.results_file)} == {"other"}
+    assert not (run.path / "comparison.csv").exists()                   # only the final pass writes it
+    run_transfer(config, run, shard=(0, 2))
+    TransferSweep(config, run).run_all()                                # final pass: nothing left to do
+    results = read_results(run.results_file)
+    cells = results[results["metric"] == "n_test"]
+    assert len(cells) == 2 * 2 * 2 * 2                                  # inits x tasks x seeds x fractions
+    assert not cells.duplicated(["task", "init", "protocol", "fraction", "seed", "fold"]).any()
+    assert (run.path / "comparison.csv").is_file()

@@ -141,6 +141,8 @@ class TransferConfig(Section):
         engine: fine-tuning engine settings.
         explain: t-SNE and Grad-CAM figures.
         keep_workdirs: keep each fine-tuning run's checkpoints and logs (default: deleted).
+        workers: processes sharing the cells (each takes every ``workers``-th initialisation;
+            with ``engine.num_threads: 1`` two workers use both cores of a 2-core machine).
         budgets: per ``--budget`` overrides of any of these keys (applied by the sweep command).
     """
 
@@ -169,6 +171,7 @@ class TransferConfig(Section):
     engine: EngineConfig = EngineConfig(batch_size=32, checkpoint_every_n_steps=0)
     explain: ExplainConfig = ExplainConfig()
     keep_workdirs: bool = False
+    workers: int = Field(1, ge=1)
     budgets: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     def check(self) -> None:
@@ -395,23 +398,31 @@ class TransferSweep:
         return out
 
     # -- cells -------------------------------------------------------------------------------
-    def run_all(self) -> None:
-        """Every cell not yet done, then the figures and the comparison table."""
+    def run_all(self, shard: tuple[int, int] | None = None) -> None:
+        """Every cell not yet done, then the figures and the comparison table.
+
+        Args:
+            shard: ``(i, n)``: only the cells of every ``n``-th initialisation from the ``i``-th,
+                and no figures or comparison (another process's final pass makes them).
+        """
         config = self.config
         if config.engine.num_threads:
             torch.set_num_threads(config.engine.num_threads)
         prepared = self.downstream()
         done = done_cells(self.run.results_file)
         plan = self.plan(prepared.manifest)
-        total = sum(len(p["cells"]) for p in plan.values()) * len(config.inits)
-        log.info("transfer sweep: %d cells (%d done), %d inits x %s", total, len(done) , len(config.inits),
-                 ", ".join(config.protocols))
-        for spec in config.inits:
+        inits = config.inits if shard is None else config.inits[shard[0]::shard[1]]
+        log.info("transfer sweep%s: inits %s, %s; %d cells already done",
+                 "" if shard is None else f" (worker {shard[0] + 1} of {shard[1]})",
+                 ", ".join(i.name for i in inits), " and ".join(config.protocols), len(done))
+        for spec in inits:
             model = self.model_of(spec)
             if "probe" in config.protocols:
                 self.probe_cells(spec, model, prepared, plan, done)
             if "finetune" in config.protocols:
                 self.finetune_cells(spec, model, prepared, plan, done)
+        if shard is not None:
+            return
         self.figures(prepared)
         from .compare import write_comparison
 
@@ -597,11 +608,46 @@ def _new_rundir(folder: Path, name: str) -> RunDir:
     return run
 
 
-def run_transfer(config: TransferConfig, run: RunDir) -> None:
-    """Run (or complete) the sweep of ``config`` in ``run``."""
+def run_transfer(config: TransferConfig, run: RunDir, shard: tuple[int, int] | None = None) -> None:
+    """Run (or complete) the sweep of ``config`` in ``run``.
+
+    With ``config.workers > 1`` (and no ``shard``), that many processes share the initialisations
+    (:meth:`TransferSweep.run_all`); then this process completes anything left and makes the
+    figures and the comparison table.
+    """
     config.check()
     write_text(run.path / "transfer.yaml", to_yaml(config))
-    TransferSweep(config, run).run_all()
+    if shard is None and config.workers > 1:
+        import multiprocessing
+
+        sweep = TransferSweep(config, run)  # shared inputs once, before the workers start
+        sweep.downstream()
+        if any(i.pretrain is not None and i.pool == "unlabelled" for i in config.inits):
+            sweep.cache.prepare(sweep.pool(), config.preprocess, workers=max(1, config.data.workers),
+                                mask_columns=[], skip_bad=config.data.skip_bad)
+        from concurrent.futures import ProcessPoolExecutor
+
+        data = config.model_dump(mode="json")
+        with ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_shard_worker, data, str(run.path), i, config.workers)
+                       for i in range(config.workers)]
+            errors = [f.exception() for f in futures]
+        for error in errors:
+            if error is not None:
+                raise error
+    TransferSweep(config, run).run_all(shard)
+
+
+def _shard_worker(data: dict[str, Any], run_path: str, index: int, count: int) -> None:
+    """One worker process of :func:`run_transfer` (logs into the run's log file)."""
+    logger = logging.getLogger("retinassl")
+    logger.setLevel(logging.INFO)
+    run = RunDir(Path(run_path))
+    handler = run.attach_log_file()
+    try:
+        run_transfer(TransferConfig.model_validate(data), run, shard=(index, count))
+    finally:
+        logging.getLogger("retinassl").removeHandler(handler)
 
 
 def transfer_runner(data: dict[str, Any], run: RunDir, budget: str, resume: bool) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 
 def tsne(features: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
@@ -28,7 +29,8 @@ def tsne(features: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.nd
     if x.shape[1] > components:
         x = PCA(components, random_state=seed).fit_transform(x)
     perplexity = float(min(perplexity, max(1.0, (len(x) - 1) / 3)))
-    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    with threadpool_limits(limits=1):  # small problem; spinning BLAS/OpenMP threads cost more
+        return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
 
 
 def tsne_figure(features: np.ndarray, labels: np.ndarray, path: str | Path, title: str = "",

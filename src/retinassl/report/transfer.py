@@ -46,25 +46,31 @@ def _comparison(run: RunDir) -> tuple[object, pd.DataFrame] | None:
 
 def curves_figure(table: pd.DataFrame, task: str, metric: str, path: Path, inits: list[str]) -> Path:
     """``metric`` vs label fraction (log axis) per initialisation, one panel per protocol, with
-    the comparison table's 95 % intervals as bands."""
+    the comparison table's 95 % intervals as error bars (initialisations dodged sideways)."""
     block = table[(table["task"] == task) & (table["metric"] == metric)]
     protocols = [p for p in ("probe", "finetune") if p in set(block["protocol"])]
     fig, axes = plt.subplots(1, len(protocols), figsize=(4.4 * len(protocols), 3.6), squeeze=False,
                              sharey=True)
     colours = plt.get_cmap("tab10")
     for ax, protocol in zip(axes[0], protocols):
+        ticks: set[float] = set()
         for n, init in enumerate(inits):
             rows = block[(block["protocol"] == protocol) & (block["init"] == init)].sort_values("fraction")
             if rows.empty:
                 continue
             x = rows["fraction"].to_numpy(float) * 100
-            style = {"color": "black", "lw": 2.0, "ls": "--"} if n == 0 else {"color": colours(n % 10), "lw": 1.4}
-            ax.plot(x, rows["mean"], marker="o", ms=3, label=init, **style)
-            ok = np.isfinite(rows["lo"].to_numpy(float))
+            ticks |= set(x)
+            dodge = x * (1 + 0.025 * (n - (len(inits) - 1) / 2))  # side by side on the log axis
+            mean, lo, hi = (rows[c].to_numpy(float) for c in ("mean", "lo", "hi"))
+            style = {"color": "black", "lw": 2.0, "ls": "--"} if n == 0 else {"color": colours(n % 10), "lw": 1.3}
+            ax.plot(dodge, mean, marker="o", ms=3, label=init, **style)
+            ok = np.isfinite(lo) & np.isfinite(hi)
             if ok.any():
-                ax.fill_between(x[ok], rows["lo"].to_numpy(float)[ok], rows["hi"].to_numpy(float)[ok],
-                                color=style["color"], alpha=0.12, lw=0)
+                ax.errorbar(dodge[ok], mean[ok], yerr=[mean[ok] - lo[ok], hi[ok] - mean[ok]], fmt="none",
+                            ecolor=style["color"], elinewidth=0.8, capsize=2, alpha=0.7)
         ax.set_xscale("log")
+        ax.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)])
+        ax.minorticks_off()
         ax.set_xlabel("labelled training images (%)")
         ax.set_title("linear probe" if protocol == "probe" else "fine-tuning", fontsize=9)
         ax.grid(alpha=0.3)
@@ -89,8 +95,9 @@ def transfer_curves_section(run: RunDir):  # -> Section | None
         name = f"transfer-{task}-{metric}.png"
         curves_figure(table, task, metric, run.report_dir / "figures" / name, inits)
         parts.append(f'<img src="figures/{html.escape(name)}" alt="{html.escape(task)} {metric}" width="800">')
-    note = ("Mean over label-subset seeds; bands are 95 % Student-t intervals over seeds (DeLong "
-            f"intervals when a cell has one seed). The dashed line is the reference ({config.reference}).")
+    note = ("Mean over label-subset seeds; error bars are 95 % Student-t intervals over seeds (with a "
+            "single seed: DeLong intervals for AUC, bootstrap over test images otherwise). The dashed "
+            f"line is the reference ({config.reference}).")
     return Section("Transfer: metric vs label fraction", f'<p class="note">{note}</p>' + "".join(parts))
 
 
