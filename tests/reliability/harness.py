@@ -165,8 +165,8 @@ class Family:
         args: ``(tmp, runs_dir) -> command-line arguments`` of a fresh run.
         resume_args: ``(run_dir) -> arguments`` that resume it.
         steps: optimizer steps of a whole run (the kill step is drawn from [3, steps]).
-        requires: the module that implements the family's command (the test skips while a
-            colleague's family has not landed yet).
+        requires: ``module`` or ``module:attribute`` implementing the family's command (the test
+            skips while a colleague's family has not landed yet).
     """
 
     name: str
@@ -180,10 +180,13 @@ class Family:
 
         import pytest
 
+        module, _, attribute = self.requires.partition(":")
         try:
-            importlib.import_module(self.requires)
+            found = importlib.import_module(module)
         except ImportError as exc:
-            pytest.skip(f"{self.name}: {self.requires} is not available yet ({exc})")
+            pytest.skip(f"{self.name}: {module} is not available yet ({exc})")
+        if attribute and not hasattr(found, attribute):
+            pytest.skip(f"{self.name}: {self.requires} is not available yet")
 
 
 F32 = ["engine.precision=32", "engine.num_threads=1"]
@@ -236,6 +239,38 @@ def _vessels(tmp: Path, runs: Path) -> list[str]:
             "inference.roi_size=64", *F32, "--runs-dir", str(runs)]
 
 
+LAYERS_YAML = """\
+name: layers
+input_size: [64, 64]
+synthetic: {n_volumes: 3, seed: 1, shape: [5, 96, 64]}
+model: {arch: unet, kwargs: {in_channels: 1, channels: [4, 8]}}
+engine: {max_epochs: 100, max_steps: 6, batch_size: 4, precision: '32', checkpoint_every_n_steps: 2,
+         num_threads: 1}
+"""
+
+
+def _layers(tmp: Path, runs: Path) -> list[str]:
+    config = tmp / "layers.yaml"
+    config.write_text(LAYERS_YAML)
+    return ["oct", "train-seg", str(config), "--runs-dir", str(runs)]
+
+
+CROSS_MODAL_YAML = """\
+name: cross-modal
+data: {source: synthetic, options: {n_images: 12, size: 64, with_oct: true, oct_shape: [5, 48, 32], seed: 0}}
+preprocess: {size: 64}
+model: {arch: convnet, kwargs: {width: 4}}
+engine: {max_epochs: 2, batch_size: 2, checkpoint_every_n_steps: 2, precision: '32', num_threads: 1}
+predictions: 0
+"""
+
+
+def _cross_modal(tmp: Path, runs: Path) -> list[str]:
+    config = tmp / "cross-modal.yaml"
+    config.write_text(CROSS_MODAL_YAML)
+    return ["oct", "pretrain", str(config), "--runs-dir", str(runs)]
+
+
 FAMILIES: dict[str, Family] = {
     "supervised": Family("supervised", _supervised, lambda run: ["train", "demo", "--resume", str(run)],
                          6, "retinassl.cli.train"),
@@ -247,4 +282,9 @@ FAMILIES: dict[str, Family] = {
     "vessel-segmentation": Family("vessel-segmentation", _vessels,
                                   lambda run: ["segment", "train", "--resume", str(run)], 8,
                                   "retinassl.cli.segment"),
+    "oct-layer-segmentation": Family("oct-layer-segmentation", _layers,
+                                     lambda run: ["oct", "train-seg", "--resume", str(run)], 6,
+                                     "retinassl.cli.oct:train_seg"),
+    "cross-modal": Family("cross-modal", _cross_modal, lambda run: ["oct", "pretrain", "--resume", str(run)],
+                          6, "retinassl.cli.oct:pretrain"),
 }

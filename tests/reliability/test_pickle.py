@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reliability.harness import GAN_YAML, cli_in_process
+from reliability.harness import CROSS_MODAL_YAML, GAN_YAML, cli_in_process
 from retinassl.errors import CheckpointError
 
 TINY_DATA = "data.options={n_images: 8, size: 64, prevalence: 0.5, seed: 0}"
@@ -22,6 +22,7 @@ COMMANDS = {
     "segment train": (["segment", "train", "drive-vessels", "data={source: synthetic, options: {n_images: 6, "
                        "size: 64, seed: 1}}", "evaluate_on=[]", "preprocess.size=64"], "model.init"),
     "semisup train": (["semisup", "train", "GAN_YAML"], "learner.model.init"),
+    "oct pretrain": (["oct", "pretrain", "CROSS_MODAL_YAML"], "model.init"),
 }
 
 
@@ -50,6 +51,13 @@ def test_command_offers_allow_pickle_and_refuses_pickle_by_default(tmp_path: Pat
         pytest.importorskip("retinassl.semisup.pipeline")
         (tmp_path / "gan.yaml").write_text(GAN_YAML)
         args = [str(tmp_path / "gan.yaml") if a == "GAN_YAML" else a for a in args]
+    if command == "oct pretrain":
+        from retinassl.cli import oct as oct_cli
+
+        if not hasattr(oct_cli, "pretrain"):
+            pytest.skip("`retinassl oct pretrain` has not landed yet")
+        (tmp_path / "cm.yaml").write_text(CROSS_MODAL_YAML)
+        args = [str(tmp_path / "cm.yaml") if a == "CROSS_MODAL_YAML" else a for a in args]
     code, out, _ = cli_in_process(command.split() + ["--help"], capsys)
     assert code == 0 and "--allow-pickle" in out, out
     weights = tmp_path / "weights.pth"
