@@ -159,6 +159,9 @@ def test_config_checks(tiny_root: Path, tmp_path: Path) -> None:
         resolve_config(_config(tiny_root, tmp_path), "full")
     with pytest.raises(ConfigError, match="unknown key"):
         resolve_config(_config(tiny_root, tmp_path, epochs=3), None)
+    typo = [{"name": "scratch"}, {"name": "rot", "pretrain": {"method": {"name": "rotation", "copiez": 2}}}]
+    with pytest.raises(ConfigError, match="copiez"):  # caught before anything runs
+        resolve_config(_config(tiny_root, tmp_path, inits=typo), None)
     sweep = TransferSweep(resolve_config(_config(tiny_root, tmp_path), None), RunDir(tmp_path))
     assert sweep.model_of(sweep.config.inits[1]).init == str(tmp_path)
 

@@ -191,6 +191,29 @@ class TransferConfig(Section):
         bad = [f for f in (self.finetune_fractions or []) if f not in self.fractions]
         if bad:
             raise ConfigError(f"finetune_fractions {bad} are not among fractions {self.fractions}")
+        for spec in self.inits:  # a typo must fail now, not after hours of other initialisations
+            if spec.pretrain is not None:
+                from ..method import method_class
+
+                pretrain = self.pretrain_config(spec, Path("pool.csv"))
+                params = {k: v for k, v in pretrain.method.items() if k != "name"}
+                validate(method_class(pretrain.method_name).Config, params,
+                         origin=f"init {spec.name}: pretrain.method")
+
+    def pretrain_config(self, spec: InitSpec, pool_file: Path):  # -> PretrainConfig
+        """The pretraining run of ``spec`` (on the pool manifest ``pool_file``)."""
+        from ..pretrain.run import PretrainConfig
+
+        settings = dict(spec.pretrain or {})
+        engine = deep_merge(self.pretrain_engine.model_dump(mode="json"), settings.pop("engine", {}) or {})
+        model = deep_merge(self.model.model_dump(mode="json"), settings.pop("model", {}) or {})
+        merged = {"name": f"{self.name}-{spec.name}", "seed": self.seed,
+                  "data": [{"source": "manifest", "manifest": str(pool_file),
+                            "cache_dir": None if self.data.cache_dir is None else str(self.data.cache_dir),
+                            "workers": self.data.workers}],
+                  "preprocess": self.preprocess.model_dump(mode="json"), "model": model,
+                  "engine": engine, **settings}
+        return validate(PretrainConfig, merged, origin=f"init {spec.name}: pretrain")
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -349,7 +372,7 @@ class TransferSweep:
 
     def pretrained(self, spec: InitSpec) -> Path:
         """Run (or reuse, or resume) the pretraining of ``spec``; returns its encoder directory."""
-        from ..pretrain.run import PretrainConfig, run_pretrain
+        from ..pretrain.run import run_pretrain
 
         config = self.config
         folder = self.run.path / "pretrain" / spec.name
@@ -367,16 +390,7 @@ class TransferSweep:
         else:
             pool = self.pool()
             pool_file = self.data_dir / "pool.csv"
-        settings = dict(spec.pretrain or {})
-        engine = deep_merge(config.pretrain_engine.model_dump(mode="json"), settings.pop("engine", {}) or {})
-        model = deep_merge(config.model.model_dump(mode="json"), settings.pop("model", {}) or {})
-        merged = {"name": f"{config.name}-{spec.name}", "seed": config.seed,
-                  "data": [{"source": "manifest", "manifest": str(pool_file),
-                            "cache_dir": None if config.data.cache_dir is None else str(config.data.cache_dir),
-                            "workers": config.data.workers}],
-                  "preprocess": config.preprocess.model_dump(mode="json"), "model": model,
-                  "engine": engine, **settings}
-        pretrain_config = validate(PretrainConfig, merged, origin=f"init {spec.name}: pretrain")
+        pretrain_config = config.pretrain_config(spec, pool_file)
         resume = (folder / "run.json").is_file()
         prun = RunDir.resume(folder) if resume else _new_rundir(folder, f"{config.name}-{spec.name}")
         log.info("init %s: pretraining %s on %d images%s", spec.name, pretrain_config.method_name,
