@@ -183,3 +183,31 @@ def test_shards_split_the_inits(tiny_root: Path, tmp_path: Path) -> None:
     assert len(cells) == 2 * 2 * 2 * 2                                  # inits x tasks x seeds x fractions
     assert not cells.duplicated(["task", "init", "protocol", "fraction", "seed", "fold"]).any()
     assert (run.path / "comparison.csv").is_file()
+
+
+def test_kfold_multilabel_sweep_without_a_test_split(tiny_root: Path, tmp_path: Path) -> None:
+    # no official test split: 2-fold cross-validation; an RFMiD-style multi-label task
+    manifest = Manifest.load(tiny_root / "data" / "manifest.csv")
+    frame = manifest.frame
+    frame["split"] = ""
+    frame["disease_DR"] = (frame["dr_grade"] > 0).astype(int)
+    frame["disease_ME"] = (frame["dme"] > 0).astype(int)
+    manifest.save(tmp_path / "kfold.csv")
+    data = _config(tiny_root, tmp_path, protocols=["probe"], folds=2, seeds=[0],
+                   inits=[{"name": "scratch"}],
+                   tasks=[{"name": "diseases", "kind": "multilabel", "label": "disease_"},
+                          {"name": "dme", "kind": "multiclass", "label": "dme"}],
+                   explain={"tsne": False, "gradcam": 0})
+    data["data"]["manifest"] = str(tmp_path / "kfold.csv")
+    run = RunDir.create(tmp_path / "runs", "kfold")
+    run_transfer(resolve_config(data, None), run)
+    results = read_results(run.results_file)
+    cells = results[results["metric"] == "n_test"]
+    assert set(cells["fold"]) == {0, 1} and len(cells) == 2 * 2 * 2     # tasks x folds x fractions
+    for task in ("diseases", "dme"):                                    # every image tested once per seed
+        assert cells[(cells["task"] == task) & (cells["fraction"] == 1.0)]["value"].sum() == len(frame)
+    assert {"auc_macro", "auc[disease_DR]", "auc[disease_ME]", "kappa"} <= set(results["metric"])
+    table = pd.read_csv(run.path / "comparison.csv")
+    assert set(table["metric"]) == {"auc_macro", "kappa"} and table["p"].isna().all()
+    pred = pd.read_csv(next((run.path / "predictions" / "transfer" / "diseases").rglob("*-k0.csv")))
+    assert {"label[disease_DR]", "score[disease_ME]"} <= set(pred.columns)
