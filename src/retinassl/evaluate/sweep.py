@@ -319,7 +319,6 @@ class TransferSweep:
         self.run = run
         self.data_dir = run.sub("data")
         self.cache = Cache(config.data.cache_dir)
-        self._manifest: Manifest | None = None
         self._prepared: PreparedData | None = None
 
     # -- downstream data ---------------------------------------------------------------------
