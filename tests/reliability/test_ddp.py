@@ -54,3 +54,55 @@ def test_two_rank_ddp_through_the_cli(tmp_path: Path, family: str) -> None:
     for table in run.rglob("results.csv"):
         frame = pd.read_csv(table)
         assert not frame.duplicated().any(), table
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_torchrun_launch_shares_one_run_directory(tmp_path: Path) -> None:
+    """README's torchrun route on CPU: both ranks started by torchrun use one run directory named by
+    the launch id, rank 1 logs to log-rank1.txt, results are written once."""
+    import subprocess
+    import sys
+
+    from reliability.harness import cli_env
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    args = FAMILIES["supervised"].args(tmp_path, tmp_path / "runs") + ["engine.devices=2", "engine.strategy=ddp"]
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node=2",
+                           str(Path(sys.executable).with_name("retinassl")), *args],
+                          cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run = only_run(tmp_path / "runs")
+    assert "-torchrun-" in run.name
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    assert (run / "logs" / "log-rank1.txt").is_file()
+    assert not pd.read_csv(run / "results.csv").duplicated().any()
+
+
+def test_slurm_ranks_agree_on_the_run_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under srun (several tasks) rank 0 creates <name>-slurm<job>.<step>; another rank opens the same
+    directory without touching run.json or the results table."""
+    from retinassl.launch import RUN_DIR_ENV
+    from retinassl.results import append_results, result_row
+    from retinassl.rundir import RunDir
+
+    monkeypatch.setenv(RUN_DIR_ENV, "")
+    for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_STEP_ID", "3")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    run0 = RunDir.create(tmp_path, "job")
+    assert run0.path.name == "job-slurm4242.3"
+    before = (run0.path / "run.json").read_bytes()
+    monkeypatch.setenv(RUN_DIR_ENV, "")
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    run1 = RunDir.create(tmp_path, "job")
+    assert run1.path == run0.path
+    run1.update_status(status="finished")
+    append_results(run1.results_file, [result_row(metric="auc", value=1.0)])
+    assert (run0.path / "run.json").read_bytes() == before and not run1.results_file.exists()
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    append_results(run0.results_file, [result_row(metric="auc", value=1.0)])
+    assert run0.results_file.is_file()
