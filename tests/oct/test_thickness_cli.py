@@ -113,3 +113,28 @@ def test_no_segmentation_is_a_clear_error(tmp_path, dicom_export):
                                       str(tmp_path)])
     assert result.exit_code != 0
     assert "no layer segmentation" in str(result.exception) and "oct.dcm" in str(result.exception)
+
+
+@pytest.mark.slow
+def test_train_seg_and_pretrain_commands(tmp_path):
+    """The two training commands end to end with tiny settings: they leave a model / an encoder."""
+    from retinassl.checkpoint import load_encoder
+    from retinassl.oct.layerseg import load_layer_model
+
+    engine = ["engine.max_steps=3", "engine.max_epochs=3", "engine.batch_size=4",
+              "engine.checkpoint_every_n_steps=-1", "engine.precision=32"]
+    result = CliRunner().invoke(app, [
+        "oct", "train-seg", "--runs-dir", str(tmp_path / "seg"), "synthetic.n_volumes=3",
+        "synthetic.shape=[5,48,32]", "input_size=[32,32]", "val_fraction=0.34",
+        "model.kwargs.channels=[4,8]", *engine])
+    assert result.exit_code == 0, result.output
+    model_dir = _only_run(tmp_path / "seg") / "layer-model"
+    assert load_layer_model(model_dir).boundaries == ("ILM", "BM")
+    result = CliRunner().invoke(app, [
+        "oct", "pretrain", "--runs-dir", str(tmp_path / "cm"), "data.options.n_images=10",
+        "data.options.size=64", "data.options.oct_shape=[5,48,32]", "data.options.ir_size=32",
+        f"data.cache_dir={tmp_path / 'cache'}", "preprocess.size=32", "model.arch=unet",
+        "model.kwargs.channels=[4,8]", "predictions=0", *engine])
+    assert result.exit_code == 0, result.output
+    encoder, meta = load_encoder(_only_run(tmp_path / "cm") / "encoder")
+    assert meta["method"] == "cross-modal" and meta["maps"] == "manifest" and encoder.in_channels == 3

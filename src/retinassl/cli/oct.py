@@ -31,6 +31,16 @@ def _runs_dir(runs_dir: Path | None) -> Path:
     return runs_dir if runs_dir is not None else Path("runs")
 
 
+def _config_and_overrides(config: str | None, overrides: list[str] | None,
+                          preset: str) -> tuple[str, list[str]]:
+    """An optional CONFIG argument followed by key=value overrides: without CONFIG (or when the
+    first argument is itself an override) the packaged ``preset`` is used."""
+    rest = list(overrides or [])
+    if config is None or "=" in config:
+        return preset, ([config] if config is not None else []) + rest
+    return config, rest
+
+
 @app.command()
 def info(volume: Path = VOLUME, infrared: Path = INFRARED) -> None:
     """Print what a volume holds (format, shape, spacing, laterality, date, hashed patient key,
@@ -113,8 +123,9 @@ def segment(volume: Path = VOLUME, model: Path = typer.Option(..., "--model", he
 
 
 @app.command("train-seg")
-def train_seg(config: str = typer.Argument(None, help="A YAML config (default: built-in defaults "
-                                                       "on synthetic volumes).", show_default=False),
+def train_seg(config: str = typer.Argument(None, help="A YAML config or preset (default: the "
+                                                       "oct-layers preset, synthetic volumes).",
+                                           show_default=False),
               overrides: list[str] = OVERRIDES, resume: Path = RESUME, runs_dir: Path = RUNS_DIR) -> None:
     """Train a layer-segmentation U-Net on annotated B-scans (``volumes=[...]`` files with layer
     annotations, or synthetic volumes). The model folder is <run>/layer-model."""
@@ -127,7 +138,8 @@ def train_seg(config: str = typer.Argument(None, help="A YAML config (default: b
         run = RunDir.resume(resume)
         cfg = load_config(LayerTrainConfig, run.config_file, overrides)
     else:
-        cfg = load_config(LayerTrainConfig, config, list(overrides or []) + extra)
+        source, items = _config_and_overrides(config, overrides, "oct-layers")
+        cfg = load_config(LayerTrainConfig, source, items + extra)
         run = RunDir.create(cfg.runs_dir, cfg.name)
     run.attach_log_file()
     typer.echo(f"run directory: {run.path}")
@@ -142,8 +154,9 @@ def train_seg(config: str = typer.Argument(None, help="A YAML config (default: b
 
 
 @app.command()
-def pretrain(config: str = typer.Argument(None, help="A YAML config (default: built-in defaults on "
-                                                      "synthetic eyes with OCT).", show_default=False),
+def pretrain(config: str = typer.Argument(None, help="A YAML config or preset (default: the "
+                                                      "oct-cross-modal preset, synthetic eyes with "
+                                                      "OCT).", show_default=False),
              overrides: list[str] = OVERRIDES, resume: Path = RESUME, runs_dir: Path = RUNS_DIR,
              allow_pickle: bool = ALLOW_PICKLE) -> None:
     """Cross-modal pretraining (DeepRT): an encoder + decoder learns the OCT thickness map from the
@@ -161,7 +174,8 @@ def pretrain(config: str = typer.Argument(None, help="A YAML config (default: bu
         run = RunDir.resume(resume)
         cfg = load_config(CrossModalRunConfig, run.config_file, overrides)
     else:
-        cfg = load_config(CrossModalRunConfig, config, list(overrides or []) + extra)
+        source, items = _config_and_overrides(config, overrides, "oct-cross-modal")
+        cfg = load_config(CrossModalRunConfig, source, items + extra)
         run = RunDir.create(cfg.runs_dir, cfg.name)
     run.attach_log_file()
     typer.echo(f"run directory: {run.path}")

@@ -138,7 +138,8 @@ def _check_frames(ds: Any, path: Path) -> int:
     if per_frame is not None and len(per_frame) != frames:
         raise DataError(f"the header says {frames} frames (NumberOfFrames) but the per-frame "
                         f"functional groups describe {len(per_frame)} B-scans", path=path)
-    if not ds.file_meta.TransferSyntaxUID.is_compressed:
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or not syntax.is_compressed:
         bits = int(getattr(ds, "BitsAllocated", 8) or 8)
         spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
         frame_bytes = rows * cols * spp * bits // 8

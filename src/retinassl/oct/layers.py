@@ -109,6 +109,7 @@ def rows_to_polylines(rows: np.ndarray, step: int = 1) -> list[np.ndarray]:
 def fill_gaps(rows: np.ndarray, max_gap: int) -> np.ndarray:
     """Linear interpolation along the last axis over interior NaN runs of at most ``max_gap``
     A-scans (runs touching an edge, or longer, stay NaN)."""
+    dtype = np.float32 if np.asarray(rows).dtype == np.float32 else np.float64
     r = np.array(rows, dtype=np.float64, copy=True)
     flat = r.reshape(-1, r.shape[-1])
     cols = np.arange(flat.shape[1])
@@ -123,8 +124,7 @@ def fill_gaps(rows: np.ndarray, max_gap: int) -> np.ndarray:
         for start, stop in zip(edges[::2], edges[1::2]):
             if start > 0 and stop < len(line) and stop - start <= max_gap:
                 line[start:stop] = filled[start:stop]
-    return flat.reshape(r.shape).astype(np.asarray(rows).dtype if np.asarray(rows).dtype.kind == "f"
-                                        else np.float64)
+    return flat.reshape(r.shape).astype(dtype)
 
 
 def missing_boundaries(layers: dict[str, np.ndarray], required: tuple[str, ...]) -> list[str]:

@@ -111,9 +111,8 @@ class BScanDataset(Dataset):
         if len(bscans) != len(boundaries):
             raise ValueError(f"{len(bscans)} B-scans but {len(boundaries)} boundary sets")
         self.size = (int(size[0]), int(size[1]))
-        self.images = np.stack([np.round(bscan_input(b, self.size) * 255).clip(0, 255).astype(np.uint8)
-                                if np.asarray(b).dtype == np.uint8 else bscan_input(b, self.size)
-                                for b in bscans]) if len(bscans) else np.zeros((0,) + self.size)
+        self.images = np.stack([bscan_input(b, self.size).astype(np.float16) for b in bscans]) \
+            if len(bscans) else np.zeros((0,) + self.size, np.float16)
         self.rows = [rescale_rows(b, np.asarray(s).shape, self.size)
                      for s, b in zip(bscans, boundaries)]
 
@@ -121,8 +120,7 @@ class BScanDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        img = self.images[index]
-        x = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
+        x = self.images[index].astype(np.float32)
         labels = boundaries_to_labels(self.rows[index], self.size[0])
         return {"image": torch.from_numpy(x)[None], "label": torch.from_numpy(labels), "index": index}
 

@@ -129,7 +129,8 @@ def evaluate_layers(model: LayerModel, volumes: Sequence[OCTVolume],
     out: dict[str, float] = {}
     for c in range(1, k):
         out[f"dice_{names[c - 1]}-{names[c]}"] = float(dice[c])
-    out["dice_layers"] = float(np.nanmean(dice[1:k])) if k > 1 else float("nan")
+    inner = dice[1:k]
+    out["dice_layers"] = float(np.nanmean(inner)) if np.isfinite(inner).any() else float("nan")
     errors = np.where(err_n > 0, err_sum / np.maximum(err_n, 1), np.nan)
     for j, name in enumerate(names):
         out[f"boundary_error_um_{name}"] = float(errors[j])
