@@ -3,12 +3,12 @@ memory, and their time grows linearly with the number of images (issue 7).
 
 What it does, in a work directory (default ``/tmp/retinassl-scale``, several GB):
 
-1. generates ``--max-images`` (20,000) synthetic fundus images of ``--image-size`` px (256: 20,000
-   PNGs with seven 1-bit masks each is about 2.5 GB and feasible on 2 cores; 512 px would take four
-   times as long to generate for no change in what is measured) with ``generate_dataset``
-   (``--workers`` processes);
-2. for each size N in ``--sizes`` (2,000, 5,000, 20,000): writes the manifest of the first N images
-   and, as the user would, runs in subprocesses
+1. for each size N in ``--sizes`` (2,000, 5,000, 20,000) generates N synthetic fundus images of
+   ``--image-size`` px (256: 20,000 PNGs with seven 1-bit masks each is about 2.5 GB and feasible
+   on 2 cores; 512 px would take four times as long to generate for no change in what is
+   measured) with ``generate_dataset`` (``--workers`` processes; the sets grow in one folder, the
+   first images of a larger set being the same files), then
+2. as the user would, runs in subprocesses
    - ``retinassl data prepare`` (manifest -> preprocessed cache at ``--prep-size`` px, ``data.workers``
      processes, a fresh cache per size, so every image is decoded), then
    - ``retinassl train`` for exactly one epoch (``engine.max_epochs=1``, a whole-image ConvNet
@@ -24,9 +24,9 @@ so the peak reported is an upper bound on what the job needs.
 Usage (long: run it in the background under the heavy-job lock)::
 
     nohup flock /work/heavy.lock nice -n 5 .venv/bin/python benchmarks/scale.py > /tmp/scale.log 2>&1 &
-    python benchmarks/scale.py --sizes 200,500 --max-images 500   # a quick check
+    python benchmarks/scale.py --sizes 200,500   # a quick check
 
-Writes ``benchmarks/results/scale.json`` and ``scale.md``.
+Writes ``benchmarks/results/scale.json`` and ``scale.md`` after every size.
 """
 
 from __future__ import annotations
@@ -103,7 +103,6 @@ def measure(cmd: list[str], env: dict[str, str], log_path: Path, interval: float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="2000,5000,20000")
-    parser.add_argument("--max-images", type=int, default=20000)
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--prep-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=2)
@@ -114,31 +113,31 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    assert max(sizes) <= args.max_images
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "RETINASSL_PROGRESS": "0", "PYTHONUNBUFFERED": "1"}
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(args.open_files, hard), hard))  # inherited
 
-    # 1. the synthetic images (generated once; the smaller sets are prefixes of it)
-    data_dir = work / f"synthetic-{args.max_images}-{args.image_size}"
-    generation = None
-    if not (data_dir / "manifest.csv").is_file():
-        script = (f"from retinassl.data.synthetic import generate_dataset; "
-                  f"generate_dataset({str(data_dir)!r}, {args.max_images}, size={args.image_size}, "
-                  f"prevalence=0.5, seed=0, workers={args.workers})")
-        generation = measure([sys.executable, "-c", script], env, work / "generate.log")
-        generation["images"] = args.max_images
-        print(f"generated {args.max_images} images in {generation['seconds']:.0f} s", flush=True)
+    # 1. the synthetic images: generated per size into one folder (the first N images of a larger
+    # set are the same files, re-written identically), so that the figures of the smaller sizes are
+    # written before the largest set exists
+    data_dir = work / f"synthetic-{args.image_size}"
+    generation = []
     import pandas as pd
 
-    full = pd.read_csv(data_dir / "manifest.csv", dtype=str, keep_default_na=False)
     rows = []
     for n in sizes:
-        manifest = work / f"manifest-{n}.csv"
-        full.iloc[:n].to_csv(manifest, index=False)
-        manifest.with_name(manifest.name + ".root").write_text(str(data_dir) + "\n")
+        marker = data_dir / f"manifest-{n}.csv"
+        if not marker.is_file():
+            script = (f"from retinassl.data.synthetic import generate_dataset; "
+                      f"generate_dataset({str(data_dir)!r}, {n}, size={args.image_size}, "
+                      f"prevalence=0.5, seed=0, workers={args.workers}, manifest_name='manifest-{n}.csv')")
+            gen = measure([sys.executable, "-c", script], env, work / f"generate-{n}.log")
+            gen["images"] = n
+            generation.append(gen)
+            print(f"generated {n} images in {gen['seconds']:.0f} s", flush=True)
+        manifest = marker
         cache = work / f"cache-{n}"
         shutil.rmtree(cache, ignore_errors=True)
         runs = work / f"runs-{n}"
@@ -161,10 +160,18 @@ def main() -> None:
         train["batches"] = int(value.get("train_batches", 0))
         print(f"{n}: train {train['seconds']:.0f} s (engine {train['engine_seconds']:.0f} s, "
               f"{train['batches']} batches), peak {train['peak_rss_tree_mb']:.0f} MB", flush=True)
-        rows.append({"images": n, "train_images": int((full.iloc[:n]["split"] == "train").sum()),
+        split = pd.read_csv(manifest, dtype=str, keep_default_na=False)["split"]
+        rows.append({"images": n, "train_images": int((split == "train").sum()),
                      "prepare": prep, "train": train})
         shutil.rmtree(cache, ignore_errors=True)  # a few GB per size
+        report(rows, generation, args)
+    if not args.keep:
+        for n in sizes:
+            shutil.rmtree(work / f"runs-{n}", ignore_errors=True)
 
+
+def report(rows: list[dict], generation: list[dict], args: argparse.Namespace) -> None:
+    """Write results/scale.json and scale.md for the sizes measured so far."""
     base = rows[0]
     for r in rows:
         for stage, key in (("prepare", "seconds"), ("train", "seconds"), ("train", "engine_seconds")):
@@ -194,16 +201,12 @@ def main() -> None:
              f"(ConvNet width 16, batch {args.batch_size}, default precision) for one epoch, plus its "
              f"test-split prediction and report. Each size starts from an empty cache. Open-file "
              f"limit {args.open_files}. Peak memory over all stages: {peak:.0f} MB ({verdict} 3 GB)."
-             + ("" if generation is None else
-                f" Generating the {args.max_images} images took {generation['seconds']:.0f} s "
-                f"(peak {generation['peak_rss_tree_mb']:.0f} MB, {args.workers} workers)."))
+             + "".join(f" Generating {g['images']} images took {g['seconds']:.0f} s (peak "
+                       f"{g['peak_rss_tree_mb']:.0f} MB, {args.workers} workers)." for g in generation))
     write_results("scale", {"args": vars(args) | {"work": str(args.work)}, "generation": generation,
                             "rows": rows, "peak_rss_mb": peak, "limit_mb": LIMIT_BYTES / 2 ** 20},
                   "\n".join(lines) + "\n" + notes)
-    print("\n".join(lines) + notes)
-    if not args.keep:
-        for n in sizes:
-            shutil.rmtree(work / f"runs-{n}", ignore_errors=True)
+    print("\n".join(lines) + notes, flush=True)
 
 
 if __name__ == "__main__":
