@@ -281,3 +281,30 @@ def test_segment_train_skip_bad_lists_the_item(tmp_path: Path, capsys: pytest.Ca
     status = json.loads((run / "run.json").read_text())
     assert [s["id"] for s in status["skipped"]] == ["bad"], status
     assert "bad.jpg" in (run / "report" / "index.html").read_text()
+
+
+@pytest.mark.parametrize("command", ["train", "pretrain", "segment", "semisup"])
+def test_every_training_command_reports_a_bad_image(tmp_path: Path, command: str,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """A truncated JPEG in the data of each training command: exit 2, one line naming file and row."""
+    from reliability.harness import GAN_YAML
+
+    manifest = write_case(tmp_path / "data", CASES["truncated-jpeg"])
+    data = ["data.source=manifest", f"data.manifest={manifest}", "data.options={}"]
+    runs = ["--runs-dir", str(tmp_path / "runs")]
+    if command == "semisup":
+        pytest.importorskip("retinassl.semisup.pipeline")
+        (tmp_path / "gan.yaml").write_text(GAN_YAML)
+        args = ["semisup", "train", str(tmp_path / "gan.yaml"), *data]
+    elif command == "segment":
+        pytest.importorskip("retinassl.evaluate.segmentation_run")
+        args = ["segment", "train", "drive-vessels", *data, "evaluate_on=[]"]
+    elif command == "pretrain":
+        args = ["pretrain", "rotation", *data]
+    else:
+        args = ["train", "demo", *data]
+    code, out, err = cli(args + runs, capsys)
+    assert code == 2 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    check_message(lines[0], "truncated-jpeg", tmp_path)
