@@ -21,9 +21,9 @@ def split_config_and_overrides(method: str, args: list[str] | None) -> tuple[str
 def pretrain(method: str = typer.Argument(..., help="A pretraining method: rotation, "
                                           "relative_position, offset_heatmap, inpainting, "
                                           "autoencoder, simclr or supervised."),
-             args: list[str] = typer.Argument(None, help="[CONFIG] [key=value ...]: a YAML file or "
-                                              "packaged preset (default: pretrain-METHOD, synthetic "
-                                              "data), then overrides such as engine.max_steps=200 "
+             args: list[str] = typer.Argument(None, help="An optional CONFIG (a YAML file or packaged "
+                                              "preset; default: pretrain-METHOD, synthetic data), then "
+                                              "key=value overrides such as engine.max_steps=200 "
                                               "data.source=idrid data.options.root=PATH.",
                                               show_default=False),
              resume: Path = RESUME, runs_dir: Path = RUNS_DIR, skip_bad: bool = SKIP_BAD,
@@ -34,7 +34,7 @@ def pretrain(method: str = typer.Argument(..., help="A pretraining method: rotat
     pretraining) on a pool of images; labels are ignored unless `label` is set. Writes
     runs/<name>-<time>/ with the encoder checkpoint (encoder/), training curves (logs/csv) and a
     report."""
-    from ..config import apply_overrides, load_config, read_yaml, validate
+    from ..config import apply_overrides, load_config, preset_names, read_yaml, validate
     from ..errors import ConfigError
     from ..method import method_names
     from ..pretrain.run import PretrainConfig, run_pretrain
@@ -44,6 +44,9 @@ def pretrain(method: str = typer.Argument(..., help="A pretraining method: rotat
     if method not in method_names():
         raise ConfigError(f"unknown method {method!r}; known: {', '.join(method_names())}")
     source, overrides = split_config_and_overrides(method, args)
+    if resume is None and source == f"pretrain-{method}" and source not in preset_names():
+        raise ConfigError(f"method {method!r} has no packaged preset {source}; give a CONFIG file "
+                          f"(presets: {', '.join(p for p in preset_names() if p.startswith('pretrain-'))})")
     overrides = with_common_overrides(overrides, runs_dir, skip_bad)
     if allow_pickle:
         overrides.append("model.allow_pickle=true")
