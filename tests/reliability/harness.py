@@ -201,7 +201,8 @@ def _supervised(tmp: Path, runs: Path) -> list[str]:
 
 def _rotation(tmp: Path, runs: Path) -> list[str]:
     return ["pretrain", "rotation", "data.options={n_images: 16, size: 128, prevalence: 0.5, seed: 0}",
-            "preprocess.size=64", "model.kwargs.width=4", "engine.max_epochs=2", "engine.batch_size=4",
+            "preprocess.size=64", "model.arch=convnet", "model.kwargs={width: 4}", "engine.max_epochs=2",
+            "engine.batch_size=4",
             "engine.checkpoint_every_n_steps=2", *F32, "--runs-dir", str(runs)]
 
 
