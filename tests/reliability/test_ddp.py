@@ -106,3 +106,25 @@ def test_slurm_ranks_agree_on_the_run_directory(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("SLURM_PROCID", "0")
     append_results(run0.results_file, [result_row(metric="auc", value=1.0)])
     assert run0.results_file.is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_ddp_run_killed_then_resumed_matches(tmp_path: Path) -> None:
+    """A 2-rank run whose rank 0 is SIGKILLed at step 3, resumed with --resume (the run's config keeps
+    devices=2), ends bit-identical to an uninterrupted 2-rank run."""
+    import signal
+
+    from reliability.harness import assert_same_run
+
+    spec = FAMILIES["supervised"]
+    ddp = ["engine.devices=2", "engine.strategy=ddp", "engine.max_epochs=4"]
+    ref = run_cli(spec.args(tmp_path, tmp_path / "ref") + ddp, tmp_path)
+    assert ref.returncode == 0, ref.stderr[-4000:]
+    killed = run_cli(spec.args(tmp_path, tmp_path / "killed") + ddp, tmp_path, kill_at=3)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-4000:]
+    run = only_run(tmp_path / "killed")
+    resumed = run_cli(spec.resume_args(run), tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "log-rank1.txt" in {p.name for p in (run / "logs").iterdir()}
+    assert_same_run(only_run(tmp_path / "ref"), run)
