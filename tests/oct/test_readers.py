@@ -80,6 +80,11 @@ def test_dicom_tolerated_layouts(tmp_path, tiny_volumes):
     shutil.move(ir_path, moved)
     assert "no infrared image" in read_volume(oct_path).warnings[0]
     assert read_volume(oct_path, infrared=moved).localizer is not None
+    # a header spacing that contradicts the frame positions: the positions win, with a warning
+    wrong = type(volume)(**{**volume.__dict__, "spacing_mm": (0.0039,) + tuple(volume.spacing_mm[1:])})
+    v = read_volume(write_oct_dicom(tmp_path / "d", wrong)[0])
+    assert v.spacing_mm[0] == pytest.approx(volume.spacing_mm[0], rel=1e-3)
+    assert "disagrees with the B-scan positions" in v.warnings[0]
     # no frame positions: a regular raster is assumed later; the volume still reads
     oct_path, _ = write_oct_dicom(tmp_path / "b", volume, omit=["positions"])
     assert not read_volume(oct_path).has_positions

@@ -113,6 +113,18 @@ def regression_errors(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) ->
             "pixels": float(m.sum())}
 
 
+def _mean_map(dataset: ThicknessPairs, rows: np.ndarray) -> np.ndarray:
+    """Per-pixel mean of the defined training targets ``(S, S)`` micrometres (the overall mean
+    where no training target is defined)."""
+    mask = dataset.masks[rows] > 0
+    if not mask.any():
+        return np.zeros(dataset.targets.shape[1:], np.float32)
+    total = (dataset.targets[rows] * mask).sum(0)
+    count = mask.sum(0)
+    overall = float(total.sum() / count.sum())
+    return np.where(count > 0, total / np.maximum(count, 1), overall).astype(np.float32)
+
+
 def run_cross_modal(config: CrossModalRunConfig, run: RunDir, resume: bool = False,
                     manifest: Manifest | None = None) -> dict[str, float]:
     """Pretrain, save the encoder into ``run.encoder_dir``, evaluate on the test split.
@@ -151,9 +163,9 @@ def run_cross_modal(config: CrossModalRunConfig, run: RunDir, resume: bool = Fal
     if encoder.in_channels != preprocess.channels:
         raise ConfigError(f"the encoder takes {encoder.in_channels} channels but the input "
                           f"{config.input!r} has {preprocess.channels}; set model.kwargs.in_channels")
-    train_mask = dataset.masks[train_rows] > 0
-    if train_mask.any() and hasattr(method, "start_from"):
-        method.start_from(float(dataset.targets[train_rows][train_mask].mean()))
+    mean_map = _mean_map(dataset, train_rows)
+    if hasattr(method, "start_from"):
+        method.start_from(float(mean_map.mean()), torch.from_numpy(mean_map))
     log.info("cross-modal pretraining: %d train / %d val / %d test pairs (%s input, %s maps; %d maps "
              "fail the quality check and are masked)", len(train_rows), len(val_rows), len(test_rows),
              config.input, config.maps, len(dataset.failed))
@@ -173,8 +185,6 @@ def run_cross_modal(config: CrossModalRunConfig, run: RunDir, resume: bool = Fal
         pred = predict_maps(method, dataset, eval_rows)
         target, mask = dataset.targets[eval_rows], dataset.masks[eval_rows]
         metrics.update(regression_errors(pred, target, mask))
-        mean_map = np.where(train_mask.sum(0) > 0, (dataset.targets[train_rows] * train_mask).sum(0)
-                            / np.maximum(train_mask.sum(0), 1), 0)
         metrics["baseline_mae_um"] = regression_errors(np.broadcast_to(mean_map, pred.shape), target,
                                                        mask)["mae_um"]
         if maps is not None and "thickness_map" in prepared.manifest.frame.columns:

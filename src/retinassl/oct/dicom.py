@@ -18,7 +18,8 @@ Attributes read from the OCT file
   ``PerFrameFunctionalGroupsSequence`` (5200,9230), else the top-level attribute.
 - B-scan spacing: ``SliceThickness`` (0018,0050) in the same three places, else
   ``SpacingBetweenSlices`` (0018,0088), else the mean distance between consecutive B-scan start
-  points on the infrared image times its pixel spacing.
+  points on the infrared image times its pixel spacing; when both exist and differ by more than
+  10 %, the positions win (with a warning: exports differ in what they put in SliceThickness).
 - B-scan positions: per frame, ``OphthalmicFrameLocationSequence`` (0022,0031) item 0:
   ``ReferenceCoordinates`` (0022,0032) = [row, column] of the first A-scan then of the last A-scan on
   the referenced image (DICOM image-relative coordinates: 0, 0 is the top-left corner of the top-left
@@ -301,10 +302,18 @@ def read_dicom_volume(path: str | Path, infrared: str | Path | None = None) -> O
                         "fundus image")
     between = _floats(_measure(ds, "SliceThickness"), 1) or _floats(
         getattr(ds, "SpacingBetweenSlices", None), 1)
-    if between is None and frames > 1 and start is not None and loc_spacing is not None:
+    from_positions = None
+    if frames > 1 and start is not None and loc_spacing is not None:
         steps = np.diff(start, axis=0) * np.asarray(loc_spacing)[::-1]
         distance = float(np.mean(np.hypot(steps[:, 0], steps[:, 1])))
-        between = (distance,) if distance > 0 else None
+        from_positions = distance if distance > 0 else None
+    if between is None and from_positions is not None:
+        between = (from_positions,)
+    elif between is not None and from_positions is not None and \
+            abs(between[0] - from_positions) > 0.1 * from_positions:
+        warnings.append(f"the B-scan spacing in the header ({between[0]:.4g} mm) disagrees with the "
+                        f"B-scan positions ({from_positions:.4g} mm); using the positions")
+        between = (from_positions,)
     if between is None:
         if frames > 1:
             raise DataError("no B-scan spacing: SliceThickness (0018,0050) and SpacingBetweenSlices "

@@ -13,7 +13,9 @@ channel) that regresses the thickness map registered to the input image
 (:class:`~retinassl.oct.paired.ThicknessPairs`). The loss is taken only where the target is defined
 (``mask``): outside the scanned area, where the map is undefined, and on maps that failed the
 quality check, nothing is learnt. Targets are divided by ``scale_um`` so that the network works with
-numbers of order one.
+numbers of order one; by default the per-pixel mean training map is added to the output
+(``start: mean-map``, set by the run driver), so the network learns each eye's deviation from the
+average map.
 
 Batches: ``image`` ``(B, C, H, W)``, ``target`` ``(B, 1, H, W)`` micrometres, ``mask``
 ``(B, 1, H, W)`` in {0, 1}.
@@ -67,6 +69,10 @@ class CrossModalConfig(Section):
             plausible left eye with its mirrored map).
         jitter: brightness/contrast/saturation jitter of the image only.
         decoder_channels: widths of the decoder blocks (shallowest first; default: the encoder's).
+        start: where the regression starts (set by the run driver from the training targets):
+            ``mean-map`` (the per-pixel mean training map is added to every prediction, so the
+            network learns each eye's deviation from it), ``mean`` (the output bias is the mean
+            training thickness) or ``zero``.
     """
 
     lr: float = Field(1e-3, gt=0)
@@ -77,6 +83,7 @@ class CrossModalConfig(Section):
     flip: bool = True
     jitter: float = Field(0.1, ge=0, lt=1)
     decoder_channels: tuple[int, ...] | None = None
+    start: Literal["mean-map", "mean", "zero"] = "mean-map"
 
 
 @register_method
@@ -90,17 +97,35 @@ class CrossModal(Method):
     def __init__(self, config: CrossModalConfig, encoder: Encoder) -> None:
         super().__init__(config, encoder)
         self.decoder = UNetDecoder(encoder, 1, config.decoder_channels)
+        self.register_buffer("prior", torch.zeros(0))        # (1, 1, H, W) in scale_um units
 
-    def start_from(self, mean_um: float) -> None:
-        """Set the output bias so that the untrained network predicts ``mean_um`` everywhere (the
-        run driver passes the mean training target: the regression then starts at the constant
-        baseline instead of at 0 micrometres)."""
+    def start_from(self, mean_um: float, mean_map_um: torch.Tensor | None = None) -> None:
+        """Start the regression at the training targets' mean (``config.start``): the output bias
+        becomes ``mean_um``, or (``mean-map``) ``mean_map_um`` ``(H, W)`` micrometres is added to
+        every prediction and the network learns the deviation from it."""
+        scale = self.config.scale_um
         with torch.no_grad():
-            self.decoder.head.bias.fill_(mean_um / self.config.scale_um)
+            if self.config.start == "mean":
+                self.decoder.head.bias.fill_(mean_um / scale)
+            elif self.config.start == "mean-map" and mean_map_um is not None:
+                self.prior = (mean_map_um.float() / scale)[None, None].clone()
+                # a zero output layer: the untrained network predicts exactly the prior, in train
+                # and eval mode alike (whatever the batch-norm statistics)
+                self.decoder.head.weight.zero_()
+                self.decoder.head.bias.zero_()
+
+    def _predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Network output in units of ``scale_um``, prior included."""
+        y = segment(self.encoder, self.decoder, x).float()
+        if self.prior.numel():
+            prior = self.prior if self.prior.shape[-2:] == y.shape[-2:] else \
+                F.interpolate(self.prior, size=y.shape[-2:], mode="bilinear", align_corners=False)
+            y = y + prior
+        return y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` -> predicted thickness ``(B, 1, H, W)`` in micrometres."""
-        return segment(self.encoder, self.decoder, x).float() * self.config.scale_um
+        return self._predict(x) * self.config.scale_um
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"main": torch.optim.AdamW(self.parameters(), lr=self.config.lr,
@@ -124,7 +149,7 @@ class CrossModal(Method):
     def loss(self, batch: dict[str, Any], group: str,
              generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         x, target, mask = self._augment(batch, generator)
-        pred = segment(self.encoder, self.decoder, x).float()
+        pred = self._predict(x)
         scale = self.config.scale_um
         loss = masked_regression_loss(pred, target.float() / scale, mask.float(), self.config.loss)
         with torch.no_grad():
