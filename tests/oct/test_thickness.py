@@ -152,3 +152,17 @@ def test_map_quality_flags():
     q = map_quality(with_nan)
     assert not q["passes"] and q["nan_pixels"] == 1
     assert "defined" in map_quality(np.pad(np.full((4, 4), 300.0), 62))["reasons"][-1]
+
+
+def test_missing_boundaries_are_a_clear_error(tiny_volumes):
+    from retinassl.oct.pipeline import compute_thickness
+
+    v = tiny_volumes[0][0]
+    only_ilm = type(v)(**{**v.__dict__, "layers": {"ILM": v.layers["ILM"]}, "source": "scan.vol"})
+    with pytest.raises(DataError, match=r"lacks the boundaries \['BM'\]") as err:
+        compute_thickness(only_ilm)
+    assert "scan.vol" in str(err.value)
+    empty_bm = type(v)(**{**v.__dict__, "layers": {"ILM": v.layers["ILM"],
+                                                  "BM": np.full_like(v.layers["BM"], np.nan)}})
+    with pytest.raises(DataError, match="lacks the boundaries"):
+        compute_thickness(empty_bm)
