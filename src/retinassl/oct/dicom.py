@@ -68,7 +68,9 @@ OP_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.77.1.5.1",   # Ophthalmic Photography
                   "1.2.840.10008.5.1.4.1.1.77.1.5.2")   # Ophthalmic Photography 16 Bit
 
 
-def _dcmread(path: Path, header_only: bool = False) -> Any:
+def read_dataset(path: Path, header_only: bool = False) -> Any:
+    """A pydicom dataset (only the header with ``header_only``); DataError naming the file when it
+    is not DICOM or unreadable. Never print the result: it holds the patient attributes."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -220,7 +222,8 @@ def _referenced_uid(ds: Any) -> str | None:
     return str(uid) if uid else None
 
 
-def _is_photo(ds: Any) -> bool:
+def is_photograph(ds: Any) -> bool:
+    """True for an Ophthalmic Photography (or secondary capture) image rather than an OCT."""
     return str(getattr(ds, "SOPClassUID", "")) in OP_SOP_CLASSES or \
         str(getattr(ds, "Modality", "")).upper() in ("OP", "SC")
 
@@ -233,19 +236,19 @@ def find_infrared(oct_path: Path, ds: Any, uid: str | None) -> Path | None:
         if other == oct_path or not other.is_file() or not is_dicom(other):
             continue
         try:
-            head = _dcmread(other, header_only=True)
+            head = read_dataset(other, header_only=True)
         except DataError:
             continue
         if uid and str(getattr(head, "SOPInstanceUID", "")) == uid:
             return other
-        if not uid and _is_photo(head) and (not study or str(getattr(head, "StudyInstanceUID", "")) == study):
+        if not uid and is_photograph(head) and (not study or str(getattr(head, "StudyInstanceUID", "")) == study):
             candidates.append(other)
     return candidates[0] if len(candidates) == 1 else None
 
 
 def read_infrared(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
     """An infrared/SLO DICOM: ``(H, W)`` (or ``(H, W, 3)``) image and ``(row, col)`` mm/pixel."""
-    ds = _dcmread(path)
+    ds = read_dataset(path)
     frames = _check_frames(ds, path)
     image = _pixels(ds, path)
     if frames > 1:
@@ -271,8 +274,8 @@ def read_dicom_volume(path: str | Path, infrared: str | Path | None = None) -> O
         DataError: naming the file, for input that cannot give a volume with its spacing.
     """
     path = Path(path)
-    ds = _dcmread(path)
-    if _is_photo(ds) and int(getattr(ds, "NumberOfFrames", 1) or 1) == 1:
+    ds = read_dataset(path)
+    if is_photograph(ds) and int(getattr(ds, "NumberOfFrames", 1) or 1) == 1:
         raise DataError("this DICOM holds a fundus photograph (Modality OP), not an OCT volume; "
                         "pass the Ophthalmic Tomography file", path=path)
     frames = _check_frames(ds, path)

@@ -17,13 +17,13 @@ FORMATS = "DICOM (.dcm or a folder), HEYEX .vol, HEYEX .xml, .npy/.tif stack wit
 
 
 def _oct_in_folder(folder: Path) -> Path:
-    from .dicom import _dcmread, _is_photo, is_dicom
+    from .dicom import read_dataset, is_photograph, is_dicom
 
     found = []
     for p in sorted(folder.iterdir()):
         if p.is_file() and is_dicom(p):
-            head = _dcmread(p, header_only=True)
-            if not _is_photo(head) or int(getattr(head, "NumberOfFrames", 1) or 1) > 1:
+            head = read_dataset(p, header_only=True)
+            if not is_photograph(head) or int(getattr(head, "NumberOfFrames", 1) or 1) > 1:
                 found.append(p)
     if len(found) != 1:
         raise DataError(f"expected one OCT DICOM file in the folder, found {len(found)}", path=folder)
