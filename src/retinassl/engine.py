@@ -397,7 +397,7 @@ def _step_checkpoint_callback(every: int, directory: Path):
 def fit(method: Method, train: Dataset, *, config: EngineConfig, run: RunDir, seed: int,
         val: Dataset | None = None, resume: bool = False,
         collate_fn: Callable[[list[Any]], Any] | None = None, drop_last: bool = True,
-        num_workers: int = 0) -> FitResult:
+        num_workers: int = 0, callbacks: list[Any] | None = None) -> FitResult:
     """Train ``method`` on ``train``; checkpoints and logs go to ``run``.
 
     Args:
@@ -411,6 +411,7 @@ def fit(method: Method, train: Dataset, *, config: EngineConfig, run: RunDir, se
         collate_fn: batch collation (default: PyTorch's).
         drop_last: drop the last incomplete batch of an epoch.
         num_workers: DataLoader worker processes.
+        callbacks: extra Lightning callbacks (e.g. timers in benchmarks).
 
     Returns:
         :class:`FitResult`; when the method defines ``monitor`` and validation data is given, the
@@ -421,6 +422,9 @@ def fit(method: Method, train: Dataset, *, config: EngineConfig, run: RunDir, se
 
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        # Lightning's start-up chatter (tips, "GPU available: False") is not for our users
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
     if len(train) == 0:  # type: ignore[arg-type]
         raise RunDirError("nothing to train on: the training set is empty")
     batch_size = min(config.batch_size, len(train))  # type: ignore[arg-type]
@@ -450,7 +454,8 @@ def fit(method: Method, train: Dataset, *, config: EngineConfig, run: RunDir, se
     trainer = pl.Trainer(
         accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
         strategy=strategy, precision=precision, max_epochs=config.max_epochs,
-        logger=loggers, callbacks=[_step_checkpoint_callback(config.checkpoint_every_n_steps, checkpoint_dir)],
+        logger=loggers,
+        callbacks=[_step_checkpoint_callback(config.checkpoint_every_n_steps, checkpoint_dir), *(callbacks or [])],
         enable_checkpointing=False, plugins=[_checkpoint_io()], use_distributed_sampler=False,
         log_every_n_steps=config.log_every_n_steps, check_val_every_n_epoch=config.val_every_n_epochs,
         num_sanity_val_steps=0, deterministic=config.deterministic or None,
@@ -465,6 +470,8 @@ def fit(method: Method, train: Dataset, *, config: EngineConfig, run: RunDir, se
         warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
         warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
         warnings.filterwarnings("ignore", message=".*TensorBoard support.*")
+        warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - start
     if module.best and method.monitor and (checkpoint_dir / "best-weights.safetensors").is_file():
