@@ -150,7 +150,8 @@ def main() -> None:
         print(f"{n}: prepare {prep['seconds']:.0f} s, peak {prep['peak_rss_tree_mb']:.0f} MB", flush=True)
         train = measure(RETINASSL + [
             "train", "demo", *common, "data.workers=0", "task.kind=image", "task.label=abnormal",
-            "task.heatmaps=0", "model.kwargs.width=16",
+            "task.heatmaps=0", "model.arch=convnet", "model.kwargs={width: 16}",
+            "preprocess.normalize=max", "method={name: supervised, lr: 0.002, augment: dihedral}",
             "engine.max_epochs=1", f"engine.batch_size={args.batch_size}",
             "engine.checkpoint_every_n_steps=100", "engine.log_every_n_steps=50",
             "--runs-dir", str(runs)], env, work / f"train-{n}.log")

@@ -194,7 +194,9 @@ F32 = ["engine.precision=32", "engine.num_threads=1"]
 
 def _supervised(tmp: Path, runs: Path) -> list[str]:
     return ["train", "demo", "data.options={n_images: 12, size: 128, prevalence: 0.5, seed: 0}",
-            "preprocess.size=128", "model.kwargs.width=4", "task.grid=4", "task.patch_size=32",
+            "preprocess.size=128", "model.arch=convnet", "model.kwargs={width: 4}",
+            "preprocess.normalize=max", "method={name: supervised, lr: 0.002, augment: dihedral}",
+            "task.grid=4", "task.patch_size=32",
             "task.heatmaps=0", "engine.max_epochs=2", "engine.batch_size=32",
             "engine.checkpoint_every_n_steps=2", *F32, "--runs-dir", str(runs)]
 

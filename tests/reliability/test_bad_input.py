@@ -202,8 +202,8 @@ def test_bad_dicom_is_own_error_naming_file(tmp_path: Path, name: str, capsys: p
 
 
 # -- the real command line (subprocesses) ----------------------------------------------------------------
-TRAIN_TINY = ["preprocess.size=64", "model.kwargs.width=4", "task.kind=image", "task.heatmaps=0",
-              "engine.max_epochs=1", "engine.batch_size=2", "engine.precision=32",
+TRAIN_TINY = ["preprocess.size=64", "model.arch=convnet", "model.kwargs={width: 4}", "task.kind=image",
+              "task.heatmaps=0", "engine.max_epochs=1", "engine.batch_size=2", "engine.precision=32",
               "engine.checkpoint_every_n_steps=-1"]
 
 

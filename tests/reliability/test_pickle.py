@@ -17,7 +17,8 @@ from retinassl.errors import CheckpointError
 
 TINY_DATA = "data.options={n_images: 8, size: 64, prevalence: 0.5, seed: 0}"
 COMMANDS = {
-    "train": (["train", "demo", TINY_DATA, "preprocess.size=64", "model.kwargs.width=4"], "model.init"),
+    "train": (["train", "demo", TINY_DATA, "preprocess.size=64", "model.arch=convnet",
+                  "model.kwargs={width: 4}"], "model.init"),
     "pretrain": (["pretrain", "rotation", TINY_DATA, "preprocess.size=64", "model.arch=convnet",
                   "model.kwargs={width: 4}"], "model.init"),
     "segment train": (["segment", "train", "drive-vessels", "data={source: synthetic, options: {n_images: 6, "
