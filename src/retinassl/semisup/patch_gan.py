@@ -214,8 +214,10 @@ class SSLGAN(Method):
         return max(0.0, 1.0 - (step - start) / max(1.0, total_steps - start))
 
     def _real(self, windows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        x = crop_and_flip(windows, self.config.patch_size, generator, self.config.flip)
-        return x * 2 - 1
+        x = crop_and_flip(windows, self.config.patch_size, generator, self.config.flip) * 2 - 1
+        if windows.is_contiguous(memory_format=torch.channels_last):  # keep the batch's layout
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def _fake(self, n: int, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
         z = self.generator_net.sample_latent(n, generator).to(like.device)
