@@ -67,7 +67,7 @@ def test_same_seed_same_loss() -> None:
     for _ in range(2):
         torch.manual_seed(0)  # dropout (the engine reseeds it per batch)
         method = tiny_method()
-        values.append(float(method.loss(batch, "discriminator", torch.Generator().manual_seed(5))[0]))
+        values.append(float(method.loss(batch, "discriminator", torch.Generator().manual_seed(5))[0].detach()))
     assert values[0] == values[1]
 
 
