@@ -31,14 +31,28 @@ def _runs_dir(runs_dir: Path | None) -> Path:
     return runs_dir if runs_dir is not None else Path("runs")
 
 
-def _config_and_overrides(config: str | None, overrides: list[str] | None,
-                          preset: str) -> tuple[str, list[str]]:
-    """An optional CONFIG argument followed by key=value overrides: without CONFIG (or when the
-    first argument is itself an override) the packaged ``preset`` is used."""
+def _open_run(model: type, preset: str, config: str | None, overrides: list[str] | None,
+              resume: Path | None, runs_dir: Path | None):
+    """The validated config and run directory of a training command: ``--resume`` reopens a run
+    with its recorded config; otherwise CONFIG (a file or preset; without it, or when the first
+    argument is itself a key=value override, the packaged ``preset``) plus the overrides makes a
+    new run."""
+    from ..config import load_config
+    from ..rundir import RunDir
+
     rest = list(overrides or [])
-    if config is None or "=" in config:
-        return preset, ([config] if config is not None else []) + rest
-    return config, rest
+    if resume is not None:
+        run = RunDir.resume(resume)
+        cfg = load_config(model, run.config_file, rest)
+    else:
+        if config is None or "=" in config:
+            config, rest = preset, ([config] if config is not None else []) + rest
+        extra = [f"runs_dir={runs_dir}"] if runs_dir is not None else []
+        cfg = load_config(model, config, rest + extra)
+        run = RunDir.create(cfg.runs_dir, cfg.name)
+    run.attach_log_file()
+    typer.echo(f"run directory: {run.path}")
+    return cfg, run
 
 
 @app.command()
@@ -129,20 +143,9 @@ def train_seg(config: str = typer.Argument(None, help="A YAML config or preset (
               overrides: list[str] = OVERRIDES, resume: Path = RESUME, runs_dir: Path = RUNS_DIR) -> None:
     """Train a layer-segmentation U-Net on annotated B-scans (``volumes=[...]`` files with layer
     annotations, or synthetic volumes). The model folder is <run>/layer-model."""
-    from ..config import load_config
     from ..oct.train_layers import LayerTrainConfig, run_train_layers
-    from ..rundir import RunDir
 
-    extra = [f"runs_dir={runs_dir}"] if runs_dir is not None else []
-    if resume is not None:
-        run = RunDir.resume(resume)
-        cfg = load_config(LayerTrainConfig, run.config_file, overrides)
-    else:
-        source, items = _config_and_overrides(config, overrides, "oct-layers")
-        cfg = load_config(LayerTrainConfig, source, items + extra)
-        run = RunDir.create(cfg.runs_dir, cfg.name)
-    run.attach_log_file()
-    typer.echo(f"run directory: {run.path}")
+    cfg, run = _open_run(LayerTrainConfig, "oct-layers", config, overrides, resume, runs_dir)
     try:
         _, metrics = run_train_layers(cfg, run, resume=resume is not None)
     except BaseException as exc:
@@ -163,22 +166,11 @@ def pretrain(config: str = typer.Argument(None, help="A YAML config or preset (d
     fundus (``input=image``) or infrared (``input=ir_image``) image; maps from the manifest's
     thickness_map column, or segmented from its OCT volumes (``maps=segment layer_model=DIR``). The
     encoder lands in <run>/encoder like every pretrained encoder."""
-    from ..config import load_config
     from ..oct.cross_modal_run import CrossModalRunConfig, run_cross_modal
     from ..report.html import build_report
-    from ..rundir import RunDir
 
-    extra = [f"runs_dir={runs_dir}"] if runs_dir is not None else []
     overrides = list(overrides or []) + (["model.allow_pickle=true"] if allow_pickle else [])
-    if resume is not None:
-        run = RunDir.resume(resume)
-        cfg = load_config(CrossModalRunConfig, run.config_file, overrides)
-    else:
-        source, items = _config_and_overrides(config, overrides, "oct-cross-modal")
-        cfg = load_config(CrossModalRunConfig, source, items + extra)
-        run = RunDir.create(cfg.runs_dir, cfg.name)
-    run.attach_log_file()
-    typer.echo(f"run directory: {run.path}")
+    cfg, run = _open_run(CrossModalRunConfig, "oct-cross-modal", config, overrides, resume, runs_dir)
     try:
         metrics = run_cross_modal(cfg, run, resume=resume is not None)
     except BaseException as exc:
