@@ -54,6 +54,14 @@ def test_irregular_bscan_spacing_and_holes():
     m = thickness_map(th, start, end, grid)
     # y = 3: only the missing B-scan; y = 2: half the weight is known, so its value is used
     assert np.isnan(m[3, 0]) and m[2, 0] == 200 and m[1, 0] == 200
+    # a bidirectional raster: the middle B-scan runs right to left, its A-scans reversed
+    th2 = np.array([[100.0, 140.0], [260.0, 200.0], [400.0, 440.0]])
+    start2 = start.copy()
+    start2[1] = [4.0, 1.0]
+    end2 = end.copy()
+    end2[1] = [0.0, 1.0]
+    m = thickness_map(th2, start2, end2, grid)
+    np.testing.assert_allclose(m[1, :], [200, 215, 230, 245], atol=1e-9)   # x = 0 .. 3 of 0 .. 4
     with pytest.raises(DataError, match="not parallel"):
         thickness_map(th, start, start + [[4.0, 0.0], [0.0, 4.0], [4.0, 0.0]], grid)
 

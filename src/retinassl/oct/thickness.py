@@ -169,10 +169,15 @@ def thickness_map(thickness: np.ndarray, start: np.ndarray, end: np.ndarray, gri
         ``(size, size)`` float32 micrometres; NaN outside the scan and where the bilinear
         neighbours carry less than half the weight in known values.
     """
-    th = np.asarray(thickness, dtype=np.float64)
+    th = np.array(thickness, dtype=np.float64)
     n, w = th.shape
-    start = np.asarray(start, dtype=np.float64)
-    end = np.asarray(end, dtype=np.float64)
+    start = np.array(start, dtype=np.float64)
+    end = np.array(end, dtype=np.float64)
+    # a B-scan scanned in the opposite direction (bidirectional rasters) is turned around
+    d = end - start
+    back = (d @ d[0]) < 0
+    start[back], end[back] = end[back].copy(), start[back].copy()
+    th[back] = th[back, ::-1]
     u_i, v, offsets, order = _line_geometry(start, end, path)
     th, start, end, u_i, offsets = th[order], start[order], end[order], u_i[order], offsets[order]
     lengths = np.hypot(*(end - start).T)
