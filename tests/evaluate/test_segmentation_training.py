@@ -50,6 +50,21 @@ def batch_of(images: VesselImages) -> dict:
     return {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in items[0]}
 
 
+def test_network_input_normalisations() -> None:
+    from retinassl.data.preprocess import normalize
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 200, (12, 10, 3)).astype(np.uint8)
+    fov = np.ones((12, 10), dtype=bool)
+    fov[:3] = False
+    green = network_input(image, fov, InputConfig(clahe=False))
+    assert green.shape == (1, 12, 10) and (green[:, ~fov] == 0).all()
+    assert green[0, fov].mean() == pytest.approx(0, abs=1e-5) and green[0, fov].std() == pytest.approx(1, abs=1e-4)
+    rgb_max = network_input(image, fov, InputConfig(channels="rgb", clahe=False, normalize="max"))
+    expected = normalize(image, "max") * fov  # the pretraining presets' normalisation, FOV-masked
+    assert np.allclose(rgb_max, expected, atol=1e-6)
+
+
 def test_patches_are_centred_in_the_fov_and_seeded() -> None:
     batch = batch_of(tiny_images())
     fov = batch["fov"].clone()

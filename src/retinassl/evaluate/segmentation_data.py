@@ -41,6 +41,9 @@ class InputConfig(Section):
         clahe: CLAHE on each input channel (before standardisation).
         clahe_clip: CLAHE clip limit. clahe_tiles: CLAHE tiles per side.
         gamma: gamma correction after CLAHE (1: none).
+        normalize: ``fov`` (zero mean, unit variance inside the FOV, per image and channel),
+            ``max`` (divided by the image's maximum, as the pretraining presets normalise: use it
+            with encoders pretrained that way) or ``unit`` (divided by 255).
     """
 
     channels: Literal["green", "gray", "rgb"] = "green"
@@ -48,6 +51,7 @@ class InputConfig(Section):
     clahe_clip: float = Field(2.0, gt=0)
     clahe_tiles: int = Field(8, ge=1)
     gamma: float = Field(1.0, gt=0)
+    normalize: Literal["fov", "max", "unit"] = "fov"
 
     @property
     def num_channels(self) -> int:
@@ -84,10 +88,14 @@ def network_input(image: np.ndarray, fov: np.ndarray, config: InputConfig) -> np
         x = plane.astype(np.float32) / 255.0
         if config.gamma != 1.0:
             x = np.power(x, config.gamma)
-        inside = x[fov] if fov.any() else x.reshape(-1)
-        x = (x - inside.mean()) / max(float(inside.std()), 1e-6)
-        out.append(np.where(fov, x, 0.0).astype(np.float32))
-    return np.stack(out)
+        if config.normalize == "fov":
+            inside = x[fov] if fov.any() else x.reshape(-1)
+            x = (x - inside.mean()) / max(float(inside.std()), 1e-6)
+        out.append(x)
+    x = np.stack(out)
+    if config.normalize == "max":
+        x = x / max(float(x.max()), 1e-6)
+    return np.where(fov, x, 0.0).astype(np.float32)
 
 
 @dataclass
