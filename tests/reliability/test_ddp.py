@@ -118,7 +118,7 @@ def test_ddp_run_killed_then_resumed_matches(tmp_path: Path) -> None:
     from reliability.harness import assert_same_run
 
     spec = FAMILIES["supervised"]
-    ddp = ["engine.devices=2", "engine.strategy=ddp", "engine.max_epochs=4"]
+    ddp = ["engine.devices=2", "engine.strategy=ddp", "engine.max_epochs=3"]
     ref = run_cli(spec.args(tmp_path, tmp_path / "ref") + ddp, tmp_path)
     assert ref.returncode == 0, ref.stderr[-4000:]
     killed = run_cli(spec.args(tmp_path, tmp_path / "killed") + ddp, tmp_path, kill_at=3)
