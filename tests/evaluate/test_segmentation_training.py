@@ -163,6 +163,13 @@ def test_smoke_training_on_synthetic_vessels(tmp_path: Path) -> None:
     probs = sorted((run.predictions / "synthetic").glob("*-prob.png"))
     assert probs and len(probs) == len(list((run.predictions / "synthetic").glob("*-vessels.png")))
     segmenter = load_segmenter(run.path)
+    from retinassl.evaluate.segmentation_run import EvalDatasetConfig, run_segment_evaluate
+
+    other = RunDir.create(tmp_path / "runs", "evaluate")  # cross-dataset path: another scale
+    spec = EvalDatasetConfig(name="other", data=cfg.data, split="test",
+                             preprocess=segmenter.preprocess.model_copy(update={"size": 48}))
+    result = run_segment_evaluate(segmenter, spec, other, n_figures=0, n_boot=10)
+    assert len(result.table) == len(probs) and set(read_results(other.results_file)["task"]) == {"vessels:other"}
     from retinassl.data.cache import Cache
     from retinassl.data.manifest import Manifest
 

@@ -159,8 +159,8 @@ class Segmenter:
         return InputConfig.model_validate(self.meta["input"])
 
     @property
-    def preprocess(self) -> PreprocessConfig:
-        return PreprocessConfig.model_validate(self.meta["preprocess"])
+    def preprocess(self) -> SegmentPreprocessConfig:
+        return SegmentPreprocessConfig.model_validate(self.meta["preprocess"])
 
     @property
     def inference(self) -> InferenceConfig:
