@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm as _weight_norm
 
+from ..errors import ConfigError
 from .base import Encoder
 from .registry import register_encoder
 
@@ -66,7 +67,12 @@ class ConvNet(Encoder):
         self.feature_channels = (w1, w2, w2)
         self.reductions = (2, 4, 16)
 
+    min_input_size = 32  # two valid stride-2 convolutions after a stride of 4
+
     def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if min(x.shape[-2:]) < self.min_input_size:
+            raise ConfigError(f"the convnet encoder needs inputs of at least {self.min_input_size} px "
+                              f"(got {tuple(x.shape[-2:])}); use a larger patch_size or another encoder")
         f1 = self.block1(self.input_dropout(x))
         f2 = self.block2(f1)
         return [f1, f2, self.block3(f2)]
