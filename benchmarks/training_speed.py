@@ -102,8 +102,9 @@ def engine_loop(arch: str, kwargs: dict, data: Images, batch: int, steps: int) -
     timer = StepTimer(3)
     with tempfile.TemporaryDirectory() as tmp:
         run = RunDir.create(Path(tmp), "bench")
-        config = EngineConfig(max_epochs=1000, max_steps=steps + 3, batch_size=batch,
-                              checkpoint_every_n_steps=0, log_every_n_steps=10)
+        # one epoch covers every timed step (no epoch-end checkpoint inside the timing)
+        config = EngineConfig(max_epochs=1, max_steps=steps + 3, batch_size=batch,
+                              checkpoint_every_n_steps=-1, log_every_n_steps=10)
         fit(method, data, config=config, run=run, seed=0, callbacks=[timer])
     return steps * batch / (timer.end - timer.start)
 
@@ -116,7 +117,7 @@ def main() -> None:
     torch.set_num_threads(2)
     results, lines = {}, []
     for name, (arch, kwargs, size, batch) in CASES.items():
-        data = Images(batch * 8, size)
+        data = Images(batch * (args.steps + 4), size)
         runs = {"bare_fp32": [], "bare_fast": [], "engine": []}
         for _ in range(args.repeats):
             runs["bare_fp32"].append(bare_loop(arch, kwargs, data, batch, args.steps, fast=False))
