@@ -40,7 +40,7 @@ def _retinassl(*args: str, env: dict | None = None, cwd: Path | None = None) -> 
 def test_train_end_to_end_on_tiny_synthetic_data(tmp_path: Path) -> None:
     proc = _retinassl("train", "demo", "--runs-dir", str(tmp_path / "runs"), "data.options.n_images=12",
                       "data.options.size=64", "preprocess.size=64", "task.grid=2", "task.patch_size=32",
-                      "model.kwargs.width=4", "engine.max_epochs=1", "engine.batch_size=64",
+                      "model.kwargs.channels=[4,8,8]", "engine.max_epochs=1", "engine.batch_size=64",
                       f"data.cache_dir={tmp_path / 'cache'}", "data.options.out_dir=" + str(tmp_path / "syn"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = next((tmp_path / "runs").iterdir())

@@ -51,6 +51,25 @@ def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug lo
     setup_logging(logging.DEBUG if verbose else logging.INFO)
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is at the time of the record.
+
+    A handler bound to the stderr of its creation breaks when the CLI runs in-process more than
+    once (tests, notebooks) and an earlier stderr has been closed or replaced.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # the base class assigns it; the property ignores it
+        pass
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Log ``retinassl`` messages to stderr (rich on a terminal); keep libraries quiet."""
     logger = logging.getLogger("retinassl")
@@ -62,7 +81,7 @@ def setup_logging(level: int = logging.INFO) -> None:
             handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
             handler.setFormatter(logging.Formatter("%(message)s"))
         else:
-            handler = logging.StreamHandler()
+            handler = _CurrentStderrHandler()
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
