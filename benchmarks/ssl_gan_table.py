@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--name", default="ssl_gan_idrid_cpu")
     parser.add_argument("--command", default="", help="the sweep's command line, recorded verbatim")
+    parser.add_argument("--notes", type=Path, default=None,
+                        help="a Markdown file appended to the table (analysis, deviations)")
     args = parser.parse_args()
     results = read_results(args.run / "results.csv")
     config = yaml.safe_load((args.run / "config.yaml").read_text())
@@ -95,6 +97,8 @@ def main() -> None:
              "| check | ours | reference | met |\n|---|---|---|---|\n" + "\n".join(
                  f"| {c['check']} | {100 * c['ours']:.1f} | {100 * c['reference']:.1f} | "
                  f"{'yes' if c['met'] else 'no'} |" for c in checks)]
+    if args.notes is not None:
+        parts += ["", args.notes.read_text()]
     write_results(args.name, data, "\n".join(parts))
     print("\n".join(parts))
     if not np.isfinite([c["ours"] for c in checks]).all():
