@@ -63,20 +63,33 @@ def save_encoder(directory: str | Path, encoder: Encoder, *, arch: str, kwargs: 
     return path
 
 
-def read_encoder_meta(path: str | Path) -> dict[str, Any]:
-    """The JSON of an encoder checkpoint (``path`` is the directory or the JSON file)."""
+def read_meta_json(path: str | Path, meta_name: str, fmt: str, what: str, hint: str) -> dict[str, Any]:
+    """The JSON half of a saved model (encoder, segmenter, layer model...), checked for its format.
+
+    Args:
+        path: the model's directory, or its JSON file.
+        meta_name: the JSON file's name inside the directory.
+        fmt: the value its ``format`` key must have.
+        what: what the model is, for errors ("a retinassl encoder checkpoint").
+        hint: what such a directory holds or where it comes from, for the missing-file error.
+    """
     path = Path(path)
-    meta_path = path / ENCODER_META if path.is_dir() else path
+    meta_path = path / meta_name if path.is_dir() else path
     if not meta_path.is_file():
-        raise CheckpointError(f"{path}: no {ENCODER_META} found (an encoder checkpoint is a "
-                              f"directory with {ENCODER_META} and {ENCODER_WEIGHTS})")
+        raise CheckpointError(f"{path}: no {meta_name} found ({hint})")
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{meta_path}: invalid JSON ({exc})") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{meta_path}: not a retinassl encoder checkpoint")
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise CheckpointError(f"{meta_path}: not {what}")
     return meta
+
+
+def read_encoder_meta(path: str | Path) -> dict[str, Any]:
+    """The JSON of an encoder checkpoint (``path`` is the directory or the JSON file)."""
+    return read_meta_json(path, ENCODER_META, FORMAT, "a retinassl encoder checkpoint",
+                          f"an encoder checkpoint is a directory with {ENCODER_META} and {ENCODER_WEIGHTS}")
 
 
 def load_encoder(path: str | Path) -> tuple[Encoder, dict[str, Any]]:

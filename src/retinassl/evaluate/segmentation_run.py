@@ -28,7 +28,7 @@ import torch
 from pydantic import Field
 
 from ..atomic import write_text
-from ..checkpoint import read_safetensors, load_state_strict, save_encoder, versions
+from ..checkpoint import load_state_strict, read_meta_json, read_safetensors, save_encoder, versions
 from ..config import DataConfig, EngineConfig, ModelConfig, Section, to_yaml
 from ..data.cache import PreparedData
 from ..data.imageio import read_image, read_mask
@@ -37,7 +37,7 @@ from ..data.manifest import is_missing
 from ..data.preprocess import PreprocessConfig, fov_mask
 from ..data.splits import nested_subsets
 from ..engine import FitResult, fit
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import ConfigError, DataError
 from ..method import build_method
 from ..models import build_encoder
 from ..models.segmentation import UNet
@@ -221,15 +221,8 @@ def load_segmenter(path: str | Path) -> Segmenter:
     if (path / "segmenter" / SEGMENTER_META).is_file():
         path = path / "segmenter"
     meta_path = path / SEGMENTER_META if path.is_dir() else path
-    if not meta_path.is_file():
-        raise CheckpointError(f"{path}: no {SEGMENTER_META} (a segmenter directory is written by "
-                              f"`retinassl segment train` into <run>/segmenter)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{meta_path}: invalid JSON ({exc})") from None
-    if meta.get("format") != SEGMENTER_FORMAT:
-        raise CheckpointError(f"{meta_path}: not a retinassl segmenter")
+    meta = read_meta_json(path, SEGMENTER_META, SEGMENTER_FORMAT, "a retinassl segmenter",
+                          "a segmenter directory is written by `retinassl segment train` into <run>/segmenter")
     encoder = build_encoder(meta["arch"], **meta["kwargs"])
     dec = meta["decoder"]
     model = UNet(encoder, dec["out_channels"], dec["decoder_channels"], dec["stem_channels"])

@@ -31,9 +31,9 @@ from pydantic import Field
 from torch.utils.data import Dataset
 
 from ..atomic import write_text
-from ..checkpoint import load_state_strict, read_safetensors, save_encoder
+from ..checkpoint import load_state_strict, read_meta_json, read_safetensors, save_encoder
 from ..config import Section
-from ..errors import CheckpointError, DataError
+from ..errors import DataError
 from ..method import Method, register_method
 from ..models import Encoder, build_encoder
 from ..models.segmentation import UNet, UNetDecoder, segment
@@ -311,15 +311,8 @@ class LayerModel:
 def load_layer_model(directory: str | Path) -> LayerModel:
     """Rebuild a saved :class:`LayerModel` (weights loaded strictly)."""
     directory = Path(directory)
-    meta_path = directory / MODEL_META
-    if not meta_path.is_file():
-        raise CheckpointError(f"{directory}: not a layer-segmentation model (no {MODEL_META})")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{meta_path}: invalid JSON ({exc})") from None
-    if meta.get("format") != MODEL_FORMAT:
-        raise CheckpointError(f"{meta_path}: not a layer-segmentation model")
+    meta = read_meta_json(directory, MODEL_META, MODEL_FORMAT, "a layer-segmentation model",
+                          "not a layer-segmentation model")
     encoder = build_encoder(meta["arch"], **meta["encoder_kwargs"])
     net = UNet(encoder, len(meta["boundaries"]) + 1, meta["decoder_channels"])
     load_state_strict(net, read_safetensors(directory / MODEL_WEIGHTS), directory / MODEL_WEIGHTS)
