@@ -103,11 +103,23 @@ def main() -> None:
     parser.add_argument("--budget", choices=["smoke", "cpu", "full"], default="cpu")
     parser.add_argument("--resume", type=Path, default=None, help="continue this run directory")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs")
+    parser.add_argument("--inits", default=None,
+                        help="comma-separated initialisations to run (default: all of the budget's); "
+                             "e.g. a shorter comparison, or finishing a run one method at a time")
     args = parser.parse_args()
     from retinassl.cli import setup_logging
 
     setup_logging(logging.INFO)
     data = _with_data_root(read_yaml("idrid-transfer"))
+    if args.inits:
+        wanted = [name.strip() for name in args.inits.split(",") if name.strip()]
+        budget = (data.get("budgets") or {}).get(args.budget) or {}
+        holder = budget if "inits" in budget else data
+        known = [i["name"] for i in holder["inits"]]
+        unknown = sorted(set(wanted) - set(known))
+        if unknown:
+            raise SystemExit(f"--inits: unknown initialisation(s) {unknown}; the {args.budget} budget has {known}")
+        holder["inits"] = [i for i in holder["inits"] if i["name"] in wanted]
     config = resolve_config(data, args.budget)
     run = RunDir.resume(args.resume) if args.resume else RunDir.create(args.runs_dir, f"idrid-transfer-{args.budget}")
     run.attach_log_file()
