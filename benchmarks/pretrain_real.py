@@ -14,6 +14,7 @@ Usage: python benchmarks/pretrain_real.py [--steps 300] [--size 128] [--methods 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -39,13 +40,15 @@ SSL_POOL = [{"source": "idrid", "options": {"root": str(SHARED_DATA / "idrid"), 
 FUNDUS_POOL = [{"source": "idrid", "options": {"root": str(SHARED_DATA / "idrid"), "parts": ["B"]}}]
 
 
-def config_for(method: str, steps: int, size: int, batch: int) -> PretrainConfig:
+def config_for(method: str, steps: int, size: int, batch: int, arch: str = "resnet18",
+               kwargs: dict | None = None) -> PretrainConfig:
     supervised = method == "supervised"
-    data = {"name": f"real-{method}", "seed": 0, "runs_dir": str(ROOT / "runs" / "pretrain-real"),
+    tag = "" if arch == "resnet18" else f"-{arch}"
+    data = {"name": f"real-{method}{tag}", "seed": 0, "runs_dir": str(ROOT / "runs" / "pretrain-real"),
             "data": FUNDUS_POOL if supervised else SSL_POOL,
             "splits": ["train"] if supervised else None, "label": "abnormal" if supervised else None,
             "preprocess": {"size": size, "normalize": "max"},
-            "model": {"arch": "resnet18"},
+            "model": {"arch": arch, "kwargs": kwargs or {}},
             "method": {"name": method, "lr": 1e-3, **PARAMS.get(method, {})},
             "engine": {"max_epochs": 1000, "max_steps": steps, "batch_size": batch,
                        "log_every_n_steps": 5, "checkpoint_every_n_steps": 100}}
@@ -58,12 +61,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--arch", default="resnet18", help="encoder (e.g. unet for the vessel U-Net's)")
+    parser.add_argument("--kwargs", type=json.loads, default={}, help='encoder kwargs as JSON, e.g. \'{"channels": [16, 32, 64, 128]}\'')
+    parser.add_argument("--name", default="pretrain_real", help="results file name")
     args = parser.parse_args()
     torch.set_num_threads(2)
     os.environ.setdefault("RETINASSL_PROGRESS", "0")
     results, histories, lines = {}, {}, []
     for method in args.methods.split(","):
-        config = config_for(method, args.steps, args.size, args.batch)
+        config = config_for(method, args.steps, args.size, args.batch, args.arch, args.kwargs)
         run = RunDir.create(config.runs_dir, config.name)
         start = time.perf_counter()
         encoder_dir = run_pretrain(config, run)
@@ -87,16 +93,16 @@ def main() -> None:
                      f"{loss['end']:.4f} | {100 * (loss['end'] / loss['start'] - 1):+.0f} % | {others} | "
                      f"{seconds / 60:.1f} |")
         print(lines[-1], flush=True)
-    figure = curves_png(histories, RESULTS / "pretrain_real.png")
-    table = (f"ResNet18 from scratch, {args.size} px, batch {args.batch}, {args.steps} steps, AdamW lr 1e-3 "
+    figure = curves_png(histories, RESULTS / f"{args.name}.png")
+    table = (f"{args.arch} {args.kwargs or ''} from scratch, {args.size} px, batch {args.batch}, {args.steps} steps, AdamW lr 1e-3 "
              "with 5 % warm-up and cosine decay, bf16 autocast. Self-supervised pool: IDRiD part A + DRIVE + "
              "STARE (labels ignored); supervised: IDRiD part-B train, abnormal = DR grade > 0. Start/end: "
              "mean of the first/last tenth of the logged steps (every 5th step). Every encoder checkpoint "
              f"loaded back. Curves: `{figure.name}`.\n\n"
              "| method | images | steps | loss start | loss end | change | other curves (start -> end) | "
              "minutes |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
-    write_results("pretrain_real", {"steps": args.steps, "size": args.size, "batch": args.batch,
-                                    "methods": results}, table)
+    write_results(args.name, {"arch": args.arch, "kwargs": args.kwargs, "steps": args.steps, "size": args.size,
+                              "batch": args.batch, "methods": results}, table)
     print(table)
 
 
