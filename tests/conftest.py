@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,11 @@ import torch
 # Tests run two at a time (pytest -n 2) on two cores: one intra-op thread each.
 torch.set_num_threads(1)
 os.environ.setdefault("RETINASSL_PROGRESS", "0")
+# The suite's own cache (each xdist worker its own), never the user's ~/.cache/retinassl: a test that
+# counts decodes or feature extractions must not depend on what earlier runs left behind.
+if "RETINASSL_CACHE" not in os.environ:
+    os.environ["RETINASSL_CACHE"] = tempfile.mkdtemp(prefix="retinassl-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["RETINASSL_CACHE"], ignore_errors=True)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RETINASSL_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))

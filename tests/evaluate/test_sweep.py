@@ -62,10 +62,12 @@ def test_kfold_when_there_is_no_test_split() -> None:
 
 
 def _config(root: Path, encoder_dir: Path, **extra) -> dict:
+    # the cache lives next to the test's encoder (its tmp_path): tests that count feature
+    # extractions must not find features another test cached for an identical encoder
     return {
         "kind": "transfer", "name": "smoke", "seed": 0,
         "data": {"source": "manifest", "manifest": str(root / "data" / "manifest.csv"),
-                 "cache_dir": str(root / "cache")},
+                 "cache_dir": str(encoder_dir.parent / "cache")},
         "preprocess": {"size": 32},
         "model": {"arch": "convnet", "kwargs": {"width": 8}},
         "inits": [{"name": "scratch"}, {"name": "other", "init": str(encoder_dir)}],
