@@ -108,3 +108,20 @@ def build_method(name: str, params: dict[str, Any], encoder: Encoder,
     cls = method_class(name)
     config = validate(cls.Config, params, origin=f"method {name}")
     return (factory or cls)(config, encoder)
+
+
+def seeded_method(model: Any, method: dict[str, Any], default_name: str, seed: int) -> tuple[Method, Any]:
+    """The encoder that ``model`` (a :class:`~retinassl.config.ModelConfig`) asks for and the method
+    ``method`` (its ``name`` key, else ``default_name``) built around it, with layer initialisation
+    drawn from ``seed`` (the global RNG is left untouched): the same seed gives the same weights.
+
+    Returns ``(method, initial)`` with ``initial`` the :class:`~retinassl.models.initialize.InitialEncoder`.
+    """
+    from .models.initialize import initial_encoder
+
+    params = dict(method)
+    name = params.pop("name", default_name)
+    with torch.random.fork_rng(devices=[]):  # layer initialisation draws from the global RNG
+        torch.manual_seed(seed)
+        initial = initial_encoder(model)
+        return build_method(name, params, initial.encoder), initial

@@ -27,8 +27,7 @@ from .data.loading import Splits, ensure_splits, prepare
 from .engine import fit
 from .evaluate.metrics import roc_auc
 from .explain.heatmap import overlay, save_png
-from .method import build_method
-from .models.initialize import initial_encoder
+from .method import seeded_method
 from .results import append_results, result_row
 from .rundir import RunDir
 from .semisup.aggregate import image_scores, predict_patch_logits
@@ -103,12 +102,8 @@ def run_train(config: TrainConfig, run: RunDir, resume: bool = False,
         run.update_status(skipped=[{"id": i, "problem": p} for i, p in prepared.skipped])
     prepared.manifest.save(run.path / "manifest.csv")
     splits = ensure_splits(prepared, config.task.label, config.seed)
-    with torch.random.fork_rng(devices=[]):  # layer initialisation draws from the global RNG
-        torch.manual_seed(config.seed)
-        initial = initial_encoder(config.model)
-        params = dict(config.method)
-        name = params.pop("name", "supervised")
-        method = build_method(name, params, initial.encoder)
+    name = config.method.get("name", "supervised")
+    method, initial = seeded_method(config.model, config.method, name, config.seed)
     task = config.task
     if task.kind == "patch":
         train_rows, val_rows = _patch_rows(prepared, splits.train), _patch_rows(prepared, splits.val)

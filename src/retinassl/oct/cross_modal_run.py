@@ -27,10 +27,9 @@ from ..data.loading import load_manifest
 from ..data.manifest import Manifest
 from ..engine import fit
 from ..errors import ConfigError, DataError
-from ..method import build_method
+from ..method import seeded_method
 from ..results import append_results, result_row
 from ..rundir import RunDir
-from ..models.initialize import initial_encoder
 from .paired import ThicknessPairs, input_manifest
 
 log = logging.getLogger(__name__)
@@ -153,12 +152,8 @@ def run_cross_modal(config: CrossModalRunConfig, run: RunDir, resume: bool = Fal
     train_rows, val_rows, test_rows = (np.flatnonzero(splits == s) for s in ("train", "val", "test"))
     if len(train_rows) == 0:
         raise DataError("no training pairs (no row with split 'train')", path=prepared.manifest.name)
-    with torch.random.fork_rng(devices=[]):  # layer initialisation draws from the global RNG
-        torch.manual_seed(config.seed)
-        initial = initial_encoder(config.model)
-        params = dict(config.method)
-        name = params.pop("name", "cross-modal")
-        method = build_method(name, params, initial.encoder)
+    name = config.method.get("name", "cross-modal")
+    method, initial = seeded_method(config.model, config.method, name, config.seed)
     encoder = initial.encoder
     if encoder.in_channels != preprocess.channels:
         raise ConfigError(f"the encoder takes {encoder.in_channels} channels but the input "

@@ -21,7 +21,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import torch
 from pydantic import Field, field_validator
 
 from ..checkpoint import save_encoder
@@ -32,8 +31,7 @@ from ..data.loading import load_manifest
 from ..data.manifest import Manifest
 from ..engine import fit
 from ..errors import ConfigError, DataError
-from ..method import build_method
-from ..models.initialize import initial_encoder
+from ..method import seeded_method
 from ..results import append_results, result_row
 from ..rundir import RunDir
 
@@ -154,11 +152,7 @@ def run_pretrain(config: PretrainConfig, run: RunDir, resume: bool = False,
     if prepared.skipped:
         run.update_status(skipped=[{"id": i, "problem": p} for i, p in prepared.skipped])
     prepared.manifest.save(run.path / "manifest.csv")
-    with torch.random.fork_rng(devices=[]):  # layer initialisation draws from the global RNG
-        torch.manual_seed(config.seed)
-        initial = initial_encoder(config.model)
-        params = {k: v for k, v in config.method.items() if k != "name"}
-        method = build_method(name, params, initial.encoder)
+    method, initial = seeded_method(config.model, {**config.method, "name": name}, name, config.seed)
     if initial.kind == "external" and config.preprocess.normalize != "imagenet":
         log.warning("model.init is external weights but preprocess.normalize is %r; ImageNet "
                     "weights expect 'imagenet'", config.preprocess.normalize)
