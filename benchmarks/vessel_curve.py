@@ -33,11 +33,13 @@ from retinassl.report.html import build_report
 from retinassl.rundir import RunDir
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import SHARED_DATA  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--drive", default=str(HERE.parents[1] / "shared" / "data" / "drive"))
+    parser.add_argument("--drive", default=str(SHARED_DATA / "drive"))
     parser.add_argument("--init", action="append", default=None,
                         help="scratch or NAME=PATH of an encoder checkpoint (repeatable)")
     parser.add_argument("--sizes", default="1,2,5,10,20")

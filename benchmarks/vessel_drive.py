@@ -32,6 +32,8 @@ from retinassl.results import read_results
 from retinassl.rundir import RunDir
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import SHARED_DATA  # noqa: E402
 KEYS = ("dice", "sensitivity", "specificity", "accuracy", "auc")
 STARE_SCALES = (("native", 1.0), ("fov-diameter 0.77", 0.77), ("pixels-per-degree 0.6", 0.6))
 
@@ -51,8 +53,8 @@ def fmt(s: dict[str, float], key: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--drive", default=str(HERE.parents[1] / "shared" / "data" / "drive"))
-    parser.add_argument("--stare", default=str(HERE.parents[1] / "shared" / "data" / "stare"))
+    parser.add_argument("--drive", default=str(SHARED_DATA / "drive"))
+    parser.add_argument("--stare", default=str(SHARED_DATA / "stare"))
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a shared 2-core machine 2 threads spin-wait)")
