@@ -98,7 +98,7 @@ def main() -> None:
              "with 5 % warm-up and cosine decay, bf16 autocast. Self-supervised pool: IDRiD part A + DRIVE + "
              "STARE (labels ignored); supervised: IDRiD part-B train, abnormal = DR grade > 0. Start/end: "
              "mean of the first/last tenth of the logged steps (every 5th step). Every encoder checkpoint "
-             f"loaded back. Curves: `{figure.name}`.\n\n"
+             f"loaded back. Curves: `{figure.name}` (written next to this file; figures are not committed).\n\n"
              "| method | images | steps | loss start | loss end | change | other curves (start -> end) | "
              "minutes |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
     write_results(args.name, {"arch": args.arch, "kwargs": args.kwargs, "steps": args.steps, "size": args.size,
