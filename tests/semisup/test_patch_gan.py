@@ -79,6 +79,42 @@ def test_gaussian_initialisation() -> None:
     assert abs(float(conv.weight.std()) - 0.05) < 0.01
 
 
+def test_data_dependent_init_normalises_every_weight_normalised_layer() -> None:
+    from torch import nn
+
+    from retinassl.semisup.gan_nets import data_dependent_init
+    torch.manual_seed(0)
+    encoder = build_encoder("convnet", width=4, weight_norm=True, dropout=False)
+    net = nn.Sequential(encoder, nn.utils.parametrizations.weight_norm(nn.Linear(encoder.num_features, 2)))
+    x = torch.rand(32, 3, 32, 32) * 2 - 1
+    assert data_dependent_init(net, x, scale=1.0, last_scale=0.1) == 11  # 10 convs (2 of them NiN) + head
+    outputs = []       # after the init, a plain forward pass: every layer's output over the batch
+    hooks = [m.register_forward_hook(lambda _m, _i, o: outputs.append(o.detach()))
+             for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    net(x)
+    for h in hooks:
+        h.remove()
+    assert len(outputs) == 11
+    for out in outputs[:-1]:
+        per_channel = out.transpose(0, 1).reshape(out.shape[1], -1)
+        assert torch.allclose(per_channel.mean(1), torch.zeros(out.shape[1]), atol=1e-4)
+        assert torch.allclose(per_channel.std(1), torch.ones(out.shape[1]), atol=1e-3)
+    assert torch.allclose(outputs[-1].std(0), torch.full((2,), 0.1), atol=1e-4)
+
+
+def test_discriminator_is_data_initialised_once_on_the_first_step() -> None:
+    method = tiny_method()
+    before = method.head.parametrizations.weight.original0.clone()
+    batch = batch_of(tiny_dataset())
+    method.loss(batch, "discriminator", torch.Generator().manual_seed(0))
+    after = method.head.parametrizations.weight.original0.clone()
+    assert bool(method.data_initialised) and not torch.equal(before, after)
+    assert torch.equal(method.ema_head.parametrizations.weight.original0, after)  # EMA starts there
+    method.loss(batch, "discriminator", torch.Generator().manual_seed(0))
+    assert torch.equal(method.head.parametrizations.weight.original0, after)  # not again
+    assert bool(tiny_method(data_init=False).data_initialised)  # nothing left to initialise
+
+
 def _run(tmp: Path, steps: int, resume: bool = False, fail_at: int = 0, **params) -> torch.nn.Module:
     method = tiny_method(**params)
     if fail_at:

@@ -18,7 +18,14 @@ patches. Channel counts are configurable (narrower on CPU budgets).
 Initialisation (Table 6): "Isotropic gaussian (mu = 0, sigma = 0.05)" weights and "Constant (0)"
 biases, drawn from a ``torch.Generator`` (:func:`gaussian_init`). For weight-normalised layers the
 direction ``v`` is drawn and the gain ``g`` set to ``||v||``, so the effective weight is the drawn
-Gaussian.
+Gaussian. The discriminator then gets the **data-dependent initialisation** of weight normalisation
+(Salimans & Kingma 2016), which the feature-matching GAN's reference code runs on a batch of real
+images before the first update (``init_param(trainx[:500])``, "data based initialization"):
+:func:`data_dependent_init` sets every weight-normalised layer's gain and bias so that its
+pre-activations have zero mean and a chosen standard deviation over that batch. Without it, ten
+layers of N(0, 0.05) weights shrink the signal by orders of magnitude, and Adam at lr 3e-4 needs
+thousands of steps just to rescale the gains (measured on IDRiD: the supervised loss stayed at
+the class prior for 400 steps).
 """
 
 from __future__ import annotations
@@ -96,3 +103,60 @@ def gaussian_init(module: nn.Module, std: float, generator: torch.Generator) -> 
             g.copy_(v.pow(2).sum(dim=dims, keepdim=True).sqrt())
         else:
             layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * std)
+
+
+def _weight_norm_parts(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(g, v)`` of a layer weight-normalised with ``torch.nn.utils.parametrizations.weight_norm``."""
+    param = getattr(layer, "parametrizations", None)
+    if param is None or "weight" not in param:
+        return None
+    return param.weight.original0, param.weight.original1
+
+
+@torch.no_grad()
+def data_dependent_init(module: nn.Module, x: torch.Tensor, scale: float = 1.0,
+                        last_scale: float | None = None, eps: float = 1e-6) -> int:
+    """Data-dependent initialisation of every weight-normalised conv/linear layer of ``module``.
+
+    One forward pass of ``x`` through ``module``; each weight-normalised layer (in the order the
+    pass reaches it) gets ``g <- g * s / sigma`` and ``b <- (b - mu) * s / sigma``, with ``mu`` and
+    ``sigma`` the per-output-channel mean and standard deviation of its output over the batch (and
+    positions), and its output is replaced by the re-initialised one so that later layers see it.
+    Every layer's pre-activations then have mean 0 and standard deviation ``s`` on ``x``.
+
+    Args:
+        module: the network (its current mode, e.g. dropout in training, is used).
+        x: a batch of real inputs.
+        scale: ``s`` of the hidden layers (1).
+        last_scale: ``s`` of the last weight-normalised layer reached (the logits; Salimans et
+            al.'s code uses 0.1); None: ``scale``.
+        eps: added to ``sigma``.
+
+    Returns the number of layers initialised. A layer without a bias gets only its gain set.
+    """
+    layers = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+              and _weight_norm_parts(m) is not None]
+    order: list[nn.Module] = []
+
+    def hook(layer: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        order.append(layer)
+        out = output.float()
+        dims = [d for d in range(out.ndim) if d != 1]
+        mu, sigma = out.mean(dim=dims), out.std(dim=dims) + eps
+        s = last_scale if (last_scale is not None and len(order) == len(layers)) else scale
+        g, _ = _weight_norm_parts(layer)  # type: ignore[misc]
+        g.mul_((s / sigma).view(g.shape).to(g.dtype))
+        shape = [1] * out.ndim
+        shape[1] = -1
+        if layer.bias is not None:
+            layer.bias.sub_(mu.to(layer.bias.dtype)).mul_((s / sigma).to(layer.bias.dtype))
+            return ((out - mu.view(shape)) * (s / sigma).view(shape)).to(output.dtype)
+        return (out * (s / sigma).view(shape)).to(output.dtype)
+
+    handles = [layer.register_forward_hook(hook) for layer in layers]
+    try:
+        module(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return len(order)

@@ -16,7 +16,9 @@ GANs".)
   matching on ``h(x)``, the pooled activations after the NiN layers.
 - Adam (lr 3e-4, beta1 0.5) for both networks, the learning rate decaying linearly to 0 over the
   last ``1 - decay_start`` of the run (Table 6: 1200 epochs, "linear to 0 after 1000 epochs",
-  i.e. ``decay_start = 1000 / 1200``), Gaussian initialisation (sigma 0.05, biases 0), and "an
+  i.e. ``decay_start = 1000 / 1200``), Gaussian initialisation (sigma 0.05, biases 0) followed by
+  the data-dependent initialisation of the weight-normalised discriminator on the first training
+  batch (:func:`~retinassl.semisup.gan_nets.data_dependent_init`, as in Salimans et al.'s code), and "an
   exponential moving average of the parameters for inference" (decay 0.999; see ``ema_decay``).
 - Augmentation: "random cropping and flipping": each real patch arrives as a window with a context
   margin around its grid cell (:class:`retinassl.semisup.patch_bank.PatchBank`); a random
@@ -48,7 +50,7 @@ from ..evaluate.metrics import roc_auc
 from ..method import Method, register_method
 from ..models import Encoder
 from . import gan_losses as losses
-from .gan_nets import PatchGenerator, discriminator_head, gaussian_init
+from .gan_nets import PatchGenerator, data_dependent_init, discriminator_head, gaussian_init
 
 
 class SSLGANConfig(Section):
@@ -77,6 +79,9 @@ class SSLGANConfig(Section):
             IDRiD the ratio swings between ~0.002 and ~0.8 in healthy early training, so only a
             generator stuck far below that for 10 checks counts as collapsed.)
         collapse_every: steps between checks (0: never check).
+        data_init: data-dependent initialisation of the discriminator's weight-normalised layers
+            on the real patches of the first training batch (hidden pre-activations: mean 0, sd 1;
+            logits: sd ``data_init_logit_scale``, 0.1 in Salimans et al.'s code).
     """
 
     num_classes: int = Field(2, ge=2)
@@ -95,6 +100,8 @@ class SSLGANConfig(Section):
     collapse_ratio: float = Field(0.001, ge=0)
     collapse_patience: int = Field(10, ge=1)
     collapse_every: int = Field(10, ge=0)
+    data_init: bool = True
+    data_init_logit_scale: float = Field(0.1, gt=0)
 
 
 def crop_and_flip(windows: torch.Tensor, size: int, generator: torch.Generator,
@@ -165,6 +172,7 @@ class SSLGAN(Method):
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("collapsed_checks", torch.zeros((), dtype=torch.long))
         self.register_buffer("last_variance_ratio", torch.full((), float("nan")))
+        self.register_buffer("data_initialised", torch.tensor(not config.data_init))
 
     # -- networks ----------------------------------------------------------------------------
     def _discriminator_parameters(self) -> list[nn.Parameter]:
@@ -198,6 +206,17 @@ class SSLGAN(Method):
             linear.weight.copy_((weight[1] - weight[0])[None].float())
             linear.bias.copy_((bias[1] - bias[0])[None].float())
         return linear
+
+    @torch.no_grad()
+    def initialise_from_data(self, real: torch.Tensor) -> None:
+        """Data-dependent initialisation of the discriminator (and its EMA copy) on ``real``
+        patches in [-1, 1]; done once, on the first training batch (the flag is checkpointed)."""
+        with torch.autocast(device_type=real.device.type, enabled=False):
+            data_dependent_init(nn.Sequential(self.encoder, self.head), real.float(),
+                                last_scale=self.config.data_init_logit_scale)
+        self.ema_encoder.load_state_dict(self.encoder.state_dict())
+        self.ema_head.load_state_dict(self.head.state_dict())
+        self.data_initialised.fill_(True)
 
     # -- training ----------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -240,6 +259,8 @@ class SSLGAN(Method):
     def _discriminator_loss(self, unlabelled: torch.Tensor, batch: dict[str, Any],
                             generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         labelled = self._real(batch["labelled"], generator)
+        if not bool(self.data_initialised):
+            self.initialise_from_data(torch.cat([labelled, unlabelled]))
         with torch.no_grad():
             fake = self._fake(unlabelled.shape[0], generator, unlabelled)
         n_lab, n_unl = labelled.shape[0], unlabelled.shape[0]
