@@ -21,6 +21,9 @@ def test_supervised_loss_by_hand() -> None:
     labels = torch.tensor([1, 0])
     expected = (-math.log(3 / 4) - math.log(2 / 3)) / 2
     assert abs(float(L.supervised_loss(logits, labels)) - expected) < 1e-6
+    # class weights (1, 4): the diseased patch counts 4 times, normalised by the weights' sum
+    weighted = (4 * -math.log(3 / 4) + 1 * -math.log(2 / 3)) / (4 + 1)
+    assert abs(float(L.supervised_loss(logits, labels, torch.tensor([1.0, 4.0]))) - weighted) < 1e-6
 
 
 def test_unsupervised_loss_by_hand() -> None:

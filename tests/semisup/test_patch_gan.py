@@ -176,3 +176,19 @@ def test_patch_classifier_folds_the_ema_head(tmp_path: Path) -> None:
     loaded, meta = PatchClassifier.load(tmp_path / "clf")
     assert meta["patch_classifier"]["input_range"] == "tanh"
     assert torch.allclose(loaded(cells), classifier(cells), atol=1e-6)
+
+
+def test_balanced_ssl_gan_weights_classes_by_labelled_prevalence() -> None:
+    from retinassl.config import ModelConfig
+    from retinassl.semisup.config import LearnerConfig
+    from retinassl.semisup.training import _pos_weight, build_learner_method
+    model = ModelConfig(arch="convnet", kwargs={"width": 4, "weight_norm": True, "dropout": True})
+    method_params = {"name": "ssl-gan", "generator_channels": [8, 8, 4, 4], "latent_dim": 8}
+    labels = np.array([0, 0, 0, 1, 0, 0, 0, 1])  # 2 diseased of 8: weight 6 / 2 = 3
+    balanced = LearnerConfig(method={**method_params, "balance_classes": True}, model=model)
+    method, _, _ = build_learner_method(balanced, 0, _pos_weight(labels))
+    assert method.config.class_weights == (1.0, 3.0)
+    plain, _, _ = build_learner_method(LearnerConfig(method=method_params, model=model), 0,
+                                       _pos_weight(labels))
+    assert plain.config.class_weights is None
+    assert _pos_weight(np.zeros(5)) is None

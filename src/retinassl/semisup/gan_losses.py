@@ -36,9 +36,15 @@ def fake_probability(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(-torch.logsumexp(logits.float(), dim=1))
 
 
-def supervised_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``-mean log p(y | x, y < K + 1)``: cross-entropy over the K real-class logits."""
-    return F.cross_entropy(logits.float(), labels.long())
+def supervised_loss(logits: torch.Tensor, labels: torch.Tensor,
+                    class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``-mean log p(y | x, y < K + 1)``: cross-entropy over the K real-class logits.
+
+    ``class_weights`` ``(K,)``: a weighted mean (``sum_i w_{y_i} l_i / sum_i w_{y_i}``), as
+    ``torch.nn.functional.cross_entropy`` defines it; None: the plain mean.
+    """
+    weight = None if class_weights is None else class_weights.to(logits.device, torch.float32)
+    return F.cross_entropy(logits.float(), labels.long(), weight=weight)
 
 
 def unsupervised_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:

@@ -79,6 +79,10 @@ class SSLGANConfig(Section):
             IDRiD the ratio swings between ~0.002 and ~0.8 in healthy early training, so only a
             generator stuck far below that for 10 checks counts as collapsed.)
         collapse_every: steps between checks (0: never check).
+        class_weights: weights of the K classes in ``L_supervised`` (None: unweighted, as in the
+            paper). The learner sets ``(1, negatives / positives)`` when ``balance_classes`` is on.
+        balance_classes: ask the learner for class weights from the labelled patches' prevalence
+            (the "balanced class-weighting" of the paper's supervised baselines, Table 5).
         data_init: data-dependent initialisation of the discriminator's weight-normalised layers
             on the real patches of the first training batch (hidden pre-activations: mean 0, sd 1;
             logits: sd ``data_init_logit_scale``, 0.1 in Salimans et al.'s code).
@@ -100,6 +104,8 @@ class SSLGANConfig(Section):
     collapse_ratio: float = Field(0.001, ge=0)
     collapse_patience: int = Field(10, ge=1)
     collapse_every: int = Field(10, ge=0)
+    class_weights: tuple[float, ...] | None = None
+    balance_classes: bool = False
     data_init: bool = True
     data_init_logit_scale: float = Field(0.1, gt=0)
 
@@ -173,6 +179,11 @@ class SSLGAN(Method):
         self.register_buffer("collapsed_checks", torch.zeros((), dtype=torch.long))
         self.register_buffer("last_variance_ratio", torch.full((), float("nan")))
         self.register_buffer("data_initialised", torch.tensor(not config.data_init))
+        if config.class_weights is not None and len(config.class_weights) != config.num_classes:
+            raise ValueError(f"class_weights has {len(config.class_weights)} values for "
+                             f"{config.num_classes} classes")
+        self._class_weights = (None if config.class_weights is None
+                               else torch.tensor(config.class_weights, dtype=torch.float32))
 
     # -- networks ----------------------------------------------------------------------------
     def _discriminator_parameters(self) -> list[nn.Parameter]:
@@ -267,7 +278,7 @@ class SSLGAN(Method):
         logits, features = self.discriminate(torch.cat([labelled, unlabelled, fake]))
         logits_lab, logits_real = logits[:n_lab], logits[:n_lab + n_unl]
         logits_fake = logits[n_lab + n_unl:]
-        l_sup = losses.supervised_loss(logits_lab, batch["label"])
+        l_sup = losses.supervised_loss(logits_lab, batch["label"], self._class_weights)
         l_unsup = losses.unsupervised_loss(logits_real, logits_fake)
         total = l_sup + self.config.unsupervised_weight * l_unsup
         metrics = {"l_supervised": float(l_sup.detach()), "l_unsupervised": float(l_unsup.detach()),

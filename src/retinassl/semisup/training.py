@@ -63,9 +63,19 @@ def build_learner_method(learner: LearnerConfig, seed: int,
     if name == "ssl-gan":
         params.setdefault("init_seed", seed)
         params.setdefault("patch_size", learner.patch_size)
+        if params.get("balance_classes") and pos_weight is not None:
+            params.setdefault("class_weights", (1.0, pos_weight))
     elif name == "supervised" and pos_weight is not None and learner.balance:
         params.setdefault("pos_weight", pos_weight)
     return build_method(name, params, built.encoder), built.arch, built.kwargs
+
+
+def _pos_weight(labels: np.ndarray | None) -> float | None:
+    """Negatives / positives among patch ``labels`` (None when one class is absent)."""
+    if labels is None or len(labels) == 0:
+        return None
+    positives = float(np.mean(labels))
+    return (1 - positives) / positives if 0 < positives < 1 else None
 
 
 def _validation(data: PatchData, learner: LearnerConfig, seed: int) -> Dataset | None:
@@ -89,14 +99,15 @@ def train_learner(learner: LearnerConfig, data: PatchData, labelled: np.ndarray,
         train_bank = data.bank("train", p, learner.margin)
         unlabelled = concat_banks([train_bank, data.bank("pool", p, learner.margin)]) if use_pool \
             else train_bank
-        dataset: Dataset = SemiSupervisedPatches(unlabelled, train_bank.images(labelled), seed)
-        method, arch, kwargs = build_learner_method(learner, seed)
+        labelled_bank = train_bank.images(labelled)
+        dataset: Dataset = SemiSupervisedPatches(unlabelled, labelled_bank, seed)
+        method, arch, kwargs = build_learner_method(learner, seed, _pos_weight(labelled_bank.labels))
         log.info("ssl-gan: %d labelled images (%d patches), %d unlabelled patches", len(labelled),
                  len(labelled) * train_bank.per_image, len(unlabelled))
     elif name == "supervised":
         bank = data.bank("train", p, 0).images(labelled)
         positives = float(bank.labels.mean())  # type: ignore[union-attr]
-        pos_weight = (1 - positives) / positives if 0 < positives < 1 else None
+        pos_weight = _pos_weight(bank.labels)
         dataset = LabelledPatches(bank, length=max(len(bank), len(data.train) * bank.per_image))
         method, arch, kwargs = build_learner_method(learner, seed, pos_weight)
         log.info("supervised %s: %d labelled images, %d patches (%.1f%% diseased)",
