@@ -124,6 +124,8 @@ def test_three_stage_run_leaves_an_encoder(paired_dataset, tmp_path, tiny_layer_
     run = RunDir.create(cfg.runs_dir, "cm")
     metrics = run_cross_modal(cfg, run)
     assert np.isfinite(metrics["mae_um"]) and np.isfinite(metrics["baseline_mae_um"])
+    # deviant pixels are those where the mean map misses by > deviant_um (30), by definition
+    assert metrics["pixels_deviant"] == 0 or metrics["baseline_mae_um_deviant"] > 30
     # the segmented maps agree with the generator's exact ones (within the tiny model's error)
     assert metrics["target_mae_um_vs_manifest"] < 25
     encoder, meta = load_encoder(run.encoder_dir)

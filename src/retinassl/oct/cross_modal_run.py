@@ -52,6 +52,9 @@ class CrossModalRunConfig(Section):
         method: ``cross-modal`` settings.
         engine: training settings.
         predictions: test pairs drawn as figures in the report.
+        deviant_um: the test errors are also reported over the *deviant* pixels, where the target
+            departs from the mean training map by more than this many micrometres (oedema,
+            thinning): there, predicting the typical map fails and the fundus image must be read.
     """
 
     name: str = "cross-modal"
@@ -68,6 +71,7 @@ class CrossModalRunConfig(Section):
     method: dict[str, Any] = Field(default_factory=lambda: {"name": "cross-modal"})
     engine: EngineConfig = EngineConfig(max_epochs=20, batch_size=32, checkpoint_every_n_steps=200)
     predictions: int = Field(6, ge=0)
+    deviant_um: float = Field(30.0, gt=0)
 
 
 def segmented_maps(manifest: Manifest, layer_model: Path, map_size: int = 128) -> tuple[list[np.ndarray], list[dict]]:
@@ -130,7 +134,8 @@ def run_cross_modal(config: CrossModalRunConfig, run: RunDir, resume: bool = Fal
 
     Returns:
         test metrics: ``mae_um``/``rmse_um`` against the targets, ``baseline_mae_um`` (predicting
-        the mean training map), with ``maps: segment`` also ``*_vs_manifest`` against the
+        the mean training map), the same three over the deviant pixels (``*_deviant``,
+        ``pixels_deviant``; see ``deviant_um``), with ``maps: segment`` also ``*_vs_manifest`` against the
         manifest's maps, and the quality counts.
     """
     run.write_config(to_yaml(config))
@@ -180,8 +185,11 @@ def run_cross_modal(config: CrossModalRunConfig, run: RunDir, resume: bool = Fal
         pred = predict_maps(method, dataset, eval_rows)
         target, mask = dataset.targets[eval_rows], dataset.masks[eval_rows]
         metrics.update(regression_errors(pred, target, mask))
-        metrics["baseline_mae_um"] = regression_errors(np.broadcast_to(mean_map, pred.shape), target,
-                                                       mask)["mae_um"]
+        baseline = np.broadcast_to(mean_map, pred.shape)
+        metrics["baseline_mae_um"] = regression_errors(baseline, target, mask)["mae_um"]
+        deviant = (mask > 0) & (np.abs(target - baseline) > config.deviant_um)
+        metrics.update({f"{k}_deviant": v for k, v in regression_errors(pred, target, deviant).items()})
+        metrics["baseline_mae_um_deviant"] = regression_errors(baseline, target, deviant)["mae_um"]
         if maps is not None and "thickness_map" in prepared.manifest.frame.columns:
             truth = ThicknessPairs(prepared, config.input, "mask")
             t_target, t_mask = truth.targets[eval_rows], truth.masks[eval_rows] * (mask > 0)
