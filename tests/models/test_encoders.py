@@ -48,3 +48,15 @@ def test_unknown_encoder_and_bad_kwargs() -> None:
     with pytest.raises(ConfigError, match="encoder 'resnet18'"):
         build_encoder("resnet18", depth=3)
     assert {"convnet", "resnet18", "resnet34", "resnet50", "unet"} <= set(encoder_names())
+
+
+def test_convnet_input_dropout_zeroes_without_rescaling_and_is_identity_in_eval() -> None:
+    from retinassl.models.convnet import InputDropout
+    drop = InputDropout(0.2)
+    x = torch.rand(4, 3, 32, 32) * 0.9 + 0.1           # no zeros to begin with
+    torch.manual_seed(0)
+    y = drop.train()(x)
+    kept = y != 0
+    assert torch.equal(y[kept], x[kept])                 # kept values exactly as they were
+    assert abs(1 - float(kept.float().mean()) - 0.2) < 0.02
+    assert torch.equal(drop.eval()(x), x)

