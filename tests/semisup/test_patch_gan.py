@@ -192,3 +192,18 @@ def test_balanced_ssl_gan_weights_classes_by_labelled_prevalence() -> None:
                                        _pos_weight(labels))
     assert plain.config.class_weights is None
     assert _pos_weight(np.zeros(5)) is None
+
+
+def test_generator_output_layer_is_data_initialised_when_asked() -> None:
+    method = tiny_method(data_init_generator=True)     # init_seed 1: the init noise is seeded 2
+    batch = batch_of(tiny_dataset())
+    method.loss(batch, "discriminator", torch.Generator().manual_seed(0))
+    z = method.generator_net.sample_latent(16, torch.Generator().manual_seed(2))  # 8 + 8 real
+    captured = []
+    last = method.generator_net.deconv[-2]            # the weight-normalised ConvTranspose2d
+    last.register_forward_hook(lambda _m, _i, o: captured.append(o.detach()))
+    with torch.no_grad():
+        method.generator_net(z)                        # same noise, same batch statistics
+    per_channel = captured[0].transpose(0, 1).reshape(captured[0].shape[1], -1)
+    assert torch.allclose(per_channel.std(1), torch.full((per_channel.shape[0],), 0.1), atol=1e-3)
+    assert torch.allclose(per_channel.mean(1), torch.zeros(per_channel.shape[0]), atol=1e-4)

@@ -116,7 +116,8 @@ def _weight_norm_parts(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | 
 @torch.no_grad()
 def data_dependent_init(module: nn.Module, x: torch.Tensor, scale: float = 1.0,
                         last_scale: float | None = None, eps: float = 1e-6) -> int:
-    """Data-dependent initialisation of every weight-normalised conv/linear layer of ``module``.
+    """Data-dependent initialisation of every weight-normalised (transposed) conv/linear layer of
+    ``module``.
 
     One forward pass of ``x`` through ``module``; each weight-normalised layer (in the order the
     pass reaches it) gets ``g <- g * s / sigma`` and ``b <- (b - mu) * s / sigma``, with ``mu`` and
@@ -134,7 +135,8 @@ def data_dependent_init(module: nn.Module, x: torch.Tensor, scale: float = 1.0,
 
     Returns the number of layers initialised. A layer without a bias gets only its gain set.
     """
-    layers = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+    layers = [m for m in module.modules()
+              if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))
               and _weight_norm_parts(m) is not None]
     order: list[nn.Module] = []
 
