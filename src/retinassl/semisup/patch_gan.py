@@ -226,13 +226,18 @@ class SSLGAN(Method):
     @torch.no_grad()
     def initialise_from_data(self, real: torch.Tensor) -> None:
         """Data-dependent initialisation of the discriminator (and its EMA copy) on ``real``
-        patches in [-1, 1]; done once, on the first training batch (the flag is checkpointed)."""
+        patches in [-1, 1]; done once, on the first training batch (the flag is checkpointed).
+        Under DDP every rank sees a different batch, so rank 0's result is broadcast to all."""
         with torch.autocast(device_type=real.device.type, enabled=False):
             data_dependent_init(nn.Sequential(self.encoder, self.head), real.float(),
                                 last_scale=self.config.data_init_logit_scale)
             if self.config.data_init_generator:
                 z = self.generator_net.sample_latent(real.shape[0], self._init_rng)
                 data_dependent_init(self.generator_net, z.to(real.device), scale=0.1)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for tensor in [*self.encoder.parameters(), *self.head.parameters(),
+                           *self.generator_net.parameters(), *self.generator_net.buffers()]:
+                torch.distributed.broadcast(tensor.data, src=0)
         self.ema_encoder.load_state_dict(self.encoder.state_dict())
         self.ema_head.load_state_dict(self.head.state_dict())
         self.data_initialised.fill_(True)
