@@ -65,9 +65,8 @@ def curves_figure(table: pd.DataFrame, task: str, metric: str, path: Path, inits
             style = {"color": "black", "lw": 2.0, "ls": "--"} if n == 0 else {"color": colours(n % 10), "lw": 1.3}
             ax.plot(dodge, mean, marker="o", ms=3, label=init, **style)
             ok = np.isfinite(lo) & np.isfinite(hi)
-            if ok.any():
-                ax.errorbar(dodge[ok], mean[ok], yerr=[mean[ok] - lo[ok], hi[ok] - mean[ok]], fmt="none",
-                            ecolor=style["color"], elinewidth=0.8, capsize=2, alpha=0.7)
+            if ok.any():  # the interval itself: a bootstrap interval need not contain the mean
+                ax.vlines(dodge[ok], lo[ok], hi[ok], colors=style["color"], lw=0.8, alpha=0.7)
         ax.set_xscale("log")
         ax.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)])
         ax.minorticks_off()
