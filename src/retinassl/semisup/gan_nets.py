@@ -23,9 +23,8 @@ Gaussian. The discriminator then gets the **data-dependent initialisation** of w
 images before the first update (``init_param(trainx[:500])``, "data based initialization"):
 :func:`data_dependent_init` sets every weight-normalised layer's gain and bias so that its
 pre-activations have zero mean and a chosen standard deviation over that batch. Without it, ten
-layers of N(0, 0.05) weights shrink the signal by orders of magnitude, and Adam at lr 3e-4 needs
-thousands of steps just to rescale the gains (measured on IDRiD: the supervised loss stayed at
-the class prior for 400 steps).
+layers of N(0, 0.05) weights shrink the signal's variance by roughly 0.4 per layer (about 1e-4
+after ten), which Adam at lr 3e-4 must undo by slowly growing the gains.
 """
 
 from __future__ import annotations
