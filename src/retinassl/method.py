@@ -117,11 +117,10 @@ def seeded_method(model: Any, method: dict[str, Any], default_name: str, seed: i
 
     Returns ``(method, initial)`` with ``initial`` the :class:`~retinassl.models.initialize.InitialEncoder`.
     """
-    from .models.initialize import initial_encoder
+    from .models.initialize import initial_encoder, seeded_init
 
     params = dict(method)
     name = params.pop("name", default_name)
-    with torch.random.fork_rng(devices=[]):  # layer initialisation draws from the global RNG
-        torch.manual_seed(seed)
+    with seeded_init(seed):  # the method's own layers (heads, decoders) are seeded too
         initial = initial_encoder(model)
         return build_method(name, params, initial.encoder), initial

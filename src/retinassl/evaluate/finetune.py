@@ -36,8 +36,7 @@ from ..config import EngineConfig, ModelConfig, Section
 from ..data.cache import PreparedData
 from ..data.datasets import ImageDataset
 from ..engine import fit
-from ..method import build_method
-from ..models.initialize import initial_encoder
+from ..method import build_method, seeded_method
 from ..pretrain.supervised import Supervised
 from ..rundir import RunDir
 from .tasks import TaskSpec
@@ -128,13 +127,10 @@ def build_classifier(model: ModelConfig, task: TaskSpec, prepared: PreparedData,
                      config: FinetuneConfig, seed: int, pos_weight: float | None = None) -> tuple[Supervised, Any]:
     """The ``supervised`` method around the initial encoder of ``model``; scratch weights and the
     head's initialisation are drawn from ``seed`` (not from the global RNG state)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        initial = initial_encoder(model)
-        params = {**task.supervised_params(prepared.manifest), "lr": config.lr,
-                  "weight_decay": config.weight_decay, "augment": config.augment,
-                  "dropout": config.dropout, "schedule": "cosine", "pos_weight": pos_weight}
-        method = build_method("supervised", params, initial.encoder)
+    params = {**task.supervised_params(prepared.manifest), "lr": config.lr,
+              "weight_decay": config.weight_decay, "augment": config.augment,
+              "dropout": config.dropout, "schedule": "cosine", "pos_weight": pos_weight}
+    method, initial = seeded_method(model, params, "supervised", seed)
     if config.monitor == "loss" or task.kind != "binary":
         method.monitor = ("loss", "min")
     return method, initial

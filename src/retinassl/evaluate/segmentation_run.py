@@ -38,7 +38,7 @@ from ..data.preprocess import PreprocessConfig, fov_mask
 from ..data.splits import nested_subsets
 from ..engine import FitResult, fit
 from ..errors import ConfigError, DataError
-from ..method import build_method
+from ..method import seeded_method
 from ..models import build_encoder
 from ..models.segmentation import UNet
 from ..results import append_results, read_results, result_row
@@ -170,8 +170,6 @@ class Segmenter:
 def build_vessel_method(config: SegmentConfig, steps_per_epoch: int) -> tuple[VesselSegmentation, dict]:
     """The segmentation method around the encoder ``config.model`` asks for; returns it and the
     encoder's ``{"arch", "kwargs", "kind"}``."""
-    from ..models.initialize import initial_encoder
-
     model = config.model
     if model.init == "scratch" and "in_channels" not in model.kwargs:
         model = model.model_copy(update={"kwargs": {**model.kwargs, "in_channels": config.input.num_channels}})
@@ -180,13 +178,10 @@ def build_vessel_method(config: SegmentConfig, steps_per_epoch: int) -> tuple[Ve
     if name != VesselSegmentation.name:
         raise ConfigError(f"method.name must be {VesselSegmentation.name!r} for segmentation, not {name!r}")
     params["freeze_encoder_steps"] = config.train.freeze_encoder_epochs * steps_per_epoch
-    with torch.random.fork_rng(devices=[]):  # layer initialisation draws from the global RNG
-        torch.manual_seed(config.seed)
-        initial = initial_encoder(model)
-        if initial.encoder.in_channels not in (config.input.num_channels, 3):
-            raise ConfigError(f"the encoder takes {initial.encoder.in_channels} channel(s) but input."
-                              f"channels is {config.input.channels!r}")
-        method = build_method(name, params, initial.encoder)
+    method, initial = seeded_method(model, params, name, config.seed)
+    if initial.encoder.in_channels not in (config.input.num_channels, 3):
+        raise ConfigError(f"the encoder takes {initial.encoder.in_channels} channel(s) but input."
+                          f"channels is {config.input.channels!r}")
     return method, {"arch": initial.arch, "kwargs": initial.kwargs, "kind": initial.kind}  # type: ignore[return-value]
 
 

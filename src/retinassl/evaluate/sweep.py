@@ -48,7 +48,7 @@ from ..data.loading import load_manifest
 from ..data.manifest import Manifest
 from ..data.splits import nested_subsets, stratified_kfold
 from ..errors import ConfigError, DataError
-from ..models.initialize import initial_encoder
+from ..models.initialize import seeded_initial_encoder
 from ..results import append_results, read_results, result_row
 from ..rundir import RunDir
 from .features import extract_features
@@ -483,9 +483,7 @@ class TransferSweep:
                 if cell_key(p["task"].name, spec.name, "probe", c["fraction"], c["seed"], c["fold"]) not in done]
         if not todo:
             return
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            encoder = initial_encoder(model).encoder
+        encoder = seeded_initial_encoder(model, config.seed).encoder
         with assert_frozen(encoder):
             features = extract_features(encoder, prepared, config.data.cache_dir)
             append_results(self.run.results_file, [
@@ -562,9 +560,7 @@ class TransferSweep:
                 path = figures / f"tsne-{spec.name}.png"
                 if path.is_file():
                     continue
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(config.seed)
-                    encoder = initial_encoder(self.model_of(spec)).encoder
+                encoder = seeded_initial_encoder(self.model_of(spec), config.seed).encoder
                 with assert_frozen(encoder):
                     features = extract_features(encoder, prepared, config.data.cache_dir)
                 tsne_figure(features.values[rows], class_labels(task, prepared.manifest)[rows], path,

@@ -4,9 +4,13 @@ encoder checkpoints, or from a weights file made elsewhere (``model.init``)."""
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+import torch
 
 from ..checkpoint import ENCODER_META, load_encoder
 from ..config import ModelConfig
@@ -68,3 +72,18 @@ def initial_encoder(model: ModelConfig) -> InitialEncoder:
     encoder = build_encoder(model.arch, **model.kwargs)
     load_external_weights(encoder, model.init, allow_pickle=model.allow_pickle, prefix=model.init_prefix)
     return InitialEncoder(encoder, model.arch, dict(model.kwargs), kind)
+
+
+@contextmanager
+def seeded_init(seed: int) -> Iterator[None]:
+    """Layer initialisation inside the block draws from ``seed``; the global RNG is left as it was
+    (PyTorch's default initialisers draw from the global generator)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def seeded_initial_encoder(model: ModelConfig, seed: int) -> InitialEncoder:
+    """:func:`initial_encoder` with scratch weights drawn from ``seed``: same seed, same weights."""
+    with seeded_init(seed):
+        return initial_encoder(model)

@@ -11,8 +11,9 @@ subset of the training images, through the engine, and handing back its patch cl
   has shown as many patches as the training cohort has (the length of an SSL-GAN epoch), so
   epochs, validations and checkpoints come at the same pace for every label count.
 
-Encoders are built under a fixed torch seed (PyTorch's default layer initialisation draws from
-the global generator), so a learner's result depends only on its seed.
+Encoders and the methods around them (heads, generator) are built under a fixed torch seed
+(PyTorch's default layer initialisation draws from the global generator), so a learner's result
+depends only on its seed, not on which cells a sweep worker trained before it.
 """
 
 from __future__ import annotations
@@ -21,13 +22,11 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset, Subset
 
 from ..engine import FitResult, fit
-from ..method import Method, build_method
+from ..method import Method, seeded_method
 from ..rundir import RunDir
-from ..models.initialize import initial_encoder
 from .classifier import PatchClassifier
 from .config import LearnerConfig
 from .patch_bank import LabelledPatches, SemiSupervisedPatches, concat_banks
@@ -56,10 +55,7 @@ def build_learner_method(learner: LearnerConfig, seed: int,
     import retinassl.semisup.patch_gan  # noqa: F401  (registers "ssl-gan")
 
     params = dict(learner.method)
-    name = str(params.pop("name"))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        built = initial_encoder(learner.model)
+    name = str(params["name"])
     if name == "ssl-gan":
         params.setdefault("init_seed", seed)
         params.setdefault("patch_size", learner.patch_size)
@@ -67,7 +63,8 @@ def build_learner_method(learner: LearnerConfig, seed: int,
             params.setdefault("class_weights", (1.0, pos_weight))
     elif name == "supervised" and pos_weight is not None and learner.balance:
         params.setdefault("pos_weight", pos_weight)
-    return build_method(name, params, built.encoder), built.arch, built.kwargs
+    method, built = seeded_method(learner.model, params, name, seed)
+    return method, built.arch, built.kwargs
 
 
 def _pos_weight(labels: np.ndarray | None) -> float | None:
