@@ -138,3 +138,10 @@ def test_train_seg_and_pretrain_commands(tmp_path):
     assert result.exit_code == 0, result.output
     encoder, meta = load_encoder(_only_run(tmp_path / "cm") / "encoder")
     assert meta["method"] == "cross-modal" and meta["maps"] == "manifest" and encoder.in_channels == 3
+    # --resume with a first argument that is an override (not a config): the override applies
+    run = _only_run(tmp_path / "cm")
+    assert json.loads((run / "run.json").read_text())["metrics"]["train_batches"] == 3
+    result = CliRunner().invoke(app, ["oct", "pretrain", "engine.max_steps=5", "--resume", str(run),
+                                      "engine.max_epochs=5"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "run.json").read_text())["metrics"]["train_batches"] == 5

@@ -34,19 +34,20 @@ def _runs_dir(runs_dir: Path | None) -> Path:
 def _open_run(model: type, preset: str, config: str | None, overrides: list[str] | None,
               resume: Path | None, runs_dir: Path | None):
     """The validated config and run directory of a training command: ``--resume`` reopens a run
-    with its recorded config; otherwise CONFIG (a file or preset; without it, or when the first
-    argument is itself a key=value override, the packaged ``preset``) plus the overrides makes a
-    new run."""
+    with its recorded config plus the overrides (e.g. a larger ``engine.max_epochs``); otherwise
+    CONFIG (a file or preset; without it, the packaged ``preset``) plus the overrides makes a new
+    run. A first argument that is itself a key=value override is one, with or without --resume."""
     from ..config import load_config
     from ..rundir import RunDir
 
     rest = list(overrides or [])
+    if config is not None and "=" in config:       # the first override, not a config
+        config, rest = None, [config] + rest
     if resume is not None:
         run = RunDir.resume(resume)
         cfg = load_config(model, run.config_file, rest)
     else:
-        if config is None or "=" in config:
-            config, rest = preset, ([config] if config is not None else []) + rest
+        config = preset if config is None else config
         extra = [f"runs_dir={runs_dir}"] if runs_dir is not None else []
         cfg = load_config(model, config, rest + extra)
         run = RunDir.create(cfg.runs_dir, cfg.name)
