@@ -14,7 +14,7 @@ from retinassl.data.cache import Cache
 from retinassl.data.manifest import Manifest
 from retinassl.data.preprocess import PreprocessConfig, normalize
 from retinassl.semisup.patch_bank import (LabelledPatches, SemiSupervisedPatches, build_patch_bank,
-                                          concat_banks)
+                                          concat_banks, in_field_of_view)
 from retinassl.semisup.patch_gan import centre_crop, crop_and_flip
 
 
@@ -97,3 +97,30 @@ def test_semi_supervised_dataset_pairs(prepared) -> None:
     assert len(sup) == 150 and torch.equal(sup[149]["image"], labelled.cell(149 % 64))
     joined = concat_banks([bank, bank.images([1])])
     assert joined.n_images == 3 and joined.labels is not None and len(joined) == 192
+
+
+def test_field_of_view_fractions_and_the_unlabelled_filter(tmp_path: Path) -> None:
+    """Each cell's FOV fraction comes from the cache's FOV mask; ``min_fov`` keeps the cells at
+    least that much inside; the SSL-GAN's dataset then draws its unlabelled patches from them."""
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(20, 200, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    fov = np.zeros((64, 64), np.uint8)
+    fov[:, :20] = 255                  # 8 px cells: columns 0 and 1 inside, column 2 half (16-19)
+    fov[60:, 40:48] = 255              # rows 60-63 of cell (7, 5) (rows 56-63): half of it
+    Image.fromarray(fov).save(tmp_path / "a_fov.png")
+    manifest = Manifest.from_records([{"id": "a", "image": "a.png", "abnormal": 0,
+                                       "mask_fov": "a_fov.png"}], root=tmp_path)
+    config = PreprocessConfig(size=64, crop_fov=False, mask_outside_fov=False, normalize="max")
+    prepared = Cache(tmp_path / "cache").prepare(manifest, config)
+    bank = build_patch_bank(prepared, [0], grid=8, patch_size=8, margin=1)
+    expected = np.zeros((8, 8))
+    expected[:, :2], expected[:, 2], expected[7, 5] = 1.0, 0.5, 0.5
+    np.testing.assert_allclose(bank.fov.reshape(8, 8), expected)
+    half = in_field_of_view(bank, 0.5)
+    assert half.tolist() == sorted([8 * r + c for r in range(8) for c in range(3)] + [61])
+    assert len(in_field_of_view(bank, 0.6)) == 16 and len(in_field_of_view(bank, 0.0)) == 64
+    data = SemiSupervisedPatches(bank, bank, seed=0, keep=half)
+    assert len(data) == 25 and torch.equal(data[24]["unlabelled"], bank.window(61))
+    assert np.array_equal(concat_banks([bank, bank.images([0])]).fov, np.tile(bank.fov, 2))
+    with pytest.raises(ValueError, match="no unlabelled patch"):
+        SemiSupervisedPatches(bank, bank, keep=in_field_of_view(bank, 1.0)[:0])

@@ -73,6 +73,9 @@ class LearnerConfig(Section):
             passed to the engine; 0 = no validation. A method with a ``monitor`` then ends with
             the weights of its best validation epoch.
         keep_weights: keep the trained classifier in the run (else only results and predictions).
+        min_fov: for ``ssl-gan``, leave out of the unlabelled pool the patches whose cell lies less
+            than this fraction inside the field of view (0: keep all, as the paper). The labelled
+            patches and the image score keep all cells.
     """
 
     method: dict[str, Any] = Field(default_factory=lambda: {"name": "ssl-gan"})
@@ -84,6 +87,7 @@ class LearnerConfig(Section):
     balance: bool = True
     val_patches: int = Field(0, ge=0)
     keep_weights: bool = True
+    min_fov: float = Field(0.0, ge=0, le=1)
 
     @property
     def method_name(self) -> str:

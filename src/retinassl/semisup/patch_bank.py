@@ -41,6 +41,8 @@ class PatchBank:
         labels: ``(N,)`` int64 patch labels, or None for unlabelled banks.
         rows: ``(n_images,)`` rows of the prepared data the images come from.
         grid, patch_size, margin: the grid and the window geometry.
+        fov: ``(N,)`` float32 fraction of each cell inside the image's field of view (the
+            cache's FOV mask), or None when unknown.
     """
 
     windows: torch.Tensor
@@ -51,6 +53,7 @@ class PatchBank:
     grid: int
     patch_size: int
     margin: int
+    fov: np.ndarray | None = None
 
     @property
     def per_image(self) -> int:
@@ -83,7 +86,8 @@ class PatchBank:
         index = torch.from_numpy(patches)
         return PatchBank(self.windows[index], self.scale[positions], self.offset[positions],
                          None if self.labels is None else self.labels[patches], self.rows[positions],
-                         self.grid, self.patch_size, self.margin)
+                         self.grid, self.patch_size, self.margin,
+                         None if self.fov is None else self.fov[patches])
 
     def image_labels(self) -> np.ndarray:
         """``(n_images, grid**2)`` patch labels."""
@@ -99,11 +103,13 @@ def concat_banks(banks: Sequence[PatchBank]) -> PatchBank:
         if (b.grid, b.patch_size, b.margin) != (first.grid, first.patch_size, first.margin):
             raise ValueError("cannot join patch banks of different grids or window sizes")
     labelled = all(b.labels is not None for b in banks)
+    with_fov = all(b.fov is not None for b in banks)
     return PatchBank(torch.cat([b.windows for b in banks]), torch.cat([b.scale for b in banks]),
                      torch.cat([b.offset for b in banks]),
                      np.concatenate([b.labels for b in banks]) if labelled else None,  # type: ignore[misc]
                      np.concatenate([b.rows for b in banks]), first.grid, first.patch_size,
-                     first.margin)
+                     first.margin,
+                     np.concatenate([b.fov for b in banks]) if with_fov else None)  # type: ignore[misc]
 
 
 def normalisation_affine(mode: str, stats: dict, channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -141,8 +147,12 @@ def build_patch_bank(prepared: PreparedData, rows: Sequence[int] | np.ndarray, g
     windows = np.zeros((len(rows), grid * grid, w, w, channels), dtype=np.uint8)
     scale = np.zeros((len(rows), channels), dtype=np.float32)
     offset = np.zeros((len(rows), channels), dtype=np.float32)
+    fov = np.zeros((len(rows), grid * grid), dtype=np.float32)
+    cell = size // grid
     for i, row in enumerate(rows):
         entry = prepared.entries[int(row)]
+        inside = np.asarray(entry.fov(), dtype=np.float32).reshape(grid, cell, grid, cell)
+        fov[i] = inside.mean(axis=(1, 3)).ravel()
         image = np.asarray(entry.image())
         if image.ndim == 2:
             image = image[..., None]
@@ -162,7 +172,7 @@ def build_patch_bank(prepared: PreparedData, rows: Sequence[int] | np.ndarray, g
                               min_pixels=min_pixels).labels
     tensor = torch.from_numpy(windows.reshape(-1, w, w, channels)).permute(0, 3, 1, 2).contiguous()
     return PatchBank(tensor, torch.from_numpy(scale), torch.from_numpy(offset), labels, rows, grid,
-                     patch_size, margin)
+                     patch_size, margin, fov.reshape(-1))
 
 
 class LabelledPatches(Dataset):
@@ -196,24 +206,40 @@ class SemiSupervisedPatches(Dataset):
 
     An epoch is one pass over the unlabelled patches (all training patches, labelled ones
     included); the labelled patches are cycled so that every batch holds as many labelled as
-    unlabelled patches, as in Salimans et al. 2016.
+    unlabelled patches, as in Salimans et al. 2016. ``keep`` (indices into ``unlabelled``)
+    restricts the unlabelled patches (see :func:`in_field_of_view`).
 
     Items: ``unlabelled`` ``(C, W, W)``, ``labelled`` ``(C, W, W)``, ``label`` int64, ``index``.
     """
 
-    def __init__(self, unlabelled: PatchBank, labelled: PatchBank, seed: int = 0) -> None:
+    def __init__(self, unlabelled: PatchBank, labelled: PatchBank, seed: int = 0,
+                 keep: np.ndarray | None = None) -> None:
         if labelled.labels is None or len(labelled) == 0:
             raise ValueError("SemiSupervisedPatches needs a non-empty labelled patch bank")
         if (unlabelled.patch_size, unlabelled.margin) != (labelled.patch_size, labelled.margin):
             raise ValueError("labelled and unlabelled windows must have the same geometry")
         self.unlabelled = unlabelled
         self.labelled = labelled
+        self.keep = np.arange(len(unlabelled)) if keep is None else np.asarray(keep, dtype=int)
+        if len(self.keep) == 0:
+            raise ValueError("no unlabelled patch is left")
         self.order = np.random.default_rng(seed).permutation(len(labelled))
 
     def __len__(self) -> int:
-        return len(self.unlabelled)
+        return len(self.keep)
 
     def __getitem__(self, index: int) -> dict:
         j = int(self.order[index % len(self.order)])
-        return {"unlabelled": self.unlabelled.window(index), "labelled": self.labelled.window(j),
+        return {"unlabelled": self.unlabelled.window(int(self.keep[index])),
+                "labelled": self.labelled.window(j),
                 "label": torch.tensor(int(self.labelled.labels[j])), "index": index}  # type: ignore[index]
+
+
+def in_field_of_view(bank: PatchBank, min_fov: float) -> np.ndarray:
+    """Indices of the patches of ``bank`` whose cell lies at least ``min_fov`` inside the field of
+    view (all patches when ``min_fov`` is 0); ValueError when the bank has no FOV fractions."""
+    if min_fov <= 0:
+        return np.arange(len(bank))
+    if bank.fov is None:
+        raise ValueError("this patch bank has no field-of-view fractions")
+    return np.flatnonzero(bank.fov >= min_fov)

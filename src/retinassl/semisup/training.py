@@ -29,7 +29,7 @@ from ..method import Method, seeded_method
 from ..rundir import RunDir
 from .classifier import PatchClassifier
 from .config import LearnerConfig
-from .patch_bank import LabelledPatches, SemiSupervisedPatches, concat_banks
+from .patch_bank import LabelledPatches, SemiSupervisedPatches, concat_banks, in_field_of_view
 from .patch_data import PatchData
 
 log = logging.getLogger(__name__)
@@ -97,10 +97,12 @@ def train_learner(learner: LearnerConfig, data: PatchData, labelled: np.ndarray,
         unlabelled = concat_banks([train_bank, data.bank("pool", p, learner.margin)]) if use_pool \
             else train_bank
         labelled_bank = train_bank.images(labelled)
-        dataset: Dataset = SemiSupervisedPatches(unlabelled, labelled_bank, seed)
+        keep = in_field_of_view(unlabelled, learner.min_fov)
+        dataset: Dataset = SemiSupervisedPatches(unlabelled, labelled_bank, seed, keep)
         method, arch, kwargs = build_learner_method(learner, seed, _pos_weight(labelled_bank.labels))
-        log.info("ssl-gan: %d labelled images (%d patches), %d unlabelled patches", len(labelled),
-                 len(labelled) * train_bank.per_image, len(unlabelled))
+        log.info("ssl-gan: %d labelled images (%d patches), %d unlabelled patches (%d with at least "
+                 "%g of the cell in the field of view)", len(labelled),
+                 len(labelled) * train_bank.per_image, len(unlabelled), len(keep), learner.min_fov)
     elif name == "supervised":
         bank = data.bank("train", p, 0).images(labelled)
         positives = float(bank.labels.mean())  # type: ignore[union-attr]
