@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ def test_train_evaluate_heatmap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
                  f"data.cache_dir={tmp_path / 'cache'}", "data.options.n_images=20", "split.train=10",
                  "split.val=4", "n_labelled=4", "learner.model.kwargs.width=4",
                  "learner.method.generator_channels=[8,8,4,4]", "learner.engine.max_steps=2",
-                 "learner.engine.batch_size=16", "heatmaps=2"]
+                 "learner.engine.batch_size=16", "learner.method.collapse_every=1", "heatmaps=2"]
     result = runner.invoke(app, ["semisup", "train", "demo-ssl-gan", *overrides])
     assert result.exit_code == 0, result.output
     run = next((tmp_path / "runs").iterdir())
@@ -28,6 +29,8 @@ def test_train_evaluate_heatmap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert (run / "report" / "index.html").is_file()
     results = read_results(run / "results.csv")
     assert set(results["metric"]) >= {"patch_auc", "image_auc", "localisation_auc"}
+    metrics = json.loads((run / "run.json").read_text())["metrics"]
+    assert 0 < metrics["generator_sample_variance_ratio"] < 10      # the GAN's health, reported
 
     result = runner.invoke(app, ["semisup", "evaluate", str(run)])
     assert result.exit_code == 0, result.output

@@ -154,6 +154,22 @@ def test_smoke_training_checkpoint_and_exact_resume(tmp_path: Path) -> None:
         assert len(values) == 5 and np.isfinite(values).all()
 
 
+def test_sample_variance_ratio_is_measured_on_the_generated_patches() -> None:
+    """The pixel-space ratio: positive for the initial generator, exactly 0 once its output layer
+    ignores the noise (every generated patch the same), whatever the discriminator's dropout."""
+    method = tiny_method(collapse_every=1)
+    batch = batch_of(tiny_dataset())
+    _, metrics = method.loss(batch, "discriminator", torch.Generator().manual_seed(0))
+    assert metrics["sample_variance_ratio"] > 1e-3
+    assert float(method.last_sample_ratio) == metrics["sample_variance_ratio"]
+    with torch.no_grad():
+        out = method.generator_net.deconv[-2]
+        out.parametrizations.weight.original0.zero_()          # weight-norm gain 0: weight 0
+        out.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    _, metrics = method.loss(batch, "discriminator", torch.Generator().manual_seed(0))
+    assert metrics["sample_variance_ratio"] == 0.0 and metrics["feature_variance_ratio"] > 0.0
+
+
 def test_collapsed_generator_stops_training(tmp_path: Path) -> None:
     with pytest.raises(TrainingDiverged, match="generator collapsed"):
         _run(tmp_path, 6, collapse_ratio=1e9, collapse_patience=2, collapse_every=1)

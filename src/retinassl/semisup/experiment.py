@@ -39,7 +39,7 @@ from .classifier import PatchClassifier
 from .config import LearnerConfig, SSLGANExperimentConfig
 from .evaluation import evaluate_bank, write_heatmaps
 from .patch_data import PatchData, load_patch_data
-from .training import train_learner
+from .training import train_learner, training_info
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ def run_cell(config: SSLGANExperimentConfig, learner: LearnerConfig, data: Patch
             cell.update_status(status="running", name=name)
         trained = train_learner(learner, data, labelled, seed, cell, resume=resume, use_pool=use_pool)
         classifier = trained.classifier
-        info = {"train_seconds": trained.fit.seconds, "train_steps": float(trained.fit.batches)}
+        info = training_info(trained)
         classifier.save(classifier_dir, arch=trained.arch, kwargs=trained.kwargs,
                         method=learner.method_name, preprocess=config.preprocess.model_dump(),
                         config={"learner": learner.model_dump(mode="json"), "n_labelled": n_labelled,

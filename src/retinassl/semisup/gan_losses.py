@@ -79,7 +79,8 @@ def patch_logit(logits: torch.Tensor) -> torch.Tensor:
 
 
 def feature_variance_ratio(real_features: torch.Tensor, fake_features: torch.Tensor) -> float:
-    """Mean per-feature variance over the batch of generated features divided by that of real ones.
+    """Mean per-feature variance over the batch of generated features divided by that of real ones
+    (``(B, F)`` features, or patches flattened to ``(B, C*H*W)``).
 
     A generator that has collapsed to (nearly) one output gives a ratio near 0.
     """

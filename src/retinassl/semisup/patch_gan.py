@@ -33,7 +33,12 @@ Divergence: NaN/inf losses are caught by the engine; a **collapsed generator** i
 every ``collapse_every`` steps the variance over the batch of the generated patches' features
 ``h(G(z))`` is compared with that of the real patches' features; when the ratio stays below
 ``collapse_ratio`` for ``collapse_patience`` checks in a row, :meth:`divergence` reports it and the
-engine stops with :class:`~retinassl.errors.TrainingDiverged` after saving the weights.
+engine stops with :class:`~retinassl.errors.TrainingDiverged` after saving the weights. The same
+check records the ratio in pixel space (``sample_variance_ratio``: the per-pixel variance over the
+batch of generated vs real patches), which the discriminator's dropout does not inflate; a run
+reports its last value (``generator_sample_variance_ratio``). Near 0 the generator draws one patch
+whatever the noise: the discriminator may still classify well, but the GAN term then teaches it
+little (see ``benchmarks/results/ssl_gan_idrid_cpu.md``).
 """
 
 from __future__ import annotations
@@ -183,6 +188,7 @@ class SSLGAN(Method):
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("collapsed_checks", torch.zeros((), dtype=torch.long))
         self.register_buffer("last_variance_ratio", torch.full((), float("nan")))
+        self.register_buffer("last_sample_ratio", torch.full((), float("nan")))
         self.register_buffer("data_initialised", torch.tensor(not config.data_init))
         if config.class_weights is not None and len(config.class_weights) != config.num_classes:
             raise ValueError(f"class_weights has {len(config.class_weights)} values for "
@@ -300,7 +306,10 @@ class SSLGAN(Method):
         every = self.config.collapse_every
         if every and int(self.steps) % every == 0:
             ratio = losses.feature_variance_ratio(features[n_lab:n_lab + n_unl], features[n_lab + n_unl:])
+            samples = losses.feature_variance_ratio(unlabelled.flatten(1), fake.flatten(1))
             self.last_variance_ratio.fill_(ratio)
+            self.last_sample_ratio.fill_(samples)
+            metrics["sample_variance_ratio"] = samples
             if ratio < self.config.collapse_ratio:
                 self.collapsed_checks += 1
             else:

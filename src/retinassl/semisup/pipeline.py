@@ -30,7 +30,7 @@ from .config import SemisupTrainConfig
 from .evaluation import evaluate_bank, predict_bank, write_heatmaps
 from .patch_bank import build_patch_bank
 from .patch_data import PatchData, load_patch_data
-from .training import train_learner
+from .training import train_learner, training_info
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,7 @@ def run_semisup_train(config: SemisupTrainConfig, run: RunDir, resume: bool = Fa
                             method=config.learner.method_name, preprocess=config.preprocess.model_dump(),
                             config=config.model_dump(mode="json"),
                             data_fingerprint=data.prepared.manifest.subset(data.train[labelled]).fingerprint())
-    info = {"train_seconds": trained.fit.seconds, "train_steps": float(trained.fit.batches),
-            "n_labelled": float(n)}
+    info = {**training_info(trained), "n_labelled": float(n)}
     write_text(run.path / f"{config.name}-train.json", json.dumps(info))
     metrics = evaluate_run(config, run, trained.classifier, data)
     return {**metrics, **{k: v for k, v in info.items() if k != "n_labelled"}}
