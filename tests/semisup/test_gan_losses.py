@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from retinassl.semisup import gan_losses as L
@@ -71,3 +72,14 @@ def test_image_score_is_sum_of_patch_sigmoids() -> None:
     scores = image_scores(logits)
     assert abs(scores[0] - 1.5) < 1e-12
     assert abs(scores[1] - 3 / (1 + math.exp(-10))) < 1e-12
+
+
+def test_pull_away_term_by_hand() -> None:
+    # cosines: (1,0)-(0,1) 0, (1,0)-(1,1) and (0,1)-(1,1) 1/sqrt(2): squares 0, 1/2, 1/2 (each pair
+    # counted twice) over 3 * 2 ordered pairs = 2 / 6
+    h = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    assert abs(float(L.pull_away_term(h)) - 1 / 3) < 1e-6
+    assert abs(float(L.pull_away_term(torch.tensor([[2.0, 1.0]] * 4))) - 1.0) < 1e-6   # one sample
+    assert float(L.pull_away_term(torch.eye(5))) == 0.0                                  # orthogonal
+    with pytest.raises(ValueError):
+        L.pull_away_term(torch.ones(1, 3))

@@ -170,6 +170,17 @@ def test_sample_variance_ratio_is_measured_on_the_generated_patches() -> None:
     assert metrics["sample_variance_ratio"] == 0.0 and metrics["feature_variance_ratio"] > 0.0
 
 
+def test_pull_away_weight_adds_the_term_to_the_generator_loss() -> None:
+    batch = batch_of(tiny_dataset())
+    torch.manual_seed(0)                                   # the discriminator's dropout
+    plain, _ = tiny_method().loss(batch, "generator", torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    loss, metrics = tiny_method(pull_away_weight=2.0).loss(batch, "generator",
+                                                           torch.Generator().manual_seed(0))
+    assert 0 < metrics["pull_away"] <= 1
+    assert abs(float(loss) - float(plain) - 2.0 * metrics["pull_away"]) < 1e-5 * max(1.0, float(loss))
+
+
 def test_collapsed_generator_stops_training(tmp_path: Path) -> None:
     with pytest.raises(TrainingDiverged, match="generator collapsed"):
         _run(tmp_path, 6, collapse_ratio=1e9, collapse_patience=2, collapse_every=1)

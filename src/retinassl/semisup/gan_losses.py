@@ -71,6 +71,19 @@ def feature_matching_loss(real_features: torch.Tensor, fake_features: torch.Tens
     return diff.abs().sum() if norm == "l1" else diff.pow(2).sum()
 
 
+def pull_away_term(features: torch.Tensor) -> torch.Tensor:
+    """Mean squared cosine similarity between the features ``(B, F)`` of different generated
+    samples, ``sum_{i != j} cos(h_i, h_j)^2 / (B (B - 1))`` (Zhao et al. 2017's pull-away term, which
+    Dai et al. 2017 add to the feature-matching generator of semi-supervised GANs): 1 when every
+    sample has the same features, so minimising it spreads the generator's samples."""
+    n = features.shape[0]
+    if n < 2:
+        raise ValueError("the pull-away term needs at least 2 samples")
+    unit = F.normalize(features.float(), dim=1)
+    cos2 = (unit @ unit.T).pow(2)
+    return (cos2.sum() - cos2.diagonal().sum()) / (n * (n - 1))
+
+
 def patch_logit(logits: torch.Tensor) -> torch.Tensor:
     """``(B, 2)`` logits (healthy, diseased) -> ``(B,)`` classifier logit ``l_1 - l_0``."""
     if logits.shape[1] != 2:

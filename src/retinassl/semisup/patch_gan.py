@@ -78,6 +78,9 @@ class SSLGANConfig(Section):
         unsupervised_weight: weight of ``L_unsupervised`` in ``L_D`` (1, as in the paper's
             equation; Salimans et al.'s code uses 0.5).
         feature_matching: ``l1`` (Lecouat et al.'s equation) or ``l2`` (Salimans et al.).
+        pull_away_weight: weight of the pull-away term on the generated samples' features in the
+            generator's loss (:func:`~retinassl.semisup.gan_losses.pull_away_term`; Dai et al.
+            2017); 0 = the paper's feature matching alone.
         flip: random horizontal and vertical flips of real patches.
         collapse_ratio: generated/real feature-variance ratio below which a check counts as
             collapsed. collapse_patience: consecutive collapsed checks that stop training. (On
@@ -108,6 +111,7 @@ class SSLGANConfig(Section):
     init_seed: int = 0
     unsupervised_weight: float = Field(1.0, ge=0)
     feature_matching: Literal["l1", "l2"] = "l1"
+    pull_away_weight: float = Field(0.0, ge=0)
     flip: bool = True
     collapse_ratio: float = Field(0.001, ge=0)
     collapse_patience: int = Field(10, ge=1)
@@ -188,7 +192,8 @@ class SSLGAN(Method):
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("collapsed_checks", torch.zeros((), dtype=torch.long))
         self.register_buffer("last_variance_ratio", torch.full((), float("nan")))
-        self.register_buffer("last_sample_ratio", torch.full((), float("nan")))
+        # a diagnostic, not state: not checkpointed (checkpoints of earlier versions still load)
+        self.register_buffer("last_sample_ratio", torch.full((), float("nan")), persistent=False)
         self.register_buffer("data_initialised", torch.tensor(not config.data_init))
         if config.class_weights is not None and len(config.class_weights) != config.num_classes:
             raise ValueError(f"class_weights has {len(config.class_weights)} values for "
@@ -323,7 +328,11 @@ class SSLGAN(Method):
             _, real_features = self.discriminate(unlabelled)
         fake = self._fake(unlabelled.shape[0], generator, unlabelled)
         _, fake_features = self.discriminate(fake)
-        return losses.feature_matching_loss(real_features, fake_features, self.config.feature_matching), {}
+        loss = losses.feature_matching_loss(real_features, fake_features, self.config.feature_matching)
+        if self.config.pull_away_weight > 0:
+            pull_away = losses.pull_away_term(fake_features)
+            return loss + self.config.pull_away_weight * pull_away, {"pull_away": float(pull_away.detach())}
+        return loss, {}
 
     def after_step(self) -> None:
         t = int(self.steps)
