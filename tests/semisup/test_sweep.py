@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import retinassl.semisup.experiment as experiment
@@ -101,3 +102,17 @@ def test_a_diverged_cell_is_reported_not_fatal(tmp_path: Path, monkeypatch: pyte
     assert results.loc[results["metric"] == "diverged", "method"].tolist() == ["ssl-gan"]
     assert results.loc[results["metric"] == "image_auc", "value"].isna().all()
     assert "collapsed" in (run.path / "cells" / "ssl-gan-n004-s0" / "diverged.txt").read_text()
+
+
+def test_delong_table_splits_significant_seeds_by_direction() -> None:
+    from retinassl.semisup.summary import delong_table
+
+    rows = []
+    for seed, (p, diff) in enumerate([(0.01, 0.10), (0.02, -0.08), (0.30, 0.05), (0.001, -0.21)]):
+        rows += [{"method": "ssl-gan vs convnet", "n_labelled": 40, "seed": seed, "metric": "delong_p",
+                  "value": p},
+                 {"method": "ssl-gan vs convnet", "n_labelled": 40, "seed": seed,
+                  "metric": "auc_difference", "value": diff}]
+    table = delong_table(pd.DataFrame(rows))
+    assert table.loc[0, "seeds p<0.05"] == "+1/-2 of 4"
+    assert table.loc[0, "AUC difference (mean, pts)"] == "-3.5"    # (10 - 8 + 5 - 21) / 4

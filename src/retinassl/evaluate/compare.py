@@ -11,8 +11,10 @@ For every (task, protocol, label fraction, initialisation):
   for tasks with a binary score (``binary``, and ``multiclass`` with ``positive_from``):
   ``p`` compares the two *seed ensembles* (each image's score averaged over seeds, out-of-fold
   predictions pooled with k-fold), a valid single test per cell; ``p_seeds`` is the median of the
-  per-seed p-values and ``sig_seeds`` how many seeds reach p < 0.05 (the per-seed tests share the
-  test images, so they are not independent and are not combined into one p-value).
+  per-seed p-values, ``sig_seeds`` how many seeds reach p < 0.05 and, of those, ``sig_better`` and
+  ``sig_worse`` how many have a higher and a lower AUC than the reference (the tests are two-sided;
+  the per-seed tests share the test images, so they are not independent and are not combined into
+  one p-value).
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ log = logging.getLogger(__name__)
 
 _CELL_FILE = re.compile(r"^f(?P<fraction>[0-9.e+-]+)-s(?P<seed>-?\d+)(?:-k(?P<fold>\d+))?\.csv$")
 COMPARISON_COLUMNS = ("task", "protocol", "fraction", "init", "metric", "n_seeds", "mean", "lo", "hi",
-                      "interval", "reference_mean", "delta", "auc_ensemble", "p", "p_seeds", "sig_seeds")
+                      "interval", "reference_mean", "delta", "auc_ensemble", "p", "p_seeds", "sig_seeds",
+                      "sig_better", "sig_worse")
+NO_TEST = {"auc_ensemble": math.nan, "p": math.nan, "p_seeds": math.nan, "sig_seeds": math.nan,
+           "sig_better": math.nan, "sig_worse": math.nan}
 
 
 def transfer_results(results_file: str | Path) -> pd.DataFrame:
@@ -116,8 +121,7 @@ def comparison(run_path: str | Path, tasks: list[TaskSpec], reference: str) -> p
                     row.update(_delong(task, cells, {s: v for (f, s), v in ref.items()
                                                      if f == round(float(fraction), 6)}, init == reference))
                 else:
-                    row.update({"auc_ensemble": math.nan, "p": math.nan, "p_seeds": math.nan,
-                                "sig_seeds": math.nan})
+                    row.update(NO_TEST)
                 rows.append(row)
     table = pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
     headline = {"auc": 0, "kappa": 0, "auc_macro": 0}
@@ -150,11 +154,11 @@ def _single_run_interval(task: TaskSpec, metric: str, cell: tuple[list[str], np.
 
 
 def _delong(task: TaskSpec, cells: dict[int, tuple], ref_cells: dict[int, tuple], is_reference: bool) -> dict[str, float]:
-    out = {"auc_ensemble": math.nan, "p": math.nan, "p_seeds": math.nan, "sig_seeds": math.nan}
+    out = dict(NO_TEST)
     if task.binary_metric is None or not cells:
         return out
     seeds = sorted(set(cells) & set(ref_cells))
-    ensemble, ref_ensemble, labels, ps = None, None, None, []
+    ensemble, ref_ensemble, labels, tests = None, None, None, []
     for s in seeds:
         ids, lab, sco = cells[s]
         pair = task.binary_scores(lab, sco)
@@ -165,7 +169,7 @@ def _delong(task: TaskSpec, cells: dict[int, tuple], ref_cells: dict[int, tuple]
         if len(np.unique(pair[0])) < 2:
             continue
         if not is_reference:
-            ps.append(delong_test(pair[0], pair[1], ref_pair[1]).p_value)
+            tests.append(delong_test(pair[0], pair[1], ref_pair[1]))
         if ensemble is None:
             ensemble, ref_ensemble, labels, first_ids = pair[1].copy(), ref_pair[1].copy(), pair[0], ids
         else:
@@ -178,9 +182,12 @@ def _delong(task: TaskSpec, cells: dict[int, tuple], ref_cells: dict[int, tuple]
     out["auc_ensemble"] = roc_auc(labels, ensemble)
     if not is_reference:
         out["p"] = delong_test(labels, ensemble, ref_ensemble).p_value
-        finite = [p for p in ps if np.isfinite(p)]
-        out["p_seeds"] = float(np.median(finite)) if finite else math.nan
-        out["sig_seeds"] = float(sum(p < 0.05 for p in finite))
+        finite = [t for t in tests if np.isfinite(t.p_value)]
+        out["p_seeds"] = float(np.median([t.p_value for t in finite])) if finite else math.nan
+        significant = [t for t in finite if t.p_value < 0.05]
+        out["sig_seeds"] = float(len(significant))
+        out["sig_better"] = float(sum(t.difference > 0 for t in significant))
+        out["sig_worse"] = float(sum(t.difference < 0 for t in significant))
     return out
 
 
@@ -193,7 +200,7 @@ def _cell(row: pd.Series) -> str:
     if np.isfinite(row["p"]):
         text += f" p={row['p']:.3g}" if row["p"] >= 0.001 else " p<0.001"
         if np.isfinite(row["sig_seeds"]):
-            text += f" ({int(row['sig_seeds'])}/{int(row['n_seeds'])})"
+            text += f" (+{int(row['sig_better'])}/-{int(row['sig_worse'])} of {int(row['n_seeds'])})"
     return text
 
 
@@ -206,7 +213,8 @@ def markdown_tables(table: pd.DataFrame, inits_order: list[str] | None = None) -
             set(block["init"]) - set(inits_order or []))
         header = "| init | " + " | ".join(f"{f:g}" for f in fractions) + " |"
         intervals = " / ".join(sorted(set(block["interval"].dropna())))
-        tested = "; DeLong p vs the reference on seed ensembles (seeds with p<0.05)" \
+        tested = ("; DeLong p vs the reference on seed ensembles (seeds with p<0.05: "
+                  "+higher/-lower AUC than the reference, of n seeds)") \
             if np.isfinite(block["p"].to_numpy(float)).any() else ""
         lines = [f"**{task}, {'linear probe' if protocol == 'probe' else 'fine-tuning'}** ({metric}; "
                  f"mean over seeds [95 % interval: {intervals}]{tested})", "", header,

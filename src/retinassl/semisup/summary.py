@@ -9,7 +9,7 @@ scored on the same 50 test images, so each (count, seed) gives one valid paired 
 five seeds' scores into one test would count every test image five times as if independent,
 shrinking the p-values by about sqrt(5) for no new evidence; averaging the scores over seeds
 would test an ensemble nobody trained. So the tables give the per-seed p-values, their median and
-how many of the seeds reach p < 0.05.
+how many of the seeds reach p < 0.05 with a higher and with a lower AUC (the tests are two-sided).
 """
 
 from __future__ import annotations
@@ -76,20 +76,25 @@ def comparison_table(results: pd.DataFrame, metric: str, methods: list[str]) -> 
 
 
 def delong_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Per comparison and label count: per-seed p-values, their median, seeds with p < 0.05 and
-    the mean AUC difference (a - b, image level)."""
+    """Per comparison and label count: per-seed p-values, their median, the seeds with p < 0.05
+    split by the sign of their AUC difference (``+higher/-lower`` for a than b: the tests are
+    two-sided) and the mean AUC difference (a - b, image level)."""
     p = results[results["metric"] == "delong_p"]
     d = results[results["metric"] == "auc_difference"]
     rows = []
     for (pair, n), group in p.groupby(["method", "n_labelled"], sort=False):
         group = group.sort_values("seed")
         diffs = d[(d["method"] == pair) & (d["n_labelled"] == n)]["value"]
+        by_seed = dict(zip(d[(d["method"] == pair) & (d["n_labelled"] == n)]["seed"], diffs))
         values = group["value"].to_numpy(float)
+        signs = np.array([np.sign(by_seed.get(s, np.nan)) for s in group["seed"]])
+        significant = values < 0.05
         rows.append({"comparison": pair, "n_labelled": int(n),
                      "AUC difference (mean, pts)": f"{100 * diffs.mean():+.1f}" if len(diffs) else "-",
                      "p per seed": ", ".join(f"{v:.3g}" for v in values),
                      "median p": f"{np.nanmedian(values):.3g}" if np.isfinite(values).any() else "-",
-                     "seeds p<0.05": f"{int(np.sum(values < 0.05))}/{len(values)}"})
+                     "seeds p<0.05": f"+{int(np.sum(significant & (signs > 0)))}/"
+                                     f"-{int(np.sum(significant & (signs < 0)))} of {len(values)}"})
     return pd.DataFrame(rows)
 
 
