@@ -9,8 +9,10 @@ against the generator's exact maps, next to the error of predicting the mean tra
 Writes ``results/oct_crossmodal.{json,md}``.
 
 Stage ``transfer``: the transfer-evaluation sweep (:mod:`retinassl.evaluate.sweep`) on a separate
-synthetic DR dataset (other eyes): referable DR (grade >= 2), 1, 2, 5 and 10 % of the training
-labels, Scratch vs the cross-modal encoder, linear probe (3 seeds) and fine-tuning (2 seeds), DeLong
+synthetic DR dataset (other eyes): referable DR (grade >= 2) and, the synthetic counterpart of what
+thickness shows, macular oedema (DME grade 2: exudates within one disc diameter of the fovea, the
+eyes whose OCT is thickened); 1, 2, 5 and 10 % of the training labels and, for the ceiling, all of
+them; Scratch vs the cross-modal encoder, linear probe (5 seeds) and fine-tuning (3 seeds), DeLong
 tests against Scratch on the same test images. Writes ``results/oct_transfer.{json,md}``.
 
     nohup flock /work/heavy.lock nice -n 5 .venv/bin/python benchmarks/oct_transfer.py \
@@ -89,8 +91,9 @@ def stage_transfer(args: argparse.Namespace, encoder_dir: Path) -> dict:
         "inits": [{"name": "scratch"}, {"name": "cross-modal", "init": str(encoder_dir)}],
         "reference": "scratch",
         "tasks": [{"name": "referable", "kind": "binary", "label": "dr_grade", "positive_from": 2,
-                   "stratify": "dr_grade"}],
-        "fractions": [0.01, 0.02, 0.05, 0.1], "seeds": [0, 1, 2], "finetune_seeds": [0, 1],
+                   "stratify": "dr_grade"},
+                  {"name": "dme", "kind": "binary", "label": "dme", "positive_from": 2}],
+        "fractions": [0.01, 0.02, 0.05, 0.1, 1.0], "seeds": [0, 1, 2, 3, 4], "finetune_seeds": [0, 1, 2],
         "protocols": ["probe", "finetune"],
         "finetune": {"lr": 1e-3, "epochs": 10, "min_steps": 20, "max_steps": 60, "val_every_steps": 5,
                      "patience": 3},
@@ -106,9 +109,10 @@ def stage_transfer(args: argparse.Namespace, encoder_dir: Path) -> dict:
             "seconds": time.perf_counter() - start, "comparison": table.to_dict("records"),
             "config": json.loads(cfg.model_dump_json())}
     note = (f"\n\nSynthetic DR dataset of {args.dr_images} eyes (other eyes than the pretraining pool), "
-            f"referable DR = grade >= 2, 128 px. Scratch = random ResNet-18; cross-modal = the "
-            f"encoder of oct_crossmodal (fundus -> OCT thickness). Fractions of the training labels; "
-            f"probe: 3 seeds, fine-tuning: 2 seeds; DeLong p on seed-ensemble scores vs Scratch. "
+            f"referable DR = grade >= 2, dme = DME grade 2 (the eyes with thickening), 128 px. Scratch = random ResNet-18; cross-modal = the "
+            f"fundus -> OCT-thickness encoder {encoder_dir}"
+            f"{' (of oct_crossmodal)' if args.encoder is None else ''}. Fractions of the training labels; "
+            f"probe: 5 seeds, fine-tuning: 3 seeds; DeLong p on seed-ensemble scores vs Scratch. "
             f"Synthetic data only: no real OCT/fundus pairs or real DR images were used.")
     write_results("oct_transfer", data, markdown + note)
     return data
