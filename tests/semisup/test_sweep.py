@@ -116,3 +116,17 @@ def test_delong_table_splits_significant_seeds_by_direction() -> None:
     table = delong_table(pd.DataFrame(rows))
     assert table.loc[0, "seeds p<0.05"] == "+1/-2 of 4"
     assert table.loc[0, "AUC difference (mean, pts)"] == "-3.5"    # (10 - 8 + 5 - 21) / 4
+
+
+def test_the_sweep_trains_the_reference_and_the_baselines_only() -> None:
+    from retinassl.config import apply_overrides
+    from retinassl.semisup.experiment import plan_cells, resolve_config
+
+    data = read_yaml("idrid-ssl-gan")
+    full = plan_cells(resolve_config(data, "smoke"))
+    assert {c[0] for c in full} == {"ssl-gan", "convnet", "resnet34", "ssl-gan+partB"}
+    alone = plan_cells(resolve_config(apply_overrides(data, ["baselines=[]", "extension.enabled=false"]),
+                                      "smoke"))
+    assert {c[0] for c in alone} == {"ssl-gan"} and len(alone) == 2      # labelled [4, 12] x seed 0
+    one = plan_cells(resolve_config(apply_overrides(data, ["baselines=[convnet]"]), "smoke"))
+    assert {c[0] for c in one} == {"ssl-gan", "convnet", "ssl-gan+partB"}

@@ -158,7 +158,9 @@ class SSLGANExperimentConfig(Section):
         labelled: labelled-image counts (nested per seed).
         seeds: labelled samplings (each also seeds initialisation and data order).
         learners: learner name -> :class:`LearnerConfig` (``ssl-gan``, ``convnet``, ``resnet34``).
-        baselines: learners the SSL-GAN is compared with by DeLong's test.
+        reference, baselines: the learners the sweep trains (a defined learner in neither is not
+            trained: ``baselines=[]`` runs the SSL-GAN alone); each baseline is compared with the
+            reference by DeLong's test.
         extension: see :class:`ExtensionConfig`.
         gallery: see :class:`GalleryConfig`.
         workers: processes that train cells in parallel (each takes the next unclaimed cell;

@@ -96,12 +96,14 @@ def _done_cells(run: RunDir) -> set[tuple[str, int, int]]:
 
 def plan_cells(config: SSLGANExperimentConfig) -> list[tuple[str, str, int, int, bool]]:
     """``(label, learner, n_labelled, seed, use_pool)`` of every cell, seed by seed (so that an
-    interrupted sweep holds whole samplings), then count, then learner."""
+    interrupted sweep holds whole samplings), then count, then learner (the reference, then the
+    baselines, then the extension)."""
     cells = []
     ext = config.extension
+    learners = list(dict.fromkeys([config.reference, *config.baselines]))
     for seed in config.seeds:
         for n in config.labelled:
-            for name in config.learners:
+            for name in learners:
                 cells.append((name, name, n, seed, False))
             if ext.enabled and n in (ext.labelled or config.labelled) and seed in (ext.seeds or config.seeds):
                 cells.append((ext.label, ext.learner, n, seed, True))
