@@ -6,8 +6,9 @@ al. 2018's Tables 1 and 2, localisation AUC, per-seed DeLong tests, the extensio
     .venv/bin/python benchmarks/ssl_gan_table.py RUN_DIR [--name ssl_gan_idrid_cpu]
         [--command "the command that produced RUN_DIR"]
 
-It only reads the run's results table, config and log (the sweep itself is
-``retinassl sweep idrid-ssl-gan --budget cpu``).
+It only reads the run's results table, config, log and saved predictions (the sweep itself is
+``retinassl sweep idrid-ssl-gan --budget cpu``); the pooling-rule table re-pools the saved patch
+logits of every cell.
 """
 
 from __future__ import annotations
@@ -15,16 +16,20 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 
+from retinassl.evaluate.metrics import roc_auc  # noqa: E402
 from retinassl.results import read_results  # noqa: E402
+from retinassl.semisup.aggregate import image_scores  # noqa: E402
 from retinassl.semisup.summary import (PAPER, PAPER_COUNTS, comparison_table, delong_table,  # noqa: E402
                                        markdown_table, metric_stats, metric_table, summary_dict)
 
@@ -46,6 +51,37 @@ def done_when(results) -> list[dict]:
     return checks
 
 
+AGGREGATIONS = {
+    "sum of sigmoids (paper)": lambda logits: image_scores(logits),
+    "max logit": lambda logits: logits.max(axis=1),
+    "mean of the top-4 sigmoids": lambda logits: np.sort(1 / (1 + np.exp(-logits)), axis=1)[:, -4:].mean(axis=1),
+}
+CELL = re.compile(r"^(?P<method>.+)-n(?P<n>\d+)-s(?P<seed>\d+)$")
+
+
+def aggregation_table(run: Path) -> pd.DataFrame:
+    """Image AUC (%, mean over samplings) of each learner and label count under other rules of
+    pooling the 64 patch logits into an image score, from the predictions the sweep saved."""
+    rows = []
+    for path in sorted((run / "predictions").rglob("*.csv")):
+        cell = CELL.match(path.stem)
+        if cell is None:
+            continue
+        frame = pd.read_csv(path)
+        logits = frame[[c for c in frame.columns if c.startswith("patch_")]].to_numpy(float)
+        labels = frame["label"].to_numpy(int)
+        for rule, pool in AGGREGATIONS.items():
+            rows.append({"method": cell["method"], "n_labelled": int(cell["n"]), "rule": rule,
+                         "auc": roc_auc(labels, pool(logits))})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    mean = table.groupby(["method", "rule", "n_labelled"], sort=False)["auc"].mean().unstack("n_labelled")
+    mean = (100 * mean).round(1).reset_index()
+    mean.columns = [str(c) for c in mean.columns]
+    return mean
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path)
@@ -62,6 +98,7 @@ def main() -> None:
     started = _dt.datetime.fromisoformat(status["started"])
     finished = _dt.datetime.fromtimestamp((args.run / "results.csv").stat().st_mtime)
     checks = done_when(results)
+    pooling = aggregation_table(args.run)
     learners = {name: {"method": spec["method"], "model": spec["model"], "patch_size": spec["patch_size"],
                        "margin": spec["margin"], "engine": {k: spec["engine"][k] for k in
                                                             ("max_steps", "batch_size", "precision", "num_threads")}}
@@ -73,7 +110,8 @@ def main() -> None:
             "wall_clock_hours": (finished - started).total_seconds() / 3600,
             "train_seconds_total": float(seconds["value"].sum()),
             "train_seconds_by_method": seconds.groupby("method")["value"].sum().to_dict(),
-            "done_when": checks, **summary_dict(results)}
+            "done_when": checks, "image_auc_by_pooling_rule": pooling.to_dict("records"),
+            **summary_dict(results)}
     parts = [f"Sweep run: `{args.run}`  \nSweep command: `{args.command or '(not given)'}`  \n"
              f"Budget: {config.get('budget')}, {config['preprocess']['size']} px images "
              f"(8x8 grid), split {config['split']}, labelled {config['labelled']}, seeds "
@@ -93,6 +131,9 @@ def main() -> None:
              "", markdown_table(metric_table(results, "localisation_auc")),
              "", "## Paired DeLong tests (image level, one per seed on the same test images)", "",
              markdown_table(delong_table(results)),
+             "", "## Image AUC by pooling rule (%, mean over samplings; from the saved patch logits)",
+             "", "The paper pools by the sum of the patch sigmoids; the other rows re-pool the same "
+             "predictions.", "", markdown_table(pooling),
              "", "## Done-when checks (issue 3)", "",
              "| check | ours | reference | met |\n|---|---|---|---|\n" + "\n".join(
                  f"| {c['check']} | {100 * c['ours']:.1f} | {100 * c['reference']:.1f} | "
