@@ -38,7 +38,8 @@ check records the ratio in pixel space (``sample_variance_ratio``: the per-pixel
 batch of generated vs real patches), which the discriminator's dropout does not inflate; a run
 reports its last value (``generator_sample_variance_ratio``). Near 0 the generator draws one patch
 whatever the noise: the discriminator may still classify well, but the GAN term then teaches it
-little (see ``benchmarks/results/ssl_gan_idrid_cpu.md``).
+little. (On IDRiD at the cpu budget the generator collapses this way within ~100 steps; a longer
+run or ``pull_away_weight`` lets it recover.)
 """
 
 from __future__ import annotations
