@@ -648,7 +648,11 @@ def run_transfer(config: TransferConfig, run: RunDir, shard: tuple[int, int] | N
 
 
 def _shard_worker(data: dict[str, Any], run_path: str, index: int, count: int) -> None:
-    """One worker process of :func:`run_transfer` (logs into the run's log file)."""
+    """One worker process of :func:`run_transfer` (logs into the run's log file; it ends if the
+    sweep's main process dies)."""
+    from ..workers import exit_with_parent
+
+    exit_with_parent()
     logger = logging.getLogger("retinassl")
     logger.setLevel(logging.INFO)
     run = RunDir(Path(run_path))

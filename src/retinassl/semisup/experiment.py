@@ -159,9 +159,11 @@ def _load(config: SSLGANExperimentConfig) -> PatchData:
 
 
 def _worker(data: dict[str, Any], run_path: str, budget: str, index: int) -> None:
-    """One worker process of a parallel sweep."""
+    """One worker process of a parallel sweep (it ends if the sweep's main process dies)."""
     from ..cli import setup_logging
+    from ..workers import exit_with_parent
 
+    exit_with_parent()
     setup_logging()
     run = RunDir(Path(run_path))
     handler = run.attach_log_file()

@@ -1,0 +1,74 @@
+"""A sweep's worker process ends when the sweep's main process dies (it would otherwise go on
+training and claiming cells beside the workers of a --resume)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from retinassl.workers import ORPHAN_EXIT_CODE
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process semantics")
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie that no one has reaped yet counts as gone)."""
+    status = Path(f"/proc/{pid}/status")
+    if status.is_file():
+        try:
+            return "\nState:\tZ" not in status.read_text()
+        except OSError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_worker_whose_parent_is_not_the_expected_one_exits() -> None:
+    code = "from retinassl.workers import exit_with_parent\nimport os, time\n" \
+           "exit_with_parent(parent=os.getppid() + 100000, interval=0.05)\ntime.sleep(30)\n"
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    assert result.returncode == ORPHAN_EXIT_CODE and time.monotonic() - start < 10
+    assert "has gone" in result.stderr
+
+
+def test_the_worker_ends_when_its_parent_is_killed(tmp_path: Path) -> None:
+    pid_file = tmp_path / "worker.pid"
+    parent = textwrap.dedent(f"""
+        import multiprocessing, os, signal, time
+        from pathlib import Path
+
+        def worker(path):
+            from retinassl.workers import exit_with_parent
+            exit_with_parent(interval=0.1)
+            Path(path).write_text(str(os.getpid()))
+            time.sleep(60)
+
+        if __name__ == "__main__":
+            process = multiprocessing.get_context("spawn").Process(target=worker, args=({str(pid_file)!r},))
+            process.start()
+            while not Path({str(pid_file)!r}).is_file():
+                time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGKILL)
+        """)
+    script = tmp_path / "parent.py"
+    script.write_text(parent)
+    result = subprocess.run([sys.executable, str(script)], timeout=60)
+    assert result.returncode == -signal.SIGKILL
+    worker = int(pid_file.read_text())
+    deadline = time.monotonic() + 15
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(worker):
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the worker outlived its killed parent")
