@@ -111,9 +111,10 @@ def train_learner(learner: LearnerConfig, data: PatchData, labelled: np.ndarray,
         keep = in_field_of_view(unlabelled, learner.min_fov)
         dataset: Dataset = SemiSupervisedPatches(unlabelled, labelled_bank, seed, keep)
         method, arch, kwargs = build_learner_method(learner, seed, _pos_weight(labelled_bank.labels))
-        log.info("ssl-gan: %d labelled images (%d patches), %d unlabelled patches (%d with at least "
-                 "%g of the cell in the field of view)", len(labelled),
-                 len(labelled) * train_bank.per_image, len(unlabelled), len(keep), learner.min_fov)
+        kept = (f" ({len(keep)} with at least {learner.min_fov:g} of the cell in the field of view)"
+                if learner.min_fov > 0 else "")
+        log.info("ssl-gan: %d labelled images (%d patches), %d unlabelled patches%s", len(labelled),
+                 len(labelled) * train_bank.per_image, len(unlabelled), kept)
     elif name == "supervised":
         bank = data.bank("train", p, 0).images(labelled)
         positives = float(bank.labels.mean())  # type: ignore[union-attr]
