@@ -28,7 +28,8 @@ class Method(nn.Module):
 
     Subclasses define ``name``, a ``Config`` section (documented defaults), ``__init__(config,
     encoder)``, :meth:`configure_optimizers` and :meth:`loss`; optionally :meth:`after_step`,
-    :meth:`divergence`, :meth:`validation_outputs` / :meth:`validation_metrics` and ``monitor``.
+    :meth:`divergence`, :meth:`health`, :meth:`validation_outputs` / :meth:`validation_metrics`
+    and ``monitor``.
     """
 
     name: ClassVar[str] = ""
@@ -57,6 +58,11 @@ class Method(nn.Module):
         collapsed GAN generator), else None; the engine then stops with TrainingDiverged after
         saving the weights. Checked after every step (NaN/inf losses are the engine's own check)."""
         return None
+
+    def health(self) -> dict[str, float]:
+        """Diagnostics a finished training reports beside its results (e.g. how varied a GAN
+        generator's samples are); default none."""
+        return {}
 
     def lr_factor(self, step: int, total_steps: int) -> float:
         """Learning-rate multiplier at ``step`` of ``total_steps`` (default: constant)."""

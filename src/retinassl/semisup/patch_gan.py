@@ -342,6 +342,11 @@ class SSLGAN(Method):
         ema_update(self.ema_head, self.head, decay)
         self.steps += 1
 
+    def health(self) -> dict[str, float]:
+        """The last pixel-space ratio (``generator_sample_variance_ratio``), once checked."""
+        ratio = float(self.last_sample_ratio)
+        return {} if ratio != ratio else {"generator_sample_variance_ratio": ratio}   # NaN: never
+
     def divergence(self) -> str | None:
         if int(self.collapsed_checks) < self.config.collapse_patience:
             return None

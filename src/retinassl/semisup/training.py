@@ -22,7 +22,6 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset, Subset
 
 from ..engine import FitResult, fit
@@ -87,13 +86,10 @@ def _validation(data: PatchData, learner: LearnerConfig, seed: int) -> Dataset |
 
 
 def training_info(trained: Trained) -> dict[str, float]:
-    """What a training reports beside its classifier: seconds, optimizer steps and, for the
-    SSL-GAN, the generator's last ``sample_variance_ratio`` (near 0: one patch whatever the noise)."""
-    info = {"train_seconds": trained.fit.seconds, "train_steps": float(trained.fit.batches)}
-    ratio = getattr(trained.method, "last_sample_ratio", None)
-    if isinstance(ratio, torch.Tensor) and not torch.isnan(ratio):    # NaN: never checked
-        info["generator_sample_variance_ratio"] = float(ratio)
-    return info
+    """What a training reports beside its classifier: seconds, optimizer steps and the method's
+    :meth:`~retinassl.method.Method.health` (for the SSL-GAN, how varied its generator's samples are)."""
+    return {"train_seconds": trained.fit.seconds, "train_steps": float(trained.fit.batches),
+            **trained.method.health()}
 
 
 def train_learner(learner: LearnerConfig, data: PatchData, labelled: np.ndarray, seed: int,
