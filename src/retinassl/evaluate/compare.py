@@ -32,7 +32,7 @@ from ..atomic import write_text
 from ..results import read_results
 from ..rundir import RunDir
 from .metrics import accuracy, multilabel_auc, quadratic_kappa, roc_auc
-from .stats import bootstrap_ci, delong_ci, delong_test, mean_ci
+from .stats import bootstrap_ci, delong_ci, delong_test, mean_ci, significant_by_sign, signed_count
 from .tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -184,10 +184,9 @@ def _delong(task: TaskSpec, cells: dict[int, tuple], ref_cells: dict[int, tuple]
         out["p"] = delong_test(labels, ensemble, ref_ensemble).p_value
         finite = [t for t in tests if np.isfinite(t.p_value)]
         out["p_seeds"] = float(np.median([t.p_value for t in finite])) if finite else math.nan
-        significant = [t for t in finite if t.p_value < 0.05]
-        out["sig_seeds"] = float(len(significant))
-        out["sig_better"] = float(sum(t.difference > 0 for t in significant))
-        out["sig_worse"] = float(sum(t.difference < 0 for t in significant))
+        better, worse = significant_by_sign([t.p_value for t in finite], [t.difference for t in finite])
+        out["sig_seeds"] = float(sum(t.p_value < 0.05 for t in finite))
+        out["sig_better"], out["sig_worse"] = float(better), float(worse)
     return out
 
 
@@ -200,7 +199,7 @@ def _cell(row: pd.Series) -> str:
     if np.isfinite(row["p"]):
         text += f" p={row['p']:.3g}" if row["p"] >= 0.001 else " p<0.001"
         if np.isfinite(row["sig_seeds"]):
-            text += f" (+{int(row['sig_better'])}/-{int(row['sig_worse'])} of {int(row['n_seeds'])})"
+            text += f" ({signed_count(row['sig_better'], row['sig_worse'], row['n_seeds'])})"
     return text
 
 

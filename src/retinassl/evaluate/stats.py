@@ -113,6 +113,20 @@ def delong_test(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) 
                         float(2 * _stats.norm.sf(abs(z))))
 
 
+def significant_by_sign(p_values, differences, alpha: float = 0.05) -> tuple[int, int]:
+    """Of paired two-sided tests with ``p_values`` and effect ``differences`` (a - b), how many
+    reach ``p < alpha`` with a > b, and how many with a < b (NaN p-values count as neither)."""
+    p = np.asarray(p_values, dtype=float)
+    d = np.asarray(differences, dtype=float)
+    significant = p < alpha
+    return int(np.sum(significant & (d > 0))), int(np.sum(significant & (d < 0)))
+
+
+def signed_count(better: int, worse: int, n: int) -> str:
+    """``+better/-worse of n``: how tables show :func:`significant_by_sign`."""
+    return f"+{int(better)}/-{int(worse)} of {int(n)}"
+
+
 def delong_ci(labels: np.ndarray, scores: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
     """Asymptotic (1 - alpha) confidence interval of one AUC from DeLong's variance, clipped to [0, 1]."""
     aucs, cov = delong_covariance(labels, scores)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..evaluate.stats import significant_by_sign, signed_count
+
 PAPER_COUNTS: tuple[int, ...] = (10, 20, 40, 80, 149)
 # Lecouat et al. 2018, Table 1 (patch) and Table 2 (image): AUC in %, mean +- sd over 5 samplings.
 PAPER: dict[tuple[str, str], tuple[tuple[float, float], ...]] = {
@@ -84,17 +86,14 @@ def delong_table(results: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (pair, n), group in p.groupby(["method", "n_labelled"], sort=False):
         group = group.sort_values("seed")
-        diffs = d[(d["method"] == pair) & (d["n_labelled"] == n)]["value"]
-        by_seed = dict(zip(d[(d["method"] == pair) & (d["n_labelled"] == n)]["seed"], diffs))
+        diffs = d[(d["method"] == pair) & (d["n_labelled"] == n)].set_index("seed")["value"]
         values = group["value"].to_numpy(float)
-        signs = np.array([np.sign(by_seed.get(s, np.nan)) for s in group["seed"]])
-        significant = values < 0.05
+        better, worse = significant_by_sign(values, diffs.reindex(group["seed"]).to_numpy(float))
         rows.append({"comparison": pair, "n_labelled": int(n),
                      "AUC difference (mean, pts)": f"{100 * diffs.mean():+.1f}" if len(diffs) else "-",
                      "p per seed": ", ".join(f"{v:.3g}" for v in values),
                      "median p": f"{np.nanmedian(values):.3g}" if np.isfinite(values).any() else "-",
-                     "seeds p<0.05": f"+{int(np.sum(significant & (signs > 0)))}/"
-                                     f"-{int(np.sum(significant & (signs < 0)))} of {len(values)}"})
+                     "seeds p<0.05": signed_count(better, worse, len(values))})
     return pd.DataFrame(rows)
 
 
