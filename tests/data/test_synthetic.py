@@ -12,7 +12,8 @@ from retinassl.data.imageio import read_image, read_mask
 from retinassl.data.manifest import Manifest
 from retinassl.data.synthetic import generate_dataset
 from retinassl.data.synthetic_fundus import LESION_KEYS, MASK_KEYS, render_eye
-from retinassl.data.synthetic_oct import BOUNDARY_NAMES, TINY_SHAPE, render_oct
+from retinassl.data.synthetic_oct import (BOUNDARY_NAMES, LEAK_AREA_MM2, LEAK_MAX_UM, TINY_SHAPE,
+                                          leakage_thickening, render_oct)
 
 
 def _union(eye) -> np.ndarray:
@@ -214,6 +215,35 @@ def test_oedema_thickens_the_central_retina():
     assert np.all(wet.thickness >= dry.thickness - 1e-3)        # oedema only adds
     assert np.array_equal(wet.boundaries[-1], dry.boundaries[-1])  # same Bruch's membrane
     assert wet.thickness_map.mean() > dry.thickness_map.mean()
+
+
+def test_leakage_thickening_of_one_small_lesion_matches_the_closed_form():
+    eye = render_eye(5, 256, grade=0)
+    a = eye.anatomy
+    assert not leakage_thickening(eye, np.zeros(3), np.zeros(3)).any()      # healthy: none
+    # a 3 x 3 pixel "microaneurysm" centred 1 mm temporal/nasal of the fovea
+    cx, cy = int(round(a.fovea[0] + 1.0 / a.pixel_mm)), int(round(a.fovea[1]))
+    eye.masks["MA"][cy - 1:cy + 2, cx - 1:cx + 2] = True
+    area = 9 * a.pixel_mm ** 2                                  # mm^2, far smaller than the kernel
+    u = np.array([(cx - a.fovea[0]) * a.pixel_mm, (cx - a.fovea[0]) * a.pixel_mm + 0.35, -2.0])
+    v = np.array([(cy - a.fovea[1]) * a.pixel_mm] * 2 + [0.0])
+    got = leakage_thickening(eye, u, v)
+    # at the lesion the Gaussian-weighted area is the area; 0.35 mm away it is exp(-1/2) of it
+    expected = [LEAK_MAX_UM * (1 - math.exp(-area * f / LEAK_AREA_MM2)) for f in (1.0, math.exp(-0.5))]
+    np.testing.assert_allclose(got[:2], expected, rtol=0.03)
+    assert got[2] < 1e-3 * got[0]                               # 3 mm away: nothing
+
+
+def test_oct_thickening_is_exactly_the_leakage_in_a_dr_eye_without_oedema():
+    eye = next(e for e in (render_eye(s, 128, grade=3) for s in range(40)) if e.oedema is None)
+    wet = render_oct(eye, 2, shape=TINY_SHAPE)
+    dry = render_oct(eye, 2, shape=TINY_SHAPE, oedema=False)
+    fx = (wet.bscan_start[:, None, 0] + (wet.bscan_end - wet.bscan_start)[:, None, 0]
+          * np.linspace(0, 1, TINY_SHAPE[2])[None, :] - eye.anatomy.fovea[0]) * eye.anatomy.pixel_mm
+    fy = (wet.bscan_start[:, None, 1] - eye.anatomy.fovea[1]) * eye.anatomy.pixel_mm + 0 * fx
+    leak = leakage_thickening(eye, fx, fy)
+    assert leak.max() > 10                                      # grade 3: a real thickening
+    np.testing.assert_allclose(wet.thickness - dry.thickness, leak, atol=0.05)
 
 
 # -- on disk --------------------------------------------------------------------------------------

@@ -6,8 +6,10 @@ A-scans and ``depth`` rows, centred on the fovea and covering about 5.9 x 5.8 mm
 stack of layers with analytic thicknesses (foveal pit, parafoveal ring, RNFL thickening towards the
 disc) that sit on a curved, tilted Bruch's membrane; the B-scans are rendered from the exact
 boundaries (partial-volume at sub-pixel precision), with speckle, the shadows of the fundus
-vessels, hyper-reflective foci under hard exudates, and, when the eye has macular oedema, a
-thickening of the INL, OPL and ONL around the leakage point with optional intraretinal fluid cysts.
+vessels, hyper-reflective foci under hard exudates, and two thickenings of the INL, OPL and ONL:
+focal leakage around the microaneurysms and haemorrhages in the scanned area (any DR eye; it grows
+with the local lesion area, see :func:`leakage_thickening`), and, when the eye has macular oedema,
+a larger one around the leakage point with optional intraretinal fluid cysts.
 
 Conventions
 -----------
@@ -108,6 +110,33 @@ def _field_affine(eye: SyntheticEye, field_mm: float, size: int) -> np.ndarray:
 
 
 # -- retinal geometry ---------------------------------------------------------------------------
+LEAK_SIGMA_MM = 0.35         # neighbourhood over which leaking lesions thicken the retina
+LEAK_AREA_MM2 = 0.05         # lesion area (Gaussian-weighted) that gives 63 % of the maximum
+LEAK_MAX_UM = 60.0           # thickening at saturation
+_OEDEMA_SPLIT = ((3, 0.35), (4, 0.2), (5, 0.45))    # share of a thickening in the INL, OPL, ONL
+
+
+def leakage_thickening(eye: SyntheticEye, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Extra retinal thickness (um) from leaking microaneurysms and haemorrhages at scan positions
+    ``(u, v)`` (mm from the fovea, fundus x/y directions).
+
+    ``LEAK_MAX_UM * (1 - exp(-A / LEAK_AREA_MM2))`` where ``A`` is the area (mm^2) of the MA and HE
+    masks weighted by a Gaussian of ``LEAK_SIGMA_MM`` around the position, so one microaneurysm
+    gives a few micrometres and a cluster of haemorrhages tens. Deterministic (no random draw): the
+    same eye always has the same thickening, and a healthy eye none.
+    """
+    a = eye.anatomy
+    lesions = (eye.masks["MA"] | eye.masks["HE"]).astype(np.float32)
+    if not lesions.any():
+        return np.zeros(np.shape(u))
+    sigma = LEAK_SIGMA_MM / a.pixel_mm
+    area = ndimage.gaussian_filter(lesions, sigma) * (2 * math.pi * sigma ** 2 * a.pixel_mm ** 2)
+    xs = a.fovea[0] + np.asarray(u) / a.pixel_mm
+    ys = a.fovea[1] + np.asarray(v) / a.pixel_mm
+    local = _sample_line(area, xs.ravel(), ys.ravel()).reshape(np.shape(u))
+    return LEAK_MAX_UM * (1.0 - np.exp(-np.maximum(local, 0.0) / LEAK_AREA_MM2))
+
+
 def _layer_thickness(rng: np.random.Generator, eye: SyntheticEye, u: np.ndarray, v: np.ndarray,
                      with_oedema: bool) -> np.ndarray:
     """Thickness (um) of :data:`LAYER_NAMES` at scan positions ``(u, v)`` (mm from the fovea,
@@ -136,14 +165,17 @@ def _layer_thickness(rng: np.random.Generator, eye: SyntheticEye, u: np.ndarray,
         field = sum(ripple[k, p, q] * np.cos((p + 1) * u * 0.7 + ripple[k, q, p])
                     * np.cos((q + 1) * v * 0.7) for p in range(2) for q in range(2)) / 2
         t[k] *= 1.0 + amp * field
+    if not with_oedema:
+        return t
+    delta = leakage_thickening(eye, u, v)
     oed = eye.oedema
-    if with_oedema and oed is not None:
+    if oed is not None:
         cx = (oed.centre[0] - a.fovea[0]) * a.pixel_mm
         cy = (oed.centre[1] - a.fovea[1]) * a.pixel_mm
-        delta = oed.amplitude_um * np.exp(-((u - cx) ** 2 + (v - cy) ** 2) / (2 * oed.sigma_mm ** 2))
-        t[3] += 0.35 * delta
-        t[4] += 0.2 * delta
-        t[5] += 0.45 * delta
+        delta = delta + oed.amplitude_um * np.exp(-((u - cx) ** 2 + (v - cy) ** 2)
+                                                  / (2 * oed.sigma_mm ** 2))
+    for k, share in _OEDEMA_SPLIT:
+        t[k] += share * delta
     return t
 
 
@@ -274,7 +306,8 @@ def render_oct(eye: SyntheticEye, rng: int | np.random.Generator, *,
             without the oedema (every random draw happens either way).
         shape: ``(n_bscans, depth, width)``; :data:`DEFAULT_SHAPE` is Spectralis-like,
             :data:`TINY_SHAPE` is for tests.
-        oedema: apply the eye's macular oedema (thickening) if it has one.
+        oedema: apply the eye's thickenings: the leakage around its red lesions and its macular
+            oedema if it has one (False: the same retina without them).
         fluid: draw intraretinal fluid cysts inside the oedema.
         dtype: "uint8" (display values 0-255) or "float32" (display values, RPE ~ 0.9).
         map_size: side of the thickness map grid.
