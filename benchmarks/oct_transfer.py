@@ -9,10 +9,10 @@ against the generator's exact maps, next to the error of predicting the mean tra
 Writes ``results/oct_crossmodal.{json,md}``.
 
 Stage ``transfer``: the transfer-evaluation sweep (:mod:`retinassl.evaluate.sweep`) on a separate
-synthetic DR dataset (other eyes): referable DR (grade >= 2) and, the synthetic counterpart of what
-thickness shows, macular oedema (DME grade 2: exudates within one disc diameter of the fovea, the
-eyes whose OCT is thickened); 1, 2, 5 and 10 % of the training labels and, for the ceiling, all of
-them; Scratch vs the cross-modal encoder, linear probe (5 seeds) and fine-tuning (3 seeds), DeLong
+synthetic DR dataset (other eyes): referable DR (grade >= 2) and macular oedema (DME grade 2:
+exudates within one disc diameter of the fovea, the eyes with the large oedema; every DR eye's OCT
+is also thickened around its red lesions, see docs/OCT.md); 1, 2, 5 and 10 % of the training
+labels and, for the ceiling, all of them; Scratch vs the cross-modal encoder, linear probe (5 seeds) and fine-tuning (3 seeds), DeLong
 tests against Scratch on the same test images. Writes ``results/oct_transfer.{json,md}``.
 
     nohup flock /work/heavy.lock nice -n 5 .venv/bin/python benchmarks/oct_transfer.py \
@@ -109,7 +109,7 @@ def stage_transfer(args: argparse.Namespace, encoder_dir: Path) -> dict:
             "seconds": time.perf_counter() - start, "comparison": table.to_dict("records"),
             "config": json.loads(cfg.model_dump_json())}
     note = (f"\n\nSynthetic DR dataset of {args.dr_images} eyes (other eyes than the pretraining pool), "
-            f"referable DR = grade >= 2, dme = DME grade 2 (the eyes with thickening), 128 px. Scratch = random ResNet-18; cross-modal = the "
+            f"referable DR = grade >= 2, dme = DME grade 2 (the eyes with the large oedema), 128 px. Scratch = random ResNet-18; cross-modal = the "
             f"fundus -> OCT-thickness encoder {encoder_dir}"
             f"{' (of oct_crossmodal)' if args.encoder is None else ''}. Fractions of the training labels; "
             f"probe: 5 seeds, fine-tuning: 3 seeds; DeLong p on seed-ensemble scores vs Scratch. "
