@@ -62,3 +62,42 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     proc = _retinassl("data", "inspect", "idrid", "-o", f"root={tmp_path / 'nowhere'}")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "error:" in proc.stderr
+
+
+# -- --resume RUN key=value: the first override is not taken for CONFIG ----------------------------
+def test_resume_applies_a_first_override_to_the_recorded_config(tmp_path: Path) -> None:
+    import yaml
+
+    from retinassl.cli.common import open_run
+    from retinassl.semisup.config import SemisupTrainConfig
+
+    cfg, run = open_run(SemisupTrainConfig, "ssl-gan", ["n_labelled=10"], None, tmp_path)
+    assert cfg.n_labelled == 10 and run.path.parent == tmp_path
+    run.write_config(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    resumed, same = open_run(SemisupTrainConfig, "learner.engine.max_steps=7", ["seed=3"], run.path, None)
+    assert same.path == run.path
+    assert (resumed.n_labelled, resumed.learner.engine.max_steps, resumed.seed) == (10, 7, 3)
+    from retinassl.errors import ConfigError
+    with pytest.raises(ConfigError, match="CONFIG"):
+        open_run(SemisupTrainConfig, "seed=1", [], None, tmp_path)
+
+
+def test_sweep_resume_applies_a_first_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    import retinassl.cli.sweep as sweep_cli
+    import retinassl.report.html as html
+
+    seen: list[dict] = []
+    monkeypatch.setattr(sweep_cli, "runners", lambda: {"fake": lambda data, run, budget, resume: seen.append(data)})
+    monkeypatch.setattr(html, "build_report", lambda run: run.path / "report")
+    preset = tmp_path / "exp.yaml"
+    preset.write_text(yaml.safe_dump({"name": "exp", "kind": "fake", "seeds": [0, 1, 2, 3, 4],
+                                      "extension": {"enabled": True}}))
+    result = runner.invoke(app, ["sweep", str(preset), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    run = next((tmp_path / "runs").iterdir())
+    result = runner.invoke(app, ["sweep", "--resume", str(run), "extension.enabled=false", "seeds=[0,1]"])
+    assert result.exit_code == 0, result.output
+    assert seen[0]["extension"]["enabled"] is True
+    assert seen[1]["extension"]["enabled"] is False and seen[1]["seeds"] == [0, 1]

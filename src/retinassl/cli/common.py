@@ -27,3 +27,41 @@ def with_common_overrides(overrides: list[str] | None, runs_dir: Path | None, sk
     if skip_bad:
         out.append("data.skip_bad=true")
     return out
+
+
+def config_and_overrides(config: str | None, overrides: list[str] | None) -> tuple[str | None, list[str]]:
+    """Split a command's CONFIG argument from its key=value overrides. CONFIG is optional with
+    ``--resume``, so a first argument that is itself key=value is the first override (otherwise
+    ``--resume RUN engine.max_epochs=30`` would read the override as CONFIG and drop it)."""
+    rest = list(overrides or [])
+    if config is not None and "=" in config:
+        return None, [config] + rest
+    return config, rest
+
+
+def open_run(model: type, config: str | None, overrides: list[str] | None, resume: Path | None,
+             runs_dir: Path | None, skip_bad: bool = False, default: str | None = None,
+             suffix: str = ""):
+    """The validated config and run directory of a training command.
+
+    ``--resume`` reopens a run with its recorded config plus the overrides (e.g. a larger
+    ``engine.max_epochs``); otherwise CONFIG (a file or preset; without it, ``default``) plus the
+    overrides and the shared options makes a new run, named ``<config name><suffix>-<time>``.
+    Returns ``(config, run)``."""
+    from ..config import load_config
+    from ..errors import ConfigError
+    from ..rundir import RunDir
+
+    config, rest = config_and_overrides(config, overrides)
+    if resume is not None:
+        run = RunDir.resume(resume)
+        cfg = load_config(model, run.config_file, rest)
+    else:
+        config = default if config is None else config
+        if config is None:
+            raise ConfigError("give a CONFIG (a YAML file or a packaged preset), or --resume RUN")
+        cfg = load_config(model, config, with_common_overrides(rest, runs_dir, skip_bad))
+        run = RunDir.create(cfg.runs_dir, f"{cfg.name}{suffix}")
+    run.attach_log_file()
+    typer.echo(f"run directory: {run.path}")
+    return cfg, run

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from .common import ALLOW_PICKLE, OVERRIDES, RESUME, RUNS_DIR
+from .common import ALLOW_PICKLE, OVERRIDES, RESUME, RUNS_DIR, open_run
 
 app = typer.Typer(no_args_is_help=True, help="OCT volumes: read, segment layers, thickness maps, "
                                              "cross-modal pretraining.")
@@ -29,31 +29,6 @@ MODEL = typer.Option(None, "--model", help="A layer-segmentation model folder (f
 
 def _runs_dir(runs_dir: Path | None) -> Path:
     return runs_dir if runs_dir is not None else Path("runs")
-
-
-def _open_run(model: type, preset: str, config: str | None, overrides: list[str] | None,
-              resume: Path | None, runs_dir: Path | None):
-    """The validated config and run directory of a training command: ``--resume`` reopens a run
-    with its recorded config plus the overrides (e.g. a larger ``engine.max_epochs``); otherwise
-    CONFIG (a file or preset; without it, the packaged ``preset``) plus the overrides makes a new
-    run. A first argument that is itself a key=value override is one, with or without --resume."""
-    from ..config import load_config
-    from ..rundir import RunDir
-
-    rest = list(overrides or [])
-    if config is not None and "=" in config:       # the first override, not a config
-        config, rest = None, [config] + rest
-    if resume is not None:
-        run = RunDir.resume(resume)
-        cfg = load_config(model, run.config_file, rest)
-    else:
-        config = preset if config is None else config
-        extra = [f"runs_dir={runs_dir}"] if runs_dir is not None else []
-        cfg = load_config(model, config, rest + extra)
-        run = RunDir.create(cfg.runs_dir, cfg.name)
-    run.attach_log_file()
-    typer.echo(f"run directory: {run.path}")
-    return cfg, run
 
 
 @app.command()
@@ -146,7 +121,7 @@ def train_seg(config: str = typer.Argument(None, help="A YAML config or preset (
     annotations, or synthetic volumes). The model folder is <run>/layer-model."""
     from ..oct.train_layers import LayerTrainConfig, run_train_layers
 
-    cfg, run = _open_run(LayerTrainConfig, "oct-layers", config, overrides, resume, runs_dir)
+    cfg, run = open_run(LayerTrainConfig, config, overrides, resume, runs_dir, default="oct-layers")
     try:
         _, metrics = run_train_layers(cfg, run, resume=resume is not None)
     except BaseException as exc:
@@ -171,7 +146,7 @@ def pretrain(config: str = typer.Argument(None, help="A YAML config or preset (d
     from ..report.html import build_report
 
     overrides = list(overrides or []) + (["model.allow_pickle=true"] if allow_pickle else [])
-    cfg, run = _open_run(CrossModalRunConfig, "oct-cross-modal", config, overrides, resume, runs_dir)
+    cfg, run = open_run(CrossModalRunConfig, config, overrides, resume, runs_dir, default="oct-cross-modal")
     try:
         metrics = run_cross_modal(cfg, run, resume=resume is not None)
     except BaseException as exc:

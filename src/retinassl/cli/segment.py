@@ -6,9 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ..config import load_config
 from ..rundir import RunDir
-from .common import ALLOW_PICKLE, OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, with_common_overrides
+from .common import ALLOW_PICKLE, OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, open_run
 
 app = typer.Typer(no_args_is_help=True, help="Vessel segmentation: a U-Net whose encoder is any "
                   "registered encoder or encoder checkpoint; metrics inside the field of view.")
@@ -62,14 +61,7 @@ def train(config: str = typer.Argument("drive-vessels", help="A YAML config or a
     from ..report.html import build_report
 
     overrides = list(overrides or []) + (["model.allow_pickle=true"] if allow_pickle else [])
-    if resume is not None:
-        run = RunDir.resume(resume)
-        cfg = load_config(SegmentConfig, run.config_file, overrides)
-    else:
-        cfg = load_config(SegmentConfig, config, with_common_overrides(overrides, runs_dir, skip_bad))
-        run = RunDir.create(cfg.runs_dir, cfg.name)
-    run.attach_log_file()
-    typer.echo(f"run directory: {run.path}")
+    cfg, run = open_run(SegmentConfig, config, overrides, resume, runs_dir, skip_bad)
     try:
         metrics = run_segment_train(cfg, run, resume=resume is not None)
     except BaseException as exc:
@@ -179,14 +171,7 @@ def curve(config: str = typer.Argument("drive-vessels", help="A YAML config or p
         else:
             label, _, path = item.rpartition("=")
             inits[label or Path(path).parent.name or path] = path
-    if resume is not None:
-        run = RunDir.resume(resume)
-        cfg = load_config(SegmentConfig, run.config_file, overrides)
-    else:
-        cfg = load_config(SegmentConfig, config, with_common_overrides(overrides, runs_dir, False))
-        run = RunDir.create(cfg.runs_dir, f"{cfg.name}-curve")
-    run.attach_log_file()
-    typer.echo(f"run directory: {run.path}")
+    cfg, run = open_run(SegmentConfig, config, overrides, resume, runs_dir, suffix="-curve")
     table = run_label_fraction_curve(cfg, run, inits, [int(s) for s in sizes.split(",")],
                                      [int(s) for s in seeds.split(",")])
     run.update_status(status="finished")

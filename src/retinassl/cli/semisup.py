@@ -7,35 +7,27 @@ from pathlib import Path
 
 import typer
 
-from .common import ALLOW_PICKLE, OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, with_common_overrides
+from .common import ALLOW_PICKLE, OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, open_run
 
 app = typer.Typer(no_args_is_help=True, help="Semi-supervised patch classification (the patch "
                                              "SSL-GAN of Lecouat et al. 2018).")
 
 
 @app.command()
-def train(config: str = typer.Argument(..., help="A YAML config or preset (e.g. ssl-gan, "
-                                                  "demo-ssl-gan)."),
+def train(config: str = typer.Argument(None, help="A YAML config or preset (e.g. ssl-gan, "
+                                                  "demo-ssl-gan); not needed with --resume.",
+                                       show_default=False),
           overrides: list[str] = OVERRIDES, resume: Path = RESUME, runs_dir: Path = RUNS_DIR,
           skip_bad: bool = SKIP_BAD, allow_pickle: bool = ALLOW_PICKLE) -> None:
     """Train a patch classifier with n_labelled labelled images (the rest of the training cohort,
     and an optional pool, unlabelled), then evaluate it on the test split: patch, image and
     localisation AUC, predictions, heatmaps, results.csv and an HTML report in runs/<name>-<time>/."""
-    from ..config import load_config
     from ..report.html import build_report
-    from ..rundir import RunDir
     from ..semisup.config import SemisupTrainConfig
     from ..semisup.pipeline import run_semisup_train
 
     overrides = list(overrides or []) + (["learner.model.allow_pickle=true"] if allow_pickle else [])
-    if resume is not None:
-        run = RunDir.resume(resume)
-        cfg = load_config(SemisupTrainConfig, run.config_file, overrides)
-    else:
-        cfg = load_config(SemisupTrainConfig, config, with_common_overrides(overrides, runs_dir, skip_bad))
-        run = RunDir.create(cfg.runs_dir, cfg.name)
-    run.attach_log_file()
-    typer.echo(f"run directory: {run.path}")
+    cfg, run = open_run(SemisupTrainConfig, config, overrides, resume, runs_dir, skip_bad)
     try:
         metrics = run_semisup_train(cfg, run, resume=resume is not None)
     except BaseException as exc:

@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from ..errors import ConfigError
-from .common import OVERRIDES, RESUME, RUNS_DIR
+from .common import OVERRIDES, RESUME, RUNS_DIR, config_and_overrides
 
 Runner = Callable[[dict[str, Any], Any, str, bool], None]
 
@@ -27,7 +27,8 @@ def runners() -> dict[str, Runner]:
     return {"ssl-gan": run_ssl_gan_experiment, "transfer": transfer_runner}
 
 
-def sweep(preset: str = typer.Argument(..., help="A packaged experiment preset or a YAML file."),
+def sweep(preset: str = typer.Argument(None, help="A packaged experiment preset or a YAML file "
+                                        "(not needed with --resume).", show_default=False),
           overrides: list[str] = OVERRIDES,
           budget: str = typer.Option("cpu", "--budget", help="smoke (seconds, for tests), cpu (hours "
                                      "on 2 CPU cores), or full (the paper's setting, for GPUs)."),
@@ -40,11 +41,14 @@ def sweep(preset: str = typer.Argument(..., help="A packaged experiment preset o
 
     if budget not in ("smoke", "cpu", "full"):
         raise ConfigError(f"--budget must be smoke, cpu or full, not {budget!r}")
+    preset, overrides = config_and_overrides(preset, overrides)
     if resume is not None:
         run = RunDir.resume(resume)
-        data = apply_overrides(read_yaml(run.path / "sweep.yaml"), overrides or [])
+        data = apply_overrides(read_yaml(run.path / "sweep.yaml"), overrides)
     else:
-        data = apply_overrides(read_yaml(preset), overrides or [])
+        if preset is None:
+            raise ConfigError("give a PRESET (e.g. idrid-ssl-gan) or --resume RUN")
+        data = apply_overrides(read_yaml(preset), overrides)
         name = str(data.get("name", Path(preset).stem))
         run = RunDir.create(runs_dir or Path(str(data.get("runs_dir", "runs"))), f"{name}-{budget}")
         import yaml
@@ -55,7 +59,7 @@ def sweep(preset: str = typer.Argument(..., help="A packaged experiment preset o
     kind = data.get("kind")
     table = runners()
     if kind not in table:
-        raise ConfigError(f"{preset}: unknown experiment kind {kind!r}; known: {', '.join(sorted(table)) or 'none'}")
+        raise ConfigError(f"{preset or run.path}: unknown experiment kind {kind!r}; known: {', '.join(sorted(table)) or 'none'}")
     run.attach_log_file()
     typer.echo(f"run directory: {run.path}")
     try:

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import typer
 
-from ..config import load_config
-from ..rundir import RunDir
-from .common import ALLOW_PICKLE, OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, with_common_overrides
+from .common import ALLOW_PICKLE, OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, open_run
 
 
-def train(config: str = typer.Argument(..., help="A YAML config file or a packaged preset name "
-                                                  "(see `retinassl data list`)."),
+def train(config: str = typer.Argument(None, help="A YAML config file or a packaged preset name "
+                                                  "(see `retinassl data list`); not needed with --resume.",
+                                       show_default=False),
           overrides: list[str] = OVERRIDES, resume: Path = RESUME, runs_dir: Path = RUNS_DIR,
           skip_bad: bool = SKIP_BAD, allow_pickle: bool = ALLOW_PICKLE) -> None:
     """Train a supervised classifier (whole images, or patches with labels from lesion masks), then
@@ -22,14 +21,7 @@ def train(config: str = typer.Argument(..., help="A YAML config file or a packag
     from ..train import TrainConfig, run_train
 
     overrides = list(overrides or []) + (["model.allow_pickle=true"] if allow_pickle else [])
-    if resume is not None:
-        run = RunDir.resume(resume)
-        cfg = load_config(TrainConfig, run.config_file, overrides)
-    else:
-        cfg = load_config(TrainConfig, config, with_common_overrides(overrides, runs_dir, skip_bad))
-        run = RunDir.create(cfg.runs_dir, cfg.name)
-    run.attach_log_file()
-    typer.echo(f"run directory: {run.path}")
+    cfg, run = open_run(TrainConfig, config, overrides, resume, runs_dir, skip_bad)
     try:
         metrics = run_train(cfg, run, resume=resume is not None)
     except BaseException as exc:
