@@ -101,3 +101,7 @@ def test_sweep_resume_applies_a_first_override(tmp_path: Path, monkeypatch: pyte
     assert result.exit_code == 0, result.output
     assert seen[0]["extension"]["enabled"] is True
     assert seen[1]["extension"]["enabled"] is False and seen[1]["seeds"] == [0, 1]
+    # the run directory records them: resuming again without them keeps them
+    result = runner.invoke(app, ["sweep", "--resume", str(run)])
+    assert result.exit_code == 0, result.output
+    assert seen[2]["extension"]["enabled"] is False and seen[2]["seeds"] == [0, 1]

@@ -51,11 +51,13 @@ def sweep(preset: str = typer.Argument(None, help="A packaged experiment preset 
         data = apply_overrides(read_yaml(preset), overrides)
         name = str(data.get("name", Path(preset).stem))
         run = RunDir.create(runs_dir or Path(str(data.get("runs_dir", "runs"))), f"{name}-{budget}")
-        import yaml
+    # the experiment this run directory holds, with the overrides of every (re)start: a later
+    # --resume without them continues the same experiment
+    import yaml
 
-        from ..atomic import write_text
+    from ..atomic import write_text
 
-        write_text(run.path / "sweep.yaml", yaml.safe_dump(data, sort_keys=False))
+    write_text(run.path / "sweep.yaml", yaml.safe_dump(data, sort_keys=False))
     kind = data.get("kind")
     table = runners()
     if kind not in table:
