@@ -30,8 +30,9 @@ from _common import write_results  # noqa: E402
 from retinassl.evaluate.metrics import roc_auc  # noqa: E402
 from retinassl.results import read_results  # noqa: E402
 from retinassl.semisup.aggregate import image_scores  # noqa: E402
-from retinassl.semisup.summary import (PAPER, PAPER_COUNTS, comparison_table, delong_table,  # noqa: E402
-                                       markdown_table, metric_stats, metric_table, summary_dict)
+from retinassl.semisup.summary import (PAPER, PAPER_COUNTS, comparison_table, delong_table, is_planned,  # noqa: E402
+                                       markdown_table, metric_stats, metric_table, planned_results,
+                                       summary_dict)
 
 
 def done_when(results) -> list[dict]:
@@ -59,13 +60,13 @@ AGGREGATIONS = {
 CELL = re.compile(r"^(?P<method>.+)-n(?P<n>\d+)-s(?P<seed>\d+)$")
 
 
-def aggregation_table(run: Path) -> pd.DataFrame:
+def aggregation_table(run: Path, config: dict) -> pd.DataFrame:
     """Image AUC (%, mean over samplings) of each learner and label count under other rules of
     pooling the 64 patch logits into an image score, from the predictions the sweep saved."""
     rows = []
     for path in sorted((run / "predictions").rglob("*.csv")):
         cell = CELL.match(path.stem)
-        if cell is None:
+        if cell is None or not is_planned(config, cell["method"], int(cell["n"]), int(cell["seed"])):
             continue
         frame = pd.read_csv(path)
         logits = frame[[c for c in frame.columns if c.startswith("patch_")]].to_numpy(float)
@@ -90,15 +91,15 @@ def main() -> None:
     parser.add_argument("--notes", type=Path, default=None,
                         help="a Markdown file appended to the table (analysis, deviations)")
     args = parser.parse_args()
-    results = read_results(args.run / "results.csv")
     config = yaml.safe_load((args.run / "config.yaml").read_text())
+    results = planned_results(read_results(args.run / "results.csv"), config)
     status = json.loads((args.run / "run.json").read_text())
     methods = list(dict.fromkeys(results.loc[results["metric"] == "image_auc", "method"]))
     seconds = results[results["metric"] == "train_seconds"]
     started = _dt.datetime.fromisoformat(status["started"])
     finished = _dt.datetime.fromtimestamp((args.run / "results.csv").stat().st_mtime)
     checks = done_when(results)
-    pooling = aggregation_table(args.run)
+    pooling = aggregation_table(args.run, config)
     learners = {name: {"method": spec["method"], "model": spec["model"], "patch_size": spec["patch_size"],
                        "margin": spec["margin"], "engine": {k: spec["engine"][k] for k in
                                                             ("max_steps", "batch_size", "precision", "num_threads")}}

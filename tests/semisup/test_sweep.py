@@ -130,3 +130,19 @@ def test_the_sweep_trains_the_reference_and_the_baselines_only() -> None:
     assert {c[0] for c in alone} == {"ssl-gan"} and len(alone) == 2      # labelled [4, 12] x seed 0
     one = plan_cells(resolve_config(apply_overrides(data, ["baselines=[convnet]"]), "smoke"))
     assert {c[0] for c in one} == {"ssl-gan", "convnet", "ssl-gan+partB"}
+
+
+def test_tables_leave_out_the_cells_a_narrowed_resume_dropped() -> None:
+    from retinassl.semisup.summary import planned_results
+
+    rows = [("ssl-gan", 10, 0), ("convnet", 10, 0), ("ssl-gan", 10, 4), ("ssl-gan+partB", 10, 0),
+            ("ssl-gan vs convnet", 10, 0), ("ssl-gan vs convnet", 10, 4), ("ssl-gan+partB vs ssl-gan", 10, 0),
+            ("ssl-gan", 20, 0)]
+    results = pd.DataFrame([{"method": m, "n_labelled": n, "seed": s, "metric": "image_auc", "value": 0.5}
+                            for m, n, s in rows])
+    config = {"reference": "ssl-gan", "baselines": ["convnet"], "labelled": [10], "seeds": [0, 1],
+              "extension": {"enabled": False, "label": "ssl-gan+partB"}}
+    kept = planned_results(results, config)
+    assert list(zip(kept["method"], kept["seed"])) == [("ssl-gan", 0), ("convnet", 0), ("ssl-gan vs convnet", 0)]
+    config["extension"]["enabled"] = True
+    assert len(planned_results(results, config)) == 5

@@ -18,7 +18,7 @@ import pandas as pd
 from ..evaluate.metrics import roc_points
 from ..results import read_results
 from ..rundir import RunDir
-from .summary import comparison_table, delong_table, metric_table
+from .summary import comparison_table, delong_table, metric_table, planned_results
 
 ROC_FIGURE = "sslgan-roc.png"
 _CELL = re.compile(r"^(?P<label>.+)-n(?P<n>\d+)-s(?P<seed>\d+)$")
@@ -71,7 +71,10 @@ def ssl_gan_section(run: RunDir):  # -> Section | None (imported lazily: report.
     folder = run.path / "predictions" / "ssl-gan"
     if not folder.is_dir() or not run.results_file.is_file():
         return None
-    results = read_results(run.results_file)
+    import yaml
+
+    config = yaml.safe_load(run.config_file.read_text()) if run.config_file.is_file() else None
+    results = planned_results(read_results(run.results_file), config)
     methods = list(dict.fromkeys(results.loc[results["metric"] == "image_auc", "method"]))
     parts = ['<p class="note">AUC in %, mean ± sd over the labelled samplings (seeds; n = number of '
              'samplings when not 5). Paper: Lecouat et al. 2018, Tables 1 (patch) and 2 (image). The '

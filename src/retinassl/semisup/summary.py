@@ -31,6 +31,33 @@ PAPER: dict[tuple[str, str], tuple[tuple[float, float], ...]] = {
 }
 
 
+def planned_labels(config: dict) -> set[str]:
+    """The method labels an experiment's resolved config (``config.yaml``) trains."""
+    labels = {config.get("reference"), *(config.get("baselines") or [])}
+    ext = config.get("extension") or {}
+    if ext.get("enabled"):
+        labels.add(ext.get("label"))
+    return {str(label) for label in labels if label}
+
+
+def is_planned(config: dict, method: str, n_labelled: int, seed: int) -> bool:
+    """Whether a cell (or a ``"a vs b"`` comparison of two) belongs to the config's plan."""
+    labels = planned_labels(config)
+    return (all(part in labels for part in str(method).split(" vs "))
+            and int(n_labelled) in config["labelled"] and int(seed) in config["seeds"])
+
+
+def planned_results(results: pd.DataFrame, config: dict | None) -> pd.DataFrame:
+    """The rows of the cells the config plans. A sweep resumed with fewer seeds, counts or
+    learners, or without its extension, keeps the dropped cells' rows in ``results.csv`` (nothing
+    is deleted); its tables and checks leave them out."""
+    if not config or results.empty:
+        return results
+    keep = [is_planned(config, m, n, s) for m, n, s in
+            zip(results["method"], results["n_labelled"], results["seed"])]
+    return results[np.array(keep, bool)]
+
+
 def metric_stats(results: pd.DataFrame, metric: str) -> pd.DataFrame:
     """``method, n_labelled, mean, sd, count`` of ``metric`` over seeds."""
     rows = results[results["metric"] == metric]
