@@ -105,3 +105,25 @@ def test_sweep_resume_applies_a_first_override(tmp_path: Path, monkeypatch: pyte
     result = runner.invoke(app, ["sweep", "--resume", str(run)])
     assert result.exit_code == 0, result.output
     assert seen[2]["extension"]["enabled"] is False and seen[2]["seeds"] == [0, 1]
+
+
+def test_evaluate_resume_applies_its_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import retinassl.evaluate.sweep as transfer
+    import retinassl.report.html as html
+
+    seen: list = []
+
+    def fake_run(config, run, shard=None) -> None:
+        seen.append(config)
+        (run.path / "comparison.md").write_text("table")
+
+    monkeypatch.setattr(transfer, "run_transfer", fake_run)
+    monkeypatch.setattr(html, "build_report", lambda run: run.path / "report")
+    result = runner.invoke(app, ["evaluate", "probe", "scratch", "seed=3", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    run = next(tmp_path.iterdir())
+    result = runner.invoke(app, ["evaluate", "probe", "scratch", "seed=5", "--resume", str(run)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["evaluate", "probe", "scratch", "--resume", str(run)])
+    assert result.exit_code == 0, result.output
+    assert [c.seed for c in seen] == [3, 5, 5]

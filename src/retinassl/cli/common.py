@@ -29,14 +29,22 @@ def with_common_overrides(overrides: list[str] | None, runs_dir: Path | None, sk
     return out
 
 
-def config_and_overrides(config: str | None, overrides: list[str] | None) -> tuple[str | None, list[str]]:
-    """Split a command's CONFIG argument from its key=value overrides. CONFIG is optional with
-    ``--resume``, so a first argument that is itself key=value is the first override (otherwise
-    ``--resume RUN engine.max_epochs=30`` would read the override as CONFIG and drop it)."""
+def config_and_overrides(config: str | None, overrides: list[str] | None,
+                         default: str | None = None) -> tuple[str | None, list[str]]:
+    """Split a command's optional CONFIG argument from its key=value overrides: a first argument
+    that is itself key=value is the first override (otherwise ``--resume RUN
+    engine.max_epochs=30`` would read the override as CONFIG and drop it). Returns ``(CONFIG or
+    default, overrides)``."""
     rest = list(overrides or [])
     if config is not None and "=" in config:
-        return None, [config] + rest
-    return config, rest
+        config, rest = None, [config] + rest
+    return (default if config is None else config), rest
+
+
+def split_args(args: list[str] | None, default: str | None = None) -> tuple[str | None, list[str]]:
+    """``[CONFIG] [key=value ...]`` (one argument list) -> ``(CONFIG or default, overrides)``."""
+    args = list(args or [])
+    return config_and_overrides(args[0] if args else None, args[1:], default)
 
 
 def open_run(model: type, config: str | None, overrides: list[str] | None, resume: Path | None,
@@ -52,12 +60,11 @@ def open_run(model: type, config: str | None, overrides: list[str] | None, resum
     from ..errors import ConfigError
     from ..rundir import RunDir
 
-    config, rest = config_and_overrides(config, overrides)
+    config, rest = config_and_overrides(config, overrides, default)
     if resume is not None:
         run = RunDir.resume(resume)
         cfg = load_config(model, run.config_file, rest)
     else:
-        config = default if config is None else config
         if config is None:
             raise ConfigError("give a CONFIG (a YAML file or a packaged preset), or --resume RUN")
         cfg = load_config(model, config, with_common_overrides(rest, runs_dir, skip_bad))

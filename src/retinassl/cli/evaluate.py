@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from .common import RESUME, RUNS_DIR
+from .common import RESUME, RUNS_DIR, split_args
 
 app = typer.Typer(no_args_is_help=True, help="Evaluate an encoder: linear probe or fine-tuning over "
                                              "label fractions, seeds and folds.")
@@ -28,14 +28,6 @@ NAME = typer.Option(None, "--name", help="The initialisation's name in results (
                                          "path).")
 
 DEFAULT_CONFIG = "transfer-demo"
-
-
-def split_args(args: list[str] | None) -> tuple[str, list[str]]:
-    """``[CONFIG] [key=value ...]`` -> (config, overrides)."""
-    args = list(args or [])
-    if args and "=" not in args[0]:
-        return args[0], args[1:]
-    return DEFAULT_CONFIG, args
 
 
 def init_name(encoder: str) -> str:
@@ -56,11 +48,11 @@ def _evaluate(protocol: str, encoder: str, args: list[str] | None, budget: str |
     from ..report.html import build_report
     from ..rundir import RunDir
 
+    source, overrides = split_args(args, DEFAULT_CONFIG)
     if resume is not None:
         run = RunDir.resume(resume)
-        data = read_yaml(run.path / "evaluate.yaml")
+        data = apply_overrides(read_yaml(run.path / "evaluate.yaml"), overrides)
     else:
-        source, overrides = split_args(args)
         data = apply_overrides(read_yaml(source), overrides)
         label = name or init_name(encoder)
         data.update({"inits": [{"name": label, "init": encoder}], "reference": label,
@@ -71,9 +63,9 @@ def _evaluate(protocol: str, encoder: str, args: list[str] | None, budget: str |
                 override.pop(key, None)
         root = runs_dir or Path(str(data.get("runs_dir", "runs")))
         run = RunDir.create(root, f"evaluate-{protocol}-{label}")
-        import yaml
+    import yaml
 
-        write_text(run.path / "evaluate.yaml", yaml.safe_dump(data, sort_keys=False))
+    write_text(run.path / "evaluate.yaml", yaml.safe_dump(data, sort_keys=False))  # with the overrides of every (re)start
     config = resolve_config(data, budget)
     run.attach_log_file()
     typer.echo(f"run directory: {run.path}")

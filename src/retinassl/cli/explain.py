@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from .common import RUNS_DIR
-from .evaluate import init_name, split_args
+from .common import RUNS_DIR, split_args
+from .evaluate import DEFAULT_CONFIG, init_name
 
 app = typer.Typer(no_args_is_help=True, help="Explain models: Grad-CAM overlays and t-SNE maps.")
 
@@ -21,7 +21,7 @@ def _setup(args: list[str] | None, kind: str, label: str, runs_dir: Path | None)
     from ..evaluate.sweep import resolve_config
     from ..rundir import RunDir
 
-    source, overrides = split_args(args)
+    source, overrides = split_args(args, DEFAULT_CONFIG)
     data = apply_overrides(read_yaml(source), overrides)
     data.pop("budgets", None)
     config = resolve_config(data, None)

@@ -6,16 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import RESUME, RUNS_DIR, SKIP_BAD, with_common_overrides
-
-
-def split_config_and_overrides(method: str, args: list[str] | None) -> tuple[str, list[str]]:
-    """``[CONFIG] [key=value ...]`` -> (config file or preset, overrides); the default config is
-    the packaged preset ``pretrain-<METHOD>``."""
-    args = list(args or [])
-    if args and "=" not in args[0]:
-        return args[0], args[1:]
-    return f"pretrain-{method}", args
+from .common import RESUME, RUNS_DIR, SKIP_BAD, split_args, with_common_overrides
 
 
 def pretrain(method: str = typer.Argument(..., help="A pretraining method: rotation, "
@@ -43,7 +34,7 @@ def pretrain(method: str = typer.Argument(..., help="A pretraining method: rotat
 
     if method not in method_names():
         raise ConfigError(f"unknown method {method!r}; known: {', '.join(method_names())}")
-    source, overrides = split_config_and_overrides(method, args)
+    source, overrides = split_args(args, f"pretrain-{method}")
     if resume is None and source == f"pretrain-{method}" and source not in preset_names():
         raise ConfigError(f"method {method!r} has no packaged preset {source}; give a CONFIG file "
                           f"(presets: {', '.join(p for p in preset_names() if p.startswith('pretrain-'))})")

@@ -185,8 +185,7 @@ def _delong(task: TaskSpec, cells: dict[int, tuple], ref_cells: dict[int, tuple]
         finite = [t for t in tests if np.isfinite(t.p_value)]
         out["p_seeds"] = float(np.median([t.p_value for t in finite])) if finite else math.nan
         better, worse = significant_by_sign([t.p_value for t in finite], [t.difference for t in finite])
-        out["sig_seeds"] = float(sum(t.p_value < 0.05 for t in finite))
-        out["sig_better"], out["sig_worse"] = float(better), float(worse)
+        out["sig_seeds"], out["sig_better"], out["sig_worse"] = float(better + worse), float(better), float(worse)
     return out
 
 
