@@ -15,7 +15,7 @@ from PIL import Image
 
 from retinassl.data.cache import Cache
 from retinassl.data.manifest import Manifest
-from retinassl.data.preprocess import PreprocessConfig, fov_mask, normalize
+from retinassl.data.preprocess import PreprocessConfig, fov_mask, normalize, subtract_background
 from retinassl.errors import DataError
 
 
@@ -164,6 +164,34 @@ def test_normalisations() -> None:
     z = normalize(img, "image")
     assert np.allclose(z.mean(axis=(1, 2)), 0, atol=1e-6)
     assert np.allclose(normalize(img, "max", {"max": 160.0})[2, 0, 1], 0.5)
+
+
+def test_background_subtraction_removes_the_eye_and_keeps_the_lesion() -> None:
+    """Two eyes of different colour and uneven light, with one dark 3x3 lesion: after the
+    subtraction both read 128 away from the lesion (a flat eye up to its FOV border: no bright
+    rim), and the lesion keeps four times its contrast to its surround."""
+    h = w = 96
+    yy, xx = np.mgrid[0:h, 0:w]
+    radius = np.hypot(xx - 48, yy - 48)
+    fov = radius <= 40
+    lesion = np.zeros_like(fov)
+    lesion[46:49, 46:49] = True
+    near_lesion = np.hypot(xx - 47, yy - 47) <= 10
+    outs = []
+    for colour, slope in (((180, 90, 40), 0.0), ((120, 70, 60), 0.0), ((180, 90, 40), 0.3),
+                          ((120, 70, 60), -0.2)):
+        img = np.clip(np.asarray(colour, float)[None, None, :] + slope * (xx - 48)[..., None], 0, 255)
+        img[lesion] -= 10.0
+        img = (img * fov[..., None]).astype(np.uint8)
+        out = subtract_background(img, fov, sigma=6.0).astype(int)
+        assert out.shape == img.shape and out.dtype == int
+        # a flat eye reads 128 everywhere in its FOV; a lit one, 2 sigma inside the border
+        far = fov & ~near_lesion & ((radius <= 28) if slope else True)
+        assert np.abs(out[far] - 128).max() <= (3 if slope else 1)  # the ramp's uint8 rounding, x4
+        assert np.all(out[lesion] <= 128 - 4 * 10 + 15)  # 4x the 10-level dip, less its own blur
+        outs.append(out)
+    assert np.abs(outs[0][fov] - outs[1][fov]).max() <= 2  # the eye's colour is gone
+    assert PreprocessConfig(subtract_background=True).cache_key() != PreprocessConfig().cache_key()
 
 
 def test_parallel_prepare_matches_serial(tmp_path: Path) -> None:
