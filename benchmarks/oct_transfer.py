@@ -52,7 +52,7 @@ def stage_pretrain(args: argparse.Namespace) -> dict:
             "oct_shape": [49, 496, 512]}},
         "preprocess": {"size": 128}, "model": {"arch": "resnet18"},
         "method": {"name": "cross-modal", "lr": 1e-3},
-        "engine": {"max_epochs": args.pretrain_epochs, "batch_size": 32, "checkpoint_every_n_steps": -1,
+        "engine": {"max_epochs": args.pretrain_epochs, "batch_size": args.batch_size, "checkpoint_every_n_steps": -1,
                    "num_threads": args.threads}, "predictions": 6})
     run = RunDir.create(cfg.runs_dir, cfg.name)
     run.attach_log_file()
@@ -69,12 +69,18 @@ def stage_pretrain(args: argparse.Namespace) -> dict:
         f"{m.get('rmse_um_vs_manifest', float('nan')):.2f} |",
         f"| mean training map (baseline) vs the segmented maps | {m['baseline_mae_um']:.2f} | |",
         f"| segmented maps (targets) vs the exact maps | {m.get('target_mae_um_vs_manifest', float('nan')):.2f} | |",
+        f"| cross-modal network vs the segmented maps, deviant pixels "
+        f"({int(m.get('pixels_deviant', 0))}) | {m.get('mae_um_deviant', float('nan')):.2f} | "
+        f"{m.get('rmse_um_deviant', float('nan')):.2f} |",
+        f"| mean training map vs the segmented maps, deviant pixels | "
+        f"{m.get('baseline_mae_um_deviant', float('nan')):.2f} | |",
     ])
     note = (f"\n\n{args.pool} synthetic eyes (256 px fundus, 49 x 496 x 512 OCT) split 60/20/20 by "
             f"patient; targets = thickness maps from the oct_layers model (no ground truth used), "
             f"registered to the fundus photograph through the B-scan positions; ResNet-18 + U-Net "
-            f"decoder, 128 px input, {args.pretrain_epochs} epochs; errors over defined map pixels "
-            f"(the scanned macula). {int(m.get('maps_failing_quality', 0))} maps failed the quality "
+            f"decoder, 128 px input, {args.pretrain_epochs} epochs of batch {args.batch_size}; errors over defined map pixels "
+            f"(the scanned macula); deviant pixels: where the target departs from the mean training map by "
+            f"more than {cfg.deviant_um:g} µm. {int(m.get('maps_failing_quality', 0))} maps failed the quality "
             f"check (masked).")
     write_results("oct_crossmodal", data, table + note)
     return data
@@ -125,6 +131,7 @@ def main() -> None:
     parser.add_argument("--encoder", type=Path, default=None, help="skip pretraining: this encoder")
     parser.add_argument("--pool", type=int, default=300)
     parser.add_argument("--pretrain-epochs", type=int, default=40)
+    parser.add_argument("--pretrain-batch-size", dest="batch_size", type=int, default=32)
     parser.add_argument("--dr-images", type=int, default=800)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
