@@ -1,0 +1,166 @@
+"""Where the image-level AUC of an idrid-ssl-gan sweep is lost: an anatomy of its saved patch logits.
+
+Lecouat et al. report a patch AUC of about 80 and an image AUC of about 98; our sweeps match the
+patch AUC and stay near 81-86 at the image level. The image score is the sum of 64 patch sigmoids,
+so how far a patch AUC carries to the image level depends on how patch errors are distributed
+over images. For every planned cell of a finished sweep this script splits the patch AUC into
+
+- *lesion AUC*: diseased vs lesion-free patches inside the DR test images (finding the lesions);
+- *context AUC*: lesion-free patches of DR images vs the patches of healthy images (scoring
+  lesion-free tissue higher because of the image it sits in);
+- *between-image share*: the share of the variance of healthy images' patch logits that lies
+  between images (an image-wide offset that the sum of 64 patches cannot average away);
+- *image AUC if patch errors were independent*: the image AUC of the same sum rule when each
+  patch's logit is redrawn from the cell's logits of patches with the same label (diseased /
+  lesion-free), i.e. the same patch-level ROC with no image-wide offset (mean over draws).
+
+It also fits a logistic regression on global image statistics alone (in-FOV mean and sd of each
+channel, maximum, FOV size), to show how far the two sources of the 249-image set (part-A DR
+images, part-B grade-0 images) are separable without looking at any lesion.
+
+    .venv/bin/python benchmarks/ssl_gan_errors.py RUN_DIR [--name ssl_gan_errors] [--draws 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_results  # noqa: E402
+
+from retinassl.config import validate  # noqa: E402
+from retinassl.evaluate.metrics import roc_auc  # noqa: E402
+from retinassl.semisup.aggregate import image_scores  # noqa: E402
+from retinassl.semisup.config import SSLGANExperimentConfig  # noqa: E402
+from retinassl.semisup.evaluation import patch_logits_of  # noqa: E402
+from retinassl.semisup.patch_data import load_patch_data  # noqa: E402
+from retinassl.semisup.summary import is_planned  # noqa: E402
+
+CELL = re.compile(r"^(?P<method>.+)-n(?P<n>\d+)-s(?P<seed>\d+)$")
+
+
+def between_image_share(logits: np.ndarray) -> float:
+    """One-way ANOVA share of variance between rows (images) of ``logits`` ``(images, patches)``."""
+    grand = logits.mean()
+    between = logits.shape[1] * ((logits.mean(axis=1) - grand) ** 2).sum()
+    total = ((logits - grand) ** 2).sum()
+    return float(between / total) if total > 0 else float("nan")
+
+
+def independent_image_auc(logits: np.ndarray, patch_labels: np.ndarray, image_labels: np.ndarray,
+                          draws: int, seed: int = 0) -> float:
+    """Mean image AUC (sum of sigmoids) when every patch logit is redrawn, independently, from the
+    logits of all patches with the same patch label."""
+    rng = np.random.default_rng(seed)
+    pools = {k: logits[patch_labels == k] for k in (0, 1)}
+    aucs = []
+    for _ in range(draws):
+        redrawn = np.empty_like(logits)
+        for k, pool in pools.items():
+            where = patch_labels == k
+            redrawn[where] = rng.choice(pool, size=int(where.sum()))
+        aucs.append(roc_auc(image_labels, image_scores(redrawn)))
+    return float(np.mean(aucs))
+
+
+def cell_anatomy(logits: np.ndarray, patch_labels: np.ndarray, image_labels: np.ndarray,
+                 draws: int) -> dict[str, float]:
+    dr, healthy = image_labels == 1, image_labels == 0
+    lesion_free_dr = logits[dr][patch_labels[dr] == 0]
+    return {
+        "image_auc": roc_auc(image_labels, image_scores(logits)),
+        "patch_auc": roc_auc(patch_labels.reshape(-1), logits.reshape(-1)),
+        "lesion_auc": roc_auc(patch_labels[dr].reshape(-1), logits[dr].reshape(-1)),
+        "context_auc": roc_auc(np.r_[np.ones(len(lesion_free_dr)), np.zeros(healthy.sum() * logits.shape[1])],
+                               np.r_[lesion_free_dr, logits[healthy].reshape(-1)]),
+        "between_image_share": between_image_share(logits[healthy]),
+        "independent_image_auc": independent_image_auc(logits, patch_labels, image_labels, draws),
+    }
+
+
+def global_features(prepared) -> np.ndarray:
+    """Per image: in-FOV mean and sd of each channel, the maximum, and the FOV's share of the square."""
+    rows = []
+    for entry in prepared.entries:
+        stats = entry.stats
+        rows.append([*stats["mean"], *stats["std"], stats["max"], float(np.asarray(entry.fov()).mean())])
+    return np.asarray(rows, dtype=float)
+
+
+def global_feature_auc(features: np.ndarray, labels: np.ndarray, repeats: int = 10) -> tuple[float, float]:
+    """Cross-validated AUC (mean, sd over repeats of stratified 5-fold CV) of a logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    aucs = []
+    for r in range(repeats):
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+        folds = StratifiedKFold(5, shuffle=True, random_state=r)
+        scores = cross_val_predict(model, features, labels, cv=folds, method="predict_proba")[:, 1]
+        aucs.append(roc_auc(labels, scores))
+    return float(np.mean(aucs)), float(np.std(aucs))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--name", default="ssl_gan_errors")
+    parser.add_argument("--draws", type=int, default=200)
+    args = parser.parse_args()
+    raw = yaml.safe_load((args.run / "config.yaml").read_text())
+    config = validate(SSLGANExperimentConfig, raw)
+    data = load_patch_data(config.data, config.preprocess, config.split, config.patches)
+    patch_size = min(learner.patch_size for learner in config.learners.values())
+    bank = data.bank("test", patch_size)
+    test_ids = data.ids(data.test)
+    patch_labels = np.asarray(bank.labels).reshape(len(test_ids), -1).astype(int)
+
+    rows = []
+    for path in sorted((args.run / "predictions").rglob("*.csv")):
+        cell = CELL.match(path.stem)
+        if cell is None or not is_planned(raw, cell["method"], int(cell["n"]), int(cell["seed"])):
+            continue
+        frame = pd.read_csv(path)
+        if list(frame["id"]) != list(test_ids):
+            raise SystemExit(f"{path}: its test images are not the split's test images, in order")
+        rows.append({"method": cell["method"], "n_labelled": int(cell["n"]), "seed": int(cell["seed"]),
+                     **cell_anatomy(patch_logits_of(frame), patch_labels, frame["label"].to_numpy(int),
+                                    args.draws)})
+    cells = pd.DataFrame(rows)
+    means = cells.groupby(["method", "n_labelled"]).mean(numeric_only=True).drop(columns="seed")
+    counts = cells.groupby(["method", "n_labelled"]).size().rename("cells")
+    means = means.join(counts).reset_index()
+
+    labels = data.labels(np.arange(len(data.prepared)))
+    feature_auc, feature_sd = global_feature_auc(global_features(data.prepared), labels)
+
+    columns = ["image_auc", "independent_image_auc", "patch_auc", "lesion_auc", "context_auc",
+               "between_image_share"]
+    lines = ["| learner | labelled | cells | image AUC | image AUC, independent patch errors | patch AUC | "
+             "lesion AUC (inside DR images) | context AUC (lesion-free DR vs healthy patches) | "
+             "between-image share of healthy logits |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in means.itertuples():
+        values = " | ".join(f"{getattr(r, c):.3f}" for c in columns)
+        lines.append(f"| {r.method} | {r.n_labelled} | {r.cells} | {values} |")
+    note = (f"\n\nRun: `{args.run}`; {len(test_ids)} test images ({int(data.labels(data.test).sum())} DR), "
+            f"64 patches each; means over the planned cells' samplings; independent patch errors: "
+            f"{args.draws} redraws per cell.\n\nGlobal image statistics alone (in-FOV channel means and "
+            f"sds, maximum, FOV share; logistic regression, stratified 5-fold CV x 10, all "
+            f"{len(labels)} images): DR vs healthy AUC {feature_auc:.3f} ± {feature_sd:.3f}.")
+    write_results(args.name, {"run": str(args.run), "draws": args.draws, "cells": rows,
+                              "means": means.to_dict("records"),
+                              "global_feature_auc": {"mean": feature_auc, "sd": feature_sd}},
+                  "\n".join(lines) + note)
+
+
+if __name__ == "__main__":
+    main()
