@@ -1,18 +1,11 @@
 """Where the image-level AUC of an idrid-ssl-gan sweep is lost: an anatomy of its saved patch logits.
 
 Lecouat et al. report a patch AUC of about 80 and an image AUC of about 98; our sweeps match the
-patch AUC and stay near 81-86 at the image level. The image score is the sum of 64 patch sigmoids,
-so how far a patch AUC carries to the image level depends on how patch errors are distributed
-over images. For every planned cell of a finished sweep this script splits the patch AUC into
-
-- *lesion AUC*: diseased vs lesion-free patches inside the DR test images (finding the lesions);
-- *context AUC*: lesion-free patches of DR images vs the patches of healthy images (scoring
-  lesion-free tissue higher because of the image it sits in);
-- *between-image share*: the share of the variance of healthy images' patch logits that lies
-  between images (an image-wide offset that the sum of 64 patches cannot average away);
-- *image AUC if patch errors were independent*: the image AUC of the same sum rule when each
-  patch's logit is redrawn from the cell's logits of patches with the same label (diseased /
-  lesion-free), i.e. the same patch-level ROC with no image-wide offset (mean over draws).
+patch AUC and stay near 81-86 at the image level. For every planned cell of a finished sweep this
+script computes :mod:`retinassl.semisup.anatomy` (lesion and context AUC, the between-image share
+of the healthy images' logit variance, the image AUC if patch errors were independent), with the
+test images' patch labels recomputed from the data (so it also reads sweeps that predate the
+report's own anatomy table).
 
 It also fits a logistic regression on global image statistics alone (in-FOV mean and sd of each
 channel, maximum, FOV size), to show how far the two sources of the 249-image set (part-A DR
@@ -37,52 +30,13 @@ from _common import write_results  # noqa: E402
 
 from retinassl.config import validate  # noqa: E402
 from retinassl.evaluate.metrics import roc_auc  # noqa: E402
-from retinassl.semisup.aggregate import image_scores  # noqa: E402
+from retinassl.semisup.anatomy import ANATOMY_METRICS, logit_anatomy  # noqa: E402
 from retinassl.semisup.config import SSLGANExperimentConfig  # noqa: E402
 from retinassl.semisup.evaluation import patch_logits_of  # noqa: E402
 from retinassl.semisup.patch_data import load_patch_data  # noqa: E402
 from retinassl.semisup.summary import is_planned  # noqa: E402
 
 CELL = re.compile(r"^(?P<method>.+)-n(?P<n>\d+)-s(?P<seed>\d+)$")
-
-
-def between_image_share(logits: np.ndarray) -> float:
-    """One-way ANOVA share of variance between rows (images) of ``logits`` ``(images, patches)``."""
-    grand = logits.mean()
-    between = logits.shape[1] * ((logits.mean(axis=1) - grand) ** 2).sum()
-    total = ((logits - grand) ** 2).sum()
-    return float(between / total) if total > 0 else float("nan")
-
-
-def independent_image_auc(logits: np.ndarray, patch_labels: np.ndarray, image_labels: np.ndarray,
-                          draws: int, seed: int = 0) -> float:
-    """Mean image AUC (sum of sigmoids) when every patch logit is redrawn, independently, from the
-    logits of all patches with the same patch label."""
-    rng = np.random.default_rng(seed)
-    pools = {k: logits[patch_labels == k] for k in (0, 1)}
-    aucs = []
-    for _ in range(draws):
-        redrawn = np.empty_like(logits)
-        for k, pool in pools.items():
-            where = patch_labels == k
-            redrawn[where] = rng.choice(pool, size=int(where.sum()))
-        aucs.append(roc_auc(image_labels, image_scores(redrawn)))
-    return float(np.mean(aucs))
-
-
-def cell_anatomy(logits: np.ndarray, patch_labels: np.ndarray, image_labels: np.ndarray,
-                 draws: int) -> dict[str, float]:
-    dr, healthy = image_labels == 1, image_labels == 0
-    lesion_free_dr = logits[dr][patch_labels[dr] == 0]
-    return {
-        "image_auc": roc_auc(image_labels, image_scores(logits)),
-        "patch_auc": roc_auc(patch_labels.reshape(-1), logits.reshape(-1)),
-        "lesion_auc": roc_auc(patch_labels[dr].reshape(-1), logits[dr].reshape(-1)),
-        "context_auc": roc_auc(np.r_[np.ones(len(lesion_free_dr)), np.zeros(healthy.sum() * logits.shape[1])],
-                               np.r_[lesion_free_dr, logits[healthy].reshape(-1)]),
-        "between_image_share": between_image_share(logits[healthy]),
-        "independent_image_auc": independent_image_auc(logits, patch_labels, image_labels, draws),
-    }
 
 
 def global_features(prepared) -> np.ndarray:
@@ -133,8 +87,8 @@ def main() -> None:
         if list(frame["id"]) != list(test_ids):
             raise SystemExit(f"{path}: its test images are not the split's test images, in order")
         rows.append({"method": cell["method"], "n_labelled": int(cell["n"]), "seed": int(cell["seed"]),
-                     **cell_anatomy(patch_logits_of(frame), patch_labels, frame["label"].to_numpy(int),
-                                    args.draws)})
+                     **logit_anatomy(patch_logits_of(frame), patch_labels, frame["label"].to_numpy(int),
+                                     args.draws)})
     cells = pd.DataFrame(rows)
     means = cells.groupby(["method", "n_labelled"]).mean(numeric_only=True).drop(columns="seed")
     counts = cells.groupby(["method", "n_labelled"]).size().rename("cells")
@@ -143,8 +97,7 @@ def main() -> None:
     labels = data.labels(np.arange(len(data.prepared)))
     feature_auc, feature_sd = global_feature_auc(global_features(data.prepared), labels)
 
-    columns = ["image_auc", "independent_image_auc", "patch_auc", "lesion_auc", "context_auc",
-               "between_image_share"]
+    columns = list(ANATOMY_METRICS)
     lines = ["| learner | labelled | cells | image AUC | image AUC, independent patch errors | patch AUC | "
              "lesion AUC (inside DR images) | context AUC (lesion-free DR vs healthy patches) | "
              "between-image share of healthy logits |", "|---|---|---|---|---|---|---|---|---|"]

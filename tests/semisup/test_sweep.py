@@ -74,6 +74,9 @@ def test_smoke_sweep_resumes_only_missing_work(tmp_path: Path, monkeypatch: pyte
 
     page = build_report(run).read_text()
     assert "Patch SSL-GAN vs supervised baselines" in page and "84.5 ± 11.5" in page
+    patch_labels = pd.read_csv(run.path / "test-patch-labels.csv")
+    assert patch_labels.shape[1] == 1 + 64 and set(patch_labels.iloc[:, 1:].to_numpy().ravel()) <= {0, 1}
+    assert "Where the image-level AUC is lost" in page and "independent patch errors" in page
     assert list((run.report_dir / "figures").glob("sslgan-heatmap-ssl-gan-*.png"))
     assert (run.report_dir / "figures" / "sslgan-roc.png").is_file()
 

@@ -35,6 +35,7 @@ from ..errors import ConfigError, TrainingDiverged
 from ..evaluate.stats import delong_test
 from ..results import append_results, read_results, result_row
 from ..rundir import RunDir
+from .anatomy import TEST_PATCH_LABELS
 from .classifier import PatchClassifier
 from .config import LearnerConfig, SSLGANExperimentConfig
 from .evaluation import evaluate_bank, write_heatmaps
@@ -123,6 +124,7 @@ def run_ssl_gan_experiment(data: dict[str, Any], run: RunDir, budget: str, resum
     run.write_config(to_yaml(config))
     patch_data = _load(config)
     _write_split(run, patch_data)
+    _write_test_patch_labels(run, patch_data, min(learner.patch_size for learner in config.learners.values()))
     cells = plan_cells(config)
     done = _done_cells(run)
     log.info("%d cells, %d already done; %d worker(s)", len(cells),
@@ -225,6 +227,14 @@ def _write_split(run: RunDir, data: PatchData) -> None:
     write_text(run.path / "split.csv", table.to_csv(index=False))
     if data.pool is not None:
         write_text(run.path / "pool.csv", pd.DataFrame({"id": data.pool.manifest.ids}).to_csv(index=False))
+
+
+def _write_test_patch_labels(run: RunDir, data: PatchData, patch_size: int) -> None:
+    """``test-patch-labels.csv``: each test image's patch labels (for the report's error anatomy)."""
+    bank = data.bank("test", patch_size)
+    table = pd.DataFrame(bank.image_labels(), columns=[f"patch_{j:02d}" for j in range(bank.per_image)])
+    table.insert(0, "id", data.ids(data.test))
+    write_text(run.path / TEST_PATCH_LABELS, table.to_csv(index=False))
 
 
 def run_cell(config: SSLGANExperimentConfig, learner: LearnerConfig, data: PatchData, run: RunDir,

@@ -1,9 +1,10 @@
 """The ``idrid-ssl-gan`` section of a run's HTML report: the comparison with Lecouat et al. 2018's
-Tables 1 and 2, DeLong tests, localisation AUC, the extension, ROC curves and the heatmap gallery.
+Tables 1 and 2, DeLong tests, localisation AUC, the extension, the error anatomy, ROC curves and the
+heatmap gallery.
 
 Listed in :data:`retinassl.report.html.SECTION_BUILDERS`; it reads only the results table, the
-predictions under ``predictions/ssl-gan/`` and the gallery figures, so ``retinassl report RUN``
-rebuilds it.
+predictions under ``predictions/ssl-gan/``, ``test-patch-labels.csv`` and the gallery figures, so
+``retinassl report RUN`` rebuilds it.
 """
 
 from __future__ import annotations
@@ -18,20 +19,44 @@ import pandas as pd
 from ..evaluate.metrics import roc_points
 from ..results import read_results
 from ..rundir import RunDir
-from .summary import comparison_table, delong_table, metric_table, planned_results
+from .anatomy import TEST_PATCH_LABELS, anatomy_table
+from .summary import comparison_table, delong_table, is_planned, metric_table, planned_results
 
 ROC_FIGURE = "sslgan-roc.png"
 _CELL = re.compile(r"^(?P<label>.+)-n(?P<n>\d+)-s(?P<seed>\d+)$")
 
 
-def read_predictions(folder: Path) -> dict[tuple[str, int], list[pd.DataFrame]]:
-    """``(label, n_labelled) -> [predictions of each seed]`` from ``predictions/ssl-gan``."""
+def read_predictions(folder: Path, config: dict | None = None) -> dict[tuple[str, int], list[pd.DataFrame]]:
+    """``(label, n_labelled) -> [predictions of each seed]`` from ``predictions/ssl-gan``; with the
+    run's resolved ``config``, only the cells it plans (see :func:`~.summary.planned_results`)."""
     out: dict[tuple[str, int], list[pd.DataFrame]] = {}
     for path in sorted(folder.glob("*.csv")):
         match = _CELL.match(path.stem)
-        if match:
+        if match and (config is None or is_planned(config, match["label"], int(match["n"]), int(match["seed"]))):
             out.setdefault((match["label"], int(match["n"])), []).append(pd.read_csv(path))
     return out
+
+
+def _anatomy_html(run: RunDir, predictions: dict[tuple[str, int], list[pd.DataFrame]], table_html) -> str:
+    """The error-anatomy table (see :mod:`.anatomy`), when the sweep saved the test patch labels."""
+    path = run.path / TEST_PATCH_LABELS
+    if not predictions or not path.is_file():
+        return ""
+    table = anatomy_table(predictions, pd.read_csv(path)).sort_values(["method", "n_labelled"])
+    table = table.rename(columns={
+        "method": "learner", "n_labelled": "labelled", "image_auc": "image AUC",
+        "independent_image_auc": "image AUC, independent patch errors", "patch_auc": "patch AUC",
+        "lesion_auc": "lesion AUC (inside DR images)",
+        "context_auc": "context AUC (lesion-free DR vs healthy patches)",
+        "between_image_share": "between-image share of healthy logits"})
+    return ("<h3>Where the image-level AUC is lost (means over samplings)</h3>"
+            '<p class="note">The image score sums 64 patch sigmoids, so an error shared by all the '
+            "patches of an image costs image-level AUC that the patch AUC does not show: "
+            "<em>independent patch errors</em> redraws every "
+            "patch logit from the logits of patches with the same label (200 draws); the "
+            "<em>between-image share</em> is the part of the healthy images' logit variance that "
+            "lies between images (an image-wide offset).</p>"
+            + table_html(table, text_columns=("learner",)))
 
 
 def roc_grid_figure(predictions: dict[tuple[str, int], list[pd.DataFrame]], path: Path) -> Path:
@@ -93,7 +118,10 @@ def ssl_gan_section(run: RunDir):  # -> Section | None (imported lazily: report.
                      'images, so each seed is one valid paired test; the seeds are not pooled '
                      '(that would count every test image five times).</p>')
         parts.append(table_html(delong, text_columns=tuple(delong.columns)))
-    predictions = read_predictions(folder)
+    predictions = read_predictions(folder, config)
+    anatomy = _anatomy_html(run, predictions, table_html)
+    if anatomy:
+        parts.append(anatomy)
     if predictions:
         figure = roc_grid_figure(predictions, run.report_dir / "figures" / ROC_FIGURE)
         parts.append(f'<h3>ROC curves (image level)</h3><img src="figures/{html.escape(figure.name)}" '

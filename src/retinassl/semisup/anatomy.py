@@ -1,0 +1,104 @@
+"""Where a patch classifier's image-level AUC is lost: the anatomy of its test patch logits.
+
+The image score is the sum of the 64 patch sigmoids, so how far a patch AUC carries to the image
+level depends on whether patch errors are independent or shared by all patches of an image. For one
+cell's test logits ``(images, patches)``, the patch labels and the image labels:
+
+- ``lesion_auc``: diseased vs lesion-free patches inside the diseased images (finding lesions);
+- ``context_auc``: lesion-free patches of diseased images vs the patches of healthy images
+  (scoring lesion-free tissue by the image it sits in);
+- ``between_image_share``: the share of the variance of the healthy images' patch logits that lies
+  between images (an image-wide offset, which the sum over patches cannot average away);
+- ``independent_image_auc``: the image AUC of the same sum rule when every patch logit is redrawn
+  from the cell's logits of patches with the same label: the same patch-level ROC with no
+  image-wide offset (mean over draws).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..evaluate.metrics import roc_auc
+from .aggregate import image_scores
+
+TEST_PATCH_LABELS = "test-patch-labels.csv"   # written into a sweep's run folder
+ANATOMY_METRICS = ("image_auc", "independent_image_auc", "patch_auc", "lesion_auc", "context_auc",
+                   "between_image_share")
+
+
+def between_image_share(logits: np.ndarray) -> float:
+    """One-way ANOVA share of the variance of ``logits`` ``(images, patches)`` between images."""
+    logits = np.asarray(logits, dtype=float)
+    grand = logits.mean()
+    total = ((logits - grand) ** 2).sum()
+    between = logits.shape[1] * ((logits.mean(axis=1) - grand) ** 2).sum()
+    return float(between / total) if total > 0 else float("nan")
+
+
+def independent_image_auc(logits: np.ndarray, patch_labels: np.ndarray, image_labels: np.ndarray,
+                          draws: int = 200, seed: int = 0) -> float:
+    """Mean image AUC (sum of sigmoids) over ``draws`` redraws of every patch logit, independently,
+    from the logits of all patches with the same patch label."""
+    logits, patch_labels = np.asarray(logits, dtype=float), np.asarray(patch_labels).astype(int)
+    rng = np.random.default_rng(seed)
+    pools = {k: logits[patch_labels == k] for k in np.unique(patch_labels)}
+    aucs = []
+    for _ in range(draws):
+        redrawn = np.empty_like(logits)
+        for k, pool in pools.items():
+            where = patch_labels == k
+            redrawn[where] = rng.choice(pool, size=int(where.sum()))
+        aucs.append(roc_auc(image_labels, image_scores(redrawn)))
+    return float(np.mean(aucs))
+
+
+def logit_anatomy(logits: np.ndarray, patch_labels: np.ndarray, image_labels: np.ndarray,
+                  draws: int = 200, seed: int = 0) -> dict[str, float]:
+    """The :data:`ANATOMY_METRICS` of one cell's test logits ``(images, patches)``."""
+    logits = np.array(logits, dtype=float)  # a writable copy (pandas may hand out read-only views)
+    patch_labels = np.asarray(patch_labels).astype(int)
+    image_labels = np.asarray(image_labels).astype(int)
+    if logits.shape != patch_labels.shape or len(image_labels) != len(logits):
+        raise ValueError(f"logits {logits.shape}, patch labels {patch_labels.shape} and "
+                         f"{len(image_labels)} image labels do not match")
+    diseased, healthy = image_labels == 1, image_labels == 0
+    lesion_free = logits[diseased][patch_labels[diseased] == 0]
+    healthy_patches = logits[healthy].reshape(-1)
+    return {
+        "image_auc": roc_auc(image_labels, image_scores(logits)),
+        "independent_image_auc": independent_image_auc(logits, patch_labels, image_labels, draws, seed),
+        "patch_auc": roc_auc(patch_labels.reshape(-1), logits.reshape(-1)),
+        "lesion_auc": roc_auc(patch_labels[diseased].reshape(-1), logits[diseased].reshape(-1)),
+        "context_auc": roc_auc(np.r_[np.ones(len(lesion_free)), np.zeros(len(healthy_patches))],
+                               np.r_[lesion_free, healthy_patches]),
+        "between_image_share": between_image_share(logits[healthy]),
+    }
+
+
+def anatomy_table(predictions: dict[tuple[str, int], list[pd.DataFrame]], patch_labels: pd.DataFrame,
+                  draws: int = 200) -> pd.DataFrame:
+    """Mean :data:`ANATOMY_METRICS` over the seeds of each ``(learner, labelled)`` cell.
+
+    Args:
+        predictions: ``(learner, n_labelled) -> [test predictions of each seed]`` (``id``,
+            ``label``, ``patch_00`` ..), as the sweep saves them.
+        patch_labels: ``id`` and ``patch_00`` .. of the test images (the sweep's
+            ``test-patch-labels.csv``).
+    """
+    labels_by_id = patch_labels.set_index("id")
+    rows = []
+    for (learner, n_labelled), frames in predictions.items():
+        cells = []
+        for frame in frames:
+            patch_columns = [c for c in frame.columns if c.startswith("patch_")]
+            missing = set(frame["id"]) - set(labels_by_id.index)
+            if missing:
+                raise ValueError(f"{learner} at {n_labelled} labels: no patch labels for test "
+                                 f"image(s) {sorted(missing)[:3]}")
+            cells.append(logit_anatomy(frame[patch_columns].to_numpy(float),
+                                       labels_by_id.loc[frame["id"], patch_columns].to_numpy(int),
+                                       frame["label"].to_numpy(int), draws))
+        means = pd.DataFrame(cells).mean()
+        rows.append({"method": learner, "n_labelled": n_labelled, "cells": len(cells), **means.to_dict()})
+    return pd.DataFrame(rows, columns=["method", "n_labelled", "cells", *ANATOMY_METRICS])

@@ -1,0 +1,61 @@
+"""The error anatomy of patch logits (semisup/anatomy.py) against hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import binom
+
+from retinassl.semisup.anatomy import anatomy_table, between_image_share, logit_anatomy
+
+
+def test_between_image_share_by_hand() -> None:
+    assert between_image_share(np.array([[0, 0], [2, 2]])) == pytest.approx(1.0)
+    assert between_image_share(np.array([[0, 2], [0, 2]])) == pytest.approx(0.0)
+    # grand mean 2, total sum of squares 4+1+0+9 = 14, row means 0.5 and 3.5: between 2*(2.25+2.25) = 9
+    assert between_image_share(np.array([[0, 1], [2, 5]])) == pytest.approx(9 / 14)
+
+
+def _offset_case() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two DR images (one diseased patch scored 5, three lesion-free scored 0) and two healthy
+    ones, one scored 0 everywhere and one scored 3 everywhere (an image-wide offset)."""
+    logits = np.array([[5, 0, 0, 0], [5, 0, 0, 0], [0, 0, 0, 0], [3, 3, 3, 3]], float)
+    patch_labels = np.array([[1, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    return logits, patch_labels, np.array([1, 1, 0, 0])
+
+
+def test_an_image_wide_offset_costs_the_image_auc_not_the_patch_auc() -> None:
+    logits, patch_labels, image_labels = _offset_case()
+    a = logit_anatomy(logits, patch_labels, image_labels, draws=4000, seed=1)
+    # image scores: DR 0.9933 + 1.5 = 2.49; healthy 2.0 and 4 * 0.9526 = 3.81: each DR image
+    # beats one healthy image of two
+    assert a["image_auc"] == pytest.approx(0.5)
+    assert a["patch_auc"] == pytest.approx(1.0) and a["lesion_auc"] == pytest.approx(1.0)
+    # lesion-free DR patches (0) vs healthy patches (four 0, four 3): ties count half
+    assert a["context_auc"] == pytest.approx((4 * 0.5 + 4 * 0) / 8)
+    assert a["between_image_share"] == pytest.approx(1.0)
+    # independent redraws: a lesion-free patch is 3 with p = 4/14; a DR image (5 + three draws)
+    # beats a healthy one (four draws) iff k_healthy <= k_dr + 1, since
+    # sigmoid(5) - 0.5 = 0.4933 and sigmoid(3) - 0.5 = 0.4526
+    p = 4 / 14
+    expected = sum(binom.pmf(k, 3, p) * binom.cdf(k + 1, 4, p) for k in range(4))
+    assert a["independent_image_auc"] == pytest.approx(expected, abs=0.01)
+    assert a["independent_image_auc"] > a["image_auc"]
+
+
+def test_anatomy_table_averages_seeds_and_names_images_without_labels() -> None:
+    logits, patch_labels, image_labels = _offset_case()
+    columns = [f"patch_{j:02d}" for j in range(4)]
+    frame = pd.DataFrame(logits, columns=columns)
+    frame.insert(0, "label", image_labels)
+    frame.insert(0, "id", ["a", "b", "c", "d"])
+    labels = pd.DataFrame(patch_labels, columns=columns)
+    labels.insert(0, "id", ["a", "b", "c", "d"])
+    shuffled = frame.iloc[[3, 1, 0, 2]].reset_index(drop=True)  # rows matched by id, not position
+    table = anatomy_table({("convnet", 4): [frame, shuffled]}, labels, draws=50)
+    assert len(table) == 1 and table.loc[0, "cells"] == 2
+    assert table.loc[0, "image_auc"] == pytest.approx(0.5)
+    assert table.loc[0, "context_auc"] == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="no patch labels"):
+        anatomy_table({("convnet", 4): [frame]}, labels.iloc[:3], draws=5)
