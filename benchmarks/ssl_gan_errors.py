@@ -4,8 +4,8 @@ Lecouat et al. report a patch AUC of about 80 and an image AUC of about 98; our 
 patch AUC and stay near 81-86 at the image level. For every planned cell of a finished sweep this
 script computes :mod:`retinassl.semisup.anatomy` (lesion and context AUC, the between-image share
 of the healthy images' logit variance, the image AUC if patch errors were independent), with the
-test images' patch labels recomputed from the data (so it also reads sweeps that predate the
-report's own anatomy table).
+test images' patch labels from the sweep's ``test-patch-labels.csv`` (recomputed from the data for
+sweeps that predate it).
 
 It also fits a logistic regression on global image statistics alone (in-FOV mean and sd of each
 channel, maximum, FOV size), to show how far the two sources of the 249-image set (part-A DR
@@ -17,7 +17,6 @@ images, part-B grade-0 images) are separable without looking at any lesion.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -30,13 +29,11 @@ from _common import write_results  # noqa: E402
 
 from retinassl.config import validate  # noqa: E402
 from retinassl.evaluate.metrics import roc_auc  # noqa: E402
-from retinassl.semisup.anatomy import ANATOMY_METRICS, logit_anatomy  # noqa: E402
+from retinassl.semisup.anatomy import ANATOMY_METRICS, TEST_PATCH_LABELS, anatomy_table  # noqa: E402
 from retinassl.semisup.config import SSLGANExperimentConfig  # noqa: E402
-from retinassl.semisup.evaluation import patch_logits_of  # noqa: E402
+from retinassl.semisup.experiment import PREDICTIONS, test_patch_labels  # noqa: E402
 from retinassl.semisup.patch_data import load_patch_data  # noqa: E402
-from retinassl.semisup.summary import is_planned  # noqa: E402
-
-CELL = re.compile(r"^(?P<method>.+)-n(?P<n>\d+)-s(?P<seed>\d+)$")
+from retinassl.semisup.report import read_predictions  # noqa: E402
 
 
 def global_features(prepared) -> np.ndarray:
@@ -73,26 +70,12 @@ def main() -> None:
     raw = yaml.safe_load((args.run / "config.yaml").read_text())
     config = validate(SSLGANExperimentConfig, raw)
     data = load_patch_data(config.data, config.preprocess, config.split, config.patches)
-    patch_size = min(learner.patch_size for learner in config.learners.values())
-    bank = data.bank("test", patch_size)
-    test_ids = data.ids(data.test)
-    patch_labels = np.asarray(bank.labels).reshape(len(test_ids), -1).astype(int)
-
-    rows = []
-    for path in sorted((args.run / "predictions").rglob("*.csv")):
-        cell = CELL.match(path.stem)
-        if cell is None or not is_planned(raw, cell["method"], int(cell["n"]), int(cell["seed"])):
-            continue
-        frame = pd.read_csv(path)
-        if list(frame["id"]) != list(test_ids):
-            raise SystemExit(f"{path}: its test images are not the split's test images, in order")
-        rows.append({"method": cell["method"], "n_labelled": int(cell["n"]), "seed": int(cell["seed"]),
-                     **logit_anatomy(patch_logits_of(frame), patch_labels, frame["label"].to_numpy(int),
-                                     args.draws)})
-    cells = pd.DataFrame(rows)
-    means = cells.groupby(["method", "n_labelled"]).mean(numeric_only=True).drop(columns="seed")
-    counts = cells.groupby(["method", "n_labelled"]).size().rename("cells")
-    means = means.join(counts).reset_index()
+    labels_file = args.run / TEST_PATCH_LABELS
+    patch_labels = (pd.read_csv(labels_file) if labels_file.is_file() else
+                    test_patch_labels(data, min(learner.patch_size for learner in config.learners.values())))
+    means = anatomy_table(read_predictions(args.run / "predictions" / PREDICTIONS, raw), patch_labels, args.draws)
+    means = means.sort_values(["method", "n_labelled"])
+    n_test, n_test_dr = len(data.test), int(data.labels(data.test).sum())
 
     labels = data.labels(np.arange(len(data.prepared)))
     feature_auc, feature_sd = global_feature_auc(global_features(data.prepared), labels)
@@ -104,13 +87,12 @@ def main() -> None:
     for r in means.itertuples():
         values = " | ".join(f"{getattr(r, c):.3f}" for c in columns)
         lines.append(f"| {r.method} | {r.n_labelled} | {r.cells} | {values} |")
-    note = (f"\n\nRun: `{args.run}`; {len(test_ids)} test images ({int(data.labels(data.test).sum())} DR), "
+    note = (f"\n\nRun: `{args.run}`; {n_test} test images ({n_test_dr} DR), "
             f"64 patches each; means over the planned cells' samplings; independent patch errors: "
             f"{args.draws} redraws per cell.\n\nGlobal image statistics alone (in-FOV channel means and "
             f"sds, maximum, FOV share; logistic regression, stratified 5-fold CV x 10, all "
             f"{len(labels)} images): DR vs healthy AUC {feature_auc:.3f} ± {feature_sd:.3f}.")
-    write_results(args.name, {"run": str(args.run), "draws": args.draws, "cells": rows,
-                              "means": means.to_dict("records"),
+    write_results(args.name, {"run": str(args.run), "draws": args.draws, "means": means.to_dict("records"),
                               "global_feature_auc": {"mean": feature_auc, "sd": feature_sd}},
                   "\n".join(lines) + note)
 

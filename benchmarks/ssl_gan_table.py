@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -30,7 +29,10 @@ from _common import write_results  # noqa: E402
 from retinassl.evaluate.metrics import roc_auc  # noqa: E402
 from retinassl.results import read_results  # noqa: E402
 from retinassl.semisup.aggregate import image_scores  # noqa: E402
-from retinassl.semisup.summary import (PAPER, PAPER_COUNTS, comparison_table, delong_table, is_planned,  # noqa: E402
+from retinassl.semisup.evaluation import patch_logits_of  # noqa: E402
+from retinassl.semisup.experiment import PREDICTIONS  # noqa: E402
+from retinassl.semisup.report import read_predictions  # noqa: E402
+from retinassl.semisup.summary import (PAPER, PAPER_COUNTS, comparison_table, delong_table,  # noqa: E402
                                        markdown_table, metric_stats, metric_table, planned_results,
                                        summary_dict)
 
@@ -57,23 +59,16 @@ AGGREGATIONS = {
     "max logit": lambda logits: logits.max(axis=1),
     "mean of the top-4 sigmoids": lambda logits: np.sort(1 / (1 + np.exp(-logits)), axis=1)[:, -4:].mean(axis=1),
 }
-CELL = re.compile(r"^(?P<method>.+)-n(?P<n>\d+)-s(?P<seed>\d+)$")
-
-
 def aggregation_table(run: Path, config: dict) -> pd.DataFrame:
     """Image AUC (%, mean over samplings) of each learner and label count under other rules of
     pooling the 64 patch logits into an image score, from the predictions the sweep saved."""
     rows = []
-    for path in sorted((run / "predictions").rglob("*.csv")):
-        cell = CELL.match(path.stem)
-        if cell is None or not is_planned(config, cell["method"], int(cell["n"]), int(cell["seed"])):
-            continue
-        frame = pd.read_csv(path)
-        logits = frame[[c for c in frame.columns if c.startswith("patch_")]].to_numpy(float)
-        labels = frame["label"].to_numpy(int)
-        for rule, pool in AGGREGATIONS.items():
-            rows.append({"method": cell["method"], "n_labelled": int(cell["n"]), "rule": rule,
-                         "auc": roc_auc(labels, pool(logits))})
+    for (method, n_labelled), frames in read_predictions(run / "predictions" / PREDICTIONS, config).items():
+        for frame in frames:
+            logits, labels = patch_logits_of(frame), frame["label"].to_numpy(int)
+            for rule, pool in AGGREGATIONS.items():
+                rows.append({"method": method, "n_labelled": n_labelled, "rule": rule,
+                             "auc": roc_auc(labels, pool(logits))})
     table = pd.DataFrame(rows)
     if table.empty:
         return table

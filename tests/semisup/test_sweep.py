@@ -149,3 +149,5 @@ def test_tables_leave_out_the_cells_a_narrowed_resume_dropped() -> None:
     assert list(zip(kept["method"], kept["seed"])) == [("ssl-gan", 0), ("convnet", 0), ("ssl-gan vs convnet", 0)]
     config["extension"]["enabled"] = True
     assert len(planned_results(results, config)) == 5
+    config["extension"]["seeds"] = [1]     # the extension's own samplings (as the cpu budget sets them)
+    assert ("ssl-gan+partB", 0) not in set(zip(*[planned_results(results, config)[k] for k in ("method", "seed")]))

@@ -42,6 +42,8 @@ def init_name(encoder: str) -> str:
 
 def _evaluate(protocol: str, encoder: str, args: list[str] | None, budget: str | None,
               name: str | None, resume: Path | None, runs_dir: Path | None) -> None:
+    import yaml
+
     from ..atomic import write_text
     from ..config import apply_overrides, read_yaml
     from ..evaluate.sweep import resolve_config, run_transfer
@@ -63,8 +65,6 @@ def _evaluate(protocol: str, encoder: str, args: list[str] | None, budget: str |
                 override.pop(key, None)
         root = runs_dir or Path(str(data.get("runs_dir", "runs")))
         run = RunDir.create(root, f"evaluate-{protocol}-{label}")
-    import yaml
-
     write_text(run.path / "evaluate.yaml", yaml.safe_dump(data, sort_keys=False))  # with the overrides of every (re)start
     config = resolve_config(data, budget)
     run.attach_log_file()

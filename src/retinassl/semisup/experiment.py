@@ -40,6 +40,7 @@ from .classifier import PatchClassifier
 from .config import LearnerConfig, SSLGANExperimentConfig
 from .evaluation import evaluate_bank, write_heatmaps
 from .patch_data import PatchData, load_patch_data
+from .summary import plan
 from .training import train_learner, training_info
 
 log = logging.getLogger(__name__)
@@ -96,19 +97,8 @@ def _done_cells(run: RunDir) -> set[tuple[str, int, int]]:
 
 
 def plan_cells(config: SSLGANExperimentConfig) -> list[tuple[str, str, int, int, bool]]:
-    """``(label, learner, n_labelled, seed, use_pool)`` of every cell, seed by seed (so that an
-    interrupted sweep holds whole samplings), then count, then learner (the reference, then the
-    baselines, then the extension)."""
-    cells = []
-    ext = config.extension
-    learners = list(dict.fromkeys([config.reference, *config.baselines]))
-    for seed in config.seeds:
-        for n in config.labelled:
-            for name in learners:
-                cells.append((name, name, n, seed, False))
-            if ext.enabled and n in (ext.labelled or config.labelled) and seed in (ext.seeds or config.seeds):
-                cells.append((ext.label, ext.learner, n, seed, True))
-    return cells
+    """``(label, learner, n_labelled, seed, use_pool)`` of every cell (see :func:`.summary.plan`)."""
+    return plan(config.model_dump(mode="json"))
 
 
 def run_ssl_gan_experiment(data: dict[str, Any], run: RunDir, budget: str, resume: bool) -> None:
@@ -229,12 +219,16 @@ def _write_split(run: RunDir, data: PatchData) -> None:
         write_text(run.path / "pool.csv", pd.DataFrame({"id": data.pool.manifest.ids}).to_csv(index=False))
 
 
-def _write_test_patch_labels(run: RunDir, data: PatchData, patch_size: int) -> None:
-    """``test-patch-labels.csv``: each test image's patch labels (for the report's error anatomy)."""
+def test_patch_labels(data: PatchData, patch_size: int) -> pd.DataFrame:
+    """``id, patch_00 ..``: each test image's patch labels (what :mod:`.anatomy` reads)."""
     bank = data.bank("test", patch_size)
     table = pd.DataFrame(bank.image_labels(), columns=[f"patch_{j:02d}" for j in range(bank.per_image)])
     table.insert(0, "id", data.ids(data.test))
-    write_text(run.path / TEST_PATCH_LABELS, table.to_csv(index=False))
+    return table
+
+
+def _write_test_patch_labels(run: RunDir, data: PatchData, patch_size: int) -> None:
+    write_text(run.path / TEST_PATCH_LABELS, test_patch_labels(data, patch_size).to_csv(index=False))
 
 
 def run_cell(config: SSLGANExperimentConfig, learner: LearnerConfig, data: PatchData, run: RunDir,

@@ -20,7 +20,7 @@ from ..evaluate.metrics import roc_points
 from ..results import read_results
 from ..rundir import RunDir
 from .anatomy import TEST_PATCH_LABELS, anatomy_table
-from .summary import comparison_table, delong_table, is_planned, metric_table, planned_results
+from .summary import comparison_table, delong_table, is_planned, metric_table, planned_cells, planned_results
 
 ROC_FIGURE = "sslgan-roc.png"
 _CELL = re.compile(r"^(?P<label>.+)-n(?P<n>\d+)-s(?P<seed>\d+)$")
@@ -30,15 +30,18 @@ def read_predictions(folder: Path, config: dict | None = None) -> dict[tuple[str
     """``(label, n_labelled) -> [predictions of each seed]`` from ``predictions/ssl-gan``; with the
     run's resolved ``config``, only the cells it plans (see :func:`~.summary.planned_results`)."""
     out: dict[tuple[str, int], list[pd.DataFrame]] = {}
+    cells = planned_cells(config) if config else None
     for path in sorted(folder.glob("*.csv")):
         match = _CELL.match(path.stem)
-        if match and (config is None or is_planned(config, match["label"], int(match["n"]), int(match["seed"]))):
+        if match and (cells is None or is_planned(cells, match["label"], int(match["n"]), int(match["seed"]))):
             out.setdefault((match["label"], int(match["n"])), []).append(pd.read_csv(path))
     return out
 
 
-def _anatomy_html(run: RunDir, predictions: dict[tuple[str, int], list[pd.DataFrame]], table_html) -> str:
+def _anatomy_html(run: RunDir, predictions: dict[tuple[str, int], list[pd.DataFrame]]) -> str:
     """The error-anatomy table (see :mod:`.anatomy`), when the sweep saved the test patch labels."""
+    from ..report.html import table_html
+
     path = run.path / TEST_PATCH_LABELS
     if not predictions or not path.is_file():
         return ""
@@ -119,7 +122,7 @@ def ssl_gan_section(run: RunDir):  # -> Section | None (imported lazily: report.
                      '(that would count every test image five times).</p>')
         parts.append(table_html(delong, text_columns=tuple(delong.columns)))
     predictions = read_predictions(folder, config)
-    anatomy = _anatomy_html(run, predictions, table_html)
+    anatomy = _anatomy_html(run, predictions)
     if anatomy:
         parts.append(anatomy)
     if predictions:

@@ -31,20 +31,31 @@ PAPER: dict[tuple[str, str], tuple[tuple[float, float], ...]] = {
 }
 
 
-def planned_labels(config: dict) -> set[str]:
-    """The method labels an experiment's resolved config (``config.yaml``) trains."""
-    labels = {config.get("reference"), *(config.get("baselines") or [])}
+def plan(config: dict) -> list[tuple[str, str, int, int, bool]]:
+    """``(label, learner, n_labelled, seed, use_pool)`` of every cell an experiment's resolved
+    config (a dict, as in ``config.yaml``) plans, seed by seed (so that an interrupted sweep holds
+    whole samplings), then count, then learner (the reference, the baselines, the extension)."""
     ext = config.get("extension") or {}
-    if ext.get("enabled"):
-        labels.add(ext.get("label"))
-    return {str(label) for label in labels if label}
+    learners = list(dict.fromkeys([config["reference"], *(config.get("baselines") or [])]))
+    cells = []
+    for seed in config["seeds"]:
+        for n in config["labelled"]:
+            cells.extend((name, name, n, seed, False) for name in learners)
+            if (ext.get("enabled") and n in (ext.get("labelled") or config["labelled"])
+                    and seed in (ext.get("seeds") or config["seeds"])):
+                cells.append((ext["label"], ext.get("learner"), n, seed, True))
+    return cells
 
 
-def is_planned(config: dict, method: str, n_labelled: int, seed: int) -> bool:
-    """Whether a cell (or a ``"a vs b"`` comparison of two) belongs to the config's plan."""
-    labels = planned_labels(config)
-    return (all(part in labels for part in str(method).split(" vs "))
-            and int(n_labelled) in config["labelled"] and int(seed) in config["seeds"])
+def planned_cells(config: dict) -> set[tuple[str, int, int]]:
+    """``(label, n_labelled, seed)`` of every cell of :func:`plan`."""
+    return {(label, int(n), int(seed)) for label, _, n, seed, _ in plan(config)}
+
+
+def is_planned(cells: set[tuple[str, int, int]], method: str, n_labelled: int, seed: int) -> bool:
+    """Whether a cell (or a ``"a vs b"`` comparison of two) is among the ``cells`` of
+    :func:`planned_cells`."""
+    return all((part, int(n_labelled), int(seed)) in cells for part in str(method).split(" vs "))
 
 
 def planned_results(results: pd.DataFrame, config: dict | None) -> pd.DataFrame:
@@ -53,7 +64,8 @@ def planned_results(results: pd.DataFrame, config: dict | None) -> pd.DataFrame:
     is deleted); its tables and checks leave them out."""
     if not config or results.empty:
         return results
-    keep = [is_planned(config, m, n, s) for m, n, s in
+    cells = planned_cells(config)
+    keep = [is_planned(cells, m, n, s) for m, n, s in
             zip(results["method"], results["n_labelled"], results["seed"])]
     return results[np.array(keep, bool)]
 
