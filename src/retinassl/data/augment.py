@@ -78,6 +78,29 @@ def color_jitter(x: torch.Tensor, generator: torch.Generator, brightness: float 
     return x
 
 
+def channel_gain(x: torch.Tensor, generator: torch.Generator,
+                 spread: float | tuple[float, ...]) -> torch.Tensor:
+    """Each channel of each sample multiplied by ``exp(u)``, ``u`` uniform in ``[-s_c, s_c]``.
+
+    A colour cast: fundus cameras, pigmentation and lens yellowing scale the channels by
+    different factors from eye to eye. ``spread`` is one log-range for all channels or one per
+    channel; meant for non-negative intensities (``max`` or ``unit`` normalisation). All spreads 0:
+    ``x`` unchanged, and nothing is drawn from ``generator``.
+    """
+    b, c = x.shape[:2]
+    spreads = torch.as_tensor(spread, dtype=torch.float32).flatten()
+    if not bool((spreads != 0).any()):
+        return x
+    if bool((spreads < 0).any()):
+        raise ValueError(f"channel_gain: spreads must be >= 0, got {spread}")
+    if spreads.numel() == 1:
+        spreads = spreads.expand(c)
+    if spreads.numel() != c:
+        raise ValueError(f"channel_gain: {spreads.numel()} spreads for {c} channels")
+    u = torch.rand((b, c), generator=generator) * 2 - 1
+    return x * torch.exp(u * spreads).view(b, c, 1, 1).to(x)
+
+
 def gaussian_blur(x: torch.Tensor, generator: torch.Generator, sigma: tuple[float, float] = (0.1, 2.0),
                   probability: float = 0.5) -> torch.Tensor:
     """Blur a random subset of the batch with a random sigma (separable 2-D Gaussian)."""

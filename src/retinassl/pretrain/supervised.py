@@ -37,6 +37,9 @@ class SupervisedConfig(Section):
         schedule: ``constant`` or ``cosine`` (decay to 0 over the run, after 5 % warm-up).
         augment: ``none``, ``dihedral`` (flips and 90-degree rotations), ``affine`` (any
             rotation, flip, +-10 % scale, colour jitter).
+        channel_gain: log-range of a random per-channel gain applied to each training input
+            (:func:`~retinassl.data.augment.channel_gain`; one value or one per channel; 0: off).
+            A colour-cast augmentation for intensities in [0, 1].
         class_balance: weight classes inversely to their frequency in each batch's labels
             (binary: BCE ``pos_weight`` from the training set, given as ``pos_weight``).
         pos_weight: BCE weight of positives for ``binary`` (None: unweighted).
@@ -50,6 +53,7 @@ class SupervisedConfig(Section):
     weight_decay: float = Field(1e-4, ge=0)
     schedule: Literal["constant", "cosine"] = "cosine"
     augment: Literal["none", "dihedral", "affine"] = "dihedral"
+    channel_gain: float | tuple[float, ...] = 0.0
     pos_weight: float | None = Field(None, gt=0)
     freeze_encoder: bool = False
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -98,11 +102,11 @@ class Supervised(Method):
 
     def _augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.config.augment == "dihedral":
-            return augment.dihedral(x, generator)
-        if self.config.augment == "affine":
+            x = augment.dihedral(x, generator)
+        elif self.config.augment == "affine":
             x = augment.random_affine(x, generator, degrees=180, scale=(0.9, 1.1), translate=0.03)
-            return augment.color_jitter(x, generator, 0.1, 0.1, 0.1)
-        return x
+            x = augment.color_jitter(x, generator, 0.1, 0.1, 0.1)
+        return augment.channel_gain(x, generator, self.config.channel_gain)
 
     def loss(self, batch: dict[str, Any], group: str,
              generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
