@@ -234,3 +234,34 @@ def test_generator_output_layer_is_data_initialised_when_asked() -> None:
     per_channel = captured[0].transpose(0, 1).reshape(captured[0].shape[1], -1)
     assert torch.allclose(per_channel.std(1), torch.full((per_channel.shape[0],), 0.1), atol=1e-3)
     assert torch.allclose(per_channel.mean(1), torch.zeros(per_channel.shape[0]), atol=1e-4)
+
+
+@pytest.mark.parametrize("select", [True, False])
+def test_select_on_validation_ends_with_the_best_validation_weights(tmp_path: Path, select: bool) -> None:
+    from retinassl.evaluate.metrics import roc_auc
+    from retinassl.semisup.patch_bank import LabelledPatches
+
+    data = tiny_dataset()
+    val = LabelledPatches(data.labelled)
+    method = tiny_method(select_on_validation=select)
+    cfg = EngineConfig(max_epochs=4, batch_size=16, precision="32", log_every_n_steps=1)
+    result = fit(method, data, val=val, config=cfg, run=RunDir(tmp_path), seed=3)
+    logged = pd.read_csv(tmp_path / "logs" / "csv" / "metrics.csv")["val/patch_auc"].dropna()
+    assert len(logged) == 4 and logged.idxmax() != logged.index[-1]  # the last pass is not the best
+    method.eval()
+    with torch.no_grad():
+        final = roc_auc(val.bank.labels, method.forward(torch.stack([val[i]["image"] for i in range(len(val))])).numpy())
+    if select:
+        assert result.best["patch_auc"] == pytest.approx(logged.max())
+        assert final == pytest.approx(logged.max())   # the weights of the best pass, not the last
+    else:
+        assert result.best == {} and final == pytest.approx(logged.iloc[-1])
+
+
+def test_channel_gain_recolours_real_patches_within_the_tanh_range() -> None:
+    windows = tiny_dataset().unlabelled.windows[:32].float() / 255
+    plain = tiny_method()._real(windows, torch.Generator().manual_seed(0))
+    gained = tiny_method(channel_gain=[0.0, 0.0, 1.0])._real(windows, torch.Generator().manual_seed(0))
+    assert plain.shape == gained.shape == (32, 3, 32, 32)
+    assert gained.min() >= -1 and gained.max() <= 1
+    assert torch.equal(plain[:, :2], gained[:, :2]) and not torch.equal(plain[:, 2], gained[:, 2])

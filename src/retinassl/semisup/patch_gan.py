@@ -52,6 +52,7 @@ from pydantic import Field
 from torch import nn
 
 from ..config import Section
+from ..data import augment
 from ..evaluate.metrics import roc_auc
 from ..method import Method, register_method
 from ..models import Encoder
@@ -82,7 +83,13 @@ class SSLGANConfig(Section):
         pull_away_weight: weight of the pull-away term on the generated samples' features in the
             generator's loss (:func:`~retinassl.semisup.gan_losses.pull_away_term`; Dai et al.
             2017); 0 = the paper's feature matching alone.
+        select_on_validation: end with the weights (EMA included) of the validation pass with
+            the best patch AUC, as the supervised baselines do, instead of the last ones (the
+            paper's fixed schedule). Needs validation patches.
         flip: random horizontal and vertical flips of real patches.
+        channel_gain: log-range of a random per-channel gain applied to every real patch
+            (:func:`~retinassl.data.augment.channel_gain`, then clipped to [0, 1]; one value or
+            one per channel; 0: off, as in the paper).
         collapse_ratio: generated/real feature-variance ratio below which a check counts as
             collapsed. collapse_patience: consecutive collapsed checks that stop training. (On
             IDRiD the ratio swings between ~0.002 and ~0.8 in healthy early training, so only a
@@ -113,7 +120,9 @@ class SSLGANConfig(Section):
     unsupervised_weight: float = Field(1.0, ge=0)
     feature_matching: Literal["l1", "l2"] = "l1"
     pull_away_weight: float = Field(0.0, ge=0)
+    select_on_validation: bool = False
     flip: bool = True
+    channel_gain: float | tuple[float, ...] = 0.0
     collapse_ratio: float = Field(0.001, ge=0)
     collapse_patience: int = Field(10, ge=1)
     collapse_every: int = Field(10, ge=0)
@@ -176,7 +185,7 @@ class SSLGAN(Method):
 
     name = "ssl-gan"
     Config = SSLGANConfig
-    monitor = None  # the paper trains a fixed schedule and uses the EMA weights
+    monitor = None  # the paper trains a fixed schedule and uses the EMA weights (see select_on_validation)
 
     def __init__(self, config: SSLGANConfig, encoder: Encoder) -> None:
         super().__init__(config, encoder)
@@ -190,6 +199,8 @@ class SSLGAN(Method):
         gaussian_init(self.generator_net, config.init_std, init)
         self.ema_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.ema_head = copy.deepcopy(self.head).requires_grad_(False)
+        if config.select_on_validation:
+            self.monitor = ("patch_auc", "max")
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("collapsed_checks", torch.zeros((), dtype=torch.long))
         self.register_buffer("last_variance_ratio", torch.full((), float("nan")))
@@ -269,7 +280,8 @@ class SSLGAN(Method):
         return max(0.0, 1.0 - (step - start) / max(1.0, total_steps - start))
 
     def _real(self, windows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        x = crop_and_flip(windows, self.config.patch_size, generator, self.config.flip) * 2 - 1
+        x = crop_and_flip(windows, self.config.patch_size, generator, self.config.flip)
+        x = augment.channel_gain(x, generator, self.config.channel_gain).clamp(0, 1) * 2 - 1
         if windows.is_contiguous(memory_format=torch.channels_last):  # keep the batch's layout
             x = x.contiguous(memory_format=torch.channels_last)
         return x
