@@ -3,13 +3,16 @@
 Lecouat et al. report a patch AUC of about 80 and an image AUC of about 98; our sweeps match the
 patch AUC and stay near 81-86 at the image level. For every planned cell of a finished sweep this
 script computes :mod:`retinassl.semisup.anatomy` (lesion and context AUC, the between-image share
-of the healthy images' logit variance, the image AUC if patch errors were independent), with the
-test images' patch labels from the sweep's ``test-patch-labels.csv`` (recomputed from the data for
-sweeps that predate it).
+of the healthy images' logit variance, the image AUC if patch errors were independent, on both
+sides or on one), with the test images' patch labels from the sweep's ``test-patch-labels.csv``
+(recomputed from the data for sweeps that predate it).
 
 It also fits a logistic regression on global image statistics alone (in-FOV mean and sd of each
 channel, maximum, FOV size), to show how far the two sources of the 249-image set (part-A DR
-images, part-B grade-0 images) are separable without looking at any lesion.
+images, part-B grade-0 images) are separable without looking at any lesion; and, per DR test
+image at the largest label count, how many healthy images each learner scores above it, whether its
+lesion patches stand out from healthy tissue, and its mean blue level (the DR images every learner
+misses are the blue-rich ones).
 
     .venv/bin/python benchmarks/ssl_gan_errors.py RUN_DIR [--name ssl_gan_errors] [--draws 200]
 """
@@ -23,13 +26,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 
 from retinassl.config import validate  # noqa: E402
 from retinassl.evaluate.metrics import roc_auc  # noqa: E402
-from retinassl.semisup.anatomy import ANATOMY_METRICS, TEST_PATCH_LABELS, anatomy_table  # noqa: E402
+from retinassl.semisup.aggregate import image_scores  # noqa: E402
+from retinassl.semisup.anatomy import ANATOMY_METRICS, ANATOMY_TITLES, TEST_PATCH_LABELS, anatomy_table  # noqa: E402
 from retinassl.semisup.config import SSLGANExperimentConfig  # noqa: E402
 from retinassl.semisup.experiment import PREDICTIONS, test_patch_labels  # noqa: E402
 from retinassl.semisup.patch_data import load_patch_data  # noqa: E402
@@ -61,6 +66,41 @@ def global_feature_auc(features: np.ndarray, labels: np.ndarray, repeats: int = 
     return float(np.mean(aucs)), float(np.std(aucs))
 
 
+def hard_images(predictions: dict[tuple[str, int], list[pd.DataFrame]], patch_labels: pd.DataFrame,
+                blue: pd.Series, n_labelled: int) -> pd.DataFrame:
+    """Per DR test image, per learner at ``n_labelled`` labels (means over samplings): the share of
+    healthy test images whose image score is at or above it, and the AUC of its lesion patches
+    against all healthy images' patches; with its lesion-patch count and mean blue level."""
+    by_id = patch_labels.set_index("id")
+    out: dict[str, pd.Series] = {}
+    for (learner, n), frames in sorted(predictions.items()):
+        if n != n_labelled:
+            continue
+        beaten, lesion = [], []
+        for frame in frames:
+            columns = [c for c in frame.columns if c.startswith("patch_")]
+            frame = frame.set_index("id")
+            scores = pd.Series(image_scores(frame[columns].to_numpy(float)), index=frame.index)
+            healthy = frame["label"] == 0
+            healthy_logits = frame.loc[healthy, columns].to_numpy(float).ravel()
+            dr = frame.index[~healthy]
+            beaten.append(pd.Series([(scores[healthy] >= scores[i]).mean() for i in dr], index=dr))
+            lesion.append(pd.Series([lesion_vs_healthy(frame.loc[i, columns].to_numpy(float),
+                                                       by_id.loc[i, columns].to_numpy(int), healthy_logits)
+                                     for i in dr], index=dr))
+        out[f"{learner}: healthy at or above"] = pd.concat(beaten, axis=1).mean(axis=1)
+        out[f"{learner}: lesion vs healthy patches AUC"] = pd.concat(lesion, axis=1).mean(axis=1)
+    table = pd.DataFrame(out)
+    table.insert(0, "mean blue", blue.loc[table.index])
+    table.insert(0, "lesion patches", by_id.loc[table.index].sum(axis=1))
+    return table.sort_values(table.columns[2], ascending=False)
+
+
+def lesion_vs_healthy(logits: np.ndarray, labels: np.ndarray, healthy_logits: np.ndarray) -> float:
+    lesions = logits[labels == 1]
+    return roc_auc(np.r_[np.ones(len(lesions)), np.zeros(len(healthy_logits))], np.r_[lesions, healthy_logits])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
@@ -73,7 +113,8 @@ def main() -> None:
     labels_file = args.run / TEST_PATCH_LABELS
     patch_labels = (pd.read_csv(labels_file) if labels_file.is_file() else
                     test_patch_labels(data, min(learner.patch_size for learner in config.learners.values())))
-    means = anatomy_table(read_predictions(args.run / "predictions" / PREDICTIONS, raw), patch_labels, args.draws)
+    predictions = read_predictions(args.run / "predictions" / PREDICTIONS, raw)
+    means = anatomy_table(predictions, patch_labels, args.draws)
     means = means.sort_values(["method", "n_labelled"])
     n_test, n_test_dr = len(data.test), int(data.labels(data.test).sum())
 
@@ -81,9 +122,8 @@ def main() -> None:
     feature_auc, feature_sd = global_feature_auc(global_features(data.prepared), labels)
 
     columns = list(ANATOMY_METRICS)
-    lines = ["| learner | labelled | cells | image AUC | image AUC, independent patch errors | patch AUC | "
-             "lesion AUC (inside DR images) | context AUC (lesion-free DR vs healthy patches) | "
-             "between-image share of healthy logits |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| learner | labelled | cells | " + " | ".join(ANATOMY_TITLES[c] for c in columns) + " |",
+             "|---" * (3 + len(columns)) + "|"]
     for r in means.itertuples():
         values = " | ".join(f"{getattr(r, c):.3f}" for c in columns)
         lines.append(f"| {r.method} | {r.n_labelled} | {r.cells} | {values} |")
@@ -92,9 +132,28 @@ def main() -> None:
             f"{args.draws} redraws per cell.\n\nGlobal image statistics alone (in-FOV channel means and "
             f"sds, maximum, FOV share; logistic regression, stratified 5-fold CV x 10, all "
             f"{len(labels)} images): DR vs healthy AUC {feature_auc:.3f} ± {feature_sd:.3f}.")
+    largest = max(n for _, n in predictions)
+    blue = pd.Series([entry.stats["mean"][-1] for entry in data.prepared.entries],
+                     index=data.ids(np.arange(len(data.prepared))))
+    hard = hard_images(predictions, patch_labels, blue, largest)
+    beaten_columns = [c for c in hard.columns if c.endswith("at or above")]
+    rho = {c.split(":")[0]: float(spearmanr(hard["mean blue"], hard[c]).statistic) for c in beaten_columns}
+    hard_lines = ["| DR test image | " + " | ".join(hard.columns) + " |", "|---" * (1 + len(hard.columns)) + "|"]
+    for image, r in hard.iterrows():
+        hard_lines.append(f"| {image} | {int(r.iloc[0])} | {r.iloc[1]:.1f} | "
+                          + " | ".join(f"{v:.2f}" for v in r.iloc[2:]) + " |")
+    hard_note = (f"\n\n## The DR test images, at {largest} labels\n\nPer DR test image and learner (means over "
+                 "samplings): the share of the healthy test images whose image score is at or above its "
+                 "score, and the AUC of its lesion patches against all healthy images' patches (0.5: its "
+                 "lesions look healthy to the learner). Mean blue: the image's in-FOV mean of the blue "
+                 "channel (0-255) after preprocessing. Spearman correlation of mean blue with the share of "
+                 "healthy images at or above: " + ", ".join(f"{k} {v:+.2f}" for k, v in rho.items())
+                 + ".\n\n" + "\n".join(hard_lines))
     write_results(args.name, {"run": str(args.run), "draws": args.draws, "means": means.to_dict("records"),
-                              "global_feature_auc": {"mean": feature_auc, "sd": feature_sd}},
-                  "\n".join(lines) + note)
+                              "global_feature_auc": {"mean": feature_auc, "sd": feature_sd},
+                              "dr_test_images": hard.reset_index(names="id").to_dict("records"),
+                              "blue_spearman": rho},
+                  "\n".join(lines) + note + hard_note)
 
 
 if __name__ == "__main__":

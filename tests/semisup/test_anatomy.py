@@ -44,6 +44,29 @@ def test_an_image_wide_offset_costs_the_image_auc_not_the_patch_auc() -> None:
     assert a["independent_image_auc"] > a["image_auc"]
 
 
+def test_one_sided_redraws_show_on_which_side_the_auc_is_lost() -> None:
+    logits, patch_labels, image_labels = _offset_case()
+    a = logit_anatomy(logits, patch_labels, image_labels, draws=4000, seed=2)
+    # healthy side: each healthy patch is redrawn from four 0s and four 3s (p = 1/2); a DR image
+    # (2.493) beats a healthy one (2 + 0.4526 k) iff k <= 1: P = 5/16 for k ~ Binomial(4, 1/2)
+    assert a["healthy_independent_image_auc"] == pytest.approx(5 / 16, abs=0.015)
+    # DR side: the pools are all 5s (lesions) and all 0s (lesion-free): nothing changes
+    assert a["diseased_independent_image_auc"] == pytest.approx(a["image_auc"])
+
+
+def test_mixing_mild_and_severe_eyes_on_the_dr_side() -> None:
+    # an easy DR image (two lesions at 4) and a hard one (two at -5); healthy images all 0
+    logits = np.array([[4, 4, 0, 0], [-5, -5, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]], float)
+    patch_labels = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    image_labels = np.array([1, 1, 0, 0])
+    a = logit_anatomy(logits, patch_labels, image_labels, draws=4000, seed=3)
+    assert a["image_auc"] == pytest.approx(0.5)
+    # redrawn from {4, 4, -5, -5}: a DR image beats the healthy ones (2.0) only with both at 4
+    # (2 sigmoid(4) + 1 = 2.96; one of each: sigmoid(4) + sigmoid(-5) + 1 = 1.99), P = 1/4
+    assert a["diseased_independent_image_auc"] == pytest.approx(0.25, abs=0.015)
+    assert a["healthy_independent_image_auc"] == pytest.approx(0.5)
+
+
 def test_anatomy_table_averages_seeds_and_names_images_without_labels() -> None:
     logits, patch_labels, image_labels = _offset_case()
     columns = [f"patch_{j:02d}" for j in range(4)]

@@ -11,7 +11,14 @@ cell's test logits ``(images, patches)``, the patch labels and the image labels:
   between images (an image-wide offset, which the sum over patches cannot average away);
 - ``independent_image_auc``: the image AUC of the same sum rule when every patch logit is redrawn
   from the cell's logits of patches with the same label: the same patch-level ROC with no
-  image-wide offset (mean over draws).
+  image-wide offset (mean over draws);
+- ``healthy_independent_image_auc``: only the healthy images' patch logits are redrawn, from the
+  healthy images' patches (their image-wide offsets removed, the diseased images as observed);
+- ``diseased_independent_image_auc``: only the diseased images' patch logits are redrawn, each from
+  the diseased images' patches with the same label (how easy an image's lesions are no longer
+  depends on the image: mild and severe eyes mixed; the healthy images as observed).
+
+The two one-sided redraws say on which side of the ROC curve the image AUC is lost.
 """
 
 from __future__ import annotations
@@ -23,8 +30,19 @@ from ..evaluate.metrics import roc_auc
 from .aggregate import image_scores
 
 TEST_PATCH_LABELS = "test-patch-labels.csv"   # written into a sweep's run folder
-ANATOMY_METRICS = ("image_auc", "independent_image_auc", "patch_auc", "lesion_auc", "context_auc",
+ANATOMY_METRICS = ("image_auc", "independent_image_auc", "healthy_independent_image_auc",
+                   "diseased_independent_image_auc", "patch_auc", "lesion_auc", "context_auc",
                    "between_image_share")
+ANATOMY_TITLES = {  # column titles in reports and benchmark tables
+    "image_auc": "image AUC",
+    "independent_image_auc": "image AUC, independent patch errors",
+    "healthy_independent_image_auc": "image AUC, healthy images' patches independent",
+    "diseased_independent_image_auc": "image AUC, DR images' patches independent",
+    "patch_auc": "patch AUC",
+    "lesion_auc": "lesion AUC (inside DR images)",
+    "context_auc": "context AUC (lesion-free DR vs healthy patches)",
+    "between_image_share": "between-image share of healthy logits",
+}
 
 
 def between_image_share(logits: np.ndarray) -> float:
@@ -37,17 +55,25 @@ def between_image_share(logits: np.ndarray) -> float:
 
 
 def independent_image_auc(logits: np.ndarray, patch_labels: np.ndarray, image_labels: np.ndarray,
-                          draws: int = 200, seed: int = 0) -> float:
-    """Mean image AUC (sum of sigmoids) over ``draws`` redraws of every patch logit, independently,
-    from the logits of all patches with the same patch label."""
+                          draws: int = 200, seed: int = 0, redraw: int | None = None) -> float:
+    """Mean image AUC (sum of sigmoids) over ``draws`` redraws of patch logits, each independently.
+
+    ``redraw=None``: every patch logit is redrawn from the logits of all patches with the same
+    patch label. ``redraw=k``: only the patches of images labelled ``k`` are redrawn, from the
+    patches of images labelled ``k`` with the same patch label; the other images keep their logits.
+    """
     logits, patch_labels = np.asarray(logits, dtype=float), np.asarray(patch_labels).astype(int)
+    image_labels = np.asarray(image_labels).astype(int)
+    chosen = np.ones_like(patch_labels, dtype=bool)
+    if redraw is not None:
+        chosen[image_labels != redraw] = False
     rng = np.random.default_rng(seed)
-    pools = {k: logits[patch_labels == k] for k in np.unique(patch_labels)}
+    pools = {k: (chosen & (patch_labels == k), logits[chosen & (patch_labels == k)])
+             for k in np.unique(patch_labels[chosen])}
     aucs = []
     for _ in range(draws):
-        redrawn = np.empty_like(logits)
-        for k, pool in pools.items():
-            where = patch_labels == k
+        redrawn = logits.copy()
+        for where, pool in pools.values():
             redrawn[where] = rng.choice(pool, size=int(where.sum()))
         aucs.append(roc_auc(image_labels, image_scores(redrawn)))
     return float(np.mean(aucs))
@@ -68,6 +94,10 @@ def logit_anatomy(logits: np.ndarray, patch_labels: np.ndarray, image_labels: np
     return {
         "image_auc": roc_auc(image_labels, image_scores(logits)),
         "independent_image_auc": independent_image_auc(logits, patch_labels, image_labels, draws, seed),
+        "healthy_independent_image_auc": independent_image_auc(logits, patch_labels, image_labels,
+                                                               draws, seed, redraw=0),
+        "diseased_independent_image_auc": independent_image_auc(logits, patch_labels, image_labels,
+                                                                draws, seed, redraw=1),
         "patch_auc": roc_auc(patch_labels.reshape(-1), logits.reshape(-1)),
         "lesion_auc": roc_auc(patch_labels[diseased].reshape(-1), logits[diseased].reshape(-1)),
         "context_auc": roc_auc(np.r_[np.ones(len(lesion_free)), np.zeros(len(healthy_patches))],

@@ -19,7 +19,7 @@ import pandas as pd
 from ..evaluate.metrics import roc_points
 from ..results import read_results
 from ..rundir import RunDir
-from .anatomy import TEST_PATCH_LABELS, anatomy_table
+from .anatomy import ANATOMY_TITLES, TEST_PATCH_LABELS, anatomy_table
 from .summary import comparison_table, delong_table, is_planned, metric_table, planned_cells, planned_results
 
 ROC_FIGURE = "sslgan-roc.png"
@@ -46,17 +46,14 @@ def _anatomy_html(run: RunDir, predictions: dict[tuple[str, int], list[pd.DataFr
     if not predictions or not path.is_file():
         return ""
     table = anatomy_table(predictions, pd.read_csv(path)).sort_values(["method", "n_labelled"])
-    table = table.rename(columns={
-        "method": "learner", "n_labelled": "labelled", "image_auc": "image AUC",
-        "independent_image_auc": "image AUC, independent patch errors", "patch_auc": "patch AUC",
-        "lesion_auc": "lesion AUC (inside DR images)",
-        "context_auc": "context AUC (lesion-free DR vs healthy patches)",
-        "between_image_share": "between-image share of healthy logits"})
+    table = table.rename(columns={"method": "learner", "n_labelled": "labelled", **ANATOMY_TITLES})
     return ("<h3>Where the image-level AUC is lost (means over samplings)</h3>"
             '<p class="note">The image score sums 64 patch sigmoids, so an error shared by all the '
             "patches of an image costs image-level AUC that the patch AUC does not show: "
             "<em>independent patch errors</em> redraws every "
-            "patch logit from the logits of patches with the same label (200 draws); the "
+            "patch logit from the logits of patches with the same label (200 draws), and the one-sided "
+            "redraws do so for the healthy or the DR images only, to show on which side the AUC is "
+            "lost; the "
             "<em>between-image share</em> is the part of the healthy images' logit variance that "
             "lies between images (an image-wide offset).</p>"
             + table_html(table, text_columns=("learner",)))
