@@ -43,6 +43,7 @@ def test_channel_gain_rejects_a_spread_per_wrong_number_of_channels() -> None:
 
 
 def test_supervised_method_applies_the_configured_gain() -> None:
+    from retinassl.errors import ConfigError
     from retinassl.method import build_method
     from retinassl.models import build_encoder
 
@@ -52,3 +53,5 @@ def test_supervised_method_applies_the_configured_gain() -> None:
     out = method._augment(x, torch.Generator().manual_seed(0))
     assert torch.equal(out[:, :2], x[:, :2])
     assert out[:, 2].min() >= 0.5 - 1e-6 and out[:, 2].max() <= 2.0 + 1e-6 and out[:, 2].std() > 0.1
+    with pytest.raises(ConfigError, match="greater than or equal to 0"):
+        build_method("supervised", {"channel_gain": [0.1, -0.2, 0.3]}, build_encoder("convnet", width=4))

@@ -247,7 +247,7 @@ def test_select_on_validation_ends_with_the_best_validation_weights(tmp_path: Pa
     cfg = EngineConfig(max_epochs=4, batch_size=16, precision="32", log_every_n_steps=1)
     result = fit(method, data, val=val, config=cfg, run=RunDir(tmp_path), seed=3)
     logged = pd.read_csv(tmp_path / "logs" / "csv" / "metrics.csv")["val/patch_auc"].dropna()
-    assert len(logged) == 4 and logged.idxmax() != logged.index[-1]  # the last pass is not the best
+    assert len(logged) == 4 and logged.iloc[-1] < logged.max() - 1e-3  # the last pass is not the best
     method.eval()
     with torch.no_grad():
         final = roc_auc(val.bank.labels, method.forward(torch.stack([val[i]["image"] for i in range(len(val))])).numpy())

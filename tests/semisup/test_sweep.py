@@ -151,3 +151,15 @@ def test_tables_leave_out_the_cells_a_narrowed_resume_dropped() -> None:
     assert len(planned_results(results, config)) == 5
     config["extension"]["seeds"] = [1]     # the extension's own samplings (as the cpu budget sets them)
     assert ("ssl-gan+partB", 0) not in set(zip(*[planned_results(results, config)[k] for k in ("method", "seed")]))
+
+
+def test_selection_without_validation_patches_is_refused(tmp_path: Path) -> None:
+    from retinassl.errors import ConfigError
+
+    data = smoke_preset(tmp_path)
+    smoke = data["budgets"]["smoke"]["learners"]["ssl-gan"]
+    smoke["method"]["select_on_validation"] = True
+    smoke["val_patches"] = 0
+    run = RunDir.create(tmp_path / "runs", "idrid-ssl-gan-smoke")
+    with pytest.raises(ConfigError, match="select_on_validation needs validation patches"):
+        experiment.run_ssl_gan_experiment(data, run, "smoke", False)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, NonNegativeFloat
 
 from ..config import Section
 from ..data import augment
@@ -53,7 +53,7 @@ class SupervisedConfig(Section):
     weight_decay: float = Field(1e-4, ge=0)
     schedule: Literal["constant", "cosine"] = "cosine"
     augment: Literal["none", "dihedral", "affine"] = "dihedral"
-    channel_gain: float | tuple[float, ...] = 0.0
+    channel_gain: NonNegativeFloat | tuple[NonNegativeFloat, ...] = 0.0
     pos_weight: float | None = Field(None, gt=0)
     freeze_encoder: bool = False
     dropout: float = Field(0.0, ge=0, lt=1)

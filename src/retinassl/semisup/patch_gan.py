@@ -48,7 +48,7 @@ import copy
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, NonNegativeFloat
 from torch import nn
 
 from ..config import Section
@@ -85,7 +85,8 @@ class SSLGANConfig(Section):
             2017); 0 = the paper's feature matching alone.
         select_on_validation: end with the weights (EMA included) of the validation pass with
             the best patch AUC, as the supervised baselines do, instead of the last ones (the
-            paper's fixed schedule). Needs validation patches.
+            paper's fixed schedule). Needs validation patches. The reported
+            ``generator_sample_variance_ratio`` is still the last check's.
         flip: random horizontal and vertical flips of real patches.
         channel_gain: log-range of a random per-channel gain applied to every real patch
             (:func:`~retinassl.data.augment.channel_gain`, then clipped to [0, 1]; one value or
@@ -122,7 +123,7 @@ class SSLGANConfig(Section):
     pull_away_weight: float = Field(0.0, ge=0)
     select_on_validation: bool = False
     flip: bool = True
-    channel_gain: float | tuple[float, ...] = 0.0
+    channel_gain: NonNegativeFloat | tuple[NonNegativeFloat, ...] = 0.0
     collapse_ratio: float = Field(0.001, ge=0)
     collapse_patience: int = Field(10, ge=1)
     collapse_every: int = Field(10, ge=0)
@@ -281,7 +282,8 @@ class SSLGAN(Method):
 
     def _real(self, windows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         x = crop_and_flip(windows, self.config.patch_size, generator, self.config.flip)
-        x = augment.channel_gain(x, generator, self.config.channel_gain).clamp(0, 1) * 2 - 1
+        gained = augment.channel_gain(x, generator, self.config.channel_gain)
+        x = (x if gained is x else gained.clamp(0, 1)) * 2 - 1
         if windows.is_contiguous(memory_format=torch.channels_last):  # keep the batch's layout
             x = x.contiguous(memory_format=torch.channels_last)
         return x

@@ -25,6 +25,7 @@ import numpy as np
 from torch.utils.data import Dataset, Subset
 
 from ..engine import FitResult, fit
+from ..errors import ConfigError
 from ..method import Method, seeded_method
 from ..rundir import RunDir
 from .classifier import PatchClassifier
@@ -121,8 +122,11 @@ def train_learner(learner: LearnerConfig, data: PatchData, labelled: np.ndarray,
                  learner.model.arch, len(labelled), len(bank), 100 * positives)
     else:
         raise ValueError(f"learner method must be ssl-gan or supervised, not {name!r}")
-    result = fit(method, dataset, config=learner.engine, run=run, seed=seed,
-                 val=_validation(data, learner, seed), resume=resume)
+    val = _validation(data, learner, seed)
+    if method.monitor and val is None and getattr(method.config, "select_on_validation", False):
+        raise ConfigError(f"learner {name}: select_on_validation needs validation patches "
+                          f"(val_patches > 0 and a validation split)")
+    result = fit(method, dataset, config=learner.engine, run=run, seed=seed, val=val, resume=resume)
     method.eval()
     classifier = PatchClassifier.from_method(method, p, data.patches.grid)
     return Trained(method, classifier, result, arch, dict(kwargs))
