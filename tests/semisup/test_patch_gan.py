@@ -240,6 +240,7 @@ def test_generator_output_layer_is_data_initialised_when_asked() -> None:
 def test_select_on_validation_ends_with_the_best_validation_weights(tmp_path: Path, select: bool) -> None:
     from retinassl.evaluate.metrics import roc_auc
     from retinassl.semisup.patch_bank import LabelledPatches
+    from retinassl.semisup.training import Trained, training_info
 
     data = tiny_dataset()
     val = LabelledPatches(data.labelled)
@@ -251,11 +252,15 @@ def test_select_on_validation_ends_with_the_best_validation_weights(tmp_path: Pa
     method.eval()
     with torch.no_grad():
         final = roc_auc(val.bank.labels, method.forward(torch.stack([val[i]["image"] for i in range(len(val))])).numpy())
+    info = training_info(Trained(method, None, result, "convnet", {}))  # type: ignore[arg-type]
     if select:
         assert result.best["patch_auc"] == pytest.approx(logged.max())
         assert final == pytest.approx(logged.max())   # the weights of the best pass, not the last
+        epochs = pd.read_csv(tmp_path / "logs" / "csv" / "metrics.csv").dropna(subset=["val/patch_auc"])["epoch"]
+        assert info["selected_epoch"] == epochs.loc[logged.idxmax()]
     else:
         assert result.best == {} and final == pytest.approx(logged.iloc[-1])
+        assert "selected_epoch" not in info
 
 
 def test_channel_gain_recolours_real_patches_within_the_tanh_range() -> None:

@@ -87,10 +87,13 @@ def _validation(data: PatchData, learner: LearnerConfig, seed: int) -> Dataset |
 
 
 def training_info(trained: Trained) -> dict[str, float]:
-    """What a training reports beside its classifier: seconds, optimizer steps and the method's
-    :meth:`~retinassl.method.Method.health` (for the SSL-GAN, how varied its generator's samples are)."""
+    """What a training reports beside its classifier: seconds, optimizer steps, the epoch of the
+    validation pass whose weights it ended with (``selected_epoch``, 0-based; absent when it kept
+    its last weights) and the method's :meth:`~retinassl.method.Method.health` (for the SSL-GAN,
+    how varied its generator's samples are)."""
+    selected = {"selected_epoch": float(trained.fit.best["epoch"])} if "epoch" in trained.fit.best else {}
     return {"train_seconds": trained.fit.seconds, "train_steps": float(trained.fit.batches),
-            **trained.method.health()}
+            **selected, **trained.method.health()}
 
 
 def train_learner(learner: LearnerConfig, data: PatchData, labelled: np.ndarray, seed: int,
