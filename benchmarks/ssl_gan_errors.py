@@ -33,8 +33,8 @@ from _common import write_results  # noqa: E402
 
 from retinassl.config import validate  # noqa: E402
 from retinassl.evaluate.metrics import roc_auc  # noqa: E402
-from retinassl.semisup.aggregate import image_scores  # noqa: E402
-from retinassl.semisup.anatomy import ANATOMY_METRICS, ANATOMY_TITLES, TEST_PATCH_LABELS, anatomy_table  # noqa: E402
+from retinassl.semisup.anatomy import (ANATOMY_METRICS, ANATOMY_TITLES, TEST_PATCH_LABELS,  # noqa: E402
+                                       anatomy_table, diseased_image_table)
 from retinassl.semisup.config import SSLGANExperimentConfig  # noqa: E402
 from retinassl.semisup.experiment import PREDICTIONS, test_patch_labels  # noqa: E402
 from retinassl.semisup.patch_data import load_patch_data  # noqa: E402
@@ -68,37 +68,12 @@ def global_feature_auc(features: np.ndarray, labels: np.ndarray, repeats: int = 
 
 def hard_images(predictions: dict[tuple[str, int], list[pd.DataFrame]], patch_labels: pd.DataFrame,
                 blue: pd.Series, n_labelled: int) -> pd.DataFrame:
-    """Per DR test image, per learner at ``n_labelled`` labels (means over samplings): the share of
-    healthy test images whose image score is at or above it, and the AUC of its lesion patches
-    against all healthy images' patches; with its lesion-patch count and mean blue level."""
-    by_id = patch_labels.set_index("id")
-    out: dict[str, pd.Series] = {}
-    for (learner, n), frames in sorted(predictions.items()):
-        if n != n_labelled:
-            continue
-        beaten, lesion = [], []
-        for frame in frames:
-            columns = [c for c in frame.columns if c.startswith("patch_")]
-            frame = frame.set_index("id")
-            scores = pd.Series(image_scores(frame[columns].to_numpy(float)), index=frame.index)
-            healthy = frame["label"] == 0
-            healthy_logits = frame.loc[healthy, columns].to_numpy(float).ravel()
-            dr = frame.index[~healthy]
-            beaten.append(pd.Series([(scores[healthy] >= scores[i]).mean() for i in dr], index=dr))
-            lesion.append(pd.Series([lesion_vs_healthy(frame.loc[i, columns].to_numpy(float),
-                                                       by_id.loc[i, columns].to_numpy(int), healthy_logits)
-                                     for i in dr], index=dr))
-        out[f"{learner}: healthy at or above"] = pd.concat(beaten, axis=1).mean(axis=1)
-        out[f"{learner}: lesion vs healthy patches AUC"] = pd.concat(lesion, axis=1).mean(axis=1)
-    table = pd.DataFrame(out)
+    """:func:`~retinassl.semisup.anatomy.diseased_image_table` with each image's lesion-patch count
+    and mean blue level, the most missed first."""
+    table = diseased_image_table(predictions, patch_labels, n_labelled)
     table.insert(0, "mean blue", blue.loc[table.index])
-    table.insert(0, "lesion patches", by_id.loc[table.index].sum(axis=1))
+    table.insert(0, "lesion patches", patch_labels.set_index("id").loc[table.index].sum(axis=1))
     return table.sort_values(table.columns[2], ascending=False)
-
-
-def lesion_vs_healthy(logits: np.ndarray, labels: np.ndarray, healthy_logits: np.ndarray) -> float:
-    lesions = logits[labels == 1]
-    return roc_auc(np.r_[np.ones(len(lesions)), np.zeros(len(healthy_logits))], np.r_[lesions, healthy_logits])
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy.stats import binom
 
-from retinassl.semisup.anatomy import anatomy_table, between_image_share, logit_anatomy
+from retinassl.semisup.anatomy import anatomy_table, between_image_share, diseased_image_table, logit_anatomy
 
 
 def test_between_image_share_by_hand() -> None:
@@ -67,7 +67,8 @@ def test_mixing_mild_and_severe_eyes_on_the_dr_side() -> None:
     assert a["healthy_independent_image_auc"] == pytest.approx(0.5)
 
 
-def test_anatomy_table_averages_seeds_and_names_images_without_labels() -> None:
+def _saved_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The offset case as a sweep saves it: predictions (``id, label, patch_..``) and patch labels."""
     logits, patch_labels, image_labels = _offset_case()
     columns = [f"patch_{j:02d}" for j in range(4)]
     frame = pd.DataFrame(logits, columns=columns)
@@ -75,6 +76,11 @@ def test_anatomy_table_averages_seeds_and_names_images_without_labels() -> None:
     frame.insert(0, "id", ["a", "b", "c", "d"])
     labels = pd.DataFrame(patch_labels, columns=columns)
     labels.insert(0, "id", ["a", "b", "c", "d"])
+    return frame, labels
+
+
+def test_anatomy_table_averages_seeds_and_names_images_without_labels() -> None:
+    frame, labels = _saved_tables()
     shuffled = frame.iloc[[3, 1, 0, 2]].reset_index(drop=True)  # rows matched by id, not position
     table = anatomy_table({("convnet", 4): [frame, shuffled]}, labels, draws=50)
     assert len(table) == 1 and table.loc[0, "cells"] == 2
@@ -82,3 +88,13 @@ def test_anatomy_table_averages_seeds_and_names_images_without_labels() -> None:
     assert table.loc[0, "context_auc"] == pytest.approx(0.25)
     with pytest.raises(ValueError, match="no patch labels"):
         anatomy_table({("convnet", 4): [frame]}, labels.iloc[:3], draws=5)
+
+
+def test_diseased_image_table_by_hand() -> None:
+    frame, labels = _saved_tables()
+    table = diseased_image_table({("convnet", 4): [frame], ("convnet", 8): [frame]}, labels, 4)
+    assert list(table.index) == ["a", "b"]
+    # each DR image (2.49) is beaten by the healthy image scored 3 everywhere (3.81), not the other
+    assert table["convnet: healthy at or above"].tolist() == [0.5, 0.5]
+    # its lesion patch (5) against the eight healthy patches (four 0, four 3): above all of them
+    assert table["convnet: lesion vs healthy patches AUC"].tolist() == [1.0, 1.0]

@@ -106,6 +106,17 @@ def logit_anatomy(logits: np.ndarray, patch_labels: np.ndarray, image_labels: np
     }
 
 
+def _cell_arrays(frame: pd.DataFrame, labels_by_id: pd.DataFrame, cell: str
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Patch logits, patch labels (matched by ``id``) and image labels of one saved predictions table."""
+    columns = [c for c in frame.columns if c.startswith("patch_")]
+    missing = set(frame["id"]) - set(labels_by_id.index)
+    if missing:
+        raise ValueError(f"{cell}: no patch labels for test image(s) {sorted(missing)[:3]}")
+    return (frame[columns].to_numpy(float), labels_by_id.loc[frame["id"], columns].to_numpy(int),
+            frame["label"].to_numpy(int))
+
+
 def anatomy_table(predictions: dict[tuple[str, int], list[pd.DataFrame]], patch_labels: pd.DataFrame,
                   draws: int = 200) -> pd.DataFrame:
     """Mean :data:`ANATOMY_METRICS` over the seeds of each ``(learner, labelled)`` cell.
@@ -119,16 +130,36 @@ def anatomy_table(predictions: dict[tuple[str, int], list[pd.DataFrame]], patch_
     labels_by_id = patch_labels.set_index("id")
     rows = []
     for (learner, n_labelled), frames in predictions.items():
-        cells = []
-        for frame in frames:
-            patch_columns = [c for c in frame.columns if c.startswith("patch_")]
-            missing = set(frame["id"]) - set(labels_by_id.index)
-            if missing:
-                raise ValueError(f"{learner} at {n_labelled} labels: no patch labels for test "
-                                 f"image(s) {sorted(missing)[:3]}")
-            cells.append(logit_anatomy(frame[patch_columns].to_numpy(float),
-                                       labels_by_id.loc[frame["id"], patch_columns].to_numpy(int),
-                                       frame["label"].to_numpy(int), draws))
+        cells = [logit_anatomy(*_cell_arrays(frame, labels_by_id, f"{learner} at {n_labelled} labels"), draws)
+                 for frame in frames]
         means = pd.DataFrame(cells).mean()
         rows.append({"method": learner, "n_labelled": n_labelled, "cells": len(cells), **means.to_dict()})
     return pd.DataFrame(rows, columns=["method", "n_labelled", "cells", *ANATOMY_METRICS])
+
+
+def diseased_image_table(predictions: dict[tuple[str, int], list[pd.DataFrame]], patch_labels: pd.DataFrame,
+                         n_labelled: int) -> pd.DataFrame:
+    """Per diseased test image (rows, by ``id``) and learner at ``n_labelled`` labels, means over
+    seeds: ``"<learner>: healthy at or above"``, the share of the healthy test images whose image
+    score is at or above its own (the images a learner misses score high here), and ``"<learner>:
+    lesion vs healthy patches AUC"``, its lesion patches against all healthy images' patches (0.5:
+    its lesions look like healthy tissue to the learner)."""
+    labels_by_id = patch_labels.set_index("id")
+    out: dict[str, pd.Series] = {}
+    for (learner, n), frames in sorted(predictions.items()):
+        if n != n_labelled:
+            continue
+        beaten, lesion = [], []
+        for frame in frames:
+            logits, labels, image_labels = _cell_arrays(frame, labels_by_id, f"{learner} at {n} labels")
+            scores = image_scores(logits)
+            healthy, ids = image_labels == 0, frame["id"].to_numpy()[image_labels == 1]
+            healthy_logits = logits[healthy].ravel()
+            diseased = np.flatnonzero(image_labels == 1)
+            beaten.append(pd.Series([(scores[healthy] >= scores[i]).mean() for i in diseased], index=ids))
+            lesion.append(pd.Series([
+                roc_auc(np.r_[np.ones(int(labels[i].sum())), np.zeros(len(healthy_logits))],
+                        np.r_[logits[i][labels[i] == 1], healthy_logits]) for i in diseased], index=ids))
+        out[f"{learner}: healthy at or above"] = pd.concat(beaten, axis=1).mean(axis=1)
+        out[f"{learner}: lesion vs healthy patches AUC"] = pd.concat(lesion, axis=1).mean(axis=1)
+    return pd.DataFrame(out)

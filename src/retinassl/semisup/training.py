@@ -126,7 +126,7 @@ def train_learner(learner: LearnerConfig, data: PatchData, labelled: np.ndarray,
     else:
         raise ValueError(f"learner method must be ssl-gan or supervised, not {name!r}")
     val = _validation(data, learner, seed)
-    if method.monitor and val is None and getattr(method.config, "select_on_validation", False):
+    if val is None and getattr(method.config, "select_on_validation", False):
         raise ConfigError(f"learner {name}: select_on_validation needs validation patches "
                           f"(val_patches > 0 and a validation split)")
     result = fit(method, dataset, config=learner.engine, run=run, seed=seed, val=val, resume=resume)
