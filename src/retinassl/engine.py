@@ -206,6 +206,9 @@ def _lightning_module(method: Method, config: EngineConfig, seed: int, loader: R
             self.automatic_optimization = False
             self.batches_done = 0
             self.best: dict[str, float] = {}
+            # the weights of the best validation epoch, kept in memory and in every step
+            # checkpoint, so that a resumed run ends with the best weights of its own history
+            self.best_state: dict[str, torch.Tensor] | None = None
             self._val_outputs: list[dict[str, torch.Tensor]] = []
 
         # setup ------------------------------------------------------------------------------
@@ -310,8 +313,10 @@ def _lightning_module(method: Method, config: EngineConfig, seed: int, loader: R
                     or (value > previous if monitor[1] == "max" else value < previous))
                 if better:
                     self.best = {**metrics, "epoch": float(self.current_epoch)}
-                    if self.trainer.is_global_zero:
-                        _save_weights(self.method, checkpoint_dir / "best-weights.safetensors")
+                    state = {k: v.detach().cpu().clone() for k, v in self.method.state_dict().items()}
+                    if self.trainer.world_size > 1:  # buffers differ by rank: keep rank 0's
+                        state = self.trainer.strategy.broadcast(state, src=0)
+                    self.best_state = state
                 elif config.patience and self.best and \
                         self.current_epoch - self.best["epoch"] >= config.patience * config.val_every_n_epochs:
                     self.trainer.should_stop = True  # early stopping (the best weights are kept)
@@ -319,11 +324,14 @@ def _lightning_module(method: Method, config: EngineConfig, seed: int, loader: R
         # checkpoint state -------------------------------------------------------------------
         def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
             checkpoint["retinassl"] = {"batches_done": self.batches_done, "best": dict(self.best)}
+            if self.best_state is not None:
+                checkpoint["retinassl"]["best_weights"] = self.best_state
 
         def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
             state = checkpoint.get("retinassl", {})
             self.batches_done = int(state.get("batches_done", 0))
             self.best = dict(state.get("best", {}))
+            self.best_state = state.get("best_weights")
 
         def on_train_end(self) -> None:
             # DDP broadcasts buffers (BatchNorm running statistics) from rank 0 at the start of each
@@ -474,11 +482,11 @@ def fit(method: Method, train: Dataset, *, config: EngineConfig, run: RunDir, se
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - start
-    if module.best and method.monitor and (checkpoint_dir / "best-weights.safetensors").is_file():
-        from .checkpoint import load_state_strict, read_safetensors
+    if module.best and method.monitor and module.best_state is not None:
+        # (after fit, not in on_train_end: Lightning skips that hook when a resumed run was done)
+        from .checkpoint import load_state_strict
 
-        state = read_safetensors(checkpoint_dir / "best-weights.safetensors")
-        load_state_strict(method, state, checkpoint_dir / "best-weights.safetensors")
+        load_state_strict(method, module.best_state, "the best validation epoch's weights")
     method.to(memory_format=torch.contiguous_format)
     history = run.logs / "csv" / "metrics.csv"
     return FitResult(method, module.batches_done, seconds, module.best,

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from retinassl.config import EngineConfig
 from retinassl.engine import fit, latest_checkpoint
@@ -261,6 +262,36 @@ def test_select_on_validation_ends_with_the_best_validation_weights(tmp_path: Pa
     else:
         assert result.best == {} and final == pytest.approx(logged.iloc[-1])
         assert "selected_epoch" not in info
+
+
+def test_a_resumed_run_ends_with_the_best_weights_of_its_checkpoint(tmp_path: Path) -> None:
+    """The best validation weights travel in the step checkpoint: a run resumed from it (here on
+    another disk, after its last pass) ends with them, not with its last pass or a stray file."""
+    import shutil
+
+    from retinassl.evaluate.metrics import roc_auc
+    from retinassl.semisup.patch_bank import LabelledPatches
+
+    data = tiny_dataset()
+    val = LabelledPatches(data.labelled)
+    cfg = EngineConfig(max_epochs=4, batch_size=16, precision="32", log_every_n_steps=1)
+    first = fit(tiny_method(select_on_validation=True), data, val=val, config=cfg,
+                run=RunDir(tmp_path / "first"), seed=3)
+    logged = pd.read_csv(tmp_path / "first" / "logs" / "csv" / "metrics.csv")["val/patch_auc"].dropna()
+    assert logged.iloc[-1] < logged.max() - 1e-3
+    moved = RunDir(tmp_path / "moved")
+    moved.checkpoints.mkdir(parents=True, exist_ok=True)
+    for path in (tmp_path / "first" / "checkpoints").glob("step-*"):
+        shutil.copy(path, moved.checkpoints / path.name)
+    stray = {k: torch.zeros_like(v) for k, v in tiny_method().state_dict().items()}
+    save_file(stray, str(moved.checkpoints / "best-weights.safetensors"))  # an abandoned run's file
+    method = tiny_method(select_on_validation=True)
+    resumed = fit(method, data, val=val, config=cfg, run=moved, seed=3, resume=True)
+    method.eval()
+    with torch.no_grad():
+        final = roc_auc(val.bank.labels, method.forward(torch.stack([val[i]["image"] for i in range(len(val))])).numpy())
+    assert resumed.best == first.best
+    assert final == pytest.approx(logged.max())
 
 
 def test_channel_gain_recolours_real_patches_within_the_tanh_range() -> None:
