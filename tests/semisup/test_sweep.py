@@ -77,6 +77,10 @@ def test_smoke_sweep_resumes_only_missing_work(tmp_path: Path, monkeypatch: pyte
     patch_labels = pd.read_csv(run.path / "test-patch-labels.csv")
     assert patch_labels.shape[1] == 1 + 64 and set(patch_labels.iloc[:, 1:].to_numpy().ravel()) <= {0, 1}
     assert "Where the image-level AUC is lost" in page and "independent patch errors" in page
+    hard = page.split("Diseased test images at 4 labels, the most missed first")[1]
+    frame = pd.read_csv(run.path / "predictions" / "ssl-gan" / "ssl-gan-n004-s0.csv")
+    for image_id in frame.loc[frame["label"] == 1, "id"]:      # one row per diseased test image
+        assert f">{image_id}<" in hard
     assert list((run.report_dir / "figures").glob("sslgan-heatmap-ssl-gan-*.png"))
     assert (run.report_dir / "figures" / "sslgan-roc.png").is_file()
 
@@ -163,3 +167,4 @@ def test_selection_without_validation_patches_is_refused(tmp_path: Path) -> None
     run = RunDir.create(tmp_path / "runs", "idrid-ssl-gan-smoke")
     with pytest.raises(ConfigError, match="select_on_validation needs validation patches"):
         experiment.run_ssl_gan_experiment(data, run, "smoke", False)
+

@@ -19,7 +19,7 @@ import pandas as pd
 from ..evaluate.metrics import roc_points
 from ..results import read_results
 from ..rundir import RunDir
-from .anatomy import ANATOMY_TITLES, TEST_PATCH_LABELS, anatomy_table
+from .anatomy import ANATOMY_TITLES, TEST_PATCH_LABELS, anatomy_table, diseased_image_table
 from .summary import comparison_table, delong_table, is_planned, metric_table, planned_cells, planned_results
 
 ROC_FIGURE = "sslgan-roc.png"
@@ -47,6 +47,11 @@ def _anatomy_html(run: RunDir, predictions: dict[tuple[str, int], list[pd.DataFr
         return ""
     table = anatomy_table(predictions, pd.read_csv(path)).sort_values(["method", "n_labelled"])
     table = table.rename(columns={"method": "learner", "n_labelled": "labelled", **ANATOMY_TITLES})
+    n_max = max(n for _, n in predictions)
+    per_image = diseased_image_table(predictions, pd.read_csv(path), n_max)
+    missed = per_image[[c for c in per_image.columns if c.endswith("healthy at or above")]].mean(axis=1)
+    per_image = per_image.loc[missed.sort_values(ascending=False, kind="stable").index].round(3)
+    per_image = per_image.rename_axis("diseased test image").reset_index()
     return ("<h3>Where the image-level AUC is lost (means over samplings)</h3>"
             '<p class="note">The image score sums 64 patch sigmoids, so an error shared by all the '
             "patches of an image costs image-level AUC that the patch AUC does not show: "
@@ -56,7 +61,15 @@ def _anatomy_html(run: RunDir, predictions: dict[tuple[str, int], list[pd.DataFr
             "lost; the "
             "<em>between-image share</em> is the part of the healthy images' logit variance that "
             "lies between images (an image-wide offset).</p>"
-            + table_html(table, text_columns=("learner",)))
+            + table_html(table, text_columns=("learner",))
+            + f"<h3>Diseased test images at {n_max} labels, the most missed first (means over "
+            "samplings and, for the order, over learners)</h3>"
+            '<p class="note"><em>healthy at or above</em>: the share of the healthy test images '
+            "whose image score is at or above this image's (0: ranked above every healthy image); "
+            "<em>lesion vs healthy patches AUC</em>: this image's lesion patches against all the "
+            "healthy images' patches (near 0.5: its lesions look like healthy tissue to the "
+            "learner).</p>"
+            + table_html(per_image, text_columns=("diseased test image",)))
 
 
 def roc_grid_figure(predictions: dict[tuple[str, int], list[pd.DataFrame]], path: Path) -> Path:
