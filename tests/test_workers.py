@@ -1,5 +1,6 @@
 """A sweep's worker process ends when the sweep's main process dies (it would otherwise go on
-training and claiming cells beside the workers of a --resume)."""
+training and claiming cells beside the workers of a --resume), and when the sweep is interrupted
+while it waits for them; a worker's exception reaches the sweep."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from retinassl.workers import ORPHAN_EXIT_CODE
+from retinassl.workers import ORPHAN_EXIT_CODE, run_worker_processes
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process semantics")
 
@@ -72,3 +73,45 @@ def test_the_worker_ends_when_its_parent_is_killed(tmp_path: Path) -> None:
     if _alive(worker):
         os.kill(worker, signal.SIGKILL)
         pytest.fail("the worker outlived its killed parent")
+
+
+def test_a_workers_exception_or_exit_code_reaches_the_sweep() -> None:
+    import operator
+
+    run_worker_processes(operator.add, [(1, 2), (3, 4)], "ok")            # both succeed
+    with pytest.raises(ZeroDivisionError):
+        run_worker_processes(operator.truediv, [(1, 1), (1, 0)], "divide")
+    with pytest.raises(RuntimeError, match="exit-1 ended with exit code 5"):
+        run_worker_processes(os._exit, [(0,), (5,)], "exit")
+
+
+def test_sigterm_while_waiting_stops_the_workers(tmp_path: Path) -> None:
+    body = ("import os, sys, time; from pathlib import Path; "
+            "Path(sys.argv[0]).parent.joinpath(f'worker-{os.getpid()}.pid').touch(); time.sleep(60)")
+    parent = textwrap.dedent(f"""
+        import signal, sys
+        from retinassl.cli import _raise_terminated
+        from retinassl.errors import Terminated
+        from retinassl.workers import run_worker_processes
+
+        if __name__ == "__main__":
+            signal.signal(signal.SIGTERM, _raise_terminated)
+            try:
+                run_worker_processes(exec, [({body!r},), ({body!r},)], "sleeper", grace=10)
+            except Terminated:
+                sys.exit(143)
+        """)
+    script = tmp_path / "parent.py"
+    script.write_text(parent)
+    process = subprocess.Popen([sys.executable, str(script)])
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("worker-*.pid"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = [int(p.stem.removeprefix("worker-")) for p in tmp_path.glob("worker-*.pid")]
+    assert len(workers) == 2, "the workers did not start"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 143
+    alive = [pid for pid in workers if _alive(pid)]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "workers outlived the terminated sweep"

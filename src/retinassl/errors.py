@@ -54,3 +54,11 @@ class TrainingDiverged(RetinasslError):
 
 class RunDirError(RetinasslError):
     """A run directory cannot be created or resumed."""
+
+
+class Terminated(Exception):
+    """The process received SIGTERM (``kill``, a scheduler's ``scancel`` or pre-emption).
+
+    The command line raises it from its signal handler so that the run directory records the end
+    and the sweep's worker processes stop; the run continues with ``--resume``. (Not a
+    KeyboardInterrupt: Lightning turns those into ``exit(1)`` inside ``fit``.)"""

@@ -1,5 +1,9 @@
 """Worker processes of parallel sweeps end with the sweep.
 
+:func:`run_worker_processes` starts a sweep's workers and waits for them; if the sweep is
+interrupted while it waits (Ctrl+C, or SIGTERM through the command line's handler), it terminates
+them before the interruption goes on, and a worker's exception is raised in the sweep itself.
+
 A sweep's workers are ``spawn`` processes that train cell after cell. If the sweep's main process
 dies (killed, or its terminal closed), they would otherwise go on training, claiming cells and
 writing into the run directory; a ``--resume`` of the same run would then start a second set of
@@ -11,9 +15,13 @@ interrupted that way resumes from its last checkpoint.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+import pickle
 import threading
 import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -37,3 +45,62 @@ def exit_with_parent(parent: int | None = None, interval: float = 2.0) -> thread
     thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
     thread.start()
     return thread
+
+
+def run_worker_processes(target: Callable[..., None], arguments: Sequence[tuple[Any, ...]], name: str,
+                         grace: float = 30.0) -> None:
+    """Run ``target(*args)`` in one ``spawn`` process per entry of ``arguments``; wait for all.
+
+    The first failed worker's exception (by worker order) is raised here; a worker that died without
+    one (killed, or ended as an orphan) raises a RuntimeError with its exit code. If this process is
+    interrupted while it waits, every worker still running is sent SIGTERM (SIGKILL after ``grace``
+    seconds) before the interruption propagates: no worker goes on writing into the run directory.
+    """
+    context = multiprocessing.get_context("spawn")
+    errors = context.SimpleQueue()
+    processes = [context.Process(target=_reporting, args=(target, args, k, errors), name=f"{name}-{k}")
+                 for k, args in enumerate(arguments)]
+    try:
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join()
+    except BaseException:
+        _stop(processes, grace)
+        raise
+    reported: dict[int, BaseException] = {}
+    while not errors.empty():
+        index, error = errors.get()
+        reported.setdefault(index, error)
+    for index, process in enumerate(processes):
+        if index in reported:
+            raise reported[index]
+        if process.exitcode != 0:
+            raise RuntimeError(f"worker {process.name} ended with exit code {process.exitcode} (see "
+                               f"the run's log); the run continues with --resume")
+
+
+def _reporting(target: Callable[..., None], args: tuple[Any, ...], index: int, errors: Any) -> None:
+    """A worker's body: ``target(*args)``, its exception sent to the parent (then re-raised)."""
+    try:
+        target(*args)
+    except BaseException as exc:
+        try:  # the parent must be able to rebuild it
+            pickle.loads(pickle.dumps(exc))
+            errors.put((index, exc))
+        except Exception:
+            errors.put((index, RuntimeError(f"{type(exc).__name__}: {exc}")))
+        raise
+
+
+def _stop(processes: list[Any], grace: float) -> None:
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + grace
+    for process in processes:
+        if process.pid is not None:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join()

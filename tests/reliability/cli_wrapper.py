@@ -3,7 +3,8 @@ recording switched on by environment variables (used by the reliability tests; n
 
 - ``RELIABILITY_KILL_AT_STEP=N``: SIGKILL this process just before its N-th optimizer step (any
   optimizer: for a GAN this can fall between the discriminator and the generator update). Only in
-  the process of global rank 0 unless ``RELIABILITY_KILL_RANK`` says otherwise.
+  the process of global rank 0 unless ``RELIABILITY_KILL_RANK`` says otherwise;
+  ``RELIABILITY_KILL_SIGNAL=TERM`` sends SIGTERM instead.
 - ``RELIABILITY_RECORD=DIR``: append to ``DIR/sampler-rank<r>.jsonl`` the indices each training epoch
   draws from the engine's sampler (one JSON line per epoch: epoch, world size, dataset size,
   indices), and save after every ``engine.fit`` the method's final weights as
@@ -32,6 +33,7 @@ def _rank() -> int:
 def install() -> None:
     kill_at = int(os.environ.get("RELIABILITY_KILL_AT_STEP", "0") or 0)
     kill_rank = int(os.environ.get("RELIABILITY_KILL_RANK", "0"))
+    kill_signal = getattr(signal, "SIG" + os.environ.get("RELIABILITY_KILL_SIGNAL", "KILL"))
     record = os.environ.get("RELIABILITY_RECORD")
     if kill_at:
         import torch
@@ -41,7 +43,7 @@ def install() -> None:
         def before_step(optimizer, args, kwargs) -> None:
             count["n"] += 1
             if count["n"] == kill_at and _rank() == kill_rank:
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), kill_signal)
 
         from torch.optim.optimizer import register_optimizer_step_pre_hook
 

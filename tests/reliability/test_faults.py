@@ -40,3 +40,20 @@ def test_kill_resume_and_same_seed_same_numbers(tmp_path: Path, family: str) -> 
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
     assert_same_run(ref_run, run)
+
+
+@pytest.mark.slow
+def test_sigterm_is_recorded_and_the_run_resumes(tmp_path: Path) -> None:
+    """SIGTERM (kill, scancel, pre-emption) ends a run cleanly: exit status 143, the run directory
+    says why, and --resume finishes it."""
+    spec = FAMILIES["supervised"]
+    terminated = run_cli(spec.args(tmp_path, tmp_path / "runs"), tmp_path, kill_at=3,
+                         env={"RELIABILITY_KILL_SIGNAL": "TERM"})
+    assert terminated.returncode == 143, terminated.stderr[-4000:]
+    assert "terminated (SIGTERM)" in terminated.stderr and "Traceback" not in terminated.stderr
+    run = only_run(tmp_path / "runs")
+    status = json.loads((run / "run.json").read_text())
+    assert status["status"] == "failed" and status["error"] == "terminated by SIGTERM"
+    resumed = run_cli(spec.resume_args(run), tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"

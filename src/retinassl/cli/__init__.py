@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 
 import typer
 
-from ..errors import RetinasslError
+from ..errors import RetinasslError, Terminated
 from . import data as data_cmd
 from . import demo as demo_cmd
 from . import evaluate as evaluate_cmd
@@ -90,8 +92,15 @@ def setup_logging(level: int = logging.INFO) -> None:
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning")
 
 
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated("terminated by SIGTERM")
+
+
 def main() -> None:
-    """Console entry point."""
+    """Console entry point. SIGTERM (``kill``, ``scancel``) ends a command as an exception, so the
+    run records it, a sweep stops its workers, and ``--resume`` continues from the checkpoints."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         app()
     except RetinasslError as exc:
@@ -100,3 +109,7 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.secho("interrupted", fg=typer.colors.RED, err=True)
         raise SystemExit(130) from None
+    except Terminated:
+        typer.secho("terminated (SIGTERM): the run keeps its checkpoints; continue it with --resume RUN",
+                    fg=typer.colors.RED, err=True)
+        raise SystemExit(143) from None

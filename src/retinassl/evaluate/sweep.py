@@ -627,23 +627,16 @@ def run_transfer(config: TransferConfig, run: RunDir, shard: tuple[int, int] | N
     config.check()
     write_text(run.path / "transfer.yaml", to_yaml(config))
     if shard is None and config.workers > 1:
-        import multiprocessing
+        from ..workers import run_worker_processes
 
         sweep = TransferSweep(config, run)  # shared inputs once, before the workers start
         sweep.downstream()
         if any(i.pretrain is not None and i.pool == "unlabelled" for i in config.inits):
             sweep.cache.prepare(sweep.pool(), config.preprocess, workers=max(1, config.data.workers),
                                 mask_columns=[], skip_bad=config.data.skip_bad)
-        from concurrent.futures import ProcessPoolExecutor
-
         data = config.model_dump(mode="json")
-        with ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_shard_worker, data, str(run.path), i, config.workers)
-                       for i in range(config.workers)]
-            errors = [f.exception() for f in futures]
-        for error in errors:
-            if error is not None:
-                raise error
+        run_worker_processes(_shard_worker, [(data, str(run.path), i, config.workers)
+                                             for i in range(config.workers)], "transfer-worker")
     TransferSweep(config, run).run_all(shard)
 
 

@@ -124,19 +124,10 @@ def run_ssl_gan_experiment(data: dict[str, Any], run: RunDir, budget: str, resum
     if config.workers == 1:
         _work(config, run, patch_data)
     else:
-        import multiprocessing
+        from ..workers import run_worker_processes
 
-        context = multiprocessing.get_context("spawn")
-        processes = [context.Process(target=_worker, args=(data, str(run.path), budget, k),
-                                     name=f"ssl-gan-worker-{k}") for k in range(config.workers)]
-        for process in processes:
-            process.start()
-        for process in processes:
-            process.join()
-        failed = [p.name for p in processes if p.exitcode != 0]
-        if failed:
-            raise RuntimeError(f"worker(s) {failed} failed; see {run.logs / 'log.txt'}. Rerun with "
-                               f"--resume {run.path} to continue with the missing cells.")
+        run_worker_processes(_worker, [(data, str(run.path), budget, k) for k in range(config.workers)],
+                             "ssl-gan-worker")
     append_comparisons(config, run, patch_data)
     missing = [c for c in plan_cells(config) if (c[0], c[2], c[3]) not in _done_cells(run)]
     if missing:
