@@ -39,7 +39,7 @@ from retinassl.semisup.summary import (PAPER, PAPER_COUNTS, comparison_table, de
 
 def done_when(results) -> list[dict]:
     """The issue's criteria: SSL-GAN image AUC mean >= the paper's at 40/80/149 labels, and above
-    the ConvNet's at 10/20."""
+    the ConvNet's at 10/20 (those the run has the cells for)."""
     stats = metric_stats(results, "image_auc")
     mean = {(r.method, int(r.n_labelled)): float(r.mean) for r in stats.itertuples()}
     checks = []
@@ -51,7 +51,7 @@ def done_when(results) -> list[dict]:
         ours, conv = mean.get(("ssl-gan", n), float("nan")), mean.get(("convnet", n), float("nan"))
         checks.append({"check": f"SSL-GAN image AUC > ConvNet at {n}", "ours": ours, "reference": conv,
                        "met": bool(ours > conv)})
-    return checks
+    return [c for c in checks if np.isfinite(c["ours"]) and np.isfinite(c["reference"])]
 
 
 AGGREGATIONS = {
@@ -130,16 +130,18 @@ def main() -> None:
              "", "## Image AUC by pooling rule (%, mean over samplings; from the saved patch logits)",
              "", "The paper pools by the sum of the patch sigmoids; the other rows re-pool the same "
              "predictions.", "", markdown_table(pooling),
-             "", "## Done-when checks (issue 3)", "",
-             "| check | ours | reference | met |\n|---|---|---|---|\n" + "\n".join(
-                 f"| {c['check']} | {100 * c['ours']:.1f} | {100 * c['reference']:.1f} | "
-                 f"{'yes' if c['met'] else 'no'} |" for c in checks)]
+             ]
+    if checks:
+        parts += ["", "## Done-when checks (issue 3)", "",
+                  "| check | ours | reference | met |\n|---|---|---|---|\n" + "\n".join(
+                      f"| {c['check']} | {100 * c['ours']:.1f} | {100 * c['reference']:.1f} | "
+                      f"{'yes' if c['met'] else 'no'} |" for c in checks)]
     if args.notes is not None:
         parts += ["", args.notes.read_text()]
     write_results(args.name, data, "\n".join(parts))
     print("\n".join(parts))
-    if not np.isfinite([c["ours"] for c in checks]).all():
-        print("warning: some cells are missing", file=sys.stderr)
+    if "ssl-gan" in methods and len(checks) < 5:
+        print("warning: the run lacks cells for some done-when checks", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -146,3 +146,26 @@ def test_autoencoder_decoder_sees_only_the_code() -> None:
     out = method(x)
     assert out.shape == x.shape
     assert seen["shape"] == method.encoder.forward_features(x).shape  # deepest map only, no skips
+
+
+def test_supervised_bag_loss_is_the_max_patch_bce_by_hand() -> None:
+    """Patches of constant value v get logit v (a stand-in forward); a bag's logit is its largest."""
+    method = build_method("supervised", {"augment": "none", "bag_weight": 0.5}, build_encoder("convnet", width=4))
+    method.forward = lambda x: x.mean(dim=(1, 2, 3))  # type: ignore[method-assign]
+
+    def patches(values: list) -> torch.Tensor:
+        t = torch.tensor(values, dtype=torch.float32)
+        return t[..., None, None, None].expand(*t.shape, 3, 2, 2)
+    batch = {"image": patches([0.5, -1.0]), "label": torch.tensor([1, 0]),
+             "bag_image": patches([[-2.0, 1.0, 0.3], [0.1, -0.4, -3.0]]), "bag_label": torch.tensor([1, 0])}
+    loss, metrics = method.loss(batch, "main", torch.Generator().manual_seed(0))
+
+    def bce(logit: float, label: int) -> float:
+        p = 1 / (1 + math.exp(-logit))
+        return -math.log(p if label else 1 - p)
+    patch_part = (bce(0.5, 1) + bce(-1.0, 0)) / 2
+    bag_part = (bce(1.0, 1) + bce(0.1, 0)) / 2          # the bags' largest logits, 1.0 and 0.1
+    assert float(loss) == pytest.approx(patch_part + 0.5 * bag_part, rel=1e-6)
+    assert metrics["bag_loss"] == pytest.approx(bag_part, rel=1e-6)
+    only_bags = {**batch, "image": torch.zeros(0, 3, 2, 2), "label": torch.zeros(0, dtype=torch.long)}
+    assert float(method.loss(only_bags, "main", torch.Generator())[0]) == pytest.approx(0.5 * bag_part, rel=1e-6)

@@ -1,5 +1,5 @@
 """Patch labels from lesion masks (counted by hand), windows with context margins, normalisation,
-and the SSL-GAN's paired dataset."""
+the SSL-GAN's paired dataset, and patches mixed with image-level bags."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from PIL import Image
 from retinassl.data.cache import Cache
 from retinassl.data.manifest import Manifest
 from retinassl.data.preprocess import PreprocessConfig, normalize
-from retinassl.semisup.patch_bank import (LabelledPatches, SemiSupervisedPatches, build_patch_bank,
-                                          concat_banks, in_field_of_view)
+from retinassl.semisup.patch_bank import (LabelledPatches, PatchesAndBags, SemiSupervisedPatches,
+                                          build_patch_bank, collate_patches_and_bags, concat_banks,
+                                          in_field_of_view)
 from retinassl.semisup.patch_gan import centre_crop, crop_and_flip
 
 
@@ -124,3 +125,22 @@ def test_field_of_view_fractions_and_the_unlabelled_filter(tmp_path: Path) -> No
     assert np.array_equal(concat_banks([bank, bank.images([0])]).fov, np.tile(bank.fov, 2))
     with pytest.raises(ValueError, match="no unlabelled patch"):
         SemiSupervisedPatches(bank, bank, keep=in_field_of_view(bank, 1.0)[:0])
+
+
+def test_patches_and_bags_mix_in_one_dataset_and_batch(prepared) -> None:
+    bank = build_patch_bank(prepared, [0, 1], grid=8, patch_size=8)
+    patches = LabelledPatches(bank.images([1]), length=70)
+    data = PatchesAndBags(patches, bank, np.array([1, 0]))
+    assert len(data) == 72
+    assert torch.equal(data[69]["image"], bank.cell(64 + 69 % 64))            # a patch item
+    bag = data[71]                                                           # the second image
+    assert bag["bag"].shape == (64, 3, 8, 8) and int(bag["bag_label"]) == 0
+    assert torch.equal(bag["bag"][10], bank.cell(64 + 10))
+    batch = collate_patches_and_bags([data[3], data[70], data[5], data[71]])
+    assert batch["image"].shape == (2, 3, 8, 8) and batch["index"].tolist() == [3, 5]
+    assert batch["bag_image"].shape == (2, 64, 3, 8, 8) and batch["bag_label"].tolist() == [1, 0]
+    only_bags = collate_patches_and_bags([data[70]])
+    assert only_bags["image"].shape == (0, 3, 8, 8) and only_bags["label"].shape == (0,)
+    assert "bag_image" not in collate_patches_and_bags([data[0]])
+    with pytest.raises(ValueError, match="1 bag labels for 2 bag images"):
+        PatchesAndBags(patches, bank, np.array([1]))

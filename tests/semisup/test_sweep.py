@@ -168,3 +168,28 @@ def test_selection_without_validation_patches_is_refused(tmp_path: Path) -> None
     with pytest.raises(ConfigError, match="select_on_validation needs validation patches"):
         experiment.run_ssl_gan_experiment(data, run, "smoke", False)
 
+
+def test_a_supervised_extension_learns_from_the_pool_as_image_level_bags(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import retinassl.semisup.training as training
+    from retinassl.semisup.patch_bank import PatchesAndBags
+
+    data = smoke_preset(tmp_path)
+    data.update(reference="convnet", baselines=[])
+    data["extension"].update(enabled=True, learner="convnet", label="convnet+bags")
+    datasets, fit = [], training.fit
+
+    def recording_fit(method, dataset, **kwargs):
+        datasets.append(dataset)
+        return fit(method, dataset, **kwargs)
+
+    monkeypatch.setattr(training, "fit", recording_fit)
+    run = RunDir.create(tmp_path / "runs", "bags")
+    experiment.run_ssl_gan_experiment(data, run, "smoke", False)
+    assert [type(d).__name__ for d in datasets] == ["LabelledPatches", "PatchesAndBags"]
+    bags = datasets[1]
+    assert isinstance(bags, PatchesAndBags) and bags.bags.n_images == 6      # the smoke pool
+    assert bags.bag_labels.tolist() == [1] * 6                               # all diseased (prevalence 1)
+    results = read_results(run.results_file)
+    assert results.loc[results["metric"] == "image_auc", "method"].tolist() == ["convnet", "convnet+bags"]
+    assert "convnet+bags vs convnet" in set(results.loc[results["metric"] == "delong_p", "method"])

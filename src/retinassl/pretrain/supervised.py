@@ -8,6 +8,12 @@ residual network (ResNet34)", with "binary crossentropy balanced class-weighting
 
 Tasks: ``binary`` (one logit, BCE; score = sigmoid(logit)), ``multiclass`` (K logits, CE),
 ``multilabel`` (K logits, BCE per label).
+
+Weak image-level labels (binary task): a batch may also carry *bags*, ``bag_image`` ``(nb, K, C,
+H, W)`` (the K patches of nb images) with ``bag_label`` ``(nb,)``. A bag's logit is the maximum of
+its patches' logits (standard multiple-instance learning: an image is diseased when at least one
+of its patches is), trained with BCE and weighted by ``bag_weight``; the patch labels keep their
+own BCE. This is how images that have an image grade but no lesion masks teach a patch classifier.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ class SupervisedConfig(Section):
         pos_weight: BCE weight of positives for ``binary`` (None: unweighted).
         freeze_encoder: train only the head (linear probe; the encoder stays in eval mode).
         dropout: dropout before the head.
+        bag_weight: weight of the multiple-instance BCE on image-level labelled bags (binary
+            task; used when batches carry bags, see the module docstring).
     """
 
     task: Literal["binary", "multiclass", "multilabel"] = "binary"
@@ -57,6 +65,7 @@ class SupervisedConfig(Section):
     pos_weight: float | None = Field(None, gt=0)
     freeze_encoder: bool = False
     dropout: float = Field(0.0, ge=0, lt=1)
+    bag_weight: NonNegativeFloat = 1.0
 
 
 @register_method
@@ -110,9 +119,20 @@ class Supervised(Method):
 
     def loss(self, batch: dict[str, Any], group: str,
              generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        x = self._augment(batch["image"], generator)
+        bags = batch.get("bag_image")
+        if bags is None:
+            return self.criterion(self.forward(self._augment(batch["image"], generator)), batch["label"]), {}
+        if self.config.task != "binary":
+            raise ValueError("image-level bags need the binary task")
+        n, (nb, k) = batch["image"].shape[0], bags.shape[:2]
+        x = self._augment(torch.cat([batch["image"], bags.flatten(0, 1)]), generator)
         logits = self.forward(x)
-        return self.criterion(logits, batch["label"]), {}
+        bag_loss = F.binary_cross_entropy_with_logits(logits[n:].view(nb, k).amax(1).float(),
+                                                      batch["bag_label"].float())
+        loss = self.config.bag_weight * bag_loss
+        if n:
+            loss = loss + self.criterion(logits[:n], batch["label"])
+        return loss, {"bag_loss": float(bag_loss.detach())}
 
     def criterion(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = logits.float()

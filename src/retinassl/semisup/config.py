@@ -42,7 +42,8 @@ class PatchConfig(Section):
 
 
 class PoolConfig(Section):
-    """Extra unlabelled images added to the SSL-GAN's unlabelled pool.
+    """Extra images: unlabelled patches for the SSL-GAN, image-level labelled bags for a supervised
+    learner (a bag learner needs their ``abnormal`` label).
 
     Attributes:
         source: ``idrid-dr-pool`` (IDRiD part-B images with DR that show none of the images of the
@@ -123,7 +124,9 @@ class SemisupTrainConfig(Section):
 
 
 class ExtensionConfig(Section):
-    """The experiment's extension: a learner rerun with an enlarged unlabelled pool.
+    """The experiment's extension: a learner rerun with the pool's images. The SSL-GAN takes them
+    as unlabelled patches; a supervised learner as image-level labelled multiple-instance bags
+    (their ``abnormal`` label; the method's ``bag_weight``).
 
     Attributes:
         enabled: run it.

@@ -200,6 +200,52 @@ class LabelledPatches(Dataset):
                 "index": index}
 
 
+class PatchesAndBags(Dataset):
+    """Labelled patches and image-level labelled *bags* in one dataset, for a supervised learner
+    that also learns from images with an image grade but no lesion masks.
+
+    Items ``0 .. len(patches) - 1`` are the items of ``patches``; the next ``bags.n_images`` items
+    are bags: ``{"bag": (grid**2, C, p, p), "bag_label"}``, the grid cells of one image of ``bags``
+    and its label. A shuffled epoch thus mixes every bag once among the patches;
+    :func:`collate_patches_and_bags` batches them.
+    """
+
+    def __init__(self, patches: LabelledPatches, bags: PatchBank, bag_labels: np.ndarray) -> None:
+        bag_labels = np.asarray(bag_labels, dtype=int)
+        if len(bag_labels) != bags.n_images:
+            raise ValueError(f"{len(bag_labels)} bag labels for {bags.n_images} bag images")
+        if (bags.patch_size, bags.grid) != (patches.bank.patch_size, patches.bank.grid):
+            raise ValueError("bags and labelled patches must have the same grid and patch size")
+        self.patches, self.bags, self.bag_labels = patches, bags, bag_labels
+
+    def __len__(self) -> int:
+        return len(self.patches) + self.bags.n_images
+
+    def __getitem__(self, index: int) -> dict:
+        if index < len(self.patches):
+            return self.patches[index]
+        image = index - len(self.patches)
+        first = image * self.bags.per_image
+        return {"bag": torch.stack([self.bags.cell(first + j) for j in range(self.bags.per_image)]),
+                "bag_label": torch.tensor(int(self.bag_labels[image]))}
+
+
+def collate_patches_and_bags(items: list[dict]) -> dict:
+    """Batch of :class:`PatchesAndBags` items: ``image``, ``label``, ``index`` of the patches
+    (possibly none) and, when the batch holds bags, ``bag_image`` ``(nb, K, C, p, p)`` and
+    ``bag_label`` ``(nb,)``."""
+    patches = [item for item in items if "bag" not in item]
+    bags = [item for item in items if "bag" in item]
+    shape = (bags or patches)[0]["bag" if bags else "image"].shape[-3:]
+    batch = {"image": torch.stack([i["image"] for i in patches]) if patches else torch.zeros((0, *shape)),
+             "label": torch.stack([i["label"] for i in patches]) if patches else torch.zeros(0, dtype=torch.long),
+             "index": torch.tensor([i["index"] for i in patches], dtype=torch.long)}
+    if bags:
+        batch["bag_image"] = torch.stack([i["bag"] for i in bags])
+        batch["bag_label"] = torch.stack([i["bag_label"] for i in bags])
+    return batch
+
+
 class SemiSupervisedPatches(Dataset):
     """One dataset for the SSL-GAN: item ``i`` is unlabelled window ``i`` with labelled window
     ``order[i mod n_labelled]`` and its label (``order`` a fixed permutation from ``seed``).

@@ -77,6 +77,12 @@ class PatchData:
         """Image labels (0/1 ``abnormal``) of ``rows``."""
         return self.prepared.manifest.require_labels(LABEL)[np.asarray(rows, dtype=int)].astype(int)
 
+    def pool_labels(self) -> np.ndarray:
+        """Image labels (0/1 ``abnormal``) of the pool's images."""
+        if self.pool is None:
+            raise DataError("no unlabelled pool was loaded")
+        return self.pool.manifest.require_labels(LABEL).astype(int)
+
     def ids(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         return self.prepared.manifest.frame["id"].to_numpy()[np.asarray(rows, dtype=int)]
 

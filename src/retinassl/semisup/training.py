@@ -10,6 +10,9 @@ subset of the training images, through the engine, and handing back its patch cl
   when ``balance`` (Table 5, "balanced class-weighting"). An epoch cycles through them until it
   has shown as many patches as the training cohort has (the length of an SSL-GAN epoch), so
   epochs, validations and checkpoints come at the same pace for every label count.
+  With an unlabelled pool (``use_pool``), the pool's images join as image-level labelled
+  multiple-instance bags (:class:`~retinassl.semisup.patch_bank.PatchesAndBags`; the method's
+  ``bag_weight``): images with a grade but no lesion masks.
 
 Encoders and the methods around them (heads, generator) are built under a fixed torch seed
 (PyTorch's default layer initialisation draws from the global generator), so a learner's result
@@ -30,7 +33,8 @@ from ..method import Method, seeded_method
 from ..rundir import RunDir
 from .classifier import PatchClassifier
 from .config import LearnerConfig
-from .patch_bank import LabelledPatches, SemiSupervisedPatches, concat_banks, in_field_of_view
+from .patch_bank import (LabelledPatches, PatchesAndBags, SemiSupervisedPatches, collate_patches_and_bags,
+                         concat_banks, in_field_of_view)
 from .patch_data import PatchData
 
 log = logging.getLogger(__name__)
@@ -103,6 +107,7 @@ def train_learner(learner: LearnerConfig, data: PatchData, labelled: np.ndarray,
     ``resume``)."""
     name = learner.method_name
     p = learner.patch_size
+    collate = None
     if name == "ssl-gan":
         train_bank = data.bank("train", p, learner.margin)
         unlabelled = concat_banks([train_bank, data.bank("pool", p, learner.margin)]) if use_pool \
@@ -123,13 +128,20 @@ def train_learner(learner: LearnerConfig, data: PatchData, labelled: np.ndarray,
         method, arch, kwargs = build_learner_method(learner, seed, pos_weight)
         log.info("supervised %s: %d labelled images, %d patches (%.1f%% diseased)",
                  learner.model.arch, len(labelled), len(bank), 100 * positives)
+        if use_pool:  # the pool's images, with their image labels, as multiple-instance bags
+            bag_labels = data.pool_labels()
+            dataset = PatchesAndBags(dataset, data.bank("pool", p, 0), bag_labels)
+            collate = collate_patches_and_bags
+            log.info("supervised %s: + %d pool images as image-level bags (%d diseased)",
+                     learner.model.arch, len(bag_labels), int(bag_labels.sum()))
     else:
         raise ValueError(f"learner method must be ssl-gan or supervised, not {name!r}")
     val = _validation(data, learner, seed)
     if val is None and getattr(method.config, "select_on_validation", False):
         raise ConfigError(f"learner {name}: select_on_validation needs validation patches "
                           f"(val_patches > 0 and a validation split)")
-    result = fit(method, dataset, config=learner.engine, run=run, seed=seed, val=val, resume=resume)
+    result = fit(method, dataset, config=learner.engine, run=run, seed=seed, val=val, resume=resume,
+                 collate_fn=collate)
     method.eval()
     classifier = PatchClassifier.from_method(method, p, data.patches.grid)
     return Trained(method, classifier, result, arch, dict(kwargs))
