@@ -232,6 +232,12 @@ def _lightning_module(method: Method, config: EngineConfig, seed: int, loader: R
                                 if t.ndim == 4 and t.is_floating_point() else t)
 
         # training ---------------------------------------------------------------------------
+        def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+            if 0 < config.max_steps <= self.batches_done:  # resumed from the run's last step
+                self.trainer.should_stop = True
+                return -1  # (Lightning: skip the rest of the epoch)
+            return None
+
         def training_step(self, batch: Any, batch_idx: int) -> None:
             number = self.batches_done
             seed_value = step_seed(seed, number, self.trainer.global_rank)
@@ -392,7 +398,10 @@ def _step_checkpoint_callback(every: int, directory: Path):
                         p.with_suffix(".safetensors").unlink(missing_ok=True)
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-            if every > 0 and module.batches_done % every == 0:
+            # the last batch of an epoch (or of the run) is saved at the epoch's end, after its
+            # validation: a checkpoint taken before it would lack that validation's best weights
+            ends = batch_idx + 1 >= trainer.num_training_batches or trainer.should_stop
+            if every > 0 and module.batches_done % every == 0 and not ends:
                 self._save(trainer, module)
 
         def on_train_epoch_end(self, trainer, module) -> None:
@@ -482,6 +491,8 @@ def fit(method: Method, train: Dataset, *, config: EngineConfig, run: RunDir, se
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - start
+    if module.best and method.monitor and module.best_state is None:
+        _legacy_best_weights(module, checkpoint_dir)
     if module.best and method.monitor and module.best_state is not None:
         # (after fit, not in on_train_end: Lightning skips that hook when a resumed run was done)
         from .checkpoint import load_state_strict
@@ -491,6 +502,21 @@ def fit(method: Method, train: Dataset, *, config: EngineConfig, run: RunDir, se
     history = run.logs / "csv" / "metrics.csv"
     return FitResult(method, module.batches_done, seconds, module.best,
                      history if history.is_file() else None)
+
+
+def _legacy_best_weights(module: Any, checkpoint_dir: Path) -> None:
+    """A run resumed from a checkpoint of an older version (best weights in a side file, not in
+    the checkpoint): take them from the file, or, without it, forget the best epoch."""
+    legacy = checkpoint_dir / "best-weights.safetensors"
+    if legacy.is_file():
+        from .checkpoint import read_safetensors
+
+        log.warning("%s: the checkpoint predates stored best weights; using %s", checkpoint_dir, legacy.name)
+        module.best_state = read_safetensors(legacy)
+    else:
+        log.warning("%s: the best validation weights are unknown (a checkpoint of an older version "
+                    "without %s); the run ends with its last weights", checkpoint_dir, legacy.name)
+        module.best = {}
 
 
 def _is_convolutional(module: torch.nn.Module) -> bool:

@@ -19,6 +19,7 @@ from retinassl.errors import TrainingDiverged
 from retinassl.method import build_method
 from retinassl.models import build_encoder
 from retinassl.rundir import RunDir
+from retinassl.tree_io import load_tree, save_tree
 from retinassl.semisup.classifier import PatchClassifier
 from retinassl.semisup.patch_bank import PatchBank, SemiSupervisedPatches
 
@@ -264,34 +265,88 @@ def test_select_on_validation_ends_with_the_best_validation_weights(tmp_path: Pa
         assert "selected_epoch" not in info
 
 
-def test_a_resumed_run_ends_with_the_best_weights_of_its_checkpoint(tmp_path: Path) -> None:
-    """The best validation weights travel in the step checkpoint: a run resumed from it (here on
-    another disk, after its last pass) ends with them, not with its last pass or a stray file."""
-    import shutil
-
+def _val_auc(method, val) -> float:
     from retinassl.evaluate.metrics import roc_auc
+
+    method.eval()
+    with torch.no_grad():
+        logits = method.forward(torch.stack([val[i]["image"] for i in range(len(val))]))
+    return roc_auc(val.bank.labels, logits.numpy())
+
+
+def _selecting_run(tmp_path: Path, epochs: int, every: int = 50):
+    """A tiny SSL-GAN run that selects on validation: (data, val, config, result, logged AUCs)."""
     from retinassl.semisup.patch_bank import LabelledPatches
 
     data = tiny_dataset()
     val = LabelledPatches(data.labelled)
-    cfg = EngineConfig(max_epochs=4, batch_size=16, precision="32", log_every_n_steps=1)
+    cfg = EngineConfig(max_epochs=epochs, batch_size=16, precision="32", log_every_n_steps=1,
+                       checkpoint_every_n_steps=every)
     first = fit(tiny_method(select_on_validation=True), data, val=val, config=cfg,
                 run=RunDir(tmp_path / "first"), seed=3)
     logged = pd.read_csv(tmp_path / "first" / "logs" / "csv" / "metrics.csv")["val/patch_auc"].dropna()
-    assert logged.iloc[-1] < logged.max() - 1e-3
+    return data, val, cfg, first, logged
+
+
+def _moved_checkpoints(tmp_path: Path) -> RunDir:
+    """The first run's step checkpoint copied into a fresh run directory (as if on another disk)."""
+    import shutil
+
     moved = RunDir(tmp_path / "moved")
     moved.checkpoints.mkdir(parents=True, exist_ok=True)
     for path in (tmp_path / "first" / "checkpoints").glob("step-*"):
         shutil.copy(path, moved.checkpoints / path.name)
+    return moved
+
+
+def test_a_resumed_run_ends_with_the_best_weights_of_its_checkpoint(tmp_path: Path) -> None:
+    """The best validation weights travel in the step checkpoint: a run resumed from it (here
+    after its last pass) ends with them, not with its last pass or a stray file."""
+    data, val, cfg, first, logged = _selecting_run(tmp_path, epochs=4)
+    assert logged.iloc[-1] < logged.max() - 1e-3
+    moved = _moved_checkpoints(tmp_path)
     stray = {k: torch.zeros_like(v) for k, v in tiny_method().state_dict().items()}
     save_file(stray, str(moved.checkpoints / "best-weights.safetensors"))  # an abandoned run's file
     method = tiny_method(select_on_validation=True)
     resumed = fit(method, data, val=val, config=cfg, run=moved, seed=3, resume=True)
-    method.eval()
-    with torch.no_grad():
-        final = roc_auc(val.bank.labels, method.forward(torch.stack([val[i]["image"] for i in range(len(val))])).numpy())
-    assert resumed.best == first.best
-    assert final == pytest.approx(logged.max())
+    assert resumed.best == first.best and resumed.batches == first.batches   # nothing retrained
+    assert _val_auc(method, val) == pytest.approx(logged.max())
+
+
+def test_the_last_checkpoint_holds_the_last_validation(tmp_path: Path) -> None:
+    """With checkpoints every epoch's worth of steps, the checkpoint at an epoch's end is taken
+    after that epoch's validation (here the best one, the last)."""
+    per_epoch = len(tiny_dataset()) // 16
+    data, val, cfg, first, logged = _selecting_run(tmp_path, epochs=2, every=per_epoch)
+    assert logged.idxmax() == logged.index[-1] and first.best["epoch"] == 1.0
+    checkpoint = load_tree(latest_checkpoint(tmp_path / "first" / "checkpoints"))
+    assert checkpoint["retinassl"]["best"] == first.best
+    method = tiny_method(select_on_validation=True)
+    resumed = fit(method, data, val=val, config=cfg, run=_moved_checkpoints(tmp_path), seed=3, resume=True)
+    assert resumed.batches == first.batches == 2 * per_epoch
+    assert _val_auc(method, val) == pytest.approx(logged.max())
+
+
+@pytest.mark.parametrize("side_file", [True, False])
+def test_a_checkpoint_of_the_older_format_resumes(tmp_path: Path, side_file: bool) -> None:
+    """Checkpoints written before the best weights moved into them kept them in
+    ``best-weights.safetensors``: a resume uses that file, or without it forgets the best epoch
+    (and says so) rather than report one whose weights it does not have."""
+    data, val, cfg, first, logged = _selecting_run(tmp_path, epochs=4)
+    moved = _moved_checkpoints(tmp_path)
+    step = latest_checkpoint(moved.checkpoints)
+    tree = load_tree(step)
+    best_weights = tree["retinassl"].pop("best_weights")                    # the older format
+    save_tree(tree, step)
+    if side_file:
+        save_file({k: v.contiguous() for k, v in best_weights.items()},
+                  str(moved.checkpoints / "best-weights.safetensors"))
+    method = tiny_method(select_on_validation=True)
+    resumed = fit(method, data, val=val, config=cfg, run=moved, seed=3, resume=True)
+    if side_file:
+        assert resumed.best == first.best and _val_auc(method, val) == pytest.approx(logged.max())
+    else:
+        assert resumed.best == {} and _val_auc(method, val) == pytest.approx(logged.iloc[-1])
 
 
 def test_channel_gain_recolours_real_patches_within_the_tanh_range() -> None:
