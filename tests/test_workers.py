@@ -83,6 +83,15 @@ def test_a_workers_exception_or_exit_code_reaches_the_sweep() -> None:
         run_worker_processes(operator.truediv, [(1, 1), (1, 0)], "divide")
     with pytest.raises(RuntimeError, match="exit-1 ended with exit code 5"):
         run_worker_processes(os._exit, [(0,), (5,)], "exit")
+    # a worker that stops by SystemExit, even with code 0 (Lightning's on SIGTERM), has failed
+    with pytest.raises(RuntimeError, match="worker 0 stopped by SystemExit"):
+        run_worker_processes(sys.exit, [(None,)], "stopped")
+    # an exception larger than a pipe's buffer reaches the parent (which reads while it waits)
+    with pytest.raises(ValueError) as raised:
+        run_worker_processes(exec, [("raise ValueError('x' * 200000)",)], "large")
+    assert str(raised.value) == "x" * 200000, "the exception arrived changed"
+    if sys.version_info >= (3, 11):
+        assert "in worker 0" in "".join(raised.value.__notes__)          # the worker's traceback
 
 
 def test_sigterm_while_waiting_stops_the_workers(tmp_path: Path) -> None:
@@ -104,14 +113,18 @@ def test_sigterm_while_waiting_stops_the_workers(tmp_path: Path) -> None:
     script = tmp_path / "parent.py"
     script.write_text(parent)
     process = subprocess.Popen([sys.executable, str(script)])
-    deadline = time.monotonic() + 60
-    while len(list(tmp_path.glob("worker-*.pid"))) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    workers = [int(p.stem.removeprefix("worker-")) for p in tmp_path.glob("worker-*.pid")]
-    assert len(workers) == 2, "the workers did not start"
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=30) == 143
-    alive = [pid for pid in workers if _alive(pid)]
-    for pid in alive:
-        os.kill(pid, signal.SIGKILL)
-    assert not alive, "workers outlived the terminated sweep"
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("worker-*.pid"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = [int(p.stem.removeprefix("worker-")) for p in tmp_path.glob("worker-*.pid")]
+        assert len(workers) == 2, "the workers did not start"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 143
+        assert not [pid for pid in workers if _alive(pid)], "workers outlived the terminated sweep"
+    finally:
+        for pid in [process.pid, *workers]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        process.wait(timeout=10)

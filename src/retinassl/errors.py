@@ -56,9 +56,10 @@ class RunDirError(RetinasslError):
     """A run directory cannot be created or resumed."""
 
 
-class Terminated(Exception):
+class Terminated(BaseException):
     """The process received SIGTERM (``kill``, a scheduler's ``scancel`` or pre-emption).
 
     The command line raises it from its signal handler so that the run directory records the end
-    and the sweep's worker processes stop; the run continues with ``--resume``. (Not a
-    KeyboardInterrupt: Lightning turns those into ``exit(1)`` inside ``fit``.)"""
+    and the sweep's worker processes stop; the run continues with ``--resume``. A BaseException,
+    like KeyboardInterrupt, so that no ``except Exception`` swallows it (but not a
+    KeyboardInterrupt: Lightning turns those into ``exit(1)`` inside ``fit``)."""

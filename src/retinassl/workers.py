@@ -51,27 +51,28 @@ def run_worker_processes(target: Callable[..., None], arguments: Sequence[tuple[
                          grace: float = 30.0) -> None:
     """Run ``target(*args)`` in one ``spawn`` process per entry of ``arguments``; wait for all.
 
-    The first failed worker's exception (by worker order) is raised here; a worker that died without
-    one (killed, or ended as an orphan) raises a RuntimeError with its exit code. If this process is
-    interrupted while it waits, every worker still running is sent SIGTERM (SIGKILL after ``grace``
-    seconds) before the interruption propagates: no worker goes on writing into the run directory.
+    The first failed worker's exception (by worker order, with the worker's traceback as a note) is
+    raised here; a worker that ended otherwise (killed, SystemExit, an orphan's exit) raises a
+    RuntimeError with its exit code. If this process is interrupted while it waits, every worker
+    still running is sent SIGTERM (SIGKILL after ``grace`` seconds) before the interruption
+    propagates: no worker goes on writing into the run directory.
     """
     context = multiprocessing.get_context("spawn")
     errors = context.SimpleQueue()
     processes = [context.Process(target=_reporting, args=(target, args, k, errors), name=f"{name}-{k}")
                  for k, args in enumerate(arguments)]
+    reported: dict[int, BaseException] = {}
     try:
         for process in processes:
             process.start()
         for process in processes:
-            process.join()
+            while process.is_alive():
+                process.join(0.2)
+                _drain(errors, reported)  # read while waiting: a worker blocks on a full pipe
     except BaseException:
         _stop(processes, grace)
         raise
-    reported: dict[int, BaseException] = {}
-    while not errors.empty():
-        index, error = errors.get()
-        reported.setdefault(index, error)
+    _drain(errors, reported)
     for index, process in enumerate(processes):
         if index in reported:
             raise reported[index]
@@ -80,16 +81,30 @@ def run_worker_processes(target: Callable[..., None], arguments: Sequence[tuple[
                                f"the run's log); the run continues with --resume")
 
 
+def _drain(errors: Any, reported: dict[int, BaseException]) -> None:
+    while not errors.empty():
+        index, error = errors.get()
+        reported.setdefault(index, error)
+
+
 def _reporting(target: Callable[..., None], args: tuple[Any, ...], index: int, errors: Any) -> None:
-    """A worker's body: ``target(*args)``, its exception sent to the parent (then re-raised)."""
+    """A worker's body: ``target(*args)``; an exception is sent to the parent (then re-raised)."""
+    import traceback
+
     try:
         target(*args)
-    except BaseException as exc:
+    except Exception as exc:
+        if hasattr(exc, "add_note"):  # Python >= 3.11; notes survive pickling
+            exc.add_note(f"in worker {index}:\n{traceback.format_exc()}")
         try:  # the parent must be able to rebuild it
             pickle.loads(pickle.dumps(exc))
             errors.put((index, exc))
         except Exception:
-            errors.put((index, RuntimeError(f"{type(exc).__name__}: {exc}")))
+            errors.put((index, RuntimeError(f"worker {index}: {type(exc).__name__}: {exc}")))
+        raise
+    except BaseException as exc:  # SystemExit (e.g. Lightning's on SIGTERM), KeyboardInterrupt
+        errors.put((index, RuntimeError(f"worker {index} stopped by {type(exc).__name__}({exc}); "
+                                        f"the run continues with --resume")))
         raise
 
 

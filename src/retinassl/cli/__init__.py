@@ -110,6 +110,14 @@ def main() -> None:
         typer.secho("interrupted", fg=typer.colors.RED, err=True)
         raise SystemExit(130) from None
     except Terminated:
-        typer.secho("terminated (SIGTERM): the run keeps its checkpoints; continue it with --resume RUN",
-                    fg=typer.colors.RED, err=True)
-        raise SystemExit(143) from None
+        _terminated()
+    except SystemExit as exc:
+        if type(exc).__name__ == "SIGTERMException":  # Lightning's own SIGTERM exit (code None)
+            _terminated()
+        raise
+
+
+def _terminated() -> None:
+    typer.secho("terminated (SIGTERM): the run keeps its checkpoints; continue it with --resume RUN",
+                fg=typer.colors.RED, err=True)
+    raise SystemExit(143) from None
