@@ -163,9 +163,10 @@ def test_supervised_bag_loss_is_the_max_patch_bce_by_hand() -> None:
     def bce(logit: float, label: int) -> float:
         p = 1 / (1 + math.exp(-logit))
         return -math.log(p if label else 1 - p)
-    patch_part = (bce(0.5, 1) + bce(-1.0, 0)) / 2
-    bag_part = (bce(1.0, 1) + bce(0.1, 0)) / 2          # the bags' largest logits, 1.0 and 0.1
-    assert float(loss) == pytest.approx(patch_part + 0.5 * bag_part, rel=1e-6)
-    assert metrics["bag_loss"] == pytest.approx(bag_part, rel=1e-6)
+    patches_sum = bce(0.5, 1) + bce(-1.0, 0)
+    bags_sum = bce(1.0, 1) + bce(0.1, 0)                 # the bags' largest logits, 1.0 and 0.1
+    # the mean over 4 items, each bag weighing 0.5 of a patch
+    assert float(loss) == pytest.approx((patches_sum + 0.5 * bags_sum) / 4, rel=1e-6)
+    assert metrics["bag_loss"] == pytest.approx(bags_sum / 2, rel=1e-6)
     only_bags = {**batch, "image": torch.zeros(0, 3, 2, 2), "label": torch.zeros(0, dtype=torch.long)}
-    assert float(method.loss(only_bags, "main", torch.Generator())[0]) == pytest.approx(0.5 * bag_part, rel=1e-6)
+    assert float(method.loss(only_bags, "main", torch.Generator())[0]) == pytest.approx(0.5 * bags_sum / 2, rel=1e-6)

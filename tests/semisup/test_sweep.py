@@ -77,7 +77,7 @@ def test_smoke_sweep_resumes_only_missing_work(tmp_path: Path, monkeypatch: pyte
     patch_labels = pd.read_csv(run.path / "test-patch-labels.csv")
     assert patch_labels.shape[1] == 1 + 64 and set(patch_labels.iloc[:, 1:].to_numpy().ravel()) <= {0, 1}
     assert "Where the image-level AUC is lost" in page and "independent patch errors" in page
-    hard = page.split("Diseased test images at 4 labels, the most missed first")[1]
+    hard = page.split("Diseased test images at 4 labels, the most missed first")[1].split("<h3>")[0]
     frame = pd.read_csv(run.path / "predictions" / "ssl-gan" / "ssl-gan-n004-s0.csv")
     for image_id in frame.loc[frame["label"] == 1, "id"]:      # one row per diseased test image
         assert f">{image_id}<" in hard

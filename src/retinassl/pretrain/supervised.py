@@ -12,8 +12,9 @@ Tasks: ``binary`` (one logit, BCE; score = sigmoid(logit)), ``multiclass`` (K lo
 Weak image-level labels (binary task): a batch may also carry *bags*, ``bag_image`` ``(nb, K, C,
 H, W)`` (the K patches of nb images) with ``bag_label`` ``(nb,)``. A bag's logit is the maximum of
 its patches' logits (standard multiple-instance learning: an image is diseased when at least one
-of its patches is), trained with BCE and weighted by ``bag_weight``; the patch labels keep their
-own BCE. This is how images that have an image grade but no lesion masks teach a patch classifier.
+of its patches is), trained with BCE. The loss is the mean over the batch's items, a bag counting
+as one item weighted by ``bag_weight``, so it does not depend on how many bags a batch drew. This
+is how images that have an image grade but no lesion masks teach a patch classifier.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ class SupervisedConfig(Section):
         pos_weight: BCE weight of positives for ``binary`` (None: unweighted).
         freeze_encoder: train only the head (linear probe; the encoder stays in eval mode).
         dropout: dropout before the head.
-        bag_weight: weight of the multiple-instance BCE on image-level labelled bags (binary
-            task; used when batches carry bags, see the module docstring).
+        bag_weight: weight of one image-level labelled bag against one labelled patch in the
+            loss (binary task; used when batches carry bags, see the module docstring).
     """
 
     task: Literal["binary", "multiclass", "multilabel"] = "binary"
@@ -127,12 +128,12 @@ class Supervised(Method):
         n, (nb, k) = batch["image"].shape[0], bags.shape[:2]
         x = self._augment(torch.cat([batch["image"], bags.flatten(0, 1)]), generator)
         logits = self.forward(x)
-        bag_loss = F.binary_cross_entropy_with_logits(logits[n:].view(nb, k).amax(1).float(),
-                                                      batch["bag_label"].float())
-        loss = self.config.bag_weight * bag_loss
+        bag_losses = F.binary_cross_entropy_with_logits(logits[n:].view(nb, k).amax(1).float(),
+                                                        batch["bag_label"].float(), reduction="none")
+        total = self.config.bag_weight * bag_losses.sum()
         if n:
-            loss = loss + self.criterion(logits[:n], batch["label"])
-        return loss, {"bag_loss": float(bag_loss.detach())}
+            total = total + n * self.criterion(logits[:n], batch["label"])  # (a mean over the patches)
+        return total / (n + nb), {"bag_loss": float(bag_losses.detach().mean())}
 
     def criterion(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = logits.float()

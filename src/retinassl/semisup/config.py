@@ -132,7 +132,7 @@ class ExtensionConfig(Section):
         enabled: run it.
         learner: which learner (a key of the experiment's ``learners``).
         label: its method name in the results table.
-        pool: the extra unlabelled images.
+        pool: the extra images (see :class:`PoolConfig`).
         labelled, seeds: counts and seeds to run (None: the experiment's).
     """
 

@@ -10,9 +10,9 @@ subset of the training images, through the engine, and handing back its patch cl
   when ``balance`` (Table 5, "balanced class-weighting"). An epoch cycles through them until it
   has shown as many patches as the training cohort has (the length of an SSL-GAN epoch), so
   epochs, validations and checkpoints come at the same pace for every label count.
-  With an unlabelled pool (``use_pool``), the pool's images join as image-level labelled
-  multiple-instance bags (:class:`~retinassl.semisup.patch_bank.PatchesAndBags`; the method's
-  ``bag_weight``): images with a grade but no lesion masks.
+  With a pool (``use_pool``), the pool's images join as image-level labelled multiple-instance
+  bags (:class:`~retinassl.semisup.patch_bank.PatchesAndBags`; the method's ``bag_weight``):
+  images with a grade but no lesion masks. Each bag adds one item (of 64 patches) to the epoch.
 
 Encoders and the methods around them (heads, generator) are built under a fixed torch seed
 (PyTorch's default layer initialisation draws from the global generator), so a learner's result
@@ -129,6 +129,9 @@ def train_learner(learner: LearnerConfig, data: PatchData, labelled: np.ndarray,
         log.info("supervised %s: %d labelled images, %d patches (%.1f%% diseased)",
                  learner.model.arch, len(labelled), len(bank), 100 * positives)
         if use_pool:  # the pool's images, with their image labels, as multiple-instance bags
+            if method.config.task != "binary":
+                raise ConfigError(f"learner {name}: image-level bags (an extension pool) need the "
+                                  f"binary task, not {method.config.task!r}")
             bag_labels = data.pool_labels()
             dataset = PatchesAndBags(dataset, data.bank("pool", p, 0), bag_labels)
             collate = collate_patches_and_bags
