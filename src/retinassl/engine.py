@@ -209,6 +209,8 @@ def _lightning_module(method: Method, config: EngineConfig, seed: int, loader: R
             # the weights of the best validation epoch, kept in memory and in every step
             # checkpoint, so that a resumed run ends with the best weights of its own history
             self.best_state: dict[str, torch.Tensor] | None = None
+            # the epoch a resumed run had already finished in (it trains nothing more)
+            self.finished_in_epoch: int | None = None
             self._val_outputs: list[dict[str, torch.Tensor]] = []
 
         # setup ------------------------------------------------------------------------------
@@ -234,6 +236,8 @@ def _lightning_module(method: Method, config: EngineConfig, seed: int, loader: R
         # training ---------------------------------------------------------------------------
         def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
             if 0 < config.max_steps <= self.batches_done:  # resumed from the run's last step
+                if self.finished_in_epoch is None:
+                    self.finished_in_epoch = self.current_epoch
                 self.trainer.should_stop = True
                 return -1  # (Lightning: skip the rest of the epoch)
             return None
@@ -318,7 +322,8 @@ def _lightning_module(method: Method, config: EngineConfig, seed: int, loader: R
                     previous is None or math.isnan(previous)
                     or (value > previous if monitor[1] == "max" else value < previous))
                 if better:
-                    self.best = {**metrics, "epoch": float(self.current_epoch)}
+                    epoch = self.current_epoch if self.finished_in_epoch is None else self.finished_in_epoch
+                    self.best = {**metrics, "epoch": float(epoch)}
                     state = {k: v.detach().cpu().clone() for k, v in self.method.state_dict().items()}
                     if self.trainer.world_size > 1:  # buffers differ by rank: keep rank 0's
                         state = self.trainer.strategy.broadcast(state, src=0)
@@ -398,10 +403,12 @@ def _step_checkpoint_callback(every: int, directory: Path):
                         p.with_suffix(".safetensors").unlink(missing_ok=True)
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-            # the last batch of an epoch (or of the run) is saved at the epoch's end, after its
-            # validation: a checkpoint taken before it would lack that validation's best weights
-            ends = batch_idx + 1 >= trainer.num_training_batches or trainer.should_stop
-            if every > 0 and module.batches_done % every == 0 and not ends:
+            # the last batch of an epoch is saved at the epoch's end, after its validation: a
+            # checkpoint taken before would lack that validation's best weights. The last step of
+            # a run stopped mid-epoch (max_steps) is saved here, before its validation, so that a
+            # longer max_steps continues the epoch; a resume after it validates again (fit)
+            ends_epoch = batch_idx + 1 >= trainer.num_training_batches and not trainer.should_stop
+            if every > 0 and module.batches_done % every == 0 and not ends_epoch:
                 self._save(trainer, module)
 
         def on_train_epoch_end(self, trainer, module) -> None:
@@ -490,6 +497,9 @@ def fit(method: Method, train: Dataset, *, config: EngineConfig, run: RunDir, se
         warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
+        if module.finished_in_epoch is not None and val_loader is not None and method.monitor:
+            # its last step's checkpoint predates the validation that followed that step
+            trainer.validate(module, dataloaders=val_loader, verbose=False)
     seconds = time.perf_counter() - start
     if module.best and method.monitor and module.best_state is None:
         _legacy_best_weights(module, checkpoint_dir)

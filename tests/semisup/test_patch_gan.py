@@ -327,6 +327,28 @@ def test_the_last_checkpoint_holds_the_last_validation(tmp_path: Path) -> None:
     assert _val_auc(method, val) == pytest.approx(logged.max())
 
 
+def test_a_run_resumed_after_its_last_step_validates_it(tmp_path: Path) -> None:
+    """A run stopped by max_steps mid-epoch checkpoints its last step before the validation that
+    follows it (so that a longer max_steps continues the epoch); resumed from there, it trains
+    nothing and validates again, ending with the same best weights as the uninterrupted run."""
+    from retinassl.semisup.patch_bank import LabelledPatches
+
+    data = tiny_dataset()
+    val = LabelledPatches(data.labelled)
+    cfg = EngineConfig(max_epochs=5, max_steps=12, batch_size=16, precision="32", log_every_n_steps=1,
+                       checkpoint_every_n_steps=2)
+    first = fit(tiny_method(select_on_validation=True), data, val=val, config=cfg,
+                run=RunDir(tmp_path / "first"), seed=3)
+    logged = pd.read_csv(tmp_path / "first" / "logs" / "csv" / "metrics.csv")["val/patch_auc"].dropna()
+    assert logged.idxmax() == logged.index[-1] and len(logged) == 2     # the last validation is the best
+    checkpoint = load_tree(latest_checkpoint(tmp_path / "first" / "checkpoints"))
+    assert checkpoint["retinassl"]["batches_done"] == 12 and checkpoint["retinassl"]["best"] != first.best
+    method = tiny_method(select_on_validation=True)
+    resumed = fit(method, data, val=val, config=cfg, run=_moved_checkpoints(tmp_path), seed=3, resume=True)
+    assert resumed.batches == 12 and resumed.best == first.best
+    assert _val_auc(method, val) == pytest.approx(logged.max())
+
+
 @pytest.mark.parametrize("side_file", [True, False])
 def test_a_checkpoint_of_the_older_format_resumes(tmp_path: Path, side_file: bool) -> None:
     """Checkpoints written before the best weights moved into them kept them in
