@@ -128,3 +128,13 @@ def test_sigterm_while_waiting_stops_the_workers(tmp_path: Path) -> None:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         process.wait(timeout=10)
+
+
+def test_terminated_is_not_caught_by_except_exception() -> None:
+    from retinassl.errors import Terminated
+
+    with pytest.raises(Terminated):
+        try:
+            raise Terminated("terminated by SIGTERM")
+        except Exception:  # what library code and our own handlers catch
+            pytest.fail("a SIGTERM was swallowed by 'except Exception'")

@@ -193,3 +193,20 @@ def test_a_supervised_extension_learns_from_the_pool_as_image_level_bags(
     results = read_results(run.results_file)
     assert results.loc[results["metric"] == "image_auc", "method"].tolist() == ["convnet", "convnet+bags"]
     assert "convnet+bags vs convnet" in set(results.loc[results["metric"] == "delong_p", "method"])
+
+
+def test_bags_for_a_non_binary_learner_are_refused_before_training(tmp_path: Path) -> None:
+    import copy
+
+    from retinassl.errors import ConfigError
+
+    data = smoke_preset(tmp_path)
+    data.update(reference="convnet", baselines=[])
+    data["learners"]["convnet-multiclass"] = copy.deepcopy(data["learners"]["convnet"])
+    data["learners"]["convnet-multiclass"]["method"]["task"] = "multiclass"
+    smoke = data["budgets"]["smoke"]["learners"]
+    smoke["convnet-multiclass"] = copy.deepcopy(smoke["convnet"])
+    data["extension"].update(enabled=True, learner="convnet-multiclass", label="convnet+bags")
+    run = RunDir.create(tmp_path / "runs", "bags")
+    with pytest.raises(ConfigError, match="need the binary task, not 'multiclass'"):
+        experiment.run_ssl_gan_experiment(data, run, "smoke", False)
