@@ -68,12 +68,12 @@ def global_feature_auc(features: np.ndarray, labels: np.ndarray, repeats: int = 
 
 def hard_images(predictions: dict[tuple[str, int], list[pd.DataFrame]], patch_labels: pd.DataFrame,
                 blue: pd.Series, n_labelled: int) -> pd.DataFrame:
-    """:func:`~retinassl.semisup.anatomy.diseased_image_table` with each image's lesion-patch count
-    and mean blue level, the most missed first."""
+    """:func:`~retinassl.semisup.anatomy.diseased_image_table` (the most missed first) with each
+    image's lesion-patch count and mean blue level."""
     table = diseased_image_table(predictions, patch_labels, n_labelled)
     table.insert(0, "mean blue", blue.loc[table.index])
     table.insert(0, "lesion patches", patch_labels.set_index("id").loc[table.index].sum(axis=1))
-    return table.sort_values(table.columns[2], ascending=False)
+    return table
 
 
 def main() -> None:

@@ -143,7 +143,8 @@ def diseased_image_table(predictions: dict[tuple[str, int], list[pd.DataFrame]],
     seeds: ``"<learner>: healthy at or above"``, the share of the healthy test images whose image
     score is at or above its own (the images a learner misses score high here), and ``"<learner>:
     lesion vs healthy patches AUC"``, its lesion patches against all healthy images' patches (0.5:
-    its lesions look like healthy tissue to the learner)."""
+    its lesions look like healthy tissue to the learner). The most missed images come first (by
+    the mean over learners of their share of healthy images at or above)."""
     labels_by_id = patch_labels.set_index("id")
     out: dict[str, pd.Series] = {}
     for (learner, n), frames in sorted(predictions.items()):
@@ -162,4 +163,6 @@ def diseased_image_table(predictions: dict[tuple[str, int], list[pd.DataFrame]],
                         np.r_[logits[i][labels[i] == 1], healthy_logits]) for i in diseased], index=ids))
         out[f"{learner}: healthy at or above"] = pd.concat(beaten, axis=1).mean(axis=1)
         out[f"{learner}: lesion vs healthy patches AUC"] = pd.concat(lesion, axis=1).mean(axis=1)
-    return pd.DataFrame(out)
+    table = pd.DataFrame(out)
+    missed = table[[c for c in table.columns if c.endswith(": healthy at or above")]].mean(axis=1)
+    return table.loc[missed.sort_values(ascending=False, kind="stable").index]

@@ -45,12 +45,11 @@ def _anatomy_html(run: RunDir, predictions: dict[tuple[str, int], list[pd.DataFr
     path = run.path / TEST_PATCH_LABELS
     if not predictions or not path.is_file():
         return ""
-    table = anatomy_table(predictions, pd.read_csv(path)).sort_values(["method", "n_labelled"])
+    patch_labels = pd.read_csv(path)
+    table = anatomy_table(predictions, patch_labels).sort_values(["method", "n_labelled"])
     table = table.rename(columns={"method": "learner", "n_labelled": "labelled", **ANATOMY_TITLES})
     n_max = max(n for _, n in predictions)
-    per_image = diseased_image_table(predictions, pd.read_csv(path), n_max)
-    missed = per_image[[c for c in per_image.columns if c.endswith("healthy at or above")]].mean(axis=1)
-    per_image = per_image.loc[missed.sort_values(ascending=False, kind="stable").index].round(3)
+    per_image = diseased_image_table(predictions, patch_labels, n_max).round(3)
     per_image = per_image.rename_axis("diseased test image").reset_index()
     return ("<h3>Where the image-level AUC is lost (means over samplings)</h3>"
             '<p class="note">The image score sums 64 patch sigmoids, so an error shared by all the '
