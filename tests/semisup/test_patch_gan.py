@@ -240,7 +240,6 @@ def test_generator_output_layer_is_data_initialised_when_asked() -> None:
 
 @pytest.mark.parametrize("select", [True, False])
 def test_select_on_validation_ends_with_the_best_validation_weights(tmp_path: Path, select: bool) -> None:
-    from retinassl.evaluate.metrics import roc_auc
     from retinassl.semisup.patch_bank import LabelledPatches
     from retinassl.semisup.training import Trained, training_info
 
@@ -251,9 +250,7 @@ def test_select_on_validation_ends_with_the_best_validation_weights(tmp_path: Pa
     result = fit(method, data, val=val, config=cfg, run=RunDir(tmp_path), seed=3)
     logged = pd.read_csv(tmp_path / "logs" / "csv" / "metrics.csv")["val/patch_auc"].dropna()
     assert len(logged) == 4 and logged.iloc[-1] < logged.max() - 1e-3  # the last pass is not the best
-    method.eval()
-    with torch.no_grad():
-        final = roc_auc(val.bank.labels, method.forward(torch.stack([val[i]["image"] for i in range(len(val))])).numpy())
+    final = _val_auc(method, val)
     info = training_info(Trained(method, None, result, "convnet", {}))  # type: ignore[arg-type]
     if select:
         assert result.best["patch_auc"] == pytest.approx(logged.max())
