@@ -5,5 +5,6 @@ from .registry import build_encoder, encoder_names, register_encoder
 
 # Importing the modules registers their encoders.
 from . import convnet, resnet, unet  # noqa: E402,F401  isort: skip
+from . import vit  # noqa: E402,F401  isort: skip
 
 __all__ = ["Encoder", "build_encoder", "encoder_names", "register_encoder"]

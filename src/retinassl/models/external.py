@@ -98,6 +98,32 @@ def adapt_input_conv(weight: torch.Tensor, channels: int) -> torch.Tensor:
     return (weight.float().repeat(1, repeats, 1, 1)[:, :channels] * (weight.shape[1] / channels)).to(weight.dtype)
 
 
+def unwrap_state_dict(state: dict[str, torch.Tensor], prefix: str | None, source: object,
+                      report: MappingReport) -> dict[str, torch.Tensor]:
+    """The keys under ``prefix`` (stripped), or else with every shared ``module.``/``model.``/
+    ``_orig_mod.`` wrapper stripped, repeatedly; the stripped prefixes are added to ``report``.
+
+    Raises:
+        CheckpointError: nothing under ``prefix``, or no weights at all.
+    """
+    if prefix:
+        state = _strip(state, prefix)
+        if not state:
+            raise CheckpointError(f"{source}: no weights under the prefix {prefix!r}")
+        report.stripped_prefixes.append(prefix)
+    changed = True
+    while changed and state:
+        changed = False
+        for wrapper in WRAPPER_PREFIXES:
+            if all(k.startswith(wrapper) for k in state):
+                state = _strip(state, wrapper)
+                report.stripped_prefixes.append(wrapper)
+                changed = True
+    if not state:
+        raise CheckpointError(f"{source}: contains no weights")
+    return state
+
+
 def map_state_dict(state: dict[str, torch.Tensor], model: nn.Module, prefix: str | None = None,
                    source: object = "state dict") -> tuple[dict[str, torch.Tensor], MappingReport]:
     """Map a foreign state dict onto ``model``'s keys (see the module docstring).
@@ -116,21 +142,7 @@ def map_state_dict(state: dict[str, torch.Tensor], model: nn.Module, prefix: str
             variant that cannot fit.
     """
     report = MappingReport()
-    if prefix:
-        state = _strip(state, prefix)
-        if not state:
-            raise CheckpointError(f"{source}: no weights under the prefix {prefix!r}")
-        report.stripped_prefixes.append(prefix)
-    changed = True
-    while changed and state:
-        changed = False
-        for wrapper in WRAPPER_PREFIXES:
-            if all(k.startswith(wrapper) for k in state):
-                state = _strip(state, wrapper)
-                report.stripped_prefixes.append(wrapper)
-                changed = True
-    if not state:
-        raise CheckpointError(f"{source}: contains no weights")
+    state = unwrap_state_dict(state, prefix, source, report)
     foreign = _foreign_architecture(list(state))
     if foreign:
         raise CheckpointError(f"{source}: the weights are {foreign}; they do not fit "
@@ -164,6 +176,12 @@ def load_external_weights(model: nn.Module, path: str | Path, allow_pickle: bool
             variant that cannot fit, or missing / unexpected / mis-shaped keys (named).
     """
     path = Path(path)
+    from retinassl.models.vit import VisionTransformer  # ViTs: RETFound, DINOv2, timm (vit_weights)
+
+    if isinstance(model, VisionTransformer):
+        from retinassl.models.vit_weights import load_vit_weights
+
+        return load_vit_weights(model, path, allow_pickle=allow_pickle, prefix=prefix)
     state = read_state_dict(path, allow_pickle=allow_pickle)
     mapped, report = map_state_dict(state, model, prefix=prefix, source=path)
     load_state_strict(model, mapped, source=path)
