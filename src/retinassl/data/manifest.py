@@ -10,12 +10,15 @@ required
     ``id`` (unique, stable, safe as a file-name stem), ``image``, ``patient``, ``eye`` (``L``, ``R``
     or empty), ``split`` (``train``, ``val``, ``test`` or empty).
 labels (optional; an empty cell means "not labelled")
-    ``abnormal`` {0,1}, ``dr_grade`` {0..4}, ``dme`` {0..2}, and multi-hot ``disease_<NAME>`` {0,1}.
+    ``abnormal`` {0,1}, ``dr_grade`` {0..4}, ``dme`` {0..2}, and multi-hot ``disease_<NAME>`` {0,1};
+    ``dr_stage`` {0: no DR, 1: NPDR, 2: PDR} and ``dr_any`` {0,1} for three-level DR labels, which
+    are not ``dr_grade`` (where 2 is moderate NPDR).
 masks (optional paths)
     ``mask_MA``, ``mask_HE``, ``mask_EX``, ``mask_SE``, ``mask_OD``, ``mask_vessels``,
     ``mask_vessels_2`` (second observer), ``mask_fov``.
 paired modalities (optional paths)
-    ``oct_volume``, ``thickness_map``, ``ir_image``.
+    ``oct_volume``, ``thickness_map``, ``ir_image``, ``oct_bscan`` (a single B-scan image of the
+    same eye: no spacing or localizer, so not a volume).
 anything else
     free metadata (``dataset``, ``od_x``, ``fovea_y``...), carried along untouched.
 
@@ -39,12 +42,13 @@ from ..atomic import write_text
 from ..errors import DataError
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("id", "image", "patient", "eye", "split")
-LABEL_RANGES: dict[str, tuple[int, int]] = {"abnormal": (0, 1), "dr_grade": (0, 4), "dme": (0, 2)}
+LABEL_RANGES: dict[str, tuple[int, int]] = {"abnormal": (0, 1), "dr_grade": (0, 4), "dme": (0, 2),
+                                             "dr_stage": (0, 2), "dr_any": (0, 1)}
 DISEASE_PREFIX = "disease_"
 LESION_TYPES: tuple[str, ...] = ("MA", "HE", "EX", "SE")
 MASK_COLUMNS: tuple[str, ...] = tuple(f"mask_{t}" for t in LESION_TYPES) + (
     "mask_OD", "mask_vessels", "mask_vessels_2", "mask_fov")
-PAIRED_COLUMNS: tuple[str, ...] = ("oct_volume", "thickness_map", "ir_image")
+PAIRED_COLUMNS: tuple[str, ...] = ("oct_volume", "thickness_map", "ir_image", "oct_bscan")
 PATH_COLUMNS: tuple[str, ...] = ("image",) + MASK_COLUMNS + PAIRED_COLUMNS
 SPLITS: tuple[str, ...] = ("train", "val", "test", "")
 EYES: tuple[str, ...] = ("L", "R", "")

@@ -17,6 +17,7 @@ from .drive import load_drive
 from .eyepacs import load_eyepacs, read_eyepacs_labels
 from .generic import load_csv, load_folder, load_glob
 from .idrid import idrid_dr_pool, idrid_ssl_gan_set, load_idrid
+from .mx_fundus_oct import load_mx_fundus_oct
 from .rfmid import load_rfmid, read_rfmid_labels
 from .stare import load_stare
 from .synthetic import load_synthetic
@@ -28,6 +29,7 @@ SOURCES: dict[str, Callable[..., Manifest]] = {
     "stare": load_stare,
     "rfmid": load_rfmid,
     "eyepacs": load_eyepacs,
+    "mx_fundus_oct": load_mx_fundus_oct,
     "folder": load_folder,
     "csv": load_csv,
     "glob": load_glob,

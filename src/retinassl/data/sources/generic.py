@@ -70,18 +70,54 @@ def _class_folders(folder: Path) -> list[Path]:
     return classes
 
 
-def load_folder(root: str | Path, prefix: str | None = None) -> Manifest:
+def _regex_patient(match: re.Match, prefix: str, image: Path) -> tuple[str, str] | None:
+    """(patient, eye) from a ``patient_regex`` match, or None when its patient group is empty."""
+    if "patient" in match.re.groupindex:
+        value = match["patient"]
+    else:
+        value = match.group(1) if match.re.groups else match.group(0)
+    if not value:
+        return None
+    eye_value = match.groupdict().get("eye") or ""
+    eye = normalise_eye(eye_value)
+    if eye is None:
+        raise DataError(f"patient_regex group 'eye' is {eye_value!r}; expected left/right, L/R or "
+                        f"OD/OS", path=image)
+    return f"{prefix}-{value}", eye
+
+
+def load_folder(root: str | Path, prefix: str | None = None,
+                positive: str | Collection[str] | None = None,
+                patient_regex: str | None = None) -> Manifest:
     """Image folders per class: ``root/<class>/<image>`` or ``root/<split>/<class>/<image>``.
 
-    Classes named ``normal``/``abnormal`` or ``0``/``1`` (any case) give the ``abnormal`` label;
-    any other class names give ``class_index`` (classes in sorted order: 0, 1, ...). Every row
-    also records its ``class_name``, so the mapping stays with the manifest. The split layout is
-    used when every top-level folder is a split name (train/training, val/valid/validation,
-    test/testing).
+    With ``positive``, rows get ``abnormal`` = 1 for the named class folder(s) and 0 for all others.
+    Without it, classes named ``normal``/``abnormal`` or ``0``/``1`` (any case) give the
+    ``abnormal`` label; any other class names give ``class_index`` (classes in alphabetical order:
+    0, 1, ...; with two classes a warning says so, since which one is "positive" is then a guess).
+    Every row also records its ``class_name``, so the mapping stays with the manifest. The split
+    layout is used when every top-level folder is a split name (train/training,
+    val/valid/validation, test/testing).
+
+    Args:
+        root: the dataset folder.
+        prefix: id and patient prefix (default: the root folder's name).
+        positive: the positive class folder name(s), any case (``positive: glaucoma`` for
+            ``normal/`` + ``glaucoma/``).
+        patient_regex: a regex searched in each file name without its extension; its group
+            ``patient`` (else its first group, else the whole match) names the patient
+            (``<prefix>-<value>``, the same across class and split folders), so that images of one
+            person form one group; an optional group ``eye`` gives the eye (left/right, L/R,
+            OD/OS). ODIR-style ``123_left.jpg``: ``^(?P<patient>\\d+)_(?P<eye>left|right)$``. A file
+            it does not match is its own patient (a warning counts them). Default: every image is
+            its own patient.
 
     Raises:
+        ConfigError: ``positive`` naming no class folder or every class; an invalid
+            ``patient_regex``.
         DataError: images lying next to class folders, a folder inside a class folder, an empty
-            class folder, split folders mixed with class folders, two images with the same id.
+            class folder, split folders mixed with class folders, two images with the same id, an
+            ``eye`` group that is not an eye.
     """
     root = Path(root)
     if not root.is_dir():
@@ -98,7 +134,19 @@ def load_folder(root: str | Path, prefix: str | None = None) -> Manifest:
     names = sorted({c.name for _, c in layout})
     lowered = {n.lower() for n in names}
     binary = lowered <= {"normal", "abnormal"} or lowered <= {"0", "1"}
-    records, origin = [], {}
+    positives = {str(p).lower() for p in ([positive] if isinstance(positive, str) else positive or [])}
+    if positive is not None and (not positives or not positives <= lowered):
+        raise ConfigError(f"folder source: positive={positive!r} names no class folder of {root} "
+                          f"(the classes are {names})")
+    if positives and positives >= lowered:
+        raise ConfigError(f"folder source: positive={positive!r} names every class ({names}); no "
+                          f"negative class is left")
+    try:
+        regex = re.compile(patient_regex) if patient_regex else None
+    except re.error as exc:
+        raise ConfigError(f"folder source: patient_regex {patient_regex!r} is not a valid regular "
+                          f"expression ({exc})") from None
+    records, origin, unmatched = [], {}, []
     for split, folder in layout:
         nested = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
         if nested:
@@ -113,15 +161,32 @@ def load_folder(root: str | Path, prefix: str | None = None) -> Manifest:
                 raise DataError(f"two images get the id {item!r} (the other is {origin[item]}); "
                                 f"rename one", path=image)
             origin[item] = image
-            record = {"id": item, "image": relative(image, root), "patient": item, "eye": "",
+            patient, eye = item, ""
+            if regex is not None:
+                match = regex.search(stem(image.name))
+                found = _regex_patient(match, prefix, image) if match is not None else None
+                if found is None:
+                    unmatched.append(image.name)
+                else:
+                    patient, eye = found
+            record = {"id": item, "image": relative(image, root), "patient": patient, "eye": eye,
                       "split": split, "class_name": folder.name}
-            if binary:
+            if positives:
+                record["abnormal"] = int(folder.name.lower() in positives)
+            elif binary:
                 record["abnormal"] = int(folder.name.lower() in ("abnormal", "1"))
             else:
                 record["class_index"] = names.index(folder.name)
             records.append(record)
-    if not binary:
+    if not binary and not positives and len(names) == 2:
+        log.warning("folder source %s: class_index by alphabetical order %s; pass positive=<class "
+                    "folder> to say which class is positive", root, dict(enumerate(names)))
+    elif not binary and not positives:
         log.info("folder source %s: class_index %s", root, dict(enumerate(names)))
+    if unmatched:
+        log.warning("folder source %s: patient_regex %r does not match %d of %d file names (first: "
+                    "%s); each of these is its own patient", root, patient_regex, len(unmatched),
+                    len(records), unmatched[0])
     return Manifest.from_records(records, root, name=str(root))
 
 
@@ -280,8 +345,20 @@ def load_glob(root: str | Path, image: str, masks: Mapping[str, str] | None = No
     if unknown:
         raise ConfigError(f"unknown mask column(s) {unknown}; allowed: {list(allowed)}")
     prefix = prefix if prefix is not None else root.absolute().name
-    regex = re.compile(stem_regex) if stem_regex else None
-    images = sorted(p for p in root.glob(image) if is_image(p))
+    try:
+        regex = re.compile(stem_regex) if stem_regex else None
+    except re.error as exc:
+        raise ConfigError(f"glob source: option stem_regex={stem_regex!r} is not a valid regular "
+                          f"expression ({exc})") from None
+    if not image or Path(image).is_absolute() or ".." in Path(image).parts:
+        raise ConfigError(f"glob source: option image={image!r} must be a pattern relative to the "
+                          f"dataset folder root={str(root)!r} (no leading '/' and no '..'), e.g. "
+                          f"'images/*.png'")
+    try:
+        images = sorted(p for p in root.glob(image) if is_image(p))
+    except (ValueError, NotImplementedError) as exc:
+        raise ConfigError(f"glob source: option image={image!r} is not a valid glob pattern "
+                          f"({exc})") from None
     if not images:
         raise DataError(f"the pattern {image!r} matches no image file", path=root)
     records, origin = [], {}
