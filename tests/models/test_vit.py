@@ -403,3 +403,41 @@ def test_swiglu_refused_and_preprocess_table() -> None:
     assert weights_preprocess("retfound-mae")["normalize"] == "imagenet"
     with pytest.raises(CheckpointError, match="known"):
         weights_preprocess("nope")
+
+
+# --------------------------------------------------------------------------- timm's own outputs
+
+
+def _timm_reference_module():
+    import importlib.util
+
+    path = Path(__file__).parent / "fixtures" / "make_timm_vit_reference.py"
+    spec = importlib.util.spec_from_file_location("make_timm_vit_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("case", ["reg4_ls_patch14", "reg4_ls_patch14_resampled", "cls_patch16",
+                                  "cls_patch16_resampled", "fc_norm_avg"])
+def test_outputs_match_timm_on_the_same_weights(case: str) -> None:
+    """timm 1.0.31's VisionTransformer outputs (fixture made by fixtures/make_timm_vit_reference.py):
+    same parameter names, same patch tokens and pooled embedding, also at an input size that makes
+    both resample the position embedding."""
+    import json
+
+    ref_module = _timm_reference_module()
+    ref = json.loads(ref_module.FIXTURE.read_text())["cases"][case]
+    model = build_encoder("vit", **ref["ours"]).eval()
+    assert sorted(model.state_dict()) == ref["keys"]
+    state = ref_module.fill_state({k: tuple(v.shape) for k, v in model.state_dict().items()},
+                                  seed=ref["weights_seed"])
+    assert ref_module.checksum(state) == pytest.approx(ref["weights_checksum"], rel=1e-9)
+    model.load_state_dict(state)
+    x = ref_module.case_input(ref["side"], seed=ref["input_seed"])
+    with torch.no_grad():
+        fmap = model.forward_features(x)
+        pooled = model(x)
+    tokens = fmap.flatten(2).transpose(1, 2)  # (B, N, D), row-major over the patch grid like timm
+    assert (tokens - torch.tensor(ref["patch_tokens"])).abs().max() < 1e-4
+    assert (pooled - torch.tensor(ref["pooled"])).abs().max() < 1e-4
