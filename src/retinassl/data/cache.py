@@ -37,8 +37,8 @@ from ..errors import DataError
 from ..progress import track
 from .imageio import read_image, read_mask
 from .manifest import MASK_COLUMNS, Manifest, is_missing
-from .preprocess import (Geometry, PreprocessConfig, apply_clahe, apply_geometry, compute_geometry,
-                         fov_mask, subtract_background)
+from .preprocess import (Geometry, PreprocessConfig, apply_geometry, compute_geometry, fov_mask,
+                         process_pixels)
 
 log = logging.getLogger(__name__)
 
@@ -317,10 +317,7 @@ def _build_entry(job: _Job, config: PreprocessConfig, cache: Cache) -> None:
         geometry = compute_geometry(fov, decoded.scale, decoded.original_size, config, job.image)
         out = apply_geometry(image, geometry, scale=decoded.scale)
         out_fov = apply_geometry(fov, geometry, scale=decoded.scale, is_mask=True)
-        if config.clahe:
-            out = apply_clahe(out, config.clahe_clip)
-        if config.subtract_background:
-            out = subtract_background(out, out_fov, config.background_sigma * config.size)
+        out = process_pixels(out, out_fov, geometry, config)
         if config.mask_outside_fov:
             out = out * (out_fov[..., None] if out.ndim == 3 else out_fov).astype(np.uint8)
         directory.mkdir(parents=True, exist_ok=True)
