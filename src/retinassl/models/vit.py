@@ -106,6 +106,34 @@ def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], old_g
     return torch.cat([prefix, grid], dim=1)
 
 
+def random_masking(batch: int, num_patches: int, mask_ratio: float, generator: torch.Generator,
+                   device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MAE's per-sample random masking (He et al. 2022: "we sample random patches without replacement,
+    following a uniform distribution").
+
+    Args:
+        batch, num_patches: ``B`` and ``N`` (the patch grid's size).
+        mask_ratio: fraction of patches hidden (0.75 in MAE); ``round(N * (1 - ratio))`` are kept,
+            at least one.
+        generator: the source of randomness (CPU generator; the indices are moved to ``device``).
+
+    Returns:
+        ``(keep, mask, restore)``: ``keep`` ``(B, n_keep)`` long indices of the visible patches (for
+        :meth:`VisionTransformer.tokens`), ``mask`` ``(B, N)`` float (1 = hidden), ``restore``
+        ``(B, N)`` long: the permutation that puts ``[visible..., hidden...]`` back in grid order.
+    """
+    if not 0 <= mask_ratio < 1:
+        raise ConfigError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+    n_keep = max(1, int(round(num_patches * (1 - mask_ratio))))
+    noise = torch.rand(batch, num_patches, generator=generator)
+    shuffle = torch.argsort(noise, dim=1)
+    restore = torch.argsort(shuffle, dim=1)
+    mask = torch.ones(batch, num_patches)
+    mask[:, :n_keep] = 0
+    mask = torch.gather(mask, 1, restore)
+    return shuffle[:, :n_keep].to(device), mask.to(device), restore.to(device)
+
+
 class PatchEmbed(nn.Module):
     """``(B, C, H, W)`` -> ``(B, (H//p) * (W//p), D)`` by a ``p x p`` stride-``p`` convolution (``proj``)."""
 
@@ -291,16 +319,21 @@ class VisionTransformer(Encoder):
         prefix = 0 if self.no_embed_class else self.num_prefix_tokens
         return resample_pos_embed(self.pos_embed, grid, self.grid, num_prefix_tokens=prefix)
 
-    def tokens(self, x: torch.Tensor, taps: tuple[int, ...] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def tokens(self, x: torch.Tensor, taps: tuple[int, ...] = (),
+               keep: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run the transformer.
 
         Args:
             x: ``(B, in_channels, H, W)`` with ``H, W >= p``.
             taps: block counts after which to keep the tokens (1-based), e.g. ``(4, 8)``.
+            keep: ``(B, n)`` indices (row-major over the patch grid) of the only patches to encode,
+                after their position embedding is added (MAE's encoder on visible patches:
+                :func:`random_masking`); None: all patches.
 
         Returns:
-            ``(tokens, tapped)``: the final tokens ``(B, prefix + gh * gw, D)`` before the final
-            norm (prefix = class then register tokens), and the tapped tokens in the same layout.
+            ``(tokens, tapped)``: the final tokens ``(B, prefix + gh * gw, D)`` (or ``prefix + n``
+            with ``keep``) before the final norm (prefix = class then register tokens), and the
+            tapped tokens in the same layout.
         """
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
@@ -315,10 +348,13 @@ class VisionTransformer(Encoder):
         if self.reg_token is not None:
             prefix.append(self.reg_token.expand(b, -1, -1))
         pos = self._pos_embed(grid)
-        if self.no_embed_class:
-            t = torch.cat(prefix + [t + pos], dim=1)
-        else:
-            t = torch.cat(prefix + [t], dim=1) + pos
+        pos_prefix = pos.shape[1] - grid[0] * grid[1]  # positions of the class (and register) tokens
+        t = t + pos[:, pos_prefix:]
+        if keep is not None:
+            t = torch.gather(t, 1, keep[..., None].expand(-1, -1, t.shape[-1]))
+        if prefix:
+            tokens = torch.cat(prefix, dim=1)
+            t = torch.cat([tokens + pos[:, :pos_prefix] if pos_prefix else tokens, t], dim=1)
         tapped = []
         for i, block in enumerate(self.blocks, start=1):
             t = block(t)
