@@ -122,11 +122,90 @@ def preset_names() -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+#: The most values (mapping keys and values, list items) a YAML document may expand to once its
+#: anchors and aliases are followed: a real config has a few hundred; a "billion laughs" alias
+#: nest of 1 KB expands to billions.
+MAX_YAML_VALUES = 100_000
+
+
+def _expanded_size(root: yaml.Node) -> int | None:
+    """How many nodes the document ``root`` becomes once every alias is copied out (capped at
+    ``MAX_YAML_VALUES + 1``), or None when an alias refers to a node containing it. Linear in the
+    size of the node graph (each shared node is counted once, then multiplied)."""
+    def children(node: yaml.Node) -> list[yaml.Node]:
+        if isinstance(node, yaml.MappingNode):
+            return [part for pair in node.value for part in pair]
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        return []
+
+    size: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, closing = stack.pop()
+        if closing:
+            open_nodes.discard(id(node))
+            size[id(node)] = min(MAX_YAML_VALUES + 1, 1 + sum(size[id(c)] for c in children(node)))
+            continue
+        if id(node) in size:
+            continue
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        for child in children(node):
+            if id(child) in open_nodes:
+                return None
+            if id(child) not in size:
+                stack.append((child, False))
+    return size[id(root)]
+
+
+def safe_load_bounded(text: str, origin: str) -> Any:
+    """``yaml.safe_load`` that refuses alias bombs: the document is composed first (aliases are
+    shared nodes, so this is cheap) and refused when it would expand to more than
+    :data:`MAX_YAML_VALUES` values or refers to itself, before any Python object is built.
+
+    Raises:
+        ConfigError: naming ``origin`` (an alias bomb, a recursive alias, nesting too deep).
+        yaml.YAMLError: the text is not valid YAML (the caller names it).
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise ConfigError(f"{origin}: the YAML is nested too deeply") from None
+        if node is None:
+            return None
+        size = _expanded_size(node)
+        if size is None:
+            raise ConfigError(f"{origin}: the YAML has an alias that refers to a value containing "
+                              f"it (a recursive alias); refused")
+        if size > MAX_YAML_VALUES:
+            raise ConfigError(f"{origin}: the YAML expands to more than {MAX_YAML_VALUES} values "
+                              f"through its anchors and aliases (an alias bomb?); refused")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def read_yaml(source: str | Path) -> dict[str, Any]:
-    """A YAML file, or the packaged preset of that name, as a dict."""
+    """A YAML file, or the packaged preset of that name, as a dict.
+
+    Raises:
+        ConfigError: naming the file: no such file or preset, not UTF-8 text, invalid YAML, an
+            alias bomb (:func:`safe_load_bounded`), an empty document, a top level that is not a
+            mapping.
+    """
     path = Path(source)
     if path.is_file():
-        text = path.read_text()
+        try:
+            text = path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}); "
+                              f"save the config as UTF-8") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
         origin = str(path)
     else:
         candidate = resources.files("retinassl") / "configs" / f"{source}.yaml"
@@ -136,9 +215,12 @@ def read_yaml(source: str | Path) -> dict[str, Any]:
         text = candidate.read_text()
         origin = f"preset {source}"
     try:
-        data = yaml.safe_load(text) or {}
+        data = safe_load_bounded(text, origin)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{origin}: invalid YAML ({exc})") from None
+    if data is None:
+        raise ConfigError(f"{origin}: the config is empty (no settings); write the settings to use, "
+                          f"or '{{}}' for every default")
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: the top level must be a mapping of keys to values")
     return data
@@ -152,7 +234,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = safe_load_bounded(raw, f"override {item!r}") if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         node = out
@@ -204,4 +286,5 @@ def to_yaml(config: BaseModel) -> str:
 
 
 __all__ = ["Section", "DataConfig", "ModelConfig", "EngineConfig", "PreprocessConfig", "load_config",
-           "apply_overrides", "validate", "read_yaml", "preset_names", "to_yaml"]
+           "apply_overrides", "validate", "read_yaml", "safe_load_bounded", "preset_names",
+           "to_yaml"]

@@ -4,7 +4,10 @@ words its error message must contain."""
 
 from __future__ import annotations
 
+import gzip
 import io
+import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +45,49 @@ def png16_bytes(size: int = SIZE) -> bytes:
     buf = io.BytesIO()
     Image.fromarray((np.arange(size * size, dtype=np.uint16).reshape(size, size) * 17)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def gzip_ppm_bomb(width: int = 20000, height: int = 50000, zeros: int = 3 << 30) -> bytes:
+    """A ~3 MB gzip whose stream is a ``P6 width height 255`` header and ``zeros`` zero bytes
+    (3 GiB by default), made in a fraction of a second: gzip members concatenate, so one
+    compressed 16 MiB block of zeros is repeated."""
+    block = 16 << 20
+    member = gzip.compress(bytes(block), compresslevel=9, mtime=0)
+    head = gzip.compress(f"P6 {width} {height} 255\n".encode(), mtime=0)
+    return head + member * (zeros // block)
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid RGB PNG of ``width`` x ``height`` black pixels whose IDAT is tiny (a zlib stream of
+    zeros built from one full-flushed block repeated, with the right Adler-32), e.g. 10000x10000:
+    300 MB of pixels in ~300 KB."""
+    row = 3 * width + 1                      # filter byte + RGB samples
+    rows_per_block = max(1, (4 << 20) // row)
+    compressor = zlib.compressobj(9)
+    first = compressor.compress(bytes(row * rows_per_block)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    again = compressor.compress(bytes(row * rows_per_block)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    full, rest = divmod(height, rows_per_block)
+    tail = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate for the remainder, final block
+    last = tail.compress(bytes(row * rest)) + tail.flush() if rest else b"\x03\x00"
+    total = row * height
+    adler = ((total % 65521) << 16) | 1       # Adler-32 of `total` zero bytes: a = 1, b = total
+    stream = first + again * (full - 1) + last + struct.pack(">I", adler) if full else \
+        zlib.compress(bytes(total), 9)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", stream) + chunk(b"IEND", b""))
+
+
+def alias_bomb_yaml(levels: int = 8, fan: int = 9) -> str:
+    """The "billion laughs" YAML: ``levels`` nested lists of ``fan`` aliases of the level below
+    (8 x 9: about 500 bytes that expand to 9**9 = 387 million strings)."""
+    lines = ["lol0: &lol0 [" + ", ".join(['"lol"'] * fan) + "]"]
+    for level in range(1, levels + 1):
+        lines.append(f"lol{level}: &lol{level} [" + ", ".join([f"*lol{level - 1}"] * fan) + "]")
+    return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -85,7 +131,8 @@ def cases() -> list[Case]:
         Case("truncated-jpeg", "bad.jpg", lambda: _truncated(jpeg_bytes(good)), needles=("truncated",)),
         Case("truncated-png", "bad.png", lambda: _truncated(png_bytes(good)), needles=("truncated",)),
         Case("random-bytes-png", "bad.png", bytes(range(256)) * 4, needles=("not a readable image",)),
-        Case("wrong-extension", "bad.jpg", lambda: png_bytes(good), needles=("PNG", "extension")),
+        # (a PNG named .jpg is no longer refused: images are decoded by content, see
+        # test_hostile_input.py::test_mislabelled_image_reads_the_same_whatever_the_cache_holds)
         Case("cmyk-jpeg", "bad.jpg", lambda: jpeg_bytes(good, "CMYK"), needles=("CMYK",)),
         Case("16-bit-png", "bad.png", lambda: png16_bytes(), needles=("16",)),
         Case("grayscale-where-rgb", "bad.png", lambda: png_bytes(good[..., 1]), needles=("grayscale",)),
@@ -114,6 +161,22 @@ def cases() -> list[Case]:
              skippable=False),
         Case("unsafe-id", None, None, row_update={"id": "../../x"}, needles=("not a safe name",),
              skippable=False),
+        # issue 21: decompression bombs, refused from the header (memory bound: test_hostile_input.py)
+        Case("gzip-bomb-ppm", "bad.ppm.gz", lambda: gzip_ppm_bomb(),
+             needles=("decompression bomb",)),
+        Case("gzip-overlong-ppm", "bad.ppm.gz", lambda: gzip_ppm_bomb(64, 64, 64 << 20),
+             needles=("longer than the 64x64 image",)),
+        Case("png-100-megapixel", "bad.png", lambda: png_bomb(10000, 10000),
+             needles=("10000x10000", "decompression bomb")),
+        Case("png-400-megapixel", "bad.png", lambda: png_bomb(20000, 20000),
+             needles=("decompression bomb",)),
+        # issue 21 (9): images no fundus photograph can be
+        Case("1x1-image", "bad.png", lambda: png_bytes(np.full((1, 1, 3), 200, np.uint8)),
+             needles=("1x1", "at least 16")),
+        Case("4000x2-image", "bad.png", lambda: png_bytes(np.full((2, 4000, 3), 200, np.uint8)),
+             needles=("4000x2",)),
+        Case("aspect-10-image", "bad.png", lambda: png_bytes(np.full((40, 400, 3), 200, np.uint8)),
+             needles=("aspect ratio 10",)),
     ]
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from reliability.corpus import CASES, write_case
+from reliability.corpus import CASES, alias_bomb_yaml, write_case
 from reliability.harness import assert_clean_failure, cli_in_process as cli, only_run, run_cli
 from retinassl.errors import ConfigError, DataError, RetinasslError
 
@@ -125,6 +125,12 @@ CONFIGS = {
     "invalid-yaml": ("engine: {max_epochs: 1\n", ("invalid YAML",)),
     "not-a-mapping": ("- engine\n- data\n", ("mapping",)),
     "binary-garbage": ("\x00\x01\x02 : [\n", ()),
+    # issue 21: alias bombs (memory bound: test_hostile_input.py), non-UTF-8 and empty files
+    "alias-bomb": (alias_bomb_yaml(), ("alias bomb", "100000 values")),
+    "recursive-alias": ("engine: &a [*a]\n", ("recursive alias",)),
+    "not-utf8": (b"engine: {max_epochs: 1}  # caf\xe9 cr\xe8me\n", ("not UTF-8", "0xe9")),
+    "empty-file": ("", ("empty",)),
+    "comments-only": ("# nothing set here\n", ("empty",)),
 }
 
 
@@ -136,7 +142,7 @@ def test_bad_config_is_one_clean_error_naming_file_and_key(tmp_path: Path, name:
 
     text, needles = CONFIGS[name]
     path = tmp_path / f"{name}.yaml"
-    path.write_text(text)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(ConfigError) as info:
         load_config(TrainConfig, str(path))
     assert str(path) in str(info.value)

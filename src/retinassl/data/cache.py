@@ -14,13 +14,20 @@ Every file is written atomically, so a process killed mid-write leaves no corrup
 completes the cache. Arrays are read memory-mapped, so a second epoch decodes no image and a
 dataset larger than memory streams from disk.
 
-File digests are memoised in ``<cache>/digests.sqlite`` by (path, size, mtime), so later runs do
-not re-read unchanged files to hash them.
+File digests are memoised in ``<cache>/digests.sqlite`` by (hash of the path, size, mtime), so later
+runs do not re-read unchanged files to hash them; the database holds no file name (a path can carry
+a patient's name).
+
+Entries are verified when they are used: ``entry.json`` records the shape, dtype and byte size of
+every array, so a truncated or replaced ``.npy`` file (a full disk, a copy cut short) is rebuilt by
+:meth:`Cache.prepare` (with a warning naming the entry and its image) and is a
+:class:`~retinassl.errors.DataError` naming both when read, never a raw numpy error.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -32,13 +39,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path, write_text
-from ..errors import DataError
-from ..progress import track
-from .imageio import read_image, read_mask
-from .manifest import MASK_COLUMNS, Manifest, is_missing
-from .preprocess import (Geometry, PreprocessConfig, apply_geometry, compute_geometry, fov_mask,
-                         process_pixels)
+from retinassl.atomic import atomic_path, write_text
+from retinassl.errors import DataError
+from retinassl.progress import track
+from retinassl.data.imageio import read_image, read_mask
+from retinassl.data.limits import check_budget, check_image_shape, preprocess_cost
+from retinassl.data.manifest import MASK_COLUMNS, Manifest, is_missing
+from retinassl.data.preprocess import (Geometry, PreprocessConfig, apply_geometry, compute_geometry,
+                                       fov_mask, process_pixels)
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +66,19 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def path_key(path: str | Path) -> str:
+    """What the digest memo stores for a file: a BLAKE2b hash of its absolute path (never the path,
+    which can carry a patient's name)."""
+    return hashlib.blake2b(os.fsencode(str(Path(path).resolve())), digest_size=16,
+                           person=b"retinassl-path").hexdigest()
+
+
 class DigestMemo:
-    """Remembers file digests by (absolute path, size, mtime) in a small SQLite table."""
+    """Remembers file digests by (hash of the absolute path, size, mtime) in a small SQLite table.
+
+    Caches made before paths were hashed held a ``digests`` table of absolute paths: it is dropped
+    (and the file vacuumed, so that the names leave the disk too) on first use.
+    """
 
     def __init__(self, database: Path) -> None:
         self.database = database
@@ -67,8 +86,13 @@ class DigestMemo:
     def _connect(self) -> sqlite3.Connection:
         self.database.parent.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(self.database, timeout=60)
-        con.execute("CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, size INTEGER, "
-                    "mtime INTEGER, digest TEXT)")
+        old = con.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='digests'").fetchone()
+        if old is not None:
+            con.execute("DROP TABLE digests")
+            con.commit()
+            con.execute("VACUUM")
+        con.execute("CREATE TABLE IF NOT EXISTS file_digests (path_hash TEXT PRIMARY KEY, "
+                    "size INTEGER, mtime INTEGER, digest TEXT)")
         return con
 
     def digests(self, paths: Sequence[Path]) -> list[str]:
@@ -79,50 +103,122 @@ class DigestMemo:
                 st = p.stat()
             except OSError:
                 raise DataError("file does not exist", path=p) from None
-            stats.append((str(p.resolve()), st.st_size, st.st_mtime_ns))
+            stats.append((p, path_key(p), st.st_size, st.st_mtime_ns))
         with self._connect() as con:
             known = {}
             for i in range(0, len(stats), 500):
-                chunk = [s[0] for s in stats[i:i + 500]]
+                chunk = [s[1] for s in stats[i:i + 500]]
                 rows = con.execute(
-                    f"SELECT path, size, mtime, digest FROM digests WHERE path IN "
+                    f"SELECT path_hash, size, mtime, digest FROM file_digests WHERE path_hash IN "
                     f"({','.join('?' * len(chunk))})", chunk).fetchall()
                 known.update({r[0]: r[1:] for r in rows})
             out, new = [], []
-            for (path, size, mtime) in stats:
-                hit = known.get(path)
+            for (path, key, size, mtime) in stats:
+                hit = known.get(key)
                 if hit is not None and hit[0] == size and hit[1] == mtime:
                     out.append(hit[2])
                 else:
                     digest = file_digest(path)
                     out.append(digest)
-                    new.append((path, size, mtime, digest))
+                    new.append((key, size, mtime, digest))
             if new:
-                con.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?)", new)
+                con.executemany("INSERT OR REPLACE INTO file_digests VALUES (?, ?, ?, ?)", new)
         return out
+
+
+def npy_size(shape: Sequence[int], dtype: np.dtype | str) -> int:
+    """Bytes of the ``.npy`` file :func:`numpy.save` writes for a C-ordered array of ``shape`` and
+    ``dtype`` (header included)."""
+    dtype = np.dtype(dtype)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                  "fortran_order": False, "shape": tuple(shape)})
+    return header.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def _array_record(array: np.ndarray) -> dict:
+    """What ``entry.json`` records of an array file: shape, dtype and the file's byte size."""
+    return {"shape": list(array.shape), "dtype": array.dtype.str,
+            "bytes": npy_size(array.shape, array.dtype)}
+
+
+def _array_problem(path: Path, record: dict | None) -> str | None:
+    """Why the ``.npy`` file ``path`` is not the array ``record`` describes (None when intact).
+
+    With a record, only the file's size is compared (a ``stat``); without one (entries made before
+    records), the file's own header is read and its size compared with what the header announces.
+    """
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return "is missing"
+    if record is not None:
+        return None if size == record["bytes"] else f"has {size} bytes, {record['bytes']} expected"
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(fh)
+            header = fh.tell()
+    except (OSError, ValueError, EOFError, SyntaxError) as exc:
+        return f"has no readable .npy header ({exc})"
+    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    return None if size == expected else f"has {size} bytes, {expected} expected for {shape} {dtype}"
 
 
 @dataclass(frozen=True)
 class CacheEntry:
-    """One preprocessed image (and its masks) in the cache."""
+    """One preprocessed image (and its masks) in the cache.
+
+    Attributes:
+        directory: the entry's folder.
+        masks: manifest column -> mask file name.
+        source: the image file the entry was made from (named when the entry is found corrupt).
+    """
 
     directory: Path
     masks: dict[str, str] = field(default_factory=dict)  # manifest column -> mask file name
+    source: str = ""
+
+    def _load(self, name: str, record: dict | None = None) -> np.ndarray:
+        """Memory-map ``name``, verifying it against ``entry.json``'s record of it."""
+        path = self.directory / name
+        problem = _array_problem(path, record if record is not None else self._records().get(name))
+        array = None
+        if problem is None:
+            try:
+                array = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError, EOFError) as exc:
+                problem = f"cannot be read ({exc})"
+        if problem is not None:
+            of = f" (made from {self.source})" if self.source else ""
+            raise DataError(f"cache entry{of} is corrupt: {name} {problem}; run `retinassl data "
+                            f"prepare` (or the command again) to rebuild it", path=path)
+        return array
+
+    def _records(self) -> dict[str, dict]:
+        try:
+            return self._meta().get("arrays", {})
+        except (OSError, ValueError) as exc:
+            of = f" (made from {self.source})" if self.source else ""
+            raise DataError(f"cache entry{of} has no readable entry.json ({exc}); run `retinassl "
+                            f"data prepare` to rebuild it", path=self.directory) from None
 
     def image(self) -> np.ndarray:
         """``(S, S, C)`` uint8, memory-mapped."""
-        return np.load(self.directory / "image.npy", mmap_mode="r")
+        return self._load("image.npy")
 
     def fov(self) -> np.ndarray:
         """``(S, S)`` bool, memory-mapped."""
-        return np.load(self.directory / "fov.npy", mmap_mode="r")
+        return self._load("fov.npy")
 
     def mask(self, column: str) -> np.ndarray | None:
         """``(S, S)`` bool for a mask column, or None when the row has no such mask."""
         name = self.masks.get(column)
         if name is None:
             return None
-        return np.load(self.directory / name, mmap_mode="r")
+        return self._load(name, self._records().get("fov.npy"))  # a mask is shaped like the FOV
 
     def _meta(self) -> dict:
         return json.loads((self.directory / "entry.json").read_text())
@@ -210,6 +306,11 @@ class Cache:
         pending = [j for j in jobs if not self._complete(j, config)]
         failures: dict[int, str] = {}
         if pending:
+            memory, disk = preprocess_cost(len(pending), config.size, config.channels,
+                                           n_masks=max(len(j.masks) for j in pending), workers=workers)
+            check_budget(f"preprocessing {len(pending)} images at {config.size} px",
+                         "preprocess.size (or the number of images, or data.workers)",
+                         memory=memory, disk=disk, disk_path=self.directory)
             log.info("%s %d of %d images into %s", description, len(pending), len(jobs),
                      self.directory)
             if workers > 1 and len(pending) > 1:
@@ -236,7 +337,7 @@ class Cache:
             keep.append(job.row)
             entries.append(CacheEntry(
                 self.entry_dir(job.digest, config),
-                {column: f"mask-{digest}.npy" for column, _, digest in job.masks}))
+                {column: f"mask-{digest}.npy" for column, _, digest in job.masks}, str(job.image)))
         if skipped:
             log.warning("skipped %d unreadable item(s): %s", len(skipped),
                         "; ".join(f"{i}: {p}" for i, p in skipped[:5]))
@@ -286,10 +387,35 @@ class Cache:
         return jobs, skipped, bool(skipped)
 
     def _complete(self, job: _Job, config: PreprocessConfig) -> bool:
+        """Whether the entry of ``job`` is complete and intact. A corrupt file (see
+        :func:`_array_problem`) is removed, with a warning naming the entry and its image, so that
+        the entry is rebuilt (its ``entry.json`` too when the image or FOV is at fault)."""
         d = self.entry_dir(job.digest, config)
         if not (d / "entry.json").is_file():
             return False
-        return all((d / f"mask-{digest}.npy").is_file() for _, _, digest in job.masks)
+        try:
+            records = json.loads((d / "entry.json").read_text()).get("arrays", {})
+        except (OSError, ValueError):
+            records, bad = {}, ["entry.json"]
+        else:
+            bad = [name for name in ("image.npy", "fov.npy")
+                   if _array_problem(d / name, records.get(name)) is not None]
+        if bad:
+            log.warning("cache entry %s (made from %s) is corrupt (%s); rebuilding it", d, job.image,
+                        ", ".join(bad))
+            (d / "entry.json").unlink(missing_ok=True)
+            return False
+        complete = True
+        for _, path, digest in job.masks:
+            mask = d / f"mask-{digest}.npy"
+            if not mask.is_file():
+                complete = False
+            elif _array_problem(mask, records.get("fov.npy")) is not None:
+                log.warning("cache entry %s: mask %s (made from %s) is corrupt; rebuilding it", d,
+                            mask.name, path)
+                mask.unlink(missing_ok=True)
+                complete = False
+        return complete
 
 
 def _build_entry_safe(job: _Job, config: PreprocessConfig, cache: Cache) -> str | None:
@@ -308,6 +434,7 @@ def _build_entry(job: _Job, config: PreprocessConfig, cache: Cache) -> None:
         geometry = Geometry.from_json(json.dumps(json.loads(entry_file.read_text())["geometry"]))
     else:
         decoded = read_image(job.image, min_size=config.size, grayscale=config.channels == 1)
+        check_image_shape(decoded.original_size, job.image)
         image = decoded.array
         if job.fov_column is not None:
             fov_full = read_mask(job.fov_column, expected_size=decoded.original_size)
@@ -328,7 +455,9 @@ def _build_entry(job: _Job, config: PreprocessConfig, cache: Cache) -> None:
             with open(tmp, "wb") as fh:
                 np.save(fh, out_fov)
         write_text(entry_file, json.dumps({"geometry": json.loads(geometry.to_json()),
-                                           "stats": pixel_stats(out, out_fov)}))
+                                           "stats": pixel_stats(out, out_fov),
+                                           "arrays": {"image.npy": _array_record(out),
+                                                      "fov.npy": _array_record(out_fov)}}))
     for _column, path, digest in job.masks:
         target = directory / f"mask-{digest}.npy"
         if target.is_file():

@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DataError
+from retinassl.data.limits import check_pixel_count
+from retinassl.errors import DataError
 
-# The formats an extension promises; a file whose content is another format is refused, since a
-# mislabelled file usually means a mix-up (e.g. a lossy JPEG saved as a ".png" mask).
+log = logging.getLogger(__name__)
+
+# The formats an extension promises. A file whose content is another format is decoded by its
+# content (so that it reads the same whether or not the cache holds it already) with a warning,
+# since a mislabelled file usually means a mix-up (e.g. a lossy JPEG saved as a ".png" mask).
 _EXTENSION_FORMATS: dict[str, set[str]] = {
     ".jpg": {"JPEG", "MPO"}, ".jpeg": {"JPEG", "MPO"}, ".png": {"PNG"}, ".tif": {"TIFF"},
     ".tiff": {"TIFF"}, ".gif": {"GIF"}, ".ppm": {"PPM"}, ".pgm": {"PPM"}, ".pbm": {"PPM"},
@@ -47,30 +53,92 @@ class DecodedImage:
         return self.array.shape[1] / self.original_size[0]
 
 
+# The decompressed prefix of a ``.gz`` image from which its header is read (a PPM header is a few
+# dozen bytes), and the slack allowed beyond the pixel data the header announces.
+_GZ_HEADER_BYTES = 64 * 1024
+_GZ_MARGIN_BYTES = 1024 * 1024
+# What Pillow's plugins (and gzip/zlib) raise on a bad header or stream.
+_PILLOW_ERRORS = (UnidentifiedImageError, OSError, EOFError, gzip.BadGzipFile, ValueError, SyntaxError,
+                  struct.error, IndexError, zlib.error)
+
+
+def _raw_bytes(image: Image.Image) -> int:
+    """An upper bound of the bytes the pixels of a lazily opened image occupy as stored
+    uncompressed (PPM: binary samples of 1 or 2 bytes, or ASCII samples of up to 6 characters)."""
+    width, height = image.size
+    samples = width * height * len(image.getbands())
+    per_sample = 4 if image.mode in ("I", "F") else 2 if image.mode.startswith("I;16") else 1
+    for tile in getattr(image, "tile", None) or []:
+        decoder, args = tile[0], tile[3]
+        if decoder == "ppm_plain":
+            per_sample = max(per_sample, 6)
+        elif isinstance(args, tuple) and len(args) > 1 and isinstance(args[1], int) and args[1] > 255:
+            per_sample = max(per_sample, 2)
+    return samples * per_sample + (samples // 8 if image.mode == "1" else 0) + height * 8
+
+
+def _gunzip_bounded(path: Path) -> bytes:
+    """Decompress a ``.gz`` image without ever holding more than its header promises.
+
+    The header is parsed from the first :data:`_GZ_HEADER_BYTES` of the decompressed stream; an
+    image above :data:`~retinassl.data.limits.MAX_IMAGE_PIXELS` is refused there, and the rest is
+    read in chunks, stopping as soon as the stream is longer than the announced pixels (plus
+    :data:`_GZ_MARGIN_BYTES`): a 3 MB gzip of a huge header and gigabytes of zeros costs a few MB.
+    """
+    with gzip.open(path, "rb") as fh:
+        data = bytearray(fh.read(_GZ_HEADER_BYTES))
+        try:
+            header = Image.open(io.BytesIO(bytes(data)))
+        except _PILLOW_ERRORS:
+            if len(data) < _GZ_HEADER_BYTES:
+                return bytes(data)  # the whole stream: Image.open reports it again, by name
+            raise DataError(f"not a readable image (no image header in the first "
+                            f"{_GZ_HEADER_BYTES // 1024} KB of the decompressed data)", path=path) from None
+        check_pixel_count(header.size, path)
+        cap = _raw_bytes(header) + _GZ_MARGIN_BYTES
+        while True:
+            chunk = fh.read(min(1 << 20, cap + 1 - len(data)))
+            if not chunk:
+                return bytes(data)
+            data += chunk
+            if len(data) > cap:
+                width, height = header.size
+                raise DataError(f"decompressed data is longer than the {width}x{height} image its "
+                                f"header announces (over {cap / (1 << 20):.1f} MB; a decompression "
+                                f"bomb?); refused", path=path)
+
+
 def _open(path: Path) -> Image.Image:
-    """Open ``path`` with Pillow (transparently un-gzipping ``.gz``), checking format vs extension."""
+    """Open ``path`` with Pillow (transparently un-gzipping ``.gz``) without decoding pixels.
+
+    The format is what the content says, whatever the extension (a JPEG named ``.png`` reads as the
+    JPEG it is, the same way whether or not the cache already holds its pixels); a mismatch is
+    logged. Images above :data:`~retinassl.data.limits.MAX_IMAGE_PIXELS` are refused here, before
+    any pixel is decoded, and a ``.gz`` stream is never decompressed beyond what its header needs.
+    """
     if not path.is_file():
         raise DataError("file does not exist", path=path)
     if path.stat().st_size == 0:
         raise DataError("file is empty (0 bytes)", path=path)
     suffix = path.suffix.lower()
     try:
-        if suffix == ".gz":
-            with gzip.open(path, "rb") as fh:
-                data = fh.read()
-            image = Image.open(io.BytesIO(data))
-            suffix = Path(path.stem).suffix.lower()
-        else:
-            image = Image.open(path)
-    except (UnidentifiedImageError, OSError, EOFError, gzip.BadGzipFile, ValueError, SyntaxError,
-            struct.error, IndexError) as exc:  # Pillow's plugins raise all of these on bad headers
+        with warnings.catch_warnings():  # refused below by check_pixel_count, with the size
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if suffix == ".gz":
+                image = Image.open(io.BytesIO(_gunzip_bounded(path)))
+                suffix = Path(path.stem).suffix.lower()
+            else:
+                image = Image.open(path)
+    except Image.DecompressionBombError as exc:  # Pillow's own check, at twice the limit
+        raise DataError(f"image is implausibly large ({exc}); refused before decoding",
+                        path=path) from None
+    except _PILLOW_ERRORS as exc:
         raise DataError(f"not a readable image ({type(exc).__name__}: {exc})", path=path) from None
-    except Image.DecompressionBombError as exc:
-        raise DataError(f"image is implausibly large ({exc})", path=path) from None
+    check_pixel_count(image.size, path)
     expected = _EXTENSION_FORMATS.get(suffix)
     if expected is not None and image.format not in expected:
-        raise DataError(f"content is {image.format} but the extension says {suffix!r}; rename or "
-                        f"re-export the file", path=path)
+        log.warning("%s: content is %s but the extension says %r; read as %s", path, image.format,
+                    suffix, image.format)
     return image
 
 

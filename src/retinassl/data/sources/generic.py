@@ -33,10 +33,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ...errors import ConfigError, DataError
-from ..manifest import MASK_COLUMNS, PAIRED_COLUMNS, Manifest, label_columns
-from .files import is_image, list_images, relative, safe_id, stem
-from .tables import LINE, line_error, manifest_with_lines, read_table
+from retinassl.errors import ConfigError, DataError
+from retinassl.data.manifest import MASK_COLUMNS, PAIRED_COLUMNS, Manifest, label_columns
+from retinassl.data.sources.files import is_image, list_images, relative, safe_id, stem
+from retinassl.data.sources.tables import LINE, line_error, manifest_with_lines, read_table
 
 log = logging.getLogger(__name__)
 
