@@ -4,6 +4,8 @@ inference, side by side in one run.
 - training step: pooled embedding -> linear head (2 classes) -> cross-entropy -> backward -> AdamW
   step, on a fixed random batch (the bare model loop: no data loading, no Lightning);
 - inference: the pooled embedding under ``torch.inference_mode``;
+- MAE pretraining step of the same ViT-S/16: encoder on the visible 25 % of the patches, a light
+  decoder, normalised-pixel loss (the saving from masking, against the full-image training step);
 - precisions: float32 eager, and bf16 autocast with channels_last (the toolkit's CPU default where the
   processor supports bf16; measured anyway, the table says which is the default here).
 
@@ -47,6 +49,34 @@ def train_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, b
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return _rate(step, steps, x.shape[0])
+
+
+def mae_rate(model: nn.Module, x: torch.Tensor, steps: int, bf16: bool, mask_ratio: float = 0.75) -> float:
+    """Images per second of an MAE pretraining step (He et al. 2022): the encoder on the visible
+    quarter of the patches, a light decoder (256 wide, 4 blocks), normalised-pixel loss on the hidden
+    patches, backward, AdamW; a fresh seeded mask every step."""
+    from retinassl.models.mae import MAEDecoder, mae_loss
+    from retinassl.models.vit import random_masking
+
+    encoder = model[0].train()
+    grid = encoder.patch_grid(x.shape[2], x.shape[3])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        decoder = MAEDecoder(encoder.num_features, encoder.patch_size, 3, grid, encoder.num_prefix_tokens,
+                             decoder_dim=256, depth=4, num_heads=8)
+    optimizer = torch.optim.AdamW(list(encoder.parameters()) + list(decoder.parameters()), lr=1e-4)
+    generator = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        keep, mask, restore = random_masking(x.shape[0], grid[0] * grid[1], mask_ratio, generator)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            tokens, _ = encoder.tokens(x, keep=keep)
+            loss = mae_loss(decoder(encoder.norm(tokens), restore, grid), x, mask, encoder.patch_size)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -107,6 +137,8 @@ def main() -> None:
                     xin = x.contiguous(memory_format=torch.channels_last)
                 rates[name].setdefault(f"train_{precision}", []).append(train_rate(model, xin, y, args.steps, bf16))
                 rates[name].setdefault(f"infer_{precision}", []).append(infer_rate(model, xin, args.steps, bf16))
+                if name == "vit_small/16":
+                    rates[name].setdefault(f"mae_{precision}", []).append(mae_rate(model, xin, args.steps, bf16))
                 print(round_, precision, name, {k: round(v[-1], 2) for k, v in rates[name].items()}, flush=True)
 
     median = {m: {k: statistics.median(v) for k, v in r.items()} for m, r in rates.items()}
@@ -122,6 +154,12 @@ def main() -> None:
                 default = " (default)" if (precision == "bf16") == default_bf16 else ""
                 rows.append(f"| {name} | {params[name] / 1e6:.1f} | {label} | {precision}{default} | "
                             f"{median[name][key]:.1f} | {ratio} |")
+    for precision in ("fp32", "bf16"):
+        key = f"mae_{precision}"
+        default = " (default)" if (precision == "bf16") == default_bf16 else ""
+        rows.append(f"| vit_small/16 MAE step (75 % masked, decoder 256x4) | {params['vit_small/16'] / 1e6:.1f} | "
+                    f"pretraining step | {precision}{default} | {vit[key]:.1f} | "
+                    f"{vit[key] / vit[f'train_{precision}']:.2f} x the full-image training step |")
     notes = (f"\n\n{args.size} px, batch {args.batch}, {args.threads} threads, {args.rounds} rounds x "
              f"{args.steps} timed batches per model, mode and precision (models alternate within a "
              f"round). Training step = pooled embedding + linear head + cross-entropy + backward + "
@@ -129,7 +167,8 @@ def main() -> None:
              f"channels_last; the toolkit's CPU default here is {'bf16' if default_bf16 else 'fp32'} "
              f"(cpu_supports_bf16() = {default_bf16}).")
     write_results(args.name, {"settings": vars(args), "params": params, "rates": rates, "median": median,
-                              "vit_over_resnet": {k: vit[k] / res[k] for k in vit},
+                              "vit_over_resnet": {k: vit[k] / res[k] for k in res},
+                              "mae_over_full_step": {p: vit[f"mae_{p}"] / vit[f"train_{p}"] for p in ("fp32", "bf16")},
                               "default_precision": "bf16" if default_bf16 else "fp32"},
                   "\n".join(rows) + notes)
 
