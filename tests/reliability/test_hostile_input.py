@@ -402,3 +402,14 @@ def test_image_shape_limits(size: tuple[int, int], ok: bool) -> None:
     else:
         with pytest.raises(DataError, match=f"x.png: image is {size[0]}x{size[1]}"):
             check_image_shape(size, "x.png")
+
+
+def test_option_types_follow_the_loader_hints() -> None:
+    """A wrong kind of value is refused naming the option; a lone name where a list of names is
+    expected is left to the loader, as before (``parts=B``)."""
+    from retinassl.data.sources import check_option_types, load_idrid
+
+    check_option_types("idrid", load_idrid, {"parts": "B", "root": "/nowhere"})
+    check_option_types("idrid", load_idrid, {"parts": ["A", "B"]})
+    with pytest.raises(ConfigError, match=r"data.options.parts\) must be Sequence\[str\], got 5"):
+        check_option_types("idrid", load_idrid, {"parts": 5})

@@ -84,7 +84,13 @@ def check_option_types(name: str, loader: Callable[..., Manifest], options: dict
         if parameter is None or parameter.kind is inspect.Parameter.VAR_KEYWORD or key not in hints:
             continue
         try:
-            TypeAdapter(hints[key]).validate_python(value)
+            adapter = TypeAdapter(hints[key])
+            try:
+                adapter.validate_python(value)
+            except ValidationError:
+                if not isinstance(value, str):
+                    raise
+                adapter.validate_python([value])  # a lone name where a list is expected: as before
         except ValidationError:
             raise ConfigError(f"data source {name!r}: option {key!r} (data.options.{key}) must be "
                               f"{_type_name(hints[key])}, got {value!r}") from None
