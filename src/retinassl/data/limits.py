@@ -216,7 +216,20 @@ def batch_cost(batch_size: int, size: int, channels: int) -> float:
     return 2.0 * 4.0 * batch_size * channels * float(size) * float(size)
 
 
+def check_batch_memory(batch_size: int, size: int, channels: int) -> None:
+    """Refuse a training run whose batches cannot fit: :func:`batch_cost` (the collated float32
+    batch and the samples it is stacked from) against :func:`available_memory`. Called before
+    training starts (``preprocess.size=8192`` with ``engine.batch_size=64`` needs 96 GiB).
+
+    Raises:
+        ConfigError: naming ``engine.batch_size`` and ``preprocess.size`` (unless
+            ``RETINASSL_ALLOW_LARGE=1``).
+    """
+    check_budget(f"training batches of {batch_size} images of {size} px", "engine.batch_size or "
+                 "preprocess.size", memory=batch_cost(batch_size, size, channels))
+
+
 __all__ = ["MAX_IMAGE_PIXELS", "MIN_IMAGE_SIDE", "MAX_ASPECT", "ALLOW_LARGE_ENV", "check_pixel_count",
            "check_image_shape",
            "available_memory", "free_disk", "allow_large", "check_budget", "synthetic_cost",
-           "preprocess_cost", "batch_cost"]
+           "preprocess_cost", "batch_cost", "check_batch_memory"]
