@@ -18,7 +18,7 @@ from conftest import shared_dataset
 
 from retinassl.data.manifest import Manifest
 from retinassl.data.sources import SOURCES, load_folder, load_source
-from retinassl.data.sources.mx_fundus_oct import load_mx_fundus_oct
+from retinassl.data.sources.mx_fundus_oct import SAME_EYE_FOUND, load_mx_fundus_oct
 from retinassl.data.splits import stratified_group_split
 from retinassl.errors import ConfigError, DataError
 
@@ -278,6 +278,10 @@ def test_real_fundus_counts_and_pairs() -> None:
         numbers = {r["patient"] for r in fundus_raw if r["sha1_original"] == sha1}
         assert f[f["patient_number"].isin(numbers)]["patient"].nunique() == 1
     assert f.loc[f["patient_number"] == "0346", "patient"].iloc[0] == "mx-0346+0348"
+    # re-encoded copies and same-eye photographs under other numbers (confirmed by eye)
+    group = dict(zip(f["patient_number"], f["patient"]))
+    assert group["0002"] == "mx-0002+0473" and group["0038"] == group["0579"] == "mx-0038+0535+0579"
+    assert all(group[a] == group[b] for a, b, _ in SAME_EYE_FOUND)
 
 
 def test_real_oct_counts() -> None:

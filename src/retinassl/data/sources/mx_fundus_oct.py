@@ -21,9 +21,9 @@ does):
   ``dr_grade`` of IDRiD/EyePACS (where 2 is *moderate NPDR*): it has its own column.
 * ``patient``: the **linked-patient group**, ``mx-<numbers joined by '+'>``. Some byte-identical
   images appear under two or three patient numbers (e.g. 0346/0348); patients linked by a shared
-  ``sha1_original`` -- in either table -- form one group (union-find over patient numbers and
-  hashes), so every split of the toolkit, which groups by ``patient``, keeps them on one side.
-  ``patient_number`` is the number as distributed.
+  ``sha1_original`` -- in either table -- or by :data:`SAME_EYE_FOUND` form one group (union-find
+  over patient numbers and hashes), so every split of the toolkit, which groups by ``patient``,
+  keeps them on one side. ``patient_number`` is the number as distributed.
 * ``eye`` (``R``/``L``; a blank cell is taken from the name, whose ``OD``/``OI`` may be lower case),
   ``sha1_original`` (hash of the original file), ``name``, ``modality``, ``dataset``.
 * fundus rows: ``oct_bscan``, the first (by name) OCT B-scan of the same patient number and eye, and
@@ -68,6 +68,20 @@ EYE_OF_CODE: dict[str, str] = {"OD": "R", "OI": "L"}
 REQUIRABLE: tuple[str, ...] = ("dme", "dr_stage", "dr_any", "oct_bscan")
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 DEFAULT_STRATIFY: tuple[str, ...] = ("dr_stage", "dme")
+# Patient numbers whose fundus photographs show the same eye although no original is byte-identical:
+# re-encoded copies of one photograph (pHash distance 0-2 of 256 bits) and further photographs of one
+# eye (vessel-tree correlation 0.35-0.53). Found by retinassl.data.duplicates.find_duplicates
+# (defaults) on the 921 fundus photographs of ../shared/data/mx_fundus_oct, which reported 20 pairs
+# across the hash-linked groups; these 11 were confirmed by looking at both images (same lesions,
+# same vessel tree). The other 9 (0135/0409/0508/0372/0266/0074 and 0275/0864/0490: pHash distance
+# 6-12, correlation < 0.16) are different eyes on dark, blurred photographs. The renumbering is
+# systematic in places (0002/0473, 0003/0474, 0005/0478; 0037/0578, 0038/0579).
+SAME_EYE_FOUND: tuple[tuple[str, str, str], ...] = (
+    ("0002", "0473", "same_image"), ("0003", "0474", "same_image"), ("0005", "0478", "same_image"),
+    ("0037", "0578", "same_eye"), ("0038", "0579", "same_eye"), ("0535", "0579", "same_eye"),
+    ("0593", "1099", "same_eye"), ("0647", "1182", "same_eye"), ("0648", "1120", "same_eye"),
+    ("0968", "1184", "same_eye"), ("1040", "1195", "same_eye"),
+)
 _NAME = re.compile(r"^(?P<patient>\d+)_(?P<eye>OD|OI)_(?P<modality>[fo])_(?P<sample>\d+)$",
                    re.IGNORECASE)
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
@@ -184,10 +198,13 @@ def read_mx_table(root: str | Path, modality: str, check_files: bool = True) -> 
 def patient_groups(rows: Sequence[MXRow]) -> dict[str, str]:
     """Patient number -> linked-patient group name, ``mx-<numbers joined by '+'>``.
 
-    Two patient numbers are linked when they share an image hash (``sha1_original``), directly or
-    through a chain of shared hashes and patients (union-find over patient numbers and hashes).
+    Two patient numbers are linked when they share an image hash (``sha1_original``) or are a pair
+    of :data:`SAME_EYE_FOUND` (both present), directly or through a chain of such links
+    (union-find over patient numbers and hashes).
     """
     links = [(f"p:{r.patient_number}", f"h:{r.sha1}") for r in rows]
+    present = {r.patient_number for r in rows}
+    links += [(f"p:{a}", f"p:{b}") for a, b, _ in SAME_EYE_FOUND if a in present and b in present]
     root_of = _groups(links)
     members: dict[str, list[str]] = {}
     for r in rows:
