@@ -86,11 +86,17 @@ class DigestMemo:
     def _connect(self) -> sqlite3.Connection:
         self.database.parent.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(self.database, timeout=60)
-        old = con.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='digests'").fetchone()
-        if old is not None:
-            con.execute("DROP TABLE digests")
+        if con.execute("PRAGMA user_version").fetchone()[0] < 1:
+            # a memo of an older version may hold absolute paths: drop them, and rewrite the file
+            # (VACUUM) so that they leave the disk too; user_version marks it done
+            con.execute("DROP TABLE IF EXISTS digests")
             con.commit()
-            con.execute("VACUUM")
+            try:
+                con.execute("VACUUM")
+                con.execute("PRAGMA user_version = 1")
+                con.commit()
+            except sqlite3.OperationalError as exc:  # another process is using it: next time
+                log.debug("could not vacuum %s yet: %s", self.database, exc)
         con.execute("CREATE TABLE IF NOT EXISTS file_digests (path_hash TEXT PRIMARY KEY, "
                     "size INTEGER, mtime INTEGER, digest TEXT)")
         return con
