@@ -328,3 +328,38 @@ def test_real_eye_disease_4class_folder() -> None:
     sides = pd.Series(splits).groupby(odir.to_numpy()).nunique()
     assert (sides == 1).all()
     assert np.isin(splits, ["train", "val", "test"]).all()
+
+
+def smooth_fundus(seed: int, size: int = 96) -> np.ndarray:
+    """A ``(size, size, 3)`` uint8 disc of smooth random texture (a stand-in fundus photograph)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(40, 220, size=(6, 6, 3)).astype(np.float32)
+    from PIL import Image
+
+    texture = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize((size, size),
+                                                                          Image.BICUBIC))
+    yy, xx = np.mgrid[:size, :size]
+    disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 <= (size * 0.45) ** 2
+    return (texture * disc[..., None]).astype(np.uint8)
+
+
+def test_folder_link_duplicates_joins_copies_under_unrelated_names(tmp_path: Path) -> None:
+    from PIL import Image
+
+    root = tmp_path / "eyes"
+    for folder in ("normal", "glaucoma"):
+        (root / folder).mkdir(parents=True)
+    Image.fromarray(smooth_fundus(0)).save(root / "glaucoma" / "12_left.png")
+    copy = Image.fromarray(smooth_fundus(0)).resize((80, 80), Image.BICUBIC)
+    copy.save(root / "glaucoma" / "_3_998877.jpg", quality=80)        # re-encoded, renamed
+    Image.fromarray(smooth_fundus(1)).save(root / "normal" / "12_right.png")
+    Image.fromarray(smooth_fundus(2)).save(root / "normal" / "40_left.png")
+    regex = r"^(?P<patient>_?\d+)_(?:(?P<eye>left|right)$)?"
+    plain = load_folder(root, positive="glaucoma", patient_regex=regex).frame.set_index("id")
+    assert plain.loc["eyes-glaucoma-3_998877", "patient"] == "eyes-_3"
+    linked = load_folder(root, positive="glaucoma", patient_regex=regex,
+                         link_duplicates=True).frame.set_index("id")
+    assert linked.loc["eyes-glaucoma-3_998877", "patient"] == linked.loc["eyes-glaucoma-12_left",
+                                                                          "patient"] == "eyes-12"
+    assert linked.loc["eyes-normal-12_right", "patient"] == "eyes-12"  # by name, as before
+    assert linked.loc["eyes-normal-40_left", "patient"] == "eyes-40"   # unrelated: untouched

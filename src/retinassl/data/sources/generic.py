@@ -88,7 +88,7 @@ def _regex_patient(match: re.Match, prefix: str, image: Path) -> tuple[str, str]
 
 def load_folder(root: str | Path, prefix: str | None = None,
                 positive: str | Collection[str] | None = None,
-                patient_regex: str | None = None) -> Manifest:
+                patient_regex: str | None = None, link_duplicates: bool = False) -> Manifest:
     """Image folders per class: ``root/<class>/<image>`` or ``root/<split>/<class>/<image>``.
 
     With ``positive``, rows get ``abnormal`` = 1 for the named class folder(s) and 0 for all others.
@@ -111,6 +111,10 @@ def load_folder(root: str | Path, prefix: str | None = None,
             OD/OS). ODIR-style ``123_left.jpg``: ``^(?P<patient>\\d+)_(?P<eye>left|right)$``. A file
             it does not match is its own patient (a warning counts them). Default: every image is
             its own patient.
+        link_duplicates: also make one patient of images that
+            :func:`~retinassl.data.duplicates.find_duplicates` finds to be the same photograph or
+            the same eye (re-encoded or re-cropped copies under unrelated names; every image is read
+            once, fingerprints are cached). Over-grouping a false pair costs only split freedom.
 
     Raises:
         ConfigError: ``positive`` naming no class folder or every class; an invalid
@@ -187,7 +191,29 @@ def load_folder(root: str | Path, prefix: str | None = None,
         log.warning("folder source %s: patient_regex %r does not match %d of %d file names (first: "
                     "%s); each of these is its own patient", root, patient_regex, len(unmatched),
                     len(records), unmatched[0])
-    return Manifest.from_records(records, root, name=str(root))
+    manifest = Manifest.from_records(records, root, name=str(root))
+    if link_duplicates:
+        _link_duplicate_patients(manifest)
+    return manifest
+
+
+def _link_duplicate_patients(manifest: Manifest) -> None:
+    """Merge the patients of images the duplicate detector pairs (in place); the merged group takes
+    the patient of its first row."""
+    from retinassl.data.duplicates import duplicate_groups, find_duplicates
+
+    frame = manifest.frame
+    ids, patients = frame["id"].tolist(), frame["patient"].tolist()
+    pairs = find_duplicates(manifest)
+    first_of: dict[str, str] = {}
+    same_patient = [(first_of.setdefault(p, i), i) for i, p in zip(ids, patients)]
+    links = pd.DataFrame(same_patient + list(zip(pairs["id_a"], pairs["id_b"])),
+                         columns=["id_a", "id_b"])
+    group = duplicate_groups(links, ids)
+    patient_of = dict(zip(ids, patients))
+    frame["patient"] = [patient_of[group[i]] for i in ids]
+    log.info("folder source %s: %d duplicate pair(s) merged %d patients into %d", manifest.root,
+             len(pairs), len(set(patients)), frame["patient"].nunique())
 
 
 # -- (b) a CSV of paths and labels -------------------------------------------------------------
