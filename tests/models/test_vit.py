@@ -441,3 +441,16 @@ def test_outputs_match_timm_on_the_same_weights(case: str) -> None:
     tokens = fmap.flatten(2).transpose(1, 2)  # (B, N, D), row-major over the patch grid like timm
     assert (tokens - torch.tensor(ref["patch_tokens"])).abs().max() < 1e-4
     assert (pooled - torch.tensor(ref["pooled"])).abs().max() < 1e-4
+
+
+def test_dinov2_chunked_blocks_are_unchunked() -> None:
+    """DINOv2 training checkpoints with block chunks (``blocks.<chunk>.<i>.``, global ``i``)."""
+    state = tiny(dict(dim=16, depth=4, patch=8, grid=2, layer_scale=True), 11)
+    chunked = {(f"blocks.{int(k.split('.')[1]) // 2}.{k.split('.', 1)[1]}" if k.startswith("blocks.") else k): v
+               for k, v in state.items()}
+    assert "blocks.1.3.ls2.gamma" in chunked
+    model = build_encoder("vit", embed_dim=16, depth=4, num_heads=2, patch_size=8, img_size=16, layer_scale=1.0)
+    mapped, report = map_vit_state_dict(chunked, model)
+    assert_exact_fit(model, mapped)
+    assert all(torch.equal(mapped[k], v) for k, v in state.items())
+    assert report.converted == ["unchunked DINOv2 blocks (blocks.<chunk>.<i> -> blocks.<i>)"]
