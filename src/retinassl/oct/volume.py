@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import DataError
+from retinassl.errors import DataError
 
 
 @dataclass
@@ -45,6 +45,8 @@ class OCTVolume:
         format: the reader that produced it (``dicom``, ``heyex-vol``, ``heyex-xml``, ``stack``).
         warnings: problems found while reading that do not stop processing (shown in outputs).
         source: the file read (used in error messages only; never written to outputs).
+        spacing_stated: False when nobody stated the pixel spacing (single B-scan images without
+            metadata): ``spacing_mm`` is then ``(nan, nan, nan)`` and thickness is in pixels.
     """
 
     bscans: np.ndarray
@@ -61,6 +63,7 @@ class OCTVolume:
     format: str = ""
     warnings: list[str] = field(default_factory=list)
     source: str = ""
+    spacing_stated: bool = True
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -80,7 +83,9 @@ class OCTVolume:
                             f"{tuple(self.bscans.shape)}", path=path)
         n, _, w = self.shape
         spacing = np.asarray(self.spacing_mm, dtype=float)
-        if spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        if not self.spacing_stated and spacing.shape == (3,) and np.isnan(spacing).all():
+            pass                                    # unknown spacing: thickness in pixels
+        elif spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
             raise DataError(f"voxel spacing must be three positive millimetre values, got "
                             f"{self.spacing_mm}", path=path)
         self.spacing_mm = tuple(float(s) for s in spacing)  # type: ignore[assignment]
@@ -106,7 +111,9 @@ class OCTVolume:
     def describe(self) -> dict:
         """Metadata safe to write to outputs (no identifiers, no file names)."""
         n, d, w = self.shape
-        return {"format": self.format, "shape": [n, d, w], "spacing_mm": list(self.spacing_mm),
+        return {"format": self.format, "shape": [n, d, w],
+                "spacing_mm": list(self.spacing_mm) if self.spacing_stated else None,
+                "spacing_stated": self.spacing_stated,
                 "laterality": self.laterality, "acquisition_date": self.acquisition_date,
                 "patient_key": self.patient_key, "has_positions": self.has_positions,
                 "localizer_shape": None if self.localizer is None else list(self.localizer.shape),
