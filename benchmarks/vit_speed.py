@@ -1,19 +1,22 @@
 """ViT-S/16 vs ResNet-18 on the CPU at 224 px: images per second for a training step and for
-inference, side by side in one run.
+inference, and an MAE pretraining step of the same ViT, side by side in one run.
 
 - training step: pooled embedding -> linear head (2 classes) -> cross-entropy -> backward -> AdamW
   step, on a fixed random batch (the bare model loop: no data loading, no Lightning);
 - inference: the pooled embedding under ``torch.inference_mode``;
-- MAE pretraining step of the same ViT-S/16: encoder on the visible 25 % of the patches, a light
-  decoder, normalised-pixel loss (the saving from masking, against the full-image training step);
+- MAE step (He et al. 2022) of the same ViT-S/16: encoder on the visible 25 % of the patches, a light
+  decoder (256 wide, 4 blocks), normalised-pixel loss, backward, AdamW (the saving from masking,
+  against the full-image training step);
 - precisions: float32 eager, and bf16 autocast with channels_last (the toolkit's CPU default where the
   processor supports bf16; measured anyway, the table says which is the default here).
 
-The models alternate within each round (ViT, ResNet, ViT, ...), so load from other processes on the
-shared machine affects both alike; read the ratios, the absolute rates depend on the load (recorded).
+The machine is shared, so the five workloads of one precision run interleaved one step at a time
+(ViT train, ResNet train, ViT infer, ResNet infer, MAE, ViT train, ...): load from other processes
+hits all of them alike. Each rate is the batch size over the median step time; the best (minimum)
+step time is recorded too.
 
-Usage: ``flock /work/heavy.lock nice -n 5 .venv/bin/python benchmarks/vit_speed.py [--batch 16]
-[--steps 3] [--rounds 3] [--threads 2]``; writes ``benchmarks/results/vit_speed.{json,md}``.
+Usage: ``flock /work/heavy.lock nice -n 5 .venv/bin/python benchmarks/vit_speed.py [--batch 8]
+[--steps 8] [--threads 2]``; writes ``benchmarks/results/vit_speed.{json,md}``.
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ from torch import nn
 
 from _common import write_results
 from retinassl.models import build_encoder
+from retinassl.models.mae import MAEDecoder, mae_loss
+from retinassl.models.vit import random_masking
 
 MODELS = {"vit_small/16": ("vit_small", {"patch_size": 16, "img_size": 224, "pooling": "mean"}),
           "resnet18": ("resnet18", {})}
 
 
-def build(name: str, seed: int) -> nn.Module:
+def build(name: str, seed: int) -> nn.Sequential:
     arch, kwargs = MODELS[name]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -41,38 +46,47 @@ def build(name: str, seed: int) -> nn.Module:
         return nn.Sequential(encoder, nn.Linear(encoder.num_features, 2))
 
 
-def train_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, bf16: bool) -> float:
-    """Images per second of ``steps`` training steps (after one untimed warm-up step)."""
-    model.train()
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> Callable[[], None]:
+    """One supervised training step on the fixed batch."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step() -> None:
+        model.train()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    return _rate(step, steps, x.shape[0])
+    return step
 
 
-def mae_rate(model: nn.Module, x: torch.Tensor, steps: int, bf16: bool, mask_ratio: float = 0.75) -> float:
-    """Images per second of an MAE pretraining step (He et al. 2022): the encoder on the visible
-    quarter of the patches, a light decoder (256 wide, 4 blocks), normalised-pixel loss on the hidden
-    patches, backward, AdamW; a fresh seeded mask every step."""
-    from retinassl.models.mae import MAEDecoder, mae_loss
-    from retinassl.models.vit import random_masking
+def infer_step(model: nn.Module, x: torch.Tensor, bf16: bool) -> Callable[[], None]:
+    """The pooled embedding of the batch in inference mode."""
+    encoder = model[0]
 
-    encoder = model[0].train()
+    def step() -> None:
+        encoder.eval()
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            encoder(x)
+
+    return step
+
+
+def mae_step(model: nn.Module, x: torch.Tensor, bf16: bool, mask_ratio: float = 0.75) -> Callable[[], None]:
+    """One MAE pretraining step (a fresh seeded mask each time)."""
+    encoder = model[0]
     grid = encoder.patch_grid(x.shape[2], x.shape[3])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         decoder = MAEDecoder(encoder.num_features, encoder.patch_size, 3, grid, encoder.num_prefix_tokens,
                              decoder_dim=256, depth=4, num_heads=8)
-    optimizer = torch.optim.AdamW(list(encoder.parameters()) + list(decoder.parameters()), lr=1e-4)
+    params = list(encoder.parameters()) + [p for p in decoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95))
     generator = torch.Generator().manual_seed(0)
 
     def step() -> None:
+        encoder.train()
         keep, mask, restore = random_masking(x.shape[0], grid[0] * grid[1], mask_ratio, generator)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             tokens, _ = encoder.tokens(x, keep=keep)
@@ -81,34 +95,13 @@ def mae_rate(model: nn.Module, x: torch.Tensor, steps: int, bf16: bool, mask_rat
         loss.backward()
         optimizer.step()
 
-    return _rate(step, steps, x.shape[0])
-
-
-def infer_rate(model: nn.Module, x: torch.Tensor, steps: int, bf16: bool) -> float:
-    """Images per second of the pooled embedding in inference mode (after one warm-up batch)."""
-    model.eval()
-    encoder = model[0]
-
-    def step() -> None:
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            encoder(x)
-
-    return _rate(step, steps, x.shape[0])
-
-
-def _rate(step: Callable[[], None], steps: int, batch: int) -> float:
-    step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * batch / (time.perf_counter() - start)
+    return step
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=3, help="timed batches per model, mode and round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per workload and precision")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--name", default="vit_speed")
@@ -123,52 +116,60 @@ def main() -> None:
         from retinassl.engine import cpu_supports_bf16  # type: ignore[no-redef,attr-defined]
     default_bf16 = bool(cpu_supports_bf16())
 
-    rates: dict[str, dict[str, list[float]]] = {m: {} for m in MODELS}
+    times: dict[str, list[float]] = {}
     params = {}
-    for round_ in range(args.rounds):
-        for precision in ("fp32", "bf16"):
-            bf16 = precision == "bf16"
-            for name in MODELS:
-                model = build(name, seed=round_)
-                params[name] = sum(p.numel() for p in model[0].parameters())
-                xin = x
-                if bf16:
-                    model = model.to(memory_format=torch.channels_last)
-                    xin = x.contiguous(memory_format=torch.channels_last)
-                rates[name].setdefault(f"train_{precision}", []).append(train_rate(model, xin, y, args.steps, bf16))
-                rates[name].setdefault(f"infer_{precision}", []).append(infer_rate(model, xin, args.steps, bf16))
-                if name == "vit_small/16":
-                    rates[name].setdefault(f"mae_{precision}", []).append(mae_rate(model, xin, args.steps, bf16))
-                print(round_, precision, name, {k: round(v[-1], 2) for k, v in rates[name].items()}, flush=True)
-
-    median = {m: {k: statistics.median(v) for k, v in r.items()} for m, r in rates.items()}
-    vit, res = median["vit_small/16"], median["resnet18"]
-    rows = ["| model | params (M) | mode | precision | images/s (median of rounds) | ViT / ResNet-18 |",
-            "|---|---:|---|---|---:|---:|"]
-    for mode in ("train", "infer"):
-        for precision in ("fp32", "bf16"):
-            key = f"{mode}_{precision}"
-            for name in MODELS:
-                ratio = f"{vit[key] / res[key]:.2f}" if name == "vit_small/16" else ""
-                label = "training step" if mode == "train" else "inference"
-                default = " (default)" if (precision == "bf16") == default_bf16 else ""
-                rows.append(f"| {name} | {params[name] / 1e6:.1f} | {label} | {precision}{default} | "
-                            f"{median[name][key]:.1f} | {ratio} |")
     for precision in ("fp32", "bf16"):
-        key = f"mae_{precision}"
-        default = " (default)" if (precision == "bf16") == default_bf16 else ""
-        rows.append(f"| vit_small/16 MAE step (75 % masked, decoder 256x4) | {params['vit_small/16'] / 1e6:.1f} | "
-                    f"pretraining step | {precision}{default} | {vit[key]:.1f} | "
-                    f"{vit[key] / vit[f'train_{precision}']:.2f} x the full-image training step |")
-    notes = (f"\n\n{args.size} px, batch {args.batch}, {args.threads} threads, {args.rounds} rounds x "
-             f"{args.steps} timed batches per model, mode and precision (models alternate within a "
-             f"round). Training step = pooled embedding + linear head + cross-entropy + backward + "
-             f"AdamW; inference = pooled embedding under inference_mode. bf16 = autocast + "
-             f"channels_last; the toolkit's CPU default here is {'bf16' if default_bf16 else 'fp32'} "
-             f"(cpu_supports_bf16() = {default_bf16}).")
-    write_results(args.name, {"settings": vars(args), "params": params, "rates": rates, "median": median,
-                              "vit_over_resnet": {k: vit[k] / res[k] for k in res},
-                              "mae_over_full_step": {p: vit[f"mae_{p}"] / vit[f"train_{p}"] for p in ("fp32", "bf16")},
+        bf16 = precision == "bf16"
+        xin = x.contiguous(memory_format=torch.channels_last) if bf16 else x
+        workloads: dict[str, Callable[[], None]] = {}
+        for name in MODELS:
+            train_model, infer_model = build(name, 0), build(name, 0)
+            if bf16:
+                train_model = train_model.to(memory_format=torch.channels_last)
+                infer_model = infer_model.to(memory_format=torch.channels_last)
+            params[name] = sum(p.numel() for p in train_model[0].parameters())
+            workloads[f"{name} train {precision}"] = train_step(train_model, xin, y, bf16)
+            workloads[f"{name} infer {precision}"] = infer_step(infer_model, xin, bf16)
+        vit_mae = build("vit_small/16", 0)
+        workloads[f"vit_small/16 mae {precision}"] = mae_step(vit_mae, xin, bf16)
+        for step in workloads.values():  # warm-up (allocations, optimizer state)
+            step()
+        for i in range(args.steps):
+            for key, step in workloads.items():
+                start = time.perf_counter()
+                step()
+                times.setdefault(key, []).append(time.perf_counter() - start)
+            print(i, precision, {k: round(args.batch / v[-1], 2) for k, v in times.items() if k.endswith(precision)},
+                  flush=True)
+
+    rate = {k: args.batch / statistics.median(v) for k, v in times.items()}
+    best = {k: args.batch / min(v) for k, v in times.items()}
+    rows = ["| model | params (M) | workload | precision | images/s (median step) | images/s (best step) | ratio |",
+            "|---|---:|---|---|---:|---:|---|"]
+    for mode, label in (("train", "training step"), ("infer", "inference"), ("mae", "MAE pretraining step")):
+        for precision in ("fp32", "bf16"):
+            default = " (default)" if (precision == "bf16") == default_bf16 else ""
+            for name in MODELS:
+                key = f"{name} {mode} {precision}"
+                if key not in rate:
+                    continue
+                if mode == "mae":
+                    ratio = f"{rate[key] / rate[f'{name} train {precision}']:.2f} x its full-image training step"
+                elif name == "vit_small/16":
+                    ratio = f"{rate[key] / rate[f'resnet18 {mode} {precision}']:.2f} x ResNet-18"
+                else:
+                    ratio = ""
+                rows.append(f"| {name} | {params[name] / 1e6:.1f} | {label} | {precision}{default} | "
+                            f"{rate[key]:.1f} | {best[key]:.1f} | {ratio} |")
+    notes = (f"\n\n{args.size} px, batch {args.batch}, {args.threads} threads, {args.steps} timed steps per "
+             f"workload after one warm-up, the workloads of a precision interleaved step by step. Training "
+             f"step = pooled embedding + linear head + cross-entropy + backward + AdamW; inference = pooled "
+             f"embedding under inference_mode; MAE = 75 % of the patches masked, decoder 256 wide x 4 "
+             f"blocks, normalised-pixel loss. bf16 = autocast + channels_last; the toolkit's CPU default "
+             f"here is {'bf16' if default_bf16 else 'fp32'} (cpu_supports_bf16() = {default_bf16}). The "
+             f"machine is shared (load average at start above): read the ratios.")
+    write_results(args.name, {"settings": vars(args), "params": params, "step_seconds": times,
+                              "images_per_second_median": rate, "images_per_second_best": best,
                               "default_precision": "bf16" if default_bf16 else "fp32"},
                   "\n".join(rows) + notes)
 
