@@ -153,7 +153,7 @@ def test_cache_keys_of_different_options_all_differ() -> None:
 
 
 @pytest.mark.parametrize("space, forward", [("lab", cv2.COLOR_RGB2LAB), ("ycrcb", cv2.COLOR_RGB2YCrCb)])
-def test_luminance_clahe_changes_only_the_luminance(tmp_path: Path, space: str, forward: int) -> None:
+def test_luminance_clahe_changes_only_the_luminance(space: str, forward: int) -> None:
     from retinassl.data.preprocess import apply_clahe
 
     image, _ = textured_fundus(1)
