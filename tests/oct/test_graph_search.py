@@ -188,3 +188,16 @@ def test_real_mx_bscans_mostly_clean_and_plausible():
     for b in clean:
         # 287-row images, one row ~ 7 um: a retina of 20-120 rows (about 150-900 um)
         assert b.unit == "px" and 20 <= b.central <= 120 and b.central <= b.maximum <= 150
+
+
+def test_read_volume_dispatches_single_bscan_images(tmp_path):
+    from retinassl.oct.read import read_volume
+
+    img = np.random.default_rng(1).integers(0, 255, (30, 40)).astype(np.uint8)
+    for suffix in (".png", ".jpg", ".tif"):
+        path = tmp_path / f"one{suffix}"
+        _write(path, img)
+        v = read_volume(path)
+        assert v.format == "bscan-images" and v.shape == (1, 30, 40) and not v.spacing_stated
+    v = read_volume(tmp_path / "one.png", axial_um=3.87, lateral_um=11.5)
+    assert v.spacing_stated and v.spacing_mm[1:] == pytest.approx((0.00387, 0.0115))

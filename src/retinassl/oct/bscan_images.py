@@ -58,13 +58,17 @@ def _read_one(path: Path) -> np.ndarray:
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise DataError(f"not a B-scan image file (expected one of {', '.join(IMAGE_SUFFIXES)})",
                         path=path)
-    decoded = read_image(path, grayscale=True)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        with Image.open(path) as im:
-            if getattr(im, "n_frames", 1) > 1:
-                raise DataError(f"a multi-page TIFF ({im.n_frames} pages) is a B-scan stack: give it "
-                                f"a .json sidecar with spacing_mm and read it as a stack", path=path)
-    return decoded.array
+    if path.suffix.lower() in (".tif", ".tiff") and path.is_file():
+        try:
+            with Image.open(path) as im:
+                pages = int(getattr(im, "n_frames", 1))
+        except (OSError, ValueError):
+            pages = 1                                  # read_image names the problem
+        if pages > 1:
+            raise DataError(f"a multi-page TIFF ({pages} pages) is a B-scan stack with no spacing "
+                            f"sidecar: expected {path.with_suffix('.json').name} beside it (JSON with "
+                            f"spacing_mm, see retinassl.oct.stack)", path=path)
+    return read_image(path, grayscale=True).array
 
 
 def read_bscan_images(paths: str | Path | Sequence[str | Path], axial_um: float | None = None,

@@ -78,7 +78,8 @@ class GraphSearchConfig:
         band_smooth_um: axial sigma that merges IS/OS and RPE into one band (step 4), also used
             to tell vitreous from retina (step 3).
         vitreous_decay_um: the ILM gain is multiplied by ``exp(-bright / vitreous_decay_um)``,
-            ``bright`` the micrometres of tissue-bright rows above the cut (step 3).
+            ``bright`` the micrometres of tissue-bright rows above the cut, and by the fraction of
+            tissue rows in the ``min_thickness_um`` below it (step 3).
         max_slope: largest boundary slope (micrometres of depth per micrometre along the B-scan);
             gives ``max_jump`` rows per column (at least 1).
         smoothness: penalty per row of change between neighbouring columns, in units of the
@@ -108,7 +109,7 @@ class GraphSearchConfig:
     smooth_axial_um: float = 4.0
     smooth_lateral_um: float = 30.0
     band_smooth_um: float = 15.0
-    vitreous_decay_um: float = 20.0
+    vitreous_decay_um: float = 40.0
     max_slope: float = 2.0
     smoothness: float = 0.05
     min_thickness_um: float = 80.0
@@ -261,10 +262,12 @@ def _subpixel(gain: np.ndarray, path: np.ndarray) -> np.ndarray:
 
 
 def _vitreous_prior(band: np.ndarray, above_band: np.ndarray, decay_rows: float,
-                    margin: int) -> np.ndarray:
-    """``(D + 1, W)`` in (0, 1]: ``exp(-n / decay_rows)`` where ``n`` counts the tissue rows above
-    cut ``t - margin``, so that only an edge with (nearly) nothing but vitreous above it can be the
-    ILM (``margin``: the rows the smoothing spreads the edge itself over).
+                    margin: int, below_rows: int) -> np.ndarray:
+    """``(D + 1, W)`` in [0, 1]: ``exp(-n / decay_rows) * f`` where ``n`` counts the tissue rows
+    above cut ``t - margin`` and ``f`` is the fraction of tissue rows among the ``below_rows`` rows
+    from ``t + margin`` down: only an edge with (nearly) nothing but vitreous above it and tissue
+    below it can be the ILM (``margin``: the rows the smoothing spreads the edge itself over). The
+    second factor keeps the path off a detached posterior hyaloid, a thin line with vitreous below.
 
     A row is tissue when the smoothed image ``band`` ``(D, W)`` exceeds ``v + 0.4 (T - v)``: ``v``
     the vitreous level (median over A-scans of the 20th percentile of the rows above the outer band,
@@ -284,9 +287,14 @@ def _vitreous_prior(band: np.ndarray, above_band: np.ndarray, decay_rows: float,
     otsu = float(threshold_otsu(band))
     level = vitreous + 0.4 * max(otsu - vitreous, 0.0)
     bright = (band > level).astype(np.float32)
-    above = np.concatenate([np.zeros((1 + margin, band.shape[1]), np.float32),
-                            np.cumsum(bright, axis=0)])[:band.shape[0] + 1]
-    return np.exp(-above / decay_rows).astype(np.float32)
+    d = band.shape[0]
+    cum = np.concatenate([np.zeros((1, band.shape[1]), np.float32), np.cumsum(bright, axis=0)])
+    above = np.concatenate([np.zeros((margin, band.shape[1]), np.float32), cum])[:d + 1]
+    t = np.arange(d + 1)
+    start = np.minimum(t + margin, d)
+    stop = np.minimum(start + below_rows, d)
+    below = (cum[stop] - cum[start]) / np.maximum(stop - start, 1)[:, None]
+    return (np.exp(-above / decay_rows) * below).astype(np.float32)
 
 
 def _region(depth: int, top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
@@ -368,7 +376,7 @@ def detect_boundaries(image: np.ndarray, axial_um: float | None = None,
     brightest = np.argmax(band, axis=0)                      # rows above it: vitreous level
     ilm_gain = d2b * _vitreous_prior(band, np.arange(d)[:, None] < brightest[None] - sep,
                                      max(1.0, rows_of(c.vitreous_decay_um)),
-                                     int(math.ceil(2 * band_rows)))
+                                     int(math.ceil(2 * band_rows)), sep)
     ilm_cut = _best_path(ilm_gain, c.smoothness, max_jump)
     ilm = _subpixel(d2b, ilm_cut)
 
