@@ -240,3 +240,16 @@ def test_generic_images_are_real_files(csv_root: Path) -> None:
     m = load_glob(csv_root, image="img/*.png")
     assert all(m.path(r).is_file() for r in range(len(m)))
     assert np.array_equal(m.frame["split"].to_numpy(), np.array(["", "", ""], dtype=object))
+
+
+def test_csv_relative_root_reads_its_images(csv_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dataset root given relative to the working directory (presets use ``../shared/data/...``)
+    is not mistaken for a path escaping itself; ``..`` outside it still is."""
+    write(csv_root / "t.csv", "image,abnormal\nimg/a.png,1\n")
+    monkeypatch.chdir(csv_root.parent)
+    relative_root = Path("..") / csv_root.parent.name / csv_root.name
+    m = load_csv(relative_root / "t.csv", root=relative_root)
+    assert m.frame["image"].tolist() == ["img/a.png"]
+    write(csv_root / "u.csv", "image,abnormal\n../outside.png,1\n")
+    with pytest.raises(DataError, match="escapes the dataset root"):
+        load_csv(relative_root / "u.csv", root=relative_root)

@@ -222,7 +222,7 @@ def _image_path(value: str, root: Path, csv: Path, line: int, check_files: bool)
         raise line_error("image path is empty", csv, line)
     path = Path(value)
     full = Path(os.path.normpath(path if path.is_absolute() else root / path))
-    if not full.is_relative_to(Path(os.path.normpath(root.absolute()))):
+    if not Path(os.path.abspath(full)).is_relative_to(Path(os.path.abspath(root))):  # a relative root too
         raise line_error(f"image path {value!r} escapes the dataset root {root}", csv, line)
     if check_files and not full.is_file():
         raise line_error(f"image file does not exist: {full}", csv, line)
