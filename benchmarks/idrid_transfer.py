@@ -29,9 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, SHARED_DATA, write_results  # noqa: E402
 
 from retinassl.config import read_yaml  # noqa: E402
-from retinassl.evaluate.sweep import resolve_config, run_transfer  # noqa: E402
-from retinassl.results import read_results  # noqa: E402
-from retinassl.rundir import RunDir  # noqa: E402
+from retinassl.sweeps.transfer import run_transfer  # noqa: E402
+from retinassl.sweeps.transfer_config import resolve_config  # noqa: E402
+from retinassl.io.results import read_results  # noqa: E402
+from retinassl.io.rundir import RunDir  # noqa: E402
 
 
 def _with_data_root(data: dict) -> dict:
@@ -107,7 +108,7 @@ def main() -> None:
                         help="comma-separated initialisations to run (default: all of the budget's); "
                              "e.g. a shorter comparison, or finishing a run one method at a time")
     args = parser.parse_args()
-    from retinassl.cli import setup_logging
+    from retinassl.logs import setup_logging
 
     setup_logging(logging.INFO)
     data = _with_data_root(read_yaml("idrid-transfer"))

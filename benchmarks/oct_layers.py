@@ -35,11 +35,11 @@ from _common import ROOT, write_results  # noqa: E402
 from retinassl.config import validate  # noqa: E402
 from retinassl.data.synthetic_oct import BOUNDARY_NAMES, DEFAULT_SHAPE  # noqa: E402
 from retinassl.oct.layers import boundaries_to_labels  # noqa: E402
-from retinassl.oct.pipeline import compute_thickness  # noqa: E402
+from retinassl.jobs.oct_thickness import compute_thickness  # noqa: E402
 from retinassl.oct.synthetic import synthetic_volumes  # noqa: E402
 from retinassl.oct.thickness import ascan_thickness  # noqa: E402
-from retinassl.oct.train_layers import LayerTrainConfig, evaluate_layers, run_train_layers  # noqa: E402
-from retinassl.rundir import RunDir  # noqa: E402
+from retinassl.jobs.oct_layers import LayerTrainConfig, evaluate_layers, run_train_layers  # noqa: E402
+from retinassl.io.rundir import RunDir  # noqa: E402
 
 
 def retina_dice(model, volumes) -> float:

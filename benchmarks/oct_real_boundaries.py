@@ -139,6 +139,9 @@ def real_part(folder: Path, overlays: Path, n_overlays: int, seed: int, limit: i
         n = len(items)
         flags = Counter(f for it in items for f in it["flags"])
         block: dict = {"clean_fraction": sum(it["clean"] for it in items) / n,
+                       **{f"clean_fraction_dme{label}": float(np.mean([it["clean"] for it in items
+                                                                       if it["dme"] == label]))
+                          for label in (0, 1)},
                        "flag_fraction": {f: flags[f] / n for f in FLAG_NAMES},
                        "mean_undefined_fraction_central_half": float(np.mean([it["undefined"] for it in items]))}
         for label in (0, 1):
@@ -242,6 +245,9 @@ def table(syn: dict | None, real: dict | None) -> str:
                   "| | (a) spacing unknown (pixels) | (b) assumed spacing |", "|---|---|---|"]
         a, b = real["unknown_spacing"], real["assumed_spacing"]
         lines.append(f"| flagged clean | {a['clean_fraction']:.1%} | {b['clean_fraction']:.1%} |")
+        for label, name in ((0, "no DME"), (1, "DME")):
+            lines.append(f"| flagged clean, {name} B-scans | {a[f'clean_fraction_dme{label}']:.1%} | "
+                         f"{b[f'clean_fraction_dme{label}']:.1%} |")
         for f in FLAG_NAMES:
             lines.append(f"| flag `{f}` | {a['flag_fraction'][f]:.1%} | {b['flag_fraction'][f]:.1%} |")
         lines.append(f"| undefined A-scans (central half, mean) | "

@@ -1,7 +1,7 @@
 """OCT throughput on the CPU: thickness maps and layer-segmentation inference for 49 x 496 x 512
 volumes.
 
-- thickness-map computation: given the two boundaries, :func:`retinassl.oct.pipeline.compute_thickness`
+- thickness-map computation: given the two boundaries, :func:`retinassl.jobs.oct_thickness.compute_thickness`
   (per-A-scan thickness, the 128 x 128 map on the infrared field, the fovea, the ETDRS table on a
   0.02 mm grid, DeepRT's quality score), in volumes/s; also the gridding alone;
 - segmentation inference: :meth:`LayerModel.segment` (resize, U-Net, softmax, boundary extraction by
@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, write_results  # noqa: E402
 
 from retinassl.data.synthetic_oct import BOUNDARY_NAMES, DEFAULT_SHAPE  # noqa: E402
-from retinassl.engine import cpu_supports_bf16  # noqa: E402
+from retinassl.hardware import cpu_supports_bf16  # noqa: E402
 from retinassl.models import build_encoder  # noqa: E402
 from retinassl.models.segmentation import UNet  # noqa: E402
-from retinassl.oct.layerseg import LayerModel, bscan_input, load_layer_model  # noqa: E402
-from retinassl.oct.pipeline import compute_thickness  # noqa: E402
+from retinassl.methods.oct_layers import LayerModel, bscan_input, load_layer_model  # noqa: E402
+from retinassl.jobs.oct_thickness import compute_thickness  # noqa: E402
 from retinassl.oct.synthetic import synthetic_volumes  # noqa: E402
 from retinassl.oct.thickness import ascan_thickness, map_grid, thickness_map  # noqa: E402
 

@@ -8,7 +8,7 @@ regression error is measured on the pool's test eyes against the segmented maps 
 against the generator's exact maps, next to the error of predicting the mean training map.
 Writes ``results/oct_crossmodal.{json,md}``.
 
-Stage ``transfer``: the transfer-evaluation sweep (:mod:`retinassl.evaluate.sweep`) on a separate
+Stage ``transfer``: the transfer-evaluation sweep (:mod:`retinassl.sweeps.transfer`) on a separate
 synthetic DR dataset (other eyes): referable DR (grade >= 2) and macular oedema (DME grade 2:
 exudates within one disc diameter of the fovea, the eyes with the large oedema; every DR eye's OCT
 is also thickened around its red lesions, see docs/OCT.md); 1, 2, 5 and 10 % of the training
@@ -35,13 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, ROOT, write_results  # noqa: E402
 
 from retinassl.config import validate  # noqa: E402
-from retinassl.rundir import RunDir  # noqa: E402
+from retinassl.io.rundir import RunDir  # noqa: E402
 
 RUNS = ROOT / "runs" / "bench-oct"
 
 
 def stage_pretrain(args: argparse.Namespace) -> dict:
-    from retinassl.oct.cross_modal_run import CrossModalRunConfig, run_cross_modal
+    from retinassl.jobs.cross_modal import CrossModalRunConfig, run_cross_modal
 
     layer_model = args.layer_model or Path(json.loads((RESULTS / "oct_layers.json").read_text())["model_dir"])
     cfg = validate(CrossModalRunConfig, {
@@ -87,7 +87,8 @@ def stage_pretrain(args: argparse.Namespace) -> dict:
 
 
 def stage_transfer(args: argparse.Namespace, encoder_dir: Path) -> dict:
-    from retinassl.evaluate.sweep import TransferConfig, run_transfer
+    from retinassl.sweeps.transfer import run_transfer
+    from retinassl.sweeps.transfer_config import TransferConfig
 
     cfg = validate(TransferConfig, {
         "name": "oct-transfer", "seed": 0, "runs_dir": str(RUNS),

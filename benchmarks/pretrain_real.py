@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 from _common import RESULTS, ROOT, SHARED_DATA, write_results
-from retinassl.checkpoint import load_encoder
+from retinassl.models.checkpoint import load_encoder
 from retinassl.config import validate
-from retinassl.pretrain.run import PretrainConfig, run_pretrain
+from retinassl.jobs.pretrain import PretrainConfig, run_pretrain
 from retinassl.report.curves import curves_summary, read_history, running_mean
-from retinassl.report.plots import plt, save_figure
-from retinassl.rundir import RunDir
+from retinassl.figures.plots import plt, save_figure
+from retinassl.io.rundir import RunDir
 
 METHODS = ["rotation", "relative_position", "offset_heatmap", "inpainting", "autoencoder", "simclr",
            "supervised"]

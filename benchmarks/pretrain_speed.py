@@ -32,10 +32,11 @@ from retinassl.data.cache import Cache
 from retinassl.data.datasets import ImageDataset
 from retinassl.data.preprocess import PreprocessConfig
 from retinassl.data.sources import load_source
-from retinassl.engine import cpu_supports_bf16, fit
-from retinassl.method import build_method
+from retinassl.engine.fit import fit
+from retinassl.hardware import cpu_supports_bf16
+from retinassl.methods.base import build_method
 from retinassl.models import build_encoder
-from retinassl.rundir import RunDir
+from retinassl.io.rundir import RunDir
 
 WARMUP = 3
 # The image-only pretraining methods (cross-modal pretraining needs paired thickness maps and has

@@ -33,10 +33,10 @@ from _common import SHARED_DATA, write_results  # noqa: E402
 
 from retinassl.config import read_yaml  # noqa: E402
 from retinassl.data.cache import PreparedData  # noqa: E402
-from retinassl.evaluate import features as features_module  # noqa: E402
-from retinassl.evaluate.features import extract_features  # noqa: E402
-from retinassl.evaluate.probe import assert_frozen, fit_probe  # noqa: E402
-from retinassl.evaluate.sweep import (evaluation_folds, label_subsets, prepare_downstream,  # noqa: E402
+from retinassl.jobs import features as features_module  # noqa: E402
+from retinassl.jobs.features import extract_features  # noqa: E402
+from retinassl.jobs.probe import assert_frozen, fit_probe  # noqa: E402
+from retinassl.sweeps.transfer import (evaluation_folds, label_subsets, prepare_downstream,  # noqa: E402
                                       resolve_config)
 from retinassl.models import build_encoder  # noqa: E402
 

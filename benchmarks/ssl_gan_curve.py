@@ -22,7 +22,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 
-from retinassl.results import read_results  # noqa: E402
+from retinassl.io.results import read_results  # noqa: E402
 
 HEALTH = ["train/feature_variance_ratio", "train/p_fake_real", "train/p_fake_generated", "train/l_supervised"]
 

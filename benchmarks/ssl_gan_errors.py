@@ -2,7 +2,7 @@
 
 Lecouat et al. report a patch AUC of about 80 and an image AUC of about 98; our sweeps match the
 patch AUC and stay near 81-86 at the image level. For every planned cell of a finished sweep this
-script computes :mod:`retinassl.semisup.anatomy` (lesion and context AUC, the between-image share
+script computes :mod:`retinassl.metrics.anatomy` (lesion and context AUC, the between-image share
 of the healthy images' logit variance, the image AUC if patch errors were independent, on both
 sides or on one), with the test images' patch labels from the sweep's ``test-patch-labels.csv``
 (recomputed from the data for sweeps that predate it).
@@ -32,13 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 
 from retinassl.config import validate  # noqa: E402
-from retinassl.evaluate.metrics import roc_auc  # noqa: E402
-from retinassl.semisup.anatomy import (ANATOMY_METRICS, ANATOMY_TITLES, TEST_PATCH_LABELS,  # noqa: E402
+from retinassl.metrics.classification import roc_auc  # noqa: E402
+from retinassl.metrics.anatomy import (ANATOMY_METRICS, ANATOMY_TITLES, TEST_PATCH_LABELS,  # noqa: E402
                                        anatomy_table, diseased_image_table)
-from retinassl.semisup.config import SSLGANExperimentConfig  # noqa: E402
-from retinassl.semisup.experiment import PREDICTIONS, test_patch_labels  # noqa: E402
-from retinassl.semisup.patch_data import load_patch_data  # noqa: E402
-from retinassl.semisup.report import read_predictions  # noqa: E402
+from retinassl.jobs.patch_config import SSLGANExperimentConfig  # noqa: E402
+from retinassl.sweeps.ssl_gan import PREDICTIONS, test_patch_labels  # noqa: E402
+from retinassl.jobs.patch_data import load_patch_data  # noqa: E402
+from retinassl.report.ssl_gan import read_predictions  # noqa: E402
 
 
 def global_features(prepared) -> np.ndarray:
@@ -68,7 +68,7 @@ def global_feature_auc(features: np.ndarray, labels: np.ndarray, repeats: int = 
 
 def hard_images(predictions: dict[tuple[str, int], list[pd.DataFrame]], patch_labels: pd.DataFrame,
                 blue: pd.Series, n_labelled: int) -> pd.DataFrame:
-    """:func:`~retinassl.semisup.anatomy.diseased_image_table` (the most missed first) with each
+    """:func:`~retinassl.metrics.anatomy.diseased_image_table` (the most missed first) with each
     image's lesion-patch count and mean blue level."""
     table = diseased_image_table(predictions, patch_labels, n_labelled)
     table.insert(0, "mean blue", blue.loc[table.index])

@@ -31,14 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 
 from retinassl.config import EngineConfig  # noqa: E402
-from retinassl.engine import fit, resolve_precision  # noqa: E402
-from retinassl.method import build_method  # noqa: E402
+from retinassl.engine.fit import fit, resolve_precision  # noqa: E402
+from retinassl.methods.base import build_method  # noqa: E402
 from retinassl.models import build_encoder  # noqa: E402
-from retinassl.rundir import RunDir  # noqa: E402
-from retinassl.semisup import gan_losses as losses  # noqa: E402
-from retinassl.semisup.classifier import PatchClassifier  # noqa: E402
-from retinassl.semisup.patch_bank import PatchBank, SemiSupervisedPatches  # noqa: E402
-from retinassl.semisup.patch_gan import crop_and_flip, ema_update  # noqa: E402
+from retinassl.io.rundir import RunDir  # noqa: E402
+from retinassl.losses import gan as losses  # noqa: E402
+from retinassl.models.patch_classifier import PatchClassifier  # noqa: E402
+from retinassl.data.patch_bank import PatchBank, SemiSupervisedPatches  # noqa: E402
+from retinassl.methods.ssl_gan import crop_and_flip, ema_update  # noqa: E402
 
 
 def random_bank(n_images: int, patch: int = 32, margin: int = 4, labelled: bool = True,
@@ -139,8 +139,8 @@ def bare_run(args: argparse.Namespace, dataset) -> list[float]:
 def heatmap_time(args: argparse.Namespace, repeats: int = 20) -> dict[str, float]:
     """Seconds to score one image's 64 patches (EMA discriminator, folded head) and draw the
     overlay (Gaussian blur + colour map) at 512 px."""
-    from retinassl.explain.heatmap import overlay
-    from retinassl.semisup.evaluation import predict_bank
+    from retinassl.figures.heatmap import overlay
+    from retinassl.jobs.patch_evaluation import predict_bank
 
     method = make_method(args).eval()
     classifier = PatchClassifier.from_method(method, 32)

@@ -26,13 +26,13 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 
-from retinassl.evaluate.metrics import roc_auc  # noqa: E402
-from retinassl.results import read_results  # noqa: E402
-from retinassl.semisup.aggregate import image_scores  # noqa: E402
-from retinassl.semisup.evaluation import patch_logits_of  # noqa: E402
-from retinassl.semisup.experiment import PREDICTIONS  # noqa: E402
-from retinassl.semisup.report import read_predictions  # noqa: E402
-from retinassl.semisup.summary import (PAPER, PAPER_COUNTS, comparison_table, delong_table,  # noqa: E402
+from retinassl.metrics.classification import roc_auc  # noqa: E402
+from retinassl.io.results import read_results  # noqa: E402
+from retinassl.metrics.aggregate import image_scores  # noqa: E402
+from retinassl.jobs.patch_evaluation import patch_logits_of  # noqa: E402
+from retinassl.sweeps.ssl_gan import PREDICTIONS  # noqa: E402
+from retinassl.report.ssl_gan import read_predictions  # noqa: E402
+from retinassl.metrics.ssl_gan_summary import (PAPER, PAPER_COUNTS, comparison_table, delong_table,  # noqa: E402
                                        markdown_table, metric_stats, metric_table, planned_results,
                                        summary_dict)
 

@@ -3,7 +3,7 @@
 Side by side, on the same model, batch and data, with interleaved repetitions:
 - ``bare fp32``: a plain PyTorch loop, float32, NCHW (what a first script does);
 - ``bare fast``: the same loop with the engine's CPU defaults (channels_last + bf16 autocast);
-- ``engine``: :func:`retinassl.engine.fit` with its defaults (Lightning, logging, checkpoints).
+- ``engine``: :func:`retinassl.engine.fit.fit` with its defaults (Lightning, logging, checkpoints).
 Reported: images/s of each, the speed-up of the defaults over fp32, and the engine's overhead vs the
 bare loop with the same numerics (target: within 15 %).
 
@@ -27,10 +27,11 @@ import torch
 
 from _common import write_results
 from retinassl.config import EngineConfig
-from retinassl.engine import cpu_supports_bf16, fit
-from retinassl.method import build_method
+from retinassl.engine.fit import fit
+from retinassl.hardware import cpu_supports_bf16
+from retinassl.methods.base import build_method
 from retinassl.models import build_encoder
-from retinassl.rundir import RunDir
+from retinassl.io.rundir import RunDir
 
 CASES = {"convnet-32px": ("convnet", {"width": 96}, 32, 64),  # the SSL-GAN paper: 128 px cells resized to 32 px
          "convnet-128px": ("convnet", {"width": 96}, 128, 8),  # issue 2's setting: 16x the pixels, ~0.5 img/s in fp32

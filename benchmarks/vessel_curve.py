@@ -27,10 +27,11 @@ from pathlib import Path
 import torch
 
 from retinassl.config import load_config
-from retinassl.evaluate.segmentation_run import SegmentConfig, run_label_fraction_curve
-from retinassl.evaluate.stats import mean_ci
+from retinassl.jobs.segment import SegmentConfig
+from retinassl.sweeps.vessel_curve import run_label_fraction_curve
+from retinassl.metrics.stats import mean_ci
 from retinassl.report.html import build_report
-from retinassl.rundir import RunDir
+from retinassl.io.rundir import RunDir
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 
 from retinassl.config import DataConfig, load_config
-from retinassl.evaluate.segmentation_run import (EvalDatasetConfig, SegmentConfig, load_segmenter,
+from retinassl.jobs.segment import (EvalDatasetConfig, SegmentConfig, load_segmenter,
                                                  run_segment_evaluate, run_segment_train)
 from retinassl.report.html import build_report
-from retinassl.results import read_results
-from retinassl.rundir import RunDir
+from retinassl.io.results import read_results
+from retinassl.io.rundir import RunDir
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

@@ -31,11 +31,11 @@ import torch
 
 from retinassl.config import load_config
 from retinassl.data.loading import prepare
-from retinassl.engine import fit, resolve_precision
-from retinassl.evaluate.segmentation_data import VesselImageDataset, load_vessel_images
-from retinassl.evaluate.segmentation_run import (SegmentConfig, build_vessel_method, labelled_rows,
+from retinassl.engine.fit import fit, resolve_precision
+from retinassl.data.vessel_inputs import VesselImageDataset, load_vessel_images
+from retinassl.jobs.segment import (SegmentConfig, build_vessel_method, labelled_rows,
                                                  predict_row)
-from retinassl.rundir import RunDir
+from retinassl.io.rundir import RunDir
 
 HERE = Path(__file__).resolve().parent
 

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from retinassl.checkpoint import load_encoder, read_state_dict, save_encoder
+from retinassl.io.saved_model import read_state_dict
+from retinassl.models.checkpoint import load_encoder, save_encoder
 from retinassl.errors import CheckpointError
 from retinassl.models import build_encoder
-from retinassl.tree_io import load_tree, save_tree
+from retinassl.io.tree import load_tree, save_tree
 
 
 def test_encoder_round_trip_is_exact(tmp_path: Path) -> None:
@@ -35,12 +36,12 @@ def test_encoder_round_trip_is_exact(tmp_path: Path) -> None:
 def test_mismatched_weights_are_named(tmp_path: Path) -> None:
     enc = build_encoder("convnet", width=8)
     save_encoder(tmp_path / "e", enc, arch="convnet", kwargs={"width": 8})
-    meta = json.loads((tmp_path / "e" / "encoder.json").read_text())
+    meta = json.loads((tmp_path / "e" / "model.json").read_text())
     meta["kwargs"] = {"width": 16}
-    (tmp_path / "e" / "encoder.json").write_text(json.dumps(meta))
+    (tmp_path / "e" / "model.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="weights do not fit the model: .* with other shapes"):
         load_encoder(tmp_path / "e")
-    with pytest.raises(CheckpointError, match="no encoder.json"):
+    with pytest.raises(CheckpointError, match="no model.json"):
         load_encoder(tmp_path)
 
 

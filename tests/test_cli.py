@@ -44,8 +44,8 @@ def test_train_end_to_end_on_tiny_synthetic_data(tmp_path: Path) -> None:
                       f"data.cache_dir={tmp_path / 'cache'}", "data.options.out_dir=" + str(tmp_path / "syn"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = next((tmp_path / "runs").iterdir())
-    for name in ("config.yaml", "manifest.csv", "results.csv", "encoder/encoder.safetensors",
-                 "encoder/encoder.json", "report/index.html"):
+    for name in ("config.yaml", "manifest.csv", "results.csv", "encoder/model.safetensors",
+                 "encoder/model.json", "report/index.html"):
         assert (run / name).is_file(), name
     status = json.loads((run / "run.json").read_text())
     assert status["status"] == "finished"
@@ -69,7 +69,7 @@ def test_resume_applies_a_first_override_to_the_recorded_config(tmp_path: Path) 
     import yaml
 
     from retinassl.cli.common import open_run
-    from retinassl.semisup.config import SemisupTrainConfig
+    from retinassl.jobs.patch_config import SemisupTrainConfig
 
     cfg, run = open_run(SemisupTrainConfig, "ssl-gan", ["n_labelled=10"], None, tmp_path)
     assert cfg.n_labelled == 10 and run.path.parent == tmp_path
@@ -90,7 +90,7 @@ def test_sweep_resume_applies_a_first_override(tmp_path: Path, monkeypatch: pyte
 
     seen: list[dict] = []
     monkeypatch.setattr(sweep_cli, "runners", lambda: {"fake": lambda data, run, budget, resume: seen.append(data)})
-    monkeypatch.setattr(html, "build_report", lambda run: run.path / "report")
+    monkeypatch.setattr(html, "build_report", lambda run, **kw: run.path / "report")
     preset = tmp_path / "exp.yaml"
     preset.write_text(yaml.safe_dump({"name": "exp", "kind": "fake", "seeds": [0, 1, 2, 3, 4],
                                       "extension": {"enabled": True}}))
@@ -108,7 +108,7 @@ def test_sweep_resume_applies_a_first_override(tmp_path: Path, monkeypatch: pyte
 
 
 def test_evaluate_resume_applies_its_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import retinassl.evaluate.sweep as transfer
+    import retinassl.sweeps.transfer as transfer
     import retinassl.report.html as html
 
     seen: list = []
@@ -118,7 +118,7 @@ def test_evaluate_resume_applies_its_overrides(tmp_path: Path, monkeypatch: pyte
         (run.path / "comparison.md").write_text("table")
 
     monkeypatch.setattr(transfer, "run_transfer", fake_run)
-    monkeypatch.setattr(html, "build_report", lambda run: run.path / "report")
+    monkeypatch.setattr(html, "build_report", lambda run, **kw: run.path / "report")
     result = runner.invoke(app, ["evaluate", "probe", "scratch", "seed=3", "--runs-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     run = next(tmp_path.iterdir())

@@ -8,7 +8,7 @@ import pytest
 
 from retinassl.config import apply_overrides, load_config, preset_names
 from retinassl.errors import ConfigError
-from retinassl.train import TrainConfig
+from retinassl.jobs.train import TrainConfig
 
 
 def test_preset_loads_and_overrides_apply() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from retinassl.errors import RunDirError
-from retinassl.results import append_results, read_results, result_row
-from retinassl.rundir import RunDir
+from retinassl.io.results import append_results, read_results, result_row
+from retinassl.io.rundir import RunDir
 
 
 def test_runs_never_overwrite(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from retinassl.evaluate.stats import (bootstrap_ci, delong_ci, delong_covariance, delong_covariance_slow,
+from retinassl.metrics.stats import (bootstrap_ci, delong_ci, delong_covariance, delong_covariance_slow,
                                       delong_test, mean_ci)
 
 

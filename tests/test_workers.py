@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from retinassl.workers import ORPHAN_EXIT_CODE, run_worker_processes
+from retinassl.sweeps.workers import ORPHAN_EXIT_CODE, run_worker_processes
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process semantics")
 
@@ -35,7 +35,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_worker_whose_parent_is_not_the_expected_one_exits() -> None:
-    code = "from retinassl.workers import exit_with_parent\nimport os, time\n" \
+    code = "from retinassl.sweeps.workers import exit_with_parent\nimport os, time\n" \
            "exit_with_parent(parent=os.getppid() + 100000, interval=0.05)\ntime.sleep(30)\n"
     start = time.monotonic()
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
@@ -50,7 +50,7 @@ def test_the_worker_ends_when_its_parent_is_killed(tmp_path: Path) -> None:
         from pathlib import Path
 
         def worker(path):
-            from retinassl.workers import exit_with_parent
+            from retinassl.sweeps.workers import exit_with_parent
             exit_with_parent(interval=0.1)
             Path(path).write_text(str(os.getpid()))
             time.sleep(60)
@@ -101,7 +101,7 @@ def test_sigterm_while_waiting_stops_the_workers(tmp_path: Path) -> None:
         import signal, sys
         from retinassl.cli import _raise_terminated
         from retinassl.errors import Terminated
-        from retinassl.workers import run_worker_processes
+        from retinassl.sweeps.workers import run_worker_processes
 
         if __name__ == "__main__":
             signal.signal(signal.SIGTERM, _raise_terminated)

@@ -14,8 +14,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .data.preprocess import PreprocessConfig
-from .errors import ConfigError
+from retinassl.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -70,7 +69,7 @@ class ModelConfig(Section):
 
 
 class EngineConfig(Section):
-    """How training runs (see :mod:`retinassl.engine`).
+    """How training runs (see :mod:`retinassl.engine.fit`).
 
     Attributes:
         max_epochs: epochs (an epoch is one pass over the training set).
@@ -285,6 +284,6 @@ def to_yaml(config: BaseModel) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 
-__all__ = ["Section", "DataConfig", "ModelConfig", "EngineConfig", "PreprocessConfig", "load_config",
+__all__ = ["Section", "DataConfig", "ModelConfig", "EngineConfig", "load_config",
            "apply_overrides", "validate", "read_yaml", "safe_load_bounded", "preset_names",
            "to_yaml"]

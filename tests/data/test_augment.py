@@ -44,7 +44,7 @@ def test_channel_gain_rejects_a_spread_per_wrong_number_of_channels() -> None:
 
 def test_supervised_method_applies_the_configured_gain() -> None:
     from retinassl.errors import ConfigError
-    from retinassl.method import build_method
+    from retinassl.methods.base import build_method
     from retinassl.models import build_encoder
 
     method = build_method("supervised", {"augment": "none", "channel_gain": [0.0, 0.0, math.log(2)]},

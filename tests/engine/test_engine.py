@@ -19,11 +19,11 @@ SCRIPT = textwrap.dedent('''
     import torch
     from safetensors.torch import save_file
     from retinassl.config import EngineConfig
-    from retinassl.engine import fit
-    from retinassl.method import build_method
+    from retinassl.engine.fit import fit
+    from retinassl.methods.base import build_method
     from retinassl.models import build_encoder
-    from retinassl.rundir import RunDir
-    import retinassl.pretrain  # registers "supervised"
+    from retinassl.io.rundir import RunDir
+    import retinassl.methods  # registers "supervised"
 
     torch.set_num_threads(1)
     out = Path(sys.argv[1]); mode = sys.argv[2]; kill_at = int(sys.argv[3])
@@ -128,12 +128,12 @@ def test_ddp_two_ranks_agree_and_match_single_process_large_batch(tmp_path: Path
 
 def test_nan_loss_stops_with_last_good_weights(tmp_path: Path) -> None:
     from retinassl.config import EngineConfig
-    from retinassl.engine import fit
+    from retinassl.engine.fit import fit
     from retinassl.errors import TrainingDiverged
-    from retinassl.method import build_method
+    from retinassl.methods.base import build_method
     from retinassl.models import build_encoder
-    from retinassl.rundir import RunDir
-    import retinassl.pretrain  # noqa: F401
+    from retinassl.io.rundir import RunDir
+    import retinassl.methods  # noqa: F401
 
     class Toy(torch.utils.data.Dataset):
         def __len__(self):

@@ -13,9 +13,9 @@ from retinassl.config import ModelConfig
 from retinassl.data.cache import Cache
 from retinassl.data.manifest import Manifest
 from retinassl.data.preprocess import PreprocessConfig
-from retinassl.evaluate.finetune import FinetuneConfig, build_classifier, save_classifier
-from retinassl.evaluate.tasks import TaskSpec
-from retinassl.results import read_results
+from retinassl.jobs.finetune import FinetuneConfig, build_classifier, save_classifier
+from retinassl.metrics.tasks import TaskSpec
+from retinassl.io.results import read_results
 
 
 def _experiment(root: Path, tmp_path: Path) -> Path:

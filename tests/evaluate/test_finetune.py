@@ -9,9 +9,9 @@ import torch
 
 from retinassl.config import EngineConfig, ModelConfig
 from retinassl.data.cache import PreparedData
-from retinassl.evaluate.finetune import (FinetuneConfig, carve_validation, finetune, load_classifier,
+from retinassl.jobs.finetune import (FinetuneConfig, carve_validation, finetune, load_classifier,
                                          predict, save_classifier)
-from retinassl.evaluate.tasks import TaskSpec
+from retinassl.metrics.tasks import TaskSpec
 
 REFERABLE = TaskSpec(name="referable", label="dr_grade", positive_from=2)
 

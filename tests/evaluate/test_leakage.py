@@ -9,7 +9,7 @@ import pytest
 
 from retinassl.data.cache import DigestMemo
 from retinassl.data.manifest import Manifest
-from retinassl.evaluate.leakage import clean_downstream, clean_pool, content_digests
+from retinassl.data.leakage import clean_downstream, clean_pool, content_digests
 
 
 def _manifest(tmp_path: Path, rows: list[tuple[str, str, str, int, str]]) -> Manifest:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, cohen_kappa_score, roc_auc_score
 
-from retinassl.evaluate.metrics import (accuracy, average_precision, multilabel_auc, quadratic_kappa,
+from retinassl.metrics.classification import (accuracy, average_precision, multilabel_auc, quadratic_kappa,
                                         roc_auc, sensitivity_at_specificity)
 
 

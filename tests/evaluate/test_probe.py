@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from retinassl.data.cache import PreparedData
-from retinassl.evaluate import features as features_module
-from retinassl.evaluate.features import extract_features, state_hash
-from retinassl.evaluate.probe import BackboneChanged, assert_frozen, fit_probe, linear_probe
-from retinassl.evaluate.tasks import TaskSpec
+from retinassl.jobs import features as features_module
+from retinassl.jobs.features import extract_features, state_hash
+from retinassl.jobs.probe import BackboneChanged, assert_frozen, fit_probe, linear_probe
+from retinassl.metrics.tasks import TaskSpec
 from retinassl.models import Encoder, build_encoder
 
 REFERABLE = TaskSpec(name="referable", label="dr_grade", positive_from=2)
@@ -96,7 +96,7 @@ def test_fit_probe_separable_and_degenerate() -> None:
     x = rng.normal(size=(60, 8)) + y[:, None] * 3.0
     scores, cs = fit_probe(x[::2], y[::2], x[1::2], REFERABLE, 1, seed=0)
     assert scores.shape == (30,) and cs[0] in (0.001, 0.01, 0.1, 1.0, 10.0)  # C from the grid
-    from retinassl.evaluate.metrics import roc_auc
+    from retinassl.metrics.classification import roc_auc
 
     assert roc_auc(y[1::2], scores) > 0.99
     # one class in the labelled subset: a constant prediction, no crash

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from retinassl.data.preprocess import Geometry, PreprocessConfig, apply_geometry, compute_geometry
-from retinassl.evaluate.segmentation_inference import (InferenceConfig, sliding_window_probabilities,
+from retinassl.jobs.segment_inference import (InferenceConfig, sliding_window_probabilities,
                                                        to_original)
 
 CONFIG = InferenceConfig(roi_size=32, overlap=0.5, sw_batch_size=4, precision="32")

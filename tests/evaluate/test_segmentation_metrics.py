@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from retinassl.evaluate.segmentation_metrics import (bootstrap_over_images, confusion_counts,
+from retinassl.metrics.segmentation import (bootstrap_over_images, confusion_counts,
                                                      metrics_from_counts, segmentation_metrics)
 
 # 4x4 example. FOV: everything except the first column (12 pixels inside).

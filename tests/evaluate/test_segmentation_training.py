@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from retinassl.config import load_config
-from retinassl.engine import fit
-from retinassl.evaluate.segmentation import VesselSegmentation, fov_masked_logits
-from retinassl.evaluate.segmentation_data import (InputConfig, VesselImageDataset, VesselImages,
+from retinassl.engine.fit import fit
+from retinassl.methods.vessel_segmentation import VesselSegmentation, fov_masked_logits
+from retinassl.data.vessel_inputs import (InputConfig, VesselImageDataset, VesselImages,
                                                   network_input, sample_patches)
-from retinassl.method import build_method
+from retinassl.methods.base import build_method
 from retinassl.models import build_encoder
-from retinassl.rundir import RunDir
+from retinassl.io.rundir import RunDir
 
 SIZE = 48
 
@@ -142,9 +142,9 @@ def test_resume_is_exact(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_smoke_training_on_synthetic_vessels(tmp_path: Path) -> None:
-    from retinassl.evaluate.segmentation_run import (SegmentConfig, load_segmenter, predict_images,
+    from retinassl.jobs.segment import (SegmentConfig, load_segmenter, predict_images,
                                                      run_segment_train)
-    from retinassl.results import read_results
+    from retinassl.io.results import read_results
 
     cfg = load_config(SegmentConfig, None, [
         "data.source=synthetic", f"data.options={{n_images: 10, size: 64, seed: 3, out_dir: {tmp_path / 'syn'}}}",
@@ -163,7 +163,7 @@ def test_smoke_training_on_synthetic_vessels(tmp_path: Path) -> None:
     probs = sorted((run.predictions / "synthetic").glob("*-prob.png"))
     assert probs and len(probs) == len(list((run.predictions / "synthetic").glob("*-vessels.png")))
     segmenter = load_segmenter(run.path)
-    from retinassl.evaluate.segmentation_run import EvalDatasetConfig, run_segment_evaluate
+    from retinassl.jobs.segment import EvalDatasetConfig, run_segment_evaluate
 
     other = RunDir.create(tmp_path / "runs", "evaluate")  # cross-dataset path: another scale
     spec = EvalDatasetConfig(name="other", data=cfg.data, split="test",
@@ -181,8 +181,9 @@ def test_smoke_training_on_synthetic_vessels(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_label_fraction_curve_rows_and_rerun_skips_finished_cells(tmp_path: Path) -> None:
-    from retinassl.evaluate.segmentation_run import SegmentConfig, run_label_fraction_curve
-    from retinassl.results import RESULT_COLUMNS
+    from retinassl.jobs.segment import SegmentConfig
+    from retinassl.sweeps.vessel_curve import run_label_fraction_curve
+    from retinassl.io.results import RESULT_COLUMNS
 
     cfg = load_config(SegmentConfig, None, [
         "data.source=synthetic", f"data.options={{n_images: 10, size: 48, seed: 3, out_dir: {tmp_path / 'syn'}}}",

@@ -9,15 +9,20 @@ import pandas as pd
 import pytest
 import torch
 
-from retinassl.checkpoint import save_encoder
+from retinassl.models.checkpoint import save_encoder
 from retinassl.data.manifest import Manifest
-from retinassl.evaluate import sweep as sweep_module
-from retinassl.evaluate.sweep import (TransferSweep, done_cells, evaluation_folds, label_subsets,
-                                      resolve_config, run_transfer)
-from retinassl.evaluate.tasks import TaskSpec
+from retinassl.sweeps import transfer as sweep_module
+from retinassl.sweeps.grid import work
+from retinassl.sweeps.transfer import TransferGrid, evaluation_folds, label_subsets, run_transfer
+from retinassl.sweeps.transfer_config import resolve_config
+
+
+def done_cells(config, run: RunDir) -> set[tuple]:
+    return TransferGrid(config.model_dump(mode="json"), run).done()
+from retinassl.metrics.tasks import TaskSpec
 from retinassl.models import build_encoder
-from retinassl.results import read_results
-from retinassl.rundir import RunDir
+from retinassl.io.results import read_results
+from retinassl.io.rundir import RunDir
 
 FRACTIONS = [0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0]
 
@@ -103,7 +108,7 @@ def test_smoke_sweep_resumes_only_missing_cells(tiny_root: Path, tmp_path: Path,
     monkeypatch.setattr(sweep_module, "finetune", dies_after_two)
     with pytest.raises(KeyboardInterrupt):
         run_transfer(config, run)
-    first = done_cells(run.results_file)
+    first = done_cells(config, run)
     # the first init's probes (2 tasks x 2 seeds x 2 fractions) and fine-tunings (2 tasks) and
     # the second init's probes are done, its fine-tunings are not
     assert len(first) == 8 + 2 + 8
@@ -114,7 +119,7 @@ def test_smoke_sweep_resumes_only_missing_cells(tiny_root: Path, tmp_path: Path,
         return real(*args, **kwargs)
 
     monkeypatch.setattr(sweep_module, "finetune", counting)
-    from retinassl.evaluate import features as features_module
+    from retinassl.jobs import features as features_module
 
     embedded = []
     real_embed = features_module.embed
@@ -164,26 +169,33 @@ def test_config_checks(tiny_root: Path, tmp_path: Path) -> None:
     typo = [{"name": "scratch"}, {"name": "rot", "pretrain": {"method": {"name": "rotation", "copiez": 2}}}]
     with pytest.raises(ConfigError, match="copiez"):  # caught before anything runs
         resolve_config(_config(tiny_root, tmp_path, inits=typo), None)
-    sweep = TransferSweep(resolve_config(_config(tiny_root, tmp_path), None), RunDir(tmp_path))
+    sweep = TransferGrid(resolve_config(_config(tiny_root, tmp_path), None).model_dump(mode="json"), RunDir(tmp_path))
     assert sweep.model_of(sweep.config.inits[1]).init == str(tmp_path)
 
 
-def test_shards_split_the_inits(tiny_root: Path, tmp_path: Path) -> None:
-    # what each of `workers` processes runs (in one process here: spawning costs seconds per worker)
+def test_workers_share_the_cells_by_claims(tiny_root: Path, tmp_path: Path) -> None:
+    # what each of `workers` processes does (in one process here: spawning costs seconds per worker):
+    # a cell claimed by another worker is left to it, and no cell runs twice
     torch.manual_seed(6)
     save_encoder(tmp_path / "enc", build_encoder("convnet", width=8), arch="convnet", kwargs={"width": 8})
     config = resolve_config(_config(tiny_root, tmp_path / "enc", protocols=["probe"], workers=2,
                                     explain={"tsne": False, "gradcam": 0}), None)
     run = RunDir.create(tmp_path / "runs", "workers")
-    run_transfer(config, run, shard=(1, 2))
-    assert {k[1] for k in done_cells(run.results_file)} == {"other"}
-    assert not (run.path / "comparison.csv").exists()                   # only the final pass writes it
-    run_transfer(config, run, shard=(0, 2))
-    TransferSweep(config, run).run_all()                                # final pass: nothing left to do
+    grid = TransferGrid(config.model_dump(mode="json"), run)
+    grid.prepare()
+    cells = grid.cells()
+    held = cells[::2]                                                   # claimed by the other worker
+    for cell in held:
+        (run.path / "cells" / grid.cell_name(cell)).mkdir(parents=True)
+        (run.path / "cells" / grid.cell_name(cell) / "claim").write_text("12345")
+    assert work(grid, claims=True) == len(cells) - len(held)
+    assert done_cells(config, run) == {grid.cell_key(c) for c in cells[1::2]}
+    assert not (run.path / "comparison.csv").exists()                   # only the main process writes it
+    run_transfer(config.model_copy(update={"workers": 1}), RunDir.resume(run.path))  # claims cleared; the rest run
     results = read_results(run.results_file)
-    cells = results[results["metric"] == "n_test"]
-    assert len(cells) == 2 * 2 * 2 * 2                                  # inits x tasks x seeds x fractions
-    assert not cells.duplicated(["task", "init", "protocol", "fraction", "seed", "fold"]).any()
+    cells_done = results[results["metric"] == "n_test"]
+    assert len(cells_done) == 2 * 2 * 2 * 2                             # inits x tasks x seeds x fractions
+    assert not cells_done.duplicated(["task", "init", "protocol", "fraction", "seed", "fold"]).any()
     assert (run.path / "comparison.csv").is_file()
 
 
@@ -232,8 +244,8 @@ def test_curves_figure_draws_intervals_that_exclude_the_mean(tmp_path) -> None:
 def test_seed_significance_counts_keep_their_direction() -> None:
     """Per-seed DeLong tests are two-sided: a seed where the tested init is significantly worse
     must not be counted as support for it (``sig_better`` / ``sig_worse``)."""
-    from retinassl.evaluate.compare import _delong, _cell
-    from retinassl.evaluate.tasks import TaskSpec
+    from retinassl.metrics.compare import _delong, _cell
+    from retinassl.metrics.tasks import TaskSpec
 
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1], 100)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retinassl.evaluate.features import state_hash
+from retinassl.jobs.features import state_hash
 from retinassl.explain.embedding import tsne, tsne_figure
 from retinassl.explain.gradcam import CamModel, grad_cam
 from retinassl.models import Encoder, build_encoder

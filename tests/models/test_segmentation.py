@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from retinassl.checkpoint import save_encoder
+from retinassl.models.checkpoint import save_encoder
 from retinassl.models import build_encoder
 from retinassl.models.segmentation import UNet, unet_from_checkpoint
 

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from retinassl.config import ModelConfig
 from retinassl.errors import CheckpointError, ConfigError
 from retinassl.models import build_encoder
-from retinassl.models.external import load_external_weights
+from retinassl.models.initialize import load_weights_file
 from retinassl.models.initialize import initial_encoder
 from retinassl.models.vit import VisionTransformer, resample_pos_embed
 from retinassl.models.vit_weights import (KNOWN_WEIGHTS, describe_vit_state, load_vit_weights,
@@ -379,7 +379,7 @@ def test_mismatch_names_keys_and_the_architecture_that_fits(tmp_path: Path) -> N
     save_file(state, str(tmp_path / "green.safetensors"))
     model = build_encoder("vit", embed_dim=32, depth=2, num_heads=2, patch_size=14, img_size=42)
     with pytest.raises(CheckpointError) as err:
-        load_external_weights(model, tmp_path / "green.safetensors")
+        load_weights_file(model, tmp_path / "green.safetensors")
     msg = str(err.value)
     assert "green.safetensors" in msg and "unexpected" in msg and "reg_token" in msg and "ls1.gamma" in msg
     assert "4 register tokens" in msg and "'num_register_tokens': 4" in msg

@@ -37,9 +37,9 @@ def tiny_layer_model(tmp_path_factory: pytest.TempPathFactory, tiny_volumes):
     """An ILM/BM U-Net trained for 80 steps on four tiny volumes (validated on a fifth), about 10 s;
     its maps are within ~10 micrometres of the truth."""
     from retinassl.config import validate
-    from retinassl.oct.layerseg import load_layer_model
-    from retinassl.oct.train_layers import LayerTrainConfig, run_train_layers
-    from retinassl.rundir import RunDir
+    from retinassl.methods.oct_layers import load_layer_model
+    from retinassl.jobs.oct_layers import LayerTrainConfig, run_train_layers
+    from retinassl.io.rundir import RunDir
 
     root = tmp_path_factory.mktemp("layer-model")
     cfg = validate(LayerTrainConfig, {

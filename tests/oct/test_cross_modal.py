@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from retinassl.checkpoint import load_encoder
+from retinassl.models.checkpoint import load_encoder
 from retinassl.config import validate
 from retinassl.data.cache import Cache
 from retinassl.data.preprocess import Geometry, PreprocessConfig
 from retinassl.data.synthetic import generate_dataset
 from retinassl.errors import DataError
 from retinassl.oct.paired import ThicknessPairs, field_affine, input_manifest, warp_map
-from retinassl.pretrain.cross_modal import masked_regression_loss
+from retinassl.methods.cross_modal import masked_regression_loss
 
 
 def test_masked_loss_by_hand():
@@ -110,8 +110,8 @@ def test_bad_maps_are_masked_or_refused(paired_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_three_stage_run_leaves_an_encoder(paired_dataset, tmp_path, tiny_layer_model):
-    from retinassl.oct.cross_modal_run import CrossModalRunConfig, run_cross_modal
-    from retinassl.rundir import RunDir
+    from retinassl.jobs.cross_modal import CrossModalRunConfig, run_cross_modal
+    from retinassl.io.rundir import RunDir
 
     root, manifest = paired_dataset
     model_dir, _ = tiny_layer_model

@@ -163,7 +163,7 @@ def test_map_quality_flags():
 
 
 def test_missing_boundaries_are_a_clear_error(tiny_volumes):
-    from retinassl.oct.pipeline import compute_thickness
+    from retinassl.jobs.oct_thickness import compute_thickness
 
     v = tiny_volumes[0][0]
     only_ilm = type(v)(**{**v.__dict__, "layers": {"ILM": v.layers["ILM"]}, "source": "scan.vol"})

@@ -118,8 +118,8 @@ def test_no_segmentation_is_a_clear_error(tmp_path, dicom_export):
 @pytest.mark.slow
 def test_train_seg_and_pretrain_commands(tmp_path):
     """The two training commands end to end with tiny settings: they leave a model / an encoder."""
-    from retinassl.checkpoint import load_encoder
-    from retinassl.oct.layerseg import load_layer_model
+    from retinassl.models.checkpoint import load_encoder
+    from retinassl.methods.oct_layers import load_layer_model
 
     engine = ["engine.max_steps=3", "engine.max_epochs=3", "engine.batch_size=4",
               "engine.checkpoint_every_n_steps=-1", "engine.precision=32"]

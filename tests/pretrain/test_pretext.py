@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from retinassl.method import build_method
+from retinassl.methods.base import build_method
 from retinassl.models import build_encoder
-from retinassl.pretrain.crops import crop_patches, inscribed_circle
-from retinassl.pretrain.inpainting import central_masks, masked_mse, random_block_masks
-from retinassl.pretrain.offset_heatmap import gaussian_heatmaps, heatmap_argmax
-from retinassl.pretrain.relative_position import NEIGHBOURS
-from retinassl.pretrain.simclr import nt_xent
+from retinassl.methods.crops import crop_patches, inscribed_circle
+from retinassl.methods.inpainting import central_masks, masked_mse, random_block_masks
+from retinassl.methods.offset_heatmap import gaussian_heatmaps, heatmap_argmax
+from retinassl.methods.relative_position import NEIGHBOURS
+from retinassl.methods.simclr import nt_xent
 
 
 def coordinate_image(batch: int, size: int) -> torch.Tensor:

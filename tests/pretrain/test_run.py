@@ -13,13 +13,13 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from retinassl.checkpoint import load_encoder
+from retinassl.models.checkpoint import load_encoder
 from retinassl.cli import app
 from retinassl.config import load_config
 from retinassl.errors import ConfigError
 from retinassl.models import build_encoder
-from retinassl.pretrain.run import PretrainConfig, load_pool, run_pretrain
-from retinassl.rundir import RunDir
+from retinassl.jobs.pretrain import PretrainConfig, load_pool, run_pretrain
+from retinassl.io.rundir import RunDir
 
 TINY = ["data.options.n_images=8", "data.options.size=96", "preprocess.size=64",
         "engine.batch_size=4", "engine.log_every_n_steps=1",
@@ -52,7 +52,7 @@ def test_cli_pretrain_writes_encoder_curves_report_and_resumes(tmp_path: Path, s
     # resume the same run for two more steps
     result = runner.invoke(app, ["pretrain", "simclr", "engine.max_steps=5", "--resume", str(run)])
     assert result.exit_code == 0, result.output
-    assert json.loads((run / "encoder" / "encoder.json").read_text())["batches"] == 5
+    assert json.loads((run / "encoder" / "model.json").read_text())["batches"] == 5
     # a config for another method is refused with a clear message
     result = runner.invoke(app, ["pretrain", "rotation", "pretrain-simclr"])
     assert result.exit_code != 0 and isinstance(result.exception, ConfigError)

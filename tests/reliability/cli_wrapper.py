@@ -51,9 +51,10 @@ def install() -> None:
     if record:
         out = Path(record)
         out.mkdir(parents=True, exist_ok=True)
-        from retinassl import engine
+        from retinassl.engine import fit as engine
+        from retinassl.engine import loader as engine_loader
 
-        original_iter = engine.EpochSampler.__iter__
+        original_iter = engine_loader.EpochSampler.__iter__
 
         def recording_iter(self):
             indices = [int(i) for i in original_iter(self)]
@@ -62,7 +63,7 @@ def install() -> None:
                                      "size": self.size, "indices": indices}) + "\n")
             return iter(indices)
 
-        engine.EpochSampler.__iter__ = recording_iter
+        engine_loader.EpochSampler.__iter__ = recording_iter
         original_fit = engine.fit
         fits = {"n": 0}
 
@@ -84,7 +85,7 @@ def install() -> None:
 
 
 if __name__ == "__main__":
-    install()  # before the CLI imports its pipelines, so their `from ..engine import fit` sees ours
+    install()  # before the CLI imports its pipelines, so their `from retinassl.engine.fit import fit` sees ours
     from retinassl.cli import main
 
     main()

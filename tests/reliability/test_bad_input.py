@@ -138,7 +138,7 @@ CONFIGS = {
 def test_bad_config_is_one_clean_error_naming_file_and_key(tmp_path: Path, name: str,
                                                             capsys: pytest.CaptureFixture) -> None:
     from retinassl.config import load_config
-    from retinassl.train import TrainConfig
+    from retinassl.jobs.train import TrainConfig
 
     text, needles = CONFIGS[name]
     path = tmp_path / f"{name}.yaml"
@@ -263,7 +263,7 @@ def test_segment_train_skip_bad_lists_the_item(tmp_path: Path, capsys: pytest.Ca
 
     from reliability.corpus import SIZE, fundus, png_bytes
 
-    pytest.importorskip("retinassl.evaluate.segmentation_run")
+    pytest.importorskip("retinassl.jobs.segment")
     root = tmp_path / "data"
     manifest_path = write_case(root, CASES["truncated-jpeg"])
     frame = pd.read_csv(manifest_path, keep_default_na=False)
@@ -299,11 +299,11 @@ def test_every_training_command_reports_a_bad_image(tmp_path: Path, command: str
     data = ["data.source=manifest", f"data.manifest={manifest}", "data.options={}"]
     runs = ["--runs-dir", str(tmp_path / "runs")]
     if command == "semisup":
-        pytest.importorskip("retinassl.semisup.pipeline")
+        pytest.importorskip("retinassl.jobs.semisup")
         (tmp_path / "gan.yaml").write_text(GAN_YAML)
         args = ["semisup", "train", str(tmp_path / "gan.yaml"), *data]
     elif command == "segment":
-        pytest.importorskip("retinassl.evaluate.segmentation_run")
+        pytest.importorskip("retinassl.jobs.segment")
         args = ["segment", "train", "drive-vessels", *data, "evaluate_on=[]"]
     elif command == "pretrain":
         args = ["pretrain", "rotation", *data]

@@ -83,8 +83,8 @@ def test_slurm_ranks_agree_on_the_run_directory(tmp_path: Path, monkeypatch: pyt
     """Under srun (several tasks) rank 0 creates <name>-slurm<job>.<step>; another rank opens the same
     directory without touching run.json or the results table."""
     from retinassl.launch import RUN_DIR_ENV
-    from retinassl.results import append_results, result_row
-    from retinassl.rundir import RunDir
+    from retinassl.io.results import append_results, result_row
+    from retinassl.io.rundir import RunDir
 
     monkeypatch.setenv(RUN_DIR_ENV, "")
     for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "TORCHELASTIC_RUN_ID"):

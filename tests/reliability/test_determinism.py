@@ -1,4 +1,4 @@
-"""Same seed, same numbers, per precision setting (in process, through :func:`retinassl.engine.fit`):
+"""Same seed, same numbers, per precision setting (in process, through :func:`retinassl.engine.fit.fit`):
 
 - ``engine.deterministic=true`` forces float32 and deterministic kernels even when bf16 is asked
   for, and two runs are bit-identical;
@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from retinassl.config import EngineConfig
-from retinassl.engine import fit
-from retinassl.method import build_method
+from retinassl.engine.fit import fit
+from retinassl.methods.base import build_method
 from retinassl.models import build_encoder
-from retinassl.rundir import RunDir
+from retinassl.io.rundir import RunDir
 
 
 class Images(torch.utils.data.Dataset):
@@ -43,12 +43,12 @@ class Images(torch.utils.data.Dataset):
 def _method(name: str):
     torch.manual_seed(0)
     if name == "segmentation":
-        pytest.importorskip("retinassl.evaluate.segmentation")
-        import retinassl.evaluate.segmentation  # noqa: F401  (registers it)
+        pytest.importorskip("retinassl.methods.vessel_segmentation")
+        import retinassl.methods.vessel_segmentation  # noqa: F401  (registers it)
 
         encoder = build_encoder("unet", in_channels=1, channels=(4, 8))
         return build_method(name, {"patch_size": 16, "patches_per_image": 2}, encoder), Images(1)
-    import retinassl.pretrain  # noqa: F401
+    import retinassl.methods  # noqa: F401
 
     encoder = build_encoder("convnet", width=4)
     return build_method(name, {"lr": 1e-2} if name == "supervised" else {}, encoder), Images(3)

@@ -29,10 +29,10 @@ def _config(root: Path) -> dict:
 
 
 def test_probe_sweep_embeds_each_image_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    sweep_module = pytest.importorskip("retinassl.evaluate.sweep")
+    sweep_module = pytest.importorskip("retinassl.sweeps.transfer")
     from retinassl.data.manifest import Manifest
-    from retinassl.results import read_results
-    from retinassl.rundir import RunDir
+    from retinassl.io.results import read_results
+    from retinassl.io.rundir import RunDir
 
     generate_dataset(tmp_path / "data", n_images=40, size=64, seed=3)
     n_images = len(Manifest.load(tmp_path / "data" / "manifest.csv"))

@@ -163,7 +163,7 @@ def yaml_texts(draw) -> str:
 @given(yaml_texts(), st.lists(YAML_TEXT, max_size=2))
 def test_config_loading(text: str, overrides: list[str]) -> None:
     from retinassl.config import load_config
-    from retinassl.train import TrainConfig
+    from retinassl.jobs.train import TrainConfig
 
     path = _tmp() / "config.yaml"
     path.write_text(text, encoding="utf-8")

@@ -50,7 +50,7 @@ def test_command_offers_allow_pickle_and_refuses_pickle_by_default(tmp_path: Pat
                                                                     capsys: pytest.CaptureFixture) -> None:
     args, key = COMMANDS[command]
     if command == "semisup train":
-        pytest.importorskip("retinassl.semisup.pipeline")
+        pytest.importorskip("retinassl.jobs.semisup")
         (tmp_path / "gan.yaml").write_text(GAN_YAML)
         args = [str(tmp_path / "gan.yaml") if a == "GAN_YAML" else a for a in args]
     if command == "oct pretrain":
@@ -72,7 +72,7 @@ def test_command_offers_allow_pickle_and_refuses_pickle_by_default(tmp_path: Pat
 def test_allow_pickle_still_refuses_code(tmp_path: Path) -> None:
     """With the flag the loader is ``weights_only``: a pickle that runs code is an error, and the code
     does not run."""
-    from retinassl.checkpoint import read_state_dict
+    from retinassl.io.saved_model import read_state_dict
 
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"

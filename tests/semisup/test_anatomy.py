@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy.stats import binom
 
-from retinassl.semisup.anatomy import anatomy_table, between_image_share, diseased_image_table, logit_anatomy
+from retinassl.metrics.anatomy import anatomy_table, between_image_share, diseased_image_table, logit_anatomy
 
 
 def test_between_image_share_by_hand() -> None:

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from retinassl.cli import app
-from retinassl.results import read_results
+from retinassl.io.results import read_results
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def test_train_evaluate_heatmap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     result = runner.invoke(app, ["semisup", "train", "demo-ssl-gan", *overrides])
     assert result.exit_code == 0, result.output
     run = next((tmp_path / "runs").iterdir())
-    assert (run / "classifier" / "head.safetensors").is_file()
+    assert json.loads((run / "classifier" / "model.json").read_text())["kind"] == "patch-classifier"
     assert (run / "report" / "index.html").is_file()
     results = read_results(run / "results.csv")
     assert set(results["metric"]) >= {"patch_auc", "image_auc", "localisation_auc"}

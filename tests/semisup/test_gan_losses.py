@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from retinassl.semisup import gan_losses as L
-from retinassl.semisup.aggregate import image_scores
+from retinassl.losses import gan as L
+from retinassl.metrics.aggregate import image_scores
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 

@@ -13,10 +13,10 @@ from PIL import Image
 from retinassl.data.cache import Cache
 from retinassl.data.manifest import Manifest
 from retinassl.data.preprocess import PreprocessConfig, normalize
-from retinassl.semisup.patch_bank import (LabelledPatches, PatchesAndBags, SemiSupervisedPatches,
+from retinassl.data.patch_bank import (LabelledPatches, PatchesAndBags, SemiSupervisedPatches,
                                           build_patch_bank, collate_patches_and_bags, concat_banks,
                                           in_field_of_view)
-from retinassl.semisup.patch_gan import centre_crop, crop_and_flip
+from retinassl.methods.ssl_gan import centre_crop, crop_and_flip
 
 
 @pytest.fixture(scope="module")

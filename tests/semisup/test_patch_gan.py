@@ -14,14 +14,15 @@ import torch
 from safetensors.torch import save_file
 
 from retinassl.config import EngineConfig
-from retinassl.engine import fit, latest_checkpoint
+from retinassl.engine.checkpoints import latest_checkpoint
+from retinassl.engine.fit import fit
 from retinassl.errors import TrainingDiverged
-from retinassl.method import build_method
+from retinassl.methods.base import build_method
 from retinassl.models import build_encoder
-from retinassl.rundir import RunDir
-from retinassl.tree_io import load_tree, save_tree
-from retinassl.semisup.classifier import PatchClassifier
-from retinassl.semisup.patch_bank import PatchBank, SemiSupervisedPatches
+from retinassl.io.rundir import RunDir
+from retinassl.io.tree import load_tree, save_tree
+from retinassl.models.patch_classifier import PatchClassifier
+from retinassl.data.patch_bank import PatchBank, SemiSupervisedPatches
 
 
 def tiny_method(**params):
@@ -84,7 +85,7 @@ def test_gaussian_initialisation() -> None:
 def test_data_dependent_init_normalises_every_weight_normalised_layer() -> None:
     from torch import nn
 
-    from retinassl.semisup.gan_nets import data_dependent_init
+    from retinassl.models.gan import data_dependent_init
     torch.manual_seed(0)
     encoder = build_encoder("convnet", width=4, weight_norm=True, dropout=False)
     net = nn.Sequential(encoder, nn.utils.parametrizations.weight_norm(nn.Linear(encoder.num_features, 2)))
@@ -209,8 +210,8 @@ def test_patch_classifier_folds_the_ema_head(tmp_path: Path) -> None:
 
 def test_balanced_ssl_gan_weights_classes_by_labelled_prevalence() -> None:
     from retinassl.config import ModelConfig
-    from retinassl.semisup.config import LearnerConfig
-    from retinassl.semisup.training import _pos_weight, build_learner_method
+    from retinassl.jobs.patch_config import LearnerConfig
+    from retinassl.jobs.patch_training import _pos_weight, build_learner_method
     model = ModelConfig(arch="convnet", kwargs={"width": 4, "weight_norm": True, "dropout": True})
     method_params = {"name": "ssl-gan", "generator_channels": [8, 8, 4, 4], "latent_dim": 8}
     labels = np.array([0, 0, 0, 1, 0, 0, 0, 1])  # 2 diseased of 8: weight 6 / 2 = 3
@@ -240,8 +241,8 @@ def test_generator_output_layer_is_data_initialised_when_asked() -> None:
 
 @pytest.mark.parametrize("select", [True, False])
 def test_select_on_validation_ends_with_the_best_validation_weights(tmp_path: Path, select: bool) -> None:
-    from retinassl.semisup.patch_bank import LabelledPatches
-    from retinassl.semisup.training import Trained, training_info
+    from retinassl.data.patch_bank import LabelledPatches
+    from retinassl.jobs.patch_training import Trained, training_info
 
     data = tiny_dataset()
     val = LabelledPatches(data.labelled)
@@ -263,7 +264,7 @@ def test_select_on_validation_ends_with_the_best_validation_weights(tmp_path: Pa
 
 
 def _val_auc(method, val) -> float:
-    from retinassl.evaluate.metrics import roc_auc
+    from retinassl.metrics.classification import roc_auc
 
     method.eval()
     with torch.no_grad():
@@ -273,7 +274,7 @@ def _val_auc(method, val) -> float:
 
 def _selecting_run(tmp_path: Path, epochs: int, every: int = 50):
     """A tiny SSL-GAN run that selects on validation: (data, val, config, result, logged AUCs)."""
-    from retinassl.semisup.patch_bank import LabelledPatches
+    from retinassl.data.patch_bank import LabelledPatches
 
     data = tiny_dataset()
     val = LabelledPatches(data.labelled)
@@ -328,7 +329,7 @@ def test_a_run_resumed_after_its_last_step_validates_it(tmp_path: Path) -> None:
     """A run stopped by max_steps mid-epoch checkpoints its last step before the validation that
     follows it (so that a longer max_steps continues the epoch); resumed from there, it trains
     nothing and validates again, ending with the same best weights as the uninterrupted run."""
-    from retinassl.semisup.patch_bank import LabelledPatches
+    from retinassl.data.patch_bank import LabelledPatches
 
     data = tiny_dataset()
     val = LabelledPatches(data.labelled)

@@ -8,12 +8,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import retinassl.semisup.experiment as experiment
+import retinassl.sweeps.ssl_gan as experiment
 from retinassl.cli.sweep import runners
 from retinassl.config import read_yaml
 from retinassl.report.html import build_report
-from retinassl.results import read_results
-from retinassl.rundir import RunDir
+from retinassl.io.results import read_results
+from retinassl.io.rundir import RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -92,8 +92,11 @@ def test_a_diverged_cell_is_reported_not_fatal(tmp_path: Path, monkeypatch: pyte
 
     from retinassl.errors import TrainingDiverged
 
-    config = experiment.resolve_config(smoke_preset(tmp_path), "smoke")
+    from retinassl.sweeps.grid import work
+
     run = RunDir.create(tmp_path / "runs", "diverging")
+    grid = experiment.SSLGANGrid(smoke_preset(tmp_path), "smoke", run)
+    grid._data = SimpleNamespace(train=np.arange(12))  # the cell function below reads no data
     done = []
 
     def fake_cell(config, learner, data, run, label, n, seed, use_pool):
@@ -103,7 +106,7 @@ def test_a_diverged_cell_is_reported_not_fatal(tmp_path: Path, monkeypatch: pyte
 
     monkeypatch.setattr(experiment, "run_cell", fake_cell)
     monkeypatch.setattr(experiment, "append_comparisons", lambda *a: None)
-    experiment._work(config, run, SimpleNamespace(train=np.arange(12)))
+    work(grid, claims=False)
     assert done == ["convnet", "ssl-gan+partB"]                  # the sweep went on
     results = read_results(run.results_file)
     assert results.loc[results["metric"] == "diverged", "method"].tolist() == ["ssl-gan"]
@@ -112,7 +115,7 @@ def test_a_diverged_cell_is_reported_not_fatal(tmp_path: Path, monkeypatch: pyte
 
 
 def test_delong_table_splits_significant_seeds_by_direction() -> None:
-    from retinassl.semisup.summary import delong_table
+    from retinassl.metrics.ssl_gan_summary import delong_table
 
     rows = []
     for seed, (p, diff) in enumerate([(0.01, 0.10), (0.02, -0.08), (0.30, 0.05), (0.001, -0.21)]):
@@ -127,7 +130,7 @@ def test_delong_table_splits_significant_seeds_by_direction() -> None:
 
 def test_the_sweep_trains_the_reference_and_the_baselines_only() -> None:
     from retinassl.config import apply_overrides
-    from retinassl.semisup.experiment import plan_cells, resolve_config
+    from retinassl.sweeps.ssl_gan import plan_cells, resolve_config
 
     data = read_yaml("idrid-ssl-gan")
     full = plan_cells(resolve_config(data, "smoke"))
@@ -140,7 +143,7 @@ def test_the_sweep_trains_the_reference_and_the_baselines_only() -> None:
 
 
 def test_tables_leave_out_the_cells_a_narrowed_resume_dropped() -> None:
-    from retinassl.semisup.summary import planned_results
+    from retinassl.metrics.ssl_gan_summary import planned_results
 
     rows = [("ssl-gan", 10, 0), ("convnet", 10, 0), ("ssl-gan", 10, 4), ("ssl-gan+partB", 10, 0),
             ("ssl-gan vs convnet", 10, 0), ("ssl-gan vs convnet", 10, 4), ("ssl-gan+partB vs ssl-gan", 10, 0),
@@ -171,8 +174,8 @@ def test_selection_without_validation_patches_is_refused(tmp_path: Path) -> None
 
 def test_a_supervised_extension_learns_from_the_pool_as_image_level_bags(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import retinassl.semisup.training as training
-    from retinassl.semisup.patch_bank import PatchesAndBags
+    import retinassl.jobs.patch_training as training
+    from retinassl.data.patch_bank import PatchesAndBags
 
     data = smoke_preset(tmp_path)
     data.update(reference="convnet", baselines=[])

@@ -8,26 +8,24 @@ and problem, with exit status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import sys
 import threading
-import warnings
 
 import typer
 
-from ..errors import RetinasslError, Terminated
-from . import data as data_cmd
-from . import demo as demo_cmd
-from . import evaluate as evaluate_cmd
-from . import explain as explain_cmd
-from . import oct as oct_cmd
-from . import pretrain as pretrain_cmd
-from . import report as report_cmd
-from . import segment as segment_cmd
-from . import semisup as semisup_cmd
-from . import sweep as sweep_cmd
-from . import train as train_cmd
+from retinassl.errors import RetinasslError, Terminated
+from retinassl.logs import setup_logging
+from retinassl.cli import data as data_cmd
+from retinassl.cli import demo as demo_cmd
+from retinassl.cli import evaluate as evaluate_cmd
+from retinassl.cli import explain as explain_cmd
+from retinassl.cli import oct as oct_cmd
+from retinassl.cli import pretrain as pretrain_cmd
+from retinassl.cli import report as report_cmd
+from retinassl.cli import segment as segment_cmd
+from retinassl.cli import semisup as semisup_cmd
+from retinassl.cli import sweep as sweep_cmd
+from retinassl.cli import train as train_cmd
 
 app = typer.Typer(
     name="retinassl", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -51,45 +49,6 @@ app.add_typer(semisup_cmd.app, name="semisup")
 @app.callback()
 def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
     setup_logging(logging.DEBUG if verbose else logging.INFO)
-
-
-class _CurrentStderrHandler(logging.StreamHandler):
-    """A stream handler that writes to whatever ``sys.stderr`` is at the time of the record.
-
-    A handler bound to the stderr of its creation breaks when the CLI runs in-process more than
-    once (tests, notebooks) and an earlier stderr has been closed or replaced.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(sys.stderr)
-
-    @property
-    def stream(self):  # type: ignore[override]
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:  # the base class assigns it; the property ignores it
-        pass
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    """Log ``retinassl`` messages to stderr (rich on a terminal); keep libraries quiet."""
-    logger = logging.getLogger("retinassl")
-    logger.setLevel(level)
-    if not logger.handlers:
-        if sys.stderr.isatty():
-            from rich.logging import RichHandler
-
-            handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
-            handler.setFormatter(logging.Formatter("%(message)s"))
-        else:
-            handler = _CurrentStderrHandler()
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-        logger.addHandler(handler)
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning")
 
 
 def _raise_terminated(signum: int, frame: object) -> None:

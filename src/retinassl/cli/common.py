@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -56,13 +58,14 @@ def open_run(model: type, config: str | None, overrides: list[str] | None, resum
     ``engine.max_epochs``); otherwise CONFIG (a file or preset; without it, ``default``) plus the
     overrides and the shared options makes a new run, named ``<config name><suffix>-<time>``.
     Returns ``(config, run)``."""
-    from ..config import load_config
-    from ..errors import ConfigError
-    from ..rundir import RunDir
+    from retinassl.config import load_config
+    from retinassl.errors import ConfigError
+    from retinassl.io.rundir import RunDir
 
     config, rest = config_and_overrides(config, overrides, default)
     if resume is not None:
         run = RunDir.resume(resume)
+        refuse_finished(run, rest)
         cfg = load_config(model, run.config_file, rest)
     else:
         if config is None:
@@ -72,3 +75,35 @@ def open_run(model: type, config: str | None, overrides: list[str] | None, resum
     run.attach_log_file()
     typer.echo(f"run directory: {run.path}")
     return cfg, run
+
+
+def refuse_finished(run: Any, overrides: list[str]) -> None:
+    """``--resume`` of a finished run without a change (no ``key=value``): say so and change
+    nothing (re-running its test would append a second set of results). With overrides (e.g. a
+    longer ``engine.max_epochs``) the run continues."""
+    if run.status().get("status") == "finished" and not overrides:
+        typer.echo(f"{run.path} has finished; nothing to resume (give key=value overrides, e.g. a "
+                   f"longer engine.max_epochs, to continue training it)")
+        raise typer.Exit(0)
+
+
+def run_job(run: Any, job: Callable[[], Any], *, report: bool = True, title: str | None = None,
+            status: Callable[[Any], dict[str, Any]] | None = None) -> tuple[Any, Path | None]:
+    """The one wrapper of every command that does work in a run directory: run ``job()``; on any
+    exception (SIGTERM included) record ``failed`` and the error in ``run.json`` and re-raise; else
+    record ``finished`` (with ``status(result)``, default the metrics when the job returns a
+    mapping) and build the report. Returns ``(result, report path or None)``."""
+    try:
+        result = job()
+    except BaseException as exc:
+        run.update_status(status="failed", error=str(exc)[:500])
+        raise
+    extra = status(result) if status is not None else (
+        {"metrics": result} if isinstance(result, dict) else {})
+    run.update_status(status="finished", error=None, **extra)
+    path = None
+    if report:
+        from retinassl.report.html import build_report
+
+        path = build_report(run, title=title)
+    return result, path

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import typer
 
-from .common import SKIP_BAD
+from retinassl.cli.common import SKIP_BAD
 
 app = typer.Typer(no_args_is_help=True, help="Dataset sources, inspection and preparation.")
 
 
 def _options(option: list[str] | None) -> dict:
-    from ..config import apply_overrides
+    from retinassl.config import apply_overrides
 
     return apply_overrides({}, option or [])
 
@@ -21,11 +21,11 @@ def _options(option: list[str] | None) -> dict:
 @app.command("list")
 def list_() -> None:
     """List dataset sources, packaged presets, encoders and training methods."""
-    from ..config import preset_names
-    from ..data.sources import SOURCES
-    from ..method import method_names
-    from ..models import encoder_names
-    from .. import pretrain  # noqa: F401  (registers methods)
+    from retinassl.config import preset_names
+    from retinassl.data.sources import SOURCES
+    from retinassl.methods.base import method_names
+    from retinassl.models import encoder_names
+    import retinassl.methods  # noqa: F401  (registers every method)
 
     typer.echo("dataset sources (retinassl data inspect SOURCE --option root=PATH):")
     for name, loader in sorted(SOURCES.items()):
@@ -43,8 +43,8 @@ def inspect(source: str = typer.Argument(..., help="A source name (idrid, drive,
             duplicates: bool = typer.Option(False, "--duplicates",
                                             help="Also look for near-duplicate images across splits.")) -> None:
     """Summarise a dataset: images per split, label distributions, masks and paired data present."""
-    from ..data.manifest import MASK_COLUMNS, PAIRED_COLUMNS, Manifest, label_columns
-    from ..data.sources import load_source
+    from retinassl.data.manifest import MASK_COLUMNS, PAIRED_COLUMNS, Manifest, label_columns
+    from retinassl.data.sources import load_source
 
     if source.endswith(".csv"):
         manifest = Manifest.load(Path(source))
@@ -62,7 +62,7 @@ def inspect(source: str = typer.Argument(..., help="A source name (idrid, drive,
         if column in frame.columns:
             typer.echo(f"  {column}: {int(frame[column].notna().sum() - (frame[column] == '').sum())} files")
     if duplicates:
-        from ..data.duplicates import find_duplicates
+        from retinassl.data.duplicates import find_duplicates
 
         pairs = find_duplicates(manifest)
         typer.echo(f"  near-duplicate pairs: {len(pairs)}")
@@ -76,9 +76,10 @@ def prepare(config: str = typer.Argument(..., help="A YAML config or preset whos
             out: Path = typer.Option(Path("manifest.csv"), "--out", help="Where to write the manifest."),
             skip_bad: bool = SKIP_BAD) -> None:
     """Build the manifest and fill the preprocessed-image cache (decodes every image once)."""
-    from ..config import Section, load_config
-    from ..data.loading import prepare as prepare_data
-    from ..config import DataConfig, PreprocessConfig
+    from retinassl.config import Section, load_config
+    from retinassl.data.loading import prepare as prepare_data
+    from retinassl.config import DataConfig
+    from retinassl.data.preprocess import PreprocessConfig
 
     class PrepareConfig(Section):
         model_config = Section.model_config | {"extra": "ignore"}

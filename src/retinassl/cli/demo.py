@@ -13,7 +13,7 @@ def demo(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where t
     patch classifier with heatmaps, the patch SSL-GAN with 10 labelled images, OCT layer segmentation
     -> thickness maps -> fundus-to-thickness pretraining, and pretraining + transfer evaluation
     (under 10 minutes on 2 CPU cores)."""
-    from ..demo import STAGES, run_demo
+    from retinassl.demo.stages import STAGES, run_demo
 
     typer.echo(f"demo: {len(STAGES)} stage(s) on synthetic data")
     run = run_demo(runs_dir, quick=quick)

@@ -1,6 +1,6 @@
 """``retinassl evaluate probe|finetune ENCODER [CONFIG] [key=value ...]``: evaluate one encoder.
 
-Both commands run the transfer protocol of :mod:`retinassl.evaluate.sweep` with a single
+Both commands run the transfer protocol of :mod:`retinassl.sweeps.transfer` with a single
 initialisation (the encoder) and a single protocol: every task, label fraction, seed and fold of
 CONFIG (a transfer experiment: a packaged preset such as ``idrid-transfer``, or a YAML file;
 default ``transfer-demo``, synthetic data), into a run directory with the results table,
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from .common import RESUME, RUNS_DIR, split_args
+from retinassl.cli.common import RESUME, RUNS_DIR, run_job, split_args
 
 app = typer.Typer(no_args_is_help=True, help="Evaluate an encoder: linear probe or fine-tuning over "
                                              "label fractions, seeds and folds.")
@@ -30,25 +30,15 @@ NAME = typer.Option(None, "--name", help="The initialisation's name in results (
 DEFAULT_CONFIG = "transfer-demo"
 
 
-def init_name(encoder: str) -> str:
-    """A results name for an encoder path: ``scratch``, or the run directory's name."""
-    if encoder == "scratch":
-        return "scratch"
-    path = Path(encoder).resolve()
-    stem = path.parent.name if path.name in ("encoder", "encoder.json") else path.stem
-    cleaned = "".join(c if c.isalnum() or c in "._+-" else "-" for c in stem).strip("-.")
-    return cleaned or "encoder"
-
-
 def _evaluate(protocol: str, encoder: str, args: list[str] | None, budget: str | None,
               name: str | None, resume: Path | None, runs_dir: Path | None) -> None:
     import yaml
 
-    from ..atomic import write_text
-    from ..config import apply_overrides, read_yaml
-    from ..evaluate.sweep import resolve_config, run_transfer
-    from ..report.html import build_report
-    from ..rundir import RunDir
+    from retinassl.atomic import write_text
+    from retinassl.config import apply_overrides, read_yaml
+    from retinassl.sweeps.transfer import run_transfer
+    from retinassl.sweeps.transfer_config import resolve_config
+    from retinassl.io.rundir import RunDir
 
     source, overrides = split_args(args, DEFAULT_CONFIG)
     if resume is not None:
@@ -56,7 +46,9 @@ def _evaluate(protocol: str, encoder: str, args: list[str] | None, budget: str |
         data = apply_overrides(read_yaml(run.path / "evaluate.yaml"), overrides)
     else:
         data = apply_overrides(read_yaml(source), overrides)
-        label = name or init_name(encoder)
+        from retinassl.models.initialize import init_label
+
+        label = name or init_label(encoder)
         data.update({"inits": [{"name": label, "init": encoder}], "reference": label,
                      "protocols": [protocol]})
         data["name"] = f"{data.get('name', 'transfer')}-{protocol}"
@@ -69,14 +61,9 @@ def _evaluate(protocol: str, encoder: str, args: list[str] | None, budget: str |
     config = resolve_config(data, budget)
     run.attach_log_file()
     typer.echo(f"run directory: {run.path}")
-    try:
-        run_transfer(config, run)
-    except BaseException as exc:
-        run.update_status(status="failed", error=str(exc)[:500])
-        raise
-    run.update_status(status="finished")
+    _, report = run_job(run, lambda: run_transfer(config, run))
     typer.echo((run.path / "comparison.md").read_text())
-    typer.echo(f"report: {build_report(run)}")
+    typer.echo(f"report: {report}")
 
 
 @app.command("probe")

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import typer
 
-from .common import RUNS_DIR, split_args
-from .evaluate import DEFAULT_CONFIG, init_name
+from retinassl.cli.common import RUNS_DIR, split_args
+from retinassl.cli.evaluate import DEFAULT_CONFIG
+from retinassl.models.initialize import init_label
 
 app = typer.Typer(no_args_is_help=True, help="Explain models: Grad-CAM overlays and t-SNE maps.")
 
@@ -17,9 +18,9 @@ ARGS = typer.Argument(None, help="[CONFIG] [key=value ...]: the transfer experim
 
 
 def _setup(args: list[str] | None, kind: str, label: str, runs_dir: Path | None):
-    from ..config import apply_overrides, read_yaml
-    from ..evaluate.sweep import resolve_config
-    from ..rundir import RunDir
+    from retinassl.config import apply_overrides, read_yaml
+    from retinassl.sweeps.transfer_config import resolve_config
+    from retinassl.io.rundir import RunDir
 
     source, overrides = split_args(args, DEFAULT_CONFIG)
     data = apply_overrides(read_yaml(source), overrides)
@@ -31,8 +32,8 @@ def _setup(args: list[str] | None, kind: str, label: str, runs_dir: Path | None)
 
 
 def _prepared(config, run, preprocess: dict | None):
-    from ..data.preprocess import PreprocessConfig
-    from ..evaluate.sweep import prepare_downstream
+    from retinassl.data.preprocess import PreprocessConfig
+    from retinassl.sweeps.transfer import prepare_downstream
 
     if preprocess:  # the checkpoint's own preprocessing
         config = config.model_copy(update={"preprocess": PreprocessConfig.model_validate(preprocess)})
@@ -48,14 +49,14 @@ def gradcam(model: Path = typer.Argument(..., help="A fine-tuned classifier dire
             runs_dir: Path = RUNS_DIR) -> None:
     """Grad-CAM (MONAI) at the encoder's deepest feature map for test images of the experiment's
     data; writes one overlay figure and a report."""
-    from ..checkpoint import read_encoder_meta
-    from ..evaluate.sweep import evaluation_folds, gradcam_rows
-    from ..evaluate.tasks import TaskSpec
-    from ..explain.gradcam import gradcam_gallery
-    from ..report.html import build_report
+    from retinassl.models.checkpoint import read_encoder_meta
+    from retinassl.sweeps.transfer import evaluation_folds, gradcam_rows
+    from retinassl.metrics.tasks import TaskSpec
+    from retinassl.explain.gradcam import gradcam_gallery
+    from retinassl.report.html import build_report
 
     meta = read_encoder_meta(model)
-    label = init_name(str(model / "encoder"))  # the classifier directory's name
+    label = init_label(str(model))  # the classifier directory's name
     config, run = _setup(args, "gradcam", label, runs_dir)
     prepared = _prepared(config, run, meta.get("preprocess"))
     task = TaskSpec.model_validate(meta["task"])
@@ -78,24 +79,24 @@ def tsne(encoder: str = typer.Argument(..., help="An encoder checkpoint director
     the feature cache), coloured by label."""
     import torch
 
-    from ..evaluate.features import extract_features
-    from ..evaluate.probe import assert_frozen
-    from ..evaluate.sweep import class_labels
-    from ..explain.embedding import tsne_figure
-    from ..models.initialize import initial_encoder
-    from ..report.html import build_report
+    from retinassl.jobs.features import extract_features
+    from retinassl.jobs.probe import assert_frozen
+    from retinassl.sweeps.transfer import class_labels
+    from retinassl.explain.embedding import tsne_figure
+    from retinassl.models.initialize import initial_encoder
+    from retinassl.report.html import build_report
 
-    label = init_name(encoder)
+    label = init_label(encoder)
     config, run = _setup(args, "tsne", label, runs_dir)
     meta_preprocess = None
     if encoder != "scratch":
-        from ..checkpoint import read_encoder_meta
+        from retinassl.models.checkpoint import read_encoder_meta
 
         meta_preprocess = read_encoder_meta(encoder).get("preprocess")
     prepared = _prepared(config, run, meta_preprocess)
     spec = next((t for t in config.tasks if t.name == (task or config.tasks[0].name)), None)
     if spec is None:
-        from ..errors import ConfigError
+        from retinassl.errors import ConfigError
 
         raise ConfigError(f"no task {task!r}; the experiment has {[t.name for t in config.tasks]}")
     with torch.random.fork_rng(devices=[]):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from .common import ALLOW_PICKLE, OVERRIDES, RESUME, RUNS_DIR, open_run
+from retinassl.cli.common import ALLOW_PICKLE, OVERRIDES, RESUME, RUNS_DIR, open_run, run_job
 
 app = typer.Typer(no_args_is_help=True, help="OCT volumes: read, segment layers, thickness maps, "
                                              "cross-modal pretraining.")
@@ -35,7 +35,7 @@ def _runs_dir(runs_dir: Path | None) -> Path:
 def info(volume: Path = VOLUME, infrared: Path = INFRARED) -> None:
     """Print what a volume holds (format, shape, spacing, laterality, date, hashed patient key,
     positions, localizer, layer annotations, warnings) as JSON."""
-    from ..oct.read import read_volume
+    from retinassl.oct.read import read_volume
 
     typer.echo(json.dumps(read_volume(volume, infrared).describe(), indent=1))
 
@@ -48,10 +48,10 @@ def thickness(volume: Path = VOLUME, model: Path = MODEL, infrared: Path = INFRA
     """Retinal-thickness map (ILM to Bruch's membrane, micrometres) of one volume: writes
     thickness_map.npy (128x128 on the infrared field, 0 = undefined, the DeepRT format), a PNG with
     a colour bar, the ETDRS 9-sector table (etdrs.csv) and thickness.json into a new run directory."""
-    from ..oct.layerseg import load_layer_model
-    from ..oct.pipeline import compute_thickness, write_thickness
-    from ..oct.read import read_volume
-    from ..rundir import RunDir
+    from retinassl.methods.oct_layers import load_layer_model
+    from retinassl.jobs.oct_thickness import compute_thickness, write_thickness
+    from retinassl.oct.read import read_volume
+    from retinassl.io.rundir import RunDir
 
     run = RunDir.create(_runs_dir(runs_dir), name)
     run.attach_log_file()
@@ -86,11 +86,11 @@ def segment(volume: Path = VOLUME, model: Path = typer.Option(..., "--model", he
     undefined), boundaries.json and a PNG of the central B-scan."""
     import numpy as np
 
-    from ..atomic import write_text, write_with
-    from ..oct.figures import bscan_png
-    from ..oct.layerseg import load_layer_model
-    from ..oct.read import read_volume
-    from ..rundir import RunDir
+    from retinassl.atomic import write_text, write_with
+    from retinassl.figures.oct import bscan_png
+    from retinassl.methods.oct_layers import load_layer_model
+    from retinassl.oct.read import read_volume
+    from retinassl.io.rundir import RunDir
 
     run = RunDir.create(_runs_dir(runs_dir), name)
     run.attach_log_file()
@@ -119,15 +119,10 @@ def train_seg(config: str = typer.Argument(None, help="A YAML config or preset (
               overrides: list[str] = OVERRIDES, resume: Path = RESUME, runs_dir: Path = RUNS_DIR) -> None:
     """Train a layer-segmentation U-Net on annotated B-scans (``volumes=[...]`` files with layer
     annotations, or synthetic volumes). The model folder is <run>/layer-model."""
-    from ..oct.train_layers import LayerTrainConfig, run_train_layers
+    from retinassl.jobs.oct_layers import LayerTrainConfig, run_train_layers
 
     cfg, run = open_run(LayerTrainConfig, config, overrides, resume, runs_dir, default="oct-layers")
-    try:
-        _, metrics = run_train_layers(cfg, run, resume=resume is not None)
-    except BaseException as exc:
-        run.update_status(status="failed", error=str(exc)[:500])
-        raise
-    run.update_status(status="finished", metrics=metrics)
+    metrics, _ = run_job(run, lambda: run_train_layers(cfg, run, resume=resume is not None)[1], report=False)
     typer.echo("validation: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     typer.echo(f"model: {run.path / 'layer-model'}")
 
@@ -142,17 +137,11 @@ def pretrain(config: str = typer.Argument(None, help="A YAML config or preset (d
     fundus (``input=image``) or infrared (``input=ir_image``) image; maps from the manifest's
     thickness_map column, or segmented from its OCT volumes (``maps=segment layer_model=DIR``). The
     encoder lands in <run>/encoder like every pretrained encoder."""
-    from ..oct.cross_modal_run import CrossModalRunConfig, run_cross_modal
-    from ..report.html import build_report
+    from retinassl.jobs.cross_modal import CrossModalRunConfig, run_cross_modal
 
     overrides = list(overrides or []) + (["model.allow_pickle=true"] if allow_pickle else [])
     cfg, run = open_run(CrossModalRunConfig, config, overrides, resume, runs_dir, default="oct-cross-modal")
-    try:
-        metrics = run_cross_modal(cfg, run, resume=resume is not None)
-    except BaseException as exc:
-        run.update_status(status="failed", error=str(exc)[:500])
-        raise
-    run.update_status(status="finished", metrics=metrics)
-    build_report(run, title="cross-modal pretraining")
+    metrics, _ = run_job(run, lambda: run_cross_modal(cfg, run, resume=resume is not None),
+                         title="cross-modal pretraining")
     typer.echo("test: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     typer.echo(f"encoder: {run.encoder_dir}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import RESUME, RUNS_DIR, SKIP_BAD, split_args, with_common_overrides
+from retinassl.cli.common import RESUME, RUNS_DIR, SKIP_BAD, refuse_finished, run_job, split_args, with_common_overrides
 
 
 def pretrain(method: str = typer.Argument(..., help="A pretraining method: rotation, "
@@ -25,12 +25,11 @@ def pretrain(method: str = typer.Argument(..., help="A pretraining method: rotat
     pretraining) on a pool of images; labels are ignored unless `label` is set. Writes
     runs/<name>-<time>/ with the encoder checkpoint (encoder/), training curves (logs/csv) and a
     report."""
-    from ..config import apply_overrides, load_config, preset_names, read_yaml, validate
-    from ..errors import ConfigError
-    from ..method import method_names
-    from ..pretrain.run import PretrainConfig, run_pretrain
-    from ..report.html import build_report
-    from ..rundir import RunDir
+    from retinassl.config import apply_overrides, load_config, preset_names, read_yaml, validate
+    from retinassl.errors import ConfigError
+    from retinassl.methods.base import method_names
+    from retinassl.jobs.pretrain import PretrainConfig, run_pretrain
+    from retinassl.io.rundir import RunDir
 
     if method not in method_names():
         raise ConfigError(f"unknown method {method!r}; known: {', '.join(method_names())}")
@@ -43,6 +42,7 @@ def pretrain(method: str = typer.Argument(..., help="A pretraining method: rotat
         overrides.append("model.allow_pickle=true")
     if resume is not None:
         run = RunDir.resume(resume)
+        refuse_finished(run, split_args(args, f"pretrain-{method}")[1])
         cfg = load_config(PretrainConfig, run.config_file, overrides)
     else:
         data = read_yaml(source)
@@ -56,11 +56,7 @@ def pretrain(method: str = typer.Argument(..., help="A pretraining method: rotat
         raise ConfigError(f"{run.path} was a {cfg.method_name!r} run, not {method!r}")
     run.attach_log_file()
     typer.echo(f"run directory: {run.path}")
-    try:
-        encoder_dir = run_pretrain(cfg, run, resume=resume is not None)
-    except BaseException as exc:
-        run.update_status(status="failed", error=str(exc)[:500])
-        raise
-    run.update_status(status="finished", encoder=str(encoder_dir))
+    encoder_dir, report = run_job(run, lambda: run_pretrain(cfg, run, resume=resume is not None),
+                                  status=lambda out: {"encoder": str(out)})
     typer.echo(f"encoder: {encoder_dir}")
-    typer.echo(f"report: {build_report(run)}")
+    typer.echo(f"report: {report}")

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import typer
 
-from ..rundir import RunDir
+from retinassl.io.rundir import RunDir
 
 
 def report(run_dir: Path = typer.Argument(..., help="A run directory (runs/<name>-<time>).")) -> None:
     """Rebuild report/index.html of a run from results.csv, predictions/ and figures."""
-    from ..report.html import build_report
+    from retinassl.report.html import build_report
 
     path = build_report(RunDir(run_dir) if (run_dir / "run.json").is_file() else RunDir.resume(run_dir))
     typer.echo(f"report: {path}")

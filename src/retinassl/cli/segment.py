@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ..rundir import RunDir
-from .common import ALLOW_PICKLE, OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, open_run
+from retinassl.io.rundir import RunDir
+from retinassl.cli.common import ALLOW_PICKLE, OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, open_run, run_job
 
 app = typer.Typer(no_args_is_help=True, help="Vessel segmentation: a U-Net whose encoder is any "
                   "registered encoder or encoder checkpoint; metrics inside the field of view.")
@@ -36,7 +36,7 @@ def _preprocess(segmenter, fov_threshold: float | None, size: int | None, crop_f
 def _options(items: list[str] | None) -> dict:
     import yaml
 
-    from ..errors import ConfigError
+    from retinassl.errors import ConfigError
 
     out = {}
     for item in items or []:
@@ -57,19 +57,13 @@ def train(config: str = typer.Argument("drive-vessels", help="A YAML config or a
     config's evaluate_on datasets, e.g. STARE). Writes runs/<name>-<time>/ with segmenter/ (the
     model), encoder/, predictions/ (PNG probability maps and binary masks), results.csv and an HTML
     report with overlays."""
-    from ..evaluate.segmentation_run import SegmentConfig, run_segment_train
-    from ..report.html import build_report
+    from retinassl.jobs.segment import SegmentConfig, run_segment_train
 
     overrides = list(overrides or []) + (["model.allow_pickle=true"] if allow_pickle else [])
     cfg, run = open_run(SegmentConfig, config, overrides, resume, runs_dir, skip_bad)
-    try:
-        metrics = run_segment_train(cfg, run, resume=resume is not None)
-    except BaseException as exc:
-        run.update_status(status="failed", error=str(exc)[:500])
-        raise
-    run.update_status(status="finished", metrics=metrics)
+    metrics, report = run_job(run, lambda: run_segment_train(cfg, run, resume=resume is not None))
     typer.echo(", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-    typer.echo(f"report: {build_report(run)}")
+    typer.echo(f"report: {report}")
 
 
 @app.command("predict")
@@ -85,12 +79,12 @@ def predict(model: Path = typer.Argument(..., help="A segmenter directory or a r
             crop_fov: bool = CROP_FOV,
             cache_dir: Path = typer.Option(None, "--cache-dir", show_default=False)) -> None:
     """Write vessel probability maps and binary masks, at each image's original resolution."""
-    from ..data.cache import Cache
-    from ..data.manifest import Manifest
-    from ..data.sources import load_source
-    from ..data.sources.files import safe_id, stem
-    from ..errors import ConfigError
-    from ..evaluate.segmentation_run import load_segmenter, predict_images
+    from retinassl.data.cache import Cache
+    from retinassl.data.manifest import Manifest
+    from retinassl.data.sources import load_source
+    from retinassl.data.sources.files import safe_id, stem
+    from retinassl.errors import ConfigError
+    from retinassl.jobs.segment import load_segmenter, predict_images
 
     segmenter = load_segmenter(model)
     if source:
@@ -128,9 +122,9 @@ def evaluate(model: Path = typer.Argument(..., help="A segmenter directory or a 
     """Evaluate a trained model on a dataset (cross-dataset: e.g. train on DRIVE, test on STARE):
     Dice, sensitivity, specificity, accuracy and pixel AUC inside the FOV, with bootstrap intervals
     over images; predictions, overlays, results.csv and a report in a new run directory."""
-    from ..config import DataConfig
-    from ..evaluate.segmentation_run import EvalDatasetConfig, load_segmenter, run_segment_evaluate
-    from ..report.html import build_report
+    from retinassl.config import DataConfig
+    from retinassl.jobs.segment import EvalDatasetConfig, load_segmenter, run_segment_evaluate
+    from retinassl.report.html import build_report
 
     segmenter = load_segmenter(model)
     preprocess = _preprocess(segmenter, fov_threshold, size, crop_fov)
@@ -161,8 +155,9 @@ def curve(config: str = typer.Argument("drive-vessels", help="A YAML config or p
     """Label-fraction curve: one U-Net per (initialisation, number of training images, seed),
     each tested on the test split; one results table (same format as the classification
     protocol) and a report. With --resume, finished combinations are skipped."""
-    from ..evaluate.segmentation_run import SegmentConfig, run_label_fraction_curve
-    from ..report.html import build_report
+    from retinassl.jobs.segment import SegmentConfig
+    from retinassl.sweeps.vessel_curve import run_label_fraction_curve
+    from retinassl.report.html import build_report
 
     inits: dict[str, str] = {}
     for item in init or ["scratch"]:

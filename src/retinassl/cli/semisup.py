@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .common import ALLOW_PICKLE, OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, open_run
+from retinassl.cli.common import ALLOW_PICKLE, OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, open_run, run_job
 
 app = typer.Typer(no_args_is_help=True, help="Semi-supervised patch classification (the patch "
                                              "SSL-GAN of Lecouat et al. 2018).")
@@ -22,27 +22,21 @@ def train(config: str = typer.Argument(None, help="A YAML config or preset (e.g.
     """Train a patch classifier with n_labelled labelled images (the rest of the training cohort,
     and an optional pool, unlabelled), then evaluate it on the test split: patch, image and
     localisation AUC, predictions, heatmaps, results.csv and an HTML report in runs/<name>-<time>/."""
-    from ..report.html import build_report
-    from ..semisup.config import SemisupTrainConfig
-    from ..semisup.pipeline import run_semisup_train
+    from retinassl.jobs.patch_config import SemisupTrainConfig
+    from retinassl.jobs.semisup import run_semisup_train
 
     overrides = list(overrides or []) + (["learner.model.allow_pickle=true"] if allow_pickle else [])
     cfg, run = open_run(SemisupTrainConfig, config, overrides, resume, runs_dir, skip_bad)
-    try:
-        metrics = run_semisup_train(cfg, run, resume=resume is not None)
-    except BaseException as exc:
-        run.update_status(status="failed", error=str(exc)[:500])
-        raise
-    run.update_status(status="finished", metrics=metrics)
+    metrics, report = run_job(run, lambda: run_semisup_train(cfg, run, resume=resume is not None))
     typer.echo("test: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-    typer.echo(f"report: {build_report(run)}")
+    typer.echo(f"report: {report}")
 
 
 @app.command()
 def evaluate(run_dir: Path = typer.Argument(..., help="A `retinassl semisup train` run directory.")) -> None:
     """Evaluate a run's saved classifier on its test split again (predictions, heatmaps, metrics)."""
-    from ..report.html import build_report
-    from ..semisup.pipeline import evaluate_run, load_run_config
+    from retinassl.report.html import build_report
+    from retinassl.jobs.semisup import evaluate_run, load_run_config
 
     run, cfg = load_run_config(run_dir)
     metrics = evaluate_run(cfg, run)
@@ -59,10 +53,10 @@ def heatmap(image: Path = typer.Argument(..., help="A fundus image file."),
             mask: Path = typer.Option(None, "--mask", help="A lesion mask to outline.",
                                       show_default=False)) -> None:
     """Overlay a classifier's patch probabilities (Gaussian-smoothed) on one image; writes a PNG."""
-    from ..semisup.pipeline import heatmap_image
+    from retinassl.jobs.semisup import heatmap_image
 
     if not image.is_file():
-        from ..errors import DataError
+        from retinassl.errors import DataError
 
         raise DataError("image file does not exist", path=image)
     path, probs = heatmap_image(image, checkpoint, out, mask)

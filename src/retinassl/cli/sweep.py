@@ -13,16 +13,16 @@ from typing import Any
 
 import typer
 
-from ..errors import ConfigError
-from .common import OVERRIDES, RESUME, RUNS_DIR, config_and_overrides
+from retinassl.errors import ConfigError
+from retinassl.cli.common import OVERRIDES, RESUME, RUNS_DIR, config_and_overrides, run_job
 
 Runner = Callable[[dict[str, Any], Any, str, bool], None]
 
 
 def runners() -> dict[str, Runner]:
     """Experiment kinds and the function that runs each (imported here, explicitly)."""
-    from ..evaluate.sweep import transfer_runner
-    from ..semisup.experiment import run_ssl_gan_experiment
+    from retinassl.sweeps.transfer import transfer_runner
+    from retinassl.sweeps.ssl_gan import run_ssl_gan_experiment
 
     return {"ssl-gan": run_ssl_gan_experiment, "transfer": transfer_runner}
 
@@ -35,9 +35,8 @@ def sweep(preset: str = typer.Argument(None, help="A packaged experiment preset 
           resume: Path = RESUME, runs_dir: Path = RUNS_DIR) -> None:
     """Run a whole experiment (e.g. idrid-ssl-gan, idrid-transfer) and write its results table,
     comparison tables, figures and HTML report."""
-    from ..config import apply_overrides, read_yaml
-    from ..report.html import build_report
-    from ..rundir import RunDir
+    from retinassl.config import apply_overrides, read_yaml
+    from retinassl.io.rundir import RunDir
 
     if budget not in ("smoke", "cpu", "full"):
         raise ConfigError(f"--budget must be smoke, cpu or full, not {budget!r}")
@@ -55,7 +54,7 @@ def sweep(preset: str = typer.Argument(None, help="A packaged experiment preset 
     # --resume without them continues the same experiment
     import yaml
 
-    from ..atomic import write_text
+    from retinassl.atomic import write_text
 
     write_text(run.path / "sweep.yaml", yaml.safe_dump(data, sort_keys=False))
     kind = data.get("kind")
@@ -64,10 +63,5 @@ def sweep(preset: str = typer.Argument(None, help="A packaged experiment preset 
         raise ConfigError(f"{preset or run.path}: unknown experiment kind {kind!r}; known: {', '.join(sorted(table)) or 'none'}")
     run.attach_log_file()
     typer.echo(f"run directory: {run.path}")
-    try:
-        table[kind](data, run, budget, resume is not None)
-    except BaseException as exc:
-        run.update_status(status="failed", error=str(exc)[:500])
-        raise
-    run.update_status(status="finished")
-    typer.echo(f"report: {build_report(run)}")
+    _, report = run_job(run, lambda: table[kind](data, run, budget, resume is not None))
+    typer.echo(f"report: {report}")

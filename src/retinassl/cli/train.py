@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import ALLOW_PICKLE, OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, open_run
+from retinassl.cli.common import ALLOW_PICKLE, OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, open_run, run_job
 
 
 def train(config: str = typer.Argument(None, help="A YAML config file or a packaged preset name "
@@ -17,17 +17,10 @@ def train(config: str = typer.Argument(None, help="A YAML config file or a packa
     """Train a supervised classifier (whole images, or patches with labels from lesion masks), then
     evaluate it on the test split. Writes runs/<name>-<time>/ with the encoder checkpoint,
     predictions, results.csv and an HTML report."""
-    from ..report.html import build_report
-    from ..train import TrainConfig, run_train
+    from retinassl.jobs.train import TrainConfig, run_train
 
     overrides = list(overrides or []) + (["model.allow_pickle=true"] if allow_pickle else [])
     cfg, run = open_run(TrainConfig, config, overrides, resume, runs_dir, skip_bad)
-    try:
-        metrics = run_train(cfg, run, resume=resume is not None)
-    except BaseException as exc:
-        run.update_status(status="failed", error=str(exc)[:500])
-        raise
-    run.update_status(status="finished", metrics=metrics)
-    report = build_report(run)
+    metrics, report = run_job(run, lambda: run_train(cfg, run, resume=resume is not None))
     typer.echo("test: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     typer.echo(f"report: {report}")

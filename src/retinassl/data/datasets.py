@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import DataError
-from .cache import PreparedData
-from .manifest import LESION_TYPES, is_missing
-from .patches import patch_pixel_counts
-from .preprocess import normalize
+from retinassl.errors import DataError
+from retinassl.data.cache import PreparedData
+from retinassl.data.manifest import LESION_TYPES, is_missing
+from retinassl.data.patches import patch_pixel_counts
+from retinassl.data.preprocess import normalize
 
 LESION_MASK_COLUMNS: tuple[str, ...] = tuple(f"mask_{t}" for t in LESION_TYPES)
 

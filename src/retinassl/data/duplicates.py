@@ -58,12 +58,12 @@ from PIL import Image
 import scipy.fft
 from scipy import ndimage
 
-from ..atomic import atomic_path
-from ..progress import track
-from .cache import DigestMemo, default_cache_dir
-from .imageio import read_image
-from .manifest import Manifest, is_missing
-from .preprocess import fov_mask
+from retinassl.atomic import atomic_path
+from retinassl.progress import track
+from retinassl.data.cache import DigestMemo, default_cache_dir
+from retinassl.data.imageio import read_image
+from retinassl.data.manifest import Manifest, is_missing
+from retinassl.data.preprocess import fov_mask
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import DataConfig
-from ..errors import ConfigError, DataError
-from .cache import Cache, PreparedData
-from .manifest import Manifest
-from .preprocess import PreprocessConfig
-from .splits import stratified_group_split
+from retinassl.config import DataConfig
+from retinassl.errors import ConfigError, DataError
+from retinassl.data.cache import Cache, PreparedData
+from retinassl.data.manifest import Manifest
+from retinassl.data.preprocess import PreprocessConfig
+from retinassl.data.splits import stratified_group_split
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def load_manifest(config: DataConfig) -> Manifest:
         if config.manifest is None:
             raise ConfigError("data.source is 'manifest' but data.manifest (a CSV path) is not set")
         return Manifest.load(config.manifest)
-    from .sources import load_source
+    from retinassl.data.sources import load_source
 
     return load_source(config.source, **config.options)
 

@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..atomic import write_text
-from ..errors import DataError
+from retinassl.atomic import write_text
+from retinassl.errors import DataError
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("id", "image", "patient", "eye", "split")
 LABEL_RANGES: dict[str, tuple[int, int]] = {"abnormal": (0, 1), "dr_grade": (0, 4), "dme": (0, 2),

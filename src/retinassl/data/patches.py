@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..errors import DataError
+from retinassl.errors import DataError
 
 
 def _check(height: int, width: int, grid: int) -> tuple[int, int]:

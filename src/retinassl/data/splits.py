@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from ..errors import DataError
+from retinassl.errors import DataError
 
 
 def _group_table(labels: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:

@@ -49,10 +49,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..atomic import write_bytes, write_text
-from .manifest import Manifest
-from .synthetic_fundus import (GRADE_PROBS, MASK_KEYS, SyntheticEye, render_eye, sample_traits)
-from .synthetic_oct import DEFAULT_SHAPE, BOUNDARY_NAMES, SyntheticOCT, render_oct
+from retinassl.atomic import write_bytes, write_text
+from retinassl.data.manifest import Manifest
+from retinassl.data.synthetic_fundus import (GRADE_PROBS, MASK_KEYS, SyntheticEye, render_eye, sample_traits)
+from retinassl.data.synthetic_oct import DEFAULT_SHAPE, BOUNDARY_NAMES, SyntheticOCT, render_oct
 
 __all__ = ["generate_dataset", "render_eye", "render_oct", "SyntheticEye", "SyntheticOCT"]
 

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .synthetic_vessels import TreeGeometry, VesselMaps, draw_tree, grow_tree
+from retinassl.data.synthetic_vessels import TreeGeometry, VesselMaps, draw_tree, grow_tree
 
 LESION_KEYS: tuple[str, ...] = ("MA", "HE", "EX", "SE")
 MASK_KEYS: tuple[str, ...] = LESION_KEYS + ("OD", "vessels", "fov")

@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from .synthetic_fundus import SyntheticEye, as_generator
+from retinassl.data.synthetic_fundus import SyntheticEye, as_generator
 
 BOUNDARY_NAMES: tuple[str, ...] = ("ILM", "RNFL_GCL", "GCL_IPL", "IPL_INL", "INL_OPL", "OPL_ONL",
                                    "ELM", "ISOS", "RPE", "BM")

@@ -36,7 +36,7 @@ def tsne(features: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.nd
 def tsne_figure(features: np.ndarray, labels: np.ndarray, path: str | Path, title: str = "",
                 seed: int = 0, label_names: dict[int, str] | None = None) -> Path:
     """Scatter plot of the t-SNE of ``features`` coloured by integer ``labels``; returns the PNG."""
-    from ..report.plots import plt, save_figure
+    from retinassl.figures.plots import plt, save_figure
 
     xy = tsne(features, seed)
     labels = np.asarray(labels)

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.cache import PreparedData
-from ..data.datasets import ImageDataset
-from ..models import Encoder
-from .heatmap import overlay
+from retinassl.data.cache import PreparedData
+from retinassl.data.datasets import ImageDataset
+from retinassl.models import Encoder
+from retinassl.figures.heatmap import overlay
 
 TARGET_LAYER = "features"
 
@@ -101,8 +101,8 @@ def grad_cam(model: CamModel, images: torch.Tensor, class_idx: int | None = None
 
 def classifier_cam_model(model_dir: str | Path) -> tuple[CamModel, object]:
     """A :class:`CamModel` around a fine-tuned classifier saved by
-    :func:`~retinassl.evaluate.finetune.save_classifier`; returns ``(model, task)``."""
-    from ..evaluate.finetune import load_classifier
+    :func:`~retinassl.jobs.finetune.save_classifier`; returns ``(model, task)``."""
+    from retinassl.jobs.finetune import load_classifier
 
     method, task, _ = load_classifier(model_dir)
     model = CamModel(method.encoder, method.head, task.kind,
@@ -128,7 +128,7 @@ def gradcam_overlays(model: CamModel, prepared: PreparedData, rows: Sequence[int
 def gradcam_gallery(model_dir: str | Path, prepared: PreparedData, rows: Sequence[int], path: str | Path,
                     title: str = "") -> Path:
     """One PNG with the Grad-CAM overlay of each row (label and score in each caption)."""
-    from ..report.plots import plt, save_figure
+    from retinassl.figures.plots import plt, save_figure
 
     model, task = classifier_cam_model(model_dir)
     items = gradcam_overlays(model, prepared, rows)

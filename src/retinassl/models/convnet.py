@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm as _weight_norm
 
-from ..errors import ConfigError
-from .base import Encoder
-from .registry import register_encoder
+from retinassl.errors import ConfigError
+from retinassl.models.base import Encoder
+from retinassl.models.registry import register_encoder
 
 
 class InputDropout(nn.Module):

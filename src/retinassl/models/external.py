@@ -18,9 +18,9 @@ Our ResNet encoders use torchvision's parameter names (:mod:`retinassl.models.re
   deep-stem ResNet-C/D (``conv1.0.weight``), average-pool downsampling (ResNet-D), squeeze-excite
   blocks, the pre-activation ResNetV2/BiT (``stem.conv``, ``stages.*``); anything else that does
   not fit raises :class:`~retinassl.errors.CheckpointError` listing missing, unexpected and
-  mis-shaped keys (:func:`retinassl.checkpoint.load_state_strict`).
+  mis-shaped keys (:func:`retinassl.models.checkpoint.load_state_strict`).
 
-Files are read by :func:`retinassl.checkpoint.read_state_dict`: safetensors, or ``.pth``/``.pt``/
+Files are read by :func:`retinassl.models.checkpoint.read_state_dict`: safetensors, or ``.pth``/``.pt``/
 ``.bin`` only with ``allow_pickle=True`` (then with ``torch.load(weights_only=True)``).
 
 ImageNet weights expect ImageNet normalisation: pair them with ``preprocess.normalize: imagenet``.
@@ -35,8 +35,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import load_state_strict, read_state_dict
-from ..errors import CheckpointError
+from retinassl.io.saved_model import load_state_strict, read_state_dict
+from retinassl.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -176,12 +176,6 @@ def load_external_weights(model: nn.Module, path: str | Path, allow_pickle: bool
             variant that cannot fit, or missing / unexpected / mis-shaped keys (named).
     """
     path = Path(path)
-    from retinassl.models.vit import VisionTransformer  # ViTs: RETFound, DINOv2, timm (vit_weights)
-
-    if isinstance(model, VisionTransformer):
-        from retinassl.models.vit_weights import load_vit_weights
-
-        return load_vit_weights(model, path, allow_pickle=allow_pickle, prefix=prefix)
     state = read_state_dict(path, allow_pickle=allow_pickle)
     mapped, report = map_state_dict(state, model, prefix=prefix, source=path)
     load_state_strict(model, mapped, source=path)

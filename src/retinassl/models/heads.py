@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Encoder
+from retinassl.models.base import Encoder
 
 
 class LinearHead(nn.Module):

@@ -12,12 +12,15 @@ from typing import Any, Literal
 
 import torch
 
-from ..checkpoint import ENCODER_META, load_encoder
-from ..config import ModelConfig
-from ..errors import CheckpointError
-from .base import Encoder
-from .external import load_external_weights
-from .registry import build_encoder
+from retinassl.io.saved_model import LEGACY, META
+from retinassl.models.checkpoint import load_encoder
+from retinassl.config import ModelConfig
+from retinassl.errors import CheckpointError
+from retinassl.models.base import Encoder
+from retinassl.models.external import load_external_weights
+from retinassl.models.vit import VisionTransformer
+from retinassl.models.vit_weights import load_vit_weights
+from retinassl.models.registry import build_encoder
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +28,7 @@ InitKind = Literal["scratch", "checkpoint", "external"]
 
 
 def init_kind(model: ModelConfig) -> InitKind:
-    """``scratch``, ``checkpoint`` (a directory with ``encoder.json``, or that JSON file) or
+    """``scratch``, ``checkpoint`` (a saved model's directory, or its JSON file) or
     ``external`` (any other existing file).
 
     Raises:
@@ -34,7 +37,7 @@ def init_kind(model: ModelConfig) -> InitKind:
     if model.init == "scratch":
         return "scratch"
     path = Path(model.init)
-    if path.is_dir() or path.name == ENCODER_META:
+    if path.is_dir() or path.name == META or path.name in LEGACY:
         return "checkpoint"
     if path.is_file():
         return "external"
@@ -70,8 +73,18 @@ def initial_encoder(model: ModelConfig) -> InitialEncoder:
                         model.arch, model.init, meta["arch"])
         return InitialEncoder(encoder, meta["arch"], dict(meta["kwargs"]), kind)
     encoder = build_encoder(model.arch, **model.kwargs)
-    load_external_weights(encoder, model.init, allow_pickle=model.allow_pickle, prefix=model.init_prefix)
+    load_weights_file(encoder, model.init, allow_pickle=model.allow_pickle, prefix=model.init_prefix)
     return InitialEncoder(encoder, model.arch, dict(model.kwargs), kind)
+
+
+def load_weights_file(encoder: Encoder, path: str | Path, allow_pickle: bool = False,
+                      prefix: str | None = None) -> Any:
+    """Weights made elsewhere into ``encoder``, through the key mapping of its family: ViTs
+    (RETFound, DINOv2, RETFound-Green, timm; :mod:`~retinassl.models.vit_weights`), ResNets
+    (torchvision, timm; :mod:`~retinassl.models.external`). Returns the mapping report."""
+    if isinstance(encoder, VisionTransformer):
+        return load_vit_weights(encoder, path, allow_pickle=allow_pickle, prefix=prefix)
+    return load_external_weights(encoder, path, allow_pickle=allow_pickle, prefix=prefix)
 
 
 @contextmanager
@@ -87,3 +100,20 @@ def seeded_initial_encoder(model: ModelConfig, seed: int) -> InitialEncoder:
     """:func:`initial_encoder` with scratch weights drawn from ``seed``: same seed, same weights."""
     with seeded_init(seed):
         return initial_encoder(model)
+
+
+def init_label(init: str, names: dict[str, str] | None = None) -> str:
+    """How an initialisation is named in every results table (transfer, vessel curve, single
+    evaluations), so that tables of the same checkpoint join: ``scratch``; a name given in ``names``;
+    for a saved model, the name of the run directory that holds it (``runs/pretrain-rotation-.../
+    encoder`` -> ``pretrain-rotation-...``); for another weights file, its stem."""
+    if init == "scratch":
+        return "scratch"
+    if names and init in names:
+        return names[init]
+    path = Path(init).resolve()
+    if path.name == META or path.name in LEGACY:
+        path = path.parent
+    stem = path.parent.name if path.name == "encoder" else path.stem if path.is_file() else path.name
+    cleaned = "".join(c if c.isalnum() or c in "._+-" else "-" for c in stem).strip("-.")
+    return cleaned or "encoder"

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..errors import ConfigError
-from .base import Encoder
+from retinassl.errors import ConfigError
+from retinassl.models.base import Encoder
 
 _ENCODERS: dict[str, Callable[..., Encoder]] = {}
 E = TypeVar("E", bound=Callable[..., Encoder])

@@ -3,7 +3,7 @@
 MONAI's ``ResNet`` with ``bias_downsample=False``, a 7x7 stride-2 first convolution and max pooling
 is the torchvision architecture, and its parameter names (``conv1``, ``bn1``, ``layer1.0.conv1``...)
 are torchvision's, so ImageNet weights saved by torchvision or timm load with no key renaming
-(see :mod:`retinassl.checkpoint`).
+(see :mod:`retinassl.models.checkpoint`).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from monai.networks.nets.resnet import ResNet, ResNetBlock, ResNetBottleneck
 
-from .base import Encoder
-from .registry import register_encoder
+from retinassl.models.base import Encoder
+from retinassl.models.registry import register_encoder
 
 _DEPTHS = {"resnet18": (ResNetBlock, (2, 2, 2, 2)), "resnet34": (ResNetBlock, (3, 4, 6, 3)),
            "resnet50": (ResNetBottleneck, (3, 4, 6, 3))}

@@ -7,7 +7,7 @@ convolutions, each followed by a ReLU." Here the contracting path is any :class:
 (``unet``, ``resnet18/34/50``, ``convnet``, or one loaded from a pretraining checkpoint); the
 expanding path is built from its ``feature_channels`` and works for any ``reductions``.
 
-Used by vessel segmentation (:mod:`retinassl.evaluate.segmentation`, one output channel, sigmoid)
+Used by vessel segmentation (:mod:`retinassl.methods.vessel_segmentation`, one output channel, sigmoid)
 and by OCT layer segmentation (``out_channels = K`` layers, softmax over dim 1). For example, on
 B-scans::
 
@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Encoder
-from .registry import build_encoder
-from .unet import double_conv
+from retinassl.models.base import Encoder
+from retinassl.models.registry import build_encoder
+from retinassl.models.unet import double_conv
 
 
 class DecoderBlock(nn.Module):
@@ -190,8 +190,8 @@ def unet_from_checkpoint(path: str | Path, out_channels: int = 1,
                          decoder_channels: Sequence[int] | None = None,
                          stem_channels: int = 16) -> UNet:
     """A U-Net whose encoder is loaded (strictly, no key renaming) from an encoder checkpoint
-    directory written by :func:`retinassl.checkpoint.save_encoder`; the decoder starts fresh."""
-    from ..checkpoint import load_encoder
+    directory written by :func:`retinassl.models.checkpoint.save_encoder`; the decoder starts fresh."""
+    from retinassl.models.checkpoint import load_encoder
 
     encoder, _ = load_encoder(path)
     return UNet(encoder, out_channels, decoder_channels, stem_channels)

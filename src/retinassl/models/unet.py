@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Encoder
-from .registry import register_encoder
+from retinassl.models.base import Encoder
+from retinassl.models.registry import register_encoder
 
 
 def double_conv(cin: int, cout: int) -> nn.Sequential:

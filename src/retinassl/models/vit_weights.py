@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from retinassl.errors import CheckpointError
+from retinassl.io.saved_model import load_state_strict
 from retinassl.models.external import MappingReport, adapt_input_conv, unwrap_state_dict
 from retinassl.models.vit import VIT_SIZES, VisionTransformer, resample_pos_embed
 
@@ -347,26 +348,14 @@ def _patterns(keys: list[str], limit: int = 6) -> str:
 def load_vit_state(model: VisionTransformer, state: dict[str, torch.Tensor], source: object) -> None:
     """Load a mapped state into ``model`` exactly, or raise a CheckpointError naming the missing,
     unexpected and mis-shaped keys and the architecture the weights describe."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k}: file {tuple(state[k].shape)} vs encoder {tuple(own[k].shape)}"
-                  for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing ({_patterns(missing)})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected ({_patterns(unexpected)})")
-        if mismatched:
-            parts.append(f"{len(mismatched)} with other shapes (e.g. {'; '.join(mismatched[:3])})")
+    def hint() -> str:
         words, fit = describe_vit_state(state)
-        hint = f"; the file holds {words}" + (f"; it would fit arch={fit['arch']} with kwargs {fit['kwargs']}"
-                                               if fit else "")
-        raise CheckpointError(f"{source}: weights do not fit the {type(model).__name__} "
-                              f"({model.num_features} wide, {len(model.blocks)} blocks, patch "
-                              f"{model.patch_size}): {', '.join(parts)}{hint}")
-    model.load_state_dict(state, strict=True)
+        return f"; the file holds {words}" + (f"; it would fit arch={fit['arch']} with kwargs {fit['kwargs']}"
+                                              if fit else "")
+
+    load_state_strict(model, state, source, name_keys=_patterns, hint=hint,
+                      what=f"the {type(model).__name__} ({model.num_features} wide, {len(model.blocks)} "
+                           f"blocks, patch {model.patch_size})")
 
 
 def load_vit_weights(model: VisionTransformer, path: str | Path, allow_pickle: bool = False,

@@ -12,5 +12,5 @@ pretraining (DeepRT, Holmberg et al. 2020).
 - thickness: :mod:`.thickness` (per A-scan, maps on the fundus field, ETDRS, fovea, DeepRT's
   total-variation quality), :mod:`.pipeline` (``retinassl oct thickness``), :mod:`.figures`.
 - cross-modal: :mod:`.paired` (fundus + registered map pairs), :mod:`.cross_modal_run`
-  (``retinassl oct pretrain``); the method itself is :mod:`retinassl.pretrain.cross_modal`.
+  (``retinassl oct pretrain``); the method itself is :mod:`retinassl.methods.cross_modal`.
 """

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layers import fill_gaps
+from retinassl.oct.layers import fill_gaps
 
 
 def _viterbi(gain: np.ndarray, smoothness: float, max_jump: int) -> np.ndarray:

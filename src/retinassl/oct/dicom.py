@@ -57,9 +57,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
-from .identity import patient_key
-from .volume import OCTVolume, iso_date, laterality_code
+from retinassl.errors import DataError
+from retinassl.oct.identity import patient_key
+from retinassl.oct.volume import OCTVolume, iso_date, laterality_code
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path
-from .dicom import OCT_SOP_CLASS, OP_SOP_CLASSES
-from .volume import OCTVolume
+from retinassl.atomic import atomic_path
+from retinassl.oct.dicom import OCT_SOP_CLASS, OP_SOP_CLASSES
+from retinassl.oct.volume import OCTVolume
 
 OMITTABLE = ("PixelData", "PixelSpacing", "SliceThickness", "positions", "infrared")
 

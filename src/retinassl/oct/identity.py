@@ -31,7 +31,7 @@ SALT_FILE = "patient-salt"
 
 
 def _salt_file() -> Path:
-    from ..data.cache import default_cache_dir
+    from retinassl.data.cache import default_cache_dir
 
     return default_cache_dir() / SALT_FILE
 

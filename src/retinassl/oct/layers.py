@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import DataError
+from retinassl.errors import DataError
 
 IGNORE_LABEL = -1
 

@@ -35,11 +35,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..data.cache import PreparedData
-from ..data.manifest import Manifest, is_missing
-from ..data.preprocess import Geometry, normalize
-from ..errors import DataError
-from .thickness import map_quality
+from retinassl.data.cache import PreparedData
+from retinassl.data.manifest import Manifest, is_missing
+from retinassl.data.preprocess import Geometry, normalize
+from retinassl.errors import DataError
+from retinassl.oct.thickness import map_quality
 
 INPUT_COLUMNS = ("image", "ir_image")
 
@@ -99,7 +99,7 @@ def map_to_image_affine(manifest: Manifest, row: int, input_column: str, map_sha
         map_shape: the map's ``(h, w)``; image_size: the stored input image's ``(width, height)``.
         map_frame: ``sidecar`` (the map of the ``thickness_map`` column, placed by the OCT
             sidecar's ``thickness_map.affine`` when there is one) or ``ir-field`` (a map covering
-            the infrared image, as :mod:`retinassl.oct.pipeline` writes).
+            the infrared image, as :mod:`retinassl.jobs.oct_thickness` writes).
     """
     meta = _sidecar(manifest, row)
     ir = meta.get("ir_image") if meta is not None else None
@@ -119,7 +119,7 @@ def map_to_image_affine(manifest: Manifest, row: int, input_column: str, map_sha
             ir_path = manifest.path(row, "ir_image")
             if ir_path is None:
                 raise DataError("the infrared image's size is unknown", row=row)
-            from ..data.imageio import image_size as _size
+            from retinassl.data.imageio import image_size as _size
 
             ir_size = _size(ir_path)
         to_fundus = _compose(ir_to_fundus, field_affine(map_shape, ir_size))
@@ -190,7 +190,7 @@ class ThicknessPairs(Dataset):
         on_bad_map: ``mask`` or ``error`` (see the module docstring).
         tv_threshold: DeepRT's total-variation threshold.
         maps: thickness maps to use instead of the ``thickness_map`` files, one per row, covering
-            the infrared field (e.g. computed by :mod:`retinassl.oct.pipeline` from the OCT
+            the infrared field (e.g. computed by :mod:`retinassl.jobs.oct_thickness` from the OCT
             volumes).
 
     Items: ``image`` ``(C, S, S)``, ``target`` ``(1, S, S)`` micrometres, ``mask`` ``(1, S, S)``,

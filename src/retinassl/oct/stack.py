@@ -33,10 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
-from .identity import patient_key
-from .layers import labels_to_boundaries, polylines_to_rows
-from .volume import OCTVolume, iso_date, laterality_code
+from retinassl.errors import DataError
+from retinassl.oct.identity import patient_key
+from retinassl.oct.layers import labels_to_boundaries, polylines_to_rows
+from retinassl.oct.volume import OCTVolume, iso_date, laterality_code
 
 
 def _read_array(path: Path) -> np.ndarray:
@@ -53,7 +53,7 @@ def _read_array(path: Path) -> np.ndarray:
 
 
 def _read_localizer(path: Path) -> np.ndarray:
-    from ..data.imageio import read_image
+    from retinassl.data.imageio import read_image
 
     return np.asarray(read_image(path, grayscale=True).array)
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.synthetic_fundus import SyntheticEye, render_eye
-from ..data.synthetic_oct import BOUNDARY_NAMES, DEFAULT_SHAPE, SyntheticOCT, render_oct
-from .volume import OCTVolume
+from retinassl.data.synthetic_fundus import SyntheticEye, render_eye
+from retinassl.data.synthetic_oct import BOUNDARY_NAMES, DEFAULT_SHAPE, SyntheticOCT, render_oct
+from retinassl.oct.volume import OCTVolume
 
 
 def fundus_to_localizer(points: np.ndarray, ir_affine: np.ndarray) -> np.ndarray:

@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from ..errors import DataError
-from .volume import OCTVolume
+from retinassl.errors import DataError
+from retinassl.oct.volume import OCTVolume
 
 TV_THRESHOLD = 0.014
 ETDRS_SECTORS: tuple[str, ...] = ("C0", "S1", "N1", "I1", "T1", "S2", "N2", "I2", "T2")

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..rundir import RunDir
-from .plots import plt, save_figure
+from retinassl.io.rundir import RunDir
+from retinassl.figures.plots import plt, save_figure
 
 
 def read_history(path: str | Path) -> pd.DataFrame:
@@ -64,7 +64,7 @@ def curves_summary(history: pd.DataFrame, tail: float = 0.1) -> pd.DataFrame:
 
 def training_curves_section(run: RunDir):  # -> Section | None
     """The training curves of the run's engine log, if it has one."""
-    from .html import Section, table_html  # html.py lists this builder: import it lazily
+    from retinassl.report.sections import Section, table_html
 
     path = run.path / "logs" / "csv" / "metrics.csv"
     if not path.is_file():

@@ -7,40 +7,21 @@ listed in :data:`SECTION_BUILDERS` (capabilities add their builders there explic
 from __future__ import annotations
 
 import datetime as _dt
-import html
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from ..atomic import write_text
-from ..results import read_results
-from ..rundir import RunDir
-from .plots import roc_figure
-
-
-@dataclass
-class Section:
-    title: str
-    html: str
-
-
-def table_html(frame: pd.DataFrame, text_columns: tuple[str, ...] = ()) -> str:
-    """A small HTML table (text columns left-aligned, numbers with 3 decimals)."""
-    head = "".join(f'<th class="{"t" if c in text_columns else ""}">{html.escape(str(c))}</th>'
-                   for c in frame.columns)
-    body = []
-    for _, row in frame.iterrows():
-        cells = []
-        for c in frame.columns:
-            v = row[c]
-            text = f"{v:.3f}" if isinstance(v, (float, np.floating)) and c not in text_columns else str(v)
-            cells.append(f'<td class="{"t" if c in text_columns else ""}">{html.escape(text)}</td>')
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+from retinassl.atomic import write_text
+from retinassl.io.results import read_results
+from retinassl.io.rundir import RunDir
+from retinassl.figures.plots import roc_figure
+from retinassl.report.curves import training_curves_section
+from retinassl.report.oct import oct_section
+from retinassl.report.sections import Section, gallery_section, table_html
+from retinassl.report.ssl_gan import ssl_gan_section
+from retinassl.report.transfer import gradcam_section, transfer_curves_section, transfer_delong_section, tsne_section
 
 
 def summary_section(run: RunDir) -> Section | None:
@@ -73,17 +54,6 @@ def roc_section(run: RunDir) -> Section | None:
     return Section("ROC curves", f'<img src="figures/{figure.name}" alt="ROC curves" width="460">')
 
 
-def gallery_section(run: RunDir, prefix: str, title: str, note: str = "") -> Section | None:
-    """A gallery of the PNG figures whose names start with ``prefix``."""
-    figures = sorted((run.report_dir / "figures").glob(f"{prefix}*.png"))
-    if not figures:
-        return None
-    items = "".join(f'<figure><img src="figures/{html.escape(p.name)}" alt="{html.escape(p.stem)}">'
-                    f"<figcaption>{html.escape(p.stem.removeprefix(prefix))}</figcaption></figure>"
-                    for p in figures)
-    return Section(title, (f'<p class="note">{note}</p>' if note else "") + f'<div class="gallery">{items}</div>')
-
-
 def heatmap_section(run: RunDir) -> Section | None:
     return gallery_section(run, "heatmap-", "Patch heatmaps (test images)",
                            "Patch scores (sigmoid of patch logits) smoothed with a Gaussian blur; the "
@@ -97,24 +67,9 @@ def vessel_section(run: RunDir) -> Section | None:
                            "negative; grey: outside the FOV). Captions: dataset and image id.")
 
 
-SECTION_BUILDERS: list[Callable[[RunDir], Section | None]] = [summary_section, roc_section,
-                                                               heatmap_section, vessel_section]
-
-# Builders defined in their own modules (imported here, after Section and table_html exist).
-from .curves import training_curves_section  # noqa: E402
-
-SECTION_BUILDERS.append(training_curves_section)
-from ..oct.report import oct_section  # noqa: E402
-
-SECTION_BUILDERS.append(oct_section)
-from .transfer import (gradcam_section, transfer_curves_section,  # noqa: E402
-                       transfer_delong_section, tsne_section)
-
-SECTION_BUILDERS.extend([transfer_curves_section, transfer_delong_section, tsne_section,
-                         gradcam_section])
-from ..semisup.report import ssl_gan_section  # noqa: E402
-
-SECTION_BUILDERS.append(ssl_gan_section)
+SECTION_BUILDERS: list[Callable[[RunDir], Section | None]] = [
+    summary_section, roc_section, heatmap_section, vessel_section, training_curves_section, oct_section,
+    transfer_curves_section, transfer_delong_section, tsne_section, gradcam_section, ssl_gan_section]
 
 
 def build_report(run: RunDir, title: str | None = None) -> Path:

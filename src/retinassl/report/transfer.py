@@ -1,4 +1,4 @@
-"""Report sections of a transfer sweep (:mod:`retinassl.evaluate.sweep`), built only from the run's
+"""Report sections of a transfer sweep (:mod:`retinassl.sweeps.transfer`), built only from the run's
 results table, prediction files and figures: metric vs label-fraction curves with intervals, the
 DeLong p-values against the reference initialisation, t-SNE maps and Grad-CAM overlays."""
 
@@ -11,37 +11,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..rundir import RunDir
-from .plots import plt, save_figure
-
-# Section, gallery_section and table_html come from .html, which imports this module at its end to
-# register the builders: they are imported inside the functions.
-
-CONFIG_FILE = "transfer.yaml"
+from retinassl.io.rundir import RunDir
+from retinassl.figures.plots import plt, save_figure
 
 
-def _config(run: RunDir):  # -> TransferConfig | None
-    path = run.path / CONFIG_FILE
-    if not path.is_file() or not run.results_file.is_file():
-        return None
-    from ..config import read_yaml, validate
-    from ..evaluate.sweep import TransferConfig
-
-    return validate(TransferConfig, read_yaml(path), origin=str(path))
-
-
-def _comparison(run: RunDir) -> tuple[object, pd.DataFrame] | None:
-    config = _config(run)
-    if config is None:
-        return None
-    from ..evaluate.compare import comparison
-
+def _comparison(run: RunDir) -> tuple[str, list[str], pd.DataFrame] | None:
+    """``(reference, inits in order, table)`` from the sweep's ``comparison.csv`` (written from the
+    results table and the prediction files; the report reads nothing else)."""
     saved = run.path / "comparison.csv"
-    if saved.is_file() and saved.stat().st_mtime >= run.results_file.stat().st_mtime:
-        table = pd.read_csv(saved)  # written by the sweep from the same results and predictions
-    else:
-        table = comparison(run.path, list(config.tasks), config.reference)
-    return (config, table) if len(table) else None
+    if not saved.is_file():
+        return None
+    table = pd.read_csv(saved)
+    if table.empty or "reference" not in table.columns:
+        return None
+    reference = str(table["reference"].iloc[0])
+    inits = [reference] + [i for i in dict.fromkeys(table["init"].astype(str)) if i != reference]
+    return reference, inits, table
 
 
 def curves_figure(table: pd.DataFrame, task: str, metric: str, path: Path, inits: list[str]) -> Path:
@@ -81,14 +66,12 @@ def curves_figure(table: pd.DataFrame, task: str, metric: str, path: Path, inits
 
 def transfer_curves_section(run: RunDir):  # -> Section | None
     """Metric vs label-fraction curves of every task (linear probe and fine-tuning)."""
-    from .html import Section
+    from retinassl.report.sections import Section
 
     found = _comparison(run)
     if found is None:
         return None
-    config, table = found
-    inits = [i.name for i in config.inits]
-    inits = [config.reference] + [i for i in inits if i != config.reference]
+    reference, inits, table = found
     parts = []
     for (task, metric), _ in table.groupby(["task", "metric"], sort=False):
         name = f"transfer-{task}-{metric}.png"
@@ -96,18 +79,18 @@ def transfer_curves_section(run: RunDir):  # -> Section | None
         parts.append(f'<img src="figures/{html.escape(name)}" alt="{html.escape(task)} {metric}" width="800">')
     note = ("Mean over label-subset seeds; error bars are 95 % Student-t intervals over seeds (with a "
             "single seed: DeLong intervals for AUC, bootstrap over test images otherwise). The dashed "
-            f"line is the reference ({config.reference}).")
+            f"line is the reference ({reference}).")
     return Section("Transfer: metric vs label fraction", f'<p class="note">{note}</p>' + "".join(parts))
 
 
 def transfer_delong_section(run: RunDir):  # -> Section | None
     """DeLong p-values of each initialisation against the reference, at every label fraction."""
-    from .html import Section, table_html
+    from retinassl.report.sections import Section, table_html
 
     found = _comparison(run)
     if found is None:
         return None
-    config, table = found
+    reference, _, table = found
     tested = table[np.isfinite(table["p"].to_numpy(float))]
     if tested.empty:
         return None
@@ -122,7 +105,7 @@ def transfer_delong_section(run: RunDir):  # -> Section | None
         label = "linear probe" if protocol == "probe" else "fine-tuning"
         parts.append(f"<h3>{html.escape(task)} ({html.escape(metric)}), {label}</h3>"
                      + table_html(shown, text_columns=tuple(shown.columns)))
-    note = (f"Two-sided DeLong test of each initialisation against {html.escape(config.reference)} on "
+    note = (f"Two-sided DeLong test of each initialisation against {html.escape(reference)} on "
             "the same test images, on the seed-ensemble scores (each image's score averaged over "
             "label-subset seeds); in brackets the difference of the mean metric (init minus "
             "reference). p &lt; 0.05 is marked *.")
@@ -137,7 +120,7 @@ def _p_cell(p: float, delta: float) -> str:
 
 
 def tsne_section(run: RunDir):  # -> Section | None
-    from .html import gallery_section
+    from retinassl.report.sections import gallery_section
 
     return gallery_section(run, "tsne-", "t-SNE of frozen embeddings",
                            "Each initialisation's pooled encoder embeddings of the labelled images "
@@ -145,7 +128,7 @@ def tsne_section(run: RunDir):  # -> Section | None
 
 
 def gradcam_section(run: RunDir):  # -> Section | None
-    from .html import gallery_section
+    from retinassl.report.sections import gallery_section
 
     return gallery_section(run, "gradcam-", "Grad-CAM of fine-tuned models",
                            "Grad-CAM (MONAI) at the encoder's deepest feature map of the model fine-tuned "

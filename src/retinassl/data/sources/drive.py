@@ -24,9 +24,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ...errors import DataError
-from ..manifest import Manifest
-from .files import list_images, relative
+from retinassl.errors import DataError
+from retinassl.data.manifest import Manifest
+from retinassl.data.sources.files import list_images, relative
 
 DATASET = "drive"
 SPLIT_FOLDERS: dict[str, str] = {"train": "training", "test": "test"}

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ...errors import DataError
-from ..manifest import Manifest
-from .tables import LINE, line_error, manifest_with_lines, parse_int, read_table
+from retinassl.errors import DataError
+from retinassl.data.manifest import Manifest
+from retinassl.data.sources.tables import LINE, line_error, manifest_with_lines, parse_int, read_table
 
 log = logging.getLogger(__name__)
 

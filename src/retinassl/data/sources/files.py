@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from ..manifest import is_missing
+from retinassl.data.manifest import is_missing
 
 # Extensions a source accepts as images (lower case; ".gz" only as in STARE's ".ppm.gz").
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif",

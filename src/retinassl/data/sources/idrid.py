@@ -55,10 +55,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ...errors import ConfigError, DataError
-from ..manifest import Manifest, is_missing
-from .files import is_image, relative, stem
-from .tables import LINE, arrange, line_error, parse_int, read_table
+from retinassl.errors import ConfigError, DataError
+from retinassl.data.manifest import Manifest, is_missing
+from retinassl.data.sources.files import is_image, relative, stem
+from retinassl.data.sources.tables import LINE, arrange, line_error, parse_int, read_table
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +408,7 @@ def idrid_dr_pool(root: str | Path, exclude: Manifest | None = None, check_image
             kept.add(frame.at[i, "id"])
     pool = full.subset(candidate.to_numpy())
     if check_images and len(pool):
-        from ..duplicates import find_duplicates
+        from retinassl.data.duplicates import find_duplicates
 
         pairs = find_duplicates(Manifest.concat([exclude, pool]))
         pool_ids = set(pool.ids)

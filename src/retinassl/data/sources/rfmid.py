@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ...errors import DataError
-from ..manifest import DISEASE_PREFIX, Manifest
-from .files import is_image, relative, stem
-from .tables import LINE, line_error, parse_int, read_table
+from retinassl.errors import DataError
+from retinassl.data.manifest import DISEASE_PREFIX, Manifest
+from retinassl.data.sources.files import is_image, relative, stem
+from retinassl.data.sources.tables import LINE, line_error, parse_int, read_table
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...errors import DataError
-from ..manifest import Manifest
-from .files import list_images, relative, stem
+from retinassl.errors import DataError
+from retinassl.data.manifest import Manifest
+from retinassl.data.sources.files import list_images, relative, stem
 
 DATASET = "stare"
 RESIZED_FOLDER = "resized_512_by_repo_author"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ...errors import DataError
-from ..manifest import REQUIRED_COLUMNS, Manifest
+from retinassl.errors import DataError
+from retinassl.data.manifest import REQUIRED_COLUMNS, Manifest
 
 LINE = "_line"  # column added by read_table: 1-based line of the row in the file (header = line 1)
 

@@ -1,0 +1,1 @@
+"""The demo: the toolkit end to end on synthetic data."""

@@ -1,0 +1,1 @@
+"""Training on Lightning: the one engine every method runs through."""

@@ -1,1 +1,0 @@
-"""Evaluation: metrics, statistics, linear probe, fine-tuning, sweeps, segmentation."""

@@ -1,0 +1,1 @@
+"""Figures: arrays in, PNG files out (matplotlib, written atomically)."""

@@ -1,0 +1,1 @@
+"""Foundation I/O: run directories, the results table, pickle-free nested state."""

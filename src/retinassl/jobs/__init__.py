@@ -1,0 +1,1 @@
+"""One module per thing a command does (train, pretrain, probe, finetune, segment, OCT, ...)."""

@@ -1,0 +1,148 @@
+"""Training one patch classifier (a *learner*: SSL-GAN or a supervised baseline) on a labelled
+subset of the training images, through the engine, and handing back its patch classifier.
+
+- ``ssl-gan``: one dataset whose item ``i`` is unlabelled patch ``i`` (every patch of every
+  training image, labelled or not, plus the pool's) with a labelled patch cycled beside it
+  (:class:`~retinassl.data.patch_bank.SemiSupervisedPatches`); windows carry a context margin
+  for the random crops.
+- ``supervised`` (the ConvNet and ResNet34 baselines of Lecouat et al. 2018, "trained on the
+  labelled patches only"): the labelled patches, with BCE ``pos_weight`` = negatives / positives
+  when ``balance`` (Table 5, "balanced class-weighting"). An epoch cycles through them until it
+  has shown as many patches as the training cohort has (the length of an SSL-GAN epoch), so
+  epochs, validations and checkpoints come at the same pace for every label count.
+  With a pool (``use_pool``), the pool's images join as image-level labelled multiple-instance
+  bags (:class:`~retinassl.data.patch_bank.PatchesAndBags`; the method's ``bag_weight``):
+  images with a grade but no lesion masks. Each bag adds one item (of 64 patches) to the epoch.
+
+Encoders and the methods around them (heads, generator) are built under a fixed torch seed
+(PyTorch's default layer initialisation draws from the global generator), so a learner's result
+depends only on its seed, not on which cells a sweep worker trained before it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from torch.utils.data import Dataset, Subset
+
+from retinassl.engine.fit import FitResult, fit
+from retinassl.errors import ConfigError
+from retinassl.methods.base import Method, seeded_method
+from retinassl.io.rundir import RunDir
+from retinassl.models.patch_classifier import PatchClassifier
+from retinassl.jobs.patch_config import LearnerConfig
+from retinassl.data.patch_bank import (LabelledPatches, PatchesAndBags, SemiSupervisedPatches, collate_patches_and_bags,
+                         concat_banks, in_field_of_view)
+from retinassl.jobs.patch_data import PatchData
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Trained:
+    """A trained learner: its method (with every network), classifier, engine result, and the
+    encoder's registry name and arguments (what rebuilds it)."""
+
+    method: Method
+    classifier: PatchClassifier
+    fit: FitResult
+    arch: str
+    kwargs: dict
+
+
+def build_learner_method(learner: LearnerConfig, seed: int,
+                         pos_weight: float | None = None) -> tuple[Method, str, dict]:
+    """The learner's method around a freshly built (or ``model.init``-loaded) encoder,
+    deterministic for a seed; with the encoder's arch and kwargs."""
+
+    params = dict(learner.method)
+    name = str(params["name"])
+    if name == "ssl-gan":
+        params.setdefault("init_seed", seed)
+        params.setdefault("patch_size", learner.patch_size)
+        if params.get("balance_classes") and pos_weight is not None:
+            params.setdefault("class_weights", (1.0, pos_weight))
+    elif name == "supervised" and pos_weight is not None and learner.balance:
+        params.setdefault("pos_weight", pos_weight)
+    method, built = seeded_method(learner.model, params, name, seed)
+    return method, built.arch, built.kwargs
+
+
+def _pos_weight(labels: np.ndarray | None) -> float | None:
+    """Negatives / positives among patch ``labels`` (None when one class is absent)."""
+    if labels is None or len(labels) == 0:
+        return None
+    positives = float(np.mean(labels))
+    return (1 - positives) / positives if 0 < positives < 1 else None
+
+
+def _validation(data: PatchData, learner: LearnerConfig, seed: int) -> Dataset | None:
+    if not learner.val_patches or len(data.val) == 0:
+        return None
+    full = LabelledPatches(data.bank("val", learner.patch_size, 0))
+    if learner.val_patches >= len(full):
+        return full
+    rng = np.random.default_rng([seed, 7])
+    return Subset(full, np.sort(rng.choice(len(full), learner.val_patches, replace=False)).tolist())
+
+
+def training_info(trained: Trained) -> dict[str, float]:
+    """What a training reports beside its classifier: seconds, optimizer steps, the epoch of the
+    validation pass whose weights it ended with (``selected_epoch``, 0-based; absent when it kept
+    its last weights) and the method's :meth:`~retinassl.methods.base.Method.health` (for the SSL-GAN,
+    how varied its generator's samples are)."""
+    selected = {"selected_epoch": float(trained.fit.best["epoch"])} if "epoch" in trained.fit.best else {}
+    return {"train_seconds": trained.fit.seconds, "train_steps": float(trained.fit.batches),
+            **selected, **trained.method.health()}
+
+
+def train_learner(learner: LearnerConfig, data: PatchData, labelled: np.ndarray, seed: int,
+                  run: RunDir, resume: bool = False, use_pool: bool = False) -> Trained:
+    """Train ``learner`` with the training images at positions ``labelled`` (into ``data.train``)
+    labelled; checkpoints and logs go to ``run`` (resumed from its last checkpoint with
+    ``resume``)."""
+    name = learner.method_name
+    p = learner.patch_size
+    collate = None
+    if name == "ssl-gan":
+        train_bank = data.bank("train", p, learner.margin)
+        unlabelled = concat_banks([train_bank, data.bank("pool", p, learner.margin)]) if use_pool \
+            else train_bank
+        labelled_bank = train_bank.images(labelled)
+        keep = in_field_of_view(unlabelled, learner.min_fov)
+        dataset: Dataset = SemiSupervisedPatches(unlabelled, labelled_bank, seed, keep)
+        method, arch, kwargs = build_learner_method(learner, seed, _pos_weight(labelled_bank.labels))
+        kept = (f" ({len(keep)} with at least {learner.min_fov:g} of the cell in the field of view)"
+                if learner.min_fov > 0 else "")
+        log.info("ssl-gan: %d labelled images (%d patches), %d unlabelled patches%s", len(labelled),
+                 len(labelled) * train_bank.per_image, len(unlabelled), kept)
+    elif name == "supervised":
+        bank = data.bank("train", p, 0).images(labelled)
+        positives = float(bank.labels.mean())  # type: ignore[union-attr]
+        pos_weight = _pos_weight(bank.labels)
+        dataset = LabelledPatches(bank, length=max(len(bank), len(data.train) * bank.per_image))
+        method, arch, kwargs = build_learner_method(learner, seed, pos_weight)
+        log.info("supervised %s: %d labelled images, %d patches (%.1f%% diseased)",
+                 learner.model.arch, len(labelled), len(bank), 100 * positives)
+        if use_pool:  # the pool's images, with their image labels, as multiple-instance bags
+            if method.config.task != "binary":
+                raise ConfigError(f"learner {name}: image-level bags (an extension pool) need the "
+                                  f"binary task, not {method.config.task!r}")
+            bag_labels = data.pool_labels()
+            dataset = PatchesAndBags(dataset, data.bank("pool", p, 0), bag_labels)
+            collate = collate_patches_and_bags
+            log.info("supervised %s: + %d pool images as image-level bags (%d diseased)",
+                     learner.model.arch, len(bag_labels), int(bag_labels.sum()))
+    else:
+        raise ValueError(f"learner method must be ssl-gan or supervised, not {name!r}")
+    val = _validation(data, learner, seed)
+    if val is None and getattr(method.config, "select_on_validation", False):
+        raise ConfigError(f"learner {name}: select_on_validation needs validation patches "
+                          f"(val_patches > 0 and a validation split)")
+    result = fit(method, dataset, config=learner.engine, run=run, seed=seed, val=val, resume=resume,
+                 collate_fn=collate)
+    method.eval()
+    classifier = PatchClassifier.from_method(method, p, data.patches.grid)
+    return Trained(method, classifier, result, arch, dict(kwargs))

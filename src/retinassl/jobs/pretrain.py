@@ -1,0 +1,192 @@
+"""``retinassl pretrain METHOD``: pretrain an encoder with any registered method on a pool of images
+and leave the encoder checkpoint, the training curves and a small report in a run directory.
+
+The pool is one or several data sources combined (:meth:`Manifest.concat`), or a manifest given by
+the caller (:func:`run_pretrain`'s ``manifest``, e.g. a pool with the downstream test images
+removed). Self-supervised methods ignore labels; ``label`` (with ``positive_from``) turns on
+supervised pretraining (method ``supervised``, the "Fundus" model of Jang et al. 2024) on the rows
+that have that label. ``model.init`` may name external weights (the two-step "ImageNet + Fundus"
+variant, :mod:`retinassl.models.external`).
+
+Run directory: ``config.yaml``, ``manifest.csv`` (the pool), ``logs/csv/metrics.csv`` and
+TensorBoard logs, ``checkpoints/`` (resumable), ``encoder/`` (the product), ``results.csv``
+(pretraining time, batches and final loss), ``report/index.html`` (loss curves).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import Field, field_validator
+
+from retinassl.models.checkpoint import save_encoder
+from retinassl.config import DataConfig, EngineConfig, ModelConfig, Section, to_yaml
+from retinassl.data.preprocess import PreprocessConfig
+from retinassl.data.cache import Cache, PreparedData
+from retinassl.data.datasets import ImageDataset
+from retinassl.data.loading import load_manifest
+from retinassl.data.manifest import Manifest
+from retinassl.engine.fit import fit
+from retinassl.errors import ConfigError, DataError
+from retinassl.methods.base import seeded_method
+from retinassl.io.results import append_results, result_row
+from retinassl.io.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+class PretrainConfig(Section):
+    """A pretraining run.
+
+    Attributes:
+        name: run name (the run directory is ``<runs_dir>/<name>-<time>``).
+        seed: run seed (data order, augmentations and pretext sampling derive from it).
+        runs_dir: where run directories are created.
+        data: one data source, or a list of sources combined into one pool. The cache directory
+            and worker count of the first are used for all.
+        splits: keep only rows whose ``split`` is one of these (None: every row).
+        label: a label column for supervised pretraining (rows without it are dropped); None for
+            self-supervised methods, which ignore labels.
+        positive_from: binarise ``label`` as ``label >= positive_from`` (None keeps it).
+        preprocess: how images become inputs (recorded in the encoder checkpoint).
+        model: the encoder (``init`` may be a checkpoint or external weights).
+        method: ``name`` of a registered method and its settings.
+        engine: training settings.
+    """
+
+    name: str = "pretrain"
+    seed: int = 0
+    runs_dir: Path = Path("runs")
+    data: list[DataConfig] = Field(default_factory=lambda: [DataConfig()])
+    splits: list[Literal["train", "val", "test", ""]] | None = None
+    label: str | None = None
+    positive_from: int | None = None
+    preprocess: PreprocessConfig = PreprocessConfig(size=224)
+    model: ModelConfig = ModelConfig(arch="resnet18")
+    method: dict[str, Any] = Field(default_factory=lambda: {"name": "rotation"})
+    engine: EngineConfig = EngineConfig()
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (dict, DataConfig)) else value
+
+    @property
+    def method_name(self) -> str:
+        name = self.method.get("name")
+        if not name:
+            raise ConfigError("method.name is not set (e.g. method: {name: rotation})")
+        return str(name)
+
+
+def load_pool(config: PretrainConfig) -> Manifest:
+    """The manifest of every source in ``config.data``, combined, with ``splits`` and ``label``
+    filters applied."""
+    if not config.data:
+        raise ConfigError("data: no source given")
+    manifests = [load_manifest(d) for d in config.data]
+    if len(manifests) == 1:
+        return select_rows(manifests[0], config)
+    seen: set[str] = set()
+    for index, (manifest, data) in enumerate(zip(manifests, config.data)):
+        ids = set(manifest.frame["id"].astype(str))
+        if ids & seen:  # e.g. the same source twice with other options: make ids unique
+            prefix = f"{data.source}{index}-"
+            log.info("source %d (%s) shares ids with an earlier source: prefixing its ids and "
+                     "patients with %r", index, data.source, prefix)
+            manifest.frame["id"] = prefix + manifest.frame["id"].astype(str)
+            manifest.frame["patient"] = prefix + manifest.frame["patient"].astype(str)
+            ids = set(manifest.frame["id"])
+        seen |= ids
+    pool = Manifest.concat(manifests, name="+".join(d.source for d in config.data))
+    return select_rows(pool, config)
+
+
+def select_rows(manifest: Manifest, config: PretrainConfig) -> Manifest:
+    """Apply ``config.splits`` and, for supervised pretraining, keep rows that have ``label``."""
+    keep = np.ones(len(manifest), dtype=bool)
+    if config.splits is not None:
+        keep &= manifest.frame["split"].fillna("").astype(str).isin(config.splits).to_numpy()
+    if config.label is not None:
+        keep &= manifest.labels(config.label) >= 0
+    pool = manifest.subset(keep)
+    pool.frame = pool.frame.reset_index(drop=True)
+    if len(pool) == 0:
+        raise DataError(f"the pretraining pool is empty (splits {config.splits}, label {config.label})",
+                        path=manifest.name)
+    return pool
+
+
+def pretrain_dataset(prepared: PreparedData, config: PretrainConfig) -> ImageDataset:
+    """Whole images of the pool; with a ``label`` also their (binarised) labels."""
+    if config.label is None:
+        return ImageDataset(prepared)
+    label_map = None if config.positive_from is None else (lambda g, t=config.positive_from: int(g >= t))
+    return ImageDataset(prepared, config.label, label_map)
+
+
+def run_pretrain(config: PretrainConfig, run: RunDir, resume: bool = False,
+                 manifest: Manifest | None = None) -> Path:
+    """Pretrain ``config.method`` on the pool and save the encoder into ``run``.
+
+    Args:
+        config: the run's configuration.
+        run: its run directory (``RunDir.create`` or, to continue, ``RunDir.resume``).
+        resume: continue from the newest checkpoint in ``run``.
+        manifest: use this pool instead of ``config.data`` (``splits``/``label`` still apply).
+
+    Returns:
+        The encoder checkpoint directory (``run.encoder_dir``), loadable with
+        :func:`retinassl.models.checkpoint.load_encoder`.
+    """
+    name = config.method_name
+    run.write_config(to_yaml(config))
+    pool = select_rows(manifest, config) if manifest is not None else load_pool(config)
+    first = config.data[0] if config.data else DataConfig()
+    prepared = Cache(first.cache_dir).prepare(
+        pool, config.preprocess, workers=max(1, first.workers),
+        skip_bad=any(d.skip_bad for d in config.data), mask_columns=[])
+    if prepared.skipped:
+        run.update_status(skipped=[{"id": i, "problem": p} for i, p in prepared.skipped])
+    prepared.manifest.save(run.path / "manifest.csv")
+    method, initial = seeded_method(config.model, {**config.method, "name": name}, name, config.seed)
+    if initial.kind == "external" and config.preprocess.normalize != "imagenet":
+        log.warning("model.init is external weights but preprocess.normalize is %r; ImageNet "
+                    "weights expect 'imagenet'", config.preprocess.normalize)
+    dataset = pretrain_dataset(prepared, config)
+    log.info("pretraining %s on %d images (%s)", name, len(dataset), prepared.manifest.name)
+    result = fit(method, dataset, config=config.engine, run=run, seed=config.seed, resume=resume)
+    method.eval()
+    save_encoder(run.encoder_dir, method.encoder, arch=initial.arch, kwargs=initial.kwargs,
+                 preprocess=config.preprocess.model_dump(), method=name,
+                 config=config.model_dump(mode="json"),
+                 data_fingerprint=prepared.manifest.fingerprint(),
+                 extra={"init": initial.kind, "init_source": config.model.init,
+                        "pool_size": len(dataset), "batches": result.batches})
+    final = final_losses(result.history)
+    rows = [result_row(experiment=config.name, task="pretrain", method=name, init=initial.kind,
+                       protocol="pretrain", seed=config.seed, metric=metric, value=value)
+            for metric, value in {"pretrain_seconds": result.seconds,
+                                  "pretrain_batches": float(result.batches), **final}.items()]
+    append_results(run.results_file, rows)
+    return run.encoder_dir
+
+
+def final_losses(history: Path | None, tail: float = 0.1) -> dict[str, float]:
+    """Mean of each ``train/*_loss`` column over the last ``tail`` of its logged values
+    (``final_<group>_loss``), from the engine's CSV log."""
+    if history is None or not Path(history).is_file():
+        return {}
+    frame = pd.read_csv(history)
+    out = {}
+    for column in frame.columns:
+        if column.startswith("train/") and column.endswith("_loss"):
+            values = frame[column].dropna().to_numpy()
+            if len(values):
+                n = max(1, int(round(tail * len(values))))
+                out[f"final_{column.removeprefix('train/')}"] = float(values[-n:].mean())
+    return out

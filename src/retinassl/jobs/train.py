@@ -1,0 +1,204 @@
+"""``retinassl train``: supervised training of an encoder on whole images or on patches, then test
+evaluation (AUC), predictions, the encoder checkpoint and the results table, all in a run directory.
+
+With ``task.kind: patch`` this is the supervised patch classifier of Lecouat et al. 2018 (patch
+labels from lesion masks, image score = sum of patch sigmoids); with ``task.kind: image`` it is plain
+image classification (e.g. referable DR, or the normal/abnormal "Fundus" pretraining of Jang et al.
+2024).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field
+
+from retinassl.atomic import write_text
+from retinassl.models.checkpoint import save_encoder
+from retinassl.config import DataConfig, EngineConfig, ModelConfig, Section, to_yaml
+from retinassl.data.preprocess import PreprocessConfig
+from retinassl.data.cache import PreparedData
+from retinassl.data.datasets import ImageDataset, PatchDataset, lesion_mask
+from retinassl.data.loading import Splits, ensure_splits, prepare
+from retinassl.engine.fit import fit
+from retinassl.metrics.classification import roc_auc
+from retinassl.figures.heatmap import overlay, save_png
+from retinassl.methods.base import seeded_method
+from retinassl.io.results import append_results, result_row
+from retinassl.io.rundir import RunDir
+from retinassl.metrics.aggregate import image_scores, predict_patch_logits
+
+log = logging.getLogger(__name__)
+
+
+class TaskConfig(Section):
+    """What is predicted.
+
+    Attributes:
+        kind: ``image`` (one prediction per image) or ``patch`` (patch grid, labels from lesion
+            masks, image score = sum of patch sigmoids).
+        label: manifest label column (``abnormal``, ``dr_grade``, ``dme``...).
+        positive_from: for ``image`` tasks, binarise the label as ``label >= positive_from``
+            (e.g. referable DR: ``label: dr_grade``, ``positive_from: 2``); None keeps it.
+        grid: patches per side (patch tasks).
+        patch_size: side of a patch as fed to the network (patch tasks; 32 in Lecouat et al.).
+        min_pixels: lesion pixels that make a patch diseased.
+        heatmaps: test images to render as patch-heatmap overlays in the report.
+    """
+
+    kind: Literal["image", "patch"] = "patch"
+    label: str = "abnormal"
+    positive_from: int | None = None
+    grid: int = Field(8, ge=1)
+    patch_size: int = Field(32, ge=8)
+    min_pixels: int = Field(1, ge=1)
+    heatmaps: int = Field(6, ge=0)
+
+
+class TrainConfig(Section):
+    """A supervised training run (``retinassl train``)."""
+
+    name: str = "train"
+    seed: int = 0
+    runs_dir: Path = Path("runs")
+    data: DataConfig = DataConfig()
+    preprocess: PreprocessConfig = PreprocessConfig(size=256)
+    model: ModelConfig = ModelConfig()
+    task: TaskConfig = TaskConfig()
+    method: dict[str, Any] = Field(default_factory=lambda: {"name": "supervised"})
+    engine: EngineConfig = EngineConfig()
+
+
+def _patch_rows(prepared: PreparedData, rows: np.ndarray) -> np.ndarray:
+    """Rows that can be patch-labelled (have lesion masks, or are labelled healthy)."""
+    from retinassl.data.manifest import is_missing
+
+    frame = prepared.manifest.frame
+    cols = [c for c in ("mask_MA", "mask_HE", "mask_EX", "mask_SE") if c in frame.columns]
+    keep = []
+    for r in rows:
+        has_mask = any(not is_missing(frame.at[r, c]) for c in cols)
+        healthy = "abnormal" in frame.columns and not is_missing(frame.at[r, "abnormal"]) and \
+            int(float(frame.at[r, "abnormal"])) == 0
+        if has_mask or healthy:
+            keep.append(r)
+    return np.asarray(keep, dtype=int)
+
+
+def run_train(config: TrainConfig, run: RunDir, resume: bool = False,
+              prepared: PreparedData | None = None) -> dict[str, float]:
+    """Train, evaluate on the test split, and write everything into ``run``.
+
+    Returns:
+        test metrics (``image_auc``, and ``patch_auc`` for patch tasks).
+    """
+    run.write_config(to_yaml(config))
+    prepared = prepared if prepared is not None else prepare(config.data, config.preprocess)
+    if prepared.skipped:
+        run.update_status(skipped=[{"id": i, "problem": p} for i, p in prepared.skipped])
+    prepared.manifest.save(run.path / "manifest.csv")
+    splits = ensure_splits(prepared, config.task.label, config.seed)
+    name = config.method.get("name", "supervised")
+    method, initial = seeded_method(config.model, config.method, name, config.seed)
+    task = config.task
+    if task.kind == "patch":
+        train_rows, val_rows = _patch_rows(prepared, splits.train), _patch_rows(prepared, splits.val)
+        train = PatchDataset(prepared, task.grid, task.patch_size, train_rows, min_pixels=task.min_pixels)
+        val = PatchDataset(prepared, task.grid, task.patch_size, val_rows, min_pixels=task.min_pixels)
+        log.info("patches: %d train (%d diseased), %d val", len(train), int(train.labels.sum()), len(val))
+    else:
+        label_map = None if task.positive_from is None else (lambda g, t=task.positive_from: int(g >= t))
+        full = ImageDataset(prepared, task.label, label_map)
+        train = torch.utils.data.Subset(full, splits.train.tolist())
+        val = torch.utils.data.Subset(full, splits.val.tolist())
+    result = fit(method, train, config=config.engine, run=run, seed=config.seed,
+                 val=val if len(val) else None, resume=resume)
+    method.eval()
+    save_encoder(run.encoder_dir, method.encoder, arch=initial.arch,
+                 kwargs=initial.kwargs, preprocess=config.preprocess.model_dump(),
+                 method=name, config=config.model_dump(mode="json"),
+                 data_fingerprint=prepared.manifest.subset(splits.train).fingerprint())
+    metrics = evaluate_test(method, prepared, splits, config, run)
+    metrics["train_seconds"] = result.seconds
+    metrics["train_batches"] = float(result.batches)
+    rows = [result_row(experiment=config.name, task=f"{task.kind}:{task.label}", method=name,
+                       init=initial.kind,
+                       protocol="finetune", n_labelled=len(splits.train), seed=config.seed,
+                       metric=k, value=v) for k, v in metrics.items()]
+    append_results(run.results_file, rows)
+    return metrics
+
+
+@torch.no_grad()
+def evaluate_test(method: Any, prepared: PreparedData, splits: Splits, config: TrainConfig,
+                  run: RunDir) -> dict[str, float]:
+    """Test-set predictions (CSV), AUCs, and heatmap overlays for patch tasks."""
+    task = config.task
+    rows = splits.test if len(splits.test) else splits.val
+    frame = prepared.manifest.frame
+    if len(rows) == 0:
+        return {}
+    labels_all = prepared.manifest.labels(task.label)
+    labels = labels_all[rows]
+    if task.kind == "image" and task.positive_from is not None:
+        labels = (labels >= task.positive_from).astype(int)
+    metrics: dict[str, float] = {}
+    model = method.forward
+    if task.kind == "patch":
+        patches = PatchDataset(prepared, task.grid, task.patch_size, rows, labelled=False)
+        logits = predict_patch_logits(model, patches)
+        scores = image_scores(logits)
+        image_labels = (labels > 0).astype(int) if task.label != "abnormal" else labels
+        metrics["image_auc"] = roc_auc(image_labels, scores)
+        labelable = _patch_rows(prepared, rows)
+        pos = np.isin(rows, labelable)
+        if pos.any():
+            lab = PatchDataset(prepared, task.grid, task.patch_size, rows[pos], min_pixels=task.min_pixels)
+            metrics["patch_auc"] = roc_auc(lab.labels, logits[pos].reshape(-1))
+        table = pd.DataFrame({"id": frame["id"].to_numpy()[rows], "label": image_labels,
+                              "score": scores})
+        for j in range(logits.shape[1]):
+            table[f"patch_{j:02d}"] = logits[:, j]
+        _heatmap_gallery(prepared, rows, logits, image_labels, scores, task, run, method.name)
+    else:
+        dataset = ImageDataset(prepared)
+        outs = []
+        for start in range(0, len(rows), 64):
+            batch = torch.stack([dataset[int(r)]["image"] for r in rows[start:start + 64]])
+            outs.append(method.scores(batch).float())
+        scores = torch.cat(outs).numpy()
+        if scores.ndim == 1:
+            metrics["image_auc"] = roc_auc(labels, scores)
+        table = pd.DataFrame({"id": frame["id"].to_numpy()[rows], "label": labels})
+        if scores.ndim == 1:
+            table["score"] = scores
+        else:
+            for k in range(scores.shape[1]):
+                table[f"score_{k}"] = scores[:, k]
+    write_text(run.predictions / f"{config.name}-{method.name}-test.csv", table.to_csv(index=False))
+    log.info("test: %s", ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    return metrics
+
+
+def _heatmap_gallery(prepared: PreparedData, rows: np.ndarray, logits: np.ndarray, labels: np.ndarray,
+                     scores: np.ndarray, task: TaskConfig, run: RunDir, method_name: str) -> None:
+    """Overlays of the highest-scoring diseased and healthy test images."""
+    if task.heatmaps == 0:
+        return
+    order = np.argsort(-scores)
+    chosen = [i for i in order if labels[i] == 1][: (task.heatmaps + 1) // 2]
+    chosen += [i for i in order if labels[i] == 0][: task.heatmaps // 2]
+    figures = run.report_dir / "figures"
+    for i in chosen:
+        row = int(rows[i])
+        entry = prepared.entries[row]
+        image = np.asarray(entry.image())
+        probs = 1 / (1 + np.exp(-logits[i].reshape(task.grid, task.grid)))
+        art = overlay(image, probs, mask=lesion_mask(prepared, row))
+        ident = prepared.manifest.frame.at[row, "id"]
+        save_png(figures / f"heatmap-{method_name}-{ident}.png", art)

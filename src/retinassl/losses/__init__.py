@@ -1,0 +1,1 @@
+"""Losses by kind, as plain functions of tensors."""

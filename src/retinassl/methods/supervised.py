@@ -1,0 +1,156 @@
+"""Supervised classification: an encoder and a linear head trained with cross-entropy.
+
+Used as (1) the supervised normal/abnormal "Fundus" pretraining of Jang et al. 2024 ("trained
+using supervised learning methods to classify normal and abnormal fundus images"), (2) full
+fine-tuning and linear probing in the transfer protocol, and (3) the supervised patch baselines of
+Lecouat et al. 2018 ("a shallow CNN with architecture similar to the GAN (ConvNet), and a 34-layer
+residual network (ResNet34)", with "binary crossentropy balanced class-weighting").
+
+Tasks: ``binary`` (one logit, BCE; score = sigmoid(logit)), ``multiclass`` (K logits, CE),
+``multilabel`` (K logits, BCE per label).
+
+Weak image-level labels (binary task): a batch may also carry *bags*, ``bag_image`` ``(nb, K, C,
+H, W)`` (the K patches of nb images) with ``bag_label`` ``(nb,)``. A bag's logit is the maximum of
+its patches' logits (standard multiple-instance learning: an image is diseased when at least one
+of its patches is), trained with BCE. The loss is the mean over the batch's items, a bag counting
+as one item weighted by ``bag_weight``, so it does not depend on how many bags a batch drew. This
+is how images that have an image grade but no lesion masks teach a patch classifier.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, NonNegativeFloat
+
+from retinassl.config import Section
+from retinassl.data import augment
+from retinassl.metrics.classification import roc_auc
+from retinassl.methods.base import Method, register_method
+from retinassl.models import Encoder
+from retinassl.models.heads import LinearHead
+from retinassl.methods.pretext_base import warmup_cosine
+
+
+class SupervisedConfig(Section):
+    """Supervised classification settings.
+
+    Attributes:
+        task: ``binary``, ``multiclass`` or ``multilabel``.
+        num_classes: classes (multiclass) or labels (multilabel); 1 output for binary.
+        lr: Adam learning rate. weight_decay: AdamW weight decay.
+        schedule: ``constant`` or ``cosine`` (decay to 0 over the run, after 5 % warm-up).
+        augment: ``none``, ``dihedral`` (flips and 90-degree rotations), ``affine`` (any
+            rotation, flip, +-10 % scale, colour jitter).
+        channel_gain: log-range of a random per-channel gain applied to each training input
+            (:func:`~retinassl.data.augment.channel_gain`; one value or one per channel; 0: off).
+            A colour-cast augmentation for intensities in [0, 1].
+        class_balance: weight classes inversely to their frequency in each batch's labels
+            (binary: BCE ``pos_weight`` from the training set, given as ``pos_weight``).
+        pos_weight: BCE weight of positives for ``binary`` (None: unweighted).
+        freeze_encoder: train only the head (linear probe; the encoder stays in eval mode).
+        dropout: dropout before the head.
+        bag_weight: weight of one image-level labelled bag against one labelled patch in the
+            loss (binary task; used when batches carry bags, see the module docstring).
+    """
+
+    task: Literal["binary", "multiclass", "multilabel"] = "binary"
+    num_classes: int = Field(2, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["constant", "cosine"] = "cosine"
+    augment: Literal["none", "dihedral", "affine"] = "dihedral"
+    channel_gain: NonNegativeFloat | tuple[NonNegativeFloat, ...] = 0.0
+    pos_weight: float | None = Field(None, gt=0)
+    freeze_encoder: bool = False
+    dropout: float = Field(0.0, ge=0, lt=1)
+    bag_weight: NonNegativeFloat = 1.0
+
+
+@register_method
+class Supervised(Method):
+    """Encoder + linear head, cross-entropy (see the module docstring)."""
+
+    name = "supervised"
+    Config = SupervisedConfig
+
+    def __init__(self, config: SupervisedConfig, encoder: Encoder) -> None:
+        super().__init__(config, encoder)
+        outputs = 1 if config.task == "binary" else config.num_classes
+        self.head = LinearHead(encoder.num_features, outputs, config.dropout)
+        self.monitor = ("auc", "max") if config.task == "binary" else ("loss", "min")
+        if config.freeze_encoder:
+            for p in self.encoder.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> Supervised:
+        super().train(mode)
+        if self.config.freeze_encoder:
+            self.encoder.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` -> logits ``(B,)`` for binary, else ``(B, K)``."""
+        logits = self.head(self.encoder(x))
+        return logits[:, 0] if self.config.task == "binary" else logits
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Probabilities: ``(B,)`` for binary, ``(B, K)`` otherwise."""
+        logits = self.forward(x)
+        return torch.softmax(logits, 1) if self.config.task == "multiclass" else torch.sigmoid(logits)
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        return {"main": torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)}
+
+    def lr_factor(self, step: int, total_steps: int) -> float:
+        if self.config.schedule == "constant":
+            return 1.0
+        return warmup_cosine(step, total_steps, 0.05)
+
+    def _augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.config.augment == "dihedral":
+            x = augment.dihedral(x, generator)
+        elif self.config.augment == "affine":
+            x = augment.random_affine(x, generator, degrees=180, scale=(0.9, 1.1), translate=0.03)
+            x = augment.color_jitter(x, generator, 0.1, 0.1, 0.1)
+        return augment.channel_gain(x, generator, self.config.channel_gain)
+
+    def loss(self, batch: dict[str, Any], group: str,
+             generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        bags = batch.get("bag_image")
+        if bags is None:
+            return self.criterion(self.forward(self._augment(batch["image"], generator)), batch["label"]), {}
+        if self.config.task != "binary":
+            raise ValueError("image-level bags need the binary task")
+        n, (nb, k) = batch["image"].shape[0], bags.shape[:2]
+        x = self._augment(torch.cat([batch["image"], bags.flatten(0, 1)]), generator)
+        logits = self.forward(x)
+        bag_losses = F.binary_cross_entropy_with_logits(logits[n:].view(nb, k).amax(1).float(),
+                                                        batch["bag_label"].float(), reduction="none")
+        total = self.config.bag_weight * bag_losses.sum()
+        if n:
+            total = total + n * self.criterion(logits[:n], batch["label"])  # (a mean over the patches)
+        return total / (n + nb), {"bag_loss": float(bag_losses.detach().mean())}
+
+    def criterion(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if self.config.task == "binary":
+            weight = None if self.config.pos_weight is None else torch.tensor(self.config.pos_weight)
+            return F.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=weight)
+        if self.config.task == "multiclass":
+            return F.cross_entropy(logits, labels.long())
+        return F.binary_cross_entropy_with_logits(logits, labels.float())
+
+    def validation_outputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        logits = self.forward(batch["image"])
+        return {"logits": logits.float(), "label": batch["label"].float()}
+
+    def validation_metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
+        logits, labels = outputs["logits"], outputs["label"]
+        metrics = {"loss": float(self.criterion(logits, labels))}
+        if self.config.task == "binary":
+            metrics["auc"] = roc_auc(labels.numpy(), logits.numpy())
+        return metrics

@@ -1,0 +1,1 @@
+"""Metrics by kind, as plain functions of arrays (classification, segmentation, statistics, comparisons)."""

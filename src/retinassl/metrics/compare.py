@@ -1,0 +1,235 @@
+"""Comparison tables of a transfer sweep, computed only from its results table and prediction files.
+
+For every (task, protocol, label fraction, initialisation):
+
+- the headline metric (``auc``, ``kappa`` or ``auc_macro``) as the mean over seeds with a 95 %
+  Student-t interval over seeds (:func:`~retinassl.metrics.stats.mean_ci`; with k-fold the
+  metric of a seed is the mean over its folds); with a single seed, an interval over the test
+  images instead: DeLong's asymptotic interval for the tested AUC
+  (:func:`~retinassl.metrics.stats.delong_ci`), a stratified bootstrap for other metrics;
+- DeLong's paired test against the reference initialisation (Scratch) on the same test images,
+  for tasks with a binary score (``binary``, and ``multiclass`` with ``positive_from``):
+  ``p`` compares the two *seed ensembles* (each image's score averaged over seeds, out-of-fold
+  predictions pooled with k-fold), a valid single test per cell; ``p_seeds`` is the median of the
+  per-seed p-values, ``sig_seeds`` how many seeds reach p < 0.05 and, of those, ``sig_better`` and
+  ``sig_worse`` how many have a higher and a lower AUC than the reference (the tests are two-sided;
+  the per-seed tests share the test images, so they are not independent and are not combined into
+  one p-value).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from retinassl.atomic import write_text
+from retinassl.io.results import read_results
+from retinassl.io.rundir import RunDir
+from retinassl.metrics.classification import accuracy, multilabel_auc, quadratic_kappa, roc_auc
+from retinassl.metrics.stats import bootstrap_ci, delong_ci, delong_test, mean_ci, significant_by_sign, signed_count
+from retinassl.metrics.tasks import TaskSpec
+
+log = logging.getLogger(__name__)
+
+_CELL_FILE = re.compile(r"^f(?P<fraction>[0-9.e+-]+)-s(?P<seed>-?\d+)(?:-k(?P<fold>\d+))?\.csv$")
+COMPARISON_COLUMNS = ("task", "protocol", "fraction", "init", "metric", "n_seeds", "mean", "lo", "hi",
+                      "interval", "reference_mean", "delta", "auc_ensemble", "p", "p_seeds", "sig_seeds",
+                      "sig_better", "sig_worse")
+NO_TEST = {"auc_ensemble": math.nan, "p": math.nan, "p_seeds": math.nan, "sig_seeds": math.nan,
+           "sig_better": math.nan, "sig_worse": math.nan}
+
+
+def transfer_results(results_file: str | Path) -> pd.DataFrame:
+    """The rows of a results table that belong to probe/fine-tune cells."""
+    table = read_results(results_file)
+    return table[table["protocol"].isin(["probe", "finetune"])].copy()
+
+
+def seed_metric(results: pd.DataFrame, task: str, protocol: str, metric: str) -> pd.DataFrame:
+    """Columns ``init``, ``fraction``, ``seed``, ``value``: the metric per seed (mean over folds)."""
+    rows = results[(results["task"] == task) & (results["protocol"] == protocol) & (results["metric"] == metric)]
+    if rows.empty:
+        return pd.DataFrame(columns=["init", "fraction", "seed", "value"])
+    return rows.groupby(["init", "fraction", "seed"], as_index=False)["value"].mean()
+
+
+def read_cell_predictions(folder: Path, task: TaskSpec) -> dict[tuple[float, int], tuple[list[str], np.ndarray, np.ndarray]]:
+    """``(fraction, seed) -> (ids, labels, scores)`` of one (task, protocol, init) folder; the folds
+    of a seed are concatenated (out-of-fold predictions)."""
+    parts: dict[tuple[float, int], list[tuple[int, list[str], np.ndarray, np.ndarray]]] = {}
+    if not folder.is_dir():
+        return {}
+    for path in sorted(folder.glob("*.csv")):
+        m = _CELL_FILE.match(path.name)
+        if not m:
+            continue
+        ids, labels, scores = task.read_prediction(pd.read_csv(path, dtype={"id": str}))
+        key = (round(float(m["fraction"]), 6), int(m["seed"]))
+        parts.setdefault(key, []).append((int(m["fold"] or 0), ids, labels, scores))
+    out = {}
+    for key, items in parts.items():
+        items.sort(key=lambda t: t[0])
+        out[key] = ([i for t in items for i in t[1]], np.concatenate([t[2] for t in items]),
+                    np.concatenate([t[3] for t in items]))
+    return out
+
+
+def _aligned(a: tuple[list[str], np.ndarray, np.ndarray], b: tuple[list[str], np.ndarray, np.ndarray]):
+    """Scores of ``b`` reordered to ``a``'s ids (None when the image sets differ)."""
+    if sorted(a[0]) != sorted(b[0]):
+        return None
+    position = {i: n for n, i in enumerate(b[0])}
+    order = np.array([position[i] for i in a[0]])
+    return b[2][order]
+
+
+def comparison(run_path: str | Path, tasks: list[TaskSpec], reference: str) -> pd.DataFrame:
+    """The comparison table (see the module docstring), one row per (task, protocol, fraction, init)."""
+    run_path = Path(run_path)
+    results = transfer_results(run_path / "results.csv")
+    rows: list[dict[str, Any]] = []
+    for task, metric in [(t, m) for t in tasks for m in dict.fromkeys([t.primary, t.binary_metric]) if m]:
+        for protocol in sorted(results.loc[results["task"] == task.name, "protocol"].unique()):
+            per_seed = seed_metric(results, task.name, protocol, metric)
+            base = run_path / "predictions" / "transfer" / task.name / protocol
+            preds = {init: read_cell_predictions(base / init, task) for init in per_seed["init"].unique()}
+            ref = preds.get(reference, {})
+            ref_seed = per_seed[per_seed["init"] == reference]
+            for (init, fraction), group in per_seed.groupby(["init", "fraction"], sort=False):
+                values = group["value"].to_numpy(float)
+                row: dict[str, Any] = {"task": task.name, "protocol": protocol, "fraction": float(fraction),
+                                       "init": init, "reference": reference, "metric": metric, "n_seeds": len(values),
+                                       "mean": float(np.nanmean(values)) if np.isfinite(values).any() else math.nan}
+                lo, hi = mean_ci(values)
+                if metric.startswith("auc"):
+                    lo, hi = max(0.0, lo), min(1.0, hi)
+                row["interval"] = "t over seeds"
+                cells = {s: v for (f, s), v in preds.get(init, {}).items() if f == round(float(fraction), 6)}
+                if len(values) < 2 and cells:
+                    lo, hi, row["interval"] = _single_run_interval(task, metric, next(iter(cells.values())))
+                row["lo"], row["hi"] = lo, hi
+                ref_values = ref_seed[ref_seed["fraction"] == fraction]["value"].to_numpy(float)
+                row["reference_mean"] = float(np.nanmean(ref_values)) if np.isfinite(ref_values).any() else math.nan
+                row["delta"] = row["mean"] - row["reference_mean"]
+                if metric == task.binary_metric:
+                    row.update(_delong(task, cells, {s: v for (f, s), v in ref.items()
+                                                     if f == round(float(fraction), 6)}, init == reference))
+                else:
+                    row.update(NO_TEST)
+                rows.append(row)
+    table = pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
+    headline = {"auc": 0, "kappa": 0, "auc_macro": 0}
+    table["order"] = table["metric"].map(lambda m: headline.get(m, 1))
+    table = table.sort_values(["task", "order", "metric", "protocol", "init", "fraction"])
+    return table.drop(columns="order").reset_index(drop=True)
+
+
+def _single_run_interval(task: TaskSpec, metric: str, cell: tuple[list[str], np.ndarray, np.ndarray],
+                         n_boot: int = 1000) -> tuple[float, float, str]:
+    """95 % interval of one run's metric over the test images: DeLong's for the AUC DeLong's test
+    compares, else a stratified percentile bootstrap of the test images."""
+    _, labels, scores = cell
+    pair = task.binary_scores(labels, scores)
+    if metric == task.binary_metric and pair is not None and len(np.unique(pair[0])) == 2:
+        return (*delong_ci(*pair), "DeLong")
+    strata = labels.max(axis=1) if labels.ndim == 2 else labels
+    position = np.arange(len(labels))
+    fast = {"kappa": lambda y, s: quadratic_kappa(y, s.argmax(axis=1), s.shape[1]),
+            "accuracy": lambda y, s: accuracy(y, s.argmax(axis=1)),
+            "auc_macro": lambda y, s: multilabel_auc(y, s)["macro"]}
+
+    def value(_: np.ndarray, idx: np.ndarray) -> float:
+        if metric in fast:
+            return fast[metric](labels[idx], scores[idx])
+        return task.metrics(labels[idx], scores[idx])[metric]
+
+    lo, hi = bootstrap_ci(strata, position, metric=value, n_boot=n_boot, seed=0)
+    return lo, hi, "bootstrap"
+
+
+def _delong(task: TaskSpec, cells: dict[int, tuple], ref_cells: dict[int, tuple], is_reference: bool) -> dict[str, float]:
+    out = dict(NO_TEST)
+    if task.binary_metric is None or not cells:
+        return out
+    seeds = sorted(set(cells) & set(ref_cells))
+    ensemble, ref_ensemble, labels, tests = None, None, None, []
+    for s in seeds:
+        ids, lab, sco = cells[s]
+        pair = task.binary_scores(lab, sco)
+        ref_scores = _aligned(cells[s], ref_cells[s])
+        if pair is None or ref_scores is None:
+            continue
+        ref_pair = task.binary_scores(lab, ref_scores)
+        if len(np.unique(pair[0])) < 2:
+            continue
+        if not is_reference:
+            tests.append(delong_test(pair[0], pair[1], ref_pair[1]))
+        if ensemble is None:
+            ensemble, ref_ensemble, labels, first_ids = pair[1].copy(), ref_pair[1].copy(), pair[0], ids
+        else:
+            order = {i: n for n, i in enumerate(ids)}
+            idx = np.array([order[i] for i in first_ids])
+            ensemble += pair[1][idx]
+            ref_ensemble += ref_pair[1][idx]
+    if ensemble is None:
+        return out
+    out["auc_ensemble"] = roc_auc(labels, ensemble)
+    if not is_reference:
+        out["p"] = delong_test(labels, ensemble, ref_ensemble).p_value
+        finite = [t for t in tests if np.isfinite(t.p_value)]
+        out["p_seeds"] = float(np.median([t.p_value for t in finite])) if finite else math.nan
+        better, worse = significant_by_sign([t.p_value for t in finite], [t.difference for t in finite])
+        out["sig_seeds"], out["sig_better"], out["sig_worse"] = float(better + worse), float(better), float(worse)
+    return out
+
+
+def _cell(row: pd.Series) -> str:
+    if not np.isfinite(row["mean"]):
+        return "n/a"
+    text = f"{row['mean']:.3f}"
+    if np.isfinite(row["lo"]):
+        text += f" [{row['lo']:.3f}, {row['hi']:.3f}]"
+    if np.isfinite(row["p"]):
+        text += f" p={row['p']:.3g}" if row["p"] >= 0.001 else " p<0.001"
+        if np.isfinite(row["sig_seeds"]):
+            text += f" ({signed_count(row['sig_better'], row['sig_worse'], row['n_seeds'])})"
+    return text
+
+
+def markdown_tables(table: pd.DataFrame, inits_order: list[str] | None = None) -> str:
+    """One Markdown table per (task, protocol): initialisations x fractions, ``mean [lo, hi] p=``."""
+    out = []
+    for (task, metric, protocol), block in table.groupby(["task", "metric", "protocol"], sort=False):
+        fractions = sorted(block["fraction"].unique())
+        inits = [i for i in (inits_order or []) if i in set(block["init"])] + sorted(
+            set(block["init"]) - set(inits_order or []))
+        header = "| init | " + " | ".join(f"{f:g}" for f in fractions) + " |"
+        intervals = " / ".join(sorted(set(block["interval"].dropna())))
+        tested = ("; DeLong p vs the reference on seed ensembles (seeds with p<0.05: "
+                  "+higher/-lower AUC than the reference, of n seeds)") \
+            if np.isfinite(block["p"].to_numpy(float)).any() else ""
+        lines = [f"**{task}, {'linear probe' if protocol == 'probe' else 'fine-tuning'}** ({metric}; "
+                 f"mean over seeds [95 % interval: {intervals}]{tested})", "", header,
+                 "|" + "---|" * (len(fractions) + 1)]
+        for init in inits:
+            cells = []
+            for f in fractions:
+                hit = block[(block["init"] == init) & (block["fraction"] == f)]
+                cells.append(_cell(hit.iloc[0]) if len(hit) else "")
+            lines.append(f"| {init} | " + " | ".join(cells) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"
+
+
+def write_comparison(run: RunDir, config: Any) -> pd.DataFrame:
+    """Write ``comparison.csv`` and ``comparison.md`` into the run directory."""
+    table = comparison(run.path, list(config.tasks), config.reference)
+    write_text(run.path / "comparison.csv", table.to_csv(index=False))
+    write_text(run.path / "comparison.md", markdown_tables(table, [i.name for i in config.inits]))
+    return table

@@ -1,0 +1,1 @@
+"""Grids of jobs (transfer, SSL-GAN table, vessel curve) and their worker processes."""

@@ -1,0 +1,465 @@
+"""The transfer-evaluation sweep: initialisations x label fractions x seeds x folds, linear probe and
+fine-tuning, into one results table and one prediction file per cell.
+
+The protocol of Jang et al. 2024 ("The quality of learned representations was assessed through
+linear probing (LP) and full fine-tuning (FT)"; a "stress test under data-limited conditions"
+with 1-100 % of the labels; "five-fold cross-validation ... Differences in AUC scores between
+models were tested using DeLong's test"):
+
+1. **Data.** The downstream manifest is cleaned of duplicates and test leakage
+   (:func:`~retinassl.data.leakage.clean_downstream`). With a ``test`` split it is the test
+   set (one "fold", recorded with an empty ``fold``); without one, ``folds``-fold stratified,
+   patient-grouped cross-validation is used and every image is tested once per seed.
+2. **Initialisations.** ``scratch``, an encoder checkpoint, external weights, or ``pretrain``: a
+   pretraining run (:func:`retinassl.jobs.pretrain.run_pretrain`) on the pool of ``pool.data`` with
+   the test images and their copies removed (:func:`~retinassl.data.leakage.clean_pool`), or
+   (``pool: train``) on the labelled training images, e.g. the supervised "Fundus" model.
+3. **Label fractions.** For each (task, fold, seed) one stratified random ordering of the training
+   images is drawn (:func:`~retinassl.data.splits.nested_subsets`); the subset of fraction ``f``
+   is its first ``ceil(f N)`` images, so subsets are nested across fractions, differ across
+   seeds, and are the same for every initialisation and protocol (paired comparisons).
+4. **Protocols.** ``probe``: logistic regression on cached frozen features
+   (:mod:`~retinassl.jobs.probe`); ``finetune``: every weight trained with early stopping on a
+   validation split carved from the subset (:mod:`~retinassl.jobs.finetune`).
+5. **Outputs.** Per cell: ``predictions/transfer/<task>/<protocol>/<init>/f<fraction>-s<seed>[-k<fold>].csv``
+   and its metrics in ``results.csv``. A cell whose rows are in the results table is done, so a
+   killed sweep rerun with ``--resume`` computes only the missing cells (and a fine-tuning cell
+   killed midway continues from its last checkpoint). Then t-SNE plots, Grad-CAM overlays and the
+   comparison table (:mod:`~retinassl.metrics.compare`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from retinassl.atomic import write_text
+from retinassl.config import ModelConfig, to_yaml
+from retinassl.data.cache import Cache, PreparedData
+from retinassl.data.loading import load_manifest
+from retinassl.data.manifest import Manifest
+from retinassl.data.splits import nested_subsets, stratified_kfold
+from retinassl.errors import ConfigError, DataError
+from retinassl.models.initialize import seeded_initial_encoder
+from retinassl.io.results import append_results, read_results, result_row
+from retinassl.io.rundir import RunDir
+from retinassl.io.saved_model import LEGACY, META, is_saved_model
+from retinassl.sweeps.grid import Grid, run_grid
+from retinassl.sweeps.transfer_config import InitSpec, TransferConfig, resolve_config
+from retinassl.jobs.features import extract_features
+from retinassl.jobs.finetune import finetune, remove_workdir, save_classifier
+from retinassl.data.leakage import clean_downstream, clean_pool, content_digests
+from retinassl.jobs.probe import assert_frozen, fit_probe
+from retinassl.metrics.tasks import TaskSpec
+
+log = logging.getLogger(__name__)
+
+# -- data ------------------------------------------------------------------------------------------
+def _fraction_tag(fraction: float) -> str:
+    return f"{fraction:g}"
+
+
+def _fold_value(fold: int | None) -> Any:
+    return "" if fold is None else fold
+
+
+def prediction_path(run: RunDir, task: str, protocol: str, init: str, fraction: float, seed: int,
+                    fold: int | None) -> Path:
+    """Where one cell's predictions go."""
+    name = f"f{_fraction_tag(fraction)}-s{seed}" + ("" if fold is None else f"-k{fold}")
+    return run.predictions / "transfer" / task / protocol / init / f"{name}.csv"
+
+
+def evaluation_folds(manifest: Manifest, task: TaskSpec, folds: int, seed: int) -> list[tuple[int | None, np.ndarray, np.ndarray]]:
+    """``(fold, train rows, test rows)``: the official split (fold None) when the manifest has
+    ``test`` rows, else stratified patient-grouped k-fold; only rows with the task's labels."""
+    rows = task.labelled_rows(manifest)
+    split = manifest.frame["split"].astype(str).to_numpy()
+    if (split[rows] == "test").any():
+        return [(None, rows[split[rows] != "test"], rows[split[rows] == "test"])]
+    strata = task.strata(manifest)[rows]
+    groups = manifest.frame["patient"].astype(str).to_numpy()[rows]
+    return [(k, rows[tr], rows[te]) for k, (tr, te) in enumerate(stratified_kfold(strata, groups, folds, seed))]
+
+
+def label_subsets(manifest: Manifest, task: TaskSpec, train_rows: np.ndarray, fractions: list[float],
+                  seed: int, fold: int | None) -> dict[float, np.ndarray]:
+    """Nested stratified subsets of ``train_rows`` (fraction -> sorted rows) for one seed and fold."""
+    strata = task.strata(manifest)[train_rows]
+    subset_seed = seed if fold is None else int(np.random.SeedSequence([seed, fold + 1]).generate_state(1)[0])
+    picked = nested_subsets(strata, [float(f) for f in fractions], subset_seed)
+    return {f: train_rows[idx] for f, idx in picked.items()}
+
+
+def prepare_downstream(config: TransferConfig, out_dir: Path) -> PreparedData:
+    """The downstream data of ``config``, cleaned (``dedupe``) and prepared; writes the cleaned
+    manifest (``downstream.csv``) and what was removed (``downstream-removed.csv``) to ``out_dir``."""
+    cache = Cache(config.data.cache_dir)
+    manifest = load_manifest(config.data)
+    if config.dedupe:
+        from retinassl.data.manifest import label_columns
+
+        # every label column: a copy whose DME risk disagrees is as unreliable as one whose grade does
+        columns = sorted(set(label_columns(manifest.frame.columns)) |
+                         {c for t in config.tasks for c in t.label_columns(manifest)})
+        digests = content_digests(manifest, cache.memo)
+        manifest, removed = clean_downstream(manifest, columns, digests, detect=config.detect_duplicates)
+        write_text(out_dir / "downstream-removed.csv", removed.to_csv(index=False))
+    prepared = cache.prepare(manifest, config.preprocess, workers=max(1, config.data.workers),
+                             skip_bad=config.data.skip_bad, mask_columns=[])
+    prepared.manifest.save(out_dir / "downstream.csv")
+    return prepared
+
+
+class TransferGrid(Grid):
+    """The cells of a :class:`TransferConfig` (see the module docstring): one per (task, init,
+    protocol, label fraction, seed, fold), run by :func:`~retinassl.sweeps.grid.run_grid`."""
+
+    key = ("task", "init", "protocol", "fraction", "seed", "fold")
+
+    def __init__(self, data: dict[str, Any], run: RunDir) -> None:
+        super().__init__(run)
+        self.config = config = TransferConfig.model_validate(data)
+        self.data_dir = run.sub("data")
+        self.cache = Cache(config.data.cache_dir)
+        self._prepared: PreparedData | None = None
+        self._plan: dict[str, dict[str, Any]] | None = None
+        self._features: dict[str, Any] = {}
+
+    # -- downstream data ---------------------------------------------------------------------
+    def downstream(self) -> PreparedData:
+        """The cleaned, prepared downstream data (cleaning recorded in ``data/``)."""
+        if self._prepared is None:
+            self._prepared = prepare_downstream(self.config, self.data_dir)
+        return self._prepared
+
+    def pool(self) -> Manifest:
+        """The cleaned unlabelled pretraining pool (``data/pool.csv``)."""
+        path = self.data_dir / "pool.csv"
+        if path.is_file():
+            return Manifest.load(path)
+        config = self.config
+        if not config.pool.data:
+            raise ConfigError("an initialisation pretrains on the unlabelled pool, but pool.data lists "
+                              "no source")
+        manifests = [load_manifest(d) for d in config.pool.data]
+        pool = manifests[0] if len(manifests) == 1 else Manifest.concat(
+            manifests, name="+".join(d.source for d in config.pool.data))
+        prepared = self.downstream()
+        frame = prepared.manifest.frame
+        test = prepared.manifest.subset((frame["split"].astype(str) == "test").to_numpy())
+        if len(test):
+            pool, removed = clean_pool(pool, test, content_digests(pool, self.cache.memo),
+                                       content_digests(test, self.cache.memo),
+                                       detect=config.pool.detect_duplicates)
+            write_text(self.data_dir / "pool-removed.csv", removed.to_csv(index=False))
+        else:
+            log.warning("the downstream data has no test split (k-fold): every downstream image is a "
+                        "test image in some fold, so the pool must not contain them; only pool rows "
+                        "with the downstream ids or content are removed")
+            ids = set(frame["id"].astype(str))
+            digests = set(content_digests(prepared.manifest, self.cache.memo))
+            own = content_digests(pool, self.cache.memo)
+            keep = np.array([(i not in ids) and (d not in digests)
+                             for i, d in zip(pool.frame["id"].astype(str), own)])
+            pool = pool.subset(keep)
+        pool.save(path)
+        return pool
+
+    # -- initialisations ---------------------------------------------------------------------
+    def model_of(self, spec: InitSpec) -> ModelConfig:
+        """The model config of an initialisation (pretraining it first when needed)."""
+        base = self.config.model
+        if spec.pretrain is None:
+            return base.model_copy(update={"init": spec.init})
+        return base.model_copy(update={"init": str(self.pretrained(spec))})
+
+    def pretrained(self, spec: InitSpec) -> Path:
+        """Run (or reuse, or resume) the pretraining of ``spec``; returns its encoder directory."""
+        from retinassl.jobs.pretrain import run_pretrain
+
+        config = self.config
+        folder = self.run.path / "pretrain" / spec.name
+        encoder_dir = folder / "encoder"
+        if is_saved_model(encoder_dir):
+            return encoder_dir
+        if spec.pool == "train":
+            prepared = self.downstream()
+            split = prepared.manifest.frame["split"].astype(str)
+            if not (split == "test").any():
+                raise ConfigError(f"init {spec.name}: pool 'train' needs an official test split (with "
+                                  f"k-fold every image is tested once)")
+            pool = prepared.manifest.subset((split != "test").to_numpy())
+            pool_file = pool.save(self.data_dir / f"pool-{spec.name}.csv")
+        else:
+            pool = self.pool()
+            pool_file = self.data_dir / "pool.csv"
+        pretrain_config = config.pretrain_config(spec, pool_file)
+        resume = (folder / "run.json").is_file()
+        prun = RunDir.resume(folder) if resume else _new_rundir(folder, f"{config.name}-{spec.name}")
+        log.info("init %s: pretraining %s on %d images%s", spec.name, pretrain_config.method_name,
+                 len(pool), " (resuming)" if resume else "")
+        start = time.perf_counter()
+        out = run_pretrain(pretrain_config, prun, resume=resume, manifest=pool)
+        prun.update_status(status="finished")
+        rows = []
+        if prun.results_file.is_file():
+            table = read_results(prun.results_file)
+            rows = [result_row(experiment=config.name, task="pretrain", method=str(r.method), init=spec.name,
+                               protocol="pretrain", seed=config.seed, metric=str(r.metric), value=float(r.value))
+                    for r in table.itertuples()]
+        rows.append(result_row(experiment=config.name, task="pretrain", method=pretrain_config.method_name,
+                               init=spec.name, protocol="pretrain", seed=config.seed,
+                               metric="pool_size", value=float(len(pool))))
+        append_results(self.run.results_file, rows)
+        log.info("init %s: pretrained in %.0f s", spec.name, time.perf_counter() - start)
+        return out
+
+    # -- the grid ----------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """The cleaned downstream data, the pool, and every pretraining, before any cell."""
+        config = self.config
+        write_text(self.run.path / "transfer.yaml", to_yaml(config))
+        self.downstream()
+        if any(i.pretrain is not None and i.pool == "unlabelled" for i in config.inits):
+            self.cache.prepare(self.pool(), config.preprocess, workers=max(1, config.data.workers),
+                               mask_columns=[], skip_bad=config.data.skip_bad)
+        for spec in config.inits:
+            self.model_of(spec)
+
+    def cells(self) -> list[dict[str, Any]]:
+        """Per init, its probe cells and then its fine-tuning cells."""
+        config = self.config
+        if self._plan is None:
+            self._plan = self.plan(self.downstream().manifest)
+        seeds = config.finetune_seeds or config.seeds
+        fractions = config.finetune_fractions or config.fractions
+        out = []
+        for spec in config.inits:
+            for protocol in ("probe", "finetune"):
+                if protocol not in config.protocols:
+                    continue
+                for p in self._plan.values():
+                    for c in p["cells"]:
+                        if protocol == "finetune" and (c["seed"] not in seeds or c["fraction"] not in fractions):
+                            continue
+                        out.append({"task": p["task"].name, "init": spec.name, "protocol": protocol,
+                                    "fraction": c["fraction"], "seed": c["seed"], "fold": c["fold"],
+                                    "spec": spec, "task_spec": p["task"], "cell": c})
+        return out
+
+    def cell_name(self, cell: Mapping[str, Any]) -> str:
+        name = f"{cell['task']}-{cell['init']}-f{_fraction_tag(cell['fraction'])}-s{cell['seed']}" + (
+            "" if cell["fold"] is None else f"-k{cell['fold']}")
+        return name if cell["protocol"] == "finetune" else f"probe-{name}"
+
+    def done_rows(self, results: pd.DataFrame) -> pd.DataFrame:
+        return results[(results["metric"] == "n_test") & results["protocol"].isin(["probe", "finetune"])]
+
+    def run_cell(self, cell: Mapping[str, Any]) -> None:
+        if self.config.engine.num_threads:
+            torch.set_num_threads(self.config.engine.num_threads)
+        model = self.model_of(cell["spec"])
+        if cell["protocol"] == "probe":
+            self.probe_cell(cell["spec"], model, cell["task_spec"], cell["cell"])
+        else:
+            self.finetune_cell(cell["spec"], model, cell["task_spec"], cell["cell"])
+
+    def finish(self) -> None:
+        """t-SNE and Grad-CAM figures and the comparison table."""
+        self.figures(self.downstream())
+        from retinassl.metrics.compare import write_comparison
+
+        write_comparison(self.run, self.config)
+
+    def plan(self, manifest: Manifest) -> dict[str, dict[str, Any]]:
+        """Per task: its folds and, per (fold, seed), the nested label subsets."""
+        config = self.config
+        out: dict[str, dict[str, Any]] = {}
+        for task in config.tasks:
+            folds = evaluation_folds(manifest, task, config.folds, config.seed)
+            cells = []
+            for fold, train, test in folds:
+                for seed in config.seeds:
+                    subsets = label_subsets(manifest, task, train, config.fractions, seed, fold)
+                    for fraction in config.fractions:
+                        cells.append({"fold": fold, "seed": seed, "fraction": fraction,
+                                      "rows": subsets[fraction], "test": test})
+            out[task.name] = {"task": task, "cells": cells}
+        return out
+
+    def _record(self, spec: InitSpec, protocol: str, task: TaskSpec, cell: dict[str, Any],
+                scores: np.ndarray, extra: dict[str, float]) -> dict[str, float]:
+        manifest = self._prepared.manifest  # type: ignore[union-attr]
+        test = cell["test"]
+        labels = task.targets(manifest)[test]
+        names = task.label_columns(manifest) if task.kind == "multilabel" else None
+        ids = manifest.frame["id"].astype(str).to_numpy()[test].tolist()
+        path = prediction_path(self.run, task.name, protocol, spec.name, cell["fraction"], cell["seed"], cell["fold"])
+        write_text(path, task.prediction_frame(ids, labels, scores, names).to_csv(index=False))
+        metrics = {**task.metrics(labels, scores, names), **extra}
+        rows = [result_row(experiment=self.config.name, task=task.name,
+                           method="logistic" if protocol == "probe" else "supervised", init=spec.name,
+                           protocol=protocol, fraction=cell["fraction"], n_labelled=len(cell["rows"]),
+                           seed=cell["seed"], fold=_fold_value(cell["fold"]), metric=k, value=v)
+                for k, v in metrics.items()]
+        append_results(self.run.results_file, rows)
+        return metrics
+
+    def features_of(self, spec: InitSpec, model: ModelConfig) -> Any:
+        """The frozen features of an init (extracted, or read from the feature cache, once per
+        process; their cost is recorded the first time)."""
+        if spec.name not in self._features:
+            config = self.config
+            encoder = seeded_initial_encoder(model, config.seed).encoder
+            with assert_frozen(encoder):
+                features = extract_features(encoder, self.downstream(), config.data.cache_dir)
+            append_results(self.run.results_file, [
+                result_row(experiment=config.name, task="features", method="extract", init=spec.name,
+                           protocol="probe", seed=config.seed, metric=m, value=v)
+                for m, v in {"extract_seconds": features.seconds,
+                             "extracted_images": float(features.extracted),
+                             "feature_dim": float(features.values.shape[1])}.items()])
+            self._features[spec.name] = features
+        return self._features[spec.name]
+
+    def probe_cell(self, spec: InitSpec, model: ModelConfig, task: TaskSpec, cell: dict[str, Any]) -> None:
+        """A linear probe on the init's frozen features."""
+        config = self.config
+        prepared = self.downstream()
+        features = self.features_of(spec, model)
+        start = time.perf_counter()
+        targets = task.targets(prepared.manifest)
+        scores, cs = fit_probe(features.values[cell["rows"]], targets[cell["rows"]],
+                               features.values[cell["test"]], task, task.classes(prepared.manifest),
+                               config.probe, cell["seed"])
+        seconds = time.perf_counter() - start
+        finite = [c for c in cs if np.isfinite(c)]
+        metrics = self._record(spec, "probe", task, cell, scores,
+                               {"seconds": seconds, "C": float(np.median(finite)) if finite else math.nan})
+        log.info("probe %s %s f=%s seed=%s fold=%s: %s %.3f", spec.name, task.name,
+                 _fraction_tag(cell["fraction"]), cell["seed"], cell["fold"], task.primary,
+                 metrics.get(task.primary, math.nan))
+
+    def finetune_cell(self, spec: InitSpec, model: ModelConfig, task: TaskSpec, cell: dict[str, Any]) -> None:
+        """One fine-tuning; the classifier of the explained task at the largest fraction, first
+        seed and first fold is kept (``models/<task>-<init>``) for Grad-CAM."""
+        config = self.config
+        prepared = self.downstream()
+        seeds = config.finetune_seeds or config.seeds
+        fractions = config.finetune_fractions or config.fractions
+        explain_task = config.explain.task or config.tasks[0].name
+        workdir = self.run.path / "cells" / self.cell_name(
+            {"task": task.name, "init": spec.name, "protocol": "finetune", **cell})
+        resume = (workdir / "checkpoints").is_dir()
+        result = finetune(model, prepared, cell["rows"], cell["test"], task, config.finetune,
+                          config.engine, workdir, cell["seed"], resume=resume)
+        metrics = self._record(spec, "finetune", task, cell, result.scores, {
+            "seconds": result.seconds, "steps": float(result.steps),
+            "val_size": float(len(result.val_rows)),
+            "best_epoch": float(result.best.get("epoch", math.nan))})
+        log.info("finetune %s %s f=%s seed=%s fold=%s: %s %.3f (%d steps, %.0f s)", spec.name,
+                 task.name, _fraction_tag(cell["fraction"]), cell["seed"], cell["fold"],
+                 task.primary, metrics.get(task.primary, math.nan), result.steps, result.seconds)
+        if (task.name == explain_task and cell["fraction"] == max(fractions) and cell["seed"] == seeds[0]
+                and cell["fold"] in (None, 0)):
+            initial_meta = _arch_of(model)
+            save_classifier(self.run.path / "models" / f"{task.name}-{spec.name}", result.method,
+                            arch=initial_meta[0], kwargs=initial_meta[1],
+                            preprocess=config.preprocess.model_dump(), task=task,
+                            extra={"init_name": spec.name})
+        if not config.keep_workdirs:
+            remove_workdir(workdir)
+
+    # -- figures -----------------------------------------------------------------------------
+    def figures(self, prepared: PreparedData) -> None:
+        """t-SNE of each initialisation's frozen embeddings and Grad-CAM overlays."""
+        config = self.config
+        figures = self.run.report_dir / "figures"
+        task = next((t for t in config.tasks if t.name == (config.explain.task or config.tasks[0].name)),
+                    config.tasks[0])
+        if config.explain.tsne:
+            from retinassl.explain.embedding import tsne_figure
+
+            rows = task.labelled_rows(prepared.manifest)
+            for spec in config.inits:
+                path = figures / f"tsne-{spec.name}.png"
+                if path.is_file():
+                    continue
+                encoder = seeded_initial_encoder(self.model_of(spec), config.seed).encoder
+                with assert_frozen(encoder):
+                    features = extract_features(encoder, prepared, config.data.cache_dir)
+                tsne_figure(features.values[rows], class_labels(task, prepared.manifest)[rows], path,
+                            title=f"{spec.name}: frozen embeddings ({task.name})", seed=config.seed)
+        if config.explain.gradcam and "finetune" in config.protocols:
+            from retinassl.explain.gradcam import gradcam_gallery
+
+            folds = evaluation_folds(prepared.manifest, task, config.folds, config.seed)
+            test = folds[0][2]
+            picks = gradcam_rows(task, prepared.manifest, test, config.explain.gradcam, config.seed)
+            for spec in config.inits:
+                model_dir = self.run.path / "models" / f"{task.name}-{spec.name}"
+                path = figures / f"gradcam-{spec.name}.png"
+                if model_dir.is_dir() and not path.is_file():
+                    gradcam_gallery(model_dir, prepared, picks, path, title=spec.name)
+
+
+def _arch_of(model: ModelConfig) -> tuple[str, dict[str, Any]]:
+    if model.init == "scratch":
+        return model.arch, dict(model.kwargs)
+    from retinassl.models.checkpoint import read_encoder_meta
+
+    path = Path(model.init)
+    if path.is_dir() or path.name == META or path.name in LEGACY:
+        meta = read_encoder_meta(path)
+        return meta["arch"], dict(meta["kwargs"])
+    return model.arch, dict(model.kwargs)
+
+
+def class_labels(task: TaskSpec, manifest: Manifest) -> np.ndarray:
+    """``(N,)`` integer labels for colouring and picking (multi-label: "has any label")."""
+    y = task.targets(manifest)
+    return y.max(axis=1) if y.ndim == 2 else y
+
+
+def gradcam_rows(task: TaskSpec, manifest: Manifest, test: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` test rows, alternating positive and negative (binary view of the task), seeded."""
+    y = class_labels(task, manifest)[test]
+    positive = (y >= task.positive_from) if (task.kind == "multiclass" and task.positive_from) else y > 0
+    rng = np.random.default_rng(seed)
+    pos, neg = rng.permutation(test[positive]), rng.permutation(test[~positive])
+    out = []
+    for i in range(n):
+        source = pos if i % 2 == 0 else neg
+        if len(source) > i // 2:
+            out.append(source[i // 2])
+    return np.asarray(out, dtype=int)
+
+
+def _new_rundir(folder: Path, name: str) -> RunDir:
+    folder.mkdir(parents=True, exist_ok=True)
+    run = RunDir(folder)
+    run.update_status(status="running", name=name)
+    return run
+
+
+def run_transfer(config: TransferConfig, run: RunDir) -> None:
+    """Run (or complete) the sweep of ``config`` in ``run``, in ``config.workers`` processes."""
+    config.check()
+    run_grid(TransferGrid, (config.model_dump(mode="json"),), run, workers=config.workers, name="transfer")
+
+
+def transfer_runner(data: dict[str, Any], run: RunDir, budget: str, resume: bool) -> None:
+    """The ``transfer`` kind of ``retinassl sweep`` (see :func:`retinassl.cli.sweep.runners`)."""
+    config = resolve_config(data, budget)
+    if not resume and TransferGrid(config.model_dump(mode="json"), run).done():
+        raise DataError("the run directory already holds results; use --resume", path=run.path)
+    run_transfer(config, run)

@@ -1,0 +1,187 @@
+"""The configuration of a transfer sweep (:mod:`retinassl.sweeps.transfer`): initialisations (scratch,
+checkpoints, external weights, or pretraining runs on a pool), tasks, label fractions, seeds, folds,
+protocols, and the budgets a preset merges in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from retinassl.config import DataConfig, EngineConfig, ModelConfig, Section, validate
+from retinassl.data.preprocess import PreprocessConfig
+from retinassl.errors import ConfigError
+from retinassl.jobs.finetune import FinetuneConfig
+from retinassl.jobs.probe import ProbeConfig
+from retinassl.metrics.tasks import TaskSpec
+from retinassl.sweeps.grid import merge_budget
+
+
+FRACTIONS: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+Protocol = Literal["probe", "finetune"]
+
+
+class InitSpec(Section):
+    """One initialisation compared by the sweep.
+
+    Attributes:
+        name: its name in results and figures (``scratch``, ``rotation``, ``fundus``...).
+        init: ``scratch``, an encoder checkpoint directory, or an external weights file.
+        pretrain: settings of a pretraining run made first (the fields of
+            :class:`~retinassl.jobs.pretrain.PretrainConfig`: ``method``, ``engine``, ``label``,
+            ``positive_from``, ``seed``, ``model``; ``data``, ``preprocess`` and ``name`` are set by
+            the sweep). Its encoder becomes the initialisation.
+        pool: what ``pretrain`` trains on: ``unlabelled`` (the cleaned pool of ``pool.data``) or
+            ``train`` (the cleaned downstream training images with their labels; only with an
+            official test split).
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+    init: str = "scratch"
+    pretrain: dict[str, Any] | None = None
+    pool: Literal["unlabelled", "train"] = "unlabelled"
+
+
+class PoolConfig(Section):
+    """The unlabelled pretraining pool.
+
+    Attributes:
+        data: the sources combined into the pool (labels are ignored).
+        detect_duplicates: also run the near-duplicate detector against the test images.
+    """
+
+    data: list[DataConfig] = Field(default_factory=list)
+    detect_duplicates: bool = True
+
+
+class ExplainConfig(Section):
+    """Figures made after the cells.
+
+    Attributes:
+        tsne: a t-SNE of each initialisation's frozen embeddings, coloured by the first task's label.
+        gradcam: test images in each initialisation's Grad-CAM overlay (0: none); uses the model
+            fine-tuned on the largest fraction with the first seed.
+        task: the task whose fine-tuned model is explained (default: the first).
+    """
+
+    tsne: bool = True
+    gradcam: int = Field(6, ge=0)
+    task: str | None = None
+
+
+class TransferConfig(Section):
+    """A transfer-evaluation experiment (``kind: transfer``).
+
+    Attributes:
+        kind: always ``transfer`` (the sweep runner that executes it).
+        name: experiment name (results ``experiment`` column, run-directory name).
+        seed: seeds the folds, the scratch encoder of the linear probe, and pretraining.
+        runs_dir: where run directories are created.
+        data: the downstream dataset (``split`` column: ``test`` rows are the test set).
+        dedupe: clean the downstream data (:func:`~retinassl.data.leakage.clean_downstream`).
+        detect_duplicates: also run the near-duplicate detector on the downstream data.
+        preprocess: preprocessing of every image (downstream and pool).
+        model: the encoder architecture (``init`` is set per initialisation).
+        pool: the pretraining pool.
+        pretrain_engine: engine settings of the pretraining runs (an initialisation's
+            ``pretrain.engine`` overrides them).
+        inits: the initialisations compared.
+        reference: the initialisation others are tested against (DeLong).
+        tasks: the downstream tasks.
+        fractions: label fractions of the training images.
+        seeds: label-subset seeds (and fine-tuning seeds).
+        finetune_seeds: seeds used by fine-tuning (default: ``seeds``), to save compute.
+        finetune_fractions: fractions used by fine-tuning (default: ``fractions``).
+        protocols: ``probe`` and/or ``finetune``.
+        folds: cross-validation folds when the data has no test split.
+        probe: linear-probe settings.
+        finetune: fine-tuning settings.
+        engine: fine-tuning engine settings.
+        explain: t-SNE and Grad-CAM figures.
+        keep_workdirs: keep each fine-tuning run's checkpoints and logs (default: deleted).
+        workers: processes sharing the cells (each takes every ``workers``-th initialisation;
+            with ``engine.num_threads: 1`` two workers use both cores of a 2-core machine).
+        budgets: per ``--budget`` overrides of any of these keys (applied by the sweep command).
+    """
+
+    kind: Literal["transfer"] = "transfer"
+    name: str = "transfer"
+    seed: int = 0
+    runs_dir: Path = Path("runs")
+    data: DataConfig = DataConfig()
+    dedupe: bool = True
+    detect_duplicates: bool = False
+    preprocess: PreprocessConfig = PreprocessConfig(size=128)
+    model: ModelConfig = ModelConfig(arch="resnet18")
+    pool: PoolConfig = PoolConfig()
+    pretrain_engine: EngineConfig = EngineConfig()
+    inits: list[InitSpec] = Field(default_factory=lambda: [InitSpec(name="scratch")])
+    reference: str = "scratch"
+    tasks: list[TaskSpec] = Field(default_factory=lambda: [TaskSpec(name="abnormal")])
+    fractions: list[float] = Field(default_factory=lambda: list(FRACTIONS))
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    finetune_seeds: list[int] | None = None
+    finetune_fractions: list[float] | None = None
+    protocols: list[Protocol] = Field(default_factory=lambda: ["probe", "finetune"])
+    folds: int = Field(5, ge=2)
+    probe: ProbeConfig = ProbeConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    engine: EngineConfig = EngineConfig(batch_size=32, checkpoint_every_n_steps=0)
+    explain: ExplainConfig = ExplainConfig()
+    keep_workdirs: bool = False
+    workers: int = Field(1, ge=1)
+    budgets: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def check(self) -> None:
+        """Cross-field checks (unique names, a known reference, valid fractions)."""
+        names = [i.name for i in self.inits]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"inits: names must be unique, got {names}")
+        if self.reference not in names:
+            raise ConfigError(f"reference {self.reference!r} is not one of the inits {names}")
+        if len({t.name for t in self.tasks}) != len(self.tasks) or not self.tasks:
+            raise ConfigError("tasks: give at least one task, with unique names")
+        if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
+            raise ConfigError(f"fractions must be in (0, 1], got {self.fractions}")
+        bad = [s for s in (self.finetune_seeds or []) if s not in self.seeds]
+        if bad:
+            raise ConfigError(f"finetune_seeds {bad} are not among seeds {self.seeds}")
+        bad = [f for f in (self.finetune_fractions or []) if f not in self.fractions]
+        if bad:
+            raise ConfigError(f"finetune_fractions {bad} are not among fractions {self.fractions}")
+        for spec in self.inits:  # a typo must fail now, not after hours of other initialisations
+            if spec.pretrain is not None:
+                from retinassl.methods.base import method_class
+
+                pretrain = self.pretrain_config(spec, Path("pool.csv"))
+                params = {k: v for k, v in pretrain.method.items() if k != "name"}
+                validate(method_class(pretrain.method_name).Config, params,
+                         origin=f"init {spec.name}: pretrain.method")
+
+    def pretrain_config(self, spec: InitSpec, pool_file: Path):  # -> PretrainConfig
+        """The pretraining run of ``spec`` (on the pool manifest ``pool_file``)."""
+        from retinassl.jobs.pretrain import PretrainConfig
+
+        settings = dict(spec.pretrain or {})
+        engine = merge_budget(self.pretrain_engine.model_dump(mode="json"), settings.pop("engine", {}) or {})
+        model = merge_budget(self.model.model_dump(mode="json"), settings.pop("model", {}) or {})
+        merged = {"name": f"{self.name}-{spec.name}", "seed": self.seed,
+                  "data": [{"source": "manifest", "manifest": str(pool_file),
+                            "cache_dir": None if self.data.cache_dir is None else str(self.data.cache_dir),
+                            "workers": self.data.workers}],
+                  "preprocess": self.preprocess.model_dump(mode="json"), "model": model,
+                  "engine": engine, **settings}
+        return validate(PretrainConfig, merged, origin=f"init {spec.name}: pretrain")
+
+
+def resolve_config(data: dict[str, Any], budget: str | None) -> TransferConfig:
+    """Validate a preset's mapping after applying its ``budgets[budget]`` overrides."""
+    budgets = data.get("budgets", {}) or {}
+    if budget is not None and budgets and budget not in budgets:
+        raise ConfigError(f"budget {budget!r} is not defined by this experiment (it has "
+                          f"{', '.join(budgets)})")
+    merged = merge_budget(data, budgets.get(budget, {}) if budget else {})
+    config = validate(TransferConfig, merged, origin=f"transfer experiment ({budget or 'no'} budget)")
+    config.check()
+    return config
