@@ -1,0 +1,51 @@
+"""The idrid-transfer-real preset (issue 18): every budget resolves, the pool lists every real fundus
+source, and the "Fundus" inits never train on IDRiD labels (they select split-less labelled rows)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from retinassl.config import read_yaml
+from retinassl.data.manifest import Manifest
+from retinassl.jobs.pretrain import select_rows
+from retinassl.sweeps.transfer import resolve_config
+
+
+@pytest.mark.parametrize("budget", ["smoke", "cpu", "full"])
+def test_every_budget_resolves_with_the_whole_real_pool(budget: str) -> None:
+    config = resolve_config(read_yaml("idrid-transfer-real"), budget)
+    sources = [d.source for d in config.pool.data]
+    assert sources == ["idrid", "mx_fundus_oct", "folder", "drive", "stare", "rfmid"]
+    assert config.pool.detect_duplicates and config.dedupe and config.detect_duplicates
+    assert [t.name for t in config.tasks] == ["referable", "any_dr", "dr_grade"]
+    assert config.reference == "scratch"
+    assert {"scratch", "fundus_glaucoma", "fundus_dme"} <= {i.name for i in config.inits}
+
+
+def _pool(tmp_path: Path) -> Manifest:
+    """IDRiD-like rows (a split, abnormal and dme labels), folder-like rows (no split, abnormal),
+    MX-like rows (no split, dme) and a DRIVE-like row (a split, no label)."""
+    records = [
+        {"id": "idrid-A-1", "image": "a.png", "split": "train", "abnormal": 1, "dme": 2},
+        {"id": "idrid-B-2", "image": "b.png", "split": "train", "abnormal": 0, "dme": 0},
+        {"id": "eye-1", "image": "c.png", "split": "", "abnormal": 1},
+        {"id": "eye-2", "image": "d.png", "split": "", "abnormal": 0},
+        {"id": "mx-1", "image": "e.png", "split": "", "dme": 1},
+        {"id": "drive-1", "image": "f.png", "split": "test"},
+    ]
+    return Manifest.from_records(records, root=tmp_path, check_files=False)
+
+
+@pytest.mark.parametrize("init, expected", [("fundus_glaucoma", ["eye-1", "eye-2"]),
+                                            ("fundus_dme", ["mx-1"])])
+def test_fundus_inits_select_only_non_idrid_labelled_rows(tmp_path: Path, init: str,
+                                                          expected: list[str]) -> None:
+    config = resolve_config(read_yaml("idrid-transfer-real"), "cpu")
+    spec = next(i for i in config.inits if i.name == init)
+    pretrain = config.pretrain_config(spec, tmp_path / "pool.csv")
+    pool = _pool(tmp_path)
+    # the pool is saved and read back by the sweep: empty splits must survive the round trip
+    pool = Manifest.load(pool.save(tmp_path / "pool.csv"), check_files=False)
+    assert select_rows(pool, pretrain).frame["id"].tolist() == expected
