@@ -100,6 +100,9 @@ class GraphSearchConfig:
         max_gap_um: undefined runs up to this long inside a B-scan keep the bridged path (vessel
             shadows); longer runs, and runs at either end, are NaN.
         max_undefined: largest fraction of undefined columns for a clean scan.
+        assess_fraction: the flags look at the central ``assess_fraction`` of the columns (B-scans
+            are centred on the fovea; the outer parts of a wide scan may hold the optic disc or
+            leave the image).
         edge_rows: a boundary within this many rows of the top or bottom is at the image edge.
         max_edge_fraction: largest fraction of columns at the edge for a clean scan.
         min_contrast: smallest contrast (mean directional gradient along a boundary over the robust
@@ -133,11 +136,11 @@ class GraphSearchConfig:
 
 @dataclass(frozen=True)
 class BScanQuality:
-    """Quality of one B-scan's boundaries; ``clean`` when no flag is raised.
+    """Quality of one B-scan's boundaries; ``clean`` when no flag is raised. Fractions are over
+    the central ``assess_fraction`` of the A-scans.
 
     Attributes:
-        jump_fraction: share of columns where the ILM or BM leaves its running median by more than
-            ``jump_um``.
+        jump_fraction: share of columns at a jump of the ILM or BM (see ``jump_um``).
         edge_fraction: share of columns where a boundary is within ``edge_rows`` of the top or bottom.
         out_of_range_fraction: share of columns whose thickness is outside ``plausible_um``.
         undefined_fraction: share of columns where a boundary is undefined (NaN).
