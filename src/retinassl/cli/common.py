@@ -93,10 +93,13 @@ def run_job(run: Any, job: Callable[[], Any], *, report: bool = True, title: str
     exception (SIGTERM included) record ``failed`` and the error in ``run.json`` and re-raise; else
     record ``finished`` (with ``status(result)``, default the metrics when the job returns a
     mapping) and build the report. Returns ``(result, report path or None)``."""
+    from retinassl.oct.identity import redact
+
     try:
         result = job()
     except BaseException as exc:
-        run.update_status(status="failed", error=str(exc)[:500])
+        # paths an OCT command registered as private (patient-named files) never reach run.json
+        run.update_status(status="failed", error=redact(str(exc))[:500])
         raise
     extra = status(result) if status is not None else (
         {"metrics": result} if isinstance(result, dict) else {})

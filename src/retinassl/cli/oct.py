@@ -31,6 +31,29 @@ def _runs_dir(runs_dir: Path | None) -> Path:
     return runs_dir if runs_dir is not None else Path("runs")
 
 
+def _private_run(root: Path, name: str, inputs: list[Path | None]):
+    """A new run directory whose log and recorded errors never name ``inputs`` (file and folder
+    names of exports often carry the patient's name and ID): they appear as salted labels."""
+    from retinassl.io.rundir import RunDir
+    from retinassl.oct.identity import redact_log_handlers, register_private
+
+    register_private([p for p in inputs if p is not None])
+    run = RunDir.create(root, name)
+    run.attach_log_file()
+    redact_log_handlers()
+    typer.echo(f"run directory: {run.path}")
+    return run
+
+
+def _private_logs(paths: list) -> None:
+    """Register ``paths`` as private and redact them from every log handler (see
+    :mod:`retinassl.oct.identity`)."""
+    from retinassl.oct.identity import redact_log_handlers, register_private
+
+    register_private(paths)
+    redact_log_handlers()
+
+
 @app.command()
 def info(volume: Path = VOLUME, infrared: Path = INFRARED) -> None:
     """Print what a volume holds (format, shape, spacing, laterality, date, hashed patient key,
@@ -50,12 +73,10 @@ def thickness(volume: Path = VOLUME, model: Path = MODEL, infrared: Path = INFRA
     a colour bar, the ETDRS 9-sector table (etdrs.csv) and thickness.json into a new run directory."""
     from retinassl.methods.oct_layers import load_layer_model
     from retinassl.jobs.oct_thickness import compute_thickness, write_thickness
+    from retinassl.oct.identity import redact
     from retinassl.oct.read import read_volume
-    from retinassl.io.rundir import RunDir
 
-    run = RunDir.create(_runs_dir(runs_dir), name)
-    run.attach_log_file()
-    typer.echo(f"run directory: {run.path}")
+    run = _private_run(_runs_dir(runs_dir), name, [volume, infrared])
     try:
         vol = read_volume(volume, infrared)
         layer_model = load_layer_model(model) if model is not None else None
@@ -64,7 +85,7 @@ def thickness(volume: Path = VOLUME, model: Path = MODEL, infrared: Path = INFRA
                                 extra={"model": None if model is None else str(model)})
     except BaseException as exc:
         # the input's file name may be the patient's: the run records the error without it
-        run.update_status(status="failed", error=str(exc).replace(str(volume), "<volume>")[:500])
+        run.update_status(status="failed", error=redact(str(exc)).replace(str(volume), "<volume>")[:500])
         raise
     run.update_status(status="finished", outputs=sorted(p.name for p in paths.values()),
                       quality=result.quality)
@@ -89,15 +110,17 @@ def segment(volume: Path = VOLUME, model: Path = typer.Option(..., "--model", he
     from retinassl.atomic import write_text, write_with
     from retinassl.figures.oct import bscan_png
     from retinassl.methods.oct_layers import load_layer_model
+    from retinassl.oct.identity import redact
     from retinassl.oct.read import read_volume
-    from retinassl.io.rundir import RunDir
 
-    run = RunDir.create(_runs_dir(runs_dir), name)
-    run.attach_log_file()
-    typer.echo(f"run directory: {run.path}")
-    vol = read_volume(volume, infrared)
-    layer_model = load_layer_model(model)
-    rows = layer_model.segment(vol)
+    run = _private_run(_runs_dir(runs_dir), name, [volume, infrared])
+    try:
+        vol = read_volume(volume, infrared)
+        layer_model = load_layer_model(model)
+        rows = layer_model.segment(vol)
+    except BaseException as exc:
+        run.update_status(status="failed", error=redact(str(exc))[:500])
+        raise
     stack = np.stack([rows[n] for n in layer_model.boundaries]).astype(np.float32)
     write_with(run.path / "boundaries.npy", lambda fh: np.save(fh, stack, allow_pickle=False))
     write_text(run.path / "boundaries.json", json.dumps(
@@ -122,6 +145,7 @@ def train_seg(config: str = typer.Argument(None, help="A YAML config or preset (
     from retinassl.jobs.oct_layers import LayerTrainConfig, run_train_layers
 
     cfg, run = open_run(LayerTrainConfig, config, overrides, resume, runs_dir, default="oct-layers")
+    _private_logs(list(cfg.volumes))
     metrics, _ = run_job(run, lambda: run_train_layers(cfg, run, resume=resume is not None)[1], report=False)
     typer.echo("validation: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     typer.echo(f"model: {run.path / 'layer-model'}")
@@ -141,6 +165,7 @@ def pretrain(config: str = typer.Argument(None, help="A YAML config or preset (d
 
     overrides = list(overrides or []) + (["model.allow_pickle=true"] if allow_pickle else [])
     cfg, run = open_run(CrossModalRunConfig, config, overrides, resume, runs_dir, default="oct-cross-modal")
+    _private_logs([])  # the job registers the manifest's paths and ids once it has read them
     metrics, _ = run_job(run, lambda: run_cross_modal(cfg, run, resume=resume is not None),
                          title="cross-modal pretraining")
     typer.echo("test: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))

@@ -25,12 +25,13 @@ from retinassl.config import DataConfig, EngineConfig, ModelConfig, Section, to_
 from retinassl.data.preprocess import PreprocessConfig
 from retinassl.data.cache import Cache
 from retinassl.data.loading import load_manifest
-from retinassl.data.manifest import Manifest
+from retinassl.data.manifest import PATH_COLUMNS, Manifest, is_missing
 from retinassl.engine.fit import fit
 from retinassl.errors import ConfigError, DataError
 from retinassl.methods.base import seeded_method
 from retinassl.io.results import append_results, result_row
 from retinassl.io.rundir import RunDir
+from retinassl.oct.identity import private_label, register_private
 from retinassl.oct.paired import ThicknessPairs, input_manifest
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,19 @@ def segmented_maps(manifest: Manifest, layer_model: Path, map_size: int = 128) -
     return maps, quality
 
 
+def register_private_rows(manifest: Manifest) -> None:
+    """Register every file path and id of the manifest's rows as private (patient-named exports):
+    logs and the recorded error carry a salted label instead (see
+    :func:`retinassl.oct.identity.register_private`)."""
+    frame = manifest.frame
+    for column in PATH_COLUMNS:
+        if column in frame.columns:
+            register_private([manifest.path(r, column) for r in range(len(frame))])
+            register_private([str(v) for v in frame[column] if not is_missing(v)])
+    register_private([str(v) for v in frame["id"] if any(c.isalpha() for c in str(v))
+                      and len(str(v)) >= 4], "id")
+
+
 @torch.no_grad()
 def predict_maps(method: Any, dataset: ThicknessPairs, rows: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Predicted thickness ``(len(rows), S, S)`` micrometres for dataset rows."""
@@ -141,7 +155,8 @@ def run_cross_modal(config: CrossModalRunConfig, run: RunDir, resume: bool = Fal
     """
     run.write_config(to_yaml(config))
     manifest = manifest if manifest is not None else load_manifest(config.data)
-    pairs = input_manifest(manifest, config.input)
+    register_private_rows(manifest)
+    pairs = input_manifest(manifest, config.input, "oct_volume" if config.maps == "segment" else "thickness_map")
     preprocess = config.preprocess
     if config.input == "ir_image":
         preprocess = preprocess.model_copy(update={"channels": 1, "crop_fov": False,
@@ -229,4 +244,6 @@ def _figures(run: RunDir, dataset: ThicknessPairs, rows: np.ndarray, pred: np.nd
         for ax in axes:
             ax.set_axis_off()
         fig.colorbar(im, ax=axes, fraction=0.02, label="µm")
-        save_figure(fig, run.report_dir / "figures" / f"crossmodal-{frame.at[int(r), 'id']}.png")
+        # the id is often the photograph's file stem, i.e. possibly the patient's name
+        label = private_label(str(frame.at[int(r), "id"]), "eye")
+        save_figure(fig, run.report_dir / "figures" / f"crossmodal-{label}.png")

@@ -73,10 +73,25 @@ class LayerTrainConfig(Section):
     engine: EngineConfig = EngineConfig(max_epochs=8, batch_size=16, checkpoint_every_n_steps=200)
 
 
+def recorded_config(config: LayerTrainConfig) -> LayerTrainConfig:
+    """The config as the run records it (``config.yaml``, the report): the volume files by salted
+    label (``<vol-...>``), never by path -- exports are often named after the patient."""
+    from retinassl.oct.identity import private_label
+
+    labels = [Path("<" + private_label(str(p), "vol") + ">") for p in config.volumes]
+    return config.model_copy(update={"volumes": labels})
+
+
 def load_training_volumes(config: LayerTrainConfig) -> list[OCTVolume]:
     """The annotated volumes of a config (files, or synthetic)."""
     if config.volumes:
+        from retinassl.errors import ConfigError
         from retinassl.oct.read import read_volume
+
+        if any(str(p).startswith("<vol-") for p in config.volumes):
+            raise ConfigError("the run records its volume files by label, not by path (they may "
+                              "carry the patient's name): give them again, e.g. --resume RUN "
+                              "volumes=[a.dcm,b.dcm]")
 
         return [read_volume(p) for p in config.volumes]
     from retinassl.oct.synthetic import synthetic_volumes
@@ -151,7 +166,7 @@ def run_train_layers(config: LayerTrainConfig, run: RunDir,
                      volumes: Sequence[OCTVolume] | None = None,
                      resume: bool = False) -> tuple[LayerModel, dict[str, float]]:
     """Train a layer-segmentation model; returns it and its validation metrics."""
-    run.write_config(to_yaml(config))
+    run.write_config(to_yaml(recorded_config(config)))
     volumes = list(volumes) if volumes is not None else load_training_volumes(config)
     if len(volumes) < 2:
         raise DataError(f"need at least 2 annotated volumes (one for validation), got {len(volumes)}")

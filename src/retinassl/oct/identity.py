@@ -86,3 +86,82 @@ def patient_key(patient_id: object = None, name: object = None, birth_date: obje
     digest = hashlib.blake2b(material.encode("utf-8"), key=key[:64], digest_size=8,
                              person=b"retinassl-pk")
     return "pk-" + digest.hexdigest()
+
+
+# -- file and folder names ------------------------------------------------------------------------
+# Exports are often named after the patient (``DOE_JANE_PHI123456_OD.dcm`` in a folder
+# ``DOE_JANE``), and manifest ids are often file stems. Commands that read OCT data register the
+# paths and ids they were given; the run's log handlers (:class:`RedactFilter`), the error recorded in
+# ``run.json`` and the names of figures then carry :func:`private_label` instead.
+
+_PRIVATE: dict[str, str] = {}
+
+
+def private_label(text: str, prefix: str = "file") -> str:
+    """A salted one-way label for a path or id: ``"<prefix>-" + 12 hex digits``; the same text
+    and salt always give the same label (so a user can tell two files apart without seeing their
+    names)."""
+    digest = hashlib.blake2b(str(text).encode("utf-8"), key=patient_salt()[:64], digest_size=6,
+                             person=b"retinassl-fn")
+    return f"{prefix}-{digest.hexdigest()}"
+
+
+def register_private(values: object, prefix: str = "file") -> None:
+    """Remember paths (every form: as given, absolute, resolved, and the file name) or ids whose
+    text must not reach a stored output; :func:`redact` replaces them by their label."""
+    items = [values] if isinstance(values, (str, os.PathLike)) else list(values)  # type: ignore[arg-type]
+    for value in items:
+        if value is None or str(value) in ("", "nan", "None"):
+            continue
+        text = str(value)
+        label = "<" + private_label(text, prefix) + ">"
+        forms = {text}
+        if isinstance(value, os.PathLike) or os.sep in text or "." in text:
+            path = Path(text)
+            forms |= {str(path), str(path.absolute())}
+            try:
+                forms.add(str(path.resolve()))
+            except OSError:
+                pass
+            if len(path.name) >= 4:
+                forms.add(path.name)
+        for form in forms:
+            if len(form) >= 3:
+                _PRIVATE.setdefault(form, label)
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered path or id replaced by its label (longest first, so a full
+    path goes before its file name)."""
+    if not _PRIVATE or not text:
+        return text
+    for form in sorted(_PRIVATE, key=len, reverse=True):
+        if form in text:
+            text = text.replace(form, _PRIVATE[form])
+    return text
+
+
+class RedactFilter:
+    """A :mod:`logging` filter that redacts every record's message (see :func:`redact`)."""
+
+    def filter(self, record: object) -> bool:
+        import logging
+
+        if isinstance(record, logging.LogRecord) and _PRIVATE:
+            message = redact(record.getMessage())
+            record.msg, record.args = message, ()
+            if record.exc_info and record.exc_info[1] is not None:
+                record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+                record.exc_info = None
+        return True
+
+
+def redact_log_handlers() -> None:
+    """Put :class:`RedactFilter` on every handler of the ``retinassl`` logger and the root logger
+    (the run's ``logs/log.txt`` and the terminal), once each."""
+    import logging
+
+    for logger in (logging.getLogger("retinassl"), logging.getLogger()):
+        for handler in logger.handlers:
+            if not any(isinstance(f, RedactFilter) for f in handler.filters):
+                handler.addFilter(RedactFilter())

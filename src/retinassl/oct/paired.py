@@ -160,18 +160,20 @@ def warp_map(tmap: np.ndarray, map_to_stored: np.ndarray, geometry: Geometry) ->
     return np.where(mask > 0, target / np.maximum(support, 1e-6), 0).astype(np.float32), mask
 
 
-def input_manifest(manifest: Manifest, input_column: str) -> Manifest:
-    """The rows that have both the input image and a thickness map, with ``image`` set to the
-    input column (masks dropped for the infrared input: they belong to the fundus photograph)."""
+def input_manifest(manifest: Manifest, input_column: str, target_column: str = "thickness_map") -> Manifest:
+    """The rows that have both the input image and a target (``target_column``: the thickness map,
+    or ``oct_volume`` when maps are segmented from the volumes), with ``image`` set to the input
+    column (masks dropped for the infrared input: they belong to the fundus photograph)."""
     if input_column not in INPUT_COLUMNS:
         raise ValueError(f"input must be one of {INPUT_COLUMNS}, got {input_column!r}")
     frame = manifest.frame
-    for column in (input_column, "thickness_map"):
+    needs = "thickness maps" if target_column == "thickness_map" else "OCT volumes"
+    for column in (input_column, target_column):
         if column not in frame.columns:
             raise DataError(f"the manifest has no {column!r} column (cross-modal pretraining needs "
-                            f"paired images and thickness maps)", path=manifest.name)
+                            f"paired images and {needs})", path=manifest.name)
     keep = np.array([not is_missing(frame.at[r, input_column]) and
-                     not is_missing(frame.at[r, "thickness_map"]) for r in range(len(frame))])
+                     not is_missing(frame.at[r, target_column]) for r in range(len(frame))])
     sub = manifest.subset(np.flatnonzero(keep))
     sub.frame = sub.frame.reset_index(drop=True)
     if input_column == "ir_image":
