@@ -20,6 +20,7 @@ from retinassl.cli import demo as demo_cmd
 from retinassl.cli import evaluate as evaluate_cmd
 from retinassl.cli import explain as explain_cmd
 from retinassl.cli import oct as oct_cmd
+from retinassl.cli import predict as predict_cmd
 from retinassl.cli import pretrain as pretrain_cmd
 from retinassl.cli import report as report_cmd
 from retinassl.cli import segment as segment_cmd
@@ -37,6 +38,7 @@ app.add_typer(data_cmd.app, name="data")
 app.add_typer(oct_cmd.app, name="oct")
 app.command("train")(train_cmd.train)
 app.command("pretrain")(pretrain_cmd.pretrain)
+app.command("predict")(predict_cmd.predict)
 app.command("demo")(demo_cmd.demo)
 app.command("report")(report_cmd.report)
 app.command("sweep")(sweep_cmd.sweep)

@@ -1,4 +1,6 @@
-"""``retinassl evaluate probe|finetune ENCODER [CONFIG] [key=value ...]``: evaluate one encoder.
+"""``retinassl evaluate probe|finetune ENCODER [CONFIG] [key=value ...]``: evaluate one encoder;
+``retinassl evaluate external MODEL... --source ... --label ...``: validate saved classifiers on
+another labelled dataset (:mod:`retinassl.jobs.external`).
 
 Both commands run the transfer protocol of :mod:`retinassl.sweeps.transfer` with a single
 initialisation (the encoder) and a single protocol: every task, label fraction, seed and fold of
@@ -13,7 +15,8 @@ from pathlib import Path
 
 import typer
 
-from retinassl.cli.common import RESUME, RUNS_DIR, run_job, split_args
+from retinassl.cli.common import RESUME, RUNS_DIR, SKIP_BAD, run_job, split_args
+from retinassl.cli.predict import CACHE_DIR, OPTIONS, key_values
 
 app = typer.Typer(no_args_is_help=True, help="Evaluate an encoder: linear probe or fine-tuning over "
                                              "label fractions, seeds and folds.")
@@ -80,3 +83,48 @@ def finetune(encoder: str = ENCODER, args: list[str] = ARGS, budget: str = BUDGE
     """Full fine-tuning (early stopping on a validation split carved from the labelled subset) at
     every label fraction and fine-tuning seed."""
     _evaluate("finetune", encoder, args, budget, name, resume, runs_dir)
+
+
+@app.command("external")
+def external(models: list[Path] = typer.Argument(..., help="One or more saved image classifiers "
+                                                 "(classifier or patch-classifier folders, or run "
+                                                 "directories holding classifier/); two or more get "
+                                                 "a paired DeLong test against the first."),
+             source: str = typer.Option(..., "--source", help="The labelled dataset's source "
+                                        "(mx_fundus_oct, idrid, rfmid, eyepacs, folder, csv...).",
+                                        show_default=False),
+             options: list[str] = OPTIONS,
+             label: str = typer.Option(..., "--label", help="The binary label in the dataset's terms, "
+                                       "e.g. 'dr_any', 'dr_stage>=1', 'dr_grade>=2', 'level>=2'.",
+                                       show_default=False),
+             name: str = typer.Option(None, "--name", help="The dataset's name in results (default: "
+                                      "the source).", show_default=False),
+             split: str = typer.Option(None, "--split", help="Only this split of the dataset (default: "
+                                       "every labelled image).", show_default=False),
+             skip_bad: bool = SKIP_BAD, runs_dir: Path = RUNS_DIR, cache_dir: Path = CACHE_DIR) -> None:
+    """External validation: AUC [DeLong and bootstrap 95 % intervals], sensitivity and specificity at
+    each model's saved operating threshold, calibration, per-grade positive rates, ROC curves, and
+    a paired DeLong test between models, on a labelled dataset the models never saw."""
+    from retinassl.io.rundir import RunDir
+    from retinassl.io.saved_model import is_saved_model
+    from retinassl.jobs.external import evaluate_external
+    from retinassl.jobs.predict import input_manifest
+
+    paths = [m / "classifier" if not is_saved_model(m) and is_saved_model(m / "classifier") else m
+             for m in models]
+    manifest = input_manifest([], source, key_values(options))
+    if split:
+        manifest = manifest.subset((manifest.frame["split"].astype(str) == split).to_numpy())
+    dataset = name or source
+    run = RunDir.create(runs_dir or Path("runs"), f"external-{dataset}")
+    run.attach_log_file()
+    typer.echo(f"run directory: {run.path}")
+    table, report = run_job(run, lambda: evaluate_external(paths, manifest, label, run, name=dataset,
+                                                           cache_dir=cache_dir, skip_bad=skip_bad))
+    main = table[table["metric"].isin(["auc", "auc_lo", "auc_hi", "sensitivity", "specificity"])]
+    for init, block in main.groupby("init", sort=False):
+        values = dict(zip(block["metric"], block["value"]))
+        typer.echo(f"{init}: AUC {values['auc']:.3f} [{values['auc_lo']:.3f}, {values['auc_hi']:.3f}]"
+                   + (f", sensitivity {values['sensitivity']:.3f}, specificity {values['specificity']:.3f}"
+                      if "sensitivity" in values else ""))
+    typer.echo(f"report: {report}")

@@ -7,15 +7,11 @@ from pathlib import Path
 import typer
 
 from retinassl.io.rundir import RunDir
+from retinassl.cli.predict import OPTIONS, key_values
 from retinassl.cli.common import ALLOW_PICKLE, OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, open_run, run_job
 
 app = typer.Typer(no_args_is_help=True, help="Vessel segmentation: a U-Net whose encoder is any "
                   "registered encoder or encoder checkpoint; metrics inside the field of view.")
-
-OPTIONS = typer.Option(None, "--option", "-o", help="A data-source option as key=value (repeatable), "
-                       "e.g. root=/data/STARE, or for the glob source image='*/images/*.tif'.",
-                       show_default=False)
-
 
 FOV_THRESHOLD = typer.Option(None, "--fov-threshold", help="FOV estimation threshold for images "
                              "without FOV masks (default: the model's; STARE needs 0.25).",
@@ -31,21 +27,6 @@ def _preprocess(segmenter, fov_threshold: float | None, size: int | None, crop_f
     update = {k: v for k, v in {"fov_threshold": fov_threshold, "size": size, "crop_fov": crop_fov}.items()
               if v is not None}
     return segmenter.preprocess.model_copy(update=update)
-
-
-def _options(items: list[str] | None) -> dict:
-    import yaml
-
-    from retinassl.errors import ConfigError
-
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ConfigError(f"--option {item!r} is not of the form key=value")
-        key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw else ""
-        out[key.strip()] = raw if value is None else value
-    return out
 
 
 @app.command("train")
@@ -88,7 +69,7 @@ def predict(model: Path = typer.Argument(..., help="A segmenter directory or a r
 
     segmenter = load_segmenter(model)
     if source:
-        manifest = load_source(source, **_options(options))
+        manifest = load_source(source, **key_values(options))
     elif images:
         import os
 
@@ -128,7 +109,7 @@ def evaluate(model: Path = typer.Argument(..., help="A segmenter directory or a 
 
     segmenter = load_segmenter(model)
     preprocess = _preprocess(segmenter, fov_threshold, size, crop_fov)
-    spec = EvalDatasetConfig(name=name or source, data=DataConfig(source=source, options=_options(options)),
+    spec = EvalDatasetConfig(name=name or source, data=DataConfig(source=source, options=key_values(options)),
                              preprocess=preprocess, split=split, exclude_flag=exclude_flag)
     run = RunDir.create(runs_dir or Path("runs"), f"segment-evaluate-{spec.name}")
     run.attach_log_file()

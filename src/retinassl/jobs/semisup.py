@@ -13,6 +13,7 @@ import json
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -65,11 +66,27 @@ def run_semisup_train(config: SemisupTrainConfig, run: RunDir, resume: bool = Fa
     trained.classifier.save(run.path / CLASSIFIER, arch=trained.arch, kwargs=trained.kwargs,
                             method=config.learner.method_name, preprocess=config.preprocess.model_dump(),
                             config=config.model_dump(mode="json"),
-                            data_fingerprint=data.prepared.manifest.subset(data.train[labelled]).fingerprint())
+                            data_fingerprint=data.prepared.manifest.subset(data.train[labelled]).fingerprint(),
+                            extra=validation_operating_point(trained.classifier, data))
     info = {**training_info(trained), "n_labelled": float(n)}
     write_text(run.path / f"{config.name}-train.json", json.dumps(info))
     metrics = evaluate_run(config, run, trained.classifier, data)
     return {**metrics, **{k: v for k, v in info.items() if k != "n_labelled"}}
+
+
+def validation_operating_point(classifier: PatchClassifier, data: PatchData) -> dict[str, Any]:
+    """The operating point of a patch classifier's image score, chosen on the run's validation
+    images (Youden threshold, and the threshold reaching 90 % sensitivity); none without both
+    classes among them."""
+    from retinassl.metrics.classification import operating_point
+
+    labels = np.asarray(data.labels(data.val)).astype(int)
+    if len(np.unique(labels)) < 2:
+        log.warning("the validation images hold one class: the classifier is saved without a threshold")
+        return {}
+    _, predictions = evaluate_bank(classifier, data.bank("val", classifier.patch_size, 0), data.prepared,
+                                   labels, data.ids(data.val), localisation=False)
+    return {"operating_point": operating_point(labels, predictions["score"].to_numpy())}
 
 
 def evaluate_run(config: SemisupTrainConfig, run: RunDir, classifier: PatchClassifier | None = None,

@@ -124,6 +124,7 @@ def run_train(config: TrainConfig, run: RunDir, resume: bool = False,
                  method=name, config=config.model_dump(mode="json"),
                  data_fingerprint=prepared.manifest.subset(splits.train).fingerprint())
     metrics = evaluate_test(method, prepared, splits, config, run)
+    save_trained_classifier(method, initial, prepared, splits, config, run.path / "classifier")
     metrics["train_seconds"] = result.seconds
     metrics["train_batches"] = float(result.batches)
     rows = [result_row(experiment=config.name, task=f"{task.kind}:{task.label}", method=name,
@@ -132,6 +133,47 @@ def run_train(config: TrainConfig, run: RunDir, resume: bool = False,
                        metric=k, value=v) for k, v in metrics.items()]
     append_results(run.results_file, rows)
     return metrics
+
+
+def save_trained_classifier(method: Any, initial: Any, prepared: PreparedData, splits: Splits,
+                            config: TrainConfig, directory: Path) -> Path | None:
+    """Save what `retinassl predict` applies to new images: a whole-image binary ``classifier`` or a
+    ``patch-classifier``, with its operating point (the Youden threshold on the validation images,
+    and the threshold reaching 90 % sensitivity) and its validation calibration error."""
+    from retinassl.jobs.finetune import predict, save_classifier
+    from retinassl.metrics.classification import expected_calibration_error, operating_point
+    from retinassl.metrics.tasks import TaskSpec
+    from retinassl.models.patch_classifier import PatchClassifier
+
+    task = config.task
+    if getattr(method, "name", "") != "supervised" or method.config.task != "binary":
+        return None
+    val = np.asarray(splits.val, dtype=int)
+    labels = prepared.manifest.labels(task.label)[val] if len(val) else np.zeros(0)
+    if task.kind == "image" and task.positive_from is not None:
+        labels = (labels >= task.positive_from).astype(int)
+    extra: dict[str, Any] = {}
+    if task.kind == "image":
+        scores = predict(method, prepared, val) if len(val) else np.zeros(0)
+    else:
+        labels = (labels > 0).astype(int)
+        classifier = PatchClassifier.from_method(method, task.patch_size, task.grid)
+        scores = image_scores(predict_patch_logits(classifier, PatchDataset(
+            prepared, task.grid, task.patch_size, val, labelled=False))) if len(val) else np.zeros(0)
+    if len(np.unique(labels)) == 2:
+        extra["operating_point"] = operating_point(labels, scores)
+        if task.kind == "image":
+            extra["calibration"] = {"ece": expected_calibration_error(labels, scores), "n_val": float(len(val))}
+    else:
+        log.warning("the validation split has one class: the saved classifier has no operating threshold")
+    preprocess = config.preprocess.model_dump(mode="json")
+    if task.kind == "image":
+        spec = TaskSpec(name=task.label, kind="binary", label=task.label, positive_from=task.positive_from)
+        return save_classifier(directory, method, arch=initial.arch, kwargs=initial.kwargs,
+                               preprocess=preprocess, task=spec, extra=extra)
+    classifier = PatchClassifier.from_method(method, task.patch_size, task.grid)
+    return classifier.save(directory, arch=initial.arch, kwargs=initial.kwargs, method="supervised",
+                           preprocess=preprocess, config=config.model_dump(mode="json"), extra=extra)
 
 
 @torch.no_grad()

@@ -149,3 +149,36 @@ def multilabel_auc(labels: np.ndarray, scores: np.ndarray,
     defined = [v for v in out.values() if np.isfinite(v)]
     out["macro"] = float(np.mean(defined)) if defined else float("nan")
     return out
+
+
+def operating_point(labels: np.ndarray, scores: np.ndarray, sensitivity: float = 0.9) -> dict[str, float]:
+    """Thresholds chosen on a validation set (binary): ``threshold`` maximises Youden's J =
+    sensitivity + specificity - 1 (ties: the lowest such threshold); ``threshold_at_sensitivity``
+    is the highest threshold whose sensitivity reaches ``sensitivity`` (a screening operating
+    point). A score ``>= threshold`` is predicted positive. With both rates at each threshold."""
+    labels, scores = _binary(labels, scores)
+    candidates = np.unique(scores)
+    pos, neg = labels == 1, labels == 0
+    sens = np.array([(scores[pos] >= t).mean() for t in candidates])
+    spec = np.array([(scores[neg] < t).mean() for t in candidates])
+    best = int(np.argmax(sens + spec - 1))
+    reaching = np.flatnonzero(sens >= sensitivity)
+    screen = int(reaching[-1]) if len(reaching) else 0
+    return {"threshold": float(candidates[best]), "sensitivity": float(sens[best]),
+            "specificity": float(spec[best]), "target_sensitivity": float(sensitivity),
+            "threshold_at_sensitivity": float(candidates[screen]),
+            "specificity_at_sensitivity": float(spec[screen]), "n_val": float(len(labels))}
+
+
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> float:
+    """ECE of binary probabilities: the mean over ``bins`` equal-width probability bins of
+    |observed positive rate - mean probability|, weighted by the bin's share of the images."""
+    labels = np.asarray(labels, dtype=float)
+    probabilities = np.clip(np.asarray(probabilities, dtype=float), 0, 1)
+    index = np.minimum((probabilities * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        inside = index == b
+        if inside.any():
+            total += inside.mean() * abs(labels[inside].mean() - probabilities[inside].mean())
+    return float(total)

@@ -69,10 +69,11 @@ class PatchClassifier(nn.Module):
 
     def save(self, directory: str | Path, *, arch: str, kwargs: dict[str, Any], method: str,
              preprocess: dict[str, Any], config: dict[str, Any] | None = None,
-             data_fingerprint: str | None = None) -> Path:
-        """Save as a model of kind ``patch-classifier`` (weights ``encoder.*`` and ``head.*``)."""
+             data_fingerprint: str | None = None, extra: dict[str, Any] | None = None) -> Path:
+        """Save as a model of kind ``patch-classifier`` (weights ``encoder.*`` and ``head.*``);
+        ``extra``: more JSON keys (e.g. the ``operating_point`` chosen on validation images)."""
         extra = {"patch_classifier": {"input_range": self.input_range, "patch_size": self.patch_size,
-                                      "grid": self.grid}}
+                                      "grid": self.grid}, **(extra or {})}
         meta = encoder_meta(self.encoder, arch=arch, kwargs=kwargs, preprocess=preprocess, method=method,
                             config=config, data_fingerprint=data_fingerprint, extra=extra)
         return save_model(directory, "patch-classifier", module_state(self), meta)

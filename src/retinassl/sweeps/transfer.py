@@ -372,10 +372,18 @@ class TransferGrid(Grid):
         if (task.name == explain_task and cell["fraction"] == max(fractions) and cell["seed"] == seeds[0]
                 and cell["fold"] in (None, 0)):
             initial_meta = _arch_of(model)
+            extra: dict[str, Any] = {"init_name": spec.name}
+            val = np.asarray(result.val_rows, dtype=int)
+            if task.kind == "binary" and len(val):
+                from retinassl.jobs.finetune import predict
+                from retinassl.metrics.classification import operating_point
+
+                val_labels = task.targets(prepared.manifest)[val]
+                if len(np.unique(val_labels)) == 2:
+                    extra["operating_point"] = operating_point(val_labels, predict(result.method, prepared, val))
             save_classifier(self.run.path / "models" / f"{task.name}-{spec.name}", result.method,
                             arch=initial_meta[0], kwargs=initial_meta[1],
-                            preprocess=config.preprocess.model_dump(), task=task,
-                            extra={"init_name": spec.name})
+                            preprocess=config.preprocess.model_dump(), task=task, extra=extra)
         if not config.keep_workdirs:
             remove_workdir(workdir)
 
