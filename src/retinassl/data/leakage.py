@@ -171,3 +171,64 @@ def clean_pool(pool: Manifest, test: Manifest, pool_digests: Sequence[str], test
     log.info("pretraining pool: %d images kept, %d removed (%s)", len(clean), len(removed),
              removed["reason"].value_counts().to_dict() if len(removed) else {})
     return clean, removed
+
+
+# -- what an encoder was pretrained on -------------------------------------------------------------
+PRETRAINING_KEY = "pretraining_images"
+SEEN_COLUMNS = ("test_id", "pretraining_id", "reason")
+
+
+def _patient_hash(patient: object) -> str:
+    """A short unsalted BLAKE2b of a patient group (comparable across machines; the group names of
+    the sources are pseudonyms already, this keeps free-text names out of model.json)."""
+    import hashlib
+
+    return hashlib.blake2b(str(patient).encode("utf-8"), digest_size=8, person=b"retinassl-pt").hexdigest()
+
+
+def pretraining_record(manifest: Manifest, digests: Sequence[str]) -> dict[str, list[str]]:
+    """What an encoder records about its pretraining images (``model.json`` key
+    :data:`PRETRAINING_KEY`): per image its id, content digest (first 32 hex digits of the BLAKE2b)
+    and patient-group hash (empty when the row has no patient), so that a later evaluation can tell
+    whether a test image, a byte-identical copy of it, or its patient was seen."""
+    frame = manifest.frame
+    patients = frame["patient"] if "patient" in frame.columns else pd.Series([""] * len(frame))
+    return {"id": frame["id"].astype(str).tolist(), "digest": [str(d)[:32] for d in digests],
+            "patient": ["" if is_missing(p) or not str(p) else _patient_hash(p) for p in patients]}
+
+
+def seen_in_pretraining(record: dict[str, list[str]], test: Manifest,
+                        test_digests: Sequence[str]) -> pd.DataFrame:
+    """Test images an encoder saw in pretraining: the image itself (same id and content), a
+    byte-identical copy under another name, or another image of its patient group. Returns one row
+    per (test image, pretraining image) pair with columns ``test_id``, ``pretraining_id``,
+    ``reason``."""
+    by_digest: dict[str, list[str]] = {}
+    by_patient: dict[str, list[str]] = {}
+    for i, d, p in zip(record.get("id", []), record.get("digest", []), record.get("patient", [])):
+        by_digest.setdefault(d, []).append(i)
+        if p:
+            by_patient.setdefault(p, []).append(i)
+    frame = test.frame
+    patients = frame["patient"] if "patient" in frame.columns else pd.Series([""] * len(frame))
+    rows = []
+    for test_id, digest, patient in zip(frame["id"].astype(str), test_digests, patients):
+        copies = by_digest.get(str(digest)[:32], [])
+        for other in copies:
+            rows.append((test_id, other, "the same image" if other == test_id else "a byte-identical copy"))
+        if not is_missing(patient) and str(patient):
+            for other in by_patient.get(_patient_hash(patient), []):
+                if other not in copies:
+                    rows.append((test_id, other, "the same patient/eye group"))
+    return pd.DataFrame(rows, columns=list(SEEN_COLUMNS))
+
+
+def warn_seen_in_pretraining(seen: pd.DataFrame, encoder: str) -> None:
+    """Log a warning naming the test images an encoder saw in pretraining and what it saw."""
+    if not len(seen):
+        return
+    shown = "; ".join(f"test {t} = pretraining {p} ({why})"
+                      for t, p, why in seen.head(20).itertuples(index=False))
+    more = f" and {len(seen) - 20} more" if len(seen) > 20 else ""
+    log.warning("leakage: encoder %s was pretrained on %d test image(s), copies or patients of them "
+                "(its test results are optimistic): %s%s", encoder, seen["test_id"].nunique(), shown, more)

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from retinassl.config import DataConfig
 from retinassl.errors import ConfigError, DataError
@@ -60,7 +61,35 @@ def ensure_splits(prepared: PreparedData, label: str | None, seed: int,
         log.info("no split in the manifest: made a patient-level split %s",
                  {k: int((splits == k).sum()) for k in ("train", "val", "test")})
     out = Splits(*(np.flatnonzero(splits == k) for k in ("train", "val", "test")))
+    removed = leaking_rows(prepared.manifest, [label] if label else [])
+    if len(removed):
+        gone = set(removed["id"].astype(str))
+        ids = frame["id"].astype(str).to_numpy()
+        out = Splits(np.asarray([r for r in out.train if ids[r] not in gone], dtype=np.int64),
+                     np.asarray([r for r in out.val if ids[r] not in gone], dtype=np.int64), out.test)
     if len(out.train) == 0:
         raise DataError("no training images: the manifest's split column has no 'train' rows",
                         path=prepared.manifest.name)
     return out
+
+
+def leaking_rows(manifest: Manifest, label_columns: list[str]) -> pd.DataFrame:
+    """The training/validation rows a run must not train on (see
+    :func:`retinassl.data.leakage.clean_downstream`): byte-identical copies of a test image, rows
+    in a test image's ``patient`` group, byte-identical training copies with conflicting labels
+    (and all but one copy with the same labels). Logged as a warning naming each row and what it
+    leaks; ``(id, reason, related)`` rows (empty when there is no test split)."""
+    from retinassl.data.leakage import REMOVED_COLUMNS, clean_downstream, content_digests
+
+    frame = manifest.frame
+    if not (frame["split"].astype(str) == "test").any():
+        return pd.DataFrame(columns=list(REMOVED_COLUMNS))
+    _, removed = clean_downstream(manifest, label_columns, content_digests(manifest))
+    if len(removed):
+        shown = "; ".join(f"{i} ({why}: {rel})" for i, why, rel in
+                          removed[list(REMOVED_COLUMNS)].head(20).itertuples(index=False))
+        more = f" and {len(removed) - 20} more" if len(removed) > 20 else ""
+        log.warning("leakage check: %d training/validation image(s) dropped (they copy, or share a "
+                    "patient with, a test image, or are conflicting copies): %s%s", len(removed),
+                    shown, more)
+    return removed

@@ -28,6 +28,7 @@ from retinassl.config import DataConfig, EngineConfig, ModelConfig, Section, to_
 from retinassl.data.preprocess import PreprocessConfig
 from retinassl.data.cache import Cache, PreparedData
 from retinassl.data.datasets import ImageDataset
+from retinassl.data.leakage import PRETRAINING_KEY, content_digests, pretraining_record
 from retinassl.data.loading import load_manifest
 from retinassl.data.manifest import Manifest
 from retinassl.engine.fit import fit
@@ -166,7 +167,10 @@ def run_pretrain(config: PretrainConfig, run: RunDir, resume: bool = False,
                  config=config.model_dump(mode="json"),
                  data_fingerprint=prepared.manifest.fingerprint(),
                  extra={"init": initial.kind, "init_source": config.model.init,
-                        "pool_size": len(dataset), "batches": result.batches})
+                        "pool_size": len(dataset), "batches": result.batches,
+                        # content fingerprints of the pool: evaluations warn when they test on these
+                        PRETRAINING_KEY: pretraining_record(prepared.manifest,
+                                                            content_digests(prepared.manifest))})
     final = final_losses(result.history)
     rows = [result_row(experiment=config.name, task="pretrain", method=name, init=initial.kind,
                        protocol="pretrain", seed=config.seed, metric=metric, value=value)

@@ -233,7 +233,28 @@ class TransferGrid(Grid):
             self.cache.prepare(self.pool(), config.preprocess, workers=max(1, config.data.workers),
                                mask_columns=[], skip_bad=config.data.skip_bad)
         for spec in config.inits:
-            self.model_of(spec)
+            self.check_pretraining(spec.name, self.model_of(spec).init)
+
+    def check_pretraining(self, name: str, init: str | None) -> None:
+        """Warn (naming both images) when an encoder recorded that it was pretrained on a test
+        image, a byte-identical copy of one, or its patient (:func:`~retinassl.data.leakage.
+        seen_in_pretraining`); the pairs go to ``data/pretraining-leaks-<init>.csv``."""
+        from retinassl.data.leakage import PRETRAINING_KEY, seen_in_pretraining, warn_seen_in_pretraining
+
+        if not init or not is_saved_model(Path(init)):
+            return
+        from retinassl.models.checkpoint import read_encoder_meta
+
+        record = read_encoder_meta(init).get(PRETRAINING_KEY)
+        if not record:
+            return
+        manifest = self.downstream().manifest
+        is_test = (manifest.frame["split"].astype(str) == "test").to_numpy()
+        test = manifest.subset(is_test) if is_test.any() else manifest  # k-fold: every image is tested
+        seen = seen_in_pretraining(record, test, content_digests(test, self.cache.memo))
+        if len(seen):
+            warn_seen_in_pretraining(seen, name)
+            write_text(self.data_dir / f"pretraining-leaks-{name}.csv", seen.to_csv(index=False))
 
     def cells(self) -> list[dict[str, Any]]:
         """Per init, its probe cells and then its fine-tuning cells."""
