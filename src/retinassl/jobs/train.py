@@ -61,7 +61,13 @@ class TaskConfig(Section):
 
 
 class TrainConfig(Section):
-    """A supervised training run (``retinassl train``)."""
+    """A supervised training run (``retinassl train``).
+
+    ``val_fraction``: when the manifest has train and test images but no validation split (IDRiD's
+    official split), this share of the training images (patient-grouped, stratified by the label)
+    becomes the validation split: best-epoch selection, early stopping and the saved classifier's
+    operating threshold are chosen on it, never on the test images. 0: no validation split.
+    """
 
     name: str = "train"
     seed: int = 0
@@ -72,6 +78,7 @@ class TrainConfig(Section):
     task: TaskConfig = TaskConfig()
     method: dict[str, Any] = Field(default_factory=lambda: {"name": "supervised"})
     engine: EngineConfig = EngineConfig()
+    val_fraction: float = Field(0.15, ge=0, lt=1)
 
 
 def _patch_rows(prepared: PreparedData, rows: np.ndarray) -> np.ndarray:
@@ -102,7 +109,8 @@ def run_train(config: TrainConfig, run: RunDir, resume: bool = False,
     if prepared.skipped:
         run.update_status(skipped=[{"id": i, "problem": p} for i, p in prepared.skipped])
     prepared.manifest.save(run.path / "manifest.csv")
-    splits = ensure_splits(prepared, config.task.label, config.seed)
+    splits = carve_validation(prepared, ensure_splits(prepared, config.task.label, config.seed),
+                              config.task.label, config.val_fraction, config.seed)
     name = config.method.get("name", "supervised")
     method, initial = seeded_method(config.model, config.method, name, config.seed)
     task = config.task
@@ -133,6 +141,26 @@ def run_train(config: TrainConfig, run: RunDir, resume: bool = False,
                        metric=k, value=v) for k, v in metrics.items()]
     append_results(run.results_file, rows)
     return metrics
+
+
+def carve_validation(prepared: PreparedData, splits: Splits, label: str, fraction: float, seed: int) -> Splits:
+    """``splits`` with a validation split carved from its training rows when it has none (see
+    :class:`TrainConfig`); the manifest's ``split`` column records it."""
+    from retinassl.data.splits import stratified_group_split
+
+    if len(splits.val) or fraction <= 0 or len(splits.train) < 4:
+        return splits
+    frame = prepared.manifest.frame
+    train = np.asarray(splits.train, dtype=int)
+    labels = prepared.manifest.labels(label)[train]
+    labels = np.where(np.isnan(labels.astype(float)), -1, labels).astype(int)
+    names = stratified_group_split(labels, frame["patient"].astype(str).to_numpy()[train],
+                                   {"val": fraction, "train": 0}, seed)
+    val, train = train[names == "val"], train[names == "train"]
+    frame.loc[val, "split"] = "val"
+    log.info("no validation split: %d of the %d training images (patient-grouped) validate", len(val),
+             len(val) + len(train))
+    return Splits(train, val, splits.test)
 
 
 def save_trained_classifier(method: Any, initial: Any, prepared: PreparedData, splits: Splits,
