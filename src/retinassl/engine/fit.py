@@ -91,7 +91,9 @@ def fit(method: Method, train: Dataset, *, config: EngineConfig, run: RunDir, se
         method ends with the weights of its best validation epoch.
     """
     import lightning.pytorch as pl
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from retinassl.engine.csv_log import KeepingCSVLogger
 
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -117,7 +119,7 @@ def fit(method: Method, train: Dataset, *, config: EngineConfig, run: RunDir, se
         ckpt_path = latest_checkpoint(checkpoint_dir)
         if ckpt_path is None:
             log.warning("no checkpoint in %s: starting from the beginning", checkpoint_dir)
-    loggers = [CSVLogger(run.logs, name="", version="csv"), TensorBoardLogger(run.logs, name="",
+    loggers = [KeepingCSVLogger(run.logs, name="", version="csv", flush_logs_every_n_steps=1), TensorBoardLogger(run.logs, name="",
                                                                              version="tensorboard")]
     strategy = config.strategy
     if strategy == "ddp" and len(method.configure_optimizers()) > 1:
@@ -133,7 +135,7 @@ def fit(method: Method, train: Dataset, *, config: EngineConfig, run: RunDir, se
         log_every_n_steps=config.log_every_n_steps, check_val_every_n_epoch=config.val_every_n_epochs,
         num_sanity_val_steps=0, deterministic=config.deterministic or None,
         enable_progress_bar=_progress_bar(), enable_model_summary=False, default_root_dir=run.path)
-    start = time.perf_counter()
+    start = module.part_started = time.perf_counter()
     log.info("training %s: %d batches/epoch (one process) x %d epochs, precision %s, channels_last %s",
              method.name or type(method).__name__, batches_per_epoch, config.max_epochs, precision,
              channels_last)
@@ -149,7 +151,7 @@ def fit(method: Method, train: Dataset, *, config: EngineConfig, run: RunDir, se
         if module.finished_in_epoch is not None and val_loader is not None and method.monitor:
             # its last step's checkpoint predates the validation that followed that step
             trainer.validate(module, dataloaders=val_loader, verbose=False)
-    seconds = time.perf_counter() - start
+    seconds = module.earlier_seconds + time.perf_counter() - start  # every part of a resumed run
     if module.best and method.monitor and module.best_state is None:
         _legacy_best_weights(module, checkpoint_dir)
     if module.best and method.monitor and module.best_state is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,10 @@ class LitMethod(pl.LightningModule):
         self.best_state: dict[str, torch.Tensor] | None = None
         # the epoch a resumed run had already finished in (it trains nothing more)
         self.finished_in_epoch: int | None = None
+        # training seconds of the earlier parts of a resumed run, up to the checkpoint it resumed
+        # from (stored in every checkpoint, so train_seconds counts every part)
+        self.earlier_seconds = 0.0
+        self.part_started = time.perf_counter()
         self._val_outputs: list[dict[str, torch.Tensor]] = []
 
     # setup ------------------------------------------------------------------------------
@@ -169,13 +174,15 @@ class LitMethod(pl.LightningModule):
 
     # checkpoint state -------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["retinassl"] = {"batches_done": self.batches_done, "best": dict(self.best)}
+        checkpoint["retinassl"] = {"batches_done": self.batches_done, "best": dict(self.best),
+                                   "seconds": self.earlier_seconds + time.perf_counter() - self.part_started}
         if self.best_state is not None:
             checkpoint["retinassl"]["best_weights"] = self.best_state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("retinassl", {})
         self.batches_done = int(state.get("batches_done", 0))
+        self.earlier_seconds = float(state.get("seconds", 0.0))
         self.best = dict(state.get("best", {}))
         self.best_state = state.get("best_weights")
 
