@@ -38,7 +38,7 @@ from retinassl.metrics.tasks import TaskSpec
 log = logging.getLogger(__name__)
 
 _CELL_FILE = re.compile(r"^f(?P<fraction>[0-9.e+-]+)-s(?P<seed>-?\d+)(?:-k(?P<fold>\d+))?\.csv$")
-COMPARISON_COLUMNS = ("task", "protocol", "fraction", "init", "metric", "n_seeds", "mean", "lo", "hi",
+COMPARISON_COLUMNS = ("task", "protocol", "fraction", "init", "reference", "metric", "n_seeds", "mean", "lo", "hi",
                       "interval", "reference_mean", "delta", "auc_ensemble", "p", "p_seeds", "sig_seeds",
                       "sig_better", "sig_worse")
 NO_TEST = {"auc_ensemble": math.nan, "p": math.nan, "p_seeds": math.nan, "sig_seeds": math.nan,
