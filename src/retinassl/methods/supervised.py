@@ -27,6 +27,7 @@ from pydantic import Field, NonNegativeFloat
 
 from retinassl.config import Section
 from retinassl.data import augment
+from retinassl.data.augment import AcquisitionAugmentConfig
 from retinassl.metrics.classification import roc_auc
 from retinassl.methods.base import Method, register_method
 from retinassl.models import Encoder
@@ -47,6 +48,9 @@ class SupervisedConfig(Section):
         channel_gain: log-range of a random per-channel gain applied to each training input
             (:func:`~retinassl.data.augment.channel_gain`; one value or one per channel; 0: off).
             A colour-cast augmentation for intensities in [0, 1].
+        acquisition: what another camera does to a photograph (blur, resolution, vignetting, gamma,
+            saturation/hue, JPEG; :func:`~retinassl.data.augment.acquisition_augment`), after the
+            colour cast; all off by default. For intensities in [0, 1].
         class_balance: weight classes inversely to their frequency in each batch's labels
             (binary: BCE ``pos_weight`` from the training set, given as ``pos_weight``).
         pos_weight: BCE weight of positives for ``binary`` (None: unweighted).
@@ -63,6 +67,7 @@ class SupervisedConfig(Section):
     schedule: Literal["constant", "cosine"] = "cosine"
     augment: Literal["none", "dihedral", "affine"] = "dihedral"
     channel_gain: NonNegativeFloat | tuple[NonNegativeFloat, ...] = 0.0
+    acquisition: AcquisitionAugmentConfig = AcquisitionAugmentConfig()
     pos_weight: float | None = Field(None, gt=0)
     freeze_encoder: bool = False
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -116,7 +121,8 @@ class Supervised(Method):
         elif self.config.augment == "affine":
             x = augment.random_affine(x, generator, degrees=180, scale=(0.9, 1.1), translate=0.03)
             x = augment.color_jitter(x, generator, 0.1, 0.1, 0.1)
-        return augment.channel_gain(x, generator, self.config.channel_gain)
+        x = augment.channel_gain(x, generator, self.config.channel_gain)
+        return augment.acquisition_augment(x, self.config.acquisition, generator)
 
     def loss(self, batch: dict[str, Any], group: str,
              generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
