@@ -37,6 +37,7 @@ from retinassl.methods.base import Method
 from retinassl.io.rundir import RunDir
 from retinassl.engine.checkpoints import SafetensorsCheckpointIO, StepCheckpoint, latest_checkpoint
 from retinassl.engine.loader import ResumableLoader
+from retinassl.engine.progress_log import ProgressLog
 from retinassl.engine.module import LitMethod
 
 log = logging.getLogger(__name__)
@@ -130,15 +131,16 @@ def fit(method: Method, train: Dataset, *, config: EngineConfig, run: RunDir, se
         accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
         strategy=strategy, precision=precision, max_epochs=config.max_epochs,
         logger=loggers,
-        callbacks=[StepCheckpoint(config.checkpoint_every_n_steps, checkpoint_dir), *(callbacks or [])],
+        callbacks=[StepCheckpoint(config.checkpoint_every_n_steps, checkpoint_dir),
+                   *([] if _progress_bar() else [ProgressLog()]), *(callbacks or [])],
         enable_checkpointing=False, plugins=[SafetensorsCheckpointIO()], use_distributed_sampler=False,
         log_every_n_steps=config.log_every_n_steps, check_val_every_n_epoch=config.val_every_n_epochs,
         num_sanity_val_steps=0, deterministic=config.deterministic or None,
         enable_progress_bar=_progress_bar(), enable_model_summary=False, default_root_dir=run.path)
     start = module.part_started = time.perf_counter()
-    log.info("training %s: %d batches/epoch (one process) x %d epochs, precision %s, channels_last %s",
-             method.name or type(method).__name__, batches_per_epoch, config.max_epochs, precision,
-             channels_last)
+    log.info("training %s: %d batches/epoch per process x %d epochs%s, precision %s, channels_last %s",
+             method.name or type(method).__name__, batches_per_epoch, config.max_epochs,
+             f" (at most {config.max_steps} steps)" if config.max_steps > 0 else "", precision, channels_last)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*The number of training batches.*")
