@@ -101,7 +101,12 @@ def test_sweep_resume_applies_a_first_override(tmp_path: Path, monkeypatch: pyte
     assert result.exit_code == 0, result.output
     assert seen[0]["extension"]["enabled"] is True
     assert seen[1]["extension"]["enabled"] is False and seen[1]["seeds"] == [0, 1]
-    # the run directory records them: resuming again without them keeps them
+    # a finished sweep resumed without overrides says so and runs nothing
+    result = runner.invoke(app, ["sweep", "--resume", str(run)])
+    assert result.exit_code == 0 and "nothing to resume" in result.output and len(seen) == 2
+    # the run directory records them: resuming an interrupted run without them keeps them
+    status = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**status, "status": "failed"}))
     result = runner.invoke(app, ["sweep", "--resume", str(run)])
     assert result.exit_code == 0, result.output
     assert seen[2]["extension"]["enabled"] is False and seen[2]["seeds"] == [0, 1]
@@ -124,6 +129,12 @@ def test_evaluate_resume_applies_its_overrides(tmp_path: Path, monkeypatch: pyte
     run = next(tmp_path.iterdir())
     result = runner.invoke(app, ["evaluate", "probe", "scratch", "seed=5", "--resume", str(run)])
     assert result.exit_code == 0, result.output
+    # finished and no override: nothing to resume, nothing run
+    result = runner.invoke(app, ["evaluate", "probe", "scratch", "--resume", str(run)])
+    assert result.exit_code == 0 and "nothing to resume" in result.output, result.output
+    # interrupted: resuming without overrides keeps the recorded ones
+    status = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**status, "status": "failed"}))
     result = runner.invoke(app, ["evaluate", "probe", "scratch", "--resume", str(run)])
     assert result.exit_code == 0, result.output
     assert [c.seed for c in seen] == [3, 5, 5]

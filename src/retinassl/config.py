@@ -87,7 +87,9 @@ class EngineConfig(Section):
             -1: never, for short runs that are cheaper to redo than to checkpoint).
         log_every_n_steps: logging interval.
         val_every_n_epochs: validation interval (when there is validation data).
-        num_threads: torch intra-op threads (0: leave torch's default).
+        num_threads: torch intra-op threads (0: as many as there are free cores -- the cores
+            minus the load of other processes -- at least one; the log warns when the machine is
+            oversubscribed, see :mod:`retinassl.engine.threads`).
         patience: early stopping: stop when the method's ``monitor`` metric has not improved for
             this many validations (0: never; needs validation data and a method with a monitor).
     """

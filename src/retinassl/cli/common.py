@@ -64,23 +64,40 @@ def open_run(model: type, config: str | None, overrides: list[str] | None, resum
 
     config, rest = config_and_overrides(config, overrides, default)
     if resume is not None:
+        refuse_finished(resume, rest)  # before RunDir.resume, which marks the run running
         run = RunDir.resume(resume)
-        refuse_finished(run, rest)
         cfg = load_config(model, run.config_file, rest)
     else:
         if config is None:
             raise ConfigError("give a CONFIG (a YAML file or a packaged preset), or --resume RUN")
         cfg = load_config(model, config, with_common_overrides(rest, runs_dir, skip_bad))
+        check_batch_config(cfg)  # before the run directory exists
         run = RunDir.create(cfg.runs_dir, f"{cfg.name}{suffix}")
     run.attach_log_file()
     typer.echo(f"run directory: {run.path}")
     return cfg, run
 
 
+def check_batch_config(cfg: Any) -> None:
+    """Refuse (ConfigError naming ``engine.batch_size``/``preprocess.size``) a training config
+    whose batches cannot fit in the memory available (:func:`retinassl.data.limits.
+    check_batch_memory`); configs without both sections pass."""
+    from retinassl.data.limits import check_batch_memory
+
+    engine, preprocess = getattr(cfg, "engine", None), getattr(cfg, "preprocess", None)
+    size = getattr(preprocess, "size", None)
+    if engine is not None and isinstance(size, int) and hasattr(engine, "batch_size"):
+        check_batch_memory(int(engine.batch_size), size, int(getattr(preprocess, "channels", 3) or 3))
+
+
 def refuse_finished(run: Any, overrides: list[str]) -> None:
     """``--resume`` of a finished run without a change (no ``key=value``): say so and change
     nothing (re-running its test would append a second set of results). With overrides (e.g. a
-    longer ``engine.max_epochs``) the run continues."""
+    longer ``engine.max_epochs``) the run continues. ``run`` is the run directory's path (or a
+    RunDir); call this before ``RunDir.resume``, which marks the run running."""
+    from retinassl.io.rundir import RunDir
+
+    run = run if isinstance(run, RunDir) else RunDir(Path(run))
     if run.status().get("status") == "finished" and not overrides:
         typer.echo(f"{run.path} has finished; nothing to resume (give key=value overrides, e.g. a "
                    f"longer engine.max_epochs, to continue training it)")

@@ -86,7 +86,10 @@ def prepare(config: str = typer.Argument(..., help="A YAML config or preset whos
         data: DataConfig = DataConfig()
         preprocess: PreprocessConfig = PreprocessConfig()
 
-    cfg = load_config(PrepareConfig, config, (overrides or []) + (["data.skip_bad=true"] if skip_bad else []))
+    overrides = (overrides or []) + (["data.skip_bad=true"] if skip_bad else [])
+    check_prepare_keys(config, overrides)
+    cfg = load_config(PrepareConfig, config, overrides)
+    check_out(out, cfg.data)  # before any image is decoded
     prepared = prepare_data(cfg.data, cfg.preprocess)
     prepared.manifest.save(out)
     typer.echo(f"{len(prepared)} images prepared at {cfg.preprocess.size}px; manifest: {out}")
@@ -94,3 +97,60 @@ def prepare(config: str = typer.Argument(..., help="A YAML config or preset whos
         typer.echo(f"{len(prepared.skipped)} skipped:")
         for item, problem in prepared.skipped:
             typer.echo(f"  {item}: {problem}")
+
+
+# every command's config: data prepare reads the data/preprocess sections of any of them
+CONFIG_MODELS = ("retinassl.jobs.train:TrainConfig", "retinassl.jobs.pretrain:PretrainConfig",
+                 "retinassl.jobs.cross_modal:CrossModalRunConfig", "retinassl.jobs.oct_layers:LayerTrainConfig",
+                 "retinassl.jobs.patch_config:SemisupTrainConfig", "retinassl.jobs.patch_config:SSLGANExperimentConfig",
+                 "retinassl.jobs.segment:SegmentConfig", "retinassl.sweeps.transfer_config:TransferConfig")
+
+
+def known_top_level_keys() -> set[str]:
+    """The top-level keys of every command's config (and a sweep's ``kind``/``budgets``)."""
+    import importlib
+
+    keys = {"kind", "budgets"}
+    for spec in CONFIG_MODELS:
+        module, _, name = spec.partition(":")
+        keys |= set(getattr(importlib.import_module(module), name).model_fields)
+    return keys
+
+
+def check_prepare_keys(config: str, overrides: list[str]) -> None:
+    """A ConfigError naming the file (or override) for a top-level key no command knows (a typo
+    such as ``preprocesss`` would otherwise be ignored silently)."""
+    from retinassl.config import read_yaml
+    from retinassl.errors import ConfigError
+
+    known = known_top_level_keys()
+    for key in read_yaml(config):
+        if key not in known:
+            raise ConfigError(f"{config}: unknown top-level key {key!r} (data prepare reads 'data' "
+                              f"and 'preprocess'; the commands' configs know {', '.join(sorted(known))})")
+    for item in overrides:
+        key = item.split("=", 1)[0].split(".", 1)[0].strip()
+        if key not in known:
+            raise ConfigError(f"override {item!r}: unknown top-level key {key!r}")
+
+
+def check_out(out: Path, data: "DataConfig") -> None:  # noqa: F821
+    """Refuse an ``--out`` that is a directory or the input CSV itself (it would be overwritten)."""
+    from retinassl.errors import ConfigError
+
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a directory; give the manifest's file name (e.g. {out / 'manifest.csv'})")
+    inputs = []
+    if data.manifest is not None:
+        inputs.append(Path(data.manifest))
+    csv = data.options.get("csv") if isinstance(data.options, dict) else None
+    if isinstance(csv, str):
+        inputs.append(Path(csv))
+        root = data.options.get("root")
+        if isinstance(root, str):
+            inputs.append(Path(root) / csv)
+    for source in inputs:
+        if source.exists() and out.exists() and source.resolve() == out.resolve() or \
+                source.absolute() == out.absolute():
+            raise ConfigError(f"--out {out} is the input CSV; writing the manifest there would overwrite "
+                              f"it: give another file name")

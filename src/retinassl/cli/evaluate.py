@@ -45,8 +45,12 @@ def _evaluate(protocol: str, encoder: str, args: list[str] | None, budget: str |
 
     source, overrides = split_args(args, DEFAULT_CONFIG)
     if resume is not None:
+        from retinassl.cli.common import refuse_finished
+
+        data = apply_overrides(read_yaml(Path(resume) / "evaluate.yaml"), overrides)
+        config = resolve_config(data, budget)
+        refuse_finished(resume, overrides)  # before RunDir.resume marks the run running
         run = RunDir.resume(resume)
-        data = apply_overrides(read_yaml(run.path / "evaluate.yaml"), overrides)
     else:
         data = apply_overrides(read_yaml(source), overrides)
         from retinassl.models.initialize import init_label
@@ -58,10 +62,10 @@ def _evaluate(protocol: str, encoder: str, args: list[str] | None, budget: str |
         for override in (data.get("budgets") or {}).values():  # keep the encoder whatever the budget
             for key in ("inits", "reference", "protocols"):
                 override.pop(key, None)
+        config = resolve_config(data, budget)  # a config error leaves no run directory behind
         root = runs_dir or Path(str(data.get("runs_dir", "runs")))
         run = RunDir.create(root, f"evaluate-{protocol}-{label}")
     write_text(run.path / "evaluate.yaml", yaml.safe_dump(data, sort_keys=False))  # with the overrides of every (re)start
-    config = resolve_config(data, budget)
     run.attach_log_file()
     typer.echo(f"run directory: {run.path}")
     _, report = run_job(run, lambda: run_transfer(config, run))

@@ -148,6 +148,12 @@ def train_seg(config: str = typer.Argument(None, help="A YAML config or preset (
     _private_logs(list(cfg.volumes))
     metrics, _ = run_job(run, lambda: run_train_layers(cfg, run, resume=resume is not None)[1], report=False)
     typer.echo("validation: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    from retinassl.jobs.oct_layers import undefined_warning
+
+    warning = undefined_warning(metrics)
+    if warning:
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW)
+        run.update_status(warnings=[warning])  # (run_job's status update came after the job's)
     typer.echo(f"model: {run.path / 'layer-model'}")
 
 

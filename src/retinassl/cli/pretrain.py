@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from retinassl.cli.common import RESUME, RUNS_DIR, SKIP_BAD, refuse_finished, run_job, split_args, with_common_overrides
+from retinassl.cli.common import (RESUME, RUNS_DIR, SKIP_BAD, check_batch_config, refuse_finished, run_job,
+                                  split_args, with_common_overrides)
 
 
 def pretrain(method: str = typer.Argument(..., help="A pretraining method: rotation, "
@@ -41,8 +42,8 @@ def pretrain(method: str = typer.Argument(..., help="A pretraining method: rotat
     if allow_pickle:
         overrides.append("model.allow_pickle=true")
     if resume is not None:
+        refuse_finished(resume, split_args(args, f"pretrain-{method}")[1])  # before resume marks it running
         run = RunDir.resume(resume)
-        refuse_finished(run, split_args(args, f"pretrain-{method}")[1])
         cfg = load_config(PretrainConfig, run.config_file, overrides)
     else:
         data = read_yaml(source)
@@ -51,6 +52,7 @@ def pretrain(method: str = typer.Argument(..., help="A pretraining method: rotat
             raise ConfigError(f"{source} configures method {named!r}, not {method!r}")
         data = apply_overrides(data, overrides + [f"method.name={method}"])
         cfg = validate(PretrainConfig, data, origin=source)
+        check_batch_config(cfg)  # before the run directory exists
         run = RunDir.create(cfg.runs_dir, cfg.name)
     if cfg.method_name != method:
         raise ConfigError(f"{run.path} was a {cfg.method_name!r} run, not {method!r}")

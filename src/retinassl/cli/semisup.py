@@ -48,10 +48,11 @@ def evaluate(run_dir: Path = typer.Argument(..., help="A `retinassl semisup trai
 def heatmap(image: Path = typer.Argument(..., help="A fundus image file."),
             checkpoint: Path = typer.Option(..., "--checkpoint", help="A `semisup train` run "
                                             "directory (or its classifier/ folder)."),
-            out: Path = typer.Option(None, "--out", help="Output PNG (default: <image>-heatmap.png "
-                                     "beside the image).", show_default=False),
-            mask: Path = typer.Option(None, "--mask", help="A lesion mask to outline.",
-                                      show_default=False)) -> None:
+            out: Path = typer.Option(None, "--out", help="Output PNG (default: runs/heatmaps/"
+                                     "<image>-heatmap.png; never beside the input data).",
+                                     show_default=False),
+            mask: Path = typer.Option(None, "--mask", help="A lesion mask to outline (any folder, "
+                                      "e.g. IDRiD's ground-truth folder).", show_default=False)) -> None:
     """Overlay a classifier's patch probabilities (Gaussian-smoothed) on one image; writes a PNG."""
     from retinassl.jobs.semisup import heatmap_image
 

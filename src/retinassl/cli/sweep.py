@@ -27,6 +27,20 @@ def runners() -> dict[str, Runner]:
     return {"ssl-gan": run_ssl_gan_experiment, "transfer": transfer_runner}
 
 
+def check_config(data: dict[str, Any], budget: str, origin: str) -> None:
+    """Validate an experiment before its run directory exists (a config error must not leave an
+    empty run directory behind): a known ``kind`` and a config its runner accepts."""
+    from retinassl.sweeps.ssl_gan import resolve_config as ssl_gan_config
+    from retinassl.sweeps.transfer_config import resolve_config as transfer_config
+
+    kind = data.get("kind")
+    checks = {"ssl-gan": ssl_gan_config, "transfer": transfer_config}
+    if kind not in runners():
+        raise ConfigError(f"{origin}: unknown experiment kind {kind!r}; known: {', '.join(sorted(runners()))}")
+    if kind in checks:
+        checks[kind](data, budget)
+
+
 def sweep(preset: str = typer.Argument(None, help="A packaged experiment preset or a YAML file "
                                         "(not needed with --resume).", show_default=False),
           overrides: list[str] = OVERRIDES,
@@ -42,12 +56,17 @@ def sweep(preset: str = typer.Argument(None, help="A packaged experiment preset 
         raise ConfigError(f"--budget must be smoke, cpu or full, not {budget!r}")
     preset, overrides = config_and_overrides(preset, overrides)
     if resume is not None:
+        from retinassl.cli.common import refuse_finished
+
+        data = apply_overrides(read_yaml(Path(resume) / "sweep.yaml"), overrides)
+        check_config(data, budget, str(resume))
+        refuse_finished(resume, overrides)  # before RunDir.resume marks the run running
         run = RunDir.resume(resume)
-        data = apply_overrides(read_yaml(run.path / "sweep.yaml"), overrides)
     else:
         if preset is None:
             raise ConfigError("give a PRESET (e.g. idrid-ssl-gan) or --resume RUN")
         data = apply_overrides(read_yaml(preset), overrides)
+        check_config(data, budget, preset)
         name = str(data.get("name", Path(preset).stem))
         run = RunDir.create(runs_dir or Path(str(data.get("runs_dir", "runs"))), f"{name}-{budget}")
     # the experiment this run directory holds, with the overrides of every (re)start: a later

@@ -96,8 +96,9 @@ def fit(method: Method, train: Dataset, *, config: EngineConfig, run: RunDir, se
 
     from retinassl.engine.csv_log import KeepingCSVLogger
 
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
+    from retinassl.engine.threads import apply_threads
+
+    apply_threads(config.num_threads)
     for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         # Lightning's start-up chatter (tips, "GPU available: False") is not for our users
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))

@@ -227,8 +227,9 @@ def read_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, t
         return read_safetensors(path)
     if not allow_pickle:
         raise CheckpointError(f"{path}: refusing to load a pickle-based checkpoint; convert it to "
-                              f"safetensors, or pass --allow-pickle to read it with "
-                              f"torch.load(weights_only=True)")
+                              f"safetensors, or allow it to be read with torch.load(weights_only=True): "
+                              f"--allow-pickle (train, pretrain, oct pretrain, segment train, semisup "
+                              f"train) or the override model.allow_pickle=true (evaluate, sweep)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

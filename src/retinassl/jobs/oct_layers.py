@@ -155,6 +155,19 @@ def evaluate_layers(model: LayerModel, volumes: Sequence[OCTVolume],
     return out
 
 
+def undefined_warning(metrics: dict[str, float]) -> str | None:
+    """A warning when the validation metrics are all undefined (NaN): the model found no boundary
+    on any validation A-scan (typically too short a training), so Dice and boundary error could not
+    be measured. None when they are defined."""
+    keys = [k for k in metrics if k.startswith(("dice_", "boundary_error_um"))]
+    if keys and not any(np.isfinite(metrics[k]) for k in keys):
+        return (f"the layer model found no boundary on any validation A-scan (undefined fraction "
+                f"{metrics.get('undefined_fraction', float('nan')):.0%}): Dice and boundary error are "
+                f"undefined (NaN); train longer (engine.max_epochs / engine.max_steps) or check the "
+                f"volumes' annotations before using this model")
+    return None
+
+
 def split_volumes(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Volume indices for training and validation (at least one each when ``n >= 2``)."""
     order = np.random.default_rng([seed, 17]).permutation(n)
@@ -196,6 +209,10 @@ def run_train_layers(config: LayerTrainConfig, run: RunDir,
     model.save(run.path / "layer-model", extra={"train_bscans": len(train_set),
                                                 "train_volumes": len(train_idx)})
     metrics = evaluate_layers(model, [volumes[i] for i in val_idx])
+    undefined = undefined_warning(metrics)
+    if undefined:
+        log.warning("%s", undefined)
+        run.update_status(warnings=[undefined])
     metrics["train_seconds"] = result.seconds
     metrics["train_bscans"] = float(len(train_set))
     append_results(run.results_file, [

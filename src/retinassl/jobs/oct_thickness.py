@@ -130,6 +130,9 @@ def compute_thickness(volume: OCTVolume, model: LayerModel | None = None,
     fine = etdrs_grid(grid, fovea)
     if fine is None:
         warnings.append("the localizer scale is unknown: no ETDRS table")
+    elif not np.isfinite(thickness).any() or not np.isfinite(tmap).any():
+        # no sector has a measured value: a table would only list made-up or empty numbers
+        warnings.append("no ETDRS table: no A-scan has a defined thickness")
     else:
         fine_map = thickness_map(thickness, start, end, fine, path=volume.source or None)
         etdrs = etdrs_table(fine_map, fine.mm_per_pixel, ((fine.size - 1) / 2, (fine.size - 1) / 2),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -136,8 +137,10 @@ def heatmap_image(image: str | Path, checkpoint: str | Path, out: str | Path | N
     Args:
         image: the image file.
         checkpoint: a run directory (its ``classifier/``) or a classifier directory.
-        out: the PNG to write (default: ``<image stem>-heatmap.png`` beside the image).
-        mask: optional lesion mask image (outlined in the overlay).
+        out: the PNG to write (default: ``runs/heatmaps/<image stem>-heatmap.png`` under the
+            working directory: never beside the input data).
+        mask: optional lesion mask image (outlined in the overlay), anywhere (IDRiD keeps its
+            ground truth in a sibling folder of the images).
         cache_dir: preprocessed-image cache (default: the toolkit's).
 
     Returns:
@@ -148,10 +151,18 @@ def heatmap_image(image: str | Path, checkpoint: str | Path, out: str | Path | N
     classifier, meta = PatchClassifier.load(directory)
     preprocess = PreprocessConfig(**(meta.get("preprocess") or {}))
     image = Path(image).resolve()
-    record = {"id": re.sub(r"[^A-Za-z0-9._-]", "_", image.stem) or "image", "image": image.name}
+    # the manifest's root holds both files (paths must not escape it): their common folder
+    root = Path(os.path.commonpath([image.parent, Path(mask).resolve().parent])) if mask is not None \
+        else image.parent
+    record = {"id": re.sub(r"[^A-Za-z0-9._-]", "_", image.stem) or "image",
+              "image": image.relative_to(root).as_posix()}
     if mask is not None:
-        record["mask_EX"] = str(Path(mask).resolve())
-    manifest = Manifest.from_records([record], root=image.parent, name=str(image))
+        if not Path(mask).is_file():
+            from retinassl.errors import DataError
+
+            raise DataError("mask file does not exist", path=mask)
+        record["mask_EX"] = Path(mask).resolve().relative_to(root).as_posix()
+    manifest = Manifest.from_records([record], root=root, name=str(image))
     prepared = Cache(cache_dir).prepare(manifest, preprocess)
     bank = build_patch_bank(prepared, [0], classifier.grid, classifier.patch_size, 0, labelled=False)
     logits = predict_bank(classifier, bank)[0]
@@ -159,5 +170,6 @@ def heatmap_image(image: str | Path, checkpoint: str | Path, out: str | Path | N
     entry = prepared.entries[0]
     lesion = entry.mask("mask_EX") if mask is not None else None
     art = overlay(np.asarray(entry.image()), probs, mask=None if lesion is None else np.asarray(lesion))
-    out = Path(out) if out is not None else image.parent / f"{image.stem}-heatmap.png"
+    out = Path(out) if out is not None else Path("runs") / "heatmaps" / f"{image.stem}-heatmap.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
     return save_png(out, art), probs

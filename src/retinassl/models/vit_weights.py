@@ -176,8 +176,9 @@ def read_vit_checkpoint(path: str | Path, allow_pickle: bool = False) -> tuple[d
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
     if not allow_pickle:
         raise CheckpointError(f"{path}: refusing to load a pickle-based checkpoint; convert it to "
-                              f"safetensors, or pass --allow-pickle to read it with "
-                              f"torch.load(weights_only=True)")
+                              f"safetensors, or allow it to be read with torch.load(weights_only=True): "
+                              f"--allow-pickle (train, pretrain, oct pretrain, segment train, semisup "
+                              f"train) or the override model.allow_pickle=true (evaluate, sweep)")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -108,9 +108,10 @@ def ssl_gan_section(run: RunDir):  # -> Section | None (imported lazily: report.
     folder = run.path / "predictions" / "ssl-gan"
     if not folder.is_dir() or not run.results_file.is_file():
         return None
-    import yaml
+    from retinassl.config import read_yaml
 
-    config = yaml.safe_load(run.config_file.read_text()) if run.config_file.is_file() else None
+    # bounded (alias bombs refused, the file named): a run directory may come from anyone
+    config = read_yaml(run.config_file) if run.config_file.is_file() else None
     results = planned_results(read_results(run.results_file), config)
     methods = list(dict.fromkeys(results.loc[results["metric"] == "image_auc", "method"]))
     parts = ['<p class="note">AUC in %, mean ± sd over the labelled samplings (seeds; n = number of '

@@ -138,9 +138,9 @@ class SSLGANGrid(Grid):
 def run_ssl_gan_experiment(data: dict[str, Any], run: RunDir, budget: str, resume: bool) -> None:
     """The ``ssl-gan`` experiment runner for ``retinassl sweep`` (see the module docstring)."""
     if resume and run.config_file.is_file():
-        import yaml
+        from retinassl.config import read_yaml
 
-        started = (yaml.safe_load(run.config_file.read_text()) or {}).get("budget")
+        started = read_yaml(run.config_file).get("budget")  # bounded: refuses alias bombs
         if started and started != budget:
             raise ConfigError(f"{run.path} was started with --budget {started}; resume it with the "
                               f"same budget")
