@@ -123,3 +123,24 @@ def test_evaluate_warns_when_the_encoder_saw_a_test_image(tmp_path: Path) -> Non
     leaks = list(run.glob("data/pretraining-leaks-*.csv"))
     assert len(leaks) == 1 and leaks[0].read_text().count("\n") == 2  # header + the one pair
     assert (run / "results.csv").is_file()  # the evaluation still ran (a warning, not a refusal)
+
+
+def test_commands_making_their_own_splits_drop_test_copies(tmp_path: Path, monkeypatch, caplog) -> None:
+    """semisup (patient-grouped split) and segment train (train vs test_split): a renamed copy of a
+    test image under another patient, and another image of a test patient, leave the training rows."""
+    from retinassl.data.loading import drop_test_leaks
+    from retinassl.data.manifest import Manifest
+
+    monkeypatch.setenv("RETINASSL_CACHE", str(tmp_path / "cache"))
+    images = _images(tmp_path / "img", 6, 3)
+    copy = tmp_path / "img" / "copy.png"
+    shutil.copyfile(images[5], copy)
+    rows = [(f"a{k}", p, f"p{k}", "", 0) for k, p in enumerate(images)]
+    rows += [("copy", copy, "px", "", 0), ("sibling", images[0], "p4", "", 0)]
+    manifest = Manifest.load(_manifest(tmp_path / "m.csv", rows))
+    # the sibling row reuses a0's file (byte-identical to a0, a training row) but shares test a4's patient
+    with caplog.at_level(logging.WARNING, logger="retinassl"):
+        kept = drop_test_leaks(manifest, np.array([0, 1, 2, 3, 6, 7]), np.array([4, 5]))
+    assert list(kept) == [0, 1, 2, 3]
+    assert "copy (byte-identical to test a5)" in caplog.text
+    assert "sibling (same patient as test a4)" in caplog.text

@@ -93,3 +93,38 @@ def leaking_rows(manifest: Manifest, label_columns: list[str]) -> pd.DataFrame:
                     "patient with, a test image, or are conflicting copies): %s%s", len(removed),
                     shown, more)
     return removed
+
+
+def drop_test_leaks(manifest: Manifest, rows: np.ndarray, test_rows: np.ndarray,
+                    what: str = "training") -> np.ndarray:
+    """``rows`` without those that are byte-identical copies of a ``test_rows`` image or share a
+    ``patient`` group with one (for commands that make their own splits: semisup, segment); each
+    drop is logged as a warning naming both images. Returns the kept rows (sorted as given)."""
+    from retinassl.data.leakage import content_digests
+
+    rows, test_rows = np.asarray(rows, dtype=int), np.asarray(test_rows, dtype=int)
+    if len(rows) == 0 or len(test_rows) == 0:
+        return rows
+    frame = manifest.frame
+    ids = frame["id"].astype(str).to_numpy()
+    patients = frame["patient"].astype(str).to_numpy() if "patient" in frame.columns else np.full(len(frame), "")
+    digests = content_digests(manifest.subset(np.concatenate([rows, test_rows])))
+    by_digest: dict[str, list[str]] = {}
+    for r, d in zip(test_rows, digests[len(rows):]):
+        by_digest.setdefault(d, []).append(ids[r])
+    test_patients: dict[str, list[str]] = {}
+    for r in test_rows:
+        if patients[r] and patients[r] != "nan":
+            test_patients.setdefault(patients[r], []).append(ids[r])
+    keep, dropped = [], []
+    for r, d in zip(rows, digests[:len(rows)]):
+        if d in by_digest:
+            dropped.append(f"{ids[r]} (byte-identical to test {';'.join(by_digest[d])})")
+        elif patients[r] in test_patients:
+            dropped.append(f"{ids[r]} (same patient as test {';'.join(test_patients[patients[r]])})")
+        else:
+            keep.append(r)
+    if dropped:
+        log.warning("leakage check: %d %s image(s) dropped: %s", len(dropped), what, "; ".join(dropped[:20])
+                    + (f" and {len(dropped) - 20} more" if len(dropped) > 20 else ""))
+    return np.asarray(keep, dtype=int)

@@ -20,7 +20,7 @@ import numpy as np
 
 from retinassl.config import DataConfig
 from retinassl.data.cache import PreparedData
-from retinassl.data.loading import load_manifest, prepare
+from retinassl.data.loading import drop_test_leaks, load_manifest, prepare
 from retinassl.data.manifest import Manifest
 from retinassl.data.preprocess import PreprocessConfig
 from retinassl.data.splits import nested_subsets, stratified_group_split
@@ -133,6 +133,9 @@ def load_patch_data(data: DataConfig, preprocess: PreprocessConfig, split: Split
         raise DataError(f"{len(prepared.skipped)} image(s) could not be read (first: "
                         f"{prepared.skipped[0]}); the patch experiment needs every image")
     train, val, test = split_rows(prepared.manifest, split)
+    # patient groups never cross the split; copies under another patient name may
+    train = drop_test_leaks(prepared.manifest, train, test, "training")
+    val = drop_test_leaks(prepared.manifest, val, test, "validation")
     log.info("split: %d train (%d abnormal), %d val, %d test (%d abnormal)", len(train),
              int(prepared.manifest.require_labels(LABEL)[train].sum()), len(val), len(test),
              int(prepared.manifest.require_labels(LABEL)[test].sum()))

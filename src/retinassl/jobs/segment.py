@@ -33,7 +33,7 @@ from retinassl.models.initialize import init_label
 from retinassl.config import DataConfig, EngineConfig, ModelConfig, Section, to_yaml
 from retinassl.data.cache import PreparedData
 from retinassl.data.imageio import read_image, read_mask
-from retinassl.data.loading import prepare
+from retinassl.data.loading import drop_test_leaks, prepare
 from retinassl.data.manifest import is_missing
 from retinassl.data.preprocess import PreprocessConfig, fov_mask
 from retinassl.data.splits import nested_subsets
@@ -260,6 +260,8 @@ def train_segmenter(config: SegmentConfig, run: RunDir, prepared: PreparedData,
                     resume: bool = False) -> TrainedSegmenter:
     """Train the U-Net of ``config`` on its training images; checkpoints go to ``run``."""
     rows = training_rows(prepared, config.train, config.seed)
+    if config.test_split and config.test_split != config.train.split:
+        rows = drop_test_leaks(prepared.manifest, rows, labelled_rows(prepared, config.test_split))
     images = load_vessel_images(prepared, rows, config.input)
     dataset = VesselImageDataset(images, config.train.samples_per_epoch)
     batch = min(config.engine.batch_size, len(dataset))
