@@ -138,6 +138,9 @@ def test_thickness_without_any_defined_ascan_lists_no_sector(monkeypatch) -> Non
     ["sweep", "transfer-demo", "engine.batch_size=-3", "--budget", "smoke"],
     ["train", "demo", "engine.batch_size=-3"],
     ["train", "demo", "preprocess.size=8192", "engine.batch_size=64"],
+    ["pretrain", "rotation", "preprocess.size=8192", "engine.batch_size=64"],
+    ["sweep", "transfer-demo", "preprocess.size=8192", "engine.batch_size=64", "--budget", "cpu"],
+    ["evaluate", "probe", "scratch", "preprocess.size=8192", "engine.batch_size=64"],
 ])
 def test_failed_config_check_leaves_no_run_directory(args: list[str], tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)

@@ -63,6 +63,9 @@ def _evaluate(protocol: str, encoder: str, args: list[str] | None, budget: str |
             for key in ("inits", "reference", "protocols"):
                 override.pop(key, None)
         config = resolve_config(data, budget)  # a config error leaves no run directory behind
+        from retinassl.cli.common import check_batch_config
+
+        check_batch_config(config)
         root = runs_dir or Path(str(data.get("runs_dir", "runs")))
         run = RunDir.create(root, f"evaluate-{protocol}-{label}")
     write_text(run.path / "evaluate.yaml", yaml.safe_dump(data, sort_keys=False))  # with the overrides of every (re)start

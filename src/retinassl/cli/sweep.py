@@ -38,7 +38,9 @@ def check_config(data: dict[str, Any], budget: str, origin: str) -> None:
     if kind not in runners():
         raise ConfigError(f"{origin}: unknown experiment kind {kind!r}; known: {', '.join(sorted(runners()))}")
     if kind in checks:
-        checks[kind](data, budget)
+        from retinassl.cli.common import check_batch_config
+
+        check_batch_config(checks[kind](data, budget))  # batches that cannot fit are refused too
 
 
 def sweep(preset: str = typer.Argument(None, help="A packaged experiment preset or a YAML file "
