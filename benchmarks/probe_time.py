@@ -36,8 +36,8 @@ from retinassl.data.cache import PreparedData  # noqa: E402
 from retinassl.jobs import features as features_module  # noqa: E402
 from retinassl.jobs.features import extract_features  # noqa: E402
 from retinassl.jobs.probe import assert_frozen, fit_probe  # noqa: E402
-from retinassl.sweeps.transfer import (evaluation_folds, label_subsets, prepare_downstream,  # noqa: E402
-                                      resolve_config)
+from retinassl.sweeps.transfer_config import resolve_config  # noqa: E402
+from retinassl.sweeps.transfer_data import evaluation_folds, label_subsets, prepare_downstream  # noqa: E402
 from retinassl.models import build_encoder  # noqa: E402
 
 

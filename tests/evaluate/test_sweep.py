@@ -13,7 +13,8 @@ from retinassl.models.checkpoint import save_encoder
 from retinassl.data.manifest import Manifest
 from retinassl.sweeps import transfer as sweep_module
 from retinassl.sweeps.grid import work
-from retinassl.sweeps.transfer import TransferGrid, evaluation_folds, label_subsets, run_transfer
+from retinassl.sweeps.transfer import TransferGrid, run_transfer
+from retinassl.sweeps.transfer_data import evaluation_folds, label_subsets
 from retinassl.sweeps.transfer_config import resolve_config
 
 

@@ -33,7 +33,7 @@ def _setup(args: list[str] | None, kind: str, label: str, runs_dir: Path | None)
 
 def _prepared(config, run, preprocess: dict | None):
     from retinassl.data.preprocess import PreprocessConfig
-    from retinassl.sweeps.transfer import prepare_downstream
+    from retinassl.sweeps.transfer_data import prepare_downstream
 
     if preprocess:  # the checkpoint's own preprocessing
         config = config.model_copy(update={"preprocess": PreprocessConfig.model_validate(preprocess)})
@@ -50,7 +50,7 @@ def gradcam(model: Path = typer.Argument(..., help="A fine-tuned classifier dire
     """Grad-CAM (MONAI) at the encoder's deepest feature map for test images of the experiment's
     data; writes one overlay figure and a report."""
     from retinassl.models.checkpoint import read_encoder_meta
-    from retinassl.sweeps.transfer import evaluation_folds, gradcam_rows
+    from retinassl.sweeps.transfer_data import evaluation_folds, gradcam_rows
     from retinassl.metrics.tasks import TaskSpec
     from retinassl.explain.gradcam import gradcam_gallery
     from retinassl.report.html import build_report
@@ -81,7 +81,7 @@ def tsne(encoder: str = typer.Argument(..., help="An encoder checkpoint director
 
     from retinassl.jobs.features import extract_features
     from retinassl.jobs.probe import assert_frozen
-    from retinassl.sweeps.transfer import class_labels
+    from retinassl.sweeps.transfer_data import class_labels
     from retinassl.explain.embedding import tsne_figure
     from retinassl.models.initialize import initial_encoder
     from retinassl.report.html import build_report

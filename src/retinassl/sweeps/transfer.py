@@ -46,7 +46,6 @@ from retinassl.config import ModelConfig, to_yaml
 from retinassl.data.cache import Cache, PreparedData
 from retinassl.data.loading import load_manifest
 from retinassl.data.manifest import Manifest
-from retinassl.data.splits import nested_subsets, stratified_kfold
 from retinassl.errors import ConfigError, DataError
 from retinassl.models.initialize import seeded_initial_encoder
 from retinassl.io.results import append_results, read_results, result_row
@@ -54,71 +53,17 @@ from retinassl.io.rundir import RunDir
 from retinassl.io.saved_model import LEGACY, META, is_saved_model
 from retinassl.sweeps.grid import Grid, run_grid
 from retinassl.sweeps.transfer_config import InitSpec, TransferConfig, resolve_config
+from retinassl.sweeps.transfer_data import (fold_value, fraction_tag, class_labels, evaluation_folds, gradcam_rows,
+                                           label_subsets, prediction_path, prepare_downstream)
 from retinassl.jobs.features import extract_features
 from retinassl.jobs.finetune import finetune, remove_workdir, save_classifier
-from retinassl.data.leakage import clean_downstream, clean_pool, content_digests
+from retinassl.data.leakage import clean_pool, content_digests
 from retinassl.jobs.probe import assert_frozen, fit_probe
 from retinassl.metrics.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
 # -- data ------------------------------------------------------------------------------------------
-def _fraction_tag(fraction: float) -> str:
-    return f"{fraction:g}"
-
-
-def _fold_value(fold: int | None) -> Any:
-    return "" if fold is None else fold
-
-
-def prediction_path(run: RunDir, task: str, protocol: str, init: str, fraction: float, seed: int,
-                    fold: int | None) -> Path:
-    """Where one cell's predictions go."""
-    name = f"f{_fraction_tag(fraction)}-s{seed}" + ("" if fold is None else f"-k{fold}")
-    return run.predictions / "transfer" / task / protocol / init / f"{name}.csv"
-
-
-def evaluation_folds(manifest: Manifest, task: TaskSpec, folds: int, seed: int) -> list[tuple[int | None, np.ndarray, np.ndarray]]:
-    """``(fold, train rows, test rows)``: the official split (fold None) when the manifest has
-    ``test`` rows, else stratified patient-grouped k-fold; only rows with the task's labels."""
-    rows = task.labelled_rows(manifest)
-    split = manifest.frame["split"].astype(str).to_numpy()
-    if (split[rows] == "test").any():
-        return [(None, rows[split[rows] != "test"], rows[split[rows] == "test"])]
-    strata = task.strata(manifest)[rows]
-    groups = manifest.frame["patient"].astype(str).to_numpy()[rows]
-    return [(k, rows[tr], rows[te]) for k, (tr, te) in enumerate(stratified_kfold(strata, groups, folds, seed))]
-
-
-def label_subsets(manifest: Manifest, task: TaskSpec, train_rows: np.ndarray, fractions: list[float],
-                  seed: int, fold: int | None) -> dict[float, np.ndarray]:
-    """Nested stratified subsets of ``train_rows`` (fraction -> sorted rows) for one seed and fold."""
-    strata = task.strata(manifest)[train_rows]
-    subset_seed = seed if fold is None else int(np.random.SeedSequence([seed, fold + 1]).generate_state(1)[0])
-    picked = nested_subsets(strata, [float(f) for f in fractions], subset_seed)
-    return {f: train_rows[idx] for f, idx in picked.items()}
-
-
-def prepare_downstream(config: TransferConfig, out_dir: Path) -> PreparedData:
-    """The downstream data of ``config``, cleaned (``dedupe``) and prepared; writes the cleaned
-    manifest (``downstream.csv``) and what was removed (``downstream-removed.csv``) to ``out_dir``."""
-    cache = Cache(config.data.cache_dir)
-    manifest = load_manifest(config.data)
-    if config.dedupe:
-        from retinassl.data.manifest import label_columns
-
-        # every label column: a copy whose DME risk disagrees is as unreliable as one whose grade does
-        columns = sorted(set(label_columns(manifest.frame.columns)) |
-                         {c for t in config.tasks for c in t.label_columns(manifest)})
-        digests = content_digests(manifest, cache.memo)
-        manifest, removed = clean_downstream(manifest, columns, digests, detect=config.detect_duplicates)
-        write_text(out_dir / "downstream-removed.csv", removed.to_csv(index=False))
-    prepared = cache.prepare(manifest, config.preprocess, workers=max(1, config.data.workers),
-                             skip_bad=config.data.skip_bad, mask_columns=[])
-    prepared.manifest.save(out_dir / "downstream.csv")
-    return prepared
-
-
 class TransferGrid(Grid):
     """The cells of a :class:`TransferConfig` (see the module docstring): one per (task, init,
     protocol, label fraction, seed, fold), run by :func:`~retinassl.sweeps.grid.run_grid`."""
@@ -278,7 +223,7 @@ class TransferGrid(Grid):
         return out
 
     def cell_name(self, cell: Mapping[str, Any]) -> str:
-        name = f"{cell['task']}-{cell['init']}-f{_fraction_tag(cell['fraction'])}-s{cell['seed']}" + (
+        name = f"{cell['task']}-{cell['init']}-f{fraction_tag(cell['fraction'])}-s{cell['seed']}" + (
             "" if cell["fold"] is None else f"-k{cell['fold']}")
         return name if cell["protocol"] == "finetune" else f"probe-{name}"
 
@@ -330,7 +275,7 @@ class TransferGrid(Grid):
         rows = [result_row(experiment=self.config.name, task=task.name,
                            method="logistic" if protocol == "probe" else "supervised", init=spec.name,
                            protocol=protocol, fraction=cell["fraction"], n_labelled=len(cell["rows"]),
-                           seed=cell["seed"], fold=_fold_value(cell["fold"]), metric=k, value=v)
+                           seed=cell["seed"], fold=fold_value(cell["fold"]), metric=k, value=v)
                 for k, v in metrics.items()]
         append_results(self.run.results_file, rows)
         return metrics
@@ -367,7 +312,7 @@ class TransferGrid(Grid):
         metrics = self._record(spec, "probe", task, cell, scores,
                                {"seconds": seconds, "C": float(np.median(finite)) if finite else math.nan})
         log.info("probe %s %s f=%s seed=%s fold=%s: %s %.3f", spec.name, task.name,
-                 _fraction_tag(cell["fraction"]), cell["seed"], cell["fold"], task.primary,
+                 fraction_tag(cell["fraction"]), cell["seed"], cell["fold"], task.primary,
                  metrics.get(task.primary, math.nan))
 
     def finetune_cell(self, spec: InitSpec, model: ModelConfig, task: TaskSpec, cell: dict[str, Any]) -> None:
@@ -388,7 +333,7 @@ class TransferGrid(Grid):
             "val_size": float(len(result.val_rows)),
             "best_epoch": float(result.best.get("epoch", math.nan))})
         log.info("finetune %s %s f=%s seed=%s fold=%s: %s %.3f (%d steps, %.0f s)", spec.name,
-                 task.name, _fraction_tag(cell["fraction"]), cell["seed"], cell["fold"],
+                 task.name, fraction_tag(cell["fraction"]), cell["seed"], cell["fold"],
                  task.primary, metrics.get(task.primary, math.nan), result.steps, result.seconds)
         if (task.name == explain_task and cell["fraction"] == max(fractions) and cell["seed"] == seeds[0]
                 and cell["fold"] in (None, 0)):
@@ -451,26 +396,6 @@ def _arch_of(model: ModelConfig) -> tuple[str, dict[str, Any]]:
         meta = read_encoder_meta(path)
         return meta["arch"], dict(meta["kwargs"])
     return model.arch, dict(model.kwargs)
-
-
-def class_labels(task: TaskSpec, manifest: Manifest) -> np.ndarray:
-    """``(N,)`` integer labels for colouring and picking (multi-label: "has any label")."""
-    y = task.targets(manifest)
-    return y.max(axis=1) if y.ndim == 2 else y
-
-
-def gradcam_rows(task: TaskSpec, manifest: Manifest, test: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """``n`` test rows, alternating positive and negative (binary view of the task), seeded."""
-    y = class_labels(task, manifest)[test]
-    positive = (y >= task.positive_from) if (task.kind == "multiclass" and task.positive_from) else y > 0
-    rng = np.random.default_rng(seed)
-    pos, neg = rng.permutation(test[positive]), rng.permutation(test[~positive])
-    out = []
-    for i in range(n):
-        source = pos if i % 2 == 0 else neg
-        if len(source) > i // 2:
-            out.append(source[i // 2])
-    return np.asarray(out, dtype=int)
 
 
 def _new_rundir(folder: Path, name: str) -> RunDir:

@@ -1,0 +1,96 @@
+"""The data side of a transfer sweep (:mod:`retinassl.sweeps.transfer`): the cleaned downstream
+images, the evaluation folds, the nested label subsets of each (task, fold, seed), where a cell's
+predictions go, and which test images are explained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retinassl.atomic import write_text
+from retinassl.data.cache import Cache, PreparedData
+from retinassl.data.leakage import clean_downstream, content_digests
+from retinassl.data.loading import load_manifest
+from retinassl.data.manifest import Manifest
+from retinassl.data.splits import nested_subsets, stratified_kfold
+from retinassl.io.rundir import RunDir
+from retinassl.metrics.tasks import TaskSpec
+from retinassl.sweeps.transfer_config import TransferConfig
+
+
+def fraction_tag(fraction: float) -> str:
+    return f"{fraction:g}"
+
+
+def fold_value(fold: int | None) -> Any:
+    return "" if fold is None else fold
+
+
+def prediction_path(run: RunDir, task: str, protocol: str, init: str, fraction: float, seed: int,
+                    fold: int | None) -> Path:
+    """Where one cell's predictions go."""
+    name = f"f{fraction_tag(fraction)}-s{seed}" + ("" if fold is None else f"-k{fold}")
+    return run.predictions / "transfer" / task / protocol / init / f"{name}.csv"
+
+
+def evaluation_folds(manifest: Manifest, task: TaskSpec, folds: int, seed: int) -> list[tuple[int | None, np.ndarray, np.ndarray]]:
+    """``(fold, train rows, test rows)``: the official split (fold None) when the manifest has
+    ``test`` rows, else stratified patient-grouped k-fold; only rows with the task's labels."""
+    rows = task.labelled_rows(manifest)
+    split = manifest.frame["split"].astype(str).to_numpy()
+    if (split[rows] == "test").any():
+        return [(None, rows[split[rows] != "test"], rows[split[rows] == "test"])]
+    strata = task.strata(manifest)[rows]
+    groups = manifest.frame["patient"].astype(str).to_numpy()[rows]
+    return [(k, rows[tr], rows[te]) for k, (tr, te) in enumerate(stratified_kfold(strata, groups, folds, seed))]
+
+
+def label_subsets(manifest: Manifest, task: TaskSpec, train_rows: np.ndarray, fractions: list[float],
+                  seed: int, fold: int | None) -> dict[float, np.ndarray]:
+    """Nested stratified subsets of ``train_rows`` (fraction -> sorted rows) for one seed and fold."""
+    strata = task.strata(manifest)[train_rows]
+    subset_seed = seed if fold is None else int(np.random.SeedSequence([seed, fold + 1]).generate_state(1)[0])
+    picked = nested_subsets(strata, [float(f) for f in fractions], subset_seed)
+    return {f: train_rows[idx] for f, idx in picked.items()}
+
+
+def prepare_downstream(config: TransferConfig, out_dir: Path) -> PreparedData:
+    """The downstream data of ``config``, cleaned (``dedupe``) and prepared; writes the cleaned
+    manifest (``downstream.csv``) and what was removed (``downstream-removed.csv``) to ``out_dir``."""
+    cache = Cache(config.data.cache_dir)
+    manifest = load_manifest(config.data)
+    if config.dedupe:
+        from retinassl.data.manifest import label_columns
+
+        # every label column: a copy whose DME risk disagrees is as unreliable as one whose grade does
+        columns = sorted(set(label_columns(manifest.frame.columns)) |
+                         {c for t in config.tasks for c in t.label_columns(manifest)})
+        digests = content_digests(manifest, cache.memo)
+        manifest, removed = clean_downstream(manifest, columns, digests, detect=config.detect_duplicates)
+        write_text(out_dir / "downstream-removed.csv", removed.to_csv(index=False))
+    prepared = cache.prepare(manifest, config.preprocess, workers=max(1, config.data.workers),
+                             skip_bad=config.data.skip_bad, mask_columns=[])
+    prepared.manifest.save(out_dir / "downstream.csv")
+    return prepared
+
+
+def class_labels(task: TaskSpec, manifest: Manifest) -> np.ndarray:
+    """``(N,)`` integer labels for colouring and picking (multi-label: "has any label")."""
+    y = task.targets(manifest)
+    return y.max(axis=1) if y.ndim == 2 else y
+
+
+def gradcam_rows(task: TaskSpec, manifest: Manifest, test: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` test rows, alternating positive and negative (binary view of the task), seeded."""
+    y = class_labels(task, manifest)[test]
+    positive = (y >= task.positive_from) if (task.kind == "multiclass" and task.positive_from) else y > 0
+    rng = np.random.default_rng(seed)
+    pos, neg = rng.permutation(test[positive]), rng.permutation(test[~positive])
+    out = []
+    for i in range(n):
+        source = pos if i % 2 == 0 else neg
+        if len(source) > i // 2:
+            out.append(source[i // 2])
+    return np.asarray(out, dtype=int)
