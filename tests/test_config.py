@@ -47,3 +47,17 @@ def test_override_syntax() -> None:
         apply_overrides({}, ["oops"])
     with pytest.raises(ConfigError, match="is not a section"):
         apply_overrides({"a": 1}, ["a.b=2"])
+
+
+def test_overrides_address_list_items_and_a_new_source_drops_old_options() -> None:
+    from retinassl.config import apply_overrides
+
+    data = {"data": {"source": "synthetic", "options": {"n_images": 3, "size": 64}},
+            "evaluate_on": [{"name": "stare", "data": {"source": "stare", "options": {"root": "a"}}}]}
+    out = apply_overrides(data, ["evaluate_on.0.data.options.root=/x", "data.source=idrid",
+                                 "data.options.root=/y"])
+    assert out["evaluate_on"][0]["data"]["options"] == {"root": "/x"}
+    assert out["data"] == {"source": "idrid", "options": {"root": "/y"}}     # no n_images left behind
+    assert apply_overrides(data, ["data.source=synthetic"])["data"]["options"] == {"n_images": 3, "size": 64}
+    with pytest.raises(ConfigError, match="'3' is not an index of a list of 1"):
+        apply_overrides(data, ["evaluate_on.3.data.options.root=/x"])

@@ -228,7 +228,13 @@ def read_yaml(source: str | Path) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML scalars/lists) to a nested dict."""
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML scalars/lists) to a nested dict.
+
+    List items are addressed by their index (``evaluate_on.0.data.options.root=...``,
+    ``pool.data.1.options.root=...``). Setting a ``source`` to another value drops the old
+    source's ``options`` beside it (they mean nothing to the new source): ``data.source=idrid
+    data.options.root=PATH`` on a synthetic preset leaves only ``root``.
+    """
     out = _deep_copy(data)
     for item in overrides:
         if "=" not in item:
@@ -238,17 +244,40 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = safe_load_bounded(raw, f"override {item!r}") if raw != "" else ""
         except yaml.YAMLError:
             value = raw
-        node = out
+        node: Any = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
+            if isinstance(node, list):
+                node = _list_item(node, part, item)
+                continue
             nxt = node.get(part)
             if nxt is None:
                 nxt = node[part] = {}
-            if not isinstance(nxt, dict):
+            if not isinstance(nxt, (dict, list)):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
             node = nxt
-        node[parts[-1]] = value
+        last = parts[-1]
+        if isinstance(node, list):
+            index = _list_index(node, last, item)
+            node[index] = value
+            continue
+        if last == "source" and node.get("source") not in (None, value):
+            node.pop("options", None)
+        node[last] = value
     return out
+
+
+def _list_index(items: list[Any], part: str, item: str) -> int:
+    if not part.isdigit() or int(part) >= len(items):
+        raise ConfigError(f"override {item!r}: {part!r} is not an index of a list of {len(items)} item(s)")
+    return int(part)
+
+
+def _list_item(items: list[Any], part: str, item: str) -> Any:
+    value = items[_list_index(items, part, item)]
+    if not isinstance(value, (dict, list)):
+        raise ConfigError(f"override {item!r}: item {part} is not a section")
+    return value
 
 
 def _deep_copy(data: Any) -> Any:
