@@ -77,3 +77,15 @@ def test_tree_round_trip(tmp_path: Path) -> None:
     assert back["dtype"] is torch.float32
     with pytest.raises(CheckpointError, match="cannot store object at .x"):
         save_tree({"x": object()}, tmp_path / "bad.json")
+
+
+def test_a_training_checkpoint_cannot_point_outside_its_folder(tmp_path: Path) -> None:
+    from retinassl.io.tree import load_tree, save_tree
+
+    save_tree({"w": torch.ones(2)}, tmp_path / "step.json")
+    meta = json.loads((tmp_path / "step.json").read_text())
+    for bad in ("../../../../etc/passwd", "/etc/passwd", "", 7):
+        meta["tensors"] = bad
+        (tmp_path / "step.json").write_text(json.dumps(meta))
+        with pytest.raises(CheckpointError, match="must be a file name beside it"):
+            load_tree(tmp_path / "step.json")

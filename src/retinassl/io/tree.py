@@ -101,11 +101,14 @@ def load_tree(json_path: str | Path) -> Any:
     json_path = Path(json_path)
     try:
         meta = json.loads(json_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{json_path}: not a readable checkpoint ({exc})") from None
-    if meta.get("format") != "retinassl-tree":
+    if not isinstance(meta, dict) or meta.get("format") != "retinassl-tree":
         raise CheckpointError(f"{json_path}: not a retinassl checkpoint")
-    weights = json_path.with_name(meta["tensors"])
+    name = meta.get("tensors")
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise CheckpointError(f"{json_path}: its tensor file must be a file name beside it, not {name!r}")
+    weights = json_path.with_name(name)
     try:
         tensors = load_file(str(weights))
     except (OSError, Exception) as exc:  # safetensors raises its own SafetensorError
