@@ -17,7 +17,7 @@ from retinassl.data.preprocess import Geometry, PreprocessConfig
 from retinassl.data.synthetic import generate_dataset
 from retinassl.errors import DataError
 from retinassl.oct.paired import ThicknessPairs, field_affine, input_manifest, warp_map
-from retinassl.methods.cross_modal import masked_regression_loss
+from retinassl.losses.regression import masked_regression_loss
 
 
 def test_masked_loss_by_hand():

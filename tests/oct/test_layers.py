@@ -11,7 +11,8 @@ from retinassl.errors import DataError
 from retinassl.oct.boundaries import extract_boundaries, rescale_rows
 from retinassl.oct.layers import (IGNORE_LABEL, boundaries_to_labels, fill_gaps, labels_to_boundaries,
                                   polylines_to_rows, rows_to_polylines)
-from retinassl.methods.oct_layers import masked_dice_loss, region_dice
+from retinassl.losses.segmentation import masked_dice_loss
+from retinassl.metrics.segmentation import region_dice
 
 
 def _boundaries(width: int = 48) -> np.ndarray:

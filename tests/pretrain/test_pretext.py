@@ -11,10 +11,11 @@ import torch
 from retinassl.methods.base import build_method
 from retinassl.models import build_encoder
 from retinassl.methods.crops import crop_patches, inscribed_circle
-from retinassl.methods.inpainting import central_masks, masked_mse, random_block_masks
+from retinassl.losses.regression import masked_mse
+from retinassl.methods.inpainting import central_masks, random_block_masks
 from retinassl.methods.offset_heatmap import gaussian_heatmaps, heatmap_argmax
 from retinassl.methods.relative_position import NEIGHBOURS
-from retinassl.methods.simclr import nt_xent
+from retinassl.losses.contrastive import nt_xent
 
 
 def coordinate_image(batch: int, size: int) -> torch.Tensor:

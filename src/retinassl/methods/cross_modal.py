@@ -35,26 +35,7 @@ from retinassl.methods.base import Method, register_method
 from retinassl.models import Encoder
 from retinassl.models.segmentation import UNetDecoder, segment
 from retinassl.methods.pretext_base import warmup_cosine
-
-
-def masked_regression_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-                           kind: str = "l1", delta: float = 1.0) -> torch.Tensor:
-    """Mean loss over the pixels where ``mask`` is 1 (0 when no pixel is).
-
-    Args:
-        pred, target, mask: ``(B, 1, H, W)``.
-        kind: ``l1``, ``mse`` or ``huber`` (with ``delta``).
-    """
-    if kind == "l1":
-        err = (pred - target).abs()
-    elif kind == "mse":
-        err = (pred - target) ** 2
-    elif kind == "huber":
-        err = F.huber_loss(pred, target, reduction="none", delta=delta)
-    else:
-        raise ValueError(f"unknown loss {kind!r}")
-    weight = mask.sum()
-    return (err * mask).sum() / weight.clamp(min=1.0)
+from retinassl.losses.regression import masked_regression_loss
 
 
 class CrossModalConfig(Section):

@@ -32,6 +32,7 @@ from retinassl.methods.base import register_method
 from retinassl.models import Encoder
 from retinassl.methods.pretext_base import PretextConfig, PretextMethod
 from retinassl.models.pretext_nets import ConvDecoder, ImageDiscriminator
+from retinassl.losses.regression import masked_mse
 
 
 class InpaintingConfig(PretextConfig):
@@ -81,12 +82,6 @@ def central_masks(batch: int, height: int, width: int, fraction: float) -> torch
     top, left = (height - sh) // 2, (width - sw) // 2
     mask[:, :, top:top + sh, left:left + sw] = 1
     return mask
-
-
-def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the pixels where ``mask`` ``(B, 1, H, W)`` is 1 (all channels)."""
-    squared = (prediction.float() - target.float()) ** 2 * mask
-    return squared.sum() / (mask.sum() * prediction.shape[1]).clamp_min(1)
 
 
 @register_method

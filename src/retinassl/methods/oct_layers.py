@@ -39,37 +39,10 @@ from retinassl.models.segmentation import UNet, UNetDecoder, segment
 from retinassl.oct.boundaries import extract_boundaries, rescale_rows
 from retinassl.oct.layers import IGNORE_LABEL, boundaries_to_labels, missing_boundaries
 from retinassl.oct.volume import OCTVolume
+from retinassl.losses.segmentation import masked_dice_loss
+from retinassl.metrics.segmentation import region_dice
 
 # -- losses and metrics (tensors in, tensors out) -------------------------------------------------
-def masked_dice_loss(logits: torch.Tensor, labels: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """1 - mean soft Dice over classes, ignoring pixels labelled :data:`IGNORE_LABEL`.
-
-    Args:
-        logits: ``(B, C, H, W)``.
-        labels: ``(B, H, W)`` int64 in ``0..C-1`` or -1.
-    """
-    probs = torch.softmax(logits.float(), dim=1)
-    valid = (labels >= 0).unsqueeze(1).float()
-    onehot = F.one_hot(labels.clamp(min=0), probs.shape[1]).permute(0, 3, 1, 2).float() * valid
-    probs = probs * valid
-    inter = (probs * onehot).sum(dim=(0, 2, 3))
-    denom = probs.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
-    return 1.0 - ((2 * inter + eps) / (denom + eps)).mean()
-
-
-def region_dice(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Hard Dice per class ``(C,)`` of predicted labels vs labels (ignored pixels excluded); NaN for a
-    class absent from both."""
-    valid = labels >= 0
-    out = torch.full((num_classes,), float("nan"))
-    for c in range(num_classes):
-        p, t = (pred == c) & valid, (labels == c) & valid
-        denom = p.sum() + t.sum()
-        if denom > 0:
-            out[c] = 2.0 * (p & t).sum() / denom
-    return out
-
-
 # -- data -----------------------------------------------------------------------------------------
 def bscan_input(bscan: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A B-scan ``(D, W)`` as network input ``(H, W')`` float32 in [0, ~1] at ``size = (H, W')``:

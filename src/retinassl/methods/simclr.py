@@ -29,19 +29,7 @@ from retinassl.methods.base import register_method
 from retinassl.models import Encoder
 from retinassl.methods.pretext_base import PretextConfig, PretextMethod
 from retinassl.models.pretext_nets import mlp
-
-
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
-    """NT-Xent loss of paired projections ``z1``, ``z2`` ``(B, D)`` (row ``i`` of each is a view of
-    image ``i``): cosine similarities divided by ``temperature``, cross-entropy of each of the
-    ``2B`` views against its partner over the other ``2B - 1``, averaged."""
-    b = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-    logits = z @ z.t() / temperature
-    self_mask = torch.eye(2 * b, dtype=torch.bool, device=z.device)
-    logits = logits.masked_fill(self_mask, float("-inf"))
-    partners = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
-    return F.cross_entropy(logits, partners)
+from retinassl.losses.contrastive import nt_xent
 
 
 class SimCLRConfig(PretextConfig):

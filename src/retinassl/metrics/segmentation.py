@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from retinassl.metrics.classification import roc_auc
 from retinassl.metrics.stats import bootstrap_ci
@@ -106,3 +107,16 @@ def bootstrap_mean(values: np.ndarray, n_boot: int = 2000, alpha: float = 0.05,
     images = np.arange(len(values))
     return bootstrap_ci(images, images, lambda idx, _: float(np.nanmean(values[idx])), n_boot=n_boot,
                         alpha=alpha, seed=seed, stratified=False)
+
+
+def region_dice(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Hard Dice per class ``(C,)`` of predicted labels vs labels (ignored pixels excluded); NaN for a
+    class absent from both."""
+    valid = labels >= 0
+    out = torch.full((num_classes,), float("nan"))
+    for c in range(num_classes):
+        p, t = (pred == c) & valid, (labels == c) & valid
+        denom = p.sum() + t.sum()
+        if denom > 0:
+            out[c] = 2.0 * (p & t).sum() / denom
+    return out
