@@ -64,6 +64,12 @@ class Method(nn.Module):
         generator's samples are); default none."""
         return {}
 
+    def patch_logit(self) -> tuple[Encoder, nn.Linear, str] | None:
+        """What a patch classifier keeps of this method: copies of ``(encoder, head giving one
+        logit, input range "unit" | "tanh")``; None when the method leaves no binary patch
+        classifier (:class:`~retinassl.models.patch_classifier.PatchClassifier`)."""
+        return None
+
     def lr_factor(self, step: int, total_steps: int) -> float:
         """Learning-rate multiplier at ``step`` of ``total_steps`` (default: constant)."""
         return 1.0

@@ -237,6 +237,10 @@ class SSLGAN(Method):
         """``p(diseased | x, real)`` ``(B,)``."""
         return torch.sigmoid(self.forward(x))
 
+    def patch_logit(self) -> tuple[Encoder, nn.Linear, str]:
+        """The EMA discriminator as one logit ``l_1 - l_0`` on inputs mapped to [-1, 1]."""
+        return copy.deepcopy(self.ema_encoder), self.folded_head(), "tanh"
+
     def folded_head(self) -> nn.Linear:
         """The EMA head as one linear layer ``(B, F) -> (B, 1)`` giving ``l_1 - l_0``."""
         weight = self.ema_head.weight.detach()

@@ -19,10 +19,12 @@ is how images that have an image grade but no lesion masks teach a patch classif
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from pydantic import Field, NonNegativeFloat
 
 from retinassl.config import Section
@@ -100,6 +102,12 @@ class Supervised(Method):
         """``(B, C, H, W)`` -> logits ``(B,)`` for binary, else ``(B, K)``."""
         logits = self.head(self.encoder(x))
         return logits[:, 0] if self.config.task == "binary" else logits
+
+    def patch_logit(self) -> tuple[Encoder, nn.Linear, str] | None:
+        """A binary model's encoder and one-logit head (inputs as normalised); none otherwise."""
+        if self.config.task != "binary":
+            return None
+        return copy.deepcopy(self.encoder), copy.deepcopy(self.head.fc), "unit"
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Probabilities: ``(B,)`` for binary, ``(B, K)`` otherwise."""

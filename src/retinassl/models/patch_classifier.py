@@ -8,7 +8,6 @@ So evaluation, heatmaps and the command line treat SSL-GAN, ConvNet and ResNet34
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,18 +50,12 @@ class PatchClassifier(nn.Module):
     @classmethod
     def from_method(cls, method: nn.Module, patch_size: int, grid: int = 8) -> PatchClassifier:
         """The classifier of a trained ``ssl-gan`` (EMA weights) or binary ``supervised`` method."""
-        name = getattr(method, "name", "")
-        if name == "ssl-gan":
-            encoder = copy.deepcopy(method.ema_encoder)
-            head = method.folded_head()
-            input_range: Literal["unit", "tanh"] = "tanh"
-        elif name == "supervised" and method.config.task == "binary":
-            encoder = copy.deepcopy(method.encoder)
-            head = copy.deepcopy(method.head.fc)
-            input_range = "unit"
-        else:
-            raise ValueError(f"no patch classifier for method {name!r}")
-        classifier = cls(encoder.to(memory_format=torch.contiguous_format), head, input_range,
+        parts = method.patch_logit()
+        if parts is None:
+            raise ValueError(f"method {getattr(method, 'name', type(method).__name__)!r} leaves no "
+                             f"binary patch classifier")
+        encoder, head, input_range = parts
+        classifier = cls(encoder.to(memory_format=torch.contiguous_format), head, input_range,  # type: ignore[arg-type]
                          patch_size, grid)
         classifier.requires_grad_(False)
         return classifier.eval()
