@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -132,3 +133,22 @@ def test_three_stage_run_leaves_an_encoder(paired_dataset, tmp_path, tiny_layer_
     assert meta["method"] == "cross-modal" and meta["preprocess"]["size"] == 48
     assert encoder(torch.zeros(1, 3, 48, 48)).shape == (1, 32)
     assert list(run.report_dir.glob("figures/crossmodal-*.png"))
+    # the whole regressor is saved: `predict` writes each photograph's thickness map in micrometres,
+    # the same as the trained method's own prediction
+    from retinassl.data.manifest import Manifest
+    from retinassl.jobs.cross_modal import predict_maps
+    from retinassl.jobs.predict import predict
+    from retinassl.methods.cross_modal import load_regressor
+
+    images = Manifest.load(manifest.name)
+    images = images.subset(np.arange(len(images)) < 2)
+    out = predict(run.path / "regressor", images, tmp_path / "maps", cache_dir=root / "cache")
+    table = pd.read_csv(out)
+    regressor = load_regressor(run.path / "regressor")
+    prepared = _prepared(root, images, "image")
+    expected = predict_maps(regressor, ThicknessPairs(prepared, "image", "mask"), np.arange(2))
+    for k, ident in enumerate(table["id"]):
+        got = np.load(tmp_path / "maps" / f"{ident}-thickness.npy")
+        np.testing.assert_allclose(got, expected[k], atol=1e-3)
+        assert (tmp_path / "maps" / f"{ident}-thickness.png").is_file()
+    assert table["mean_um"].between(50, 800).all()

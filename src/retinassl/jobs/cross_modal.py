@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from retinassl.models.checkpoint import save_encoder
+from retinassl.models.checkpoint import encoder_meta, save_encoder
 from retinassl.config import DataConfig, EngineConfig, ModelConfig, Section, to_yaml
 from retinassl.data.preprocess import PreprocessConfig
 from retinassl.data.cache import Cache
@@ -31,6 +31,7 @@ from retinassl.errors import ConfigError, DataError
 from retinassl.methods.base import seeded_method
 from retinassl.io.results import append_results, result_row
 from retinassl.io.rundir import RunDir
+from retinassl.io.saved_model import module_state, save_model
 from retinassl.oct.identity import private_label, register_private
 from retinassl.oct.paired import ThicknessPairs, input_manifest
 
@@ -194,6 +195,12 @@ def run_cross_modal(config: CrossModalRunConfig, run: RunDir, resume: bool = Fal
                  config=config.model_dump(mode="json"),
                  data_fingerprint=prepared.manifest.subset(train_rows).fingerprint(),
                  extra={"input": config.input, "maps": config.maps, "pairs": len(train_rows)})
+    # the whole regressor (encoder, decoder, mean-map prior), for `retinassl predict`
+    save_model(run.path / "regressor", "cross-modal", module_state(method), {
+        **encoder_meta(method.encoder, arch=initial.arch, kwargs=initial.kwargs,
+                       preprocess=preprocess.model_dump(mode="json"), method=name,
+                       config=config.model_dump(mode="json")),
+        "cross_modal": method.config.model_dump(mode="json"), "input": config.input})
     metrics: dict[str, float] = {"train_seconds": result.seconds, "train_batches": float(result.batches),
                                  "maps_failing_quality": float(len(dataset.failed))}
     eval_rows = test_rows if len(test_rows) else val_rows

@@ -15,6 +15,8 @@ Kinds and what they give per image:
   ``sum_j sigmoid(l_j)`` of Lecouat et al. 2018, the 8x8 patch probabilities ``patch_00..``, and
   optionally a heatmap PNG per image.
 - ``segmenter`` (vessels): a probability PNG and a binary mask PNG per image at its original size.
+- ``cross-modal`` (DeepRT's fundus-to-OCT-thickness regressor): the predicted thickness map of the
+  photograph, ``.npy`` in micrometres and a PNG with a colour bar, and its mean and maximum.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from retinassl.atomic import write_text
+from retinassl.atomic import atomic_path, write_text
 from retinassl.data.cache import Cache, PreparedData
 from retinassl.data.manifest import Manifest, is_missing
 from retinassl.data.preprocess import PreprocessConfig
@@ -227,6 +229,9 @@ def predict(model: str | Path, manifest: Manifest, out: str | Path, *, cache_dir
                               "image": prepared.manifest.frame["image"].astype(str)})
         table["probability_png"] = [f"{i}-prob.png" for i in table["id"]]
         table["mask_png"] = [f"{i}-vessels.png" for i in table["id"]]
+    elif meta["kind"] == "cross-modal":
+        prepared = prepare_for(manifest, config, cache_dir, skip_bad)
+        table = thickness_maps(model, prepared, out)
     else:
         scorer = ImageScorer.load(model)
         prepared = prepare_for(manifest, config, cache_dir, skip_bad)
@@ -257,6 +262,34 @@ def predict(model: str | Path, manifest: Manifest, out: str | Path, *, cache_dir
     write_text(path, table.to_csv(index=False))
     log.info("predictions of %d image(s) -> %s", len(table), path)
     return path
+
+
+def thickness_maps(model: str | Path, prepared: PreparedData, out: Path, batch_size: int = 16) -> pd.DataFrame:
+    """A fundus-to-thickness regressor's predicted map of every image: ``<id>-thickness.npy``
+    (float32 micrometres, the model's input grid) and ``<id>-thickness.png`` (with a colour bar)."""
+    import torch
+
+    from retinassl.data.datasets import ImageDataset
+    from retinassl.figures.oct import thickness_png
+    from retinassl.methods.cross_modal import load_regressor
+
+    regressor = load_regressor(model)
+    data = ImageDataset(prepared)
+    ids = prepared.manifest.frame["id"].astype(str).to_numpy()
+    rows = []
+    for s in track(range(0, len(data), batch_size), total=-(-len(data) // batch_size), description="predicting"):
+        batch = torch.stack([data[i]["image"] for i in range(s, min(s + batch_size, len(data)))])
+        with torch.no_grad():
+            maps = regressor(batch)[:, 0].float().numpy()
+        for k, tmap in enumerate(maps):
+            ident = ids[s + k]
+            with atomic_path(out / f"{ident}-thickness.npy") as tmp, open(tmp, "wb") as fh:
+                np.save(fh, tmap.astype(np.float32))
+            thickness_png(tmap, out / f"{ident}-thickness.png", title=f"predicted thickness: {ident}")
+            rows.append({"id": ident, "image": str(prepared.manifest.frame.at[s + k, "image"]),
+                         "mean_um": float(tmap.mean()), "max_um": float(tmap.max()),
+                         "thickness_npy": f"{ident}-thickness.npy", "thickness_png": f"{ident}-thickness.png"})
+    return pd.DataFrame(rows)
 
 
 def _heatmaps(prepared: PreparedData, table: pd.DataFrame, folder: Path, count: int) -> None:

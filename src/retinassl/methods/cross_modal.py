@@ -23,6 +23,7 @@ Batches: ``image`` ``(B, C, H, W)``, ``target`` ``(B, 1, H, W)`` micrometres, ``
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -31,8 +32,9 @@ from pydantic import Field
 
 from retinassl.config import Section
 from retinassl.data import augment
-from retinassl.methods.base import Method, register_method
-from retinassl.models import Encoder
+from retinassl.io.saved_model import load_state_strict, read_model
+from retinassl.methods.base import Method, build_method, register_method
+from retinassl.models import Encoder, build_encoder
 from retinassl.models.segmentation import UNetDecoder, segment
 from retinassl.methods.pretext_base import warmup_cosine
 from retinassl.losses.regression import masked_regression_loss
@@ -145,3 +147,17 @@ class CrossModal(Method):
     def validation_metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
         pixels = float(outputs["pixels"].sum())
         return {"mae_um": float(outputs["abs_error"].sum()) / pixels if pixels else float("nan")}
+
+
+def load_regressor(path: str | Path) -> CrossModal:
+    """Rebuild a saved fundus-to-thickness regressor (kind ``cross-modal``: encoder, decoder and the
+    mean-map prior), in eval mode; ``forward`` gives micrometres."""
+    saved = read_model(path, kinds=("cross-modal",),
+                       hint="`retinassl oct pretrain` saves one into <run>/regressor")
+    meta = saved.meta
+    encoder = build_encoder(meta["arch"], **meta["kwargs"])
+    method = build_method(CrossModal.name, meta["cross_modal"], encoder)
+    if "prior" in saved.state:  # a buffer whose shape is set by start_from
+        method.prior = torch.zeros_like(saved.state["prior"])
+    load_state_strict(method, saved.state, saved.weights_file)
+    return method.eval()
