@@ -34,7 +34,7 @@ def key_values(items: list[str] | None, what: str = "--option") -> dict[str, Any
     return out
 
 
-def predict(model: Path = typer.Argument(..., help="A saved model folder (model.json): a classifier, "
+def predict(model: Path = typer.Argument(..., help="A saved model folder (model.json): a classifier, cross-modal regressor, "
                                          "patch classifier / SSL-GAN, or vessel segmenter; or a run "
                                          "directory holding classifier/ or segmenter/."),
             inputs: list[str] = typer.Argument(None, help="Image files, folders, glob patterns, or one "
@@ -53,7 +53,7 @@ def predict(model: Path = typer.Argument(..., help="A saved model folder (model.
     from retinassl.io.saved_model import is_saved_model
     from retinassl.jobs.predict import input_manifest, predict as run_predict
 
-    for sub in ("classifier", "segmenter"):
+    for sub in ("classifier", "segmenter", "regressor"):
         if not is_saved_model(model) and is_saved_model(model / sub):
             model = model / sub
     manifest = input_manifest(inputs or [], source, key_values(options))
