@@ -30,7 +30,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,21 +219,30 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
-def read_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Weights from a safetensors file, or (only with ``allow_pickle``) a torch ``.pt/.pth`` file
-    read with ``weights_only=True``."""
+def read_torch_file(path: str | Path, allow_pickle: bool, safe_globals: Sequence[type] = ()) -> Any:
+    """The object in a pickle-based torch file (``.pt``/``.pth``/``.bin``), only with
+    ``allow_pickle``, and then through ``torch.load(weights_only=True)``, which runs no code
+    (``safe_globals``: further plain classes the file may hold, e.g. ``argparse.Namespace``)."""
     path = Path(path)
-    if path.suffix == ".safetensors":
-        return read_safetensors(path)
     if not allow_pickle:
         raise CheckpointError(f"{path}: refusing to load a pickle-based checkpoint; convert it to "
                               f"safetensors, or allow it to be read with torch.load(weights_only=True): "
                               f"--allow-pickle (train, pretrain, oct pretrain, segment train, semisup "
                               f"train) or the override model.allow_pickle=true (evaluate, sweep)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot be read as a weights-only torch file ({exc})") from None
+
+
+def read_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Weights from a safetensors file, or (only with ``allow_pickle``) a torch ``.pt/.pth`` file
+    read with ``weights_only=True``."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
+    state = read_torch_file(path, allow_pickle)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

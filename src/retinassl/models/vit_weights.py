@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from retinassl.errors import CheckpointError
-from retinassl.io.saved_model import load_state_strict
+from retinassl.io.saved_model import load_state_strict, read_safetensors, read_torch_file
 from retinassl.models.external import MappingReport, adapt_input_conv, unwrap_state_dict
 from retinassl.models.vit import VIT_SIZES, VisionTransformer, resample_pos_embed
 
@@ -168,22 +168,8 @@ def read_vit_checkpoint(path: str | Path, allow_pickle: bool = False) -> tuple[d
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file does not exist")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path)), None
-        except Exception as exc:  # SafetensorError / OSError
-            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-    if not allow_pickle:
-        raise CheckpointError(f"{path}: refusing to load a pickle-based checkpoint; convert it to "
-                              f"safetensors, or allow it to be read with torch.load(weights_only=True): "
-                              f"--allow-pickle (train, pretrain, oct pretrain, segment train, semisup "
-                              f"train) or the override model.allow_pickle=true (evaluate, sweep)")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: cannot be read as a weights-only torch file ({exc})") from None
+        return read_safetensors(path), None
+    obj = read_torch_file(path, allow_pickle, safe_globals=[argparse.Namespace])  # MAE files hold their args
     nested = None
     if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
         for key in NESTED_KEYS:
