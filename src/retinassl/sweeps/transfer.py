@@ -161,9 +161,12 @@ class TransferGrid(Grid):
             rows = [result_row(experiment=config.name, task="pretrain", method=str(r.method), init=spec.name,
                                protocol="pretrain", seed=config.seed, metric=str(r.metric), value=float(r.value))
                     for r in table.itertuples()]
+        # the images this pretraining used (its own manifest: an init's splits/label select rows)
+        used = prun.path / "manifest.csv"
+        size = len(Manifest.load(used)) if used.is_file() else len(pool)
         rows.append(result_row(experiment=config.name, task="pretrain", method=pretrain_config.method_name,
                                init=spec.name, protocol="pretrain", seed=config.seed,
-                               metric="pool_size", value=float(len(pool))))
+                               metric="pool_size", value=float(size)))
         append_results(self.run.results_file, rows)
         log.info("init %s: pretrained in %.0f s", spec.name, time.perf_counter() - start)
         return out
