@@ -41,3 +41,17 @@ def write_results(name: str, data: dict, table_md: str) -> None:
               f"at start {tuple(round(x, 1) for x in data['machine']['load_average'])}, "
               f"{data['machine']['date']}\n\n")
     write_text(RESULTS / f"{name}.md", header + table_md + "\n")
+
+
+def with_shared_data_root(data: dict) -> dict:
+    """Point a preset's ``../shared/data`` roots (its data and pool sources) at SHARED_DATA, so a
+    benchmark runs from any working directory."""
+    def fix(options: dict) -> None:
+        root = options.get("root")
+        if isinstance(root, str) and root.startswith("../shared/data/"):
+            options["root"] = str(SHARED_DATA / root.removeprefix("../shared/data/"))
+
+    fix(data["data"]["options"])
+    for source in data.get("pool", {}).get("data", []):
+        fix(source.get("options", {}))
+    return data

@@ -26,26 +26,13 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, SHARED_DATA, write_results  # noqa: E402
+from _common import ROOT, with_shared_data_root, write_results  # noqa: E402
 
 from retinassl.config import read_yaml  # noqa: E402
 from retinassl.sweeps.transfer import run_transfer  # noqa: E402
 from retinassl.sweeps.transfer_config import resolve_config  # noqa: E402
 from retinassl.io.results import read_results  # noqa: E402
 from retinassl.io.rundir import RunDir  # noqa: E402
-
-
-def _with_data_root(data: dict) -> dict:
-    """Point the preset's ``../shared/data`` paths at SHARED_DATA (so the script runs from anywhere)."""
-    def fix(options: dict) -> None:
-        root = options.get("root")
-        if isinstance(root, str) and root.startswith("../shared/data/"):
-            options["root"] = str(SHARED_DATA / root.removeprefix("../shared/data/"))
-
-    fix(data["data"]["options"])
-    for source in data.get("pool", {}).get("data", []):
-        fix(source.get("options", {}))
-    return data
 
 
 def summary(run: RunDir, seconds: float) -> tuple[dict, str]:
@@ -111,7 +98,7 @@ def main() -> None:
     from retinassl.logs import setup_logging
 
     setup_logging(logging.INFO)
-    data = _with_data_root(read_yaml("idrid-transfer"))
+    data = with_shared_data_root(read_yaml("idrid-transfer"))
     if args.inits:
         wanted = [name.strip() for name in args.inits.split(",") if name.strip()]
         budget = (data.get("budgets") or {}).get(args.budget) or {}

@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, SHARED_DATA, write_results  # noqa: E402
+from _common import ROOT, with_shared_data_root, write_results  # noqa: E402
 
 from retinassl.config import read_yaml  # noqa: E402
 from retinassl.io.results import read_results  # noqa: E402
@@ -42,19 +42,6 @@ PRESET = "idrid-transfer-real"
 # Issue 18's targets for the linear probe
 TARGET_ALL_LABELS = 0.85
 TARGET_GAIN, TARGET_SEEDS, TARGET_FRACTIONS = 0.05, 4, (0.05, 0.1)
-
-
-def _with_data_root(data: dict) -> dict:
-    """Point the preset's ``../shared/data`` roots at SHARED_DATA (so the script runs from anywhere)."""
-    def fix(options: dict) -> None:
-        root = options.get("root")
-        if isinstance(root, str) and root.startswith("../shared/data/"):
-            options["root"] = str(SHARED_DATA / root.removeprefix("../shared/data/"))
-
-    fix(data["data"]["options"])
-    for source in data.get("pool", {}).get("data", []):
-        fix(source.get("options", {}))
-    return data
 
 
 def _dataset_of(image_id: str) -> str:
@@ -168,7 +155,7 @@ def main() -> None:
     from retinassl.logs import setup_logging
 
     setup_logging(logging.INFO)
-    data = _with_data_root(read_yaml(PRESET))
+    data = with_shared_data_root(read_yaml(PRESET))
     budget = (data.get("budgets") or {}).get(args.budget) or {}
     holder = budget if "inits" in budget else data
     if args.inits:
