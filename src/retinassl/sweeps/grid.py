@@ -132,8 +132,10 @@ def work(grid: Grid, claims: bool) -> int:
     """Run every cell of ``grid`` that is neither done nor (with ``claims``) claimed by another
     process; returns how many this process ran."""
     ran = 0
+    # read once: a cell another worker finishes meanwhile keeps its claim file, so it is not rerun
+    done = grid.done()
     for cell in grid.cells():
-        if grid.cell_key(cell) in grid.done():
+        if grid.cell_key(cell) in done:
             continue
         if claims and not claim(grid.run.path / "cells" / grid.cell_name(cell)):
             continue
