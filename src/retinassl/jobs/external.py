@@ -25,7 +25,7 @@ from retinassl.data.manifest import Manifest
 from retinassl.errors import ConfigError
 from retinassl.io.results import append_results, result_row
 from retinassl.io.rundir import RunDir
-from retinassl.jobs.predict import ImageScorer, mapped_labels, model_preprocess, prepare_for
+from retinassl.jobs.predict import ImageScorer, label_column, mapped_labels, model_preprocess, prepare_for
 from retinassl.metrics.classification import expected_calibration_error, roc_auc
 from retinassl.metrics.stats import bootstrap_ci, delong_ci, delong_test
 from retinassl.models.initialize import init_label
@@ -69,7 +69,7 @@ def evaluate_external(models: Sequence[str | Path], manifest: Manifest, label: s
                           f"{len(np.unique(labels_all[has]))} class(es): an AUC needs both")
     labelled = manifest.subset(has)
     labels_of = dict(zip(manifest.frame["id"].astype(str), labels_all))
-    column = breakdown or label.split(">")[0].split("<")[0].split("=")[0].split("!")[0].strip()
+    column = breakdown or label_column(label)
     rows: list[dict] = []
     scored: dict[str, pd.DataFrame] = {}
     for k, model in enumerate(models):

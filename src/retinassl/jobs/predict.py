@@ -306,13 +306,19 @@ def _heatmaps(prepared: PreparedData, table: pd.DataFrame, folder: Path, count: 
 _MAPPING = re.compile(r"^\s*([A-Za-z_][\w\[\]]*)\s*(>=|<=|==|!=|>|<)\s*([^\s]+)\s*$")
 
 
+def label_column(expression: str) -> str:
+    """The dataset column a label mapping reads (``dr_stage`` of ``dr_stage>=1``)."""
+    match = _MAPPING.match(expression)
+    return match.group(1) if match else expression.strip()
+
+
 def mapped_labels(manifest: Manifest, expression: str) -> tuple[np.ndarray, np.ndarray]:
     """``(labels, has_label)``: a binary label from a column of another dataset, e.g.
     ``dr_grade>=1``, ``dr_stage>=1``, ``level>=2``, ``abnormal==1`` or a bare 0/1 column name; rows
     whose column is empty have no label."""
     frame = manifest.frame
     match = _MAPPING.match(expression)
-    column = match.group(1) if match else expression.strip()
+    column = label_column(expression)
     if column not in frame.columns:
         raise ConfigError(f"label mapping {expression!r}: the dataset has no column {column!r} "
                           f"(columns: {', '.join(map(str, frame.columns))})")
