@@ -14,8 +14,8 @@ times; they are computed once and stored as ``<cache>/features/<key>.safetensors
 so a changed weight, image or setting can never return stale features, while renaming or moving
 a dataset (or relabelling it) reuses them. Labels are deliberately not part of the key.
 
-Embeddings are the encoder's pooled output (global average of ``forward_features``), computed in
-eval mode, float32, without gradients.
+Embeddings are the encoder's pooled output (global average of ``forward_features``; a ViT's class
+token or mean patch token, part of the key), computed in eval mode, float32, without gradients.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from torch import nn
 from retinassl.io.saved_model import write_safetensors
 from retinassl.data.cache import PreparedData, default_cache_dir
 from retinassl.data.datasets import ImageDataset
+from retinassl.models.vit_transfer import pooling_of
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class Features:
 
 def feature_key(encoder: nn.Module, prepared: PreparedData, size: int | None = None) -> str:
     """The cache key of ``encoder``'s embeddings of ``prepared`` (see the module docstring)."""
-    parts = [FEATURES_FORMAT, state_hash(encoder), data_fingerprint(prepared, size), "pool=mean"]
+    parts = [FEATURES_FORMAT, state_hash(encoder), data_fingerprint(prepared, size), f"pool={pooling_of(encoder)}"]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 

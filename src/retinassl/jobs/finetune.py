@@ -49,6 +49,13 @@ class FinetuneConfig(Section):
     Attributes:
         lr: peak AdamW learning rate (cosine schedule with 5 % warm-up).
         weight_decay: AdamW weight decay.
+        warmup_steps: linear warm-up over exactly this many optimizer steps before the cosine
+            decay (None: 5 % of the run); MAE/RETFound fine-tune with a few epochs of warm-up.
+        layer_decay: layer-wise learning-rate decay for ViT encoders (None: off, as for ResNets;
+            0.65 is RETFound's and MAE's ViT-L value, 0.75 MAE's ViT-B value): block ``i`` of ``d``
+            trains at ``lr * layer_decay ** (d - i)``, the patch/position embedding at ``lr *
+            layer_decay ** (d + 1)``, the final norm and head at ``lr`` (see
+            :mod:`retinassl.models.vit_transfer`).
         augment: ``none``, ``dihedral`` or ``affine`` (see the ``supervised`` method).
         dropout: dropout before the head.
         epochs: passes over the fitted rows.
@@ -63,6 +70,8 @@ class FinetuneConfig(Section):
 
     lr: float = Field(3e-4, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
+    warmup_steps: int | None = Field(None, ge=0)
+    layer_decay: float | None = Field(None, gt=0, le=1)
     augment: Literal["none", "dihedral", "affine"] = "dihedral"
     dropout: float = Field(0.0, ge=0, lt=1)
     epochs: int = Field(20, ge=1)
@@ -126,7 +135,8 @@ def build_classifier(model: ModelConfig, task: TaskSpec, prepared: PreparedData,
     head's initialisation are drawn from ``seed`` (not from the global RNG state)."""
     params = {**task.supervised_params(prepared.manifest), "lr": config.lr,
               "weight_decay": config.weight_decay, "augment": config.augment,
-              "dropout": config.dropout, "schedule": "cosine", "pos_weight": pos_weight}
+              "dropout": config.dropout, "schedule": "cosine", "pos_weight": pos_weight,
+              "warmup_steps": config.warmup_steps, "layer_decay": config.layer_decay}
     method, initial = seeded_method(model, params, "supervised", seed)
     if config.monitor == "loss" or task.kind != "binary":
         method.monitor = ("loss", "min")

@@ -46,6 +46,7 @@ from retinassl.data.cache import PreparedData
 from retinassl.jobs.features import Features, extract_features
 from retinassl.metrics.classification import roc_auc
 from retinassl.metrics.tasks import TaskSpec
+from retinassl.models.vit_transfer import set_pooling
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,10 @@ class ProbeConfig(Section):
         inner_folds: folds of the inner cross-validation that picks ``C``.
         class_weight: ``none`` or ``balanced`` (weights inversely proportional to class counts).
         max_iter: L-BFGS iterations.
+        pooling: the embedding of a ViT encoder: ``encoder`` (as the encoder was built or saved),
+            ``cls`` (the class token) or ``mean`` (the mean of the patch tokens, as RETFound and
+            RETFound-Green are probed); other encoders always average their feature map, and
+            accept only ``encoder``.
     """
 
     c_grid: list[float] = Field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0])
@@ -66,6 +71,7 @@ class ProbeConfig(Section):
     inner_folds: int = Field(3, ge=2)
     class_weight: Literal["none", "balanced"] = "none"
     max_iter: int = Field(3000, ge=10)
+    pooling: Literal["encoder", "cls", "mean"] = "encoder"
 
 
 class BackboneChanged(AssertionError):
@@ -182,13 +188,16 @@ def linear_probe(encoder: nn.Module, prepared: PreparedData, train_rows: Sequenc
                  test_rows: Sequence[int], task: TaskSpec, config: ProbeConfig = ProbeConfig(),
                  seed: int = 0, cache_dir: str | Path | None = None) -> ProbeResult:
     """Embed ``prepared`` with the frozen encoder (cached), fit the probe on ``train_rows`` and score
-    ``test_rows``; asserts afterwards that the encoder did not change.
+    ``test_rows``; asserts afterwards that the encoder did not change. ``config.pooling`` other than
+    ``encoder`` switches a ViT's pooling in place (:func:`~retinassl.models.vit_transfer.set_pooling`).
 
     Raises:
         BackboneChanged: a weight or buffer of ``encoder`` changed.
+        ConfigError: a pooling the encoder cannot do.
     """
     train_rows, test_rows = np.asarray(train_rows, dtype=int), np.asarray(test_rows, dtype=int)
     targets = task.targets(prepared.manifest)
+    set_pooling(encoder, config.pooling)
     with assert_frozen(encoder):
         features = extract_features(encoder, prepared, cache_dir)
         scores, cs = fit_probe(features.values[train_rows], targets[train_rows],

@@ -18,10 +18,12 @@ from retinassl.config import Section
 from retinassl.methods.base import Method
 
 
-def warmup_cosine(step: int, total_steps: int, warmup_fraction: float = 0.05) -> float:
+def warmup_cosine(step: int, total_steps: int, warmup_fraction: float = 0.05,
+                  warmup_steps: int | None = None) -> float:
     """Learning-rate multiplier: linear warm-up over ``warmup_fraction`` of the run (at least one
-    step), then a cosine decay from 1 to 0 at ``total_steps``."""
-    warmup = max(1, int(warmup_fraction * total_steps))
+    step), or over exactly ``warmup_steps`` steps when given (0: none), then a cosine decay from 1
+    to 0 at ``total_steps``. During the warm-up, step ``s`` (0-based) gets ``(s + 1) / warmup``."""
+    warmup = max(1, int(warmup_fraction * total_steps)) if warmup_steps is None else warmup_steps
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total_steps - warmup)

@@ -34,6 +34,7 @@ from retinassl.metrics.classification import roc_auc
 from retinassl.methods.base import Method, register_method
 from retinassl.models import Encoder
 from retinassl.models.heads import LinearHead
+from retinassl.models.vit_transfer import layer_decay_groups
 from retinassl.methods.pretext_base import warmup_cosine
 
 
@@ -45,6 +46,14 @@ class SupervisedConfig(Section):
         num_classes: classes (multiclass) or labels (multilabel); 1 output for binary.
         lr: Adam learning rate. weight_decay: AdamW weight decay.
         schedule: ``constant`` or ``cosine`` (decay to 0 over the run, after 5 % warm-up).
+        warmup_steps: linear warm-up over exactly this many steps instead (step ``s`` gets
+            ``(s + 1) / warmup_steps`` of the lr; then the schedule: cosine decay over the
+            remaining steps, or constant); None: 5 % of the run (cosine) or none (constant).
+        layer_decay: layer-wise learning-rate decay for ViT encoders (BEiT/MAE/RETFound fine-tuning,
+            e.g. 0.65 or 0.75): block ``i`` of a depth-``d`` ViT trains at ``lr * layer_decay **
+            (d - i)``, the embeddings at ``lr * layer_decay ** (d + 1)``, the final norm and head at
+            ``lr``; biases, norms, tokens and position embedding then get no weight decay
+            (:func:`~retinassl.models.vit_transfer.layer_decay_groups`). None: one group (ResNets).
         augment: ``none``, ``dihedral`` (flips and 90-degree rotations), ``affine`` (any
             rotation, flip, +-10 % scale, colour jitter).
         channel_gain: log-range of a random per-channel gain applied to each training input
@@ -67,6 +76,8 @@ class SupervisedConfig(Section):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_steps: int | None = Field(None, ge=0)
+    layer_decay: float | None = Field(None, gt=0, le=1)
     augment: Literal["none", "dihedral", "affine"] = "dihedral"
     channel_gain: NonNegativeFloat | tuple[NonNegativeFloat, ...] = 0.0
     acquisition: AcquisitionAugmentConfig = AcquisitionAugmentConfig()
@@ -115,13 +126,19 @@ class Supervised(Method):
         return torch.softmax(logits, 1) if self.config.task == "multiclass" else torch.sigmoid(logits)
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        config = self.config
+        if config.layer_decay is not None:
+            groups = layer_decay_groups(self.encoder, config.lr, config.weight_decay, config.layer_decay,
+                                        others=self.head.parameters())
+            return {"main": torch.optim.AdamW(groups, lr=config.lr)}
         params = [p for p in self.parameters() if p.requires_grad]
-        return {"main": torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)}
+        return {"main": torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)}
 
     def lr_factor(self, step: int, total_steps: int) -> float:
+        warmup = self.config.warmup_steps
         if self.config.schedule == "constant":
-            return 1.0
-        return warmup_cosine(step, total_steps, 0.05)
+            return 1.0 if not warmup or step >= warmup else (step + 1) / warmup
+        return warmup_cosine(step, total_steps, 0.05, warmup)
 
     def _augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.config.augment == "dihedral":

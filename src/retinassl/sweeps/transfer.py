@@ -48,6 +48,7 @@ from retinassl.data.loading import load_manifest
 from retinassl.data.manifest import Manifest
 from retinassl.errors import ConfigError, DataError
 from retinassl.models.initialize import seeded_initial_encoder
+from retinassl.models.vit_transfer import set_pooling
 from retinassl.io.results import append_results, read_results, result_row
 from retinassl.io.rundir import RunDir
 from retinassl.io.saved_model import LEGACY, META, is_saved_model
@@ -288,7 +289,7 @@ class TransferGrid(Grid):
         process; their cost is recorded the first time)."""
         if spec.name not in self._features:
             config = self.config
-            encoder = seeded_initial_encoder(model, config.seed).encoder
+            encoder = set_pooling(seeded_initial_encoder(model, config.seed).encoder, config.probe.pooling)
             with assert_frozen(encoder):
                 features = extract_features(encoder, self.downstream(), config.data.cache_dir)
             append_results(self.run.results_file, [
@@ -371,7 +372,8 @@ class TransferGrid(Grid):
                 path = figures / f"tsne-{spec.name}.png"
                 if path.is_file():
                     continue
-                encoder = seeded_initial_encoder(self.model_of(spec), config.seed).encoder
+                encoder = set_pooling(seeded_initial_encoder(self.model_of(spec), config.seed).encoder,
+                                      config.probe.pooling)
                 with assert_frozen(encoder):
                     features = extract_features(encoder, prepared, config.data.cache_dir)
                 tsne_figure(features.values[rows], class_labels(task, prepared.manifest)[rows], path,
