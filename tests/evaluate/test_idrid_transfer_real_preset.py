@@ -9,7 +9,7 @@ import pytest
 
 from retinassl.config import read_yaml
 from retinassl.data.manifest import Manifest
-from retinassl.jobs.pretrain import select_rows
+from retinassl.jobs.pretrain import label_column, select_rows
 from retinassl.sweeps.transfer import resolve_config
 
 
@@ -33,13 +33,16 @@ def _pool(tmp_path: Path) -> Manifest:
         {"id": "eye-1", "image": "c.png", "split": "", "abnormal": 1},
         {"id": "eye-2", "image": "d.png", "split": "", "abnormal": 0},
         {"id": "mx-1", "image": "e.png", "split": "", "dme": 1},
+        {"id": "mx-2", "image": "g.png", "split": "", "dme": 0, "dr_any": 1},
+        {"id": "mx-3", "image": "h.png", "split": "", "dme": 0},
         {"id": "drive-1", "image": "f.png", "split": "test"},
     ]
     return Manifest.from_records(records, root=tmp_path, check_files=False)
 
 
 @pytest.mark.parametrize("init, expected", [("fundus_glaucoma", ["eye-1", "eye-2"]),
-                                            ("fundus_dme", ["mx-1"])])
+                                            ("fundus_dme", ["mx-1", "mx-2", "mx-3"]),
+                                            ("fundus_abnormal", ["eye-1", "eye-2", "mx-1", "mx-2", "mx-3"])])
 def test_fundus_inits_select_only_non_idrid_labelled_rows(tmp_path: Path, init: str,
                                                           expected: list[str]) -> None:
     config = resolve_config(read_yaml("idrid-transfer-real"), "cpu")
@@ -49,3 +52,15 @@ def test_fundus_inits_select_only_non_idrid_labelled_rows(tmp_path: Path, init: 
     # the pool is saved and read back by the sweep: empty splits must survive the round trip
     pool = Manifest.load(pool.save(tmp_path / "pool.csv"), check_files=False)
     assert select_rows(pool, pretrain).frame["id"].tolist() == expected
+
+
+def test_fundus_abnormal_is_any_disease_of_the_row(tmp_path: Path) -> None:
+    """normal vs abnormal over several sources: glaucoma, DME or any DR is abnormal; a row is
+    normal only when every label it has is 0 (columns a source lacks do not count)."""
+    config = resolve_config(read_yaml("idrid-transfer-real"), "cpu")
+    spec = next(i for i in config.inits if i.name == "fundus_abnormal")
+    pretrain = config.pretrain_config(spec, tmp_path / "pool.csv")
+    pool = Manifest.load(_pool(tmp_path).save(tmp_path / "pool.csv"), check_files=False)
+    selected = select_rows(pool, pretrain)
+    assert selected.labels(label_column(pretrain)).tolist() == [1, 0, 1, 1, 0]
+    assert pool.frame.columns.tolist().count(label_column(pretrain)) == 0  # the caller's pool is untouched

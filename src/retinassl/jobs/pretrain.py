@@ -51,7 +51,11 @@ class PretrainConfig(Section):
             and worker count of the first are used for all.
         splits: keep only rows whose ``split`` is one of these (None: every row).
         label: a label column for supervised pretraining (rows without it are dropped); None for
-            self-supervised methods, which ignore labels.
+            self-supervised methods, which ignore labels. A list of columns is the paper's
+            "normal vs abnormal" over several sources: a row is abnormal (1) when any of its
+            columns is positive (``>= positive_from``, default 1), normal (0) when every column it
+            has is 0, and dropped when it has none (e.g. ``[abnormal, dme, dr_any]``: glaucoma
+            photographs, and MX photographs with DME or DR).
         positive_from: binarise ``label`` as ``label >= positive_from`` (None keeps it).
         preprocess: how images become inputs (recorded in the encoder checkpoint).
         model: the encoder (``init`` may be a checkpoint or external weights).
@@ -64,7 +68,7 @@ class PretrainConfig(Section):
     runs_dir: Path = Path("runs")
     data: list[DataConfig] = Field(default_factory=lambda: [DataConfig()])
     splits: list[Literal["train", "val", "test", ""]] | None = None
-    label: str | None = None
+    label: str | list[str] | None = None
     positive_from: int | None = None
     preprocess: PreprocessConfig = PreprocessConfig(size=224)
     model: ModelConfig = ModelConfig(arch="resnet18")
@@ -112,8 +116,11 @@ def select_rows(manifest: Manifest, config: PretrainConfig) -> Manifest:
     keep = np.ones(len(manifest), dtype=bool)
     if config.splits is not None:
         keep &= manifest.frame["split"].fillna("").astype(str).isin(config.splits).to_numpy()
+    if isinstance(config.label, list):
+        manifest = manifest.subset(np.ones(len(manifest), dtype=bool))
+        manifest.frame[label_column(config)] = any_positive(manifest, config.label, config.positive_from or 1)
     if config.label is not None:
-        keep &= manifest.labels(config.label) >= 0
+        keep &= manifest.labels(label_column(config)) >= 0
     pool = manifest.subset(keep)
     pool.frame = pool.frame.reset_index(drop=True)
     if len(pool) == 0:
@@ -122,10 +129,30 @@ def select_rows(manifest: Manifest, config: PretrainConfig) -> Manifest:
     return pool
 
 
+def label_column(config: PretrainConfig) -> str | None:
+    """The manifest column supervised pretraining reads: ``label``, or for a list of columns the
+    combined one :func:`select_rows` adds (named ``a|b|c``)."""
+    return "|".join(config.label) if isinstance(config.label, list) else config.label
+
+
+def any_positive(manifest: Manifest, columns: list[str], positive_from: int) -> np.ndarray:
+    """``(N,)`` 1 where any of ``columns`` is ``>= positive_from``, 0 where every known one is
+    below it, -1 where none is known (a column a source does not have counts as unknown)."""
+    present = [c for c in columns if c in manifest.frame.columns]
+    if not present:
+        manifest.labels(columns[0])  # raises the error naming the columns the manifest has
+    labels = np.stack([manifest.labels(c) for c in present])
+    known = labels >= 0
+    positive = (labels >= positive_from) & known
+    return np.where(positive.any(axis=0), 1, np.where(known.any(axis=0), 0, -1))
+
+
 def pretrain_dataset(prepared: PreparedData, config: PretrainConfig) -> ImageDataset:
     """Whole images of the pool; with a ``label`` also their (binarised) labels."""
     if config.label is None:
         return ImageDataset(prepared)
+    if isinstance(config.label, list):  # already 0/1 (select_rows)
+        return ImageDataset(prepared, label_column(config), None)
     label_map = None if config.positive_from is None else (lambda g, t=config.positive_from: int(g >= t))
     return ImageDataset(prepared, config.label, label_map)
 
