@@ -7,10 +7,12 @@ results for each fundus image".
 
 Every encoder has the same interface (``forward_features`` gives the deepest map), so one wrapper,
 :class:`CamModel`, exposes that map as a named layer (``features``, an ``nn.Identity``) for
-MONAI's hooks, whatever the architecture. The explained score is the model's single logit for
-binary tasks, the log-odds of ``P(class >= positive_from)`` for graded tasks with a
-``positive_from`` (e.g. referable DR from a DR-grade model), and otherwise the logit of the
-requested (default: predicted) class.
+MONAI's hooks, whatever the architecture. For a ViT the map is its patch tokens entering the last
+block, on the patch grid (class and register tokens dropped), and the head reads the encoder's own
+pooled embedding (class token or mean token; :mod:`retinassl.explain.vit_attention`). The
+explained score is the model's single logit for binary tasks, the log-odds of ``P(class >=
+positive_from)`` for graded tasks with a ``positive_from`` (e.g. referable DR from a DR-grade
+model), and otherwise the logit of the requested (default: predicted) class.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from torch import nn
 
 from retinassl.data.cache import PreparedData
 from retinassl.data.datasets import ImageDataset
+from retinassl.explain.vit_attention import vit_pooled_through
 from retinassl.models import Encoder
+from retinassl.models.vit import VisionTransformer
 from retinassl.figures.heatmap import overlay
 
 TARGET_LAYER = "features"
@@ -51,8 +55,10 @@ class CamModel(nn.Module):
         self.positive_from = positive_from
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fmap = self.features(self.encoder.forward_features(x))
-        logits = self.head(fmap.mean(dim=(2, 3)))
+        if isinstance(self.encoder, VisionTransformer):  # the patch-token map (explain/vit_attention.py)
+            logits = self.head(vit_pooled_through(self.encoder, x, self.features))
+        else:
+            logits = self.head(self.features(self.encoder.forward_features(x)).mean(dim=(2, 3)))
         if self.kind == "multiclass" and self.positive_from is not None:
             logp = torch.log_softmax(logits.float(), dim=1)
             t = self.positive_from
