@@ -1,5 +1,8 @@
-"""Training one patch classifier (a *learner*: SSL-GAN or a supervised baseline) on a labelled
-subset of the training images, through the engine, and handing back its patch classifier.
+"""Training one patch classifier (a *learner*: SSL-GAN or a supervised baseline) through the
+engine, and handing back its patch classifier: :func:`train_patch_classifier`, used by
+``retinassl train`` (patch task, patches read from the cache) and, through :func:`train_learner`
+(a labelled subset of the training images, patches held in memory), by ``retinassl semisup train``
+and the ``ssl-gan`` sweep.
 
 - ``ssl-gan``: one dataset whose item ``i`` is unlabelled patch ``i`` (every patch of every
   training image, labelled or not, plus the pool's) with a labelled patch cycled beside it
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset, Subset
@@ -33,8 +37,8 @@ from retinassl.methods.base import Method, seeded_method
 from retinassl.io.rundir import RunDir
 from retinassl.models.patch_classifier import PatchClassifier
 from retinassl.jobs.patch_config import LearnerConfig
-from retinassl.data.patch_bank import (LabelledPatches, PatchesAndBags, SemiSupervisedPatches, collate_patches_and_bags,
-                         concat_banks, in_field_of_view)
+from retinassl.data.patch_bank import (LabelledPatches, PatchBank, PatchesAndBags, SemiSupervisedPatches,
+                                      collate_patches_and_bags, concat_banks, in_field_of_view)
 from retinassl.jobs.patch_data import PatchData
 
 log = logging.getLogger(__name__)
@@ -42,21 +46,21 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Trained:
-    """A trained learner: its method (with every network), classifier, engine result, and the
-    encoder's registry name and arguments (what rebuilds it)."""
+    """A trained patch learner: its method (with every network), classifier (None for a method that
+    leaves no binary patch classifier), engine result, the encoder's registry name and arguments
+    (what rebuilds it) and how it was initialised (:func:`~retinassl.models.initialize.init_kind`)."""
 
     method: Method
-    classifier: PatchClassifier
+    classifier: PatchClassifier | None
     fit: FitResult
     arch: str
     kwargs: dict
+    init: str = "scratch"
 
 
-def build_learner_method(learner: LearnerConfig, seed: int,
-                         pos_weight: float | None = None) -> tuple[Method, str, dict]:
-    """The learner's method around a freshly built (or ``model.init``-loaded) encoder,
-    deterministic for a seed; with the encoder's arch and kwargs."""
-
+def _learner_method(learner: LearnerConfig, seed: int, pos_weight: float | None = None) -> tuple[Method, Any]:
+    """The learner's method and its :class:`~retinassl.models.initialize.InitialEncoder` (see
+    :func:`build_learner_method`)."""
     params = dict(learner.method)
     name = str(params["name"])
     if name == "ssl-gan":
@@ -66,7 +70,16 @@ def build_learner_method(learner: LearnerConfig, seed: int,
             params.setdefault("class_weights", (1.0, pos_weight))
     elif name == "supervised" and pos_weight is not None and learner.balance:
         params.setdefault("pos_weight", pos_weight)
-    method, built = seeded_method(learner.model, params, name, seed)
+    return seeded_method(learner.model, params, name, seed)
+
+
+def build_learner_method(learner: LearnerConfig, seed: int,
+                         pos_weight: float | None = None) -> tuple[Method, str, dict]:
+    """The learner's method around a freshly built (or ``model.init``-loaded) encoder,
+    deterministic for a seed; with the encoder's arch and kwargs. ``pos_weight`` (negatives /
+    positives among the labelled patches) becomes a ``supervised`` learner's BCE ``pos_weight``
+    when ``learner.balance``, and an ``ssl-gan``'s class weights when its ``balance_classes``."""
+    method, built = _learner_method(learner, seed, pos_weight)
     return method, built.arch, built.kwargs
 
 
@@ -98,14 +111,62 @@ def training_info(trained: Trained) -> dict[str, float]:
             **selected, **trained.method.health()}
 
 
+def train_patch_classifier(learner: LearnerConfig, train: Dataset, *, grid: int, seed: int, run: RunDir,
+                           val: Dataset | None = None, labels: np.ndarray | None = None,
+                           bags: tuple[PatchBank, np.ndarray] | None = None, collate_fn: Any = None,
+                           resume: bool = False) -> Trained:
+    """Train one patch classifier: the learner's method (built under ``seed``) fitted by the engine
+    on the patch dataset ``train``, and the :class:`PatchClassifier` it leaves.
+
+    The one training of a patch classifier, whatever holds the patches (``retinassl train``'s
+    :class:`~retinassl.data.datasets.PatchDataset` read from the cache, or the in-memory patch banks
+    of ``retinassl semisup train`` and the ``ssl-gan`` sweep); the differences are options.
+
+    Args:
+        learner: method, encoder, engine settings and patch size.
+        train: items the method's loss takes (labelled patches; for the SSL-GAN
+            :class:`~retinassl.data.patch_bank.SemiSupervisedPatches`).
+        grid: patches per image side (recorded in the classifier).
+        seed: initialisation and data order.
+        run: where checkpoints and logs go (``resume``: continue its last checkpoint).
+        val: validation patches (None: no validation; a method that selects its weights on
+            validation then refuses to train).
+        labels: the labelled training patches' labels: negatives / positives among them weight the
+            classes when the learner asks (``balance`` / ``balance_classes``).
+        bags: ``(bank, image labels)``: images with a label but no lesion masks, added to ``train``
+            as multiple-instance bags (:class:`~retinassl.data.patch_bank.PatchesAndBags`; binary
+            supervised learners only).
+        collate_fn: the loader's collate function (default: torch's).
+    """
+    name = learner.method_name
+    method, initial = _learner_method(learner, seed, _pos_weight(labels))
+    if bags is not None:  # the pool's images, with their image labels, as multiple-instance bags
+        if getattr(method.config, "task", None) != "binary":
+            raise ConfigError(f"learner {name}: image-level bags (an extension pool) need the "
+                              f"binary task, not {getattr(method.config, 'task', None)!r}")
+        bank, bag_labels = bags
+        train = PatchesAndBags(train, bank, bag_labels)  # type: ignore[arg-type]
+        collate_fn = collate_patches_and_bags
+        log.info("%s %s: + %d pool images as image-level bags (%d diseased)", name,
+                 learner.model.arch, len(bag_labels), int(bag_labels.sum()))
+    if val is None and getattr(method.config, "select_on_validation", False):
+        raise ConfigError(f"learner {name}: select_on_validation needs validation patches "
+                          f"(val_patches > 0 and a validation split)")
+    result = fit(method, train, config=learner.engine, run=run, seed=seed, val=val, resume=resume,
+                 collate_fn=collate_fn)
+    method.eval()
+    classifier = PatchClassifier.of_method(method, learner.patch_size, grid)
+    return Trained(method, classifier, result, initial.arch, dict(initial.kwargs), initial.kind)
+
+
 def train_learner(learner: LearnerConfig, data: PatchData, labelled: np.ndarray, seed: int,
                   run: RunDir, resume: bool = False, use_pool: bool = False) -> Trained:
     """Train ``learner`` with the training images at positions ``labelled`` (into ``data.train``)
-    labelled; checkpoints and logs go to ``run`` (resumed from its last checkpoint with
-    ``resume``)."""
+    labelled (:func:`train_patch_classifier` on the patch banks of ``data``); checkpoints and logs
+    go to ``run`` (resumed from its last checkpoint with ``resume``)."""
     name = learner.method_name
     p = learner.patch_size
-    collate = None
+    bags = None
     if name == "ssl-gan":
         train_bank = data.bank("train", p, learner.margin)
         unlabelled = concat_banks([train_bank, data.bank("pool", p, learner.margin)]) if use_pool \
@@ -113,36 +174,24 @@ def train_learner(learner: LearnerConfig, data: PatchData, labelled: np.ndarray,
         labelled_bank = train_bank.images(labelled)
         keep = in_field_of_view(unlabelled, learner.min_fov)
         dataset: Dataset = SemiSupervisedPatches(unlabelled, labelled_bank, seed, keep)
-        method, arch, kwargs = build_learner_method(learner, seed, _pos_weight(labelled_bank.labels))
+        labels = labelled_bank.labels
         kept = (f" ({len(keep)} with at least {learner.min_fov:g} of the cell in the field of view)"
                 if learner.min_fov > 0 else "")
         log.info("ssl-gan: %d labelled images (%d patches), %d unlabelled patches%s", len(labelled),
                  len(labelled) * train_bank.per_image, len(unlabelled), kept)
     elif name == "supervised":
         bank = data.bank("train", p, 0).images(labelled)
-        positives = float(bank.labels.mean())  # type: ignore[union-attr]
-        pos_weight = _pos_weight(bank.labels)
+        labels = bank.labels
         dataset = LabelledPatches(bank, length=max(len(bank), len(data.train) * bank.per_image))
-        method, arch, kwargs = build_learner_method(learner, seed, pos_weight)
-        log.info("supervised %s: %d labelled images, %d patches (%.1f%% diseased)",
-                 learner.model.arch, len(labelled), len(bank), 100 * positives)
-        if use_pool:  # the pool's images, with their image labels, as multiple-instance bags
-            if method.config.task != "binary":
-                raise ConfigError(f"learner {name}: image-level bags (an extension pool) need the "
-                                  f"binary task, not {method.config.task!r}")
-            bag_labels = data.pool_labels()
-            dataset = PatchesAndBags(dataset, data.bank("pool", p, 0), bag_labels)
-            collate = collate_patches_and_bags
-            log.info("supervised %s: + %d pool images as image-level bags (%d diseased)",
-                     learner.model.arch, len(bag_labels), int(bag_labels.sum()))
+        log.info("supervised %s: %d labelled images, %d patches (%.1f%% diseased)", learner.model.arch,
+                 len(labelled), len(bank), 100 * float(np.mean(labels)))  # type: ignore[arg-type]
+        if use_pool:
+            bags = (data.bank("pool", p, 0), data.pool_labels())
     else:
         raise ValueError(f"learner method must be ssl-gan or supervised, not {name!r}")
-    val = _validation(data, learner, seed)
-    if val is None and getattr(method.config, "select_on_validation", False):
-        raise ConfigError(f"learner {name}: select_on_validation needs validation patches "
-                          f"(val_patches > 0 and a validation split)")
-    result = fit(method, dataset, config=learner.engine, run=run, seed=seed, val=val, resume=resume,
-                 collate_fn=collate)
-    method.eval()
-    classifier = PatchClassifier.from_method(method, p, data.patches.grid)
-    return Trained(method, classifier, result, arch, dict(kwargs))
+    trained = train_patch_classifier(learner, dataset, grid=data.patches.grid, seed=seed, run=run,
+                                     val=_validation(data, learner, seed), labels=labels, bags=bags,
+                                     resume=resume)
+    if trained.classifier is None:
+        raise ValueError(f"method {name!r} leaves no binary patch classifier")
+    return trained

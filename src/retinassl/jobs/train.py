@@ -2,9 +2,10 @@
 evaluation (AUC), predictions, the encoder checkpoint and the results table, all in a run directory.
 
 With ``task.kind: patch`` this is the supervised patch classifier of Lecouat et al. 2018 (patch
-labels from lesion masks, image score = sum of patch sigmoids); with ``task.kind: image`` it is plain
-image classification (e.g. referable DR, or the normal/abnormal "Fundus" pretraining of Jang et al.
-2024).
+labels from lesion masks, image score = sum of patch sigmoids), trained by
+:func:`retinassl.jobs.patch_training.train_patch_classifier` (the one patch-classifier training,
+here on patches read from the cache); with ``task.kind: image`` it is plain image classification
+(e.g. referable DR, or the normal/abnormal "Fundus" pretraining of Jang et al. 2024).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from retinassl.figures.heatmap import overlay, save_png
 from retinassl.methods.base import seeded_method
 from retinassl.io.results import append_results, result_row
 from retinassl.io.rundir import RunDir
+from retinassl.jobs.patch_config import LearnerConfig
+from retinassl.jobs.patch_training import train_patch_classifier
+from retinassl.models.patch_classifier import PatchClassifier
 from retinassl.metrics.aggregate import image_scores, predict_patch_logits
 
 log = logging.getLogger(__name__)
@@ -112,31 +116,39 @@ def run_train(config: TrainConfig, run: RunDir, resume: bool = False,
     splits = carve_validation(prepared, ensure_splits(prepared, config.task.label, config.seed),
                               config.task.label, config.val_fraction, config.seed)
     name = config.method.get("name", "supervised")
-    method, initial = seeded_method(config.model, config.method, name, config.seed)
     task = config.task
     if task.kind == "patch":
         train_rows, val_rows = _patch_rows(prepared, splits.train), _patch_rows(prepared, splits.val)
         train = PatchDataset(prepared, task.grid, task.patch_size, train_rows, min_pixels=task.min_pixels)
         val = PatchDataset(prepared, task.grid, task.patch_size, val_rows, min_pixels=task.min_pixels)
         log.info("patches: %d train (%d diseased), %d val", len(train), int(train.labels.sum()), len(val))
+        learner = LearnerConfig(method={**config.method, "name": name}, model=config.model,
+                                engine=config.engine, patch_size=task.patch_size, balance=False)
+        trained = train_patch_classifier(learner, train, grid=task.grid, seed=config.seed, run=run,
+                                         val=val if len(val) else None, resume=resume)
+        method, result, classifier = trained.method, trained.fit, trained.classifier
+        arch, kwargs, init = trained.arch, trained.kwargs, trained.init
     else:
+        method, initial = seeded_method(config.model, config.method, name, config.seed)
         label_map = None if task.positive_from is None else (lambda g, t=task.positive_from: int(g >= t))
         full = ImageDataset(prepared, task.label, label_map)
-        train = torch.utils.data.Subset(full, splits.train.tolist())
-        val = torch.utils.data.Subset(full, splits.val.tolist())
-    result = fit(method, train, config=config.engine, run=run, seed=config.seed,
-                 val=val if len(val) else None, resume=resume)
-    method.eval()
-    save_encoder(run.encoder_dir, method.encoder, arch=initial.arch,
-                 kwargs=initial.kwargs, preprocess=config.preprocess.model_dump(),
+        train_images = torch.utils.data.Subset(full, splits.train.tolist())
+        val_images = torch.utils.data.Subset(full, splits.val.tolist())
+        result = fit(method, train_images, config=config.engine, run=run, seed=config.seed,
+                     val=val_images if len(val_images) else None, resume=resume)
+        method.eval()
+        classifier, arch, kwargs, init = None, initial.arch, initial.kwargs, initial.kind
+    save_encoder(run.encoder_dir, method.encoder, arch=arch,
+                 kwargs=kwargs, preprocess=config.preprocess.model_dump(),
                  method=name, config=config.model_dump(mode="json"),
                  data_fingerprint=prepared.manifest.subset(splits.train).fingerprint())
     metrics = evaluate_test(method, prepared, splits, config, run)
-    save_trained_classifier(method, initial, prepared, splits, config, run.path / "classifier")
+    save_trained_classifier(method, arch, kwargs, prepared, splits, config, run.path / "classifier",
+                            classifier)
     metrics["train_seconds"] = result.seconds
     metrics["train_batches"] = float(result.batches)
     rows = [result_row(experiment=config.name, task=f"{task.kind}:{task.label}", method=name,
-                       init=initial.kind,
+                       init=init,
                        protocol="finetune", n_labelled=len(splits.train), seed=config.seed,
                        metric=k, value=v) for k, v in metrics.items()]
     append_results(run.results_file, rows)
@@ -163,15 +175,16 @@ def carve_validation(prepared: PreparedData, splits: Splits, label: str, fractio
     return Splits(train, val, splits.test)
 
 
-def save_trained_classifier(method: Any, initial: Any, prepared: PreparedData, splits: Splits,
-                            config: TrainConfig, directory: Path) -> Path | None:
-    """Save what `retinassl predict` applies to new images: a whole-image binary ``classifier`` or a
-    ``patch-classifier``, with its operating point (the Youden threshold on the validation images,
-    and the threshold reaching 90 % sensitivity) and its validation calibration error."""
+def save_trained_classifier(method: Any, arch: str, kwargs: dict[str, Any], prepared: PreparedData,
+                            splits: Splits, config: TrainConfig, directory: Path,
+                            classifier: PatchClassifier | None = None) -> Path | None:
+    """Save what `retinassl predict` applies to new images: a whole-image binary ``classifier`` or
+    (patch tasks) the ``patch-classifier`` ``classifier``, with its operating point (the Youden
+    threshold on the validation images, and the threshold reaching 90 % sensitivity) and its
+    validation calibration error."""
     from retinassl.jobs.finetune import predict, save_classifier
     from retinassl.metrics.classification import expected_calibration_error, operating_point
     from retinassl.metrics.tasks import TaskSpec
-    from retinassl.models.patch_classifier import PatchClassifier
 
     task = config.task
     if getattr(method, "name", "") != "supervised" or method.config.task != "binary":
@@ -185,7 +198,6 @@ def save_trained_classifier(method: Any, initial: Any, prepared: PreparedData, s
         scores = predict(method, prepared, val) if len(val) else np.zeros(0)
     else:
         labels = (labels > 0).astype(int)
-        classifier = PatchClassifier.from_method(method, task.patch_size, task.grid)
         scores = image_scores(predict_patch_logits(classifier, PatchDataset(
             prepared, task.grid, task.patch_size, val, labelled=False))) if len(val) else np.zeros(0)
     if len(np.unique(labels)) == 2:
@@ -197,10 +209,10 @@ def save_trained_classifier(method: Any, initial: Any, prepared: PreparedData, s
     preprocess = config.preprocess.model_dump(mode="json")
     if task.kind == "image":
         spec = TaskSpec(name=task.label, kind="binary", label=task.label, positive_from=task.positive_from)
-        return save_classifier(directory, method, arch=initial.arch, kwargs=initial.kwargs,
+        return save_classifier(directory, method, arch=arch, kwargs=kwargs,
                                preprocess=preprocess, task=spec, extra=extra)
-    classifier = PatchClassifier.from_method(method, task.patch_size, task.grid)
-    return classifier.save(directory, arch=initial.arch, kwargs=initial.kwargs, method="supervised",
+    assert classifier is not None, "a binary supervised method leaves a patch classifier"
+    return classifier.save(directory, arch=arch, kwargs=kwargs, method="supervised",
                            preprocess=preprocess, config=config.model_dump(mode="json"), extra=extra)
 
 

@@ -50,10 +50,18 @@ class PatchClassifier(nn.Module):
     @classmethod
     def from_method(cls, method: nn.Module, patch_size: int, grid: int = 8) -> PatchClassifier:
         """The classifier of a trained ``ssl-gan`` (EMA weights) or binary ``supervised`` method."""
-        parts = method.patch_logit()
-        if parts is None:
+        classifier = cls.of_method(method, patch_size, grid)
+        if classifier is None:
             raise ValueError(f"method {getattr(method, 'name', type(method).__name__)!r} leaves no "
                              f"binary patch classifier")
+        return classifier
+
+    @classmethod
+    def of_method(cls, method: nn.Module, patch_size: int, grid: int = 8) -> PatchClassifier | None:
+        """:meth:`from_method`, or None for a method that leaves no binary patch classifier."""
+        parts = method.patch_logit()
+        if parts is None:
+            return None
         encoder, head, input_range = parts
         classifier = cls(encoder.to(memory_format=torch.contiguous_format), head, input_range,  # type: ignore[arg-type]
                          patch_size, grid)
