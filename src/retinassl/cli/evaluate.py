@@ -108,12 +108,16 @@ def external(models: list[Path] = typer.Argument(..., help="One or more saved im
                                       "the source).", show_default=False),
              split: str = typer.Option(None, "--split", help="Only this split of the dataset (default: "
                                        "every labelled image).", show_default=False),
+             misses: int = typer.Option(4, "--misses", help="Worst false positives and false negatives "
+                                        "of each model shown with Grad-CAM / patch heatmaps (0: none)."),
              skip_bad: bool = SKIP_BAD, runs_dir: Path = RUNS_DIR, cache_dir: Path = CACHE_DIR) -> None:
     """External validation: AUC [DeLong and bootstrap 95 % intervals], sensitivity and specificity at
-    each model's saved operating threshold, calibration, per-grade positive rates, ROC curves, and
-    a paired DeLong test between models, on a labelled dataset the models never saw."""
+    each model's saved operating threshold, calibration (ECE, reliability diagram), per-grade positive
+    rates, ROC curves, a gallery of each model's worst misses, and a paired DeLong test between
+    models, on a labelled dataset the models never saw."""
     from retinassl.io.rundir import RunDir
     from retinassl.io.saved_model import is_saved_model
+    from retinassl.explain.overlays import misses_gallery
     from retinassl.jobs.external import evaluate_external
     from retinassl.jobs.predict import input_manifest
 
@@ -127,7 +131,8 @@ def external(models: list[Path] = typer.Argument(..., help="One or more saved im
     run.attach_log_file()
     typer.echo(f"run directory: {run.path}")
     table, report = run_job(run, lambda: evaluate_external(paths, manifest, label, run, name=dataset,
-                                                           cache_dir=cache_dir, skip_bad=skip_bad))
+                                                           cache_dir=cache_dir, skip_bad=skip_bad,
+                                                           gallery=misses_gallery, misses=misses))
     main = table[table["metric"].isin(["auc", "auc_lo", "auc_hi", "sensitivity", "specificity"])]
     for init, block in main.groupby("init", sort=False):
         values = dict(zip(block["metric"], block["value"]))

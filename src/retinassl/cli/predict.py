@@ -46,10 +46,14 @@ def predict(model: Path = typer.Argument(..., help="A saved model folder (model.
             options: list[str] = OPTIONS, preprocess: list[str] = PREPROCESS,
             heatmaps: int = typer.Option(0, "--heatmaps", help="Patch classifiers: heatmap PNGs of the "
                                          "first N images."),
+            explain: bool = typer.Option(False, "--explain", help="Classifiers and patch classifiers: "
+                                         "overlays/<id>.png per image, the Grad-CAM of a whole-image "
+                                         "classifier or the patch heatmap of a patch classifier."),
             skip_bad: bool = SKIP_BAD, cache_dir: Path = CACHE_DIR) -> None:
     """Apply a trained model to new images with the preprocessing recorded with it: one CSV row per
     image (id, image, scores, the class at the model's operating threshold), written once all are
     done; unreadable images stop the command, or with --skip-bad get a row with the problem."""
+    from retinassl.explain.overlays import image_overlays
     from retinassl.io.saved_model import is_saved_model
     from retinassl.jobs.predict import input_manifest, predict as run_predict
 
@@ -58,5 +62,6 @@ def predict(model: Path = typer.Argument(..., help="A saved model folder (model.
             model = model / sub
     manifest = input_manifest(inputs or [], source, key_values(options))
     path = run_predict(model, manifest, out, cache_dir=cache_dir, skip_bad=skip_bad, heatmaps=heatmaps,
-                       preprocess=key_values(preprocess, "--preprocess"))
+                       preprocess=key_values(preprocess, "--preprocess"),
+                       overlays=image_overlays if explain else None)
     typer.echo(f"predictions: {path}")

@@ -111,9 +111,16 @@ def classifier_cam_model(model_dir: str | Path) -> tuple[CamModel, object]:
     from retinassl.jobs.finetune import load_classifier
 
     method, task, _ = load_classifier(model_dir)
-    model = CamModel(method.encoder, method.head, task.kind,
-                     task.positive_from if task.kind == "multiclass" else None)
-    return model.eval(), task
+    return cam_model(method, task), task
+
+
+def cam_model(method: nn.Module, task: object) -> CamModel:
+    """A :class:`CamModel` (eval mode) around a loaded classifier's ``encoder`` and ``head`` for
+    its :class:`~retinassl.metrics.tasks.TaskSpec` (graded tasks explain ``P(class >= positive_from)``)."""
+    kind = task.kind  # type: ignore[attr-defined]
+    model = CamModel(method.encoder, method.head, kind,  # type: ignore[arg-type]
+                     task.positive_from if kind == "multiclass" else None)  # type: ignore[attr-defined]
+    return model.eval()
 
 
 def gradcam_overlays(model: CamModel, prepared: PreparedData, rows: Sequence[int],

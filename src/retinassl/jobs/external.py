@@ -7,22 +7,28 @@ specificity at the model's own operating threshold (chosen on its validation ima
 trained), the expected calibration error of probability outputs, and the positive rate and mean
 score per value of the original label (e.g. per DR grade). Two or more models on the same images get
 a paired DeLong test against the first. Predictions go to ``predictions/external-<name>-<model>.csv``
-(``id, label, score``), rows to the run's results table, and the HTML report shows the ROC curves.
+(``id, label, score``), rows to the run's results table, and the HTML report shows the ROC curves,
+the reliability diagram of the probability outputs (``report/figures/reliability-<name>.png``) and,
+given a ``gallery`` (:func:`retinassl.explain.overlays.misses_gallery`, wired by the command line:
+jobs sit below ``explain/``), the Grad-CAM or patch heatmaps of each model's worst misses
+(``report/figures/misses-<name>-<model>.png`` and the picks as ``.csv`` beside it).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from retinassl.atomic import write_text
+from retinassl.data.cache import PreparedData
 from retinassl.data.manifest import Manifest
 from retinassl.errors import ConfigError
+from retinassl.figures.plots import reliability_figure
 from retinassl.io.results import append_results, result_row
 from retinassl.io.rundir import RunDir
 from retinassl.jobs.predict import ImageScorer, label_column, mapped_labels, model_preprocess, prepare_for
@@ -31,6 +37,9 @@ from retinassl.metrics.stats import bootstrap_ci, delong_ci, delong_test
 from retinassl.models.initialize import init_label
 
 log = logging.getLogger(__name__)
+
+# (scorer, prepared, labels, scores, path, n, title) -> the picks (``id, label, score, miss, rank``)
+Gallery = Callable[[ImageScorer, PreparedData, np.ndarray, np.ndarray, Path, int, str], pd.DataFrame]
 
 
 def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float | None, probabilities: bool,
@@ -54,7 +63,8 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float | No
 
 def evaluate_external(models: Sequence[str | Path], manifest: Manifest, label: str, run: RunDir, *,
                       name: str, cache_dir: str | Path | None = None, skip_bad: bool = False,
-                      breakdown: str | None = None, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+                      breakdown: str | None = None, n_boot: int = 1000, seed: int = 0,
+                      gallery: Gallery | None = None, misses: int = 4) -> pd.DataFrame:
     """Evaluate every model on the labelled rows of ``manifest`` (see the module docstring);
     returns the rows appended to the results table.
 
@@ -62,6 +72,7 @@ def evaluate_external(models: Sequence[str | Path], manifest: Manifest, label: s
         label: the binary label in the dataset's terms (:func:`~retinassl.jobs.predict.mapped_labels`).
         breakdown: a column whose values get their own positive rate and mean score (default: the
             label mapping's column).
+        gallery: draws each model's ``misses`` worst false positives and false negatives.
     """
     labels_all, has = mapped_labels(manifest, label)
     if has.sum() == 0 or len(np.unique(labels_all[has])) < 2:
@@ -72,6 +83,8 @@ def evaluate_external(models: Sequence[str | Path], manifest: Manifest, label: s
     column = breakdown or label_column(label)
     rows: list[dict] = []
     scored: dict[str, pd.DataFrame] = {}
+    probabilities: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    figures = run.report_dir / "figures"
     for k, model in enumerate(models):
         scorer = ImageScorer.load(model)
         model_name = init_label(str(model))
@@ -91,6 +104,12 @@ def evaluate_external(models: Sequence[str | Path], manifest: Manifest, label: s
         write_text(run.predictions / f"external-{name}-{model_name}.csv", table.to_csv(index=False))
         scored[model_name] = table
         metrics = binary_metrics(y, scores, scorer.threshold, scorer.kind == "classifier", n_boot, seed)
+        if scorer.kind == "classifier":
+            probabilities[model_name] = (y, scores)
+        if gallery is not None and misses > 0:
+            picks = gallery(scorer, prepared, y, scores, figures / f"misses-{name}-{model_name}.png", misses,
+                            f"{model_name} on {name}")
+            write_text(figures / f"misses-{name}-{model_name}.csv", picks.to_csv(index=False))
         if prepared.skipped:
             metrics["skipped"] = float(len(prepared.skipped))
         if column in table.columns:
@@ -108,6 +127,8 @@ def evaluate_external(models: Sequence[str | Path], manifest: Manifest, label: s
                  "" if scorer.threshold is None else
                  f", sensitivity {metrics['sensitivity']:.3f} specificity {metrics['specificity']:.3f} at "
                  f"{scorer.threshold:.3g}")
+    if probabilities:
+        reliability_figure(probabilities, figures / f"reliability-{name}.png", title=f"Reliability on {name}")
     names = list(scored)
     for other in names[1:]:
         a, b = scored[names[0]], scored[other]

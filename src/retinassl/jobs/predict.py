@@ -14,6 +14,10 @@ Kinds and what they give per image:
 - ``patch-classifier`` (the SSL-GAN and the supervised patch baselines): the image score
   ``sum_j sigmoid(l_j)`` of Lecouat et al. 2018, the 8x8 patch probabilities ``patch_00..``, and
   optionally a heatmap PNG per image.
+- with ``overlays`` (``retinassl predict --explain``: :func:`retinassl.explain.overlays.image_overlays`,
+  passed in by the command line since jobs sit below ``explain/``), either image kind also writes
+  ``overlays/<id>.png`` per image: Grad-CAM for a classifier, the patch heatmap for a patch
+  classifier, on the image as the model saw it.
 - ``segmenter`` (vessels): a probability PNG and a binary mask PNG per image at its original size.
 - ``cross-modal`` (DeepRT's fundus-to-OCT-thickness regressor): the predicted thickness map of the
   photograph, ``.npy`` in micrometres and a PNG with a colour bar, and its mean and maximum.
@@ -25,7 +29,7 @@ import glob
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +49,7 @@ from retinassl.progress import track
 log = logging.getLogger(__name__)
 
 IMAGE_KINDS = ("classifier", "patch-classifier")
+OVERLAY_BATCH = 16
 
 
 # -- inputs ----------------------------------------------------------------------------------------
@@ -206,18 +211,22 @@ def fresh_output(out: Path) -> Path:
 
 
 def predict(model: str | Path, manifest: Manifest, out: str | Path, *, cache_dir: str | Path | None = None,
-            skip_bad: bool = False, heatmaps: int = 0,
-            preprocess: dict[str, Any] | None = None) -> Path:
+            skip_bad: bool = False, heatmaps: int = 0, preprocess: dict[str, Any] | None = None,
+            overlays: Callable[[ImageScorer, PreparedData, np.ndarray], list[np.ndarray]] | None = None) -> Path:
     """Apply a saved model to every image of ``manifest``; returns ``<out>/predictions.csv``.
 
     The CSV has one row per input row (``id``, ``image``, the scores, ``predicted`` at the model's
     operating threshold when it has one, and ``problem`` for an image that could not be read with
-    ``skip_bad``), written atomically once all images are done.
+    ``skip_bad``), written atomically once all images are done. ``overlays``: what the model looked
+    at, one PNG per image (``overlay_png``; image kinds only).
     """
     out = fresh_output(Path(out))
     meta = read_model_meta(model)
     config = model_preprocess(meta, preprocess)
     frame = manifest.frame
+    if overlays is not None and meta["kind"] not in IMAGE_KINDS:
+        log.warning("overlays explain image-level scores; a saved %s model writes its own maps instead",
+                    meta["kind"])
     if meta["kind"] == "segmenter":
         from retinassl.jobs.segment import load_segmenter, predict_images
 
@@ -249,6 +258,8 @@ def predict(model: str | Path, manifest: Manifest, out: str | Path, *, cache_dir
                         "or without validation images): no predicted class, scores only")
         if scorer.kind == "patch-classifier" and heatmaps:
             _heatmaps(prepared, table, out / "heatmaps", heatmaps)
+        if overlays is not None:
+            table["overlay_png"] = _overlays(overlays, scorer, prepared, out / "overlays")
     if prepared.skipped:
         skipped = pd.DataFrame({"id": [i for i, _ in prepared.skipped], "problem": [p for _, p in prepared.skipped]})
         images = frame.set_index(frame["id"].astype(str))["image"]
@@ -290,6 +301,22 @@ def thickness_maps(model: str | Path, prepared: PreparedData, out: Path, batch_s
                          "mean_um": float(tmap.mean()), "max_um": float(tmap.max()),
                          "thickness_npy": f"{ident}-thickness.npy", "thickness_png": f"{ident}-thickness.png"})
     return pd.DataFrame(rows)
+
+
+def _overlays(draw: Callable[[ImageScorer, PreparedData, np.ndarray], list[np.ndarray]], scorer: ImageScorer,
+              prepared: PreparedData, folder: Path) -> list[str]:
+    """``draw``'s overlay of every image as ``<folder>/<id>.png``; returns the names relative to
+    the output folder."""
+    from retinassl.figures.heatmap import save_png
+
+    ids = prepared.manifest.frame["id"].astype(str).to_numpy()
+    names = []
+    for s in track(range(0, len(ids), OVERLAY_BATCH), total=-(-len(ids) // OVERLAY_BATCH), description="explaining"):
+        rows = np.arange(s, min(s + OVERLAY_BATCH, len(ids)))
+        for row, art in zip(rows, draw(scorer, prepared, rows)):
+            save_png(folder / f"{ids[row]}.png", art)
+            names.append(f"{folder.name}/{ids[row]}.png")
+    return names
 
 
 def _heatmaps(prepared: PreparedData, table: pd.DataFrame, folder: Path, count: int) -> None:

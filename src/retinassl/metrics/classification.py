@@ -8,7 +8,9 @@ fractions records them instead of crashing.
   scores;
 - :func:`quadratic_kappa` (Cohen's kappa with quadratic weights, the DR-grading metric of the
   Kaggle/EyePACS and IDRiD challenges) and :func:`accuracy` for ordinal/multiclass predictions;
-- :func:`multilabel_auc` (per-label and macro AUC) for multi-hot targets.
+- :func:`multilabel_auc` (per-label and macro AUC) for multi-hot targets;
+- :func:`operating_point`, :func:`reliability_bins` and :func:`expected_calibration_error` for the
+  thresholds and the calibration of binary probabilities.
 """
 
 from __future__ import annotations
@@ -170,15 +172,25 @@ def operating_point(labels: np.ndarray, scores: np.ndarray, sensitivity: float =
             "specificity_at_sensitivity": float(spec[screen]), "n_val": float(len(labels))}
 
 
-def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> float:
-    """ECE of binary probabilities: the mean over ``bins`` equal-width probability bins of
-    |observed positive rate - mean probability|, weighted by the bin's share of the images."""
+def reliability_bins(labels: np.ndarray, probabilities: np.ndarray,
+                     bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The reliability diagram of binary probabilities (Guo et al. 2017, "On Calibration of Modern
+    Neural Networks": "we group predictions into M interval bins (each of size 1/M) and calculate
+    the accuracy of each bin"): per equal-width probability bin, ``(mean probability, observed
+    positive rate, count)``, each ``(bins,)``; an empty bin has NaN rates and count 0."""
     labels = np.asarray(labels, dtype=float)
     probabilities = np.clip(np.asarray(probabilities, dtype=float), 0, 1)
     index = np.minimum((probabilities * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        inside = index == b
-        if inside.any():
-            total += inside.mean() * abs(labels[inside].mean() - probabilities[inside].mean())
-    return float(total)
+    count = np.bincount(index, minlength=bins).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.bincount(index, weights=probabilities, minlength=bins) / count
+        rate = np.bincount(index, weights=labels, minlength=bins) / count
+    return mean, rate, count
+
+
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> float:
+    """ECE of binary probabilities: the mean over ``bins`` equal-width probability bins of
+    |observed positive rate - mean probability|, weighted by the bin's share of the images."""
+    mean, rate, count = reliability_bins(labels, probabilities, bins)
+    inside = count > 0
+    return float(np.sum(count[inside] / count.sum() * np.abs(rate[inside] - mean[inside])))

@@ -18,6 +18,7 @@ from retinassl.io.results import read_results
 from retinassl.io.rundir import RunDir
 from retinassl.figures.plots import roc_figure
 from retinassl.report.curves import training_curves_section
+from retinassl.report.external import misses_section, reliability_section
 from retinassl.report.oct import oct_section
 from retinassl.report.sections import Section, gallery_section, table_html
 from retinassl.report.ssl_gan import ssl_gan_section
@@ -68,8 +69,9 @@ def vessel_section(run: RunDir) -> Section | None:
 
 
 SECTION_BUILDERS: list[Callable[[RunDir], Section | None]] = [
-    summary_section, roc_section, heatmap_section, vessel_section, training_curves_section, oct_section,
-    transfer_curves_section, transfer_delong_section, tsne_section, gradcam_section, ssl_gan_section]
+    summary_section, roc_section, reliability_section, misses_section, heatmap_section, vessel_section,
+    training_curves_section, oct_section, transfer_curves_section, transfer_delong_section, tsne_section,
+    gradcam_section, ssl_gan_section]
 
 
 def build_report(run: RunDir, title: str | None = None) -> Path:
