@@ -39,7 +39,8 @@ from _common import SHARED_DATA, write_results  # noqa: E402
 
 from retinassl.data.cache import Cache, PreparedData, default_cache_dir  # noqa: E402
 from retinassl.data.manifest import Manifest  # noqa: E402
-from retinassl.data.preprocess import PreprocessConfig, process_pixels, reference_statistics  # noqa: E402
+from retinassl.data.harmonize import reference_statistics  # noqa: E402
+from retinassl.data.preprocess import PreprocessConfig, process_pixels  # noqa: E402
 from retinassl.data.sources import load_csv, load_idrid  # noqa: E402
 
 

@@ -21,10 +21,10 @@ from retinassl.data import augment
 from retinassl.data.augment import AcquisitionAugmentConfig, acquisition_augment
 from retinassl.data.cache import Cache
 from retinassl.data.manifest import Manifest
-from retinassl.data.preprocess import (ColorReference, PreprocessConfig, apply_geometry,
-                                       compute_geometry, fov_mask, match_histogram,
-                                       match_lab_statistics, normalize_resolution,
-                                       reference_statistics, standardize_color, subtract_background)
+from retinassl.data.field_of_view import apply_geometry, fov_mask
+from retinassl.data.harmonize import (ColorReference, match_histogram, match_lab_statistics, normalize_resolution,
+                                      reference_statistics, standardize_color, subtract_background)
+from retinassl.data.preprocess import PreprocessConfig, compute_geometry
 
 
 def textured_fundus(seed: int, h: int = 56, w: int = 64, tint: tuple[int, int, int] = (170, 85, 30)
@@ -154,7 +154,7 @@ def test_cache_keys_of_different_options_all_differ() -> None:
 
 @pytest.mark.parametrize("space, forward", [("lab", cv2.COLOR_RGB2LAB), ("ycrcb", cv2.COLOR_RGB2YCrCb)])
 def test_luminance_clahe_changes_only_the_luminance(space: str, forward: int) -> None:
-    from retinassl.data.preprocess import apply_clahe
+    from retinassl.data.harmonize import apply_clahe
 
     image, _ = textured_fundus(1)
     out = apply_clahe(image, 4.0, space=space)

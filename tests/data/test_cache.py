@@ -15,7 +15,9 @@ from PIL import Image
 
 from retinassl.data.cache import Cache
 from retinassl.data.manifest import Manifest
-from retinassl.data.preprocess import PreprocessConfig, fov_mask, normalize, subtract_background
+from retinassl.data.field_of_view import fov_mask
+from retinassl.data.harmonize import subtract_background
+from retinassl.data.preprocess import PreprocessConfig, normalize
 from retinassl.errors import DataError
 
 

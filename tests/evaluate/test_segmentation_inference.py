@@ -7,7 +7,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from retinassl.data.preprocess import Geometry, PreprocessConfig, apply_geometry, compute_geometry
+from retinassl.data.field_of_view import Geometry, apply_geometry
+from retinassl.data.preprocess import PreprocessConfig, compute_geometry
 from retinassl.jobs.segment_inference import (InferenceConfig, sliding_window_probabilities,
                                                        to_original)
 

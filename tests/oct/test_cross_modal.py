@@ -14,7 +14,8 @@ import torch
 from retinassl.models.checkpoint import load_encoder
 from retinassl.config import validate
 from retinassl.data.cache import Cache
-from retinassl.data.preprocess import Geometry, PreprocessConfig
+from retinassl.data.field_of_view import Geometry
+from retinassl.data.preprocess import PreprocessConfig
 from retinassl.data.synthetic import generate_dataset
 from retinassl.errors import DataError
 from retinassl.oct.paired import ThicknessPairs, field_affine, input_manifest, warp_map

@@ -45,8 +45,8 @@ from retinassl.progress import track
 from retinassl.data.imageio import read_image, read_mask
 from retinassl.data.limits import check_budget, check_image_shape, preprocess_cost
 from retinassl.data.manifest import MASK_COLUMNS, Manifest, is_missing
-from retinassl.data.preprocess import (Geometry, PreprocessConfig, apply_geometry, compute_geometry,
-                                       fov_mask, process_pixels)
+from retinassl.data.field_of_view import Geometry, apply_geometry, fov_mask
+from retinassl.data.preprocess import PreprocessConfig, compute_geometry, process_pixels
 
 log = logging.getLogger(__name__)
 

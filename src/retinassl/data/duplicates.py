@@ -63,7 +63,7 @@ from retinassl.progress import track
 from retinassl.data.cache import DigestMemo, default_cache_dir
 from retinassl.data.imageio import read_image
 from retinassl.data.manifest import Manifest, is_missing
-from retinassl.data.preprocess import fov_mask
+from retinassl.data.field_of_view import fov_mask
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,8 @@ from retinassl.data.cache import PreparedData
 from retinassl.data.imageio import read_image, read_mask
 from retinassl.data.loading import drop_test_leaks, prepare
 from retinassl.data.manifest import is_missing
-from retinassl.data.preprocess import PreprocessConfig, fov_mask
+from retinassl.data.field_of_view import fov_mask
+from retinassl.data.preprocess import PreprocessConfig
 from retinassl.data.splits import nested_subsets
 from retinassl.engine.fit import FitResult, fit
 from retinassl.errors import ConfigError, DataError

@@ -3,7 +3,7 @@
 Windows of ``roi_size`` overlap by ``overlap`` and are blended with Gaussian weights (MONAI's
 ``sliding_window_inference`` with ``mode="gaussian"``), so window borders, where a network sees the
 least context, weigh least and the map has no seams. The cached (cropped, padded, resized) image's
-probabilities are mapped back through the image's :class:`~retinassl.data.preprocess.Geometry` to
+probabilities are mapped back through the image's :class:`~retinassl.data.field_of_view.Geometry` to
 the original file's pixel grid, so metrics are computed against the original annotation files.
 """
 
@@ -22,7 +22,7 @@ from torch import nn
 
 from retinassl.atomic import atomic_path
 from retinassl.config import Section
-from retinassl.data.preprocess import Geometry
+from retinassl.data.field_of_view import Geometry
 
 
 class InferenceConfig(Section):
@@ -86,7 +86,7 @@ def sliding_window_probabilities(model: nn.Module, images: torch.Tensor,
 def to_original(array: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Map a ``(S, S)`` map of the cached image back onto the original ``(H, W)`` pixel grid.
 
-    The inverse of :func:`~retinassl.data.preprocess.apply_geometry`: resize ``S`` -> ``side``
+    The inverse of :func:`~retinassl.data.field_of_view.apply_geometry`: resize ``S`` -> ``side``
     (bilinear), remove the square padding, place the crop at its box; zero outside the box.
     """
     array = np.asarray(array, dtype=np.float32)

@@ -12,7 +12,7 @@ undefined). Registration is a 2x3 affine from map pixel ``(col, row)`` to input-
   infrared field; ``retinassl oct thickness`` writes such maps) -- valid for ``ir_image`` input only.
 
 :class:`ThicknessPairs` warps every map into the preprocessed input's pixel grid (through the
-cache's crop/pad/resize :class:`~retinassl.data.preprocess.Geometry`) once, and yields ``image``,
+cache's crop/pad/resize :class:`~retinassl.data.field_of_view.Geometry`) once, and yields ``image``,
 ``target`` (micrometres) and ``mask`` (1 where the target is defined: all four bilinear neighbours
 defined, and the map passes the quality check).
 
@@ -37,7 +37,8 @@ from torch.utils.data import Dataset
 
 from retinassl.data.cache import PreparedData
 from retinassl.data.manifest import Manifest, is_missing
-from retinassl.data.preprocess import Geometry, normalize
+from retinassl.data.field_of_view import Geometry
+from retinassl.data.preprocess import normalize
 from retinassl.errors import DataError
 from retinassl.oct.thickness import map_quality
 
