@@ -11,7 +11,8 @@ import pytest
 from retinassl.data.imageio import read_image, read_mask
 from retinassl.data.manifest import Manifest
 from retinassl.data.synthetic import generate_dataset
-from retinassl.data.synthetic_fundus import LESION_KEYS, MASK_KEYS, render_eye
+from retinassl.data.synthetic_eye import LESION_KEYS, MASK_KEYS
+from retinassl.data.synthetic_fundus import render_eye
 from retinassl.data.synthetic_oct import (BOUNDARY_NAMES, LEAK_AREA_MM2, LEAK_MAX_UM, TINY_SHAPE,
                                           leakage_thickening, render_oct)
 

@@ -51,7 +51,9 @@ import numpy as np
 
 from retinassl.atomic import write_bytes, write_text
 from retinassl.data.manifest import Manifest
-from retinassl.data.synthetic_fundus import (GRADE_PROBS, MASK_KEYS, SyntheticEye, render_eye, sample_traits)
+from retinassl.data.synthetic_eye import MASK_KEYS, SyntheticEye, sample_traits
+from retinassl.data.synthetic_fundus import render_eye
+from retinassl.data.synthetic_lesions import GRADE_PROBS
 from retinassl.data.synthetic_oct import DEFAULT_SHAPE, BOUNDARY_NAMES, SyntheticOCT, render_oct
 
 __all__ = ["generate_dataset", "render_eye", "render_oct", "SyntheticEye", "SyntheticOCT"]

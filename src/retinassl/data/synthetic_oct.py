@@ -1,6 +1,6 @@
 """Synthetic OCT volumes, retinal-thickness maps and infrared images paired with a synthetic eye.
 
-:func:`render_oct` scans the macula of a :class:`~retinassl.data.synthetic_fundus.SyntheticEye`
+:func:`render_oct` scans the macula of a :class:`~retinassl.data.synthetic_eye.SyntheticEye`
 like a Heidelberg Spectralis 20x20 degree volume: ``n_bscans`` horizontal B-scans, each of ``width``
 A-scans and ``depth`` rows, centred on the fovea and covering about 5.9 x 5.8 mm. The retina is a
 stack of layers with analytic thicknesses (foveal pit, parafoveal ring, RNFL thickening towards the
@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from retinassl.data.synthetic_fundus import SyntheticEye, as_generator
+from retinassl.data.synthetic_eye import SyntheticEye, as_generator
 
 BOUNDARY_NAMES: tuple[str, ...] = ("ILM", "RNFL_GCL", "GCL_IPL", "IPL_INL", "INL_OPL", "OPL_ONL",
                                    "ELM", "ISOS", "RPE", "BM")

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from retinassl.data.synthetic_fundus import SyntheticEye, render_eye
+from retinassl.data.synthetic_eye import SyntheticEye
+from retinassl.data.synthetic_fundus import render_eye
 from retinassl.data.synthetic_oct import BOUNDARY_NAMES, DEFAULT_SHAPE, SyntheticOCT, render_oct
 from retinassl.oct.volume import OCTVolume
 
