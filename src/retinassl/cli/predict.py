@@ -35,10 +35,12 @@ def key_values(items: list[str] | None, what: str = "--option") -> dict[str, Any
 
 
 def predict(model: Path = typer.Argument(..., help="A saved model folder (model.json): a classifier, cross-modal regressor, "
-                                         "patch classifier / SSL-GAN, or vessel segmenter; or a run "
-                                         "directory holding classifier/ or segmenter/."),
+                                         "patch classifier / SSL-GAN, vessel segmenter or OCT layer "
+                                         "model; or a run directory holding one."),
             inputs: list[str] = typer.Argument(None, help="Image files, folders, glob patterns, or one "
-                                               "manifest CSV (or give --source).", show_default=False),
+                                               "manifest CSV (or give --source); for an OCT layer "
+                                               "model, OCT exports (DICOM, .vol, .xml, stacks).",
+                                               show_default=False),
             out: Path = typer.Option(..., "--out", help="A new (or empty) folder for predictions.csv "
                                      "(and heatmaps or vessel maps).", show_default=False),
             source: str = typer.Option(None, "--source", help="A data source instead of INPUTS "
@@ -52,14 +54,25 @@ def predict(model: Path = typer.Argument(..., help="A saved model folder (model.
             skip_bad: bool = SKIP_BAD, cache_dir: Path = CACHE_DIR) -> None:
     """Apply a trained model to new images with the preprocessing recorded with it: one CSV row per
     image (id, image, scores, the class at the model's operating threshold), written once all are
-    done; unreadable images stop the command, or with --skip-bad get a row with the problem."""
+    done; unreadable images stop the command, or with --skip-bad get a row with the problem. An OCT
+    layer model gives the boundaries and thickness of every B-scan of each export (one row per
+    B-scan, files named by a salted label of the export, never its name)."""
     from retinassl.explain.overlays import image_overlays
-    from retinassl.io.saved_model import is_saved_model
+    from retinassl.errors import ConfigError
+    from retinassl.io.saved_model import is_saved_model, read_model_meta
     from retinassl.jobs.predict import input_manifest, predict as run_predict
 
-    for sub in ("classifier", "segmenter", "regressor"):
+    for sub in ("classifier", "segmenter", "regressor", "layer-model"):
         if not is_saved_model(model) and is_saved_model(model / sub):
             model = model / sub
+    if is_saved_model(model) and read_model_meta(model)["kind"] == "layer-model":
+        from retinassl.jobs.predict_oct import predict_layers, volume_inputs
+
+        if source:
+            raise ConfigError("an OCT layer model reads OCT exports given as INPUTS, not a --source")
+        path = predict_layers(model, volume_inputs(inputs or []), out, skip_bad=skip_bad)
+        typer.echo(f"predictions: {path}")
+        return
     manifest = input_manifest(inputs or [], source, key_values(options))
     path = run_predict(model, manifest, out, cache_dir=cache_dir, skip_bad=skip_bad, heatmaps=heatmaps,
                        preprocess=key_values(preprocess, "--preprocess"),

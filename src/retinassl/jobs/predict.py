@@ -149,7 +149,7 @@ class ImageScorer:
             return cls(kind, meta, classifier, None, threshold)
         raise ConfigError(f"{path}: a saved {kind} model gives no image-level score (image-level "
                           f"kinds: {', '.join(IMAGE_KINDS)}; vessel segmenters: `retinassl predict` "
-                          f"writes their maps; OCT layer models: `retinassl oct segment`)")
+                          f"writes their maps; OCT layer models: `retinassl predict` of OCT exports)")
 
     def score(self, prepared: PreparedData, rows: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, pd.DataFrame]:
         """``(scores, table)``: the image scores used for AUC (``(N,)``; multiclass: ``(N, K)``)
