@@ -59,6 +59,11 @@ class ModelConfig(Section):
         allow_pickle: let ``init`` be a pickle-based torch file (read with ``weights_only=True``).
         init_prefix: with a weights file, use only the keys under this prefix (e.g.
             ``module.encoder_q.``); None strips ``module.``/``model.`` wrappers automatically.
+        weights: the published model ``init`` holds (``retfound-mae``, ``retfound-green``,
+            ``dinov2-vitl14``...: :data:`retinassl.models.vit_weights.KNOWN_WEIGHTS`): its
+            architecture is built (``kwargs`` given here override single arguments) and its input
+            size and normalisation replace ``preprocess``'s, and are recorded in saved models
+            (:mod:`retinassl.models.published`). None: ``arch``/``kwargs``/``preprocess`` as given.
     """
 
     arch: str = "convnet"
@@ -66,6 +71,7 @@ class ModelConfig(Section):
     init: str = "scratch"
     allow_pickle: bool = False
     init_prefix: str | None = None
+    weights: str | None = None
 
 
 class EngineConfig(Section):

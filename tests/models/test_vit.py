@@ -399,7 +399,7 @@ def test_swiglu_refused_and_preprocess_table() -> None:
         map_vit_state_dict(state, model)
     green = weights_preprocess("retfound-green")
     assert green == {"weights": "retfound-green", "size": 392, "mean": [0.5] * 3, "std": [0.5] * 3,
-                     "normalize": None}
+                     "normalize": "meanstd"}
     assert weights_preprocess("retfound-mae")["normalize"] == "imagenet"
     with pytest.raises(CheckpointError, match="known"):
         weights_preprocess("nope")

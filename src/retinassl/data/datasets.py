@@ -85,7 +85,7 @@ class ImageDataset(Dataset):
     def __init__(self, prepared: PreparedData, label: str | Sequence[str] | None = None,
                  label_map=None, size: int | None = None) -> None:
         self.prepared = prepared
-        self.normalize = prepared.config.normalize
+        self.normalize = prepared.config.normalization()
         labels = _labels(prepared, label)
         if labels is not None and label_map is not None:
             labels = np.vectorize(label_map)(labels)
@@ -153,7 +153,7 @@ class PatchDataset(Dataset):
         if size % grid:
             raise DataError(f"image size {size} is not divisible by the {grid}x{grid} patch grid")
         self.cell = size // grid
-        self.normalize = prepared.config.normalize
+        self.normalize = prepared.config.normalization()
         self.reader = _EntryReader(prepared)
         self.labels: np.ndarray | None = None
         if labelled:

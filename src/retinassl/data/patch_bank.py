@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from retinassl.data.cache import PreparedData
 from retinassl.data.datasets import PatchDataset
-from retinassl.data.preprocess import normalize
+from retinassl.data.preprocess import Normalization, normalize
 
 
 @dataclass
@@ -112,7 +112,7 @@ def concat_banks(banks: Sequence[PatchBank]) -> PatchBank:
                      np.concatenate([b.fov for b in banks]) if with_fov else None)  # type: ignore[misc]
 
 
-def normalisation_affine(mode: str, stats: dict, channels: int) -> tuple[np.ndarray, np.ndarray]:
+def normalisation_affine(mode: str | Normalization, stats: dict, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel ``(scale, offset)`` with ``normalize(x, mode, stats) == x * scale + offset``.
 
     Every normalisation mode is affine in the pixel value, so probing it at 0 and 1 recovers it
@@ -165,7 +165,7 @@ def build_patch_bank(prepared: PreparedData, rows: Sequence[int] | np.ndarray, g
         for j in range(grid * grid):
             y, x = divmod(j, grid)
             windows[i, j] = padded[y * patch_size:y * patch_size + w, x * patch_size:x * patch_size + w]
-        scale[i], offset[i] = normalisation_affine(prepared.config.normalize, entry.stats, channels)
+        scale[i], offset[i] = normalisation_affine(prepared.config.normalization(), entry.stats, channels)
     labels = None
     if labelled:
         labels = PatchDataset(prepared, grid, patch_size, rows, labelled=True,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -53,7 +54,13 @@ class PreprocessConfig(BaseModel):
         background_sigma: the background's Gaussian sigma as a fraction of ``size``.
         mask_outside_fov: set pixels outside the FOV to 0.
         normalize: "max" (divide by the image maximum), "imagenet" (ImageNet mean/std, for
-            weights trained on ImageNet), "image" (per-image, per-channel z-score), "unit" ([0, 1]).
+            weights trained on ImageNet), "image" (per-image, per-channel z-score), "unit" ([0, 1]),
+            "meanstd" (``(x / 255 - normalize_mean) / normalize_std``: the constants a published
+            model was trained with, e.g. 0.5 / 0.5 for RETFound-Green).
+        normalize_mean: with "meanstd": per-channel means of [0, 1] intensities (one value or
+            one per channel); unset otherwise.
+        normalize_std: with "meanstd": per-channel standard deviations (one value or one per
+            channel); unset otherwise.
         fov_threshold: FOV = pixels whose brightest channel exceeds this fraction of the image's
             99th-percentile brightness (when the dataset has no FOV mask).
         clahe_space: where CLAHE equalises the luminance: "lab" (the L channel of CIELAB, as
@@ -90,7 +97,9 @@ class PreprocessConfig(BaseModel):
     subtract_background: bool = False
     background_sigma: float = Field(1 / 30, gt=0, le=1)
     mask_outside_fov: bool = True
-    normalize: Literal["max", "imagenet", "image", "unit"] = "max"
+    normalize: Literal["max", "imagenet", "image", "unit", "meanstd"] = "max"
+    normalize_mean: tuple[float, ...] | None = None
+    normalize_std: tuple[PositiveFloat, ...] | None = None
     fov_threshold: float = Field(0.08, gt=0, lt=1)
     clahe_space: Literal["lab", "ycrcb"] = "lab"
     clahe_tiles: int = Field(8, ge=1, le=64)
@@ -108,6 +117,15 @@ class PreprocessConfig(BaseModel):
             value = getattr(self, name)
             if isinstance(value, tuple) and len(value) not in (1, self.channels):
                 raise ValueError(f"{name} needs 1 or {self.channels} values, got {len(value)}")
+        constants = (self.normalize_mean, self.normalize_std)
+        if self.normalize == "meanstd":
+            for name, value in zip(("normalize_mean", "normalize_std"), constants):
+                if value is None or len(value) not in (1, self.channels):
+                    raise ValueError(f"normalize 'meanstd' needs {name} with 1 or {self.channels} "
+                                     f"values, got {value}")
+        elif constants != (None, None):
+            raise ValueError(f"normalize_mean / normalize_std are used only with normalize "
+                             f"'meanstd' (normalize is {self.normalize!r})")
         if self.color_standardize and self.color_match != "none":
             raise ValueError("color_standardize and color_match both set the colour statistics: "
                              "choose one")
@@ -130,7 +148,7 @@ class PreprocessConfig(BaseModel):
         An option that is off (and the settings that only matter when it is on) is left out of the
         key, so caches made before the option existed stay valid and equal pixels share entries.
         """
-        fields = self.model_dump(exclude={"normalize"})
+        fields = self.model_dump(exclude={"normalize", "normalize_mean", "normalize_std"})
         if not self.subtract_background:  # keys of caches made before the option existed stay valid
             del fields["subtract_background"], fields["background_sigma"]
         unused: set[str] = set()
@@ -149,6 +167,19 @@ class PreprocessConfig(BaseModel):
         for name in unused:
             del fields[name]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+    def normalization(self) -> Normalization:
+        """The intensity normalisation, as :func:`normalize` takes it."""
+        return Normalization(self.normalize, self.normalize_mean, self.normalize_std)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """A :func:`normalize` mode with its constants (``mean``/``std`` for "meanstd" only)."""
+
+    mode: str
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
 
 def compute_geometry(fov: np.ndarray, scale: float, original_size: tuple[int, int],
@@ -211,14 +242,17 @@ def process_pixels(image: np.ndarray, fov: np.ndarray, geometry: Geometry,
     return out
 
 
-def normalize(image: np.ndarray, mode: str, stats: dict | None = None) -> np.ndarray:
+def normalize(image: np.ndarray, mode: str | Normalization, stats: dict | None = None) -> np.ndarray:
     """uint8 ``(H, W[, C])`` -> float32 ``(C, H, W)`` network input.
 
     "max": divided by the image maximum (Lecouat et al. 2018); "imagenet": ImageNet mean/std;
     "image": per-image per-channel zero mean, unit variance (inside the FOV); "unit": divided by
-    255. ``stats`` (a cache entry's :attr:`~retinassl.data.cache.CacheEntry.stats`) supplies the
+    255; "meanstd" (a :class:`Normalization` with its constants): ``(x / 255 - mean) / std``.
+    ``stats`` (a cache entry's :attr:`~retinassl.data.cache_entry.CacheEntry.stats`) supplies the
     whole image's maximum/mean/std when ``image`` is only a patch of it.
     """
+    spec = mode if isinstance(mode, Normalization) else Normalization(mode)
+    mode = spec.mode
     x = np.asarray(image, dtype=np.float32)
     if x.ndim == 2:
         x = x[..., None]
@@ -228,11 +262,16 @@ def normalize(image: np.ndarray, mode: str, stats: dict | None = None) -> np.nda
         return x / peak if peak > 0 else x
     if mode == "unit":
         return x / 255.0
-    if mode == "imagenet":
-        if x.shape[0] != 3:
-            raise ValueError("imagenet normalisation needs 3 channels")
-        mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)[:, None, None]
-        std = np.asarray(IMAGENET_STD, dtype=np.float32)[:, None, None]
+    if mode in ("imagenet", "meanstd"):
+        if mode == "imagenet":
+            if x.shape[0] != 3:
+                raise ValueError("imagenet normalisation needs 3 channels")
+            spec = Normalization(mode, IMAGENET_MEAN, IMAGENET_STD)
+        if spec.mean is None or spec.std is None or {len(spec.mean), len(spec.std)} - {1, x.shape[0]}:
+            raise ValueError(f"'meanstd' normalisation needs 1 or {x.shape[0]} means and standard "
+                             f"deviations, got {spec.mean} and {spec.std}")
+        mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
         return (x / 255.0 - mean) / std
     if mode == "image":
         if stats:

@@ -55,8 +55,11 @@ def state_hash(module: nn.Module) -> str:
 def data_fingerprint(prepared: PreparedData, size: int | None = None) -> str:
     """SHA-256 of what the encoder sees: ids, cached-pixel identities, normalisation, input size."""
     h = hashlib.sha256()
-    h.update(json.dumps({"normalize": prepared.config.normalize, "size": size or prepared.config.size,
-                         "channels": prepared.config.channels}, sort_keys=True).encode())
+    config = prepared.config
+    setting = {"normalize": config.normalize, "size": size or config.size, "channels": config.channels}
+    if config.normalize == "meanstd":  # (keys of the other modes are as before the mode existed)
+        setting.update(mean=list(config.normalize_mean), std=list(config.normalize_std))
+    h.update(json.dumps(setting, sort_keys=True).encode())
     for ident, entry in zip(prepared.manifest.frame["id"].astype(str), prepared.entries):
         # <cache>/<preprocess key>/<digest[:2]>/<digest>
         h.update(f"{ident}|{entry.directory.parent.parent.name}|{entry.directory.name}\n".encode())

@@ -18,6 +18,7 @@ from retinassl.config import ModelConfig
 from retinassl.errors import CheckpointError
 from retinassl.models.base import Encoder
 from retinassl.models.external import load_external_weights
+from retinassl.models.published import published_model
 from retinassl.models.vit import VisionTransformer
 from retinassl.models.vit_weights import load_vit_weights
 from retinassl.models.registry import build_encoder
@@ -60,9 +61,14 @@ def initial_encoder(model: ModelConfig) -> InitialEncoder:
     architecture; a differing ``model.arch`` is logged and ignored), or with external weights
     loaded into ``build_encoder(model.arch, **model.kwargs)``.
 
+    A ``model.weights`` name (a published model) sets ``arch`` and ``kwargs`` first
+    (:func:`~retinassl.models.published.published_model`).
+
     Raises:
         CheckpointError: ``init`` does not exist, or its weights do not fit (keys named).
+        ConfigError: an unknown ``model.weights``, or one that contradicts ``model.arch``.
     """
+    model = published_model(model)
     kind = init_kind(model)
     if kind == "scratch":
         return InitialEncoder(build_encoder(model.arch, **model.kwargs), model.arch, dict(model.kwargs), kind)

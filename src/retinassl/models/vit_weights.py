@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from retinassl.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from retinassl.errors import CheckpointError
 from retinassl.io.saved_model import load_state_strict, read_safetensors, read_torch_file
 from retinassl.models.external import MappingReport, adapt_input_conv, unwrap_state_dict
@@ -49,8 +50,6 @@ from retinassl.models.vit import VIT_SIZES, VisionTransformer, resample_pos_embe
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
 
 #: entries of a torch checkpoint that hold the weights, in order of preference
@@ -69,7 +68,8 @@ class KnownWeights:
         mean, std: per-channel normalisation of ``[0, 1]`` RGB inputs.
         size: the square input side (pixels) the model was trained and evaluated at.
         normalize: the matching :class:`~retinassl.data.preprocess.PreprocessConfig` ``normalize``
-            mode, or None when the toolkit has none yet (0.5/0.5).
+            mode: ``imagenet``, or ``meanstd`` (with ``mean``/``std`` as ``normalize_mean`` and
+            ``normalize_std``; :func:`retinassl.models.published.published_preprocess`).
         reference: paper and where the file comes from.
     """
 
@@ -92,7 +92,7 @@ KNOWN_WEIGHTS: dict[str, KnownWeights] = {
         "RETFound-DINOv2 (Zhou et al. 2025); RETFound_dinov2_* .pth ('teacher' entry, 'backbone.' prefix)"),
     "retfound-green": KnownWeights(
         "vit_small", {"patch_size": 14, "img_size": 392, "num_register_tokens": 4, "layer_scale": 1e-5,
-                      "pooling": "mean"}, HALF, HALF, 392, None,
+                      "pooling": "mean"}, HALF, HALF, 392, "meanstd",
         "Engelmann & Bernabeu 2025 (Nat Commun); retfoundgreen_statedict.pth (timm "
         "vit_small_patch14_reg4_dinov2 at 392 px, used with global_pool='avg', mean = std = 0.5)"),
     "dinov2-vits14": KnownWeights(

@@ -205,7 +205,7 @@ class ThicknessPairs(Dataset):
                  on_bad_map: Literal["mask", "error"] = "mask", tv_threshold: float = 0.014,
                  maps: Sequence[np.ndarray] | None = None) -> None:
         self.prepared = prepared
-        self.normalize = prepared.config.normalize
+        self.normalize = prepared.config.normalization()
         manifest = prepared.manifest
         size = prepared.config.size
         self.targets = np.zeros((len(prepared), size, size), dtype=np.float32)

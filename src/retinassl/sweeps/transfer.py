@@ -48,6 +48,7 @@ from retinassl.data.loading import load_manifest
 from retinassl.data.manifest import Manifest
 from retinassl.errors import ConfigError, DataError
 from retinassl.models.initialize import seeded_initial_encoder
+from retinassl.models.published import published_meta
 from retinassl.models.vit_transfer import set_pooling
 from retinassl.io.results import append_results, read_results, result_row
 from retinassl.io.rundir import RunDir
@@ -342,7 +343,7 @@ class TransferGrid(Grid):
         if (task.name == explain_task and cell["fraction"] == max(fractions) and cell["seed"] == seeds[0]
                 and cell["fold"] in (None, 0)):
             initial_meta = _arch_of(model)
-            extra: dict[str, Any] = {"init_name": spec.name}
+            extra: dict[str, Any] = {"init_name": spec.name, **published_meta(model)}
             val = np.asarray(result.val_rows, dtype=int)
             if task.kind == "binary" and len(val):
                 from retinassl.jobs.finetune import predict
