@@ -2,11 +2,11 @@
 
 For every (task, protocol, label fraction, initialisation):
 
-- the headline metric (``auc``, ``kappa`` or ``auc_macro``) as the mean over seeds with a 95 %
-  Student-t interval over seeds (:func:`~retinassl.metrics.stats.mean_ci`; with k-fold the
-  metric of a seed is the mean over its folds); with a single seed, an interval over the test
-  images instead: DeLong's asymptotic interval for the tested AUC
-  (:func:`~retinassl.metrics.stats.delong_ci`), a stratified bootstrap for other metrics;
+- the headline metric (``auc``, ``kappa`` or ``auc_macro``) as the mean over seeds (with k-fold the
+  metric of a seed is the mean over its folds) with a 95 % interval from the two-level percentile
+  bootstrap over seeds and test images of :mod:`~retinassl.metrics.intervals` (the same method for
+  every cell, whatever the number of seeds; recomputed from the prediction files; the ``interval``
+  column names it, and :data:`~retinassl.metrics.intervals.METHOD_SENTENCE` says it in words);
 - DeLong's paired test against the reference initialisation (Scratch) on the same test images,
   for tasks with a binary score (``binary``, and ``multiclass`` with ``positive_from``):
   ``p`` compares the two *seed ensembles* (each image's score averaged over seeds, out-of-fold
@@ -29,10 +29,12 @@ import numpy as np
 import pandas as pd
 
 from retinassl.atomic import write_text
+from retinassl.errors import DataError
 from retinassl.io.results import read_results
 from retinassl.io.rundir import RunDir
-from retinassl.metrics.classification import accuracy, multilabel_auc, quadratic_kappa, roc_auc
-from retinassl.metrics.stats import bootstrap_ci, delong_ci, delong_test, mean_ci, significant_by_sign, signed_count
+from retinassl.metrics.classification import roc_auc
+from retinassl.metrics.intervals import FAST_METRICS, METHOD, METHOD_SENTENCE, seed_image_bootstrap
+from retinassl.metrics.stats import delong_test, significant_by_sign, signed_count
 from retinassl.metrics.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -59,9 +61,17 @@ def seed_metric(results: pd.DataFrame, task: str, protocol: str, metric: str) ->
     return rows.groupby(["init", "fraction", "seed"], as_index=False)["value"].mean()
 
 
-def read_cell_predictions(folder: Path, task: TaskSpec) -> dict[tuple[float, int], tuple[list[str], np.ndarray, np.ndarray]]:
+Cell = tuple[list[str], np.ndarray, np.ndarray]
+
+
+def read_cell_predictions(folder: Path, task: TaskSpec) -> dict[tuple[float, int], Cell]:
     """``(fraction, seed) -> (ids, labels, scores)`` of one (task, protocol, init) folder; the folds
     of a seed are concatenated (out-of-fold predictions)."""
+    return {key: cell for key, (cell, _) in _read_cells(folder, task).items()}
+
+
+def _read_cells(folder: Path, task: TaskSpec) -> dict[tuple[float, int], tuple[Cell, np.ndarray]]:
+    """:func:`read_cell_predictions` with each row's fold: ``(fraction, seed) -> (cell, folds)``."""
     parts: dict[tuple[float, int], list[tuple[int, list[str], np.ndarray, np.ndarray]]] = {}
     if not folder.is_dir():
         return {}
@@ -75,8 +85,9 @@ def read_cell_predictions(folder: Path, task: TaskSpec) -> dict[tuple[float, int
     out = {}
     for key, items in parts.items():
         items.sort(key=lambda t: t[0])
-        out[key] = ([i for t in items for i in t[1]], np.concatenate([t[2] for t in items]),
-                    np.concatenate([t[3] for t in items]))
+        cell = ([i for t in items for i in t[1]], np.concatenate([t[2] for t in items]),
+                np.concatenate([t[3] for t in items]))
+        out[key] = (cell, np.concatenate([np.full(len(t[1]), t[0]) for t in items]))
     return out
 
 
@@ -89,8 +100,10 @@ def _aligned(a: tuple[list[str], np.ndarray, np.ndarray], b: tuple[list[str], np
     return b[2][order]
 
 
-def comparison(run_path: str | Path, tasks: list[TaskSpec], reference: str) -> pd.DataFrame:
-    """The comparison table (see the module docstring), one row per (task, protocol, fraction, init)."""
+def comparison(run_path: str | Path, tasks: list[TaskSpec], reference: str, n_boot: int = 2000,
+               seed: int = 0) -> pd.DataFrame:
+    """The comparison table (see the module docstring), one row per (task, protocol, fraction, init);
+    ``n_boot`` bootstrap replicates per interval, drawn from ``seed``."""
     run_path = Path(run_path)
     results = transfer_results(run_path / "results.csv")
     rows: list[dict[str, Any]] = []
@@ -98,7 +111,8 @@ def comparison(run_path: str | Path, tasks: list[TaskSpec], reference: str) -> p
         for protocol in sorted(results.loc[results["task"] == task.name, "protocol"].unique()):
             per_seed = seed_metric(results, task.name, protocol, metric)
             base = run_path / "predictions" / "transfer" / task.name / protocol
-            preds = {init: read_cell_predictions(base / init, task) for init in per_seed["init"].unique()}
+            read = {init: _read_cells(base / init, task) for init in per_seed["init"].unique()}
+            preds = {init: {key: cell for key, (cell, _) in cells.items()} for init, cells in read.items()}
             ref = preds.get(reference, {})
             ref_seed = per_seed[per_seed["init"] == reference]
             for (init, fraction), group in per_seed.groupby(["init", "fraction"], sort=False):
@@ -106,14 +120,10 @@ def comparison(run_path: str | Path, tasks: list[TaskSpec], reference: str) -> p
                 row: dict[str, Any] = {"task": task.name, "protocol": protocol, "fraction": float(fraction),
                                        "init": init, "reference": reference, "metric": metric, "n_seeds": len(values),
                                        "mean": float(np.nanmean(values)) if np.isfinite(values).any() else math.nan}
-                lo, hi = mean_ci(values)
-                if metric.startswith("auc"):
-                    lo, hi = max(0.0, lo), min(1.0, hi)
-                row["interval"] = "t over seeds"
-                cells = {s: v for (f, s), v in preds.get(init, {}).items() if f == round(float(fraction), 6)}
-                if len(values) < 2 and cells:
-                    lo, hi, row["interval"] = _single_run_interval(task, metric, next(iter(cells.values())))
-                row["lo"], row["hi"] = lo, hi
+                here = {s: v for (f, s), v in read.get(init, {}).items() if f == round(float(fraction), 6)}
+                cells = {s: cell for s, (cell, _) in here.items()}
+                row["lo"], row["hi"] = seed_image_interval(task, metric, here, n_boot=n_boot, seed=seed)
+                row["interval"] = METHOD if np.isfinite(row["lo"]) else "none (no prediction files)"
                 ref_values = ref_seed[ref_seed["fraction"] == fraction]["value"].to_numpy(float)
                 row["reference_mean"] = float(np.nanmean(ref_values)) if np.isfinite(ref_values).any() else math.nan
                 row["delta"] = row["mean"] - row["reference_mean"]
@@ -130,27 +140,38 @@ def comparison(run_path: str | Path, tasks: list[TaskSpec], reference: str) -> p
     return table.drop(columns="order").reset_index(drop=True)
 
 
-def _single_run_interval(task: TaskSpec, metric: str, cell: tuple[list[str], np.ndarray, np.ndarray],
-                         n_boot: int = 1000) -> tuple[float, float, str]:
-    """95 % interval of one run's metric over the test images: DeLong's for the AUC DeLong's test
-    compares, else a stratified percentile bootstrap of the test images."""
-    _, labels, scores = cell
-    pair = task.binary_scores(labels, scores)
-    if metric == task.binary_metric and pair is not None and len(np.unique(pair[0])) == 2:
-        return (*delong_ci(*pair), "DeLong")
-    strata = labels.max(axis=1) if labels.ndim == 2 else labels
-    position = np.arange(len(labels))
-    fast = {"kappa": lambda y, s: quadratic_kappa(y, s.argmax(axis=1), s.shape[1]),
-            "accuracy": lambda y, s: accuracy(y, s.argmax(axis=1)),
-            "auc_macro": lambda y, s: multilabel_auc(y, s)["macro"]}
-
-    def value(_: np.ndarray, idx: np.ndarray) -> float:
-        if metric in fast:
-            return fast[metric](labels[idx], scores[idx])
-        return task.metrics(labels[idx], scores[idx])[metric]
-
-    lo, hi = bootstrap_ci(strata, position, metric=value, n_boot=n_boot, seed=0)
-    return lo, hi, "bootstrap"
+def seed_image_interval(task: TaskSpec, metric: str, cells: dict[int, tuple[Cell, np.ndarray]],
+                        n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % interval of the mean over seeds of ``metric`` from the seeds' predictions ``seed ->
+    ((ids, labels, scores), folds)``: :func:`~retinassl.metrics.intervals.seed_image_bootstrap` on
+    the union of their test images (NaN, NaN without predictions)."""
+    if not cells:
+        return math.nan, math.nan
+    seeds = sorted(cells)
+    ids = list(dict.fromkeys(i for s in seeds for i in cells[s][0][0]))
+    position = {i: n for n, i in enumerate(ids)}
+    first_labels, first_scores = cells[seeds[0]][0][1], cells[seeds[0]][0][2]
+    labels = np.full((len(ids), *first_labels.shape[1:]), -1, dtype=np.int64)
+    scores = np.full((len(seeds), len(ids), *first_scores.shape[1:]), np.nan)
+    folds = np.full((len(seeds), len(ids)), -1)
+    for k, s in enumerate(seeds):
+        (cell_ids, cell_labels, cell_scores), cell_folds = cells[s]
+        rows = np.array([position[i] for i in cell_ids], dtype=int)
+        known = (labels[rows] >= 0).reshape(len(rows), -1).all(axis=1)
+        clash = known & (labels[rows] != cell_labels).reshape(len(rows), -1).any(axis=1)
+        if clash.any():
+            raise DataError(f"task {task.name!r}, {metric}: seed {s}'s prediction file gives {int(clash.sum())} "
+                            f"test image(s) a label that another seed's file contradicts")
+        labels[rows], scores[k, rows], folds[k, rows] = cell_labels, cell_scores, cell_folds
+    if metric == task.binary_metric:
+        pairs = [task.binary_scores(labels, scores[k]) for k in range(len(seeds))]
+        labels, scores, name = pairs[0][0], np.stack([p[1] for p in pairs]), "auc"
+    elif metric in FAST_METRICS:
+        name = metric
+    else:
+        def name(y: np.ndarray, p: np.ndarray) -> float:
+            return task.metrics(y, p)[metric]
+    return seed_image_bootstrap(labels, scores, name, folds=folds, n_boot=n_boot, seed=seed)
 
 
 def _delong(task: TaskSpec, cells: dict[int, tuple], ref_cells: dict[int, tuple], is_reference: bool) -> dict[str, float]:
@@ -224,12 +245,14 @@ def markdown_tables(table: pd.DataFrame, inits_order: list[str] | None = None) -
                 cells.append(_cell(hit.iloc[0]) if len(hit) else "")
             lines.append(f"| {init} | " + " | ".join(cells) + " |")
         out.append("\n".join(lines))
+    if (table["interval"] == METHOD).any():
+        out.insert(0, METHOD_SENTENCE + ".")
     return "\n\n".join(out) + "\n"
 
 
 def write_comparison(run: RunDir, config: Any) -> pd.DataFrame:
     """Write ``comparison.csv`` and ``comparison.md`` into the run directory."""
-    table = comparison(run.path, list(config.tasks), config.reference)
+    table = comparison(run.path, list(config.tasks), config.reference, seed=config.seed)
     write_text(run.path / "comparison.csv", table.to_csv(index=False))
     write_text(run.path / "comparison.md", markdown_tables(table, [i.name for i in config.inits]))
     return table

@@ -13,6 +13,7 @@ import pandas as pd
 
 from retinassl.io.rundir import RunDir
 from retinassl.figures.plots import plt, save_figure
+from retinassl.metrics.intervals import METHOD, METHOD_SENTENCE
 
 
 def _comparison(run: RunDir) -> tuple[str, list[str], pd.DataFrame] | None:
@@ -77,10 +78,11 @@ def transfer_curves_section(run: RunDir):  # -> Section | None
         name = f"transfer-{task}-{metric}.png"
         curves_figure(table, task, metric, run.report_dir / "figures" / name, inits)
         parts.append(f'<img src="figures/{html.escape(name)}" alt="{html.escape(task)} {metric}" width="800">')
-    note = ("Mean over label-subset seeds; error bars are 95 % Student-t intervals over seeds (with a "
-            "single seed: DeLong intervals for AUC, bootstrap over test images otherwise). The dashed "
-            f"line is the reference ({reference}).")
-    return Section("Transfer: metric vs label fraction", f'<p class="note">{note}</p>' + "".join(parts))
+    methods = sorted(set(table["interval"].dropna().astype(str))) if "interval" in table.columns else []
+    bars = (f"error bars are the {METHOD_SENTENCE}" if methods == [METHOD]
+            else f"error bars are 95 % intervals ({' / '.join(methods) or 'none'})")
+    note = f"Mean over label-subset seeds; {bars}. The dashed line is the reference ({reference})."
+    return Section("Transfer: metric vs label fraction", f'<p class="note">{html.escape(note)}</p>' + "".join(parts))
 
 
 def transfer_delong_section(run: RunDir):  # -> Section | None
