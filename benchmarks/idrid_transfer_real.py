@@ -112,7 +112,10 @@ def summary(run: RunDir, config, seconds: float) -> tuple[dict, str]:
         lines.append(f"| {init} | {method} | {p.get('images_used', math.nan):.0f} | {p.get('pretrain_batches', 0):.0f} | "
                      f"{p['batch_size']} | {p['two_core_minutes']:.1f} | {p['images_per_s']:.1f} | {loss:.3f} |")
     if comparison is not None:
-        lines += ["", targets(comparison, config.reference), "", (run.path / "comparison.md").read_text()]
+        methods = sorted(set(comparison["interval"].dropna().astype(str))) if "interval" in comparison else []
+        lines += ["", targets(comparison, config.reference), "",
+                  f"Intervals (the comparison's `interval` column): {' / '.join(methods) or 'none'}.", "",
+                  (run.path / "comparison.md").read_text()]
     return data, "\n".join(lines)
 
 
@@ -150,7 +153,8 @@ def main() -> None:
                         help="a top-level override after the budget, as YAML (e.g. pretrain_engine.max_steps=300)")
     parser.add_argument("--steps", action="append", default=[], metavar="INIT=N",
                         help="pretraining optimizer steps of one initialisation (its pretrain.engine.max_steps)")
-    parser.add_argument("--summary-only", action="store_true", help="write the tables of --resume without running")
+    parser.add_argument("--summary-only", action="store_true",
+                        help="write the tables of --resume without running (the comparison table recomputed)")
     args = parser.parse_args()
     from retinassl.logs import setup_logging
 
@@ -197,6 +201,10 @@ def main() -> None:
         run.update_status(status="finished", elapsed_seconds=seconds)
     else:
         seconds = float(run.status().get("elapsed_seconds", 0.0))
+        if run.results_file.is_file():  # the comparison again, with the current interval method
+            from retinassl.metrics.compare import write_comparison
+
+            write_comparison(run, config)
     result, text = summary(run, config, seconds)
     write_results(name.replace("-", "_"), result, text)
     print(text)
