@@ -169,3 +169,29 @@ def test_external_report_has_reliability_roc_and_the_truly_worst_misses(world: d
     assert PRIVATE not in report
     assert not any(PRIVATE in str(p) for p in run.path.rglob("*"))
     assert not any(PRIVATE in p.read_text() for p in figures.glob("*.csv"))
+
+
+@pytest.mark.slow
+def test_the_commands_wire_explain_and_misses(world: dict, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RETINASSL_CACHE": str(world["cache"])}
+
+    def retinassl(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", "from retinassl.cli import main; main()", *args],
+                              capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+
+    done = retinassl("predict", str(world["classifier"]), str(world["images"]), "--out", "cam", "--explain")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list((tmp_path / "cam" / "overlays").glob("*.png"))) == 14
+    world["manifest"].save(tmp_path / "labelled.csv")
+    done = retinassl("evaluate", "external", str(world["classifier"]), "--source", "csv", "-o",
+                     f"csv={tmp_path / 'labelled.csv'}", "-o", f"root={world['images']}", "--label", "abnormal",
+                     "--name", "syn", "--misses", "2", "--runs-dir", "runs")
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = next((tmp_path / "runs").iterdir())
+    picks = pd.read_csv(run / "report" / "figures" / "misses-syn-classifier.csv")
+    assert picks.groupby("miss").size().max() == 2
+    assert "reliability-syn.png" in (run / "report" / "index.html").read_text()
