@@ -72,12 +72,13 @@ def test_second_prepare_decodes_nothing(tmp_path: Path, monkeypatch: pytest.Monk
     cfg = PreprocessConfig(size=32)
     first = cache.prepare(manifest, cfg)
     import retinassl.data.cache as cache_module
+    import retinassl.data.file_digests as digests_module
 
     def boom(*args, **kwargs):
         raise AssertionError("decoded an image on the second pass")
 
     monkeypatch.setattr(cache_module, "read_image", boom)
-    monkeypatch.setattr(cache_module, "file_digest", boom)
+    monkeypatch.setattr(digests_module, "file_digest", boom)
     second = cache.prepare(manifest, cfg)
     assert [e.directory for e in first.entries] == [e.directory for e in second.entries]
     assert isinstance(second.entries[0].image(), np.memmap)

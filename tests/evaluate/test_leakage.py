@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retinassl.data.cache import DigestMemo
+from retinassl.data.file_digests import DigestMemo
 from retinassl.data.manifest import Manifest
 from retinassl.data.leakage import clean_downstream, clean_pool, content_digests
 

@@ -233,7 +233,7 @@ def test_truncated_entry_through_data_prepare_is_rebuilt(tmp_path: Path, capsys:
 
 # -- the digest memo stores no path (item 2, cache part) -------------------------------------------
 def test_digest_memo_holds_no_path(tmp_path: Path) -> None:
-    from retinassl.data.cache import DigestMemo, file_digest
+    from retinassl.data.file_digests import DigestMemo, file_digest
 
     folder = tmp_path / "DOE_JANE_PHI123456"
     folder.mkdir()
@@ -257,7 +257,7 @@ def test_digest_memo_holds_no_path(tmp_path: Path) -> None:
 
 
 def test_digest_memo_notices_a_changed_file(tmp_path: Path) -> None:
-    from retinassl.data.cache import DigestMemo, file_digest
+    from retinassl.data.file_digests import DigestMemo, file_digest
 
     image = tmp_path / "a.png"
     image.write_bytes(png_bytes(fundus(0)))

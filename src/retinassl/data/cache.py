@@ -14,24 +14,21 @@ Every file is written atomically, so a process killed mid-write leaves no corrup
 completes the cache. Arrays are read memory-mapped, so a second epoch decodes no image and a
 dataset larger than memory streams from disk.
 
-File digests are memoised in ``<cache>/digests.sqlite`` by (hash of the path, size, mtime), so later
-runs do not re-read unchanged files to hash them; the database holds no file name (a path can carry
-a patient's name).
+File digests are memoised in ``<cache>/digests.sqlite`` (:mod:`retinassl.data.file_digests`), so later
+runs do not re-read unchanged files to hash them.
 
-Entries are verified when they are used: ``entry.json`` records the shape, dtype and byte size of
-every array, so a truncated or replaced ``.npy`` file (a full disk, a copy cut short) is rebuilt by
-:meth:`Cache.prepare` (with a warning naming the entry and its image) and is a
-:class:`~retinassl.errors.DataError` naming both when read, never a raw numpy error.
+Entries are verified when they are used (:class:`~retinassl.data.cache_entry.CacheEntry`): ``entry.json``
+records the shape, dtype and byte size of every array, so a truncated or replaced ``.npy`` file (a full
+disk, a copy cut short) is rebuilt by :meth:`Cache.prepare` (with a warning naming the entry and its
+image) and is a :class:`~retinassl.errors.DataError` naming both when read, never a raw numpy error.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
-import sqlite3
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -44,8 +41,10 @@ from retinassl.errors import DataError
 from retinassl.progress import track
 from retinassl.data.imageio import read_image, read_mask
 from retinassl.data.limits import check_budget, check_image_shape, preprocess_cost
-from retinassl.data.manifest import MASK_COLUMNS, Manifest, is_missing
+from retinassl.data.manifest import MASK_COLUMNS, Manifest
+from retinassl.data.cache_entry import CacheEntry, array_problem, array_record
 from retinassl.data.field_of_view import Geometry, apply_geometry, fov_mask
+from retinassl.data.file_digests import DigestMemo
 from retinassl.data.preprocess import PreprocessConfig, compute_geometry, process_pixels
 
 log = logging.getLogger(__name__)
@@ -55,188 +54,6 @@ def default_cache_dir() -> Path:
     """``$RETINASSL_CACHE`` or ``~/.cache/retinassl``."""
     env = os.environ.get("RETINASSL_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "retinassl"
-
-
-def file_digest(path: str | Path) -> str:
-    """BLAKE2b-128 hex digest of a file's bytes."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def path_key(path: str | Path) -> str:
-    """What the digest memo stores for a file: a BLAKE2b hash of its absolute path (never the path,
-    which can carry a patient's name)."""
-    return hashlib.blake2b(os.fsencode(str(Path(path).resolve())), digest_size=16,
-                           person=b"retinassl-path").hexdigest()
-
-
-class DigestMemo:
-    """Remembers file digests by (hash of the absolute path, size, mtime) in a small SQLite table.
-
-    Caches made before paths were hashed held a ``digests`` table of absolute paths: it is dropped
-    (and the file vacuumed, so that the names leave the disk too) on first use.
-    """
-
-    def __init__(self, database: Path) -> None:
-        self.database = database
-
-    def _connect(self) -> sqlite3.Connection:
-        self.database.parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(self.database, timeout=60)
-        if con.execute("PRAGMA user_version").fetchone()[0] < 1:
-            # a memo of an older version may hold absolute paths: drop them, and rewrite the file
-            # (VACUUM) so that they leave the disk too; user_version marks it done
-            con.execute("DROP TABLE IF EXISTS digests")
-            con.commit()
-            try:
-                con.execute("VACUUM")
-                con.execute("PRAGMA user_version = 1")
-                con.commit()
-            except sqlite3.OperationalError as exc:  # another process is using it: next time
-                log.debug("could not vacuum %s yet: %s", self.database, exc)
-        con.execute("CREATE TABLE IF NOT EXISTS file_digests (path_hash TEXT PRIMARY KEY, "
-                    "size INTEGER, mtime INTEGER, digest TEXT)")
-        return con
-
-    def digests(self, paths: Sequence[Path]) -> list[str]:
-        """Digest of every path, hashing only files that changed since they were last seen."""
-        stats = []
-        for p in paths:
-            try:
-                st = p.stat()
-            except OSError:
-                raise DataError("file does not exist", path=p) from None
-            stats.append((p, path_key(p), st.st_size, st.st_mtime_ns))
-        with self._connect() as con:
-            known = {}
-            for i in range(0, len(stats), 500):
-                chunk = [s[1] for s in stats[i:i + 500]]
-                rows = con.execute(
-                    f"SELECT path_hash, size, mtime, digest FROM file_digests WHERE path_hash IN "
-                    f"({','.join('?' * len(chunk))})", chunk).fetchall()
-                known.update({r[0]: r[1:] for r in rows})
-            out, new = [], []
-            for (path, key, size, mtime) in stats:
-                hit = known.get(key)
-                if hit is not None and hit[0] == size and hit[1] == mtime:
-                    out.append(hit[2])
-                else:
-                    digest = file_digest(path)
-                    out.append(digest)
-                    new.append((key, size, mtime, digest))
-            if new:
-                con.executemany("INSERT OR REPLACE INTO file_digests VALUES (?, ?, ?, ?)", new)
-        return out
-
-
-def npy_size(shape: Sequence[int], dtype: np.dtype | str) -> int:
-    """Bytes of the ``.npy`` file :func:`numpy.save` writes for a C-ordered array of ``shape`` and
-    ``dtype`` (header included)."""
-    dtype = np.dtype(dtype)
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(dtype),
-                                                  "fortran_order": False, "shape": tuple(shape)})
-    return header.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-
-
-def _array_record(array: np.ndarray) -> dict:
-    """What ``entry.json`` records of an array file: shape, dtype and the file's byte size."""
-    return {"shape": list(array.shape), "dtype": array.dtype.str,
-            "bytes": npy_size(array.shape, array.dtype)}
-
-
-def _array_problem(path: Path, record: dict | None) -> str | None:
-    """Why the ``.npy`` file ``path`` is not the array ``record`` describes (None when intact).
-
-    With a record, only the file's size is compared (a ``stat``); without one (entries made before
-    records), the file's own header is read and its size compared with what the header announces.
-    """
-    try:
-        size = path.stat().st_size
-    except OSError:
-        return "is missing"
-    if record is not None:
-        return None if size == record["bytes"] else f"has {size} bytes, {record['bytes']} expected"
-    try:
-        with open(path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, _, dtype = read_header(fh)
-            header = fh.tell()
-    except (OSError, ValueError, EOFError, SyntaxError) as exc:
-        return f"has no readable .npy header ({exc})"
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    return None if size == expected else f"has {size} bytes, {expected} expected for {shape} {dtype}"
-
-
-@dataclass(frozen=True)
-class CacheEntry:
-    """One preprocessed image (and its masks) in the cache.
-
-    Attributes:
-        directory: the entry's folder.
-        masks: manifest column -> mask file name.
-        source: the image file the entry was made from (named when the entry is found corrupt).
-    """
-
-    directory: Path
-    masks: dict[str, str] = field(default_factory=dict)  # manifest column -> mask file name
-    source: str = ""
-
-    def _load(self, name: str, record: dict | None = None) -> np.ndarray:
-        """Memory-map ``name``, verifying it against ``entry.json``'s record of it."""
-        path = self.directory / name
-        problem = _array_problem(path, record if record is not None else self._records().get(name))
-        array = None
-        if problem is None:
-            try:
-                array = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError, EOFError) as exc:
-                problem = f"cannot be read ({exc})"
-        if problem is not None:
-            of = f" (made from {self.source})" if self.source else ""
-            raise DataError(f"cache entry{of} is corrupt: {name} {problem}; run `retinassl data "
-                            f"prepare` (or the command again) to rebuild it", path=path)
-        return array
-
-    def _records(self) -> dict[str, dict]:
-        try:
-            return self._meta().get("arrays", {})
-        except (OSError, ValueError) as exc:
-            of = f" (made from {self.source})" if self.source else ""
-            raise DataError(f"cache entry{of} has no readable entry.json ({exc}); run `retinassl "
-                            f"data prepare` to rebuild it", path=self.directory) from None
-
-    def image(self) -> np.ndarray:
-        """``(S, S, C)`` uint8, memory-mapped."""
-        return self._load("image.npy")
-
-    def fov(self) -> np.ndarray:
-        """``(S, S)`` bool, memory-mapped."""
-        return self._load("fov.npy")
-
-    def mask(self, column: str) -> np.ndarray | None:
-        """``(S, S)`` bool for a mask column, or None when the row has no such mask."""
-        name = self.masks.get(column)
-        if name is None:
-            return None
-        return self._load(name, self._records().get("fov.npy"))  # a mask is shaped like the FOV
-
-    def _meta(self) -> dict:
-        return json.loads((self.directory / "entry.json").read_text())
-
-    @property
-    def geometry(self) -> Geometry:
-        return Geometry.from_json(json.dumps(self._meta()["geometry"]))
-
-    @property
-    def stats(self) -> dict[str, list[float] | float]:
-        """Pixel statistics inside the FOV: ``max`` (over channels), per-channel ``mean``, ``std``."""
-        return self._meta()["stats"]
 
 
 @dataclass
@@ -394,8 +211,9 @@ class Cache:
 
     def _complete(self, job: _Job, config: PreprocessConfig) -> bool:
         """Whether the entry of ``job`` is complete and intact. A corrupt file (see
-        :func:`_array_problem`) is removed, with a warning naming the entry and its image, so that
-        the entry is rebuilt (its ``entry.json`` too when the image or FOV is at fault)."""
+        :func:`~retinassl.data.cache_entry.array_problem`) is removed, with a warning naming the
+        entry and its image, so that the entry is rebuilt (its ``entry.json`` too when the image or
+        FOV is at fault)."""
         d = self.entry_dir(job.digest, config)
         if not (d / "entry.json").is_file():
             return False
@@ -405,7 +223,7 @@ class Cache:
             records, bad = {}, ["entry.json"]
         else:
             bad = [name for name in ("image.npy", "fov.npy")
-                   if _array_problem(d / name, records.get(name)) is not None]
+                   if array_problem(d / name, records.get(name)) is not None]
         if bad:
             log.warning("cache entry %s (made from %s) is corrupt (%s); rebuilding it", d, job.image,
                         ", ".join(bad))
@@ -416,7 +234,7 @@ class Cache:
             mask = d / f"mask-{digest}.npy"
             if not mask.is_file():
                 complete = False
-            elif _array_problem(mask, records.get("fov.npy")) is not None:
+            elif array_problem(mask, records.get("fov.npy")) is not None:
                 log.warning("cache entry %s: mask %s (made from %s) is corrupt; rebuilding it", d,
                             mask.name, path)
                 mask.unlink(missing_ok=True)
@@ -462,8 +280,8 @@ def _build_entry(job: _Job, config: PreprocessConfig, cache: Cache) -> None:
                 np.save(fh, out_fov)
         write_text(entry_file, json.dumps({"geometry": json.loads(geometry.to_json()),
                                            "stats": pixel_stats(out, out_fov),
-                                           "arrays": {"image.npy": _array_record(out),
-                                                      "fov.npy": _array_record(out_fov)}}))
+                                           "arrays": {"image.npy": array_record(out),
+                                                      "fov.npy": array_record(out_fov)}}))
     for _column, path, digest in job.masks:
         target = directory / f"mask-{digest}.npy"
         if target.is_file():

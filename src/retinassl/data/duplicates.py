@@ -60,7 +60,8 @@ from scipy import ndimage
 
 from retinassl.atomic import atomic_path
 from retinassl.progress import track
-from retinassl.data.cache import DigestMemo, default_cache_dir
+from retinassl.data.cache import default_cache_dir
+from retinassl.data.file_digests import DigestMemo
 from retinassl.data.imageio import read_image
 from retinassl.data.manifest import Manifest, is_missing
 from retinassl.data.field_of_view import fov_mask

@@ -28,7 +28,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from retinassl.data.cache import DigestMemo, default_cache_dir
+from retinassl.data.cache import default_cache_dir
+from retinassl.data.file_digests import DigestMemo
 from retinassl.data.manifest import Manifest, is_missing
 
 log = logging.getLogger(__name__)
