@@ -61,7 +61,8 @@ class ModelConfig(Section):
             ``module.encoder_q.``); None strips ``module.``/``model.`` wrappers automatically.
         weights: the published model ``init`` holds (``retfound-mae``, ``retfound-green``,
             ``dinov2-vitl14``...: :data:`retinassl.models.vit_weights.KNOWN_WEIGHTS`): its
-            architecture is built (``kwargs`` given here override single arguments) and its input
+            architecture is built (with ``arch`` set to the same, ``kwargs`` given here override
+            single arguments; another ``arch`` is replaced with its ``kwargs``) and its input
             size and normalisation replace ``preprocess``'s, and are recorded in saved models
             (:mod:`retinassl.models.published`). None: ``arch``/``kwargs``/``preprocess`` as given.
     """

@@ -18,7 +18,8 @@ from retinassl.data.preprocess import PreprocessConfig, normalize
 from retinassl.data.synthetic import generate_dataset
 from retinassl.errors import ConfigError
 from retinassl.models.initialize import initial_encoder
-from retinassl.models.published import published_meta, published_model, published_preprocess
+from retinassl.models.published import published_meta, published_model, published_preprocess, with_published
+from retinassl.models.vit_weights import KNOWN_WEIGHTS, KnownWeights
 
 PIXELS = np.array([[[0, 51, 255], [255, 102, 0]]], dtype=np.uint8)  # (1, 2, 3)
 
@@ -48,7 +49,7 @@ def test_meanstd_normalisation_and_its_validation() -> None:
 
 def test_model_weights_sets_architecture_and_preprocessing() -> None:
     base = PreprocessConfig(size=128, normalize="max", clahe=True)
-    green = ModelConfig(weights="retfound-green", kwargs={"drop_path": 0.1})
+    green = ModelConfig(weights="retfound-green", arch="vit_small", kwargs={"drop_path": 0.1})
     pre = published_preprocess(green, base)
     assert (pre.size, pre.normalize, pre.normalize_mean, pre.normalize_std) == (392, "meanstd", (0.5,) * 3, (0.5,) * 3)
     assert pre.clahe                                       # the rest is left as it was
@@ -64,8 +65,10 @@ def test_model_weights_sets_architecture_and_preprocessing() -> None:
     assert (encoder.num_features, encoder.patch_size, encoder.num_register_tokens, encoder.pooling) == (384, 14, 4, "mean")
     assert published_meta(green) == {"weights": {"weights": "retfound-green", "size": 392, "mean": [0.5] * 3,
                                                  "std": [0.5] * 3, "normalize": "meanstd"}}
-    with pytest.raises(ConfigError, match="vit_small"):
-        published_model(ModelConfig(weights="retfound-green", arch="resnet18"))
+    # a preset's architecture is replaced with its arguments; the default one too
+    for arch in ("resnet18", ModelConfig().arch):
+        replaced = published_model(ModelConfig(weights="retfound-green", arch=arch, kwargs={"width": 8}))
+        assert (replaced.arch, replaced.kwargs) == ("vit_small", KNOWN_WEIGHTS["retfound-green"].kwargs)
     with pytest.raises(ConfigError, match="retfound-green"):
         published_model(ModelConfig(weights="retfound-blue"))
 
@@ -104,3 +107,35 @@ def test_published_normalisation_round_trips_through_a_saved_classifier(tmp_path
                              "model": {"weights": "retfound-green"}}, None)
     assert config.model.arch == "vit_small" and config.preprocess.normalize == "meanstd"
     assert config.preprocess.size == 392
+
+
+def test_pretraining_from_published_weights_records_their_inputs(tmp_path, monkeypatch) -> None:
+    """``retinassl pretrain`` (a preset that sets resnet18) with ``model.weights`` naming a published
+    model (a tiny stand-in entry): the ViT is built and loaded, trained on 0.5 / 0.5 inputs at the
+    model's size, and the encoder JSON records them."""
+    from safetensors.torch import save_file
+
+    from retinassl.config import load_config
+    from retinassl.io.rundir import RunDir
+    from retinassl.jobs.pretrain import PretrainConfig, run_pretrain
+    from retinassl.models import build_encoder
+    from retinassl.models.checkpoint import load_encoder
+
+    kwargs = {"embed_dim": 16, "depth": 1, "num_heads": 2, "patch_size": 8, "img_size": 32,
+              "num_register_tokens": 1, "pooling": "mean"}
+    monkeypatch.setitem(KNOWN_WEIGHTS, "tiny-green", KnownWeights("vit", kwargs, (0.5,) * 3, (0.5,) * 3, 32,
+                                                                  "meanstd", "a test stand-in"))
+    monkeypatch.setenv("RETINASSL_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    weights = tmp_path / "tiny-green.safetensors"
+    save_file({k: v.contiguous() for k, v in build_encoder("vit", **kwargs).state_dict().items()}, str(weights))
+    cfg = load_config(PretrainConfig, "pretrain-supervised", [
+        "data.options.n_images=8", "data.options.size=64", f"data.options.out_dir={tmp_path / 'data'}",
+        "preprocess.size=64", "engine.batch_size=4", "engine.precision='32'", "engine.max_steps=1",
+        "model.weights=tiny-green", f"model.init={weights}", f"runs_dir={tmp_path}"])
+    assert cfg.model.arch != "vit"                                   # the preset's architecture
+    encoder, meta = load_encoder(run_pretrain(cfg, RunDir.create(tmp_path, "green")))
+    assert meta["arch"] == "vit" and meta["kwargs"] == kwargs and meta["init"] == "external"
+    assert meta["preprocess"]["size"] == 32 and meta["preprocess"]["normalize"] == "meanstd"
+    assert meta["preprocess"]["normalize_mean"] == [0.5] * 3 and meta["weights"]["weights"] == "tiny-green"
+    assert with_published(cfg).preprocess == PreprocessConfig.model_validate(meta["preprocess"])

@@ -24,6 +24,7 @@ import pandas as pd
 from pydantic import Field, field_validator
 
 from retinassl.models.checkpoint import save_encoder
+from retinassl.models.published import published_meta, with_published
 from retinassl.config import DataConfig, EngineConfig, ModelConfig, Section, to_yaml
 from retinassl.data.preprocess import PreprocessConfig
 from retinassl.data.cache import Cache, PreparedData
@@ -172,6 +173,7 @@ def run_pretrain(config: PretrainConfig, run: RunDir, resume: bool = False,
         :func:`retinassl.models.checkpoint.load_encoder`.
     """
     name = config.method_name
+    config = with_published(config)  # model.weights: the published model's architecture and inputs
     run.write_config(to_yaml(config))
     pool = select_rows(manifest, config) if manifest is not None else load_pool(config)
     first = config.data[0] if config.data else DataConfig()
@@ -182,7 +184,8 @@ def run_pretrain(config: PretrainConfig, run: RunDir, resume: bool = False,
         run.update_status(skipped=[{"id": i, "problem": p} for i, p in prepared.skipped])
     prepared.manifest.save(run.path / "manifest.csv")
     method, initial = seeded_method(config.model, {**config.method, "name": name}, name, config.seed)
-    if initial.kind == "external" and config.preprocess.normalize != "imagenet":
+    if initial.kind == "external" and config.model.weights is None and \
+            config.preprocess.normalize != "imagenet":
         log.warning("model.init is external weights but preprocess.normalize is %r; ImageNet "
                     "weights expect 'imagenet'", config.preprocess.normalize)
     dataset = pretrain_dataset(prepared, config)
@@ -194,7 +197,7 @@ def run_pretrain(config: PretrainConfig, run: RunDir, resume: bool = False,
                  config=config.model_dump(mode="json"),
                  data_fingerprint=prepared.manifest.fingerprint(),
                  extra={"init": initial.kind, "init_source": config.model.init,
-                        "pool_size": len(dataset), "batches": result.batches,
+                        "pool_size": len(dataset), "batches": result.batches, **published_meta(config.model),
                         # content fingerprints of the pool: evaluations warn when they test on these
                         PRETRAINING_KEY: pretraining_record(prepared.manifest,
                                                             content_digests(prepared.manifest))})

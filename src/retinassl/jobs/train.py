@@ -21,6 +21,7 @@ from pydantic import Field
 
 from retinassl.atomic import write_text
 from retinassl.models.checkpoint import save_encoder
+from retinassl.models.published import with_published
 from retinassl.config import DataConfig, EngineConfig, ModelConfig, Section, to_yaml
 from retinassl.data.preprocess import PreprocessConfig
 from retinassl.data.cache import PreparedData
@@ -108,6 +109,7 @@ def run_train(config: TrainConfig, run: RunDir, resume: bool = False,
     Returns:
         test metrics (``image_auc``, and ``patch_auc`` for patch tasks).
     """
+    config = with_published(config)  # model.weights: the published model's architecture and inputs
     run.write_config(to_yaml(config))
     prepared = prepared if prepared is not None else prepare(config.data, config.preprocess)
     if prepared.skipped:

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from retinassl.config import DataConfig, EngineConfig, ModelConfig, Section, validate
 from retinassl.data.preprocess import PreprocessConfig
-from retinassl.models.published import published_model, published_preprocess
+from retinassl.models.published import with_published
 from retinassl.errors import ConfigError
 from retinassl.jobs.finetune import FinetuneConfig
 from retinassl.jobs.probe import ProbeConfig
@@ -184,8 +184,6 @@ def resolve_config(data: dict[str, Any], budget: str | None) -> TransferConfig:
                           f"{', '.join(budgets)})")
     merged = merge_budget(data, budgets.get(budget, {}) if budget else {})
     config = validate(TransferConfig, merged, origin=f"transfer experiment ({budget or 'no'} budget)")
-    if config.model.weights is not None:  # a published model: its architecture and its inputs
-        config = config.model_copy(update={"model": published_model(config.model),
-                                           "preprocess": published_preprocess(config.model, config.preprocess)})
+    config = with_published(config)  # a published model (model.weights): its architecture and inputs
     config.check()
     return config
