@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from retinassl.config import load_config
-from retinassl.jobs.segment import SegmentConfig
+from retinassl.jobs.segment_config import SegmentConfig
 from retinassl.sweeps.vessel_curve import run_label_fraction_curve
 from retinassl.metrics.stats import mean_ci
 from retinassl.report.html import build_report

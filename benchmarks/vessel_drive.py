@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from retinassl.config import DataConfig, load_config
-from retinassl.jobs.segment import (EvalDatasetConfig, SegmentConfig, load_segmenter,
-                                                 run_segment_evaluate, run_segment_train)
+from retinassl.jobs.segment import load_segmenter, run_segment_evaluate, run_segment_train
+from retinassl.jobs.segment_config import EvalDatasetConfig, SegmentConfig
 from retinassl.report.html import build_report
 from retinassl.io.results import read_results
 from retinassl.io.rundir import RunDir

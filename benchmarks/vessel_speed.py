@@ -33,8 +33,9 @@ from retinassl.config import load_config
 from retinassl.data.loading import prepare
 from retinassl.engine.fit import fit, resolve_precision
 from retinassl.data.vessel_inputs import VesselImageDataset, load_vessel_images
-from retinassl.jobs.segment import (SegmentConfig, build_vessel_method, labelled_rows,
-                                                 predict_row)
+from retinassl.jobs.segment import build_vessel_method
+from retinassl.jobs.segment_config import SegmentConfig
+from retinassl.jobs.segment_evaluation import labelled_rows, predict_row
 from retinassl.io.rundir import RunDir
 
 HERE = Path(__file__).resolve().parent

@@ -142,8 +142,8 @@ def test_resume_is_exact(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_smoke_training_on_synthetic_vessels(tmp_path: Path) -> None:
-    from retinassl.jobs.segment import (SegmentConfig, load_segmenter, predict_images,
-                                                     run_segment_train)
+    from retinassl.jobs.segment import load_segmenter, predict_images, run_segment_train
+    from retinassl.jobs.segment_config import SegmentConfig
     from retinassl.io.results import read_results
 
     cfg = load_config(SegmentConfig, None, [
@@ -163,7 +163,8 @@ def test_smoke_training_on_synthetic_vessels(tmp_path: Path) -> None:
     probs = sorted((run.predictions / "synthetic").glob("*-prob.png"))
     assert probs and len(probs) == len(list((run.predictions / "synthetic").glob("*-vessels.png")))
     segmenter = load_segmenter(run.path)
-    from retinassl.jobs.segment import EvalDatasetConfig, run_segment_evaluate
+    from retinassl.jobs.segment import run_segment_evaluate
+    from retinassl.jobs.segment_config import EvalDatasetConfig
 
     other = RunDir.create(tmp_path / "runs", "evaluate")  # cross-dataset path: another scale
     spec = EvalDatasetConfig(name="other", data=cfg.data, split="test",
@@ -181,7 +182,7 @@ def test_smoke_training_on_synthetic_vessels(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_label_fraction_curve_rows_and_rerun_skips_finished_cells(tmp_path: Path) -> None:
-    from retinassl.jobs.segment import SegmentConfig
+    from retinassl.jobs.segment_config import SegmentConfig
     from retinassl.sweeps.vessel_curve import run_label_fraction_curve
     from retinassl.io.results import RESULT_COLUMNS
 

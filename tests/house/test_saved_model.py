@@ -16,7 +16,8 @@ from retinassl.config import load_config
 from retinassl.errors import CheckpointError
 from retinassl.io.saved_model import META, WEIGHTS, read_model, read_model_meta
 from retinassl.jobs.finetune import load_classifier, save_classifier
-from retinassl.jobs.segment import SegmentConfig, build_vessel_method, load_segmenter, save_segmenter
+from retinassl.jobs.segment import build_vessel_method, load_segmenter, save_segmenter
+from retinassl.jobs.segment_config import SegmentConfig
 from retinassl.methods.base import build_method
 from retinassl.methods.oct_layers import LayerModel, load_layer_model
 from retinassl.metrics.tasks import TaskSpec

@@ -103,7 +103,7 @@ def prepare(config: str = typer.Argument(..., help="A YAML config or preset whos
 CONFIG_MODELS = ("retinassl.jobs.train:TrainConfig", "retinassl.jobs.pretrain:PretrainConfig",
                  "retinassl.jobs.cross_modal:CrossModalRunConfig", "retinassl.jobs.oct_layers:LayerTrainConfig",
                  "retinassl.jobs.patch_config:SemisupTrainConfig", "retinassl.jobs.patch_config:SSLGANExperimentConfig",
-                 "retinassl.jobs.segment:SegmentConfig", "retinassl.sweeps.transfer_config:TransferConfig")
+                 "retinassl.jobs.segment_config:SegmentConfig", "retinassl.sweeps.transfer_config:TransferConfig")
 
 
 def known_top_level_keys() -> set[str]:

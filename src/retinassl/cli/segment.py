@@ -38,7 +38,8 @@ def train(config: str = typer.Argument("drive-vessels", help="A YAML config or a
     config's evaluate_on datasets, e.g. STARE). Writes runs/<name>-<time>/ with segmenter/ (the
     model), encoder/, predictions/ (PNG probability maps and binary masks), results.csv and an HTML
     report with overlays."""
-    from retinassl.jobs.segment import SegmentConfig, run_segment_train
+    from retinassl.jobs.segment import run_segment_train
+    from retinassl.jobs.segment_config import SegmentConfig
 
     overrides = list(overrides or []) + (["model.allow_pickle=true"] if allow_pickle else [])
     cfg, run = open_run(SegmentConfig, config, overrides, resume, runs_dir, skip_bad)
@@ -104,7 +105,8 @@ def evaluate(model: Path = typer.Argument(..., help="A segmenter directory or a 
     Dice, sensitivity, specificity, accuracy and pixel AUC inside the FOV, with bootstrap intervals
     over images; predictions, overlays, results.csv and a report in a new run directory."""
     from retinassl.config import DataConfig
-    from retinassl.jobs.segment import EvalDatasetConfig, load_segmenter, run_segment_evaluate
+    from retinassl.jobs.segment import load_segmenter, run_segment_evaluate
+    from retinassl.jobs.segment_config import EvalDatasetConfig
     from retinassl.report.html import build_report
 
     segmenter = load_segmenter(model)
@@ -136,7 +138,7 @@ def curve(config: str = typer.Argument("drive-vessels", help="A YAML config or p
     """Label-fraction curve: one U-Net per (initialisation, number of training images, seed),
     each tested on the test split; one results table (same format as the classification
     protocol) and a report. With --resume, finished combinations are skipped."""
-    from retinassl.jobs.segment import SegmentConfig
+    from retinassl.jobs.segment_config import SegmentConfig
     from retinassl.sweeps.vessel_curve import run_label_fraction_curve
     from retinassl.report.html import build_report
 

@@ -1,11 +1,14 @@
 """Vessel-segmentation runs: train a U-Net, evaluate it inside the FOV at the original resolution
-(on the training dataset's test split and on other datasets), write PNG predictions, and the
-label-fraction curve over initialisations.
+(on the training dataset's test split and on other datasets), write PNG predictions; the cells of
+the label-fraction curve over initialisations (:mod:`retinassl.sweeps.vessel_curve`).
 
 A trained model is a saved model of kind ``segmenter`` (:mod:`retinassl.io.saved_model`: the
 U-Net's ``encoder.*`` and ``decoder.*`` weights; its JSON has the encoder architecture and
 arguments, decoder arguments, the preprocessing and input settings and the inference settings), so
 ``retinassl segment predict/evaluate`` need nothing else.
+
+The run's configuration is :mod:`retinassl.jobs.segment_config`; evaluation, at the original
+resolution, is :mod:`retinassl.jobs.segment_evaluation`.
 
 Evaluation never resamples the annotations: probabilities computed on the cached image are mapped
 back to the original pixel grid (:func:`~retinassl.jobs.segment_inference.to_original`)
@@ -16,131 +19,35 @@ by thresholding with ``preprocess.fov_threshold`` when the dataset has none, as 
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import pandas as pd
-import torch
-from pydantic import Field
 
 from retinassl.atomic import write_text
-from retinassl.io.saved_model import is_saved_model, load_state_strict, module_state, read_model, save_model
-from retinassl.models.checkpoint import encoder_meta, save_encoder
-from retinassl.models.initialize import init_label
-from retinassl.config import DataConfig, EngineConfig, ModelConfig, Section, to_yaml
+from retinassl.config import to_yaml
 from retinassl.data.cache import PreparedData
-from retinassl.data.imageio import read_image, read_mask
 from retinassl.data.loading import drop_test_leaks, prepare
-from retinassl.data.manifest import is_missing
-from retinassl.data.field_of_view import fov_mask
-from retinassl.data.preprocess import PreprocessConfig
 from retinassl.data.splits import nested_subsets
+from retinassl.data.vessel_inputs import InputConfig, VesselImageDataset, load_vessel_images
 from retinassl.engine.fit import FitResult, fit
 from retinassl.errors import ConfigError, DataError
-from retinassl.methods.base import seeded_method
-from retinassl.models import build_encoder
-from retinassl.models.segmentation import UNet
-from retinassl.io.results import append_results, result_row
+from retinassl.io.results import append_results
 from retinassl.io.rundir import RunDir
+from retinassl.io.saved_model import is_saved_model, load_state_strict, module_state, read_model, save_model
+from retinassl.jobs.segment_config import EvalDatasetConfig, SegmentConfig, SegmentPreprocessConfig, TrainImagesConfig
+from retinassl.jobs.segment_evaluation import (EvalResult, evaluate_segmenter, labelled_rows, predict_row,
+                                               prepare_eval_dataset, result_rows)
+from retinassl.jobs.segment_inference import InferenceConfig, save_mask_png, save_probability_png
+from retinassl.methods.base import seeded_method
 from retinassl.methods.vessel_segmentation import VesselSegmentation
-from retinassl.data.vessel_inputs import InputConfig, VesselImageDataset, load_vessel_images, network_input
-from retinassl.figures.vessels import vessel_panel
-from retinassl.jobs.segment_inference import (InferenceConfig, save_mask_png, save_probability_png,
-                                     sliding_window_probabilities, to_original)
-from retinassl.metrics.segmentation import (BINARY_METRICS, bootstrap_mean, bootstrap_over_images,
-                                   confusion_counts, metrics_from_counts, segmentation_metrics)
-from retinassl.metrics.classification import roc_auc
+from retinassl.models import build_encoder
+from retinassl.models.checkpoint import encoder_meta, save_encoder
+from retinassl.models.initialize import init_label
+from retinassl.models.segmentation import UNet
 
 log = logging.getLogger(__name__)
-
-# -- configuration ---------------------------------------------------------------------------------
-class TrainImagesConfig(Section):
-    """Which images train, and what an epoch is.
-
-    Attributes:
-        split: manifest split of the training images (rows with a ``mask_vessels`` file).
-        n_images: label budget: the first ``n_images`` of a seeded random order of the training
-            images (nested: the 2 images of a seed contain its 1 image, and so on); None: all.
-        subset_seed: seed of that order (None: the run seed).
-        samples_per_epoch: image draws per epoch; each draw gives ``patches_per_image`` patches,
-            so an epoch has the same number of patches whatever ``n_images`` is.
-        freeze_encoder_epochs: train only the decoder for the first epochs (pretrained encoders).
-    """
-
-    split: str = "train"
-    n_images: int | None = Field(None, ge=1)
-    subset_seed: int | None = None
-    samples_per_epoch: int = Field(40, ge=1)
-    freeze_encoder_epochs: int = Field(0, ge=0)
-
-
-class SegmentModelConfig(ModelConfig):
-    """The U-Net's encoder (:class:`~retinassl.config.ModelConfig` with a small ``unet`` default;
-    ``in_channels`` defaults to the input's channels)."""
-
-    arch: str = "unet"
-    kwargs: dict[str, Any] = Field(default_factory=lambda: {"channels": [16, 32, 64, 128]})
-
-
-class SegmentEngineConfig(EngineConfig):
-    """:class:`~retinassl.config.EngineConfig` whose batch is a few whole images (each gives
-    ``method.patches_per_image`` patches)."""
-
-    batch_size: int = Field(4, ge=1)
-
-
-class SegmentPreprocessConfig(PreprocessConfig):
-    """:class:`~retinassl.data.preprocess.PreprocessConfig` that keeps the original scale by
-    default (no FOV crop, ``size`` = the images' longer side), so vessel masks are not resampled."""
-
-    size: int = Field(584, ge=8, le=8192)
-    crop_fov: bool = False
-    normalize: Literal["max", "imagenet", "image", "unit"] = "unit"
-
-
-class EvalDatasetConfig(Section):
-    """A dataset to evaluate a trained model on (cross-dataset evaluation).
-
-    Attributes:
-        name: short name used in the results table (``task = vessels:<name>``) and file names.
-        data: where the images come from (any source: ``stare``, ``glob``, ``manifest``...).
-        preprocess: its caching (None: the training preprocessing; defaults as for training:
-            no FOV crop, ``size`` 584, so set ``size`` to the images' longer side to keep their
-            scale, or smaller to shrink them towards the training images' scale).
-        split: only rows of this split (None: every row with a vessel mask).
-        exclude_flag: leave out rows whose value in this manifest column is 1 (e.g. STARE's
-            ``resized``).
-    """
-
-    name: str
-    data: DataConfig
-    preprocess: SegmentPreprocessConfig | None = None
-    split: str | None = None
-    exclude_flag: str | None = None
-
-
-class SegmentConfig(Section):
-    """A vessel-segmentation run (``retinassl segment train``; preset ``drive-vessels``)."""
-
-    name: str = "vessels"
-    seed: int = 0
-    runs_dir: Path = Path("runs")
-    data: DataConfig = DataConfig()
-    preprocess: SegmentPreprocessConfig = SegmentPreprocessConfig()
-    input: InputConfig = InputConfig()
-    model: SegmentModelConfig = SegmentModelConfig()
-    method: dict[str, Any] = Field(default_factory=lambda: {"name": "segmentation"})
-    train: TrainImagesConfig = TrainImagesConfig()
-    engine: SegmentEngineConfig = SegmentEngineConfig()
-    inference: InferenceConfig = InferenceConfig()
-    test_split: str = "test"
-    evaluate_on: list[EvalDatasetConfig] = Field(default_factory=list)
-    figures: int = Field(4, ge=0)
-    bootstrap: int = Field(2000, ge=0)
-    save_predictions: bool = True
 
 
 # -- model building and the segmenter directory ----------------------------------------------------
@@ -213,27 +120,6 @@ def load_segmenter(path: str | Path) -> Segmenter:
     return Segmenter(model.eval(), meta)
 
 
-# -- rows ------------------------------------------------------------------------------------------
-def _has(frame: pd.DataFrame, row: int, column: str) -> bool:
-    return column in frame.columns and not is_missing(frame.at[row, column])
-
-
-def labelled_rows(prepared: PreparedData, split: str | None, exclude_flag: str | None = None) -> np.ndarray:
-    """Rows of ``split`` (all when None/empty) that have a vessel mask, minus flagged ones."""
-    frame = prepared.manifest.frame
-    keep = []
-    for r in range(len(frame)):
-        if split and str(frame.at[r, "split"]) != split:
-            continue
-        if not _has(frame, r, "mask_vessels"):
-            continue
-        if exclude_flag and exclude_flag in frame.columns and not is_missing(frame.at[r, exclude_flag]) \
-                and int(float(frame.at[r, exclude_flag])) == 1:
-            continue
-        keep.append(r)
-    return np.asarray(keep, dtype=int)
-
-
 def training_rows(prepared: PreparedData, train: TrainImagesConfig, seed: int) -> np.ndarray:
     """The labelled training rows, or a seeded nested subset of ``train.n_images`` of them."""
     rows = labelled_rows(prepared, train.split)
@@ -275,137 +161,6 @@ def train_segmenter(config: SegmentConfig, run: RunDir, prepared: PreparedData,
     method.eval()
     n_available = len(labelled_rows(prepared, config.train.split))
     return TrainedSegmenter(method, info, rows, result, n_available)
-
-
-# -- evaluation ------------------------------------------------------------------------------------
-@dataclass
-class EvalResult:
-    """Per-image metrics (``table``) and dataset-level values (``summary``: pooled metrics, their
-    bootstrap intervals over images, per-image means), and the same for the second observer."""
-
-    table: pd.DataFrame
-    summary: dict[str, float]
-    observer: dict[str, float] = field(default_factory=dict)
-
-
-def native_masks(prepared: PreparedData, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
-    """Original-resolution image, FOV, vessel truth (None without a mask) and 2nd observer
-    (None without) of one row; ``(image, fov, truth, observer)``."""
-    manifest = prepared.manifest
-    frame = manifest.frame
-    image = read_image(manifest.path(row, "image")).array
-    size = (image.shape[1], image.shape[0])
-    if _has(frame, row, "mask_fov"):
-        fov = read_mask(manifest.path(row, "mask_fov"), expected_size=size)
-    else:
-        fov = fov_mask(image, prepared.config.fov_threshold)
-    truth = read_mask(manifest.path(row, "mask_vessels"), expected_size=size) \
-        if _has(frame, row, "mask_vessels") else None
-    observer = read_mask(manifest.path(row, "mask_vessels_2"), expected_size=size) \
-        if _has(frame, row, "mask_vessels_2") else None
-    return image, fov, truth, observer
-
-
-def predict_row(model: torch.nn.Module, prepared: PreparedData, row: int, input_config: InputConfig,
-                inference: InferenceConfig) -> tuple[np.ndarray, float]:
-    """Probabilities of one cached image on the original pixel grid (0 outside the FOV), and the
-    inference seconds."""
-    entry = prepared.entries[row]
-    fov = np.asarray(entry.fov())
-    x = torch.from_numpy(network_input(np.asarray(entry.image()), fov, input_config))
-    start = time.perf_counter()
-    prob = sliding_window_probabilities(model, x, inference)[0].numpy()
-    seconds = time.perf_counter() - start
-    return to_original(prob * fov, entry.geometry), seconds
-
-
-def evaluate_segmenter(model: torch.nn.Module, prepared: PreparedData, rows: np.ndarray,
-                       input_config: InputConfig, inference: InferenceConfig, *,
-                       predictions_dir: Path | None = None, figures_dir: Path | None = None,
-                       figure_prefix: str = "vessels-", n_figures: int = 0, n_boot: int = 2000,
-                       seed: int = 0) -> EvalResult:
-    """Metrics inside the FOV at the original resolution for ``rows`` (each with a vessel mask).
-
-    Writes ``<id>-prob.png`` / ``<id>-vessels.png`` into ``predictions_dir`` and the first
-    ``n_figures`` overlays into ``figures_dir`` when given.
-    """
-    model.eval()
-    records, counts, observer_counts = [], [], []
-    pooled_truth, pooled_prob = [], []
-    for k, r in enumerate(rows):
-        r = int(r)
-        ident = str(prepared.manifest.frame.at[r, "id"])
-        image, fov, truth, observer = native_masks(prepared, r)
-        if truth is None:
-            raise DataError("no vessel mask to evaluate against", path=prepared.manifest.name, row=r,
-                            item=ident)
-        prob, seconds = predict_row(model, prepared, r, input_config, inference)
-        if prob.shape != truth.shape:
-            raise DataError(f"prediction {prob.shape} and mask {truth.shape} differ in size",
-                            path=prepared.manifest.path(r, "mask_vessels"), row=r, item=ident)
-        pred = prob >= inference.threshold
-        metrics = segmentation_metrics(prob, truth, fov, inference.threshold)
-        c = confusion_counts(pred, truth, fov)
-        counts.append(c)
-        records.append({"id": ident, **metrics, **dict(zip(("tp", "fp", "fn", "tn"), c.tolist())),
-                        "seconds": seconds})
-        pooled_truth.append(truth[fov])
-        pooled_prob.append(prob[fov])
-        if observer is not None:
-            observer_counts.append(confusion_counts(observer, truth, fov))
-        if predictions_dir is not None:
-            save_probability_png(predictions_dir / f"{ident}-prob.png", prob)
-            save_mask_png(predictions_dir / f"{ident}-vessels.png", pred)
-        if figures_dir is not None and k < n_figures:
-            from retinassl.figures.heatmap import save_png
-
-            save_png(figures_dir / f"{figure_prefix}{ident}.png",
-                     vessel_panel(image, truth, prob, fov, inference.threshold))
-    table = pd.DataFrame(records)
-    counts_arr = np.stack(counts)
-    summary = metrics_from_counts(counts_arr)
-    summary["auc"] = roc_auc(np.concatenate(pooled_truth), np.concatenate(pooled_prob))
-    for name in BINARY_METRICS + ("auc",):
-        summary[f"{name}_image_mean"] = float(table[name].mean())
-    if n_boot > 0 and len(rows) > 1:
-        for name, (low, high) in bootstrap_over_images(counts_arr, n_boot, seed=seed).items():
-            summary[f"{name}_ci_low"], summary[f"{name}_ci_high"] = low, high
-        summary["auc_image_mean_ci_low"], summary["auc_image_mean_ci_high"] = \
-            bootstrap_mean(table["auc"].to_numpy(), n_boot, seed=seed)
-    summary["seconds_per_image"] = float(table["seconds"].mean())
-    summary["n_images"] = float(len(rows))
-    observer_summary: dict[str, float] = {}
-    if observer_counts:
-        obs = np.stack(observer_counts)
-        observer_summary = metrics_from_counts(obs)
-        if n_boot > 0 and len(obs) > 1:
-            for name, (low, high) in bootstrap_over_images(obs, n_boot, seed=seed).items():
-                observer_summary[f"{name}_ci_low"], observer_summary[f"{name}_ci_high"] = low, high
-        observer_summary["n_images"] = float(len(obs))
-    return EvalResult(table, summary, observer_summary)
-
-
-def result_rows(result: EvalResult, *, experiment: str, dataset: str, init: str, protocol: str,
-                n_labelled: int, fraction: float, seed: int,
-                extra: dict[str, float] | None = None) -> list[dict]:
-    """Results-table rows of one evaluation (and of the second observer, method ``second_observer``)."""
-    task = f"vessels:{dataset}"
-    rows = [result_row(experiment=experiment, task=task, method="segmentation", init=init,
-                       protocol=protocol, fraction=fraction, n_labelled=n_labelled, seed=seed,
-                       metric=k, value=v) for k, v in {**result.summary, **(extra or {})}.items()]
-    rows += [result_row(experiment=experiment, task=task, method="second_observer", init="human",
-                        protocol="annotation", metric=k, value=v) for k, v in result.observer.items()]
-    return rows
-
-
-def prepare_eval_dataset(spec: EvalDatasetConfig, default: PreprocessConfig) -> tuple[PreparedData, np.ndarray]:
-    """Cache an evaluation dataset and pick its rows."""
-    prepared = prepare(spec.data, spec.preprocess or default)
-    rows = labelled_rows(prepared, spec.split, spec.exclude_flag)
-    if len(rows) == 0:
-        raise DataError(f"evaluation dataset {spec.name!r} has no images with vessel masks"
-                        + (f" in split {spec.split!r}" if spec.split else ""), path=prepared.manifest.name)
-    return prepared, rows
 
 
 def run_segment_train(config: SegmentConfig, run: RunDir, resume: bool = False) -> dict[str, float]:
@@ -486,6 +241,3 @@ def predict_images(segmenter: Segmenter, prepared: PreparedData, out_dir: Path) 
         written.append(save_probability_png(out_dir / f"{ident}-prob.png", prob))
         written.append(save_mask_png(out_dir / f"{ident}-vessels.png", prob >= inference.threshold))
     return written
-
-
-# -- the label-fraction curve ----------------------------------------------------------------------

@@ -22,7 +22,9 @@ from retinassl.data.loading import prepare
 from retinassl.errors import DataError
 from retinassl.io.results import append_results, read_results
 from retinassl.io.rundir import RunDir
-from retinassl.jobs.segment import SegmentConfig, evaluate_segmenter, labelled_rows, result_rows, train_segmenter
+from retinassl.jobs.segment import train_segmenter
+from retinassl.jobs.segment_config import SegmentConfig
+from retinassl.jobs.segment_evaluation import evaluate_segmenter, labelled_rows, result_rows
 from retinassl.sweeps.grid import Grid, run_grid
 
 log = logging.getLogger(__name__)
