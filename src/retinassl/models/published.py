@@ -63,7 +63,7 @@ def published_model(model: ModelConfig) -> ModelConfig:
     else:
         kwargs = dict(known.kwargs)
         if model.arch != DEFAULT_ARCH:
-            log.warning("model.weights %s is a %s: model.arch %s and its kwargs %s are replaced",
+            log.info("model.weights %s is a %s: model.arch %s and its kwargs %s are replaced",
                         model.weights, known.arch, model.arch, model.kwargs)
     return model.model_copy(update={"arch": known.arch, "kwargs": kwargs})
 
