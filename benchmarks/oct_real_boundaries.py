@@ -41,7 +41,8 @@ from _common import SHARED_DATA, write_results  # noqa: E402
 
 from retinassl.oct.bscan_images import read_bscan_images  # noqa: E402
 from retinassl.oct.bscan_thickness import bscan_thickness  # noqa: E402
-from retinassl.oct.graph_search import FLAG_NAMES, detect_boundaries, detect_volume  # noqa: E402
+from retinassl.oct.boundary_quality import FLAG_NAMES  # noqa: E402
+from retinassl.oct.graph_search import detect_boundaries, detect_volume  # noqa: E402
 
 ASSUMED_AXIAL_UM = 7.74
 ASSUMED_LATERAL_UM = 12.5

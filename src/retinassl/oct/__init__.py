@@ -10,7 +10,8 @@ pretraining (DeepRT, Holmberg et al. 2020).
 - layers: :mod:`.layers` (boundaries <-> masks <-> polylines), :mod:`.boundaries` (continuous
   boundary extraction from probabilities), :mod:`.layerseg` (the U-Net method ``oct-layers`` and its
   saved model), :mod:`.train_layers` (``retinassl oct train-seg``); :mod:`.graph_search`
-  (annotation-free ILM/BM by graph search on directional gradients, quality flags per B-scan).
+  (annotation-free ILM/BM by graph search on directional gradients; its parameters in
+  :mod:`.graph_search_config`, quality flags per B-scan in :mod:`.boundary_quality`).
 - thickness: :mod:`.thickness` (per A-scan, maps on the fundus field, ETDRS, fovea, DeepRT's
   total-variation quality), :mod:`.pipeline` (``retinassl oct thickness``), :mod:`.figures`;
   :mod:`.bscan_thickness` (profile, central and maximum thickness along B-scans, per eye).

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from retinassl.oct.graph_search import BScanQuality, VolumeBoundaries
+from retinassl.oct.boundary_quality import BScanQuality
+from retinassl.oct.graph_search import VolumeBoundaries
 from retinassl.oct.thickness import ascan_thickness, smooth_nan
 from retinassl.oct.volume import OCTVolume
 

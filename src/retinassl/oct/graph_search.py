@@ -41,8 +41,8 @@ carry the path across them instead of letting it jump to another edge. Where an 
 for longer than ``max_gap_um`` (the optic disc, signal loss, a retina leaving the image) the
 boundary is undefined (NaN).
 
-Quality flags (:class:`BScanQuality`, computed over the central ``assess_fraction`` of the A-scans)
-mark results not to trust: jumps (a depth change steeper than any retinal contour), a boundary at
+Quality flags (:mod:`retinassl.oct.boundary_quality`, computed over the central ``assess_fraction``
+of the A-scans; every parameter in :mod:`retinassl.oct.graph_search_config`) mark results not to trust: jumps (a depth change steeper than any retinal contour), a boundary at
 the top or bottom of the image, a thickness outside a plausible range, low contrast (the mean
 gradient along a boundary against the image's gradient noise), and mostly undefined boundaries.
 
@@ -56,126 +56,19 @@ over its width: a Spectralis-like 1.9 x 6 mm B-scan); thicknesses are then repor
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
 from retinassl.oct.boundaries import _viterbi
+from retinassl.oct.boundary_quality import BScanQuality, assess_quality
+from retinassl.oct.graph_search_config import GraphSearchConfig
 from retinassl.oct.volume import OCTVolume
 
 NOMINAL_DEPTH_UM = 1920.0     # Spectralis: 496 rows x 3.87 um
 NOMINAL_WIDTH_UM = 6000.0     # a 20-degree macular B-scan
 _BLOCKED = -1e9
-
-
-@dataclass(frozen=True)
-class GraphSearchConfig:
-    """Parameters of :func:`detect_boundaries` (physical units; converted with the pixel spacing).
-
-    Attributes:
-        smooth_axial_um, smooth_lateral_um: Gaussian sigma of the speckle smoothing.
-        band_smooth_um: axial sigma that merges IS/OS and RPE into one band (step 4), also used
-            to tell vitreous from retina (step 3).
-        vitreous_decay_um: the ILM gain is multiplied by ``exp(-bright / vitreous_decay_um)``,
-            ``bright`` the micrometres of tissue-bright rows above the cut, and by the fraction of
-            tissue rows in the ``min_thickness_um`` below it (step 3).
-        max_slope: largest boundary slope (micrometres of depth per micrometre along the B-scan);
-            gives ``max_jump`` rows per column (at least 1).
-        smoothness: penalty per row of change between neighbouring columns, in units of the
-            normalised gradient (0..1).
-        min_thickness_um: smallest ILM-BM distance searched.
-        max_thickness_um: largest ILM-BM distance searched.
-        bm_window_um: ``(above, below)`` the outer-band ridge where Bruch's membrane is searched.
-        plausible_um: per-column thickness range considered plausible (quality flag).
-        max_out_of_range: largest fraction of columns outside ``plausible_um`` for a clean scan.
-        jump_um, jump_slope, jump_span_um: a boundary changing in depth by more than
-            ``jump_um + jump_slope * span`` over ``span`` = ``jump_span_um`` (at least one A-scan)
-            along the B-scan is a jump: a step steeper than any retinal contour.
-        max_jump_fraction: largest fraction of jump columns (either boundary) for a clean scan.
-        weak_contrast: a column is undefined where the directional gradient along a boundary
-            (running mean over ``weak_window_um``) is below this many robust standard deviations
-            of the image's vertical gradient (no edge there: optic disc, signal loss, the vitreous
-            beside a cut-off retina).
-        max_gap_um: undefined runs up to this long inside a B-scan keep the bridged path (vessel
-            shadows); longer runs, and runs at either end, are NaN.
-        max_undefined: largest fraction of undefined columns for a clean scan.
-        assess_fraction: the flags look at the central ``assess_fraction`` of the columns (B-scans
-            are centred on the fovea; the outer parts of a wide scan may hold the optic disc or
-            leave the image).
-        edge_rows: a boundary within this many rows of the top or bottom is at the image edge.
-        max_edge_fraction: largest fraction of columns at the edge for a clean scan.
-        min_contrast: smallest contrast (mean directional gradient along a boundary over the robust
-            standard deviation of the image's vertical gradient) for a clean scan.
-    """
-
-    smooth_axial_um: float = 4.0
-    smooth_lateral_um: float = 30.0
-    band_smooth_um: float = 15.0
-    vitreous_decay_um: float = 40.0
-    max_slope: float = 2.0
-    smoothness: float = 0.05
-    min_thickness_um: float = 80.0
-    max_thickness_um: float = 1000.0
-    bm_window_um: tuple[float, float] = (10.0, 60.0)
-    plausible_um: tuple[float, float] = (100.0, 900.0)
-    max_out_of_range: float = 0.05
-    jump_um: float = 50.0
-    jump_slope: float = 0.7
-    jump_span_um: float = 40.0
-    max_jump_fraction: float = 0.02
-    weak_contrast: float = 3.0
-    weak_window_um: float = 50.0
-    max_gap_um: float = 300.0
-    max_undefined: float = 0.25
-    assess_fraction: float = 0.5
-    edge_rows: int = 2
-    max_edge_fraction: float = 0.01
-    min_contrast: float = 4.0
-
-
-@dataclass(frozen=True)
-class BScanQuality:
-    """Quality of one B-scan's boundaries; ``clean`` when no flag is raised. Fractions are over
-    the central ``assess_fraction`` of the A-scans.
-
-    Attributes:
-        jump_fraction: share of columns at a jump of the ILM or BM (see ``jump_um``).
-        edge_fraction: share of columns where a boundary is within ``edge_rows`` of the top or bottom.
-        out_of_range_fraction: share of columns whose thickness is outside ``plausible_um``.
-        undefined_fraction: share of columns where a boundary is undefined (NaN).
-        contrast_ilm, contrast_bm: mean directional gradient along the boundary / robust standard
-            deviation of the vertical gradient of the image (0 for a blank image).
-        jumps, at_edge, implausible_thickness, low_contrast, mostly_undefined: the flags.
-    """
-
-    jump_fraction: float
-    edge_fraction: float
-    out_of_range_fraction: float
-    undefined_fraction: float
-    contrast_ilm: float
-    contrast_bm: float
-    jumps: bool
-    at_edge: bool
-    implausible_thickness: bool
-    low_contrast: bool
-    mostly_undefined: bool
-
-    @property
-    def clean(self) -> bool:
-        return not self.reasons
-
-    @property
-    def reasons(self) -> list[str]:
-        """The raised flags, by name."""
-        return [n for n in FLAG_NAMES if getattr(self, n)]
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "clean": self.clean}
-
-
-FLAG_NAMES: tuple[str, ...] = ("jumps", "at_edge", "implausible_thickness", "low_contrast",
-                               "mostly_undefined")
 
 
 @dataclass
@@ -306,19 +199,6 @@ def _region(depth: int, top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
     return (t >= top[None]) & (t <= bottom[None])
 
 
-def _jump_columns(rows: np.ndarray, span: int, limit: float) -> np.ndarray:
-    """``(W,)`` bool: columns ``c`` (and ``c + span``) where ``|rows[c + span] - rows[c]| > limit``
-    (NaN columns never count)."""
-    w = len(rows)
-    out = np.zeros(w, dtype=bool)
-    span = max(1, min(span, w - 1))
-    step = np.abs(rows[span:] - rows[:-span])
-    big = np.where(np.isfinite(step), step, 0.0) > limit
-    out[:-span] |= big
-    out[span:] |= big
-    return out
-
-
 def _undefined_columns(edge_gain: np.ndarray, window: int, weak: float, max_gap: int) -> np.ndarray:
     """``(W,)`` bool: columns whose running-mean edge strength is below ``weak``, except interior
     runs of at most ``max_gap`` columns (bridged by the path)."""
@@ -416,38 +296,6 @@ def _contrast(signed_gradient: np.ndarray, path: np.ndarray, noise: float) -> fl
     if along <= 0:
         return 0.0
     return along / noise if noise > 1e-9 else float("inf")
-
-
-def assess_quality(ilm: np.ndarray, bm: np.ndarray, depth: int, axial_um: float, lateral_um: float,
-                   config: GraphSearchConfig, contrast_ilm: float, contrast_bm: float) -> BScanQuality:
-    """Quality flags of one B-scan's boundaries (``(W,)`` rows each, NaN = undefined; see
-    :class:`BScanQuality`). Fractions are over the central ``config.assess_fraction`` of the
-    columns; undefined columns are neither jumps, at the edge nor out of range.
-
-    The plausible-thickness range is in micrometres; with the nominal spacing it is converted with
-    that spacing, so the check is only as good as the nominal spacing.
-    """
-    c = config
-    span = max(1, int(round(c.jump_span_um / lateral_um)))
-    jump_rows = (c.jump_um + c.jump_slope * span * lateral_um) / axial_um
-    jumped = _jump_columns(ilm, span, jump_rows) | _jump_columns(bm, span, jump_rows)
-    e = c.edge_rows
-    with np.errstate(invalid="ignore"):
-        edge = (ilm <= e) | (bm >= depth - 1 - e) | (ilm >= depth - 1 - e)
-        th_um = (bm - ilm) * axial_um
-        out = (th_um < c.plausible_um[0]) | (th_um > c.plausible_um[1])
-    undefined = ~(np.isfinite(ilm) & np.isfinite(bm))
-    w = len(ilm)
-    keep = max(1, int(round(w * c.assess_fraction)))
-    sel = slice((w - keep) // 2, (w - keep) // 2 + keep)
-    jf, ef, of, uf = (float(x[sel].mean()) for x in (jumped, edge, out, undefined))
-    return BScanQuality(
-        jump_fraction=jf, edge_fraction=ef, out_of_range_fraction=of, undefined_fraction=uf,
-        contrast_ilm=float(contrast_ilm), contrast_bm=float(contrast_bm),
-        jumps=jf > c.max_jump_fraction, at_edge=ef > c.max_edge_fraction,
-        implausible_thickness=of > c.max_out_of_range,
-        low_contrast=min(contrast_ilm, contrast_bm) < c.min_contrast,
-        mostly_undefined=uf > c.max_undefined)
 
 
 def detect_volume(volume: OCTVolume, config: GraphSearchConfig = GraphSearchConfig()) -> VolumeBoundaries:
