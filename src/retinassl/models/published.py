@@ -64,7 +64,7 @@ def published_model(model: ModelConfig) -> ModelConfig:
         kwargs = dict(known.kwargs)
         if model.arch != DEFAULT_ARCH:
             log.info("model.weights %s is a %s: model.arch %s and its kwargs %s are replaced",
-                        model.weights, known.arch, model.arch, model.kwargs)
+                     model.weights, known.arch, model.arch, model.kwargs)
     return model.model_copy(update={"arch": known.arch, "kwargs": kwargs})
 
 
