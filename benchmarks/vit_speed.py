@@ -32,7 +32,7 @@ from torch import nn
 from _common import write_results
 from retinassl.models import build_encoder
 from retinassl.models.mae import MAEDecoder, mae_loss
-from retinassl.models.vit import random_masking
+from retinassl.models.vit_blocks import random_masking
 
 MODELS = {"vit_small/16": ("vit_small", {"patch_size": 16, "img_size": 224, "pooling": "mean"}),
           "resnet18": ("resnet18", {})}

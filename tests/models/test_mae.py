@@ -8,7 +8,7 @@ import torch
 from retinassl.models import build_encoder
 from retinassl.models.mae import (MAEDecoder, mae_loss, patchify, reconstruction, sincos_pos_embed_2d,
                                   unpatchify)
-from retinassl.models.vit import random_masking
+from retinassl.models.vit_blocks import random_masking
 
 
 def small_vit(**kw):

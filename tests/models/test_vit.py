@@ -19,7 +19,8 @@ from retinassl.errors import CheckpointError, ConfigError
 from retinassl.models import build_encoder
 from retinassl.models.initialize import load_weights_file
 from retinassl.models.initialize import initial_encoder
-from retinassl.models.vit import VisionTransformer, resample_pos_embed
+from retinassl.models.vit import VisionTransformer
+from retinassl.models.vit_blocks import resample_pos_embed
 from retinassl.models.vit_weights import (KNOWN_WEIGHTS, describe_vit_state, load_vit_weights,
                                           map_vit_state_dict, weights_preprocess)
 

@@ -28,7 +28,8 @@ from retinassl.methods.base import register_method
 from retinassl.methods.pretext_base import PretextConfig, PretextMethod
 from retinassl.models import Encoder
 from retinassl.models.mae import MAEDecoder, mae_loss, reconstruction
-from retinassl.models.vit import VisionTransformer, random_masking
+from retinassl.models.vit import VisionTransformer
+from retinassl.models.vit_blocks import random_masking
 
 
 class MAEConfig(PretextConfig):

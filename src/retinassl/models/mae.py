@@ -10,7 +10,7 @@ normalised-pixel target: "the normalized pixel values of each masked patch" (mea
 deviation over the patch's pixels). RETFound (Zhou et al. 2023) pretrains ViT-L/16 this way.
 
 The encoder side is :class:`~retinassl.models.vit.VisionTransformer` (``tokens(x, keep=...)`` encodes
-only the visible patches; :func:`~retinassl.models.vit.random_masking` draws them). The decoder's
+only the visible patches; :func:`~retinassl.models.vit_blocks.random_masking` draws them). The decoder's
 parameter names are MAE's (``decoder_embed``, ``mask_token``, ``decoder_pos_embed``,
 ``decoder_blocks.N.*``, ``decoder_norm``, ``decoder_pred``), so the decoder half of an MAE or
 RETFound pretraining checkpoint maps onto it too (to continue pretraining).
@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from retinassl.models.vit import LN_EPS, Block, resample_pos_embed
+from retinassl.models.vit_blocks import LN_EPS, Block, resample_pos_embed
 
 
 def sincos_pos_embed_2d(dim: int, grid: tuple[int, int], class_token: bool = True) -> torch.Tensor:
@@ -87,7 +87,7 @@ def mae_loss(pred: torch.Tensor, images: torch.Tensor, mask: torch.Tensor, patch
     Args:
         pred: ``(B, N, p*p*C)`` decoder output.
         images: ``(B, C, H, W)`` the (normalised) input images.
-        mask: ``(B, N)``, 1 for hidden patches (:func:`~retinassl.models.vit.random_masking`).
+        mask: ``(B, N)``, 1 for hidden patches (:func:`~retinassl.models.vit_blocks.random_masking`).
         norm_pix: targets normalised per patch (MAE's and RETFound's setting).
 
     Returns:
@@ -115,7 +115,7 @@ class MAEDecoder(nn.Module):
 
     ``forward(tokens, restore, grid)``: ``tokens`` ``(B, prefix + n_keep, D)`` from the encoder (after
     its final norm; ``prefix`` = class then register tokens), ``restore`` ``(B, N)`` from
-    :func:`~retinassl.models.vit.random_masking`, ``grid`` the patch grid ``(gh, gw)`` with
+    :func:`~retinassl.models.vit_blocks.random_masking`, ``grid`` the patch grid ``(gh, gw)`` with
     ``gh * gw = N``; returns ``(B, N, p*p*C)`` predictions in :func:`patchify` order.
 
     Args:

@@ -18,7 +18,7 @@ What a file may hold and what mapping does with it:
   (``blocks.<chunk>.<i>.``) become ``blocks.<i>.``. DINOv2's SwiGLU MLP (ViT-g, ``mlp.w12``) is refused;
 - ``pos_embed`` stored for another grid (DINOv2's 37x37 at 518 px, a 384 px fine-tune...) is
   resampled bicubically to the encoder's ``img_size // patch_size`` grid
-  (:func:`retinassl.models.vit.resample_pos_embed`; class/register positions kept);
+  (:func:`retinassl.models.vit_blocks.resample_pos_embed`; class/register positions kept);
 - the patch embedding is adapted to the encoder's input channels as timm's ``adapt_input_conv``.
 
 Anything else that does not fit raises :class:`~retinassl.errors.CheckpointError` naming the
@@ -46,7 +46,8 @@ from retinassl.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from retinassl.errors import CheckpointError
 from retinassl.io.saved_model import load_state_strict, read_safetensors, read_torch_file
 from retinassl.models.external import MappingReport, adapt_input_conv, unwrap_state_dict
-from retinassl.models.vit import VIT_SIZES, VisionTransformer, resample_pos_embed
+from retinassl.models.vit import VIT_SIZES, VisionTransformer
+from retinassl.models.vit_blocks import resample_pos_embed
 
 log = logging.getLogger(__name__)
 
