@@ -55,6 +55,8 @@ from retinassl.io.rundir import RunDir
 from retinassl.io.saved_model import LEGACY, META, is_saved_model
 from retinassl.sweeps.grid import Grid, run_grid
 from retinassl.sweeps.transfer_config import InitSpec, TransferConfig, resolve_config
+from retinassl.sweeps.transfer_external import (ExternalSet, external_rows, prepare_external, with_external_tasks,
+                                               write_external_table)
 from retinassl.sweeps.transfer_data import (fold_value, fraction_tag, class_labels, evaluation_folds, gradcam_rows,
                                            label_subsets, prediction_path, prepare_downstream)
 from retinassl.jobs.features import extract_features
@@ -79,7 +81,8 @@ class TransferGrid(Grid):
         self.cache = Cache(config.data.cache_dir)
         self._prepared: PreparedData | None = None
         self._plan: dict[str, dict[str, Any]] | None = None
-        self._features: dict[str, Any] = {}
+        self._features: dict[Any, Any] = {}
+        self._external: list[ExternalSet] | None = None
 
     # -- downstream data ---------------------------------------------------------------------
     def downstream(self) -> PreparedData:
@@ -87,6 +90,13 @@ class TransferGrid(Grid):
         if self._prepared is None:
             self._prepared = prepare_downstream(self.config, self.data_dir)
         return self._prepared
+
+    def externals(self, task: TaskSpec | None = None) -> list[ExternalSet]:
+        """The prepared ``evaluate_on`` datasets (:mod:`~retinassl.sweeps.transfer_external`), or
+        those that evaluate ``task``'s models."""
+        if self._external is None:
+            self._external = [prepare_external(self.config, s, self.cache, self.run) for s in self.config.evaluate_on]
+        return [e for e in self._external if task is None or e.task.name == task.name]
 
     def pool(self) -> Manifest:
         """The cleaned unlabelled pretraining pool (``data/pool.csv``)."""
@@ -179,6 +189,7 @@ class TransferGrid(Grid):
         config = self.config
         write_text(self.run.path / "transfer.yaml", to_yaml(config))
         self.downstream()
+        self.externals()
         if any(i.pretrain is not None and i.pool == "unlabelled" for i in config.inits):
             self.cache.prepare(self.pool(), config.preprocess, workers=max(1, config.data.workers),
                                mask_columns=[], skip_bad=config.data.skip_bad)
@@ -249,7 +260,8 @@ class TransferGrid(Grid):
         self.figures(self.downstream())
         from retinassl.metrics.compare import write_comparison
 
-        write_comparison(self.run, self.config)
+        table = write_comparison(self.run, with_external_tasks(self.config))
+        write_external_table(self.run, table, self.config)
 
     def plan(self, manifest: Manifest) -> dict[str, dict[str, Any]]:
         """Per task: its folds and, per (fold, seed), the nested label subsets."""
@@ -268,7 +280,8 @@ class TransferGrid(Grid):
         return out
 
     def _record(self, spec: InitSpec, protocol: str, task: TaskSpec, cell: dict[str, Any],
-                scores: np.ndarray, extra: dict[str, float]) -> dict[str, float]:
+                scores: np.ndarray, extra: dict[str, float],
+                external: list[tuple[ExternalSet, np.ndarray]] = ()) -> dict[str, float]:
         manifest = self._prepared.manifest  # type: ignore[union-attr]
         test = cell["test"]
         labels = task.targets(manifest)[test]
@@ -282,25 +295,30 @@ class TransferGrid(Grid):
                            protocol=protocol, fraction=cell["fraction"], n_labelled=len(cell["rows"]),
                            seed=cell["seed"], fold=fold_value(cell["fold"]), metric=k, value=v)
                 for k, v in metrics.items()]
+        for data, data_scores in external:  # appended with the cell's rows: done together or not at all
+            rows += external_rows(self.run, data, rows[0], cell, data_scores)
         append_results(self.run.results_file, rows)
         return metrics
 
-    def features_of(self, spec: InitSpec, model: ModelConfig) -> Any:
+    def features_of(self, spec: InitSpec, model: ModelConfig, data: ExternalSet | None = None) -> Any:
         """The frozen features of an init (extracted, or read from the feature cache, once per
-        process; their cost is recorded the first time)."""
-        if spec.name not in self._features:
+        process; their cost is recorded the first time), of the downstream or an external ``data``."""
+        key = spec.name if data is None else (spec.name, data.spec.name)
+        if key not in self._features:
             config = self.config
             encoder = set_pooling(seeded_initial_encoder(model, config.seed).encoder, config.probe.pooling)
             with assert_frozen(encoder):
-                features = extract_features(encoder, self.downstream(), config.data.cache_dir)
-            append_results(self.run.results_file, [
-                result_row(experiment=config.name, task="features", method="extract", init=spec.name,
-                           protocol="probe", seed=config.seed, metric=m, value=v)
-                for m, v in {"extract_seconds": features.seconds,
-                             "extracted_images": float(features.extracted),
-                             "feature_dim": float(features.values.shape[1])}.items()])
-            self._features[spec.name] = features
-        return self._features[spec.name]
+                features = extract_features(encoder, self.downstream() if data is None else data.prepared,
+                                            config.data.cache_dir)
+            if data is None:  # the extraction cost of the downstream features
+                append_results(self.run.results_file, [
+                    result_row(experiment=config.name, task="features", method="extract", init=spec.name,
+                               protocol="probe", seed=config.seed, metric=m, value=v)
+                    for m, v in {"extract_seconds": features.seconds,
+                                 "extracted_images": float(features.extracted),
+                                 "feature_dim": float(features.values.shape[1])}.items()])
+            self._features[key] = features
+        return self._features[key]
 
     def probe_cell(self, spec: InitSpec, model: ModelConfig, task: TaskSpec, cell: dict[str, Any]) -> None:
         """A linear probe on the init's frozen features."""
@@ -309,13 +327,16 @@ class TransferGrid(Grid):
         features = self.features_of(spec, model)
         start = time.perf_counter()
         targets = task.targets(prepared.manifest)
-        scores, cs = fit_probe(features.values[cell["rows"]], targets[cell["rows"]],
-                               features.values[cell["test"]], task, task.classes(prepared.manifest),
-                               config.probe, cell["seed"])
+        externals = self.externals(task)  # scored by the same probe (it scales by its training rows only)
+        tested = [features.values[cell["test"]], *[self.features_of(spec, model, e).values for e in externals]]
+        scores, cs = fit_probe(features.values[cell["rows"]], targets[cell["rows"]], np.concatenate(tested), task,
+                               task.classes(prepared.manifest), config.probe, cell["seed"])
         seconds = time.perf_counter() - start
         finite = [c for c in cs if np.isfinite(c)]
-        metrics = self._record(spec, "probe", task, cell, scores,
-                               {"seconds": seconds, "C": float(np.median(finite)) if finite else math.nan})
+        parts = np.split(scores, np.cumsum([len(t) for t in tested])[:-1])
+        metrics = self._record(spec, "probe", task, cell, parts[0],
+                               {"seconds": seconds, "C": float(np.median(finite)) if finite else math.nan},
+                               list(zip(externals, parts[1:])))
         log.info("probe %s %s f=%s seed=%s fold=%s: %s %.3f", spec.name, task.name,
                  fraction_tag(cell["fraction"]), cell["seed"], cell["fold"], task.primary,
                  metrics.get(task.primary, math.nan))
@@ -333,10 +354,13 @@ class TransferGrid(Grid):
         resume = (workdir / "checkpoints").is_dir()
         result = finetune(model, prepared, cell["rows"], cell["test"], task, config.finetune,
                           config.engine, workdir, cell["seed"], resume=resume)
+        from retinassl.jobs.finetune import predict
+
+        external = [(e, predict(result.method, e.prepared, np.arange(len(e.prepared)))) for e in self.externals(task)]
         metrics = self._record(spec, "finetune", task, cell, result.scores, {
             "seconds": result.seconds, "steps": float(result.steps),
             "val_size": float(len(result.val_rows)),
-            "best_epoch": float(result.best.get("epoch", math.nan))})
+            "best_epoch": float(result.best.get("epoch", math.nan))}, external)
         log.info("finetune %s %s f=%s seed=%s fold=%s: %s %.3f (%d steps, %.0f s)", spec.name,
                  task.name, fraction_tag(cell["fraction"]), cell["seed"], cell["fold"],
                  task.primary, metrics.get(task.primary, math.nan), result.steps, result.seconds)

@@ -44,6 +44,27 @@ class InitSpec(Section):
     pool: Literal["unlabelled", "train"] = "unlabelled"
 
 
+class ExternalSpec(Section):
+    """An external dataset every cell's model is also evaluated on (``evaluate_on``), so that one
+    command gives in-domain and external columns (Jang et al. 2024 validate on JSIEC and RFMiD).
+
+    Attributes:
+        name: its name: results rows and prediction folders of task ``<task>@<name>``.
+        data: where the images come from (any source with options).
+        label: the binary label in the dataset's own terms (a label mapping: ``dr_any``,
+            ``dr_stage>=1``, ``level>=2``...; :func:`retinassl.jobs.predict.mapped_labels`).
+        task: the sweep task whose models are evaluated (default: the first task with a binary
+            score: ``binary``, or ``multiclass`` with ``positive_from``, scored as ``P(y >= t)``).
+        split: only the rows of this split (default: every labelled image).
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+    data: DataConfig
+    label: str
+    task: str | None = None
+    split: str | None = None
+
+
 class PoolConfig(Section):
     """The unlabelled pretraining pool.
 
@@ -103,6 +124,7 @@ class TransferConfig(Section):
         keep_workdirs: keep each fine-tuning run's checkpoints and logs (default: deleted).
         workers: processes sharing the cells (each takes every ``workers``-th initialisation;
             with ``engine.num_threads: 1`` two workers use both cores of a 2-core machine).
+        evaluate_on: external datasets every cell's model is also evaluated on (:class:`ExternalSpec`).
         budgets: per ``--budget`` overrides of any of these keys (applied by the sweep command).
     """
 
@@ -132,6 +154,7 @@ class TransferConfig(Section):
     explain: ExplainConfig = ExplainConfig()
     keep_workdirs: bool = False
     workers: int = Field(1, ge=1)
+    evaluate_on: list[ExternalSpec] = Field(default_factory=list)
     budgets: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     def check(self) -> None:
@@ -151,6 +174,11 @@ class TransferConfig(Section):
         bad = [f for f in (self.finetune_fractions or []) if f not in self.fractions]
         if bad:
             raise ConfigError(f"finetune_fractions {bad} are not among fractions {self.fractions}")
+        external = [e.name for e in self.evaluate_on]
+        if len(set(external)) != len(external):
+            raise ConfigError(f"evaluate_on: names must be unique, got {external}")
+        for spec in self.evaluate_on:
+            self.evaluated_task(spec)
         for spec in self.inits:  # a typo must fail now, not after hours of other initialisations
             if spec.pretrain is not None:
                 from retinassl.methods.base import method_class
@@ -159,6 +187,20 @@ class TransferConfig(Section):
                 params = {k: v for k, v in pretrain.method.items() if k != "name"}
                 validate(method_class(pretrain.method_name).Config, params,
                          origin=f"init {spec.name}: pretrain.method")
+
+    def evaluated_task(self, external: ExternalSpec) -> TaskSpec:
+        """The sweep task whose models an external dataset evaluates (see :class:`ExternalSpec`)."""
+        binary = [t for t in self.tasks if t.binary_metric is not None]
+        named = [t for t in self.tasks if t.name == external.task]
+        if external.task is not None and not named:
+            raise ConfigError(f"evaluate_on {external.name}: task {external.task!r} is not one of the "
+                              f"tasks {[t.name for t in self.tasks]}")
+        task = named[0] if named else (binary[0] if binary else None)
+        if task is None or task.binary_metric is None:
+            raise ConfigError(f"evaluate_on {external.name}: an external dataset is scored with a binary "
+                              f"label; the task needs a binary score (binary, or multiclass with "
+                              f"positive_from)")
+        return task
 
     def pretrain_config(self, spec: InitSpec, pool_file: Path):  # -> PretrainConfig
         """The pretraining run of ``spec`` (on the pool manifest ``pool_file``)."""
