@@ -13,8 +13,8 @@ from retinassl.data.manifest import Manifest
 from retinassl.data.synthetic import generate_dataset
 from retinassl.data.synthetic_eye import LESION_KEYS, MASK_KEYS
 from retinassl.data.synthetic_fundus import render_eye
-from retinassl.data.synthetic_oct import (BOUNDARY_NAMES, LEAK_AREA_MM2, LEAK_MAX_UM, TINY_SHAPE,
-                                          leakage_thickening, render_oct)
+from retinassl.data.synthetic_oct import BOUNDARY_NAMES, TINY_SHAPE, render_oct
+from retinassl.data.synthetic_retina import LEAK_AREA_MM2, LEAK_MAX_UM, leakage_thickening
 
 
 def _union(eye) -> np.ndarray:

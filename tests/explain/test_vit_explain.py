@@ -139,3 +139,36 @@ def test_attention_rollout_equals_the_numpy_product_and_finds_the_planted_key(po
     assert tuple(np.unravel_index(int(planted.argmax()), (4, 4))) == PLANTED
     others = np.delete(planted.numpy().ravel(), PLANTED[0] * 4 + PLANTED[1])
     assert others.max() < 0.5
+
+
+def test_rollout_gallery_of_a_saved_vit_classifier_and_refusal_for_convnets(tmp_path) -> None:
+    from retinassl.data.cache import Cache
+    from retinassl.data.manifest import Manifest
+    from retinassl.data.preprocess import PreprocessConfig
+    from retinassl.data.synthetic import generate_dataset
+    from retinassl.errors import ConfigError
+    from retinassl.explain.gradcam import classifier_cam_model, explanation_map, gradcam_gallery
+    from retinassl.jobs.finetune import save_classifier
+    from retinassl.methods.base import build_method
+    from retinassl.metrics.tasks import TaskSpec
+
+    generate_dataset(tmp_path / "data", n_images=3, size=40, seed=2)
+    prepared = Cache(tmp_path / "cache").prepare(Manifest.load(tmp_path / "data" / "manifest.csv"),
+                                                 PreprocessConfig(size=32, normalize="unit"))
+    task = TaskSpec(name="referable", label="dr_grade", positive_from=2)
+    torch.manual_seed(0)
+    for arch, kwargs in (("vit", {"embed_dim": 16, "depth": 2, "num_heads": 2, "patch_size": 8, "img_size": 32}),
+                         ("convnet", {"width": 4})):
+        method = build_method("supervised", {"task": "binary"}, build_encoder(arch, **kwargs))
+        save_classifier(tmp_path / arch, method, arch=arch, kwargs=kwargs, preprocess=prepared.config.model_dump(),
+                        task=task)
+    model, _ = classifier_cam_model(tmp_path / "vit")
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    rollout = explanation_map(model, x, "rollout")
+    assert rollout.shape == (32, 32) and np.isclose(rollout.max(), 1.0)
+    assert np.allclose(rollout, attention_rollout(model.encoder, x)[0].numpy())
+    path = gradcam_gallery(tmp_path / "vit", prepared, [0, 1], tmp_path / "rollout.png", title="t", method="rollout")
+    assert path.is_file() and path.stat().st_size > 1000
+    convnet, _ = classifier_cam_model(tmp_path / "convnet")
+    with pytest.raises(ConfigError, match="ViT"):
+        explanation_map(convnet, x, "rollout")

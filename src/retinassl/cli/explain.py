@@ -46,15 +46,20 @@ def gradcam(model: Path = typer.Argument(..., help="A fine-tuned classifier dire
             args: list[str] = ARGS,
             images: int = typer.Option(8, "--images", help="Test images to explain (half positive)."),
             seed: int = typer.Option(0, "--seed", help="Which test images are drawn."),
+            method: str = typer.Option("gradcam", "--method", help="gradcam, or rollout (attention "
+                                       "rollout of a ViT encoder: class-agnostic)."),
             runs_dir: Path = RUNS_DIR) -> None:
-    """Grad-CAM (MONAI) at the encoder's deepest feature map for test images of the experiment's
-    data; writes one overlay figure and a report."""
+    """Grad-CAM (MONAI) at the encoder's deepest feature map (a ViT's patch tokens entering its last
+    block), or a ViT's attention rollout, for test images of the experiment's data; writes one
+    overlay figure and a report."""
     from retinassl.models.checkpoint import read_encoder_meta
     from retinassl.sweeps.transfer_data import evaluation_folds, gradcam_rows
     from retinassl.metrics.tasks import TaskSpec
     from retinassl.explain.gradcam import gradcam_gallery
     from retinassl.report.html import build_report
 
+    if method not in ("gradcam", "rollout"):
+        raise typer.BadParameter(f"--method must be gradcam or rollout, got {method!r}")
     meta = read_encoder_meta(model)
     label = init_label(str(model))  # the classifier directory's name
     config, run = _setup(args, "gradcam", label, runs_dir)
@@ -62,8 +67,9 @@ def gradcam(model: Path = typer.Argument(..., help="A fine-tuned classifier dire
     task = TaskSpec.model_validate(meta["task"])
     test = evaluation_folds(prepared.manifest, task, config.folds, config.seed)[0][2]
     rows = gradcam_rows(task, prepared.manifest, test, images, seed)
-    path = gradcam_gallery(model, prepared, rows, run.report_dir / "figures" / f"gradcam-{label}.png",
-                           title=label)
+    name = f"gradcam-{label}.png" if method == "gradcam" else f"gradcam-rollout-{label}.png"
+    path = gradcam_gallery(model, prepared, rows, run.report_dir / "figures" / name, title=label,
+                           method=method)  # type: ignore[arg-type]
     run.update_status(status="finished")
     typer.echo(f"figure: {path}")
     typer.echo(f"report: {build_report(run)}")

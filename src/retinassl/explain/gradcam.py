@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,12 +27,14 @@ from torch import nn
 
 from retinassl.data.cache import PreparedData
 from retinassl.data.datasets import ImageDataset
-from retinassl.explain.vit_attention import vit_pooled_through
+from retinassl.errors import ConfigError
+from retinassl.explain.vit_attention import attention_rollout, vit_pooled_through
 from retinassl.models import Encoder
 from retinassl.models.vit import VisionTransformer
 from retinassl.figures.heatmap import overlay
 
 TARGET_LAYER = "features"
+ExplainMethod = Literal["gradcam", "rollout"]
 
 
 class CamModel(nn.Module):
@@ -123,28 +126,46 @@ def cam_model(method: nn.Module, task: object) -> CamModel:
     return model.eval()
 
 
+def explanation_map(model: CamModel, x: torch.Tensor, method: ExplainMethod = "gradcam") -> np.ndarray:
+    """The ``(H, W)`` map in [0, 1] of one image ``x`` ``(1, C, H, W)``: Grad-CAM of the explained
+    output, or (``rollout``, ViT encoders only) the attention rollout of the pooled token
+    (:func:`~retinassl.explain.vit_attention.attention_rollout`; the same for every output).
+
+    Raises:
+        ConfigError: ``rollout`` for an encoder that is not a ViT.
+    """
+    if method == "rollout":
+        if not isinstance(model.encoder, VisionTransformer):
+            raise ConfigError(f"attention rollout needs a ViT encoder; this classifier's is a "
+                              f"{type(model.encoder).__name__} (use Grad-CAM)")
+        return attention_rollout(model.encoder.eval(), x.float())[0].numpy()
+    return grad_cam(model, x)[0]
+
+
 def gradcam_overlays(model: CamModel, prepared: PreparedData, rows: Sequence[int],
-                     alpha: float = 0.5) -> list[tuple[np.ndarray, float]]:
-    """``(overlay (S, S, 3) uint8, score)`` of each row (score: the explained output)."""
+                     alpha: float = 0.5, method: ExplainMethod = "gradcam") -> list[tuple[np.ndarray, float]]:
+    """``(overlay (S, S, 3) uint8, score)`` of each row (score: the explained output; the map:
+    :func:`explanation_map` by ``method``)."""
     dataset = ImageDataset(prepared)
     out = []
     for row in rows:
         x = dataset[int(row)]["image"][None]
         with torch.no_grad():
             score = float(model.eval()(x)[0, 0])
-        heat = grad_cam(model, x)[0]
+        heat = explanation_map(model, x, method)
         image = np.asarray(prepared.entries[int(row)].image())
         out.append((overlay(image, heat, sigma_fraction=0.0, alpha=alpha), score))
     return out
 
 
 def gradcam_gallery(model_dir: str | Path, prepared: PreparedData, rows: Sequence[int], path: str | Path,
-                    title: str = "") -> Path:
-    """One PNG with the Grad-CAM overlay of each row (label and score in each caption)."""
+                    title: str = "", method: ExplainMethod = "gradcam") -> Path:
+    """One PNG with the Grad-CAM (or attention-rollout) overlay of each row (label and score in each
+    caption)."""
     from retinassl.figures.plots import plt, save_figure
 
     model, task = classifier_cam_model(model_dir)
-    items = gradcam_overlays(model, prepared, rows)
+    items = gradcam_overlays(model, prepared, rows, method=method)
     labels = task.targets(prepared.manifest)
     ids = prepared.manifest.frame["id"].astype(str).to_numpy()
     n = max(1, len(items))
@@ -158,5 +179,5 @@ def gradcam_gallery(model_dir: str | Path, prepared: PreparedData, rows: Sequenc
     for ax in axes[0][len(items):]:
         ax.axis("off")
     if title:
-        fig.suptitle(f"Grad-CAM: {title}", fontsize=9)
+        fig.suptitle(f"{'Attention rollout' if method == 'rollout' else 'Grad-CAM'}: {title}", fontsize=9)
     return save_figure(fig, path)
