@@ -64,6 +64,7 @@ def test_predict_reproduces_the_runs_validation_boundaries(tmp_path: Path, tiny_
         assert mine.mean() == pytest.approx(recorded[f"boundary_error_um_{name}"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_predict_command_with_a_run_directory_and_a_bad_export(tmp_path: Path, tiny_volumes,
                                                                tiny_layer_model) -> None:
     model_dir, _ = tiny_layer_model
