@@ -22,15 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from retinassl.data import duplicates
-from retinassl.data.sources.idrid import (PART_B_IDENTICAL, SAME_EYE_FOUND, _groups, load_idrid,
-                                          read_matches)
+from retinassl.data.sources.idrid import load_idrid, read_matches
+from retinassl.data.sources.idrid_links import PART_B_IDENTICAL, SAME_EYE_FOUND, link_groups
 
 HERE = Path(__file__).resolve().parent
 
 
 def closure(links: list[tuple[str, str]]) -> set[tuple[str, str]]:
     groups: dict[str, list[str]] = {}
-    for item, group in _groups(links).items():
+    for item, group in link_groups(links).items():
         groups.setdefault(group, []).append(item)
     return {tuple(sorted(p)) for members in groups.values()
             for p in itertools.combinations(members, 2)}

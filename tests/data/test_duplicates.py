@@ -14,7 +14,8 @@ from conftest import shared_dataset
 
 from retinassl.data import duplicates as dup
 from retinassl.data.manifest import Manifest
-from retinassl.data.sources.idrid import PART_B_IDENTICAL, SAME_EYE_FOUND, load_idrid, read_matches
+from retinassl.data.sources.idrid import load_idrid, read_matches
+from retinassl.data.sources.idrid_links import PART_B_IDENTICAL, SAME_EYE_FOUND
 from retinassl.data.synthetic_fundus import render_eye
 
 

@@ -33,7 +33,7 @@ Tuned on ``../shared/data/idrid`` (597 images, parts A and B), measured by
   dominated and the two groups overlapped (0.45 vs 0.44).
 * result with the defaults: all 69 reference pairs found (recall 1.0, the shifted pair
   included) plus 21 further pairs, every one of them inspected by eye and the same eye
-  photographed twice (listed as ``SAME_EYE_FOUND`` in :mod:`retinassl.data.sources.idrid`):
+  photographed twice (listed as ``SAME_EYE_FOUND`` in :mod:`retinassl.data.sources.idrid_links`):
   0 false positives. On DRIVE and RFMiD it finds no pair. On STARE it finds one, im0235/im0236,
   which is the same eye too.
 * speed: 9 ms of CPU per IDRiD image for the fingerprints (JPEGs decoded at 1/8 size; ~110

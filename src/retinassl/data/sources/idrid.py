@@ -35,10 +35,10 @@ alphabetically first id of the group, so that a patient-level split keeps them t
   (``same_image``) or the same eye slightly shifted (``same_eye_slightly_shifted``) as a part-A
   image, from ``seg_to_grading_matches.csv``; on part-B rows the matching part-A id(s).
 * ``duplicate_of``: the byte-identical part-B pairs of the official release
-  (:data:`PART_B_IDENTICAL`; some with conflicting grades).
+  (:data:`~retinassl.data.sources.idrid_links.PART_B_IDENTICAL`; some with conflicting grades).
 * ``same_eye_as``: further same-eye pairs (different photographs of one eye, shifted or
   re-exposed, some at different disease stages) that :mod:`retinassl.data.duplicates` found and
-  that were confirmed by eye (:data:`SAME_EYE_FOUND`).
+  that were confirmed by eye (:data:`~retinassl.data.sources.idrid_links.SAME_EYE_FOUND`).
 
 Cite: Porwal P. et al., "Indian Diabetic Retinopathy Image Dataset (IDRiD): A Database for Diabetic
 Retinopathy Screening Research", Data 3(3):25, 2018; and Porwal P. et al., "IDRiD: Diabetic
@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +58,7 @@ import pandas as pd
 from retinassl.errors import ConfigError, DataError
 from retinassl.data.manifest import Manifest, is_missing
 from retinassl.data.sources.files import is_image, relative, stem
+from retinassl.data.sources.idrid_links import add_links
 from retinassl.data.sources.tables import LINE, arrange, line_error, parse_int, read_table
 
 log = logging.getLogger(__name__)
@@ -79,43 +80,6 @@ B_LABELS: dict[str, Path] = {
 B_COLUMNS = ("Image name", "Retinopathy grade", "Risk of macular edema")
 MATCHES_CSV = "seg_to_grading_matches.csv"
 MATCH_KINDS = ("same_image", "same_eye_slightly_shifted", "no_match")
-
-# Byte-identical image pairs inside part B of the official release (listed in the dataset notes;
-# labels differ for 021/391, 028/327, 045/333 and train 118 (grade 0) / test 064 (grade 3)).
-PART_B_IDENTICAL: tuple[tuple[str, str], ...] = (
-    ("idrid-B-train-IDRiD_021", "idrid-B-train-IDRiD_391"),
-    ("idrid-B-train-IDRiD_079", "idrid-B-train-IDRiD_279"),
-    ("idrid-B-train-IDRiD_028", "idrid-B-train-IDRiD_327"),
-    ("idrid-B-train-IDRiD_073", "idrid-B-train-IDRiD_375"),
-    ("idrid-B-train-IDRiD_045", "idrid-B-train-IDRiD_333"),
-    ("idrid-B-train-IDRiD_118", "idrid-B-test-IDRiD_064"),
-)
-
-# Different photographs of the same eye, not in seg_to_grading_matches.csv: found with
-# retinassl.data.duplicates (shift-tolerant correlation of vessel images) on the whole of parts A
-# and B, each pair confirmed by looking at both images (same vessel tree and lesions, shifted,
-# re-exposed, or later in the disease).
-SAME_EYE_FOUND: tuple[tuple[str, str], ...] = (
-    ("idrid-A-train-IDRiD_11", "idrid-B-train-IDRiD_083"),
-    ("idrid-A-train-IDRiD_25", "idrid-B-train-IDRiD_347"),
-    ("idrid-A-train-IDRiD_26", "idrid-B-train-IDRiD_299"),
-    ("idrid-A-test-IDRiD_55", "idrid-B-train-IDRiD_354"),
-    ("idrid-A-test-IDRiD_56", "idrid-B-train-IDRiD_320"),
-    ("idrid-A-test-IDRiD_60", "idrid-B-train-IDRiD_044"),
-    ("idrid-A-test-IDRiD_61", "idrid-B-train-IDRiD_324"),
-    ("idrid-A-test-IDRiD_64", "idrid-B-train-IDRiD_380"),
-    ("idrid-A-test-IDRiD_66", "idrid-B-train-IDRiD_326"),
-    ("idrid-A-test-IDRiD_68", "idrid-A-test-IDRiD_69"),
-    ("idrid-A-test-IDRiD_70", "idrid-B-test-IDRiD_006"),
-    ("idrid-A-test-IDRiD_75", "idrid-B-train-IDRiD_330"),
-    ("idrid-B-train-IDRiD_013", "idrid-B-train-IDRiD_397"),
-    ("idrid-B-train-IDRiD_017", "idrid-B-test-IDRiD_072"),
-    ("idrid-B-train-IDRiD_038", "idrid-B-train-IDRiD_126"),
-    ("idrid-B-train-IDRiD_043", "idrid-B-train-IDRiD_401"),
-    ("idrid-B-train-IDRiD_046", "idrid-B-train-IDRiD_404"),
-    ("idrid-B-train-IDRiD_319", "idrid-B-train-IDRiD_338"),
-    ("idrid-B-train-IDRiD_339", "idrid-B-train-IDRiD_354"),
-)
 
 
 def image_id(part: str, split: str, name: str) -> str:
@@ -270,43 +234,6 @@ def read_matches(path: str | Path) -> list[tuple[str, str, str]]:
     return links
 
 
-def _groups(links: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """id -> group name (the alphabetically first id of its connected group)."""
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in links:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return {x: find(x) for x in parent}
-
-
-def _add_links(frame: pd.DataFrame, matches: Sequence[tuple[str, str, str]]) -> None:
-    def joined(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
-        out: dict[str, list[str]] = {}
-        for a, b in pairs:
-            out.setdefault(a, []).append(b)
-            out.setdefault(b, []).append(a)
-        return {k: ";".join(sorted(v)) for k, v in out.items()}
-
-    twin = joined((a, b) for a, b, _ in matches)
-    kind = {x: k for a, b, k in matches for x in (a, b)}
-    ids = frame["id"]
-    frame["twin"] = ids.map(lambda i: twin.get(i, ""))
-    frame["twin_match"] = ids.map(lambda i: kind.get(i, ""))
-    frame["duplicate_of"] = ids.map(lambda i: joined(PART_B_IDENTICAL).get(i, ""))
-    frame["same_eye_as"] = ids.map(lambda i: joined(SAME_EYE_FOUND).get(i, ""))
-    groups = _groups([(a, b) for a, b, _ in matches] + list(PART_B_IDENTICAL) + list(SAME_EYE_FOUND))
-    frame["patient"] = ids.map(lambda i: groups.get(i, i))
-
-
 # -- loaders -----------------------------------------------------------------------------------
 def load_idrid(root: str | Path, parts: Sequence[str] = ("A", "B", "C"),
                matches_csv: str | Path | None = None) -> Manifest:
@@ -351,7 +278,7 @@ def load_idrid(root: str | Path, parts: Sequence[str] = ("A", "B", "C"),
     if matches_csv is not None and not matches_path.is_file():
         raise DataError("match table does not exist", path=matches_path)
     matches = read_matches(matches_path) if matches_path.is_file() else []
-    _add_links(frame, matches)
+    add_links(frame, matches)
     manifest = Manifest(arrange(frame), root, name=f"{DATASET} {'+'.join(wanted)}")
     manifest.validate()
     return manifest

@@ -50,7 +50,7 @@ import numpy as np
 
 from retinassl.data.manifest import Manifest
 from retinassl.data.sources.generic import _image_path
-from retinassl.data.sources.idrid import _groups
+from retinassl.data.sources.idrid_links import link_groups
 from retinassl.data.sources.tables import LINE, line_error, manifest_with_lines, read_table
 from retinassl.data.splits import stratified_group_split
 from retinassl.errors import ConfigError, DataError
@@ -205,7 +205,7 @@ def patient_groups(rows: Sequence[MXRow]) -> dict[str, str]:
     links = [(f"p:{r.patient_number}", f"h:{r.sha1}") for r in rows]
     present = {r.patient_number for r in rows}
     links += [(f"p:{a}", f"p:{b}") for a, b, _ in SAME_EYE_FOUND if a in present and b in present]
-    root_of = _groups(links)
+    root_of = link_groups(links)
     members: dict[str, list[str]] = {}
     for r in rows:
         members.setdefault(root_of[f"p:{r.patient_number}"], []).append(r.patient_number)
