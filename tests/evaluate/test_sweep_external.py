@@ -107,3 +107,24 @@ def test_sweep_scores_the_external_dataset_in_every_cell(tiny_root: Path, tmp_pa
         assert row["in_domain"] == pytest.approx(mean[("referable", protocol, "scratch", "auc")])
         assert row["other"] == pytest.approx(mean[("referable@other", protocol, "scratch", "auc")])
     assert "| scratch | 1 |" in (run.path / "external.md").read_text()
+
+
+def test_external_copies_of_downstream_images_are_warned(tiny_root: Path, tmp_path: Path, caplog) -> None:
+    import logging
+    import shutil
+
+    external = tmp_path / "external"
+    generate_dataset(external, n_images=6, size=64, prevalence=0.5, seed=12)
+    downstream = Manifest.load(tiny_root / "data" / "manifest.csv")
+    copied = downstream.frame.iloc[3]
+    shutil.copy(downstream.path(3), external / "copy.png")
+    frame = pd.read_csv(external / "manifest.csv", dtype=str)
+    row = frame.iloc[0].copy()
+    row["id"], row["image"], row["dr_grade"] = "copy", "copy.png", str(copied["dr_grade"])
+    pd.concat([frame, row.to_frame().T]).to_csv(external / "manifest.csv", index=False)
+    config = resolve_config(_config(tiny_root, external, tmp_path / "cache"), None)
+    with caplog.at_level(logging.WARNING, logger="retinassl"):
+        TransferGrid(config.model_dump(mode="json"), RunDir.create(tmp_path / "runs", "ext")).prepare()
+    overlap = pd.read_csv(next((tmp_path / "runs").iterdir()) / "data" / "external-other-overlap.csv", dtype=str)
+    assert overlap[["external_id", "in", "id"]].values.tolist() == [["copy", "downstream", str(copied["id"])]]
+    assert "byte-identical copies of downstream images" in caplog.text

@@ -55,8 +55,8 @@ from retinassl.io.rundir import RunDir
 from retinassl.io.saved_model import LEGACY, META, is_saved_model
 from retinassl.sweeps.grid import Grid, run_grid
 from retinassl.sweeps.transfer_config import InitSpec, TransferConfig, resolve_config
-from retinassl.sweeps.transfer_external import (ExternalSet, external_rows, prepare_external, with_external_tasks,
-                                               write_external_table)
+from retinassl.sweeps.transfer_external import (ExternalSet, external_rows, prepare_external, warn_overlap,
+                                               with_external_tasks, write_external_table)
 from retinassl.sweeps.transfer_data import (fold_value, fraction_tag, class_labels, evaluation_folds, gradcam_rows,
                                            label_subsets, prediction_path, prepare_downstream)
 from retinassl.jobs.features import extract_features
@@ -189,7 +189,12 @@ class TransferGrid(Grid):
         config = self.config
         write_text(self.run.path / "transfer.yaml", to_yaml(config))
         self.downstream()
-        self.externals()
+        if config.evaluate_on:  # external images that are copies of downstream or pool images: warned
+            others = {"downstream": self.downstream().manifest}
+            if any(i.pretrain is not None and i.pool == "unlabelled" for i in config.inits):
+                others["pool"] = self.pool()
+            for data in self.externals():
+                warn_overlap(data, others, self.cache, self.run)
         if any(i.pretrain is not None and i.pool == "unlabelled" for i in config.inits):
             self.cache.prepare(self.pool(), config.preprocess, workers=max(1, config.data.workers),
                                mask_columns=[], skip_bad=config.data.skip_bad)

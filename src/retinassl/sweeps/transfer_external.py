@@ -24,7 +24,9 @@ import pandas as pd
 
 from retinassl.atomic import write_text
 from retinassl.data.cache import Cache, PreparedData
+from retinassl.data.leakage import content_digests
 from retinassl.data.loading import load_manifest
+from retinassl.data.manifest import Manifest
 from retinassl.errors import ConfigError
 from retinassl.io.rundir import RunDir
 from retinassl.jobs.predict import mapped_labels
@@ -86,6 +88,27 @@ def prepare_external(config: TransferConfig, spec: ExternalSpec, cache: Cache, r
     log.info("evaluate_on %s: %d images (%d positive) for task %s", spec.name, len(y), int(y.sum()),
              config.evaluated_task(spec).name)
     return ExternalSet(spec, config.evaluated_task(spec), prepared, y)
+
+
+def warn_overlap(external: ExternalSet, others: Mapping[str, Manifest], cache: Cache, run: RunDir) -> pd.DataFrame:
+    """Byte-identical copies of external images among the downstream images or the pretraining
+    pool (``others``: name -> manifest), which would make the external column less external: a
+    warning, and the pairs in ``data/external-<name>-overlap.csv``."""
+    mine = content_digests(external.prepared.manifest, cache.memo)
+    pairs = []
+    for what, manifest in others.items():
+        theirs: dict[str, str] = {}
+        for ident, digest in zip(manifest.frame["id"].astype(str), content_digests(manifest, cache.memo)):
+            theirs.setdefault(digest, ident)
+        pairs += [{"external_id": i, "in": what, "id": theirs[d]} for i, d in zip(external.ids, mine) if d in theirs]
+    table = pd.DataFrame(pairs, columns=["external_id", "in", "id"])
+    if len(table):
+        log.warning("evaluate_on %s: %d image(s) are byte-identical copies of %s images (e.g. %s = %s); "
+                    "listed in data/external-%s-overlap.csv", external.spec.name, table["external_id"].nunique(),
+                    " and ".join(sorted(set(table["in"]))), table.at[0, "external_id"], table.at[0, "id"],
+                    external.spec.name)
+        write_text(run.sub("data") / f"external-{external.spec.name}-overlap.csv", table.to_csv(index=False))
+    return table
 
 
 def external_rows(run: RunDir, external: ExternalSet, template: Mapping[str, Any], cell: Mapping[str, Any],
