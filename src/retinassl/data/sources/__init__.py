@@ -19,7 +19,8 @@ from retinassl.errors import ConfigError
 from retinassl.data.manifest import Manifest
 from retinassl.data.sources.drive import load_drive
 from retinassl.data.sources.eyepacs import load_eyepacs, read_eyepacs_labels
-from retinassl.data.sources.generic import load_csv, load_folder, load_glob
+from retinassl.data.sources.generic import load_csv, load_folder
+from retinassl.data.sources.glob_pattern import load_glob
 from retinassl.data.sources.idrid import idrid_dr_pool, idrid_ssl_gan_set, load_idrid
 from retinassl.data.sources.mx_fundus_oct import load_mx_fundus_oct
 from retinassl.data.sources.rfmid import load_rfmid, read_rfmid_labels
