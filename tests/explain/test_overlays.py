@@ -159,8 +159,9 @@ def test_external_report_has_reliability_roc_and_the_truly_worst_misses(world: d
         ref_fp, ref_fn = _reference_misses(written["label"].tolist(), written["score"].tolist(), cut, 3)
         picks = pd.read_csv(figures / f"misses-syn-{model}.csv")
         ids = written["id"].astype(str).tolist()
-        assert picks.loc[picks["miss"] == "false_positive", "id"].astype(str).tolist() == [ids[i] for i in ref_fp]
-        assert picks.loc[picks["miss"] == "false_negative", "id"].astype(str).tolist() == [ids[i] for i in ref_fn]
+        kinds = ("false_positive", "false_negative") if cut is not None else ("highest_negative", "lowest_positive")
+        assert picks.loc[picks["miss"] == kinds[0], "id"].astype(str).tolist() == [ids[i] for i in ref_fp]
+        assert picks.loc[picks["miss"] == kinds[1], "id"].astype(str).tolist() == [ids[i] for i in ref_fn]
         assert len(ref_fp) > 0 and len(ref_fn) > 0
         assert (figures / f"misses-syn-{model}.png").is_file()
     report = build_report(run).read_text()

@@ -59,16 +59,19 @@ def misses_gallery(scorer: ImageScorer, prepared: PreparedData, labels: np.ndarr
                    path: str | Path, n: int = 4, title: str = "") -> pd.DataFrame:
     """The overlays of the :func:`worst_misses` of ``prepared``'s rows (``labels``/``scores`` per
     row) in one PNG at ``path``: false positives in the first row, false negatives in the second,
-    captions ``id``, label and score. Returns the picks (``id, label, score, miss, rank``); no
-    figure when there is no miss."""
+    captions ``id``, label and score. Returns the picks (``id, label, score, miss, rank``; ``miss``
+    is ``false_positive``/``false_negative``, or ``highest_negative``/``lowest_positive`` for a
+    model without a threshold); no figure when there is no miss."""
     from retinassl.figures.plots import plt, save_figure
 
     false_pos, false_neg = worst_misses(labels, scores, scorer.threshold, n)
     ids = prepared.manifest.frame["id"].astype(str).to_numpy()
+    kinds = ("false_positive", "false_negative") if scorer.threshold is not None else \
+        ("highest_negative", "lowest_positive")
     picks = pd.DataFrame(
         [{"id": ids[r], "label": int(labels[r]), "score": float(scores[r]), "miss": miss, "rank": k + 1}
-         for miss, rows in (("false_positive", false_pos), ("false_negative", false_neg))
-         for k, r in enumerate(rows)], columns=["id", "label", "score", "miss", "rank"])
+         for miss, rows in zip(kinds, (false_pos, false_neg)) for k, r in enumerate(rows)],
+        columns=["id", "label", "score", "miss", "rank"])
     if picks.empty:
         return picks
     arts = image_overlays(scorer, prepared, np.concatenate([false_pos, false_neg]))
@@ -81,7 +84,7 @@ def misses_gallery(scorer: ImageScorer, prepared: PreparedData, labels: np.ndarr
     names = (f"false positives{cut}", f"false negatives{cut}") if scorer.threshold is not None else \
         ("highest-scored negatives", "lowest-scored positives")
     for k, pick in enumerate(picks.itertuples()):
-        ax = axes[0 if pick.miss == "false_positive" else 1, pick.rank - 1]
+        ax = axes[0 if pick.miss == kinds[0] else 1, pick.rank - 1]
         ax.imshow(arts[k])
         ax.set_title(f"{pick.id[-20:]}\nlabel {pick.label}, score {pick.score:.3g}", fontsize=7)
     for r, name in enumerate(names):

@@ -19,7 +19,8 @@ def reliability_section(run: RunDir) -> Section | None:
 def misses_section(run: RunDir) -> Section | None:
     return gallery_section(run, "misses-", "Worst misses (dataset-model)",
                            "The most confident false positives (top row, highest score first) and false "
-                           "negatives (bottom row, lowest score first) at the model's saved threshold, with "
+                           "negatives (bottom row, lowest score first) at the model's saved threshold (a model "
+                           "without one: the highest-scored negatives and lowest-scored positives), with "
                            "the Grad-CAM of whole-image classifiers or the patch heatmap of patch "
                            "classifiers; captions: image id, label, score. The picks are listed in the "
                            "CSV of the same name in report/figures.")
