@@ -260,3 +260,34 @@ def test_seed_significance_counts_keep_their_direction() -> None:
     assert (out["sig_seeds"], out["sig_better"], out["sig_worse"]) == (2, 1, 1)
     row = pd.Series({"mean": 0.75, "lo": float("nan"), "hi": float("nan"), "n_seeds": 3, **out})
     assert _cell(row).endswith("(+1/-1 of 3)")
+
+
+def test_two_step_init_pretrains_on_the_earlier_encoder(tiny_root: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``init: <an earlier init>`` with ``pretrain`` continues from that init's encoder (the paper's
+    two-step variant); an init naming itself or a later one is refused before anything runs."""
+    from retinassl.errors import ConfigError
+    from retinassl.jobs import pretrain as pretrain_module
+
+    step = {"method": {"name": "rotation"}, "engine": {"max_steps": 1, "batch_size": 4}}
+    inits = [{"name": "scratch"}, {"name": "ssl", "pool": "train", "pretrain": step},
+             {"name": "ssl_then_rot", "init": "ssl", "pool": "train", "pretrain": step}]
+    config = resolve_config(_config(tiny_root, tmp_path / "enc", inits=inits), None)
+    started_from = {}
+    real = pretrain_module.run_pretrain
+
+    def recording(cfg, run, **kwargs):
+        started_from[cfg.name] = cfg.model.init
+        return real(cfg, run, **kwargs)
+
+    monkeypatch.setattr(pretrain_module, "run_pretrain", recording)
+    grid = TransferGrid(config.model_dump(mode="json"), RunDir.create(tmp_path / "runs", "two-step"))
+    second = grid.model_of(config.inits[2]).init
+    first = str(grid.run.path / "pretrain" / "ssl" / "encoder")
+    assert started_from == {"smoke-ssl": "scratch", "smoke-ssl_then_rot": first}
+    assert second == str(grid.run.path / "pretrain" / "ssl_then_rot" / "encoder") != first
+    for bad in ([inits[0], inits[2], inits[1]],                       # the first step comes later
+                [inits[0], {"name": "loop", "init": "loop", "pretrain": step}],
+                [inits[0], {"name": "plain", "init": "scratch"}, {"name": "x", "init": "plain"}]):
+        with pytest.raises(ConfigError, match="two-step"):
+            resolve_config(_config(tiny_root, tmp_path / "enc", inits=bad), None)

@@ -160,6 +160,10 @@ class TransferGrid(Grid):
             pool = self.pool()
             pool_file = self.data_dir / "pool.csv"
         pretrain_config = config.pretrain_config(spec, pool_file)
+        first = config.init_named(spec.init)
+        if first is not None:  # two-step: continue from an earlier initialisation's encoder
+            model = pretrain_config.model.model_copy(update={"init": str(self.model_of(first).init)})
+            pretrain_config = pretrain_config.model_copy(update={"model": model})
         resume = (folder / "run.json").is_file()
         prun = RunDir.resume(folder) if resume else _new_rundir(folder, f"{config.name}-{spec.name}")
         log.info("init %s: pretraining %s on %d images%s", spec.name, pretrain_config.method_name,

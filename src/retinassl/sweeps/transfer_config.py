@@ -28,7 +28,9 @@ class InitSpec(Section):
 
     Attributes:
         name: its name in results and figures (``scratch``, ``rotation``, ``fundus``...).
-        init: ``scratch``, an encoder checkpoint directory, or an external weights file.
+        init: ``scratch``, an encoder checkpoint directory, or an external weights file; with
+            ``pretrain``, the name of an EARLIER initialisation of the sweep makes the two-step
+            variant (e.g. SimCLR, then Fundus on its encoder; Jang et al. 2024).
         pretrain: settings of a pretraining run made first (the fields of
             :class:`~retinassl.jobs.pretrain.PretrainConfig`: ``method``, ``engine``, ``label``,
             ``positive_from``, ``seed``, ``model``; ``data``, ``preprocess`` and ``name`` are set by
@@ -179,7 +181,12 @@ class TransferConfig(Section):
             raise ConfigError(f"evaluate_on: names must be unique, got {external}")
         for spec in self.evaluate_on:
             self.evaluated_task(spec)
-        for spec in self.inits:  # a typo must fail now, not after hours of other initialisations
+        names = [i.name for i in self.inits]
+        for k, spec in enumerate(self.inits):  # a typo must fail now, not after hours of other initialisations
+            if spec.init != "scratch" and spec.init in names and (spec.pretrain is None or spec.init not in names[:k]):
+                raise ConfigError(f"init {spec.name}: init {spec.init!r} names an initialisation of this "
+                                  "sweep; that is the two-step variant, which needs 'pretrain' and an "
+                                  f"initialisation listed before it (order: {names})")
             if spec.pretrain is not None:
                 from retinassl.methods.base import method_class
 
@@ -187,6 +194,10 @@ class TransferConfig(Section):
                 params = {k: v for k, v in pretrain.method.items() if k != "name"}
                 validate(method_class(pretrain.method_name).Config, params,
                          origin=f"init {spec.name}: pretrain.method")
+
+    def init_named(self, name: str) -> InitSpec | None:
+        """The initialisation called ``name``, if one is (a two-step init's first step)."""
+        return None if name == "scratch" else next((i for i in self.inits if i.name == name), None)
 
     def evaluated_task(self, external: ExternalSpec) -> TaskSpec:
         """The sweep task whose models an external dataset evaluates (see :class:`ExternalSpec`)."""
