@@ -44,14 +44,9 @@ def write_results(name: str, data: dict, table_md: str) -> None:
 
 
 def with_shared_data_root(data: dict) -> dict:
-    """Point a preset's ``../shared/data`` roots (its data and pool sources) at SHARED_DATA, so a
-    benchmark runs from any working directory."""
-    def fix(options: dict) -> None:
-        root = options.get("root")
-        if isinstance(root, str) and root.startswith("../shared/data/"):
-            options["root"] = str(SHARED_DATA / root.removeprefix("../shared/data/"))
+    """Point a preset's data paths (``$RETINASSL_DATA_ROOT/...`` and the older ``../shared/data/...``)
+    at SHARED_DATA, so a benchmark runs from any working directory
+    (:func:`retinassl.data_roots.resolve_data_roots`; a dataset that is absent is left to the loader)."""
+    from retinassl.data_roots import resolve_data_roots
 
-    fix(data["data"]["options"])
-    for source in data.get("pool", {}).get("data", []):
-        fix(source.get("options", {}))
-    return data
+    return resolve_data_roots(data, SHARED_DATA, legacy=True, check=False, origin="benchmark preset")

@@ -71,7 +71,8 @@ def test_resume_applies_a_first_override_to_the_recorded_config(tmp_path: Path) 
     from retinassl.cli.common import open_run
     from retinassl.jobs.patch_config import SemisupTrainConfig
 
-    cfg, run = open_run(SemisupTrainConfig, "ssl-gan", ["n_labelled=10"], None, tmp_path)
+    cfg, run = open_run(SemisupTrainConfig, "ssl-gan", ["n_labelled=10", f"data.options.root={tmp_path}"],
+                        None, tmp_path)
     assert cfg.n_labelled == 10 and run.path.parent == tmp_path
     run.write_config(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     resumed, same = open_run(SemisupTrainConfig, "learner.engine.max_steps=7", ["seed=3"], run.path, None)

@@ -310,10 +310,25 @@ def validate(model: type[M], data: dict[str, Any], origin: str = "config") -> M:
         raise ConfigError(f"{origin}: invalid configuration\n  " + "\n  ".join(lines)) from None
 
 
-def load_config(model: type[M], source: str | Path | None, overrides: list[str] | None = None) -> M:
-    """Read a YAML file or preset (or start from defaults when None), apply overrides, validate."""
-    data = read_yaml(source) if source is not None else {}
-    data = apply_overrides(data, overrides or [])
+def config_data(source: str | Path, overrides: list[str] | None = None,
+                data_root: str | Path | None = None) -> dict[str, Any]:
+    """A YAML file or preset as a mapping, overrides applied, data roots resolved
+    (:func:`retinassl.data_roots.resolve_data_roots`: ``$RETINASSL_DATA_ROOT/...`` paths, and in a
+    packaged preset ``../shared/data/...``, under ``data_root`` or ``$RETINASSL_DATA_ROOT``)."""
+    from retinassl.data_roots import resolve_data_roots
+
+    data = apply_overrides(read_yaml(source), overrides or [])
+    preset = not Path(source).is_file()
+    return resolve_data_roots(data, data_root, legacy=preset,
+                              origin=f"preset {source}" if preset else str(source))
+
+
+def load_config(model: type[M], source: str | Path | None, overrides: list[str] | None = None,
+                data_root: str | Path | None = None) -> M:
+    """Read a YAML file or preset (or start from defaults when None), apply overrides, resolve
+    data roots (:func:`config_data`), validate."""
+    data = config_data(source, overrides, data_root) if source is not None else \
+        apply_overrides({}, overrides or [])
     return validate(model, data, origin=str(source) if source is not None else "config")
 
 
@@ -322,6 +337,6 @@ def to_yaml(config: BaseModel) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 
-__all__ = ["Section", "DataConfig", "ModelConfig", "EngineConfig", "load_config",
+__all__ = ["Section", "DataConfig", "ModelConfig", "EngineConfig", "load_config", "config_data",
            "apply_overrides", "validate", "read_yaml", "safe_load_bounded", "preset_names",
            "to_yaml"]

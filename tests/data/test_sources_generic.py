@@ -40,6 +40,18 @@ def test_folder_binary_classes(tmp_path: Path) -> None:
     assert "class_index" not in frame.columns
 
 
+def test_folder_refuses_to_guess_the_positive_class(tmp_path: Path) -> None:
+    png(tmp_path / "healthy" / "a.png")
+    png(tmp_path / "dr" / "b.png")
+    with pytest.raises(ConfigError, match=r"two classes \['dr', 'healthy'\].*data\.options\.positive"):
+        load_folder(tmp_path)
+    frame = load_folder(tmp_path, positive="dr").frame.set_index("class_name")
+    assert (frame.loc["dr", "abnormal"], frame.loc["healthy", "abnormal"]) == (1, 0)
+    (tmp_path / "dr").rename(tmp_path / "Disease")              # normal/abnormal-like names: no guess
+    frame = load_folder(tmp_path).frame.set_index("class_name")
+    assert (frame.loc["Disease", "abnormal"], frame.loc["healthy", "abnormal"]) == (1, 0)
+
+
 def test_folder_numeric_binary_and_split_layout(tmp_path: Path) -> None:
     png(tmp_path / "training" / "0" / "x.png")
     png(tmp_path / "training" / "1" / "y.png")

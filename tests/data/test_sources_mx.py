@@ -205,13 +205,10 @@ def odir_folder(root: Path) -> Path:
     return root
 
 
-def test_folder_positive_class_is_explicit(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_folder_positive_class_is_explicit(tmp_path: Path) -> None:
     root = odir_folder(tmp_path / "eyes")
-    with caplog.at_level(logging.WARNING):
-        guessed = load_folder(root)
-    assert "pass positive=" in caplog.text                      # alphabetical: a guess, said so
-    assert dict(zip(guessed.frame["class_name"], guessed.frame["class_index"])) == {
-        "glaucoma": 0, "normal": 1}
+    with pytest.raises(ConfigError, match=r"two classes \['glaucoma', 'normal'\].*positive"):
+        load_folder(root)                                       # which is positive would be a guess
     m = load_folder(root, positive="Glaucoma")
     f = m.frame.set_index("id")
     assert f.loc["eyes-glaucoma-7_left", "abnormal"] == 1
@@ -236,9 +233,9 @@ def test_folder_patient_regex_groups_left_and_right(tmp_path: Path,
     assert f.loc["eyes-glaucoma-Glaucoma_001", "patient"] == "eyes-glaucoma-Glaucoma_001"
     assert "does not match 1 of 7" in caplog.text
     with pytest.raises(ConfigError, match="not a valid regular expression"):
-        load_folder(root, patient_regex="([")
+        load_folder(root, positive="glaucoma", patient_regex="([")
     with pytest.raises(DataError, match="group 'eye' is 'le'"):
-        load_folder(root, patient_regex=r"^(?P<patient>\d+)_(?P<eye>le)")
+        load_folder(root, positive="glaucoma", patient_regex=r"^(?P<patient>\d+)_(?P<eye>le)")
 
 
 # -- real data ----------------------------------------------------------------------------------

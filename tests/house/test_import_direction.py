@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "retinassl"
 
 # bottom first; a module imports only from its own layer or below
 LAYERS: list[tuple[str, ...]] = [
-    ("retinassl", "atomic", "errors", "config", "launch", "progress", "hardware", "logs"),
+    ("retinassl", "atomic", "errors", "config", "data_roots", "launch", "progress", "hardware", "logs"),
     ("io",),
     ("data",),
     ("oct", "models", "losses", "metrics", "figures"),

@@ -17,6 +17,9 @@ RUNS_DIR = typer.Option(None, "--runs-dir", help="Where run directories are crea
 ALLOW_PICKLE = typer.Option(False, "--allow-pickle", help="Let model.init be a pickle-based .pth/.pt "
                                                           "weights file (read with torch.load("
                                                           "weights_only=True)); refused otherwise.")
+DATA_ROOT = typer.Option(None, "--data-root", help="The folder holding the datasets (idrid/, drive/, "
+                        "...): the packaged presets' data paths ($RETINASSL_DATA_ROOT/idrid...) are under it "
+                        "(default: the environment variable RETINASSL_DATA_ROOT).", show_default=False)
 SKIP_BAD = typer.Option(False, "--skip-bad", help="Skip unreadable images (listed in the run report) "
                                                   "instead of stopping at the first.")
 
@@ -51,12 +54,13 @@ def split_args(args: list[str] | None, default: str | None = None) -> tuple[str 
 
 def open_run(model: type, config: str | None, overrides: list[str] | None, resume: Path | None,
              runs_dir: Path | None, skip_bad: bool = False, default: str | None = None,
-             suffix: str = ""):
+             suffix: str = "", data_root: Path | None = None):
     """The validated config and run directory of a training command.
 
     ``--resume`` reopens a run with its recorded config plus the overrides (e.g. a larger
     ``engine.max_epochs``); otherwise CONFIG (a file or preset; without it, ``default``) plus the
-    overrides and the shared options makes a new run, named ``<config name><suffix>-<time>``.
+    overrides and the shared options makes a new run, named ``<config name><suffix>-<time>``; the
+    preset's data paths are under ``data_root`` (``--data-root``; default ``$RETINASSL_DATA_ROOT``).
     Returns ``(config, run)``."""
     from retinassl.config import load_config
     from retinassl.errors import ConfigError
@@ -70,7 +74,7 @@ def open_run(model: type, config: str | None, overrides: list[str] | None, resum
     else:
         if config is None:
             raise ConfigError("give a CONFIG (a YAML file or a packaged preset), or --resume RUN")
-        cfg = load_config(model, config, with_common_overrides(rest, runs_dir, skip_bad))
+        cfg = load_config(model, config, with_common_overrides(rest, runs_dir, skip_bad), data_root)
         check_batch_config(cfg)  # before the run directory exists
         run = RunDir.create(cfg.runs_dir, f"{cfg.name}{suffix}")
     run.attach_log_file()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from retinassl.cli.common import SKIP_BAD
+from retinassl.cli.common import DATA_ROOT, SKIP_BAD
 
 app = typer.Typer(no_args_is_help=True, help="Dataset sources, inspection and preparation.")
 
@@ -23,14 +23,18 @@ def list_() -> None:
     """List dataset sources, packaged presets, encoders and training methods."""
     from retinassl.config import preset_names
     from retinassl.data.sources import SOURCES
+    from retinassl.data.sources.describe import describe_source
     from retinassl.methods.base import method_names
     from retinassl.models import encoder_names
     import retinassl.methods  # noqa: F401  (registers every method)
 
-    typer.echo("dataset sources (retinassl data inspect SOURCE --option root=PATH):")
+    typer.echo("dataset sources and their options (retinassl data inspect SOURCE -o key=value; in a "
+               "config: data.source / data.options):")
     for name, loader in sorted(SOURCES.items()):
         doc = (loader.__doc__ or "").strip().splitlines()
         typer.echo(f"  {name:10s} {doc[0] if doc else ''}")
+        for line in describe_source(name, loader):
+            typer.echo(line)
     typer.echo("presets (retinassl train PRESET / retinassl sweep PRESET): " + ", ".join(preset_names()))
     typer.echo("encoders: " + ", ".join(encoder_names()))
     typer.echo("methods: " + ", ".join(method_names()))
@@ -39,7 +43,9 @@ def list_() -> None:
 @app.command()
 def inspect(source: str = typer.Argument(..., help="A source name (idrid, drive, ...) or a manifest CSV."),
             option: list[str] = typer.Option(None, "--option", "-o",
-                                              help="Source option key=value (e.g. root=/data/idrid)."),
+                                              help="Source option key=value (e.g. root=/data/idrid); "
+                                                   "`retinassl data list` lists every source's options "
+                                                   "with an example."),
             duplicates: bool = typer.Option(False, "--duplicates",
                                             help="Also look for near-duplicate images across splits.")) -> None:
     """Summarise a dataset: images per split, label distributions, masks and paired data present."""
@@ -58,6 +64,12 @@ def inspect(source: str = typer.Argument(..., help="A source name (idrid, drive,
     for column in label_columns(frame.columns):
         counts = frame[column].value_counts(dropna=False).sort_index()
         typer.echo(f"  {column}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    if "class_name" in frame.columns:  # the folder source: each class folder and the label it gave
+        mapped = next((c for c in ("abnormal", "class_index") if c in frame.columns), None)
+        per_class = frame.groupby("class_name", sort=True)
+        typer.echo("  class folders: " + ", ".join(
+            f"{name}={len(rows)}" + (f" ({mapped}={rows[mapped].iloc[0]})" if mapped else "")
+            for name, rows in per_class))
     for column in MASK_COLUMNS + PAIRED_COLUMNS:
         if column in frame.columns:
             typer.echo(f"  {column}: {int(frame[column].notna().sum() - (frame[column] == '').sum())} files")
@@ -74,7 +86,7 @@ def prepare(config: str = typer.Argument(..., help="A YAML config or preset whos
                                                    "sections describe the dataset."),
             overrides: list[str] = typer.Argument(None, show_default=False),
             out: Path = typer.Option(Path("manifest.csv"), "--out", help="Where to write the manifest."),
-            skip_bad: bool = SKIP_BAD) -> None:
+            skip_bad: bool = SKIP_BAD, data_root: Path = DATA_ROOT) -> None:
     """Build the manifest and fill the preprocessed-image cache (decodes every image once)."""
     from retinassl.config import Section, load_config
     from retinassl.data.loading import prepare as prepare_data
@@ -88,7 +100,7 @@ def prepare(config: str = typer.Argument(..., help="A YAML config or preset whos
 
     overrides = (overrides or []) + (["data.skip_bad=true"] if skip_bad else [])
     check_prepare_keys(config, overrides)
-    cfg = load_config(PrepareConfig, config, overrides)
+    cfg = load_config(PrepareConfig, config, overrides, data_root)
     check_out(out, cfg.data)  # before any image is decoded
     prepared = prepare_data(cfg.data, cfg.preprocess)
     prepared.manifest.save(out)

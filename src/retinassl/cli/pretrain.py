@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from retinassl.cli.common import (RESUME, RUNS_DIR, SKIP_BAD, check_batch_config, refuse_finished, run_job,
+from retinassl.cli.common import (DATA_ROOT, RESUME, RUNS_DIR, SKIP_BAD, check_batch_config, refuse_finished, run_job,
                                   split_args, with_common_overrides)
 
 
@@ -21,12 +21,13 @@ def pretrain(method: str = typer.Argument(..., help="A pretraining method: rotat
              resume: Path = RESUME, runs_dir: Path = RUNS_DIR, skip_bad: bool = SKIP_BAD,
              allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Let model.init be a "
                                                "pickle-based .pth/.pt file (read with "
-                                               "torch.load(weights_only=True)).")) -> None:
+                                               "torch.load(weights_only=True))."),
+             data_root: Path = DATA_ROOT) -> None:
     """Pretrain an encoder with a self-supervised method (or supervised normal/abnormal
     pretraining) on a pool of images; labels are ignored unless `label` is set. Writes
     runs/<name>-<time>/ with the encoder checkpoint (encoder/), training curves (logs/csv) and a
     report."""
-    from retinassl.config import apply_overrides, load_config, preset_names, read_yaml, validate
+    from retinassl.config import config_data, load_config, preset_names, read_yaml, validate
     from retinassl.errors import ConfigError
     from retinassl.methods.base import method_names
     from retinassl.jobs.pretrain import PretrainConfig, run_pretrain
@@ -50,7 +51,7 @@ def pretrain(method: str = typer.Argument(..., help="A pretraining method: rotat
         named = (data.get("method") or {}).get("name")
         if named is not None and named != method:
             raise ConfigError(f"{source} configures method {named!r}, not {method!r}")
-        data = apply_overrides(data, overrides + [f"method.name={method}"])
+        data = config_data(source, overrides + [f"method.name={method}"], data_root)
         cfg = validate(PretrainConfig, data, origin=source)
         check_batch_config(cfg)  # before the run directory exists
         run = RunDir.create(cfg.runs_dir, cfg.name)

@@ -8,7 +8,7 @@ import typer
 
 from retinassl.io.rundir import RunDir
 from retinassl.cli.predict import OPTIONS, key_values
-from retinassl.cli.common import ALLOW_PICKLE, OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, open_run, run_job
+from retinassl.cli.common import ALLOW_PICKLE, DATA_ROOT, OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, open_run, run_job
 
 app = typer.Typer(no_args_is_help=True, help="Vessel segmentation: a U-Net whose encoder is any "
                   "registered encoder or encoder checkpoint; metrics inside the field of view.")
@@ -33,7 +33,7 @@ def _preprocess(segmenter, fov_threshold: float | None, size: int | None, crop_f
 def train(config: str = typer.Argument("drive-vessels", help="A YAML config or a packaged preset "
                                        "(drive-vessels)."),
           overrides: list[str] = OVERRIDES, resume: Path = RESUME, runs_dir: Path = RUNS_DIR,
-          skip_bad: bool = SKIP_BAD, allow_pickle: bool = ALLOW_PICKLE) -> None:
+          skip_bad: bool = SKIP_BAD, allow_pickle: bool = ALLOW_PICKLE, data_root: Path = DATA_ROOT) -> None:
     """Train a U-Net on random FOV patches, then evaluate it on the test split (and on the
     config's evaluate_on datasets, e.g. STARE). Writes runs/<name>-<time>/ with segmenter/ (the
     model), encoder/, predictions/ (PNG probability maps and binary masks), results.csv and an HTML
@@ -42,7 +42,7 @@ def train(config: str = typer.Argument("drive-vessels", help="A YAML config or a
     from retinassl.jobs.segment_config import SegmentConfig
 
     overrides = list(overrides or []) + (["model.allow_pickle=true"] if allow_pickle else [])
-    cfg, run = open_run(SegmentConfig, config, overrides, resume, runs_dir, skip_bad)
+    cfg, run = open_run(SegmentConfig, config, overrides, resume, runs_dir, skip_bad, data_root=data_root)
     metrics, report = run_job(run, lambda: run_segment_train(cfg, run, resume=resume is not None))
     typer.echo(", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     typer.echo(f"report: {report}")
@@ -134,7 +134,7 @@ def curve(config: str = typer.Argument("drive-vessels", help="A YAML config or p
                                          show_default=False),
           sizes: str = typer.Option("1,2,5,10,20", "--sizes", help="Numbers of training images."),
           seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds."),
-          resume: Path = RESUME, runs_dir: Path = RUNS_DIR) -> None:
+          resume: Path = RESUME, runs_dir: Path = RUNS_DIR, data_root: Path = DATA_ROOT) -> None:
     """Label-fraction curve: one U-Net per (initialisation, number of training images, seed),
     each tested on the test split; one results table (same format as the classification
     protocol) and a report. With --resume, finished combinations are skipped."""
@@ -149,7 +149,7 @@ def curve(config: str = typer.Argument("drive-vessels", help="A YAML config or p
         else:
             label, _, path = item.rpartition("=")
             inits[label or Path(path).parent.name or path] = path
-    cfg, run = open_run(SegmentConfig, config, overrides, resume, runs_dir, suffix="-curve")
+    cfg, run = open_run(SegmentConfig, config, overrides, resume, runs_dir, suffix="-curve", data_root=data_root)
     table = run_label_fraction_curve(cfg, run, inits, [int(s) for s in sizes.split(",")],
                                      [int(s) for s in seeds.split(",")])
     run.update_status(status="finished")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from retinassl.cli.common import ALLOW_PICKLE, OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, open_run, run_job
+from retinassl.cli.common import ALLOW_PICKLE, DATA_ROOT, OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, open_run, run_job
 
 app = typer.Typer(no_args_is_help=True, help="Semi-supervised patch classification (the patch "
                                              "SSL-GAN of Lecouat et al. 2018).")
@@ -18,7 +18,7 @@ def train(config: str = typer.Argument(None, help="A YAML config or preset (e.g.
                                                   "demo-ssl-gan); not needed with --resume.",
                                        show_default=False),
           overrides: list[str] = OVERRIDES, resume: Path = RESUME, runs_dir: Path = RUNS_DIR,
-          skip_bad: bool = SKIP_BAD, allow_pickle: bool = ALLOW_PICKLE) -> None:
+          skip_bad: bool = SKIP_BAD, allow_pickle: bool = ALLOW_PICKLE, data_root: Path = DATA_ROOT) -> None:
     """Train a patch classifier with n_labelled labelled images (the rest of the training cohort,
     and an optional pool, unlabelled), then evaluate it on the test split: patch, image and
     localisation AUC, predictions, heatmaps, results.csv and an HTML report in runs/<name>-<time>/."""
@@ -26,7 +26,7 @@ def train(config: str = typer.Argument(None, help="A YAML config or preset (e.g.
     from retinassl.jobs.semisup import run_semisup_train
 
     overrides = list(overrides or []) + (["learner.model.allow_pickle=true"] if allow_pickle else [])
-    cfg, run = open_run(SemisupTrainConfig, config, overrides, resume, runs_dir, skip_bad)
+    cfg, run = open_run(SemisupTrainConfig, config, overrides, resume, runs_dir, skip_bad, data_root=data_root)
     metrics, report = run_job(run, lambda: run_semisup_train(cfg, run, resume=resume is not None))
     typer.echo("test: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     typer.echo(f"report: {report}")

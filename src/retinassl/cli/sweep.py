@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from retinassl.errors import ConfigError
-from retinassl.cli.common import OVERRIDES, RESUME, RUNS_DIR, config_and_overrides, run_job
+from retinassl.cli.common import DATA_ROOT, OVERRIDES, RESUME, RUNS_DIR, config_and_overrides, run_job
 
 Runner = Callable[[dict[str, Any], Any, str, bool], None]
 
@@ -43,12 +43,26 @@ def check_config(data: dict[str, Any], budget: str, origin: str) -> None:
         check_batch_config(checks[kind](data, budget))  # batches that cannot fit are refused too
 
 
+def with_data_roots(data: dict[str, Any], budget: str, data_root: Path | None, origin: str,
+                    legacy: bool) -> dict[str, Any]:
+    """The experiment with its data paths under the data root (:mod:`retinassl.data_roots`): the
+    paths the chosen budget uses must resolve (a ConfigError names the key and ``--data-root``);
+    those of other budgets may stay placeholders when no root is given."""
+    from retinassl.data_roots import resolve_data_roots
+    from retinassl.sweeps.grid import merge_budget
+
+    base = {k: v for k, v in data.items() if k != "budgets"}
+    resolve_data_roots(merge_budget(base, (data.get("budgets") or {}).get(budget) or {}), data_root,
+                       legacy=legacy, origin=origin)
+    return resolve_data_roots(data, data_root, legacy=legacy, missing_ok=True, origin=origin)
+
+
 def sweep(preset: str = typer.Argument(None, help="A packaged experiment preset or a YAML file "
                                         "(not needed with --resume).", show_default=False),
           overrides: list[str] = OVERRIDES,
           budget: str = typer.Option("cpu", "--budget", help="smoke (seconds, for tests), cpu (hours "
                                      "on 2 CPU cores), or full (the paper's setting, for GPUs)."),
-          resume: Path = RESUME, runs_dir: Path = RUNS_DIR) -> None:
+          resume: Path = RESUME, runs_dir: Path = RUNS_DIR, data_root: Path = DATA_ROOT) -> None:
     """Run a whole experiment (e.g. idrid-ssl-gan, idrid-transfer) and write its results table,
     comparison tables, figures and HTML report."""
     from retinassl.config import apply_overrides, read_yaml
@@ -60,14 +74,16 @@ def sweep(preset: str = typer.Argument(None, help="A packaged experiment preset 
     if resume is not None:
         from retinassl.cli.common import refuse_finished
 
-        data = apply_overrides(read_yaml(Path(resume) / "sweep.yaml"), overrides)
+        data = with_data_roots(apply_overrides(read_yaml(Path(resume) / "sweep.yaml"), overrides),
+                               budget, data_root, str(resume), legacy=False)
         check_config(data, budget, str(resume))
         refuse_finished(resume, overrides)  # before RunDir.resume marks the run running
         run = RunDir.resume(resume)
     else:
         if preset is None:
             raise ConfigError("give a PRESET (e.g. idrid-ssl-gan) or --resume RUN")
-        data = apply_overrides(read_yaml(preset), overrides)
+        data = with_data_roots(apply_overrides(read_yaml(preset), overrides), budget, data_root, preset,
+                               legacy=not Path(preset).is_file())
         check_config(data, budget, preset)
         name = str(data.get("name", Path(preset).stem))
         run = RunDir.create(runs_dir or Path(str(data.get("runs_dir", "runs"))), f"{name}-{budget}")

@@ -76,15 +76,22 @@ def _regex_patient(match: re.Match, prefix: str, image: Path) -> tuple[str, str]
     return f"{prefix}-{value}", eye
 
 
+#: Class-folder names the folder source reads as the negative / the positive class of a pair.
+NORMAL_LIKE = frozenset({"normal", "healthy", "negative", "control", "0"})
+ABNORMAL_LIKE = frozenset({"abnormal", "disease", "diseased", "positive", "1"})
+
+
 def load_folder(root: str | Path, prefix: str | None = None,
                 positive: str | Collection[str] | None = None,
                 patient_regex: str | None = None, link_duplicates: bool = False) -> Manifest:
     """Image folders per class: ``root/<class>/<image>`` or ``root/<split>/<class>/<image>``.
 
     With ``positive``, rows get ``abnormal`` = 1 for the named class folder(s) and 0 for all others.
-    Without it, classes named ``normal``/``abnormal`` or ``0``/``1`` (any case) give the
-    ``abnormal`` label; any other class names give ``class_index`` (classes in alphabetical order:
-    0, 1, ...; with two classes a warning says so, since which one is "positive" is then a guess).
+    Without it, two classes named like normal/abnormal (one of ``normal``, ``healthy``,
+    ``negative``, ``control``, ``0`` and one of ``abnormal``, ``disease(d)``, ``positive``, ``1``;
+    any case) give the ``abnormal`` label; two classes named otherwise (``dr``/``healthy``,
+    ``glaucoma``/``normal``) are refused, since which one is positive would be a guess: say it with
+    ``positive: dr``. Three or more classes give ``class_index`` (alphabetical order: 0, 1, ...).
     Every row also records its ``class_name``, so the mapping stays with the manifest. The split
     layout is used when every top-level folder is a split name (train/training,
     val/valid/validation, test/testing).
@@ -107,8 +114,8 @@ def load_folder(root: str | Path, prefix: str | None = None,
             once, fingerprints are cached). Over-grouping a false pair costs only split freedom.
 
     Raises:
-        ConfigError: ``positive`` naming no class folder or every class; an invalid
-            ``patient_regex``.
+        ConfigError: ``positive`` naming no class folder or every class; two classes not named
+            like normal/abnormal without ``positive``; an invalid ``patient_regex``.
         DataError: images lying next to class folders, a folder inside a class folder, an empty
             class folder, split folders mixed with class folders, two images with the same id, an
             ``eye`` group that is not an eye.
@@ -127,7 +134,7 @@ def load_folder(root: str | Path, prefix: str | None = None,
               if all(split_named) else [("", c) for c in top])
     names = sorted({c.name for _, c in layout})
     lowered = {n.lower() for n in names}
-    binary = lowered <= {"normal", "abnormal"} or lowered <= {"0", "1"}
+    binary = len(lowered) == 2 and len(lowered & NORMAL_LIKE) == 1 and len(lowered & ABNORMAL_LIKE) == 1
     positives = {str(p).lower() for p in ([positive] if isinstance(positive, str) else positive or [])}
     if positive is not None and (not positives or not positives <= lowered):
         raise ConfigError(f"folder source: positive={positive!r} names no class folder of {root} "
@@ -135,6 +142,10 @@ def load_folder(root: str | Path, prefix: str | None = None,
     if positives and positives >= lowered:
         raise ConfigError(f"folder source: positive={positive!r} names every class ({names}); no "
                           f"negative class is left")
+    if not positives and not binary and len(names) == 2:
+        raise ConfigError(f"folder source {root}: two classes {names} not named like normal/abnormal, "
+                          f"and no positive class: say which is positive with the option positive "
+                          f"(data.options.positive={names[0]}, or -o positive={names[0]} in data inspect)")
     try:
         regex = re.compile(patient_regex) if patient_regex else None
     except re.error as exc:
@@ -168,14 +179,11 @@ def load_folder(root: str | Path, prefix: str | None = None,
             if positives:
                 record["abnormal"] = int(folder.name.lower() in positives)
             elif binary:
-                record["abnormal"] = int(folder.name.lower() in ("abnormal", "1"))
+                record["abnormal"] = int(folder.name.lower() in ABNORMAL_LIKE)
             else:
                 record["class_index"] = names.index(folder.name)
             records.append(record)
-    if not binary and not positives and len(names) == 2:
-        log.warning("folder source %s: class_index by alphabetical order %s; pass positive=<class "
-                    "folder> to say which class is positive", root, dict(enumerate(names)))
-    elif not binary and not positives:
+    if not binary and not positives:
         log.info("folder source %s: class_index %s", root, dict(enumerate(names)))
     if unmatched:
         log.warning("folder source %s: patient_regex %r does not match %d of %d file names (first: "
