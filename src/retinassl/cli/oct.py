@@ -1,4 +1,4 @@
-"""``retinassl oct info|thickness|segment|train-seg|pretrain``: OCT volumes (DICOM, HEYEX .vol/.xml,
+"""``retinassl oct info|thickness|segment|train-seg|adapt-layers|pretrain``: OCT volumes (DICOM, HEYEX .vol/.xml,
 NumPy/TIFF stacks) -> layer boundaries -> retinal-thickness maps, and the cross-modal pretraining
 that learns those maps from fundus images (DeepRT, Holmberg et al. 2020).
 
@@ -154,6 +154,29 @@ def train_seg(config: str = typer.Argument(None, help="A YAML config or preset (
     if warning:
         typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW)
         run.update_status(warnings=[warning])  # (run_job's status update came after the job's)
+    typer.echo(f"model: {run.path / 'layer-model'}")
+
+
+@app.command("adapt-layers")
+def adapt_layers(config: str = typer.Argument(None, help="A YAML config or preset (default: the "
+                                                         "oct-adapt-layers preset, the MX B-scans).",
+                                              show_default=False),
+                 overrides: list[str] = OVERRIDES, resume: Path = RESUME, runs_dir: Path = RUNS_DIR) -> None:
+    """Adapt a layer model (``model=<run>/layer-model``) to real B-scans: the graph search's ILM/BM
+    on the clean B-scans are pseudo-labels for a short fine-tuning; agreement with the graph search
+    on held-out patients and the error on synthetic truth, before and after. The adapted model is
+    <run>/layer-model, the numbers <run>/adapt.json."""
+    from retinassl.jobs.oct_adapt import AdaptLayersConfig, run_adapt_layers
+
+    cfg, run = open_run(AdaptLayersConfig, config, overrides, resume, runs_dir, default="oct-adapt-layers")
+    _private_logs([])  # the job registers the B-scans' paths and ids once it has read the manifest
+    summary, _ = run_job(run, lambda: run_adapt_layers(cfg, run, resume=resume is not None)[1],
+                         report=False, status=lambda s: {"counts": s["counts"]})
+    for when in ("before", "after"):
+        r, syn = summary[when]["real"], summary[when]["synthetic"]
+        typer.echo(f"{when}: graph-search agreement ILM {r['mad_ilm_px']:.2f} px, BM {r['mad_bm_px']:.2f} px "
+                   f"({int(r['bscans'])} held-out B-scans); synthetic error ILM {syn['error_um_ilm']:.2f} um, "
+                   f"BM {syn['error_um_bm']:.2f} um, all boundaries {syn['error_um_all']:.2f} um")
     typer.echo(f"model: {run.path / 'layer-model'}")
 
 

@@ -43,6 +43,43 @@ from retinassl.losses.segmentation import masked_dice_loss
 from retinassl.metrics.segmentation import region_dice
 
 # -- losses and metrics (tensors in, tensors out) -------------------------------------------------
+UNRESOLVED_LABEL = -2
+"""Region label of a pixel known to lie between the first and the last boundary without knowing
+which inner region (pseudo-labels with only ILM and BM for a model of more boundaries)."""
+
+
+def partial_layer_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy and soft Dice when some pixels are :data:`UNRESOLVED_LABEL`.
+
+    The ``K - 1`` inner regions are merged into one (their probabilities summed: ``log sum_c p_c``
+    over ``c = 1..K-1``), so the loss depends on the inner regions only through that sum: where the
+    inner boundaries lie carries no gradient, only the first and last boundary are trained. Exact
+    labels ``0..K`` keep their own log-probability in the cross-entropy; the Dice is over the three
+    merged regions (above the first boundary, between, below the last). :data:`IGNORE_LABEL`
+    pixels carry nothing.
+
+    Args:
+        logits: ``(B, K + 1, H, W)``; labels: ``(B, H, W)`` in ``0..K``, -1 or -2.
+
+    Returns:
+        ``(cross_entropy, dice_loss)`` scalars.
+    """
+    c = logits.shape[1]
+    if c < 3:
+        raise ValueError(f"unresolved pixels need at least two boundaries (3 regions), got {c} regions")
+    logp = torch.log_softmax(logits.float(), dim=1)
+    inner = torch.logsumexp(logp[:, 1:c - 1], dim=1)                              # (B, H, W)
+    exact = logp.gather(1, labels.clamp(min=0)[:, None])[:, 0]
+    picked = torch.where(labels == UNRESOLVED_LABEL, inner, exact)
+    valid = (labels >= 0) | (labels == UNRESOLVED_LABEL)
+    ce = -(picked * valid).sum() / valid.sum().clamp(min=1)
+    merged = torch.stack([logp[:, 0], inner, logp[:, c - 1]], dim=1)            # log-probabilities
+    m_labels = torch.where(labels == UNRESOLVED_LABEL, torch.ones_like(labels),
+                           torch.where(labels == c - 1, torch.full_like(labels, 2),
+                                       torch.where(labels > 0, torch.ones_like(labels), labels)))
+    return ce, masked_dice_loss(merged, m_labels)
+
+
 # -- data -----------------------------------------------------------------------------------------
 def bscan_input(bscan: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A B-scan ``(D, W)`` as network input ``(H, W')`` float32 in [0, ~1] at ``size = (H, W')``:
@@ -196,8 +233,11 @@ class LayerSegmentation(Method):
              generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         x, y = self._augment(batch["image"], batch["label"], generator)
         logits = self.forward(x).float()
-        ce = F.cross_entropy(logits, y, ignore_index=IGNORE_LABEL)
-        dice = masked_dice_loss(logits, y)
+        if bool((y == UNRESOLVED_LABEL).any()):
+            ce, dice = partial_layer_losses(logits, y)
+        else:
+            ce = F.cross_entropy(logits, y, ignore_index=IGNORE_LABEL)
+            dice = masked_dice_loss(logits, y)
         return ce + self.config.dice_weight * dice, {"ce": float(ce.detach()), "dice_loss": float(dice.detach())}
 
     def validation_outputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -246,11 +286,16 @@ class LayerModel:
                 **extract: Any) -> dict[str, np.ndarray]:
         """Boundary rows ``name -> (n_bscans, width)`` in the volume's B-scan grid (NaN =
         undefined). ``extract``: options of :func:`~retinassl.oct.boundaries.extract_boundaries`."""
-        _, depth, width = volume.shape
-        probs = self.probabilities(volume.bscans, batch_size, bf16)
-        rows = extract_boundaries(probs, **extract)                          # (N, K, H, W')
-        rows = rescale_rows(rows, self.input_size, (depth, width))
+        rows = self.segment_bscans(volume.bscans, batch_size, bf16, **extract)
         return {name: rows[:, k] for k, name in enumerate(self.boundaries)}
+
+    def segment_bscans(self, bscans: np.ndarray, batch_size: int = 16, bf16: bool | None = None,
+                       **extract: Any) -> np.ndarray:
+        """``(N, D, W)`` B-scans -> boundary rows ``(N, K, W)`` in their own grid (NaN = undefined)."""
+        _, depth, width = np.asarray(bscans).shape
+        probs = self.probabilities(bscans, batch_size, bf16)
+        rows = extract_boundaries(probs, **extract)                          # (N, K, H, W')
+        return rescale_rows(rows, self.input_size, (depth, width))
 
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Save as a model of kind ``layer-model`` (the U-Net's weights; see the module docstring)."""
