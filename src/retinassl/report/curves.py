@@ -3,7 +3,6 @@ against the step, raw and smoothed, as a report section."""
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +38,9 @@ def curves_figure(history: pd.DataFrame, path: str | Path, title: str = "") -> P
         data = history[["step", column]].dropna()
         steps, values = data["step"].to_numpy(), data[column].to_numpy(dtype=float)
         window = max(1, len(values) // 10)
-        ax.plot(steps, values, lw=0.6, alpha=0.4, color="tab:blue")
+        ax.plot(steps, values, lw=0.6, alpha=0.4, color="tab:blue", marker="o" if len(values) < 10 else None, ms=3)
         ax.plot(steps, running_mean(values, window), lw=1.8, color="tab:blue")
-        ax.set_title(column.removeprefix("train/"), fontsize=9)
+        ax.set_title(column.removeprefix("train/"), fontsize=11)
         ax.set_xlabel("step")
     if title:
         fig.suptitle(title, fontsize=10)
@@ -64,7 +63,7 @@ def curves_summary(history: pd.DataFrame, tail: float = 0.1) -> pd.DataFrame:
 
 def training_curves_section(run: RunDir):  # -> Section | None
     """The training curves of the run's engine log, if it has one."""
-    from retinassl.report.sections import Section, table_html
+    from retinassl.report.sections import Section, figure_html, table_html
 
     path = run.path / "logs" / "csv" / "metrics.csv"
     if not path.is_file():
@@ -75,7 +74,10 @@ def training_curves_section(run: RunDir):  # -> Section | None
     figure = curves_figure(history, run.report_dir / "figures" / "training-curves.png")
     summary = curves_summary(history)
     return Section("Training curves",
-                   f'<img src="figures/{html.escape(figure.name)}" alt="training curves">'
-                   '<p class="note">Thin: logged values; thick: running mean over a tenth of the '
-                   'log. Start/end: means over the first and last tenth.</p>'
+                   figure_html(figure.name, "training curves",
+                               "Each training loss against the step; thin: logged values, thick: running "
+                               "mean over a tenth of the log. <b>Look at</b>: the thick line should fall "
+                               "and flatten; flat from the start or rising means the run did not learn.",
+                               cls="natural")
+                   + '<p class="note">Start/end: means over the first and last tenth of the log.</p>'
                    + table_html(summary, text_columns=("metric",)))

@@ -1,7 +1,11 @@
 """Build ``report/index.html`` for a run from its results table, predictions and figures.
 
-A report is a list of sections; each section builder is a plain function ``(run) -> Section | None``
-listed in :data:`SECTION_BUILDERS` (capabilities add their builders there explicitly).
+The page reads like a paper's results section: the summary (what ran on which data, the headline
+numbers with their 95 % intervals, one sentence per comparison), then the figures with captions that
+say what to look at, then the tables of the metrics that matter, and the full raw results table last
+(collapsed, with a link to the CSV). A report is a list of sections; each section builder is a plain
+function ``(run) -> Section | None`` listed in :data:`SECTION_BUILDERS` in page order (capabilities
+add their builders there explicitly). Every figure is a PNG under ``report/figures/``.
 """
 
 from __future__ import annotations
@@ -14,29 +18,23 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from retinassl.atomic import write_text
-from retinassl.io.results import read_results
 from retinassl.io.rundir import RunDir
 from retinassl.figures.plots import roc_figure
 from retinassl.report.curves import training_curves_section
 from retinassl.report.external import misses_section, reliability_section
 from retinassl.report.oct import oct_section
-from retinassl.report.sections import Section, gallery_section, table_html
+from retinassl.report.sections import Section, figure_html, gallery_section
 from retinassl.report.ssl_gan import ssl_gan_section
-from retinassl.report.transfer import gradcam_section, transfer_curves_section, transfer_delong_section, tsne_section
+from retinassl.report.summary import summary_section
+from retinassl.report.tables import metrics_table_html, raw_results_html
+from retinassl.report.transfer import (gradcam_section, transfer_curves_section, transfer_delong_section,
+                                       transfer_interval_section, tsne_section)
 
 
-def summary_section(run: RunDir) -> Section | None:
-    """Mean, standard deviation and count of every metric over seeds and folds."""
-    if not run.results_file.is_file():
-        return None
-    results = read_results(run.results_file)
-    keys = ["experiment", "task", "method", "init", "protocol", "fraction", "metric"]
-    results["fraction"] = results["fraction"].astype(str).replace("nan", "")
-    grouped = results.groupby(keys, sort=False)["value"]
-    table = grouped.agg(["mean", "std", "count"]).reset_index()
-    table = table.loc[:, [c for c in table.columns if not (table[c].astype(str) == "").all()]]
-    return Section("Results (mean, sd and count over seeds/folds)",
-                   table_html(table, text_columns=tuple(c for c in keys if c in table.columns)))
+def metrics_section(run: RunDir) -> Section | None:
+    """The metrics that matter, one row per task/method/initialisation/protocol/label fraction."""
+    table = metrics_table_html(run)
+    return Section("Metrics", table) if table else None
 
 
 def roc_section(run: RunDir) -> Section | None:
@@ -52,26 +50,36 @@ def roc_section(run: RunDir) -> Section | None:
     if not curves:
         return None
     figure = roc_figure(curves, run.report_dir / "figures" / "roc.png", title="Test ROC")
-    return Section("ROC curves", f'<img src="figures/{figure.name}" alt="ROC curves" width="460">')
+    return Section("ROC curves", figure_html(
+        figure.name, "ROC curves", "Test-set ROC curve of each prediction file (AUC in the legend). "
+        "<b>Look at</b>: how far each curve bows towards the top-left corner; the dashed diagonal is "
+        "chance. Steps are single test images: with few test images the curve is coarse.", cls="square"))
 
 
 def heatmap_section(run: RunDir) -> Section | None:
     return gallery_section(run, "heatmap-", "Patch heatmaps (test images)",
                            "Patch scores (sigmoid of patch logits) smoothed with a Gaussian blur; the "
-                           "ground-truth lesion mask is outlined in cyan.")
+                           "ground-truth lesion mask is outlined in cyan. <b>Look at</b>: whether the hot "
+                           "regions sit inside the cyan outlines (lesions) and stay cold on healthy "
+                           "images.", columns=3)
 
 
 def vessel_section(run: RunDir) -> Section | None:
     return gallery_section(run, "vessels-", "Vessel segmentation overlays",
                            "Each row: image | ground truth | predicted probability | errors inside the "
                            "field of view (white: true positive, red: false positive, blue: false "
-                           "negative; grey: outside the FOV). Captions: dataset and image id.")
+                           "negative; grey: outside the FOV). <b>Look at</b>: the error panel: red along "
+                           "vessel borders is width disagreement, blue in thin vessels is what the model "
+                           "misses. Captions: dataset and image id.", columns=1)
 
 
 SECTION_BUILDERS: list[Callable[[RunDir], Section | None]] = [
-    summary_section, roc_section, reliability_section, misses_section, heatmap_section, vessel_section,
-    training_curves_section, oct_section, transfer_curves_section, transfer_delong_section, tsne_section,
-    gradcam_section, ssl_gan_section]
+    summary_section,
+    # figures
+    transfer_curves_section, roc_section, vessel_section, heatmap_section, reliability_section, misses_section,
+    oct_section, tsne_section, gradcam_section, ssl_gan_section, training_curves_section,
+    # tables
+    transfer_interval_section, transfer_delong_section, metrics_section]
 
 
 def build_report(run: RunDir, title: str | None = None) -> Path:
@@ -83,7 +91,8 @@ def build_report(run: RunDir, title: str | None = None) -> Path:
     config = run.config_file.read_text() if run.config_file.is_file() else ""
     page = env.get_template("report.html").render(
         title=title or status.get("name", run.path.name), generated=_dt.datetime.now().isoformat(timespec="seconds"),
-        run_path=str(run.path), sections=sections, skipped=status.get("skipped", []), config=config)
+        run_path=str(run.path), sections=sections, skipped=status.get("skipped", []), config=config,
+        raw=raw_results_html(run))
     path = run.report_dir / "index.html"
     write_text(path, page)
     return path

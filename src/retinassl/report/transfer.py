@@ -35,7 +35,7 @@ def curves_figure(table: pd.DataFrame, task: str, metric: str, path: Path, inits
     the comparison table's 95 % intervals as error bars (initialisations dodged sideways)."""
     block = table[(table["task"] == task) & (table["metric"] == metric)]
     protocols = [p for p in ("probe", "finetune") if p in set(block["protocol"])]
-    fig, axes = plt.subplots(1, len(protocols), figsize=(4.4 * len(protocols), 3.6), squeeze=False,
+    fig, axes = plt.subplots(1, len(protocols), figsize=(5.2 * len(protocols), 4.0), squeeze=False,
                              sharey=True)
     colours = plt.get_cmap("tab10")
     for ax, protocol in zip(axes[0], protocols):
@@ -54,40 +54,73 @@ def curves_figure(table: pd.DataFrame, task: str, metric: str, path: Path, inits
             if ok.any():  # the interval itself: a bootstrap interval need not contain the mean
                 ax.vlines(dodge[ok], lo[ok], hi[ok], colors=style["color"], lw=0.8, alpha=0.7)
         ax.set_xscale("log")
+        if len(ticks) == 1:  # one label fraction: centre it (the automatic limits hug the dodged points)
+            ax.set_xlim(min(ticks) / 1.6, min(ticks) * 1.6)
         ax.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)])
         ax.minorticks_off()
         ax.set_xlabel("labelled training images (%)")
-        ax.set_title("linear probe" if protocol == "probe" else "fine-tuning", fontsize=9)
+        ax.set_title("linear probe" if protocol == "probe" else "fine-tuning", fontsize=11)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(metric)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"{task}: {metric} vs label fraction (mean over seeds, 95 % interval)", fontsize=9)
+    axes[0][-1].legend(fontsize=9, loc="lower right")
+    fig.suptitle(f"{task}: {metric} vs label fraction (mean over seeds, 95 % interval)", fontsize=11)
     return save_figure(fig, path)
 
 
 def transfer_curves_section(run: RunDir):  # -> Section | None
     """Metric vs label-fraction curves of every task (linear probe and fine-tuning)."""
-    from retinassl.report.sections import Section
+    from retinassl.report.sections import Section, figure_html
+
+    found = _comparison(run)
+    if found is None:
+        return None
+    reference, inits, table = found
+    methods = sorted(set(table["interval"].dropna().astype(str))) if "interval" in table.columns else []
+    bars = (f"error bars are the {METHOD_SENTENCE}" if methods == [METHOD]
+            else f"error bars are 95 % intervals ({' / '.join(methods) or 'none'})")
+    parts = []
+    for (task, metric), _ in table.groupby(["task", "metric"], sort=False):
+        name = f"transfer-{task}-{metric}.png"
+        curves_figure(table, task, metric, run.report_dir / "figures" / name, inits)
+        caption = (f"<b>{html.escape(task)}</b>, {html.escape(metric)} against the share of labelled "
+                   f"training images, mean over label-subset seeds. <b>Look at</b>: the coloured lines "
+                   f"above the dashed reference ({html.escape(reference)}), most of all at the lowest "
+                   "label fractions where pretraining should matter, and whether their error bars "
+                   "clear the reference's.")
+        parts.append(figure_html(name, f"{task} {metric}", caption))
+    note = f"Mean over label-subset seeds; {bars}. The dashed line is the reference ({reference})."
+    return Section("Transfer: metric vs label fraction", "".join(parts) + f'<p class="note">{html.escape(note)}</p>')
+
+
+def transfer_interval_section(run: RunDir):  # -> Section | None
+    """The comparison table's means with their 95 % intervals: one table per task, metric and
+    protocol, initialisations in rows and label fractions in columns."""
+    from retinassl.report.sections import Section, table_html
+    from retinassl.report.tables import percent, with_interval
 
     found = _comparison(run)
     if found is None:
         return None
     reference, inits, table = found
     parts = []
-    for (task, metric), _ in table.groupby(["task", "metric"], sort=False):
-        name = f"transfer-{task}-{metric}.png"
-        curves_figure(table, task, metric, run.report_dir / "figures" / name, inits)
-        parts.append(f'<img src="figures/{html.escape(name)}" alt="{html.escape(task)} {metric}" width="800">')
-    methods = sorted(set(table["interval"].dropna().astype(str))) if "interval" in table.columns else []
-    bars = (f"error bars are the {METHOD_SENTENCE}" if methods == [METHOD]
-            else f"error bars are 95 % intervals ({' / '.join(methods) or 'none'})")
-    note = f"Mean over label-subset seeds; {bars}. The dashed line is the reference ({reference})."
-    return Section("Transfer: metric vs label fraction", f'<p class="note">{html.escape(note)}</p>' + "".join(parts))
+    for (task, metric, protocol), block in table.groupby(["task", "metric", "protocol"], sort=False):
+        shown = pd.DataFrame({"initialisation": [i for i in inits if i in set(block["init"])]})
+        for f in sorted(set(block["fraction"])):
+            cells = block[block["fraction"] == f].set_index("init")
+            shown[percent(f)] = [with_interval(*cells.loc[i, ["mean", "lo", "hi"]].astype(float))
+                                 if i in cells.index else "" for i in shown["initialisation"]]
+        label = "linear probe" if protocol == "probe" else "fine-tuning"
+        parts.append(f"<h3>{html.escape(task)} ({html.escape(metric)}), {label}</h3>"
+                     + table_html(shown, text_columns=("initialisation",)))
+    note = (f"Mean over label-subset seeds [95 % interval]; columns: share of labelled training images. "
+            f"{METHOD_SENTENCE}. Reference: {reference}.")
+    return Section("Transfer: metrics with 95 % intervals", f'<p class="note">{html.escape(note)}</p>' + "".join(parts))
 
 
 def transfer_delong_section(run: RunDir):  # -> Section | None
     """DeLong p-values of each initialisation against the reference, at every label fraction."""
     from retinassl.report.sections import Section, table_html
+    from retinassl.report.tables import percent
 
     found = _comparison(run)
     if found is None:
@@ -102,15 +135,15 @@ def transfer_delong_section(run: RunDir):  # -> Section | None
         delta = block.pivot_table(index="init", columns="fraction", values="delta", aggfunc="first")
         shown = pd.DataFrame(index=wide.index)
         for f in wide.columns:
-            shown[f"{f:g}"] = [_p_cell(wide.at[i, f], delta.at[i, f]) for i in wide.index]
+            shown[percent(f)] = [_p_cell(wide.at[i, f], delta.at[i, f]) for i in wide.index]
         shown = shown.reset_index()
         label = "linear probe" if protocol == "probe" else "fine-tuning"
         parts.append(f"<h3>{html.escape(task)} ({html.escape(metric)}), {label}</h3>"
-                     + table_html(shown, text_columns=tuple(shown.columns)))
+                     + table_html(shown, text_columns=("init",)))
     note = (f"Two-sided DeLong test of each initialisation against {html.escape(reference)} on "
             "the same test images, on the seed-ensemble scores (each image's score averaged over "
             "label-subset seeds); in brackets the difference of the mean metric (init minus "
-            "reference). p &lt; 0.05 is marked *.")
+            "reference). p &lt; 0.05 is marked *; columns: share of labelled training images.")
     return Section("Transfer: DeLong p-values vs the reference", f'<p class="note">{note}</p>' + "".join(parts))
 
 
@@ -126,7 +159,9 @@ def tsne_section(run: RunDir):  # -> Section | None
 
     return gallery_section(run, "tsne-", "t-SNE of frozen embeddings",
                            "Each initialisation's pooled encoder embeddings of the labelled images "
-                           "(train and test), t-SNE with a fixed seed, coloured by the label.")
+                           "(train and test), t-SNE with a fixed seed, coloured by the label. <b>Look at</b>: "
+                           "whether the classes form separate clusters (the encoder's features carry the "
+                           "label without any training on it) or mix.")
 
 
 def gradcam_section(run: RunDir):  # -> Section | None
@@ -135,4 +170,6 @@ def gradcam_section(run: RunDir):  # -> Section | None
     return gallery_section(run, "gradcam-", "Grad-CAM of fine-tuned models",
                            "Grad-CAM (MONAI) at the encoder's deepest feature map of the model fine-tuned "
                            "on all labelled images (first seed); the same test images for every "
-                           "initialisation; 'out' is the explained output (logit or log-odds).")
+                           "initialisation; 'out' is the explained output (logit or log-odds). <b>Look at</b>: "
+                           "whether the maps light up lesions and the optic disc region or image borders "
+                           "and background (a shortcut).", columns=1, natural=True)
