@@ -178,6 +178,13 @@ def test_smoke_training_on_synthetic_vessels(tmp_path: Path) -> None:
     prepared = Cache(tmp_path / "cache").prepare(manifest, segmenter.preprocess)
     written = predict_images(segmenter, prepared, tmp_path / "out")
     assert [p.name for p in written] == [f"{manifest.ids[0]}-prob.png", f"{manifest.ids[0]}-vessels.png"]
+    # the saved model records its training images' FOV diameter at its input size (predict matches it)
+    everything = Manifest.load(run.path / "manifest.csv")
+    cached = Cache(tmp_path / "cache").prepare(everything, segmenter.preprocess)
+    ids = everything.frame["id"].astype(str).tolist()
+    extents = [max(np.ptp(ys), np.ptp(xs)) + 1 for ys, xs in
+               (np.nonzero(np.asarray(cached.entries[ids.index(i)].fov())) for i in segmenter.meta["train_ids"])]
+    assert segmenter.meta["fov_diameter"] == round(float(np.median(extents)), 2)
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ from pathlib import Path
 import typer
 
 from retinassl.cli.common import RESUME, RUNS_DIR, SKIP_BAD, run_job, split_args
-from retinassl.cli.predict import CACHE_DIR, OPTIONS, key_values
+from retinassl.cli.predict import CACHE_DIR, MATCH_SCALE, OPTIONS, key_values
 
 app = typer.Typer(no_args_is_help=True, help="Evaluate an encoder: linear probe or fine-tuning over "
                                              "label fractions, seeds and folds.")
@@ -110,7 +110,8 @@ def external(models: list[Path] = typer.Argument(..., help="One or more saved im
                                        "every labelled image).", show_default=False),
              misses: int = typer.Option(4, "--misses", help="Worst false positives and false negatives "
                                         "of each model shown with Grad-CAM / patch heatmaps (0: none)."),
-             skip_bad: bool = SKIP_BAD, runs_dir: Path = RUNS_DIR, cache_dir: Path = CACHE_DIR) -> None:
+             skip_bad: bool = SKIP_BAD, runs_dir: Path = RUNS_DIR, cache_dir: Path = CACHE_DIR,
+             match_scale: bool = MATCH_SCALE) -> None:
     """External validation: AUC [DeLong and bootstrap 95 % intervals], sensitivity and specificity at
     each model's saved operating threshold, calibration (ECE, reliability diagram), per-grade positive
     rates, ROC curves, a gallery of each model's worst misses, and a paired DeLong test between
@@ -132,7 +133,8 @@ def external(models: list[Path] = typer.Argument(..., help="One or more saved im
     typer.echo(f"run directory: {run.path}")
     table, report = run_job(run, lambda: evaluate_external(paths, manifest, label, run, name=dataset,
                                                            cache_dir=cache_dir, skip_bad=skip_bad,
-                                                           gallery=misses_gallery, misses=misses))
+                                                           gallery=misses_gallery, misses=misses,
+                                                           match_scale=match_scale))
     main = table[table["metric"].isin(["auc", "auc_lo", "auc_hi", "sensitivity", "specificity"])]
     for init, block in main.groupby("init", sort=False):
         values = dict(zip(block["metric"], block["value"]))

@@ -15,6 +15,9 @@ OPTIONS = typer.Option(None, "--option", "-o", help="A data-source option as key
 PREPROCESS = typer.Option(None, "--preprocess", help="Override the model's recorded preprocessing, "
                           "key=value (repeatable, e.g. size=384); the difference is logged.",
                           show_default=False)
+MATCH_SCALE = typer.Option(True, "--match-scale/--no-match-scale", help="Rescale the images so that "
+                           "their field of view spans as many pixels as the model's training images did "
+                           "(recorded in the model; logged). Off: the model's size as recorded.")
 CACHE_DIR = typer.Option(None, "--cache-dir", help="Preprocessed-image cache (default: the toolkit's).",
                          show_default=False)
 
@@ -51,7 +54,7 @@ def predict(model: Path = typer.Argument(..., help="A saved model folder (model.
             explain: bool = typer.Option(False, "--explain", help="Classifiers and patch classifiers: "
                                          "overlays/<id>.png per image, the Grad-CAM of a whole-image "
                                          "classifier or the patch heatmap of a patch classifier."),
-            skip_bad: bool = SKIP_BAD, cache_dir: Path = CACHE_DIR) -> None:
+            skip_bad: bool = SKIP_BAD, cache_dir: Path = CACHE_DIR, match_scale: bool = MATCH_SCALE) -> None:
     """Apply a trained model to new images with the preprocessing recorded with it: one CSV row per
     image (id, image, scores, the class at the model's operating threshold), written once all are
     done; unreadable images stop the command, or with --skip-bad get a row with the problem. An OCT
@@ -76,5 +79,5 @@ def predict(model: Path = typer.Argument(..., help="A saved model folder (model.
     manifest = input_manifest(inputs or [], source, key_values(options))
     path = run_predict(model, manifest, out, cache_dir=cache_dir, skip_bad=skip_bad, heatmaps=heatmaps,
                        preprocess=key_values(preprocess, "--preprocess"),
-                       overlays=image_overlays if explain else None)
+                       overlays=image_overlays if explain else None, match_scale=match_scale)
     typer.echo(f"predictions: {path}")

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from retinassl.io.rundir import RunDir
-from retinassl.cli.predict import OPTIONS, key_values
+from retinassl.cli.predict import MATCH_SCALE, OPTIONS, key_values
 from retinassl.cli.common import ALLOW_PICKLE, DATA_ROOT, OVERRIDES, RESUME, RUNS_DIR, SKIP_BAD, open_run, run_job
 
 app = typer.Typer(no_args_is_help=True, help="Vessel segmentation: a U-Net whose encoder is any "
@@ -16,7 +16,8 @@ app = typer.Typer(no_args_is_help=True, help="Vessel segmentation: a U-Net whose
 FOV_THRESHOLD = typer.Option(None, "--fov-threshold", help="FOV estimation threshold for images "
                              "without FOV masks (default: the model's; STARE needs 0.25).",
                              show_default=False)
-SIZE = typer.Option(None, "--size", help="Cache side in pixels (default: the model's).",
+SIZE = typer.Option(None, "--size", help="Cache side in pixels (default: the model's, rescaled so that "
+                    "the field of view spans as many pixels as in its training images; see --match-scale).",
                     show_default=False)
 CROP_FOV = typer.Option(None, "--crop-fov/--no-crop-fov", help="Crop to the FOV before resizing "
                         "(default: the model's).", show_default=False)
@@ -59,7 +60,8 @@ def predict(model: Path = typer.Argument(..., help="A segmenter directory or a r
                                        "files (drive, stare, glob...).", show_default=False),
             options: list[str] = OPTIONS, fov_threshold: float = FOV_THRESHOLD, size: int = SIZE,
             crop_fov: bool = CROP_FOV,
-            cache_dir: Path = typer.Option(None, "--cache-dir", show_default=False)) -> None:
+            cache_dir: Path = typer.Option(None, "--cache-dir", show_default=False),
+            match_scale: bool = MATCH_SCALE) -> None:
     """Write vessel probability maps and binary masks, at each image's original resolution."""
     from retinassl.data.cache import Cache
     from retinassl.data.manifest import Manifest
@@ -80,8 +82,11 @@ def predict(model: Path = typer.Argument(..., help="A segmenter directory or a r
                                           for p in paths], root, name="images")
     else:
         raise ConfigError("give image files or --source")
-    prepared = Cache(cache_dir).prepare(manifest, _preprocess(segmenter, fov_threshold, size, crop_fov),
-                                        mask_columns=["mask_fov"])
+    from retinassl.data.fov_scale import FOV_KEY, prepare_at_model_scale
+
+    prepared = prepare_at_model_scale(lambda c: Cache(cache_dir).prepare(manifest, c, mask_columns=["mask_fov"]),
+                                      _preprocess(segmenter, fov_threshold, size, crop_fov),
+                                      segmenter.meta.get(FOV_KEY), enabled=match_scale and size is None)
     written = predict_images(segmenter, prepared, out)
     typer.echo(f"wrote {len(written)} files to {out}")
 
@@ -99,7 +104,7 @@ def evaluate(model: Path = typer.Argument(..., help="A segmenter directory or a 
              exclude_flag: str = typer.Option(None, "--exclude-flag", help="Leave out rows whose "
                                               "value in this manifest column is 1.", show_default=False),
              fov_threshold: float = FOV_THRESHOLD, size: int = SIZE, crop_fov: bool = CROP_FOV,
-             runs_dir: Path = RUNS_DIR,
+             runs_dir: Path = RUNS_DIR, match_scale: bool = MATCH_SCALE,
              figures: int = typer.Option(4, "--figures", help="Overlays in the report.")) -> None:
     """Evaluate a trained model on a dataset (cross-dataset: e.g. train on DRIVE, test on STARE):
     Dice, sensitivity, specificity, accuracy and pixel AUC inside the FOV, with bootstrap intervals
@@ -116,7 +121,8 @@ def evaluate(model: Path = typer.Argument(..., help="A segmenter directory or a 
     run = RunDir.create(runs_dir or Path("runs"), f"segment-evaluate-{spec.name}")
     run.attach_log_file()
     typer.echo(f"run directory: {run.path}")
-    result = run_segment_evaluate(segmenter, spec, run, n_figures=figures)
+    result = run_segment_evaluate(segmenter, spec, run, n_figures=figures,
+                                  match_scale=match_scale and size is None)  # an explicit --size wins
     run.update_status(status="finished", metrics=result.summary)
     s = result.summary
     typer.echo(f"{spec.name}: dice {s['dice']:.4f} sensitivity {s['sensitivity']:.4f} specificity "

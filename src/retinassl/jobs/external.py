@@ -31,7 +31,7 @@ from retinassl.errors import ConfigError
 from retinassl.figures.plots import reliability_figure
 from retinassl.io.results import append_results, result_row
 from retinassl.io.rundir import RunDir
-from retinassl.jobs.predict import ImageScorer, label_column, mapped_labels, model_preprocess, prepare_for
+from retinassl.jobs.predict import ImageScorer, label_column, mapped_labels, model_preprocess, prepare_matched
 from retinassl.metrics.classification import expected_calibration_error, roc_auc
 from retinassl.metrics.stats import bootstrap_ci, delong_ci, delong_test
 from retinassl.models.initialize import init_label
@@ -64,7 +64,7 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float | No
 def evaluate_external(models: Sequence[str | Path], manifest: Manifest, label: str, run: RunDir, *,
                       name: str, cache_dir: str | Path | None = None, skip_bad: bool = False,
                       breakdown: str | None = None, n_boot: int = 1000, seed: int = 0,
-                      gallery: Gallery | None = None, misses: int = 4) -> pd.DataFrame:
+                      gallery: Gallery | None = None, misses: int = 4, match_scale: bool = True) -> pd.DataFrame:
     """Evaluate every model on the labelled rows of ``manifest`` (see the module docstring);
     returns the rows appended to the results table.
 
@@ -73,6 +73,8 @@ def evaluate_external(models: Sequence[str | Path], manifest: Manifest, label: s
         breakdown: a column whose values get their own positive rate and mean score (default: the
             label mapping's column).
         gallery: draws each model's ``misses`` worst false positives and false negatives.
+        match_scale: rescale the images to each model's training field-of-view diameter
+            (:func:`~retinassl.jobs.predict.prepare_matched`).
     """
     labels_all, has = mapped_labels(manifest, label)
     if has.sum() == 0 or len(np.unique(labels_all[has])) < 2:
@@ -90,7 +92,8 @@ def evaluate_external(models: Sequence[str | Path], manifest: Manifest, label: s
         model_name = init_label(str(model))
         if model_name in scored:  # two folders of the same name
             model_name = f"{model_name}-{k + 1}"
-        prepared = prepare_for(labelled, model_preprocess(scorer.meta), cache_dir, skip_bad)
+        prepared = prepare_matched(labelled, model_preprocess(scorer.meta), scorer.meta, cache_dir, skip_bad,
+                                   match_scale)
         scores, _ = scorer.score(prepared, np.arange(len(prepared)))
         if scores.ndim != 1:
             raise ConfigError(f"{model}: external validation needs a binary score; this model gives "

@@ -39,6 +39,7 @@ import pandas as pd
 
 from retinassl.atomic import atomic_path, write_text
 from retinassl.data.cache import Cache, PreparedData
+from retinassl.data.fov_scale import FOV_KEY, prepare_at_model_scale
 from retinassl.data.manifest import Manifest, is_missing
 from retinassl.data.preprocess import PreprocessConfig
 from retinassl.data.sources.files import is_image, safe_id, stem
@@ -200,6 +201,16 @@ def prepare_for(manifest: Manifest, preprocess: PreprocessConfig, cache_dir: str
                                     mask_columns=mask_columns if mask_columns is not None else [])
 
 
+def prepare_matched(manifest: Manifest, config: PreprocessConfig, meta: dict[str, Any],
+                    cache_dir: str | Path | None, skip_bad: bool, match_scale: bool = True,
+                    mask_columns: list[str] | None = None) -> PreparedData:
+    """``manifest`` prepared with the model's preprocessing ``config`` at the model's scale: rescaled
+    so that the images' field of view spans as many input pixels as the model's training images did
+    (:func:`~retinassl.data.fov_scale.prepare_at_model_scale`; ``match_scale`` False keeps the size)."""
+    return prepare_at_model_scale(lambda c: prepare_for(manifest, c, cache_dir, skip_bad, mask_columns),
+                                  config, meta.get(FOV_KEY), enabled=match_scale)
+
+
 def fresh_output(out: Path) -> Path:
     """``out`` as a new (or empty) folder: predictions never overwrite earlier ones or input data."""
     out = Path(out)
@@ -212,17 +223,21 @@ def fresh_output(out: Path) -> Path:
 
 def predict(model: str | Path, manifest: Manifest, out: str | Path, *, cache_dir: str | Path | None = None,
             skip_bad: bool = False, heatmaps: int = 0, preprocess: dict[str, Any] | None = None,
-            overlays: Callable[[ImageScorer, PreparedData, np.ndarray], list[np.ndarray]] | None = None) -> Path:
+            overlays: Callable[[ImageScorer, PreparedData, np.ndarray], list[np.ndarray]] | None = None,
+            match_scale: bool = True) -> Path:
     """Apply a saved model to every image of ``manifest``; returns ``<out>/predictions.csv``.
 
     The CSV has one row per input row (``id``, ``image``, the scores, ``predicted`` at the model's
     operating threshold when it has one, and ``problem`` for an image that could not be read with
     ``skip_bad``), written atomically once all images are done. ``overlays``: what the model looked
-    at, one PNG per image (``overlay_png``; image kinds only).
+    at, one PNG per image (``overlay_png``; image kinds only). ``match_scale``: rescale the images so
+    that their field of view spans as many input pixels as the model's training images did (off
+    when ``preprocess`` sets ``size``; :func:`prepare_matched`).
     """
     out = fresh_output(Path(out))
     meta = read_model_meta(model)
     config = model_preprocess(meta, preprocess)
+    match_scale = match_scale and "size" not in (preprocess or {})  # an explicit size wins
     frame = manifest.frame
     if overlays is not None and meta["kind"] not in IMAGE_KINDS:
         log.warning("overlays explain image-level scores; a saved %s model writes its own maps instead",
@@ -231,7 +246,7 @@ def predict(model: str | Path, manifest: Manifest, out: str | Path, *, cache_dir
         from retinassl.jobs.segment import load_segmenter, predict_images
 
         segmenter = load_segmenter(model)
-        prepared = prepare_for(manifest, config, cache_dir, skip_bad, mask_columns=[
+        prepared = prepare_matched(manifest, config, meta, cache_dir, skip_bad, match_scale, mask_columns=[
             c for c in ("mask_fov",) if c in frame.columns])
         predict_images(segmenter, prepared, out)
         table = pd.DataFrame({"id": prepared.manifest.frame["id"].astype(str),
@@ -239,11 +254,11 @@ def predict(model: str | Path, manifest: Manifest, out: str | Path, *, cache_dir
         table["probability_png"] = [f"{i}-prob.png" for i in table["id"]]
         table["mask_png"] = [f"{i}-vessels.png" for i in table["id"]]
     elif meta["kind"] == "cross-modal":
-        prepared = prepare_for(manifest, config, cache_dir, skip_bad)
+        prepared = prepare_matched(manifest, config, meta, cache_dir, skip_bad, match_scale)
         table = thickness_maps(model, prepared, out)
     else:
         scorer = ImageScorer.load(model)
-        prepared = prepare_for(manifest, config, cache_dir, skip_bad)
+        prepared = prepare_matched(manifest, config, meta, cache_dir, skip_bad, match_scale)
         rows = np.arange(len(prepared))
         scores, columns = scorer.score(prepared, rows)
         table = pd.concat([pd.DataFrame({"id": prepared.manifest.frame["id"].astype(str).to_numpy(),

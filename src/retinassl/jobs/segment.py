@@ -28,6 +28,7 @@ import numpy as np
 from retinassl.atomic import write_text
 from retinassl.config import to_yaml
 from retinassl.data.cache import PreparedData
+from retinassl.data.fov_scale import FOV_KEY, fov_record
 from retinassl.data.loading import drop_test_leaks, prepare
 from retinassl.data.splits import nested_subsets
 from retinassl.data.vessel_inputs import InputConfig, VesselImageDataset, load_vessel_images
@@ -174,7 +175,8 @@ def run_segment_train(config: SegmentConfig, run: RunDir, resume: bool = False) 
     trained = train_segmenter(config, run, prepared, resume=resume)
     method = trained.method
     save_segmenter(run.path / "segmenter", method, trained.encoder_info, config,
-                   {"train_ids": [str(prepared.manifest.frame.at[int(r), "id"]) for r in trained.rows]})
+                   {"train_ids": [str(prepared.manifest.frame.at[int(r), "id"]) for r in trained.rows],
+                    **fov_record(prepared, trained.rows)})  # the scale predict/evaluate match
     save_encoder(run.encoder_dir, method.encoder, arch=trained.encoder_info["arch"],
                  kwargs=trained.encoder_info["kwargs"], preprocess=config.preprocess.model_dump(mode="json"),
                  method="segmentation", config=config.model_dump(mode="json"),
@@ -214,9 +216,10 @@ def run_segment_train(config: SegmentConfig, run: RunDir, resume: bool = False) 
 
 def run_segment_evaluate(segmenter: Segmenter, spec: EvalDatasetConfig, run: RunDir, *,
                          n_figures: int = 4, n_boot: int = 2000, seed: int = 0,
-                         save_predictions: bool = True) -> EvalResult:
-    """``retinassl segment evaluate``: one trained model on one dataset, results into ``run``."""
-    prepared, rows = prepare_eval_dataset(spec, segmenter.preprocess)
+                         save_predictions: bool = True, match_scale: bool = False) -> EvalResult:
+    """``retinassl segment evaluate``: one trained model on one dataset, results into ``run``
+    (``match_scale``: at the model's training field-of-view diameter, :func:`prepare_eval_dataset`)."""
+    prepared, rows = prepare_eval_dataset(spec, segmenter.preprocess, segmenter.meta.get(FOV_KEY), match_scale)
     result = evaluate_segmenter(segmenter.model, prepared, rows, segmenter.input, segmenter.inference,
                                 predictions_dir=run.predictions / spec.name if save_predictions else None,
                                 figures_dir=run.report_dir / "figures", figure_prefix=f"vessels-{spec.name}-",

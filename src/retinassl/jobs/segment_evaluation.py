@@ -19,6 +19,7 @@ import torch
 
 from retinassl.data.cache import PreparedData
 from retinassl.data.field_of_view import fov_mask
+from retinassl.data.fov_scale import prepare_at_model_scale
 from retinassl.data.imageio import read_image, read_mask
 from retinassl.data.loading import prepare
 from retinassl.data.manifest import is_missing
@@ -179,9 +180,16 @@ def result_rows(result: EvalResult, *, experiment: str, dataset: str, init: str,
     return rows
 
 
-def prepare_eval_dataset(spec: EvalDatasetConfig, default: PreprocessConfig) -> tuple[PreparedData, np.ndarray]:
-    """Cache an evaluation dataset and pick its rows."""
-    prepared = prepare(spec.data, spec.preprocess or default)
+def prepare_eval_dataset(spec: EvalDatasetConfig, default: PreprocessConfig, recorded: float | None = None,
+                         match_scale: bool = False) -> tuple[PreparedData, np.ndarray]:
+    """Cache an evaluation dataset and pick its rows; with ``match_scale``, at the size that makes
+    its field of view span ``recorded`` input pixels (the model's training images':
+    :func:`~retinassl.data.fov_scale.prepare_at_model_scale`)."""
+    config = spec.preprocess or default
+    if match_scale:
+        prepared = prepare_at_model_scale(lambda c: prepare(spec.data, c), config, recorded)
+    else:
+        prepared = prepare(spec.data, config)
     rows = labelled_rows(prepared, spec.split, spec.exclude_flag)
     if len(rows) == 0:
         raise DataError(f"evaluation dataset {spec.name!r} has no images with vessel masks"

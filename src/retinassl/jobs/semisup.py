@@ -21,6 +21,7 @@ import numpy as np
 from retinassl.atomic import write_text
 from retinassl.config import load_config, to_yaml
 from retinassl.data.cache import Cache
+from retinassl.data.fov_scale import fov_record
 from retinassl.data.manifest import Manifest
 from retinassl.data.preprocess import PreprocessConfig
 from retinassl.errors import RunDirError
@@ -68,7 +69,8 @@ def run_semisup_train(config: SemisupTrainConfig, run: RunDir, resume: bool = Fa
                             method=config.learner.method_name, preprocess=config.preprocess.model_dump(),
                             config=config.model_dump(mode="json"),
                             data_fingerprint=data.prepared.manifest.subset(data.train[labelled]).fingerprint(),
-                            extra=validation_operating_point(trained.classifier, data))
+                            extra={**validation_operating_point(trained.classifier, data),
+                                   **fov_record(data.prepared, data.train)})  # the scale predict matches
     info = {**training_info(trained), "n_labelled": float(n)}
     write_text(run.path / f"{config.name}-train.json", json.dumps(info))
     metrics = evaluate_run(config, run, trained.classifier, data)

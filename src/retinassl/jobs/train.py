@@ -195,7 +195,9 @@ def save_trained_classifier(method: Any, arch: str, kwargs: dict[str, Any], prep
     labels = prepared.manifest.labels(task.label)[val] if len(val) else np.zeros(0)
     if task.kind == "image" and task.positive_from is not None:
         labels = (labels >= task.positive_from).astype(int)
-    extra: dict[str, Any] = {}
+    from retinassl.data.fov_scale import fov_record
+
+    extra: dict[str, Any] = fov_record(prepared, splits.train)  # the scale predict matches
     if task.kind == "image":
         scores = predict(method, prepared, val) if len(val) else np.zeros(0)
     else:
