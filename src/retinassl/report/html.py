@@ -23,7 +23,7 @@ from retinassl.figures.plots import roc_figure
 from retinassl.report.curves import training_curves_section
 from retinassl.report.external import misses_section, reliability_section
 from retinassl.report.oct import oct_section
-from retinassl.report.sections import Section, figure_html, gallery_section
+from retinassl.report.sections import Section, colour_scale_html, figure_html, gallery_section
 from retinassl.report.ssl_gan import ssl_gan_section
 from retinassl.report.summary import summary_section
 from retinassl.report.tables import metrics_table_html, raw_results_html
@@ -61,7 +61,10 @@ def heatmap_section(run: RunDir) -> Section | None:
                            "Patch scores (sigmoid of patch logits) smoothed with a Gaussian blur; the "
                            "ground-truth lesion mask is outlined in cyan. <b>Look at</b>: whether the hot "
                            "regions sit inside the cyan outlines (lesions) and stay cold on healthy "
-                           "images.", columns=3)
+                           "images.", columns=3,
+                           scale=colour_scale_html("patch probability 0", "1", "opacity grows with the "
+                                                   "value: where the score is low the photograph shows "
+                                                   "through"))
 
 
 def vessel_section(run: RunDir) -> Section | None:

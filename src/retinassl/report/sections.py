@@ -56,16 +56,28 @@ def figure_html(name: str, alt: str, caption: str = "", cls: str = "wide") -> st
             + (f"<figcaption>{caption}</figcaption>" if caption else "") + "</figure>")
 
 
+def colour_scale_html(low: str, high: str, note: str = "", cmap: str = "inferno") -> str:
+    """A horizontal colour bar of ``cmap`` (the overlays' colour map) from ``low`` to ``high``."""
+    from matplotlib import colormaps
+
+    stops = ", ".join("rgb({}, {}, {})".format(*(int(255 * c) for c in colormaps[cmap](t)[:3]))
+                      for t in np.linspace(0, 1, 11))
+    return (f'<div class="scale"><span>{html.escape(low)}</span><span class="bar" style="background:'
+            f'linear-gradient(to right, {stops})"></span><span>{html.escape(high)}</span>'
+            + (f' <span class="note">{note}</span>' if note else "") + "</div>")
+
+
 def gallery_section(run: RunDir, prefix: str, title: str, note: str = "", columns: int = 2,
-                    natural: bool = False) -> Section | None:
+                    natural: bool = False, scale: str = "") -> Section | None:
     """A gallery of the PNG figures whose names start with ``prefix``, ``columns`` to a row (1: each
     at the page's width, for figures that are rows of panels; ``natural``: at their own size, at
-    least 60 % of the page's width and at most all of it)."""
+    least 60 % of the page's width and at most all of it); ``scale``: HTML under the note (a colour
+    bar)."""
     figures = sorted((run.report_dir / "figures").glob(f"{prefix}*.png"))
     if not figures:
         return None
     items = "".join(f'<figure><img src="figures/{html.escape(p.name)}" alt="{html.escape(p.stem)}">'
                     f"<figcaption>{html.escape(p.stem.removeprefix(prefix))}</figcaption></figure>"
                     for p in figures)
-    return Section(title, (f'<p class="note">{note}</p>' if note else "")
+    return Section(title, (f'<p class="note">{note}</p>' if note else "") + scale
                    + f'<div class="gallery c{columns}{" natural" if natural else ""}">{items}</div>')

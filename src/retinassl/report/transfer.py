@@ -165,11 +165,13 @@ def tsne_section(run: RunDir):  # -> Section | None
 
 
 def gradcam_section(run: RunDir):  # -> Section | None
-    from retinassl.report.sections import gallery_section
+    from retinassl.report.sections import colour_scale_html, gallery_section
 
     return gallery_section(run, "gradcam-", "Grad-CAM of fine-tuned models",
                            "Grad-CAM (MONAI) at the encoder's deepest feature map of the model fine-tuned "
                            "on all labelled images (first seed); the same test images for every "
                            "initialisation; 'out' is the explained output (logit or log-odds). <b>Look at</b>: "
                            "whether the maps light up lesions and the optic disc region or image borders "
-                           "and background (a shortcut).", columns=1, natural=True)
+                           "and background (a shortcut).", columns=1, natural=True,
+                           scale=colour_scale_html("0", "1", "each map min-max scaled to [0, 1] per "
+                                                   "image; opacity grows with the value"))
