@@ -183,7 +183,12 @@ def test_data_list_shows_every_option_and_an_example() -> None:
         assert f"e.g. retinassl data inspect {name} " in block, name
     assert "stem_regex (default None): regex extracting the stem" in result.output
     help_text = CliRunner().invoke(app, ["data", "inspect", "--help"]).output
-    assert "data list" in help_text
+    assert "data list" in help_text and "Sources and their options" in help_text
+    for name, loader in SOURCES.items():                     # the same listing ends the inspect help
+        assert f"e.g. retinassl data inspect {name} " in help_text, name
+        for option, parameter in inspect.signature(loader).parameters.items():
+            assert (f"**{option}:" if parameter.kind is inspect.Parameter.VAR_KEYWORD else f"{option} (") in help_text
+    assert "parts=[B]" in help_text                          # not eaten as rich markup
 
 
 def test_the_folder_example_runs(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from typer.core import TyperCommand
 
 from retinassl.cli.common import DATA_ROOT, SKIP_BAD
 
@@ -40,7 +41,23 @@ def list_() -> None:
     typer.echo("methods: " + ", ".join(method_names()))
 
 
-@app.command()
+class SourcesHelp(TyperCommand):
+    """``data inspect --help`` ends with every source's options and an example (built when the help
+    is shown, so the command line starts without importing the sources)."""
+
+    def format_help(self, ctx, formatter):  # type: ignore[no-untyped-def]
+        from rich.markup import escape
+
+        from retinassl.data.sources import SOURCES
+        from retinassl.data.sources.describe import describe_source
+
+        blocks = [f"{name}: " + escape("\n".join(line.strip() for line in describe_source(name, loader)))
+                  for name, loader in sorted(SOURCES.items())]
+        self.epilog = "Sources and their options:\n\n" + "\n\n".join(blocks)
+        return super().format_help(ctx, formatter)
+
+
+@app.command(cls=SourcesHelp)
 def inspect(source: str = typer.Argument(..., help="A source name (idrid, drive, ...) or a manifest CSV."),
             option: list[str] = typer.Option(None, "--option", "-o",
                                               help="Source option key=value (e.g. root=/data/idrid); "
