@@ -130,6 +130,10 @@ def test_command_line_data_root(tmp_path: Path) -> None:
     assert isinstance(result.exception, ConfigError)
     assert str(tmp_path / "nowhere" / "idrid") in str(result.exception)
     assert not (tmp_path / "runs").exists()                     # refused before a run directory exists
+    for args in (["evaluate", "probe", "scratch", "idrid-transfer"], ["explain", "tsne", "scratch", "idrid-transfer"]):
+        result = runner.invoke(app, [*args, "--runs-dir", str(tmp_path / "runs")])
+        assert isinstance(result.exception, ConfigError) and "--data-root" in str(result.exception), args
+        assert not (tmp_path / "runs").exists()
     # a sweep: the smoke budget of idrid-ssl-gan is synthetic, so it needs no root; cpu does
     from retinassl.cli.sweep import with_data_roots
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import typer
 
-from retinassl.cli.common import RESUME, RUNS_DIR, SKIP_BAD, run_job, split_args
+from retinassl.cli.common import DATA_ROOT, RESUME, RUNS_DIR, SKIP_BAD, run_job, split_args
 from retinassl.cli.predict import CACHE_DIR, MATCH_SCALE, OPTIONS, key_values
 
 app = typer.Typer(no_args_is_help=True, help="Evaluate an encoder: linear probe or fine-tuning over "
@@ -34,10 +34,12 @@ DEFAULT_CONFIG = "transfer-demo"
 
 
 def _evaluate(protocol: str, encoder: str, args: list[str] | None, budget: str | None,
-              name: str | None, resume: Path | None, runs_dir: Path | None) -> None:
+              name: str | None, resume: Path | None, runs_dir: Path | None,
+              data_root: Path | None = None) -> None:
     import yaml
 
     from retinassl.atomic import write_text
+    from retinassl.cli.sweep import with_data_roots
     from retinassl.config import apply_overrides, read_yaml
     from retinassl.sweeps.transfer import run_transfer
     from retinassl.sweeps.transfer_config import resolve_config
@@ -47,12 +49,14 @@ def _evaluate(protocol: str, encoder: str, args: list[str] | None, budget: str |
     if resume is not None:
         from retinassl.cli.common import refuse_finished
 
-        data = apply_overrides(read_yaml(Path(resume) / "evaluate.yaml"), overrides)
+        data = with_data_roots(apply_overrides(read_yaml(Path(resume) / "evaluate.yaml"), overrides),
+                               budget, data_root, str(resume), legacy=False)
         config = resolve_config(data, budget)
         refuse_finished(resume, overrides)  # before RunDir.resume marks the run running
         run = RunDir.resume(resume)
     else:
-        data = apply_overrides(read_yaml(source), overrides)
+        data = with_data_roots(apply_overrides(read_yaml(source), overrides), budget, data_root, source,
+                               legacy=not Path(source).is_file())
         from retinassl.models.initialize import init_label
 
         label = name or init_label(encoder)
@@ -78,18 +82,18 @@ def _evaluate(protocol: str, encoder: str, args: list[str] | None, budget: str |
 
 @app.command("probe")
 def probe(encoder: str = ENCODER, args: list[str] = ARGS, budget: str = BUDGET, name: str = NAME,
-          resume: Path = RESUME, runs_dir: Path = RUNS_DIR) -> None:
+          resume: Path = RESUME, runs_dir: Path = RUNS_DIR, data_root: Path = DATA_ROOT) -> None:
     """Linear probe (logistic regression on frozen, cached features) at every label fraction and
     seed; asserts afterwards that the encoder did not change."""
-    _evaluate("probe", encoder, args, budget, name, resume, runs_dir)
+    _evaluate("probe", encoder, args, budget, name, resume, runs_dir, data_root)
 
 
 @app.command("finetune")
 def finetune(encoder: str = ENCODER, args: list[str] = ARGS, budget: str = BUDGET, name: str = NAME,
-             resume: Path = RESUME, runs_dir: Path = RUNS_DIR) -> None:
+             resume: Path = RESUME, runs_dir: Path = RUNS_DIR, data_root: Path = DATA_ROOT) -> None:
     """Full fine-tuning (early stopping on a validation split carved from the labelled subset) at
     every label fraction and fine-tuning seed."""
-    _evaluate("finetune", encoder, args, budget, name, resume, runs_dir)
+    _evaluate("finetune", encoder, args, budget, name, resume, runs_dir, data_root)
 
 
 @app.command("external")

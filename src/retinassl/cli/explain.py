@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from retinassl.cli.common import RUNS_DIR, split_args
+from retinassl.cli.common import DATA_ROOT, RUNS_DIR, split_args
 from retinassl.cli.evaluate import DEFAULT_CONFIG
 from retinassl.models.initialize import init_label
 
@@ -17,13 +17,14 @@ ARGS = typer.Argument(None, help="[CONFIG] [key=value ...]: the transfer experim
                                  "used (default transfer-demo), then overrides.", show_default=False)
 
 
-def _setup(args: list[str] | None, kind: str, label: str, runs_dir: Path | None):
-    from retinassl.config import apply_overrides, read_yaml
+def _setup(args: list[str] | None, kind: str, label: str, runs_dir: Path | None,
+           data_root: Path | None = None):
+    from retinassl.config import config_data
     from retinassl.sweeps.transfer_config import resolve_config
     from retinassl.io.rundir import RunDir
 
     source, overrides = split_args(args, DEFAULT_CONFIG)
-    data = apply_overrides(read_yaml(source), overrides)
+    data = config_data(source, overrides + ["budgets={}"], data_root)  # budgets unused: only the base's paths
     data.pop("budgets", None)
     config = resolve_config(data, None)
     run = RunDir.create(runs_dir or config.runs_dir, f"explain-{kind}-{label}")
@@ -48,7 +49,7 @@ def gradcam(model: Path = typer.Argument(..., help="A fine-tuned classifier dire
             seed: int = typer.Option(0, "--seed", help="Which test images are drawn."),
             method: str = typer.Option("gradcam", "--method", help="gradcam, or rollout (attention "
                                        "rollout of a ViT encoder: class-agnostic)."),
-            runs_dir: Path = RUNS_DIR) -> None:
+            runs_dir: Path = RUNS_DIR, data_root: Path = DATA_ROOT) -> None:
     """Grad-CAM (MONAI) at the encoder's deepest feature map (a ViT's patch tokens entering its last
     block), or a ViT's attention rollout, for test images of the experiment's data; writes one
     overlay figure and a report."""
@@ -62,7 +63,7 @@ def gradcam(model: Path = typer.Argument(..., help="A fine-tuned classifier dire
         raise typer.BadParameter(f"--method must be gradcam or rollout, got {method!r}")
     meta = read_encoder_meta(model)
     label = init_label(str(model))  # the classifier directory's name
-    config, run = _setup(args, "gradcam", label, runs_dir)
+    config, run = _setup(args, "gradcam", label, runs_dir, data_root)
     prepared = _prepared(config, run, meta.get("preprocess"))
     task = TaskSpec.model_validate(meta["task"])
     test = evaluation_folds(prepared.manifest, task, config.folds, config.seed)[0][2]
@@ -80,7 +81,7 @@ def tsne(encoder: str = typer.Argument(..., help="An encoder checkpoint director
          args: list[str] = ARGS,
          task: str = typer.Option(None, "--task", help="Colour by this task's label (default: the "
                                                        "experiment's first task)."),
-         runs_dir: Path = RUNS_DIR) -> None:
+         runs_dir: Path = RUNS_DIR, data_root: Path = DATA_ROOT) -> None:
     """t-SNE of the encoder's frozen embeddings of the experiment's labelled images (features from
     the feature cache), coloured by label."""
     import torch
@@ -93,7 +94,7 @@ def tsne(encoder: str = typer.Argument(..., help="An encoder checkpoint director
     from retinassl.report.html import build_report
 
     label = init_label(encoder)
-    config, run = _setup(args, "tsne", label, runs_dir)
+    config, run = _setup(args, "tsne", label, runs_dir, data_root)
     meta_preprocess = None
     if encoder != "scratch":
         from retinassl.models.checkpoint import read_encoder_meta
