@@ -105,7 +105,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = load_config(SegmentConfig, args.preset, [f"data.options.root={args.root}", *args.overrides])
+    cfg = load_config(SegmentConfig, args.preset, [f"data.options.root={args.root}", "evaluate_on=[]",  # timing only
+                                                   *args.overrides])
     prepared = prepare(cfg.data, cfg.preprocess)
     rows = labelled_rows(prepared, cfg.train.split)
     dataset = VesselImageDataset(load_vessel_images(prepared, rows, cfg.input), cfg.train.samples_per_epoch)
