@@ -168,8 +168,8 @@ def summary(run: RunDir, config, seconds: float, pairs: dict) -> tuple[dict, str
             "pool_removed_by_reason": removed["reason"].value_counts().to_dict(),
             "pretrain": pretrain, "comparison": comparison.to_dict("records") if comparison is not None else []}
     lines = [f"Run directory: `{data['run']}` (git-ignored); wall time {seconds / 3600:.2f} h.", "",
-             f"Downstream: MX fundus photographs with a DME label, split 70/30 by linked-patient group "
-             f"(seed 0, stratified by DME): {data['downstream']['train']} training, "
+             f"Downstream: the DR-graded MX fundus photographs, any DR vs none, split 70/30 by linked-patient "
+             f"group (seed 0, stratified by DR): {data['downstream']['train']} training, "
              f"{data['downstream']['test']} test photographs.", "",
              f"OCT targets: {pairs['bscans']} B-scans, {pairs['bscans_clean']} with clean graph-search "
              f"boundaries; {pairs['photographs_with_clean_pair']} of {pairs['fundus_photographs']} "
@@ -185,8 +185,8 @@ def summary(run: RunDir, config, seconds: float, pairs: dict) -> tuple[dict, str
                      f"{p['two_core_minutes']:.1f} | {p['images_per_s']:.1f} | {loss:.3f} |")
     if comparison is not None:
         auc = comparison[(comparison["metric"] == "auc") & (comparison["protocol"] == "probe")]
-        lines += ["", "Issue targets (DME at 5 % and 10 % of the labels: +0.05 AUC and DeLong p < 0.05 "
-                  "in 4 of 5 seeds):", ""]
+        lines += ["", "Issue 18/20 targets, on MX any DR instead of MX DME (see above): at 5 % and 10 % of the "
+                  "labels, +0.05 AUC and DeLong p < 0.05 in 4 of 5 seeds:", ""]
         for r in auc[auc["fraction"].isin([0.05, 0.1]) & (auc["init"] != config.reference)].itertuples():
             ok = r.delta >= 0.05 and r.sig_better >= 4
             lines.append(f"- {r.task} at {r.fraction:g}: {r.init} - {config.reference} = {r.delta:+.3f} AUC, "
