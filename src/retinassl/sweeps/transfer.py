@@ -13,7 +13,8 @@ models were tested using DeLong's test"):
 2. **Initialisations.** ``scratch``, an encoder checkpoint, external weights, or ``pretrain``: a
    pretraining run (:func:`retinassl.jobs.pretrain.run_pretrain`) on the pool of ``pool.data`` with
    the test images and their copies removed (:func:`~retinassl.data.leakage.clean_pool`), or
-   (``pool: train``) on the labelled training images, e.g. the supervised "Fundus" model.
+   (``pool: train``) on the labelled training images, e.g. the supervised "Fundus" model; an init
+   naming an earlier one continues from its encoder (two-step). :mod:`~retinassl.sweeps.transfer_inits`.
 3. **Label fractions.** For each (task, fold, seed) one stratified random ordering of the training
    images is drawn (:func:`~retinassl.data.splits.nested_subsets`); the subset of fraction ``f``
    is its first ``ceil(f N)`` images, so subsets are nested across fractions, differ across
@@ -44,31 +45,30 @@ import torch
 from retinassl.atomic import write_text
 from retinassl.config import ModelConfig, to_yaml
 from retinassl.data.cache import Cache, PreparedData
-from retinassl.data.loading import load_manifest
 from retinassl.data.manifest import Manifest
-from retinassl.errors import ConfigError, DataError
+from retinassl.errors import DataError
 from retinassl.models.initialize import seeded_initial_encoder
 from retinassl.models.published import published_meta
 from retinassl.models.vit_transfer import set_pooling
-from retinassl.io.results import append_results, read_results, result_row
+from retinassl.io.results import append_results, result_row
 from retinassl.io.rundir import RunDir
-from retinassl.io.saved_model import LEGACY, META, is_saved_model
+from retinassl.io.saved_model import LEGACY, META
 from retinassl.sweeps.grid import Grid, run_grid
 from retinassl.sweeps.transfer_config import InitSpec, TransferConfig, resolve_config
+from retinassl.sweeps.transfer_inits import TransferInits
 from retinassl.sweeps.transfer_external import (ExternalSet, external_rows, prepare_external, warn_overlap,
                                                with_external_tasks, write_external_table)
 from retinassl.sweeps.transfer_data import (fold_value, fraction_tag, class_labels, evaluation_folds, gradcam_rows,
                                            label_subsets, prediction_path, prepare_downstream)
 from retinassl.jobs.features import extract_features
 from retinassl.jobs.finetune import finetune, remove_workdir, save_classifier
-from retinassl.data.leakage import clean_pool, content_digests
 from retinassl.jobs.probe import assert_frozen, fit_probe
 from retinassl.metrics.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
 # -- data ------------------------------------------------------------------------------------------
-class TransferGrid(Grid):
+class TransferGrid(TransferInits, Grid):
     """The cells of a :class:`TransferConfig` (see the module docstring): one per (task, init,
     protocol, label fraction, seed, fold), run by :func:`~retinassl.sweeps.grid.run_grid`."""
 
@@ -98,95 +98,6 @@ class TransferGrid(Grid):
             self._external = [prepare_external(self.config, s, self.cache, self.run) for s in self.config.evaluate_on]
         return [e for e in self._external if task is None or e.task.name == task.name]
 
-    def pool(self) -> Manifest:
-        """The cleaned unlabelled pretraining pool (``data/pool.csv``)."""
-        path = self.data_dir / "pool.csv"
-        if path.is_file():
-            return Manifest.load(path)
-        config = self.config
-        if not config.pool.data:
-            raise ConfigError("an initialisation pretrains on the unlabelled pool, but pool.data lists "
-                              "no source")
-        manifests = [load_manifest(d) for d in config.pool.data]
-        pool = manifests[0] if len(manifests) == 1 else Manifest.concat(
-            manifests, name="+".join(d.source for d in config.pool.data))
-        prepared = self.downstream()
-        frame = prepared.manifest.frame
-        test = prepared.manifest.subset((frame["split"].astype(str) == "test").to_numpy())
-        if len(test):
-            pool, removed = clean_pool(pool, test, content_digests(pool, self.cache.memo),
-                                       content_digests(test, self.cache.memo),
-                                       detect=config.pool.detect_duplicates)
-            write_text(self.data_dir / "pool-removed.csv", removed.to_csv(index=False))
-        else:
-            log.warning("the downstream data has no test split (k-fold): every downstream image is a "
-                        "test image in some fold, so the pool must not contain them; only pool rows "
-                        "with the downstream ids or content are removed")
-            ids = set(frame["id"].astype(str))
-            digests = set(content_digests(prepared.manifest, self.cache.memo))
-            own = content_digests(pool, self.cache.memo)
-            keep = np.array([(i not in ids) and (d not in digests)
-                             for i, d in zip(pool.frame["id"].astype(str), own)])
-            pool = pool.subset(keep)
-        pool.save(path)
-        return pool
-
-    # -- initialisations ---------------------------------------------------------------------
-    def model_of(self, spec: InitSpec) -> ModelConfig:
-        """The model config of an initialisation (pretraining it first when needed)."""
-        base = self.config.model
-        if spec.pretrain is None:
-            return base.model_copy(update={"init": spec.init})
-        return base.model_copy(update={"init": str(self.pretrained(spec))})
-
-    def pretrained(self, spec: InitSpec) -> Path:
-        """Run (or reuse, or resume) the pretraining of ``spec``; returns its encoder directory."""
-        from retinassl.jobs.pretrain import run_pretrain
-
-        config = self.config
-        folder = self.run.path / "pretrain" / spec.name
-        encoder_dir = folder / "encoder"
-        if is_saved_model(encoder_dir):
-            return encoder_dir
-        if spec.pool == "train":
-            prepared = self.downstream()
-            split = prepared.manifest.frame["split"].astype(str)
-            if not (split == "test").any():
-                raise ConfigError(f"init {spec.name}: pool 'train' needs an official test split (with "
-                                  f"k-fold every image is tested once)")
-            pool = prepared.manifest.subset((split != "test").to_numpy())
-            pool_file = pool.save(self.data_dir / f"pool-{spec.name}.csv")
-        else:
-            pool = self.pool()
-            pool_file = self.data_dir / "pool.csv"
-        pretrain_config = config.pretrain_config(spec, pool_file)
-        first = config.init_named(spec.init)
-        if first is not None:  # two-step: continue from an earlier initialisation's encoder
-            model = pretrain_config.model.model_copy(update={"init": str(self.model_of(first).init)})
-            pretrain_config = pretrain_config.model_copy(update={"model": model})
-        resume = (folder / "run.json").is_file()
-        prun = RunDir.resume(folder) if resume else _new_rundir(folder, f"{config.name}-{spec.name}")
-        log.info("init %s: pretraining %s on %d images%s", spec.name, pretrain_config.method_name,
-                 len(pool), " (resuming)" if resume else "")
-        start = time.perf_counter()
-        out = run_pretrain(pretrain_config, prun, resume=resume, manifest=pool)
-        prun.update_status(status="finished")
-        rows = []
-        if prun.results_file.is_file():
-            table = read_results(prun.results_file)
-            rows = [result_row(experiment=config.name, task="pretrain", method=str(r.method), init=spec.name,
-                               protocol="pretrain", seed=config.seed, metric=str(r.metric), value=float(r.value))
-                    for r in table.itertuples()]
-        # the images this pretraining used (its own manifest: an init's splits/label select rows)
-        used = prun.path / "manifest.csv"
-        size = len(Manifest.load(used)) if used.is_file() else len(pool)
-        rows.append(result_row(experiment=config.name, task="pretrain", method=pretrain_config.method_name,
-                               init=spec.name, protocol="pretrain", seed=config.seed,
-                               metric="pool_size", value=float(size)))
-        append_results(self.run.results_file, rows)
-        log.info("init %s: pretrained in %.0f s", spec.name, time.perf_counter() - start)
-        return out
-
     # -- the grid ----------------------------------------------------------------------------
     def prepare(self) -> None:
         """The cleaned downstream data, the pool, and every pretraining, before any cell."""
@@ -204,27 +115,6 @@ class TransferGrid(Grid):
                                mask_columns=[], skip_bad=config.data.skip_bad)
         for spec in config.inits:
             self.check_pretraining(spec.name, self.model_of(spec).init)
-
-    def check_pretraining(self, name: str, init: str | None) -> None:
-        """Warn (naming both images) when an encoder recorded that it was pretrained on a test
-        image, a byte-identical copy of one, or its patient (:func:`~retinassl.data.leakage.
-        seen_in_pretraining`); the pairs go to ``data/pretraining-leaks-<init>.csv``."""
-        from retinassl.data.leakage import PRETRAINING_KEY, seen_in_pretraining, warn_seen_in_pretraining
-
-        if not init or not is_saved_model(Path(init)):
-            return
-        from retinassl.models.checkpoint import read_encoder_meta
-
-        record = read_encoder_meta(init).get(PRETRAINING_KEY)
-        if not record:
-            return
-        manifest = self.downstream().manifest
-        is_test = (manifest.frame["split"].astype(str) == "test").to_numpy()
-        test = manifest.subset(is_test) if is_test.any() else manifest  # k-fold: every image is tested
-        seen = seen_in_pretraining(record, test, content_digests(test, self.cache.memo))
-        if len(seen):
-            warn_seen_in_pretraining(seen, name)
-            write_text(self.data_dir / f"pretraining-leaks-{name}.csv", seen.to_csv(index=False))
 
     def cells(self) -> list[dict[str, Any]]:
         """Per init, its probe cells and then its fine-tuning cells."""
@@ -435,13 +325,6 @@ def _arch_of(model: ModelConfig) -> tuple[str, dict[str, Any]]:
         meta = read_encoder_meta(path)
         return meta["arch"], dict(meta["kwargs"])
     return model.arch, dict(model.kwargs)
-
-
-def _new_rundir(folder: Path, name: str) -> RunDir:
-    folder.mkdir(parents=True, exist_ok=True)
-    run = RunDir(folder)
-    run.update_status(status="running", name=name)
-    return run
 
 
 def run_transfer(config: TransferConfig, run: RunDir) -> None:
