@@ -8,7 +8,8 @@
    graph search (Chiu et al. 2010) on the 675 B-scans, spacing unknown (as a user without metadata
    runs it: the nominal spacing scales its constraints); the B-scans it flags clean are pseudo-labels
    (ILM and BM only; the model's eight inner boundaries are not trained: the inner regions are merged
-   in the loss); patient groups split 75/25 (seeded); ``--steps`` fine-tuning steps.
+   in the loss); patient groups split 75/25 (seeded); ``--steps`` fine-tuning steps; one variant per
+   ``--replay`` count of labelled synthetic B-scans mixed into the fine-tuning (0 = none).
 3. **Measured before and after**: agreement with the graph search on the held-out patients' clean
    B-scans (mean absolute ILM and BM difference, pixels of the 287-row B-scan) and the error on the
    exact truth of the six held-out synthetic volumes of ``oct_layers.py`` (seed 202; ILM, BM and all
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,7 +40,7 @@ from _common import ROOT, SHARED_DATA, write_results  # noqa: E402
 from retinassl.config import validate  # noqa: E402
 from retinassl.data.synthetic_oct import BOUNDARY_NAMES, DEFAULT_SHAPE  # noqa: E402
 from retinassl.io.rundir import RunDir  # noqa: E402
-from retinassl.jobs.oct_adapt import AdaptLayersConfig, run_adapt_layers  # noqa: E402
+from retinassl.jobs.oct_adapt import PSEUDO_LABELS, AdaptLayersConfig, run_adapt_layers  # noqa: E402
 from retinassl.jobs.oct_layers import LayerTrainConfig, run_train_layers  # noqa: E402
 from retinassl.oct.synthetic import synthetic_volumes  # noqa: E402
 
@@ -62,21 +64,25 @@ def base_model(args: argparse.Namespace) -> tuple[Path, dict]:
                                       "epochs": args.base_epochs, "validation": val}
 
 
-def table(summary: dict, base: dict, args: argparse.Namespace) -> str:
-    b, a, c = summary["before"], summary["after"], summary["counts"]
-    rows = ["| measure | synthetic-trained | adapted | change |", "|---|---|---|---|"]
-    for key, label, fmt in (("mad_ilm_px", "ILM vs graph search (px)", ".2f"),
-                            ("mad_bm_px", "BM vs graph search (px)", ".2f"),
-                            ("mad_px", "mean of ILM and BM vs graph search (px)", ".2f"),
-                            ("model_undefined_fraction", "A-scans the model leaves undefined", ".2%")):
-        rows.append(f"| real held-out: {label} | {b['real'][key]:{fmt}} | {a['real'][key]:{fmt}} | "
-                    f"{a['real'][key] - b['real'][key]:+{fmt}} |")
-    for key, label, fmt in (("error_um_ilm", "ILM error (µm)", ".2f"), ("error_um_bm", "BM error (µm)", ".2f"),
-                            ("error_um_all", "mean error of all 10 boundaries (µm)", ".2f"),
-                            ("dice_layers", "mean layer Dice", ".4f"),
-                            ("undefined_fraction", "A-scans left undefined", ".2%")):
-        rows.append(f"| synthetic truth: {label} | {b['synthetic'][key]:{fmt}} | {a['synthetic'][key]:{fmt}} | "
-                    f"{a['synthetic'][key] - b['synthetic'][key]:+{fmt}} |")
+def table(variants: dict[int, dict], base: dict, args: argparse.Namespace) -> str:
+    """One column for the synthetic-trained model and one per adapted variant (by replay count)."""
+    first = next(iter(variants.values()))
+    b, c = first["before"], first["counts"]
+    names = [f"adapted, replay {n}" if n else "adapted" for n in variants]
+    rows = ["| measure | synthetic-trained | " + " | ".join(names) + " |",
+            "|---|---|" + "---|" * len(names)]
+    for part, key, label, fmt in (
+            ("real", "mad_ilm_px", "real held-out: ILM vs graph search (px)", ".2f"),
+            ("real", "mad_bm_px", "real held-out: BM vs graph search (px)", ".2f"),
+            ("real", "mad_px", "real held-out: mean of ILM and BM vs graph search (px)", ".2f"),
+            ("real", "model_undefined_fraction", "real held-out: A-scans the model leaves undefined", ".2%"),
+            ("synthetic", "error_um_ilm", "synthetic truth: ILM error (µm)", ".2f"),
+            ("synthetic", "error_um_bm", "synthetic truth: BM error (µm)", ".2f"),
+            ("synthetic", "error_um_all", "synthetic truth: mean error of all 10 boundaries (µm)", ".2f"),
+            ("synthetic", "dice_layers", "synthetic truth: mean layer Dice", ".4f"),
+            ("synthetic", "undefined_fraction", "synthetic truth: A-scans left undefined", ".2%")):
+        cells = [f"{v['after'][part][key]:{fmt}}" for v in variants.values()]
+        rows.append(f"| {label} | {b[part][key]:{fmt}} | " + " | ".join(cells) + " |")
     flags = ", ".join(f"{k} {v}" for k, v in c["flag_counts"].items()) or "none"
     origin = (f"given ({base['given']})" if "given" in base else
               f"trained here on {base['max_bscans']} B-scans of {base['train_volumes']} synthetic volumes, "
@@ -88,13 +94,15 @@ def table(summary: dict, base: dict, args: argparse.Namespace) -> str:
             f"{args.seed}): {c['train_bscans']} training B-scans ({c['train_pseudo_labels']} clean = "
             f"pseudo-labels), {c['held_out_bscans']} held out ({c['held_out_clean']} clean = the "
             f"agreement set). Fine-tuning: {args.steps} steps of batch {args.batch_size}, AdamW lr "
-            f"{args.lr} (warm-up + cosine), ILM and BM only (the 8 inner boundaries are not trained: "
-            f"inner regions merged in the loss), {summary['train_seconds']:.0f} s. Synthetic truth: "
-            f"the {args.test_volumes} held-out volumes of oct_layers.py (seed 202, "
-            f"{DEFAULT_SHAPE[0]} x {DEFAULT_SHAPE[1]} x {DEFAULT_SHAPE[2]}). Agreement is with the graph "
-            f"search, not with a human grader: a lower number means closer to the graph search's "
-            f"boundaries (which on synthetic truth are within 4.9 µm (ILM) and 2.6 µm (BM), "
-            f"oct_real_boundaries.md), not necessarily closer to the anatomy.")
+            f"{args.lr} (warm-up + cosine); on the real B-scans ILM and BM only (the 8 inner "
+            f"boundaries are not trained there: inner regions merged in the loss); \"replay N\": N "
+            f"labelled synthetic B-scans (all 10 boundaries, 4 volumes of seed 101, not the test "
+            f"volumes) mixed into the fine-tuning set. Synthetic truth: the {args.test_volumes} held-out "
+            f"volumes of oct_layers.py (seed 202, {DEFAULT_SHAPE[0]} x {DEFAULT_SHAPE[1]} x "
+            f"{DEFAULT_SHAPE[2]}). Agreement is with the graph search, not with a human grader: a "
+            f"lower number means closer to the graph search's boundaries (which on synthetic truth "
+            f"are within 4.9 µm (ILM) and 2.6 µm (BM), oct_real_boundaries.md), not necessarily "
+            f"closer to the anatomy.")
     return "\n".join(rows) + note
 
 
@@ -106,6 +114,8 @@ def main() -> None:
     parser.add_argument("--base-epochs", type=int, default=6)
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "mx_fundus_oct")
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--replay", type=int, nargs="+", default=[0, 200],
+                        help="labelled synthetic B-scans mixed into the fine-tuning, one variant each")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--test-volumes", type=int, default=6)
@@ -126,21 +136,30 @@ def main() -> None:
 
     manifest = load_source("mx_fundus_oct", root=args.data, modality="oct")
     test = synthetic_volumes(args.test_volumes, 202, DEFAULT_SHAPE)
-    cfg = validate(AdaptLayersConfig, {
-        "name": "adapt-mx", "seed": args.seed, "runs_dir": str(args.runs_dir), "model": str(model),
-        "data": {"source": "mx_fundus_oct", "options": {"root": str(args.data), "modality": "oct"}},
-        "val_fraction": 0.25, "lr": args.lr, "max_bscans": args.max_bscans,
-        "engine": {"max_epochs": 1000, "max_steps": args.steps, "batch_size": args.batch_size,
-                   "checkpoint_every_n_steps": 50, "num_threads": args.threads}})
-    run = RunDir.create(cfg.runs_dir, cfg.name)
+    variants: dict[int, dict] = {}
+    cache: Path | None = None
     t1 = time.perf_counter()
-    _, summary = run_adapt_layers(cfg, run, manifest, test)
+    for replay in args.replay:
+        cfg = validate(AdaptLayersConfig, {
+            "name": f"adapt-mx-replay{replay}", "seed": args.seed, "runs_dir": str(args.runs_dir),
+            "model": str(model), "replay_bscans": replay,
+            "data": {"source": "mx_fundus_oct", "options": {"root": str(args.data), "modality": "oct"}},
+            "val_fraction": 0.25, "lr": args.lr, "max_bscans": args.max_bscans,
+            "engine": {"max_epochs": 1000, "max_steps": args.steps, "batch_size": args.batch_size,
+                       "checkpoint_every_n_steps": 50, "num_threads": args.threads}})
+        run = RunDir.create(cfg.runs_dir, cfg.name)
+        if cache is not None:                    # the same B-scans: the graph search is not redone
+            shutil.copyfile(cache, run.path / PSEUDO_LABELS)
+        _, summary = run_adapt_layers(cfg, run, manifest, test)
+        cache = run.path / PSEUDO_LABELS
+        variants[replay] = {**summary, "config": json.loads(cfg.model_dump_json()),
+                            "adapted_model": str(run.path / "layer-model")}
     adapt_s = time.perf_counter() - t1
-    data = {"config": json.loads(cfg.model_dump_json()), "base": base, "adapted_model": str(run.path / "layer-model"),
-            **summary, "seconds": {"base": base_s, "adapt_total": adapt_s, "train": summary["train_seconds"]}}
+    data = {"base": base, "variants": {str(k): v for k, v in variants.items()},
+            "seconds": {"base": base_s, "adapt_total": adapt_s}}
     if args.max_bscans is None:
-        write_results("oct_adapt_real", data, table(summary, base, args))
-    print(table(summary, base, args))
+        write_results("oct_adapt_real", data, table(variants, base, args))
+    print(table(variants, base, args))
 
 
 if __name__ == "__main__":

@@ -224,3 +224,18 @@ def test_command_line_keeps_file_names_out_of_the_run(tmp_path, tiny_volumes, ti
     assert (run / "logs" / "log.txt") in texts and "graph search on 17" in (run / "logs" / "log.txt").read_text()
     for path in texts:
         assert "Zyxwvut" not in path.read_text(errors="replace"), path.name
+
+
+def test_replay_adds_fully_labelled_synthetic_bscans(tiny_volumes, tiny_layer_model):
+    from retinassl.jobs.oct_adapt import with_replay
+
+    model_dir, base = tiny_layer_model
+    volume, truth = tiny_volumes[0]
+    real = PseudoLabelDataset([volume.bscans[0]], [np.stack([truth.boundaries[0][0], truth.boundaries[9][0]])],
+                              base.input_size, len(base.boundaries))
+    cfg = validate(AdaptLayersConfig, {"model": str(model_dir), "replay_bscans": 5,
+                                       "replay_volumes": {"n_volumes": 2, "seed": 3, "shape": [4, 96, 64]}})
+    mixed = with_replay(real, cfg, base)
+    assert len(mixed) == 6
+    labels = [mixed[i]["label"] for i in range(1, 6)]
+    assert all(set(torch.unique(lab).tolist()) <= {-1, 0, 1, 2} and (lab == 1).any() for lab in labels)

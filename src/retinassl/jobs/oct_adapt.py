@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from pydantic import Field
+from torch.utils.data import ConcatDataset, Dataset
 
 from retinassl.atomic import write_text, write_with
 from retinassl.config import DataConfig, EngineConfig, Section, to_yaml
@@ -67,6 +68,9 @@ class AdaptLayersConfig(Section):
         max_bscans: use at most this many B-scans (drawn at random, seeded; a quick run).
         lr: fine-tuning learning rate.
         synthetic_test: the synthetic volumes with exact truth the error is measured on.
+        replay_bscans: labelled synthetic B-scans (all the model's boundaries, from
+            ``replay_volumes``) mixed into the fine-tuning, to keep what the model learnt there
+            (0 = real pseudo-labels only).
         engine: training settings (a few hundred steps).
     """
 
@@ -83,6 +87,8 @@ class AdaptLayersConfig(Section):
     max_bscans: int | None = Field(None, ge=2)
     lr: float = Field(3e-4, gt=0)
     synthetic_test: SyntheticOCTData = SyntheticOCTData(n_volumes=2, seed=202)
+    replay_bscans: int = Field(0, ge=0)
+    replay_volumes: SyntheticOCTData = SyntheticOCTData(n_volumes=4, seed=101)
     engine: EngineConfig = EngineConfig(max_epochs=50, max_steps=200, batch_size=8,
                                         checkpoint_every_n_steps=50)
 
@@ -274,6 +280,20 @@ def adaptation_method(base: LayerModel, lr: float, seed: int):
     return method
 
 
+def with_replay(dataset: PseudoLabelDataset, config: AdaptLayersConfig, base: LayerModel) -> Dataset:
+    """``dataset`` plus ``config.replay_bscans`` labelled synthetic B-scans (drawn seeded from
+    ``config.replay_volumes``), every boundary of the model labelled."""
+    from retinassl.methods.oct_layers import training_bscans
+    from retinassl.oct.synthetic import synthetic_volumes
+
+    s = config.replay_volumes
+    volumes = synthetic_volumes(s.n_volumes, s.seed, tuple(s.shape))
+    images, rows = training_bscans(volumes, base.boundaries, config.replay_bscans, config.seed)
+    log.info("replay: %d labelled synthetic B-scans mixed with %d pseudo-labelled real ones",
+             len(images), len(dataset))
+    return ConcatDataset([dataset, BScanDataset(images, rows, base.input_size)])
+
+
 def run_adapt_layers(config: AdaptLayersConfig, run: RunDir, manifest: Manifest | None = None,
                      synthetic: Sequence | None = None, resume: bool = False) -> tuple[LayerModel, dict]:
     """Adapt the layer model (see the module docstring). ``manifest`` / ``synthetic`` (test volumes)
@@ -328,12 +348,14 @@ def run_adapt_layers(config: AdaptLayersConfig, run: RunDir, manifest: Manifest 
     method = adaptation_method(base, config.lr, config.seed)
     dataset = PseudoLabelDataset([bscans[i] for i in train_use], [rows[i] for i in train_use],
                                  base.input_size, len(base.boundaries))
+    if config.replay_bscans:
+        dataset = with_replay(dataset, config, base)
     result = fit(method, dataset, config=config.engine, run=run, seed=config.seed, resume=resume,
                  drop_last=len(dataset) > config.engine.batch_size)
     method.eval()
     adapted = LayerModel(method.network(), base.boundaries, base.input_size, base.arch,
                          dict(base.encoder_kwargs), base.decoder_channels)
-    counts = {"bscans": len(bscans), "clean": int(clean.sum()), "train_pseudo_labels": len(train_use),
+    counts = {"replay_bscans": len(dataset) - len(train_use), "bscans": len(bscans), "clean": int(clean.sum()), "train_pseudo_labels": len(train_use),
               "held_out_clean": len(val_use), "train_bscans": len(train_idx), "held_out_bscans": len(val_idx),
               "groups": len(set(groups)), "flag_counts": {f: sum(f in r.split(";") for r in reasons)
                                                           for f in sorted({x for r in reasons for x in r.split(";") if x})}}
