@@ -48,7 +48,11 @@ from retinassl.oct.synthetic import synthetic_volumes  # noqa: E402
 def base_model(args: argparse.Namespace) -> tuple[Path, dict]:
     """The model to adapt: ``--model``, or one trained here on synthetic volumes."""
     if args.model is not None:
-        return args.model, {"given": str(args.model)}
+        from retinassl.io.saved_model import read_model
+
+        meta = read_model(args.model).meta
+        return args.model, {"given": str(args.model), "boundaries": meta.get("boundaries"),
+                            "train_bscans": meta.get("train_bscans"), "train_volumes": meta.get("train_volumes")}
     train = synthetic_volumes(args.base_volumes, 101, DEFAULT_SHAPE)
     cfg = validate(LayerTrainConfig, {
         "name": "layers-base", "runs_dir": str(args.runs_dir), "input_size": [128, 128],
@@ -84,7 +88,8 @@ def table(variants: dict[int, dict], base: dict, args: argparse.Namespace) -> st
         cells = [f"{v['after'][part][key]:{fmt}}" for v in variants.values()]
         rows.append(f"| {label} | {b[part][key]:{fmt}} | " + " | ".join(cells) + " |")
     flags = ", ".join(f"{k} {v}" for k, v in c["flag_counts"].items()) or "none"
-    origin = (f"given ({base['given']})" if "given" in base else
+    origin = (f"given ({base['given']}: {base['train_bscans']} training B-scans of {base['train_volumes']} "
+              f"synthetic volumes)" if "given" in base else
               f"trained here on {base['max_bscans']} B-scans of {base['train_volumes']} synthetic volumes, "
               f"{base['epochs']} epochs (validation boundary error "
               f"{base['validation']['boundary_error_um']:.2f} µm)")
