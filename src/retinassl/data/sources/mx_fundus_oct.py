@@ -164,7 +164,7 @@ def read_mx_table(root: str | Path, modality: str, check_files: bool = True) -> 
         if match is None:
             raise line_error(f"name {name!r} is not <patient>_<OD|OI>_<f|o>_<n>", csv, line)
         if match["modality"].lower() != CODE_OF_MODALITY[modality]:
-            miscoded.append(name)
+            miscoded.append(line)
         if row["patient"] != match["patient"]:
             raise line_error(f"patient is {row['patient']!r} but the name {name!r} says "
                              f"{match['patient']!r}", csv, line)
@@ -190,7 +190,7 @@ def read_mx_table(root: str | Path, modality: str, check_files: bool = True) -> 
     if blank_eye:
         log.info("%s: eye taken from the name for %d row(s) with an empty eye cell", csv, blank_eye)
     if miscoded:
-        log.info("%s: %d name(s) carry the other modality's code (first: %s); the table decides the "
+        log.info("%s: %d name(s) carry the other modality's code (first at line %d); the table decides the "
                  "modality", csv, len(miscoded), miscoded[0])
     return rows
 
