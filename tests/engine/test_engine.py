@@ -48,7 +48,9 @@ SCRIPT = textwrap.dedent('''
             os.kill(os.getpid(), signal.SIGKILL)
         return loss(b, group, generator)
     method.loss = counting_loss
-    cfg = EngineConfig(max_epochs=3, batch_size=batch, precision="32", devices=devices,
+    # one thread pinned: float sums depend on the thread count, and the reference run and the killed
+    # one must compute alike whatever the load when each starts (README: pin it to compare bit for bit)
+    cfg = EngineConfig(max_epochs=3, batch_size=batch, precision="32", devices=devices, num_threads=1,
                        strategy="ddp" if devices > 1 else "auto", checkpoint_every_n_steps=2)
     run = RunDir.resume(out / "run") if mode == "resume" else None
     if run is None:

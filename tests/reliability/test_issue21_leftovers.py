@@ -227,3 +227,19 @@ def test_ssl_gan_report_refuses_an_alias_bomb(tmp_path: Path) -> None:
     (run / "config.yaml").write_text(bomb)
     with pytest.raises(ConfigError, match="alias"):
         ssl_gan_section(RunDir(run))
+
+
+def test_a_resumed_run_keeps_the_thread_count_it_started_with(monkeypatch) -> None:
+    """Float sums depend on the intra-op thread count: with num_threads 0 a resumed run reuses the
+    count recorded when the run started, whatever the load now; an explicit count still wins."""
+    import torch
+    from retinassl.engine import threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "other_load", lambda: 5.0)      # a busy machine now: 1 thread
+    try:
+        assert threads.choose_threads(0, n_cores=2) == 1
+        assert threads.apply_threads(0, recorded=2) == 2 and torch.get_num_threads() == 2
+        assert threads.apply_threads(1, recorded=2) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -96,9 +97,11 @@ def fit(method: Method, train: Dataset, *, config: EngineConfig, run: RunDir, se
 
     from retinassl.engine.csv_log import KeepingCSVLogger
 
-    from retinassl.engine.threads import apply_threads
+    from retinassl.engine.threads import THREADS_KEY, apply_threads
 
-    apply_threads(config.num_threads)
+    threads = apply_threads(config.num_threads, run.status().get(THREADS_KEY) if resume else None)
+    if os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0":
+        run.update_status(**{THREADS_KEY: threads})
     for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         # Lightning's start-up chatter (tips, "GPU available: False") is not for our users
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))

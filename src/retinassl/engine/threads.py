@@ -7,6 +7,10 @@ that took 6 minutes alone ran at 1/30 of its speed beside another one. With ``en
 one-minute load average that is not this process's own -- and at least one; an explicit
 ``engine.num_threads: N`` is used as given. Either way, when the threads asked for plus the other
 load exceed the cores, the log says the machine is oversubscribed (and how to avoid it).
+
+The count a run started with is recorded in its ``run.json`` (``intra_op_threads``) and a resumed run
+with ``num_threads: 0`` keeps it: float sums depend on the thread count, so a killed and resumed run
+computes exactly as an uninterrupted one whatever the load at resume time.
 """
 
 from __future__ import annotations
@@ -51,8 +55,18 @@ def choose_threads(requested: int, n_cores: int | None = None, load: float | Non
     return threads
 
 
-def apply_threads(requested: int) -> int:
-    """Set torch's intra-op threads from :func:`choose_threads`; returns the count (logged)."""
+THREADS_KEY = "intra_op_threads"
+
+
+def apply_threads(requested: int, recorded: int | None = None) -> int:
+    """Set torch's intra-op threads from :func:`choose_threads`, or to ``recorded`` (the count a
+    resumed run started with) when ``requested`` is 0; returns the count (logged)."""
+    if requested == 0 and recorded:
+        threads = int(recorded)
+        torch.set_num_threads(threads)
+        log.info("using %d intra-op thread(s) (engine.num_threads=0: the count this run started with, "
+                 "so that the resumed part computes as the first did)", threads)
+        return threads
     threads = choose_threads(requested)
     torch.set_num_threads(threads)
     log.info("using %d intra-op thread(s) (engine.num_threads=%d%s)", threads, requested,
