@@ -50,3 +50,47 @@ def with_shared_data_root(data: dict) -> dict:
     from retinassl.data_roots import resolve_data_roots
 
     return resolve_data_roots(data, SHARED_DATA, legacy=True, check=False, origin="benchmark preset")
+
+
+def run_transfer_timed(config, run) -> float:
+    """Run (or complete) a transfer sweep in ``run`` and keep its status: ``failed`` with the error,
+    or ``finished``; returns the wall seconds of every part of the run (resumed parts added)."""
+    import time
+
+    from retinassl.sweeps.transfer import run_transfer
+
+    before = float(run.status().get("elapsed_seconds", 0.0))
+    start = time.perf_counter()
+    try:
+        run_transfer(config, run)
+    except BaseException as exc:
+        run.update_status(status="failed", error=str(exc)[:500], elapsed_seconds=before + time.perf_counter() - start)
+        raise
+    seconds = before + time.perf_counter() - start
+    run.update_status(status="finished", elapsed_seconds=seconds)
+    return seconds
+
+
+def pretraining_costs(run, config, results) -> dict:
+    """Per pretrained initialisation of a transfer sweep: its recorded metrics, the images its
+    pretraining used (its own manifest: an init's splits/label select rows of the pool), the batch,
+    images seen, 2-core minutes and images/s (optimizer steps x batch / seconds)."""
+    import math
+
+    import pandas as pd
+
+    pre = results[results["protocol"] == "pretrain"]
+    out = {}
+    for init, g in pre.groupby("init"):
+        values = dict(zip(g["metric"], g["value"].astype(float)))
+        spec = next((i for i in config.inits if i.name == init), None)
+        batch = config.pretrain_engine.batch_size
+        if spec is not None:
+            batch = int(((spec.pretrain or {}).get("engine") or {}).get("batch_size", batch))
+        secs = values.get("pretrain_seconds", math.nan)
+        images = values.get("pretrain_batches", math.nan) * batch
+        used = run.path / "pretrain" / init / "manifest.csv"
+        values["images_used"] = float(len(pd.read_csv(used))) if used.is_file() else math.nan
+        out[init] = {**values, "batch_size": batch, "images_seen": images, "two_core_minutes": secs / 60,
+                     "images_per_s": images / secs if secs else math.nan}
+    return out

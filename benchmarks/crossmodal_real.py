@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, SHARED_DATA, with_shared_data_root, write_results  # noqa: E402
+from _common import ROOT, SHARED_DATA, pretraining_costs, run_transfer_timed, with_shared_data_root, write_results  # noqa: E402
 
 from retinassl.atomic import write_text  # noqa: E402
 from retinassl.config import read_yaml  # noqa: E402
@@ -49,7 +49,7 @@ from retinassl.io.rundir import RunDir  # noqa: E402
 from retinassl.oct.bscan_images import read_bscan_images  # noqa: E402
 from retinassl.oct.bscan_thickness import bscan_thickness  # noqa: E402
 from retinassl.oct.graph_search import detect_boundaries  # noqa: E402
-from retinassl.sweeps.transfer import resolve_config, run_transfer  # noqa: E402
+from retinassl.sweeps.transfer import resolve_config  # noqa: E402
 
 PRESET = "mx-dr-transfer-real"
 MX = SHARED_DATA / "mx_fundus_oct"
@@ -144,18 +144,7 @@ def thickness_pairs(work: Path, thickness: pd.DataFrame) -> tuple[Path, dict]:
 
 def summary(run: RunDir, config, seconds: float, pairs: dict) -> tuple[dict, str]:
     results = read_results(run.results_file)
-    pre = results[results["protocol"] == "pretrain"]
-    pretrain = {}
-    for init, g in pre.groupby("init"):
-        values = dict(zip(g["metric"], g["value"].astype(float)))
-        spec = next((i for i in config.inits if i.name == init), None)
-        b = int(((spec.pretrain or {}).get("engine") or {}).get("batch_size", config.pretrain_engine.batch_size))
-        used = run.path / "pretrain" / init / "manifest.csv"
-        secs = values.get("pretrain_seconds", math.nan)
-        images = values.get("pretrain_batches", math.nan) * b
-        pretrain[init] = {**values, "images_used": float(len(pd.read_csv(used))) if used.is_file() else math.nan,
-                          "batch_size": b, "two_core_minutes": secs / 60,
-                          "images_per_s": images / secs if secs else math.nan}
+    pretrain = pretraining_costs(run, config, results)
     downstream = pd.read_csv(run.path / "data" / "downstream.csv")
     removed = run.path / "data" / "pool-removed.csv"
     removed = pd.read_csv(removed) if removed.is_file() else pd.DataFrame(columns=["reason"])
@@ -243,15 +232,7 @@ def main() -> None:
     run = RunDir.resume(args.resume) if args.resume else RunDir.create(args.runs_dir, name)
     run.attach_log_file()
     log.info("run directory: %s", run.path)
-    start = time.perf_counter()
-    try:
-        run_transfer(config, run)
-    except BaseException as exc:
-        run.update_status(status="failed", error=str(exc)[:500],
-                          elapsed_seconds=time.perf_counter() - start + float(run.status().get("elapsed_seconds", 0.0)))
-        raise
-    seconds = time.perf_counter() - start + float(run.status().get("elapsed_seconds", 0.0))
-    run.update_status(status="finished", elapsed_seconds=seconds)
+    seconds = run_transfer_timed(config, run)
     result, text = summary(run, config, seconds, pairs)
     result["acquisition_shortcut"] = shortcut
     text = _shortcut_md(shortcut) + "\n\n" + text

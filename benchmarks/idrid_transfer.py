@@ -20,16 +20,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, with_shared_data_root, write_results  # noqa: E402
+from _common import ROOT, run_transfer_timed, with_shared_data_root, write_results  # noqa: E402
 
 from retinassl.config import read_yaml  # noqa: E402
-from retinassl.sweeps.transfer import run_transfer  # noqa: E402
 from retinassl.sweeps.transfer_config import resolve_config  # noqa: E402
 from retinassl.io.results import read_results  # noqa: E402
 from retinassl.io.rundir import RunDir  # noqa: E402
@@ -112,15 +110,7 @@ def main() -> None:
     run = RunDir.resume(args.resume) if args.resume else RunDir.create(args.runs_dir, f"idrid-transfer-{args.budget}")
     run.attach_log_file()
     logging.getLogger("retinassl").info("run directory: %s", run.path)
-    start = time.perf_counter()
-    try:
-        run_transfer(config, run)
-    except BaseException as exc:
-        elapsed = time.perf_counter() - start + float(run.status().get("elapsed_seconds", 0.0))
-        run.update_status(status="failed", error=str(exc)[:500], elapsed_seconds=elapsed)
-        raise
-    seconds = time.perf_counter() - start + float(run.status().get("elapsed_seconds", 0.0))
-    run.update_status(status="finished", elapsed_seconds=seconds)
+    seconds = run_transfer_timed(config, run)
     from retinassl.report.html import build_report
 
     build_report(run, title=f"idrid-transfer ({args.budget})")

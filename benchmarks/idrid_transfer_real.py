@@ -25,18 +25,17 @@ import argparse
 import logging
 import math
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, with_shared_data_root, write_results  # noqa: E402
+from _common import ROOT, pretraining_costs, run_transfer_timed, with_shared_data_root, write_results  # noqa: E402
 
 from retinassl.config import read_yaml  # noqa: E402
 from retinassl.io.results import read_results  # noqa: E402
 from retinassl.io.rundir import RunDir  # noqa: E402
-from retinassl.sweeps.transfer import resolve_config, run_transfer  # noqa: E402
+from retinassl.sweeps.transfer import resolve_config  # noqa: E402
 
 PRESET = "idrid-transfer-real"
 # Issue 18's targets for the linear probe
@@ -61,21 +60,7 @@ def summary(run: RunDir, config, seconds: float) -> tuple[dict, str]:
     downstream = pd.read_csv(data_dir / "downstream.csv")
     down_removed = pd.read_csv(data_dir / "downstream-removed.csv")
     removed["dataset"] = removed["id"].astype(str).map(_dataset_of)
-    pre = results[results["protocol"] == "pretrain"]
-    batch = config.pretrain_engine.batch_size
-    pretrain = {}
-    for init, g in pre.groupby("init"):
-        values = dict(zip(g["metric"], g["value"].astype(float)))
-        spec = next((i for i in config.inits if i.name == init), None)
-        b = int(((spec.pretrain or {}).get("engine") or {}).get("batch_size", batch)) if spec else batch
-        secs = values.get("pretrain_seconds", math.nan)
-        images = values.get("pretrain_batches", math.nan) * b
-        # the rows the pretraining trained on (a Fundus init selects labelled rows of the pool;
-        # the sweep's pool_size metric counts the whole pool)
-        used = run.path / "pretrain" / init / "manifest.csv"
-        values["images_used"] = float(len(pd.read_csv(used))) if used.is_file() else math.nan
-        pretrain[init] = {**values, "batch_size": b, "images_seen": images,
-                          "two_core_minutes": secs / 60, "images_per_s": images / secs if secs else math.nan}
+    pretrain = pretraining_costs(run, config, results)
     extract = results[results["metric"] == "extract_seconds"].groupby("init")["value"].sum()
     comparison = pd.read_csv(run.path / "comparison.csv") if (run.path / "comparison.csv").is_file() else None
     data = {"run": str(run.path.relative_to(ROOT) if run.path.is_relative_to(ROOT) else run.path),
@@ -189,16 +174,8 @@ def main() -> None:
     run = RunDir.resume(args.resume) if args.resume else RunDir.create(args.runs_dir, name)
     run.attach_log_file()
     logging.getLogger("retinassl").info("run directory: %s", run.path)
-    start = time.perf_counter()
     if not args.summary_only:
-        try:
-            run_transfer(config, run)
-        except BaseException as exc:
-            elapsed = time.perf_counter() - start + float(run.status().get("elapsed_seconds", 0.0))
-            run.update_status(status="failed", error=str(exc)[:500], elapsed_seconds=elapsed)
-            raise
-        seconds = time.perf_counter() - start + float(run.status().get("elapsed_seconds", 0.0))
-        run.update_status(status="finished", elapsed_seconds=seconds)
+        seconds = run_transfer_timed(config, run)
     else:
         seconds = float(run.status().get("elapsed_seconds", 0.0))
         if run.results_file.is_file():  # the comparison again, with the current interval method
