@@ -118,8 +118,8 @@ def select_rows(manifest: Manifest, config: PretrainConfig) -> Manifest:
     if config.splits is not None:
         keep &= manifest.frame["split"].fillna("").astype(str).isin(config.splits).to_numpy()
     if isinstance(config.label, list):
-        manifest = manifest.subset(np.ones(len(manifest), dtype=bool))
-        manifest.frame[label_column(config)] = any_positive(manifest, config.label, config.positive_from or 1)
+        combined = any_positive(manifest, config.label, config.positive_from or 1)
+        manifest = Manifest(manifest.frame.assign(**{label_column(config): combined}), manifest.root, manifest.name)
     if config.label is not None:
         keep &= manifest.labels(label_column(config)) >= 0
     pool = manifest.subset(keep)
