@@ -118,3 +118,28 @@ def tsne(encoder: str = typer.Argument(..., help="An encoder checkpoint director
     run.update_status(status="finished")
     typer.echo(f"figure: {path}")
     typer.echo(f"report: {build_report(run)}")
+
+
+@app.command("reconstructions")
+def reconstructions(pretrain_run: Path = typer.Argument(..., help="An mae pretraining run directory (e.g. "
+                                                          "runs/<sweep>/pretrain/mae)."),
+                    images: int = typer.Option(6, "--images", help="Pool images to reconstruct."),
+                    seed: int = typer.Option(0, "--seed", help="Which images, and which patches are hidden."),
+                    runs_dir: Path = RUNS_DIR) -> None:
+    """Masked-autoencoder reconstructions of seeded images of a pretraining run's own pool, from its
+    newest training checkpoint (the decoder lives only there): original | visible patches |
+    reconstruction; writes one figure and a report in a new run directory."""
+    from retinassl.cli.common import run_job
+    from retinassl.io.rundir import RunDir
+    from retinassl.jobs.reconstructions import FIGURE_PREFIX, reconstructions_of_run
+
+    if images < 1:
+        raise typer.BadParameter(f"--images must be at least 1, got {images}")
+    label = init_label(str(pretrain_run))
+    run = RunDir.create(runs_dir or Path("runs"), f"explain-reconstructions-{label}")
+    run.attach_log_file()
+    figure = run.report_dir / "figures" / f"{FIGURE_PREFIX}{label}.png"
+    path, report = run_job(run, lambda: reconstructions_of_run(pretrain_run, figure, images=images, seed=seed),
+                           status=lambda p: {"figure": str(p)})
+    typer.echo(f"figure: {path}")
+    typer.echo(f"report: {report}")

@@ -37,6 +37,7 @@ from retinassl.errors import ConfigError, DataError
 from retinassl.methods.base import seeded_method
 from retinassl.io.results import append_results, result_row
 from retinassl.io.rundir import RunDir
+from retinassl.launch import process_rank
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,8 @@ def run_pretrain(config: PretrainConfig, run: RunDir, resume: bool = False,
                         # content fingerprints of the pool: evaluations warn when they test on these
                         PRETRAINING_KEY: pretraining_record(prepared.manifest,
                                                             content_digests(prepared.manifest))})
+    if name == "mae" and process_rank() == 0:
+        figure_of_reconstructions(method, dataset, run, config)
     final = final_losses(result.history)
     rows = [result_row(experiment=config.name, task="pretrain", method=name, init=initial.kind,
                        protocol="pretrain", seed=config.seed, metric=metric, value=value)
@@ -208,6 +211,19 @@ def run_pretrain(config: PretrainConfig, run: RunDir, resume: bool = False,
                                   "pretrain_batches": float(result.batches), **final}.items()]
     append_results(run.results_file, rows)
     return run.encoder_dir
+
+
+def figure_of_reconstructions(method: Any, dataset: ImageDataset, run: RunDir, config: PretrainConfig) -> None:
+    """The report's reconstructions of a finished MAE (seeded pool images); a failure is logged, not
+    raised: the encoder is already saved."""
+    from retinassl.jobs.reconstructions import FIGURE_PREFIX, pool_reconstructions
+
+    path = run.report_dir / "figures" / f"{FIGURE_PREFIX}{config.method_name}.png"
+    try:
+        pool_reconstructions(method, dataset, path, seed=config.seed,
+                             title=f"{config.method_name}, mask ratio {config.method.get('mask_ratio', 0.75)}")
+    except Exception as exc:  # noqa: BLE001 -- a figure must not lose a finished pretraining
+        log.warning("the reconstruction figure was not written: %s", exc)
 
 
 def final_losses(history: Path | None, tail: float = 0.1) -> dict[str, float]:

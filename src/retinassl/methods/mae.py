@@ -27,7 +27,7 @@ from retinassl.errors import ConfigError
 from retinassl.methods.base import register_method
 from retinassl.methods.pretext_base import PretextConfig, PretextMethod
 from retinassl.models import Encoder
-from retinassl.models.mae import MAEDecoder, mae_loss, reconstruction
+from retinassl.models.mae import MAEDecoder, mae_loss, reconstruction, unpatchify
 from retinassl.models.vit import VisionTransformer
 from retinassl.models.vit_blocks import random_masking
 
@@ -102,11 +102,15 @@ class MAE(PretextMethod):
         return mae_loss(pred, x, mask, self.encoder.patch_size, cfg.norm_pix), {}
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """For figures: ``(masked input, reconstruction)``, both ``(B, C, H', W')`` (hidden patches
-        zero in the first; predicted, on the true patch statistics, in the second)."""
+    def reconstruct(self, x: torch.Tensor, generator: torch.Generator
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For figures: ``(masked input, reconstruction, hidden)``: the first two ``(B, C, H', W')``
+        (hidden patches zero in the first; predicted, on the true patch statistics, in the second),
+        ``hidden`` ``(B, H', W')`` bool, the pixels of the hidden patches."""
         pred, mask = self.predict(x, generator)
         p = self.encoder.patch_size
         full = reconstruction(pred, x, mask, p, self.config.norm_pix)
         visible = reconstruction(torch.zeros_like(pred), x, mask, p, norm_pix=False)
-        return visible, full
+        hidden = mask[:, :, None].expand(-1, -1, p * p * x.shape[1])
+        hidden = unpatchify(hidden.float(), p, (x.shape[2] // p, x.shape[3] // p), x.shape[1])[:, 0] > 0.5
+        return visible, full, hidden

@@ -67,6 +67,15 @@ def heatmap_section(run: RunDir) -> Section | None:
                                                    "through"))
 
 
+def reconstructions_section(run: RunDir) -> Section | None:
+    return gallery_section(run, "reconstructions-", "Masked-autoencoder reconstructions (pool images)",
+                           "Each row: the image | the patches the encoder saw (hidden ones grey) | the "
+                           "reconstruction (hidden patches predicted, visible ones copied). <b>Look at</b>: "
+                           "whether vessels, the optic disc and lesions come back in the hidden patches; a "
+                           "smooth blur of the fundus colour means the encoder learned little beyond it.",
+                           columns=1)
+
+
 def vessel_section(run: RunDir) -> Section | None:
     return gallery_section(run, "vessels-", "Vessel segmentation overlays",
                            "Each row: image | ground truth | predicted probability | errors inside the "
@@ -80,7 +89,7 @@ SECTION_BUILDERS: list[Callable[[RunDir], Section | None]] = [
     summary_section,
     # figures
     transfer_curves_section, roc_section, vessel_section, heatmap_section, reliability_section, misses_section,
-    oct_section, tsne_section, gradcam_section, ssl_gan_section, training_curves_section,
+    oct_section, tsne_section, gradcam_section, ssl_gan_section, reconstructions_section, training_curves_section,
     # tables
     transfer_interval_section, transfer_delong_section, metrics_section]
 
