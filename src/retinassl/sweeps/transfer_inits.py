@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retinassl.atomic import write_text
+from retinassl.atomic import write_bytes, write_text
 from retinassl.config import ModelConfig
 from retinassl.data.loading import load_manifest
 from retinassl.data.leakage import clean_pool, content_digests
@@ -115,6 +115,8 @@ class TransferInits:
                                init=spec.name, protocol="pretrain", seed=config.seed,
                                metric="pool_size", value=float(size)))
         append_results(self.run.results_file, rows)
+        for figure in sorted((prun.report_dir / "figures").glob("reconstructions-*.png")):  # an MAE's, for the report
+            write_bytes(self.run.report_dir / "figures" / f"reconstructions-{spec.name}.png", figure.read_bytes())
         log.info("init %s: pretrained in %.0f s", spec.name, time.perf_counter() - start)
         return out
 
