@@ -1,6 +1,6 @@
 """The comparison tables' 95 % interval (two-level bootstrap over seeds and test images,
 :mod:`retinassl.metrics.intervals`): its coverage in the known-truth simulation of
-``tests/test_intervals.py`` over several regimes (seeds, seed-to-seed spread, test-set size), and
+``tests/metrics/test_intervals.py`` over several regimes (seeds, seed-to-seed spread, test-set size), and
 the time to build a transfer sweep's comparison table (105 probe cells as in idrid-transfer-real's
 per-init share: 3 tasks x 7 fractions x 5 seeds on 103 test images, and 4 inits = 420 cells).
 
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "metrics"))
 from _common import write_results  # noqa: E402
 from test_intervals import auc_of_quality, coverage, write_fake_sweep  # noqa: E402
 
@@ -61,7 +61,7 @@ def main() -> None:
         timings.append({"inits": inits, "cells": cells, "table_rows": table_rows, "seconds": seconds})
         print(timings[-1], flush=True)
     lines = [f"Coverage of the 95 % interval over {STUDIES} simulated studies each (the population model of "
-             "`tests/test_intervals.py`: seed quality d ~ N(1.2, tau^2), score = d * class + image effect + "
+             "`tests/metrics/test_intervals.py`: seed quality d ~ N(1.2, tau^2), score = d * class + image effect + "
              "seed x image noise; truth = the expected metric of a seed, analytic / quadrature; 1,000 "
              "replicates per interval; Monte Carlo sd of a coverage about 0.011). With one seed the truth "
              "is the expected metric over seeds too, which one seed cannot cover when tau > 0.", "",

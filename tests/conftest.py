@@ -1,4 +1,5 @@
-"""Shared fixtures: the real-data folder (skipping cleanly when absent) and tiny synthetic inputs."""
+"""Shared fixtures: the real-data folder (skipping cleanly when absent) and tiny synthetic inputs
+(a prepared synthetic fundus dataset, `tiny_root` / `tiny_prepared`)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,25 @@ def shared_dataset(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"dataset {name!r} not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic fundus dataset (40 images, 64 px), generated once per worker; shared by the
+    probe, fine-tuning, transfer-sweep and evaluate-command tests."""
+    from retinassl.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_dataset(root / "data", n_images=40, size=64, seed=3)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tiny_root: Path):
+    """``tiny_root`` prepared at 32 px (a ``retinassl.data.cache.PreparedData``)."""
+    from retinassl.data.cache import Cache
+    from retinassl.data.manifest import Manifest
+    from retinassl.data.preprocess import PreprocessConfig
+
+    manifest = Manifest.load(tiny_root / "data" / "manifest.csv")
+    return Cache(tiny_root / "cache").prepare(manifest, PreprocessConfig(size=32))

@@ -23,7 +23,7 @@ Why ``S - 1`` seeds: the mean of ``m`` draws from ``S`` values has bootstrap var
 ``(S - 1) / S * s^2 / m`` (``s^2`` the sample variance), so ``m = S`` under-states the seed level's
 variance by ``(S - 1) / S`` (20 % with 5 seeds, 33 % with 3), while ``m = S - 1`` gives exactly the
 unbiased ``s^2 / S`` (the ``n - 1`` resample size of McCarthy & Snowden 1985 and Rao & Wu 1988 for
-small strata). In the simulation of ``tests/test_intervals.py`` this raised the coverage with 3 seeds
+small strata). In the simulation of ``tests/metrics/test_intervals.py`` this raised the coverage with 3 seeds
 and a large seed spread from 0.87-0.92 to 0.89-0.93 and left the test-set-only case at 0.96.
 
 Properties: every replicate is an average of the metric's own values, so the interval lies inside
@@ -37,7 +37,7 @@ Speed: a resample is a ``(B, N)`` matrix of image counts and the metrics are com
 as weights, vectorised over the ``B`` replicates (AUC from sorted cumulative weights, kappa and
 accuracy from weighted confusion matrices); other metrics fall back to a loop over replicates.
 
-Known limits (measured, see ``tests/test_intervals.py``): with few seeds *and* a seed-to-seed spread
+Known limits (measured, see ``tests/metrics/test_intervals.py``): with few seeds *and* a seed-to-seed spread
 larger than the test-set spread the percentiles are normal-like rather than Student-t-like, so the
 interval is narrower than nominal (coverage 0.89 with 3 seeds and a seed AUC sd of about 0.1); the
 image level re-counts the seed x image noise already in the seed spread, so with no seed effect it

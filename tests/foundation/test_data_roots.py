@@ -19,7 +19,7 @@ from retinassl.config import config_data, load_config, preset_names, read_yaml
 from retinassl.data_roots import DATA_ROOT_ENV, resolve_data_roots
 from retinassl.errors import ConfigError
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 FROZEN = {"idrid-transfer-real", "mx-dr-transfer-real"}  # still spelled ../shared/data/ (read as the root)
 FOLDERS = ("idrid", "drive", "stare", "rfmid_subset", "mx_fundus_oct", "eye_disease_4class")
 
