@@ -228,40 +228,6 @@ def test_kfold_multilabel_sweep_without_a_test_split(tiny_root: Path, tmp_path: 
     assert {"label[disease_DR]", "score[disease_ME]"} <= set(pred.columns)
 
 
-def test_curves_figure_draws_intervals_that_exclude_the_mean(tmp_path) -> None:
-    from retinassl.report.transfer import curves_figure
-    rows = []
-    for init, shift in (("scratch", 0.0), ("other", 0.05)):
-        for fraction, mean in ((0.1, 0.6), (1.0, 0.7)):
-            # a percentile bootstrap interval can lie entirely above (or below) the point estimate
-            rows.append({"task": "referable", "metric": "auc", "protocol": "probe", "init": init,
-                         "fraction": fraction, "mean": mean + shift, "lo": mean + shift + 0.01,
-                         "hi": mean + shift + 0.05})
-    path = curves_figure(pd.DataFrame(rows), "referable", "auc", tmp_path / "curves.png",
-                         ["scratch", "other"])
-    assert path.is_file() and path.stat().st_size > 0
-
-
-def test_seed_significance_counts_keep_their_direction() -> None:
-    """Per-seed DeLong tests are two-sided: a seed where the tested init is significantly worse
-    must not be counted as support for it (``sig_better`` / ``sig_worse``)."""
-    from retinassl.metrics.compare import _delong, _cell
-    from retinassl.metrics.tasks import TaskSpec
-
-    rng = np.random.default_rng(0)
-    labels = np.repeat([0, 1], 100)
-    ids = [f"i{k}" for k in range(200)]
-    perfect = labels + rng.normal(0, 0.3, 200)            # AUC ~0.99
-    middling = labels + rng.normal(0, 1.0, 200)           # AUC ~0.76
-    noise = rng.normal(0, 1.0, 200)                       # AUC ~0.5
-    reference = {0: (ids, labels, middling), 1: (ids, labels, middling), 2: (ids, labels, middling)}
-    tested = {0: (ids, labels, perfect), 1: (ids, labels, noise), 2: (ids, labels, middling + 1e-3 * noise)}
-    out = _delong(TaskSpec(name="t"), tested, reference, is_reference=False)
-    assert (out["sig_seeds"], out["sig_better"], out["sig_worse"]) == (2, 1, 1)
-    row = pd.Series({"mean": 0.75, "lo": float("nan"), "hi": float("nan"), "n_seeds": 3, **out})
-    assert _cell(row).endswith("(+1/-1 of 3)")
-
-
 def test_two_step_init_pretrains_on_the_earlier_encoder(tiny_root: Path, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """``init: <an earlier init>`` with ``pretrain`` continues from that init's encoder (the paper's
