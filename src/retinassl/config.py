@@ -46,6 +46,29 @@ class DataConfig(Section):
     skip_bad: bool = False
 
 
+class ExternalSpec(Section):
+    """An external dataset every cell's model of a sweep (``transfer``, ``ssl-gan``) is also
+    evaluated on (``evaluate_on``), so that one command gives in-domain and external columns
+    (:mod:`retinassl.sweeps.external`; Jang et al. 2024 validate on JSIEC and RFMiD).
+
+    Attributes:
+        name: its name: results rows and prediction folders of task ``<task>@<name>``.
+        data: where the images come from (any source with options).
+        label: the binary label in the dataset's own terms (a label mapping: ``dr_any``,
+            ``dr_stage>=1``, ``level>=2``...; :func:`retinassl.jobs.predict.mapped_labels`).
+        task: the sweep task whose models are evaluated (transfer: default the first task with a
+            binary score: ``binary``, or ``multiclass`` with ``positive_from``, scored as
+            ``P(y >= t)``; ssl-gan: its one task, ``patch:abnormal``).
+        split: only the rows of this split (default: every labelled image).
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+    data: DataConfig
+    label: str
+    task: str | None = None
+    split: str | None = None
+
+
 class ModelConfig(Section):
     """The encoder: a registry name and its arguments, optionally initialised from a checkpoint.
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from retinassl.config import DataConfig, EngineConfig, ModelConfig, Section
+from retinassl.config import DataConfig, EngineConfig, ExternalSpec, ModelConfig, Section
 from retinassl.data.preprocess import PreprocessConfig
 
 
@@ -170,6 +170,8 @@ class SSLGANExperimentConfig(Section):
         workers: processes that train cells in parallel (each takes the next unclaimed cell;
             give each learner ``engine.num_threads`` = cores / workers). On a small shared CPU,
             single-threaded workers side by side are far faster than one multi-threaded one.
+        evaluate_on: external datasets every cell's classifier also scores (rows of task
+            ``patch:abnormal@<name>``; :mod:`retinassl.sweeps.ssl_gan_external`).
         budget: the budget that was applied (recorded for the report).
     """
 
@@ -188,6 +190,7 @@ class SSLGANExperimentConfig(Section):
     extension: ExtensionConfig = ExtensionConfig()
     gallery: GalleryConfig = GalleryConfig()
     workers: int = Field(1, ge=1)
+    evaluate_on: list[ExternalSpec] = Field(default_factory=list)
     budget: str = ""
 
     @model_validator(mode="after")

@@ -17,6 +17,7 @@ Lecouat et al. 2018 report "classification AUCs both at the patch and image leve
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,8 @@ from retinassl.metrics.classification import roc_auc
 from retinassl.figures.heatmap import overlay, save_png
 from retinassl.metrics.aggregate import image_scores
 from retinassl.models.patch_classifier import predict_cells
-from retinassl.data.patch_bank import PatchBank
+from retinassl.data.patch_bank import PatchBank, build_patch_bank
+from retinassl.progress import track
 
 
 def bank_cells(bank: PatchBank) -> torch.Tensor:
@@ -45,6 +47,20 @@ def predict_bank(classifier: torch.nn.Module, bank: PatchBank, batch_size: int =
     """Patch logits ``(n_images, grid**2)`` of every image of ``bank``."""
     logits = predict_cells(classifier, bank_cells(bank), batch_size)
     return logits.reshape(bank.n_images, bank.per_image)
+
+
+def image_patch_logits(classifier: torch.nn.Module, prepared: PreparedData, rows: Iterable[int],
+                       batch_size: int = 32) -> np.ndarray:
+    """Patch logits ``(len(rows), grid**2)`` of whole prepared images (no labels needed), cut
+    ``batch_size`` images at a time; ``classifier`` is a
+    :class:`~retinassl.models.patch_classifier.PatchClassifier` (its ``grid`` and ``patch_size``)."""
+    rows = np.asarray(list(rows), dtype=int)
+    grid, patch_size = classifier.grid, classifier.patch_size
+    logits = []
+    for s in track(range(0, len(rows), batch_size), total=-(-len(rows) // batch_size), description="predicting"):
+        bank = build_patch_bank(prepared, rows[s:s + batch_size], grid, patch_size, 0, labelled=False)
+        logits.append(predict_bank(classifier, bank))
+    return np.concatenate(logits) if logits else np.zeros((0, grid ** 2))
 
 
 def _downsample_any(mask: np.ndarray, resolution: int) -> np.ndarray:

@@ -171,16 +171,10 @@ class ImageScorer:
             table = pd.DataFrame(scores, columns=[f"prob_{k}" for k in range(scores.shape[1])])
             table.insert(0, "predicted", scores.argmax(axis=1))
             return scores, table
-        from retinassl.data.patch_bank import build_patch_bank
-        from retinassl.jobs.patch_evaluation import predict_bank
+        from retinassl.jobs.patch_evaluation import image_patch_logits
         from retinassl.metrics.aggregate import image_scores
 
-        logits = []
-        for s in track(range(0, len(rows), batch_size), total=-(-len(rows) // batch_size), description="predicting"):
-            bank = build_patch_bank(prepared, rows[s:s + batch_size], self.model.grid, self.model.patch_size,
-                                    0, labelled=False)
-            logits.append(predict_bank(self.model, bank))
-        logits = np.concatenate(logits) if logits else np.zeros((0, self.model.grid ** 2))
+        logits = image_patch_logits(self.model, prepared, rows, batch_size)
         scores = image_scores(logits)
         probs = 1 / (1 + np.exp(-logits))
         table = pd.DataFrame(probs, columns=[f"patch_{j:02d}" for j in range(probs.shape[1])])

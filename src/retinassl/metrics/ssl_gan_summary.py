@@ -47,8 +47,12 @@ def plan(config: dict) -> list[tuple[str, str, int, int, bool]]:
     return cells
 
 
-def planned_cells(config: dict) -> set[tuple[str, int, int]]:
-    """``(label, n_labelled, seed)`` of every cell of :func:`plan`."""
+def planned_cells(config: dict) -> set[tuple[str, int, int]] | None:
+    """``(label, n_labelled, seed)`` of every cell of :func:`plan`; None when ``config`` is not an
+    ``ssl-gan`` experiment's (no ``labelled`` or ``reference``: e.g. ``retinassl demo``'s run, whose
+    config is its first stage's and whose SSL-GAN stage joins a sweep's results): nothing to filter by."""
+    if not {"labelled", "reference", "seeds"} <= set(config):
+        return None
     return {(label, int(n), int(seed)) for label, _, n, seed, _ in plan(config)}
 
 
@@ -65,9 +69,19 @@ def planned_results(results: pd.DataFrame, config: dict | None) -> pd.DataFrame:
     if not config or results.empty:
         return results
     cells = planned_cells(config)
+    if cells is None:
+        return results
     keep = [is_planned(cells, m, n, s) for m, n, s in
             zip(results["method"], results["n_labelled"], results["seed"])]
     return results[np.array(keep, bool)]
+
+
+def by_dataset(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The rows per dataset they were scored on: ``""`` for the test images (the task without
+    ``@``), ``<name>`` for each external set of ``evaluate_on`` (task ``<task>@<name>``); the tables
+    above are each made from one dataset's rows."""
+    dataset = results["task"].astype(str).str.partition("@")[2]
+    return {name: results[(dataset == name).to_numpy()] for name in dict.fromkeys(["", *dataset])}
 
 
 def metric_stats(results: pd.DataFrame, metric: str) -> pd.DataFrame:

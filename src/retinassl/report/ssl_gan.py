@@ -20,7 +20,8 @@ from retinassl.metrics.classification import roc_points
 from retinassl.io.results import read_results
 from retinassl.io.rundir import RunDir
 from retinassl.metrics.anatomy import ANATOMY_TITLES, TEST_PATCH_LABELS, anatomy_table, diseased_image_table
-from retinassl.metrics.ssl_gan_summary import comparison_table, delong_table, is_planned, metric_table, planned_cells, planned_results
+from retinassl.metrics.ssl_gan_summary import (by_dataset, comparison_table, delong_table, is_planned, metric_table,
+                                              planned_cells, planned_results)
 
 ROC_FIGURE = "sslgan-roc.png"
 _CELL = re.compile(r"^(?P<label>.+)-n(?P<n>\d+)-s(?P<seed>\d+)$")
@@ -112,7 +113,8 @@ def ssl_gan_section(run: RunDir):  # -> Section | None (imported lazily: report.
 
     # bounded (alias bombs refused, the file named): a run directory may come from anyone
     config = read_yaml(run.config_file) if run.config_file.is_file() else None
-    results = planned_results(read_results(run.results_file), config)
+    datasets = by_dataset(planned_results(read_results(run.results_file), config))
+    results = datasets.pop("")  # the test images; external sets (evaluate_on) after the gallery
     methods = list(dict.fromkeys(results.loc[results["metric"] == "image_auc", "method"]))
     parts = ['<p class="note">AUC in %, mean ± sd over the labelled samplings (seeds; n = number of '
              'samplings when not 5). Paper: Lecouat et al. 2018, Tables 1 (patch) and 2 (image). The '
@@ -144,4 +146,13 @@ def ssl_gan_section(run: RunDir):  # -> Section | None (imported lazily: report.
                               "outlined in cyan. File names: learner-image.")
     if gallery is not None:
         parts.append("<h3>Heatmap gallery (test images)</h3>" + gallery.html)
+    for name, rows in datasets.items():
+        parts.append(f"<h3>External validation: {html.escape(name)} (image-level AUC, %)</h3>")
+        parts.append('<p class="note">Every cell\'s classifier applied to an external dataset it never '
+                     'saw (<code>evaluate_on</code>), mean ± sd over seeds; predictions in '
+                     f'<code>predictions/ssl-gan@{html.escape(name)}/</code>.</p>')
+        parts.append(table_html(metric_table(rows, "auc"), text_columns=("method",)))
+        delong = delong_table(rows)
+        if not delong.empty:
+            parts.append(table_html(delong, text_columns=tuple(delong.columns)))
     return Section("Patch SSL-GAN vs supervised baselines (Lecouat et al. 2018)", "\n".join(parts))

@@ -13,7 +13,9 @@ appends its rows (``patch_auc``, ``image_auc``, ``localisation_auc``, ``train_se
 results table is skipped; a cell whose classifier was saved is only evaluated; a cell with a
 training checkpoint resumes from it (exactly, see :mod:`retinassl.engine.fit`). When both cells of a
 comparison exist, the paired DeLong test of their test-image scores is appended
-(:mod:`retinassl.metrics.ssl_gan_summary`).
+(:mod:`retinassl.metrics.ssl_gan_summary`). With ``evaluate_on``, every cell's classifier also
+scores each external dataset (task ``patch:abnormal@<name>``, :mod:`retinassl.sweeps.ssl_gan_external`),
+and the DeLong tests run on each external set too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +37,18 @@ from retinassl.metrics.stats import delong_test
 from retinassl.io.results import append_results, read_results, result_row
 from retinassl.io.rundir import RunDir
 from retinassl.io.saved_model import is_saved_model
+from retinassl.sweeps.external import ExternalSet, external_task, warn_overlap
 from retinassl.sweeps.grid import Grid, merge_budget, run_grid
+from retinassl.sweeps.ssl_gan_external import (check_evaluate_on, prediction_folder, prepare_externals,
+                                              score_external, scored_cells)
 from retinassl.metrics.anatomy import TEST_PATCH_LABELS
 from retinassl.models.patch_classifier import PatchClassifier
 from retinassl.jobs.patch_config import LearnerConfig, SSLGANExperimentConfig
 from retinassl.jobs.patch_evaluation import evaluate_bank, write_heatmaps
 from retinassl.jobs.patch_data import PatchData, load_patch_data
 from retinassl.metrics.ssl_gan_summary import plan
+from retinassl.metrics.tasks import TaskSpec
+from retinassl.data.cache import Cache
 from retinassl.jobs.patch_training import train_learner, training_info
 
 log = logging.getLogger(__name__)
@@ -62,7 +69,9 @@ def resolve_config(data: dict[str, Any], budget: str) -> SSLGANExperimentConfig:
                           f"{', '.join(budgets) or 'none'})")
     merged = merge_budget(data, budgets[budget] or {})
     merged["budget"] = budget
-    return validate(SSLGANExperimentConfig, merged, origin=f"experiment {data.get('name')} ({budget})")
+    config = validate(SSLGANExperimentConfig, merged, origin=f"experiment {data.get('name')} ({budget})")
+    check_evaluate_on(config.evaluate_on, TASK)
+    return config
 
 
 def cell_name(label: str, n_labelled: int, seed: int) -> str:
@@ -73,12 +82,12 @@ def predictions_path(run: RunDir, label: str, n_labelled: int, seed: int) -> Pat
     return run.path / "predictions" / PREDICTIONS / f"{cell_name(label, n_labelled, seed)}.csv"
 
 
-def _done(run: RunDir, metric: str) -> set[tuple[str, int, int]]:
-    """``(method, n_labelled, seed)`` of the rows of ``metric`` already in the results table."""
+def _done(run: RunDir, metric: str, task: str = TASK) -> set[tuple[str, int, int]]:
+    """``(method, n_labelled, seed)`` of the rows of ``metric`` of ``task`` already in the results table."""
     if not run.results_file.is_file():
         return set()
     table = read_results(run.results_file)
-    table = table[table["metric"] == metric]
+    table = table[(table["metric"] == metric) & (table["task"] == task)]
     return {(str(m), int(n), int(s)) for m, n, s in zip(table["method"], table["n_labelled"], table["seed"])}
 
 
@@ -96,6 +105,14 @@ class SSLGANGrid(Grid):
         super().__init__(run)
         self.config = resolve_config(data, budget)
         self._data: PatchData | None = None
+        self._externals: list[ExternalSet] | None = None
+
+    @property
+    def externals(self) -> list[ExternalSet]:
+        """The prepared ``evaluate_on`` datasets (:mod:`~retinassl.sweeps.ssl_gan_external`)."""
+        if self._externals is None:
+            self._externals = prepare_externals(self.config, TASK, self.run)
+        return self._externals
 
     @property
     def patch_data(self) -> PatchData:
@@ -108,6 +125,11 @@ class SSLGANGrid(Grid):
         _write_split(self.run, self.patch_data)
         _write_test_patch_labels(self.run, self.patch_data,
                                  min(learner.patch_size for learner in self.config.learners.values()))
+        others = {"labelled": self.patch_data.prepared.manifest}  # external copies of these: warned
+        if self.patch_data.pool is not None:
+            others["pool"] = self.patch_data.pool.manifest
+        for external in self.externals:
+            warn_overlap(external, others, Cache(self.config.data.cache_dir), self.run)
 
     def cells(self) -> list[dict[str, Any]]:
         return [{"method": label, "learner": learner, "n_labelled": n, "seed": seed, "use_pool": use_pool}
@@ -122,8 +144,9 @@ class SSLGANGrid(Grid):
     def run_cell(self, cell: Mapping[str, Any]) -> None:
         config, data = self.config, self.patch_data
         try:
+            external = {"externals": self.externals} if config.evaluate_on else {}
             run_cell(config, config.learners[cell["learner"]], data, self.run, cell["method"],
-                     cell["n_labelled"], cell["seed"], cell["use_pool"])
+                     cell["n_labelled"], cell["seed"], cell["use_pool"], **external)
         except TrainingDiverged as exc:
             _record_divergence(config, self.run, cell["method"], cell["n_labelled"], cell["seed"],
                                len(data.train), str(exc))
@@ -132,7 +155,36 @@ class SSLGANGrid(Grid):
         append_comparisons(self.config, self.run, self.patch_data)
 
     def finish(self) -> None:
+        self.score_done_cells()
         append_comparisons(self.config, self.run, self.patch_data)
+
+    def score_done_cells(self) -> None:
+        """External rows of cells done before ``evaluate_on`` was given (a resumed sweep): scored
+        with the cell's kept classifier, or named in the log when its weights were not kept."""
+        done = self.done_rows(read_results(self.run.results_file)) if self.run.results_file.is_file() else None
+        if done is None or not self.externals:
+            return
+        finished = {(str(m), int(n), int(s)) for m, n, s, v in
+                    zip(done["method"], done["n_labelled"], done["seed"], done["value"]) if np.isfinite(v)}
+        for external in self.externals:
+            scored, lost = scored_cells(self.run, external), []
+            for cell in self.cells():
+                key = (cell["method"], cell["n_labelled"], cell["seed"])
+                if key not in finished or key in scored:
+                    continue
+                directory = self.run.path / "cells" / self.cell_name(cell) / "classifier"
+                if not is_saved_model(directory):
+                    lost.append(self.cell_name(cell))
+                    continue
+                classifier, _ = PatchClassifier.load(directory)
+                template = _row(self.config, cell["method"], self.config.learners[cell["learner"]],
+                                cell["n_labelled"], cell["seed"], len(self.patch_data.train), "image_auc", 0.0)
+                append_results(self.run.results_file,
+                               score_external(classifier, external, self.run, self.cell_name(cell), template))
+            if lost:
+                log.warning("evaluate_on %s: %d cell(s) were done before it was given and kept no weights "
+                            "(keep_weights: false), so they have no external rows: %s", external.spec.name,
+                            len(lost), ", ".join(lost))
 
 
 def run_ssl_gan_experiment(data: dict[str, Any], run: RunDir, budget: str, resume: bool) -> None:
@@ -191,9 +243,18 @@ def _write_test_patch_labels(run: RunDir, data: PatchData, patch_size: int) -> N
     write_text(run.path / TEST_PATCH_LABELS, test_patch_labels(data, patch_size).to_csv(index=False))
 
 
+def _row(config: SSLGANExperimentConfig, label: str, learner: LearnerConfig, n_labelled: int, seed: int,
+         n_train: int, metric: str, value: float) -> dict:
+    protocol = "semi-supervised" if learner.method_name == "ssl-gan" else "supervised"
+    return result_row(experiment=config.name, task=TASK, method=label, init="scratch", protocol=protocol,
+                      fraction=n_labelled / n_train, n_labelled=n_labelled, seed=seed, metric=metric, value=value)
+
+
 def run_cell(config: SSLGANExperimentConfig, learner: LearnerConfig, data: PatchData, run: RunDir,
-             label: str, n_labelled: int, seed: int, use_pool: bool) -> dict[str, float]:
-    """Train (or resume, or reuse) and evaluate one cell; append its results."""
+             label: str, n_labelled: int, seed: int, use_pool: bool,
+             externals: Sequence[ExternalSet] = ()) -> dict[str, float]:
+    """Train (or resume, or reuse) and evaluate one cell; append its results (and, per external
+    set, its external rows: :func:`~retinassl.sweeps.ssl_gan_external.score_external`)."""
     name = cell_name(label, n_labelled, seed)
     cell = RunDir(run.path / "cells" / name)
     cell.path.mkdir(parents=True, exist_ok=True)
@@ -225,10 +286,9 @@ def run_cell(config: SSLGANExperimentConfig, learner: LearnerConfig, data: Patch
     if gallery.images and n_labelled == gallery.n_labelled and seed == gallery.seed:
         _gallery(run, data, predictions, label, gallery.images)
     metrics.update(info)
-    protocol = "semi-supervised" if learner.method_name == "ssl-gan" else "supervised"
-    rows = [result_row(experiment=config.name, task=TASK, method=label, init="scratch",
-                       protocol=protocol, fraction=n_labelled / len(data.train), n_labelled=n_labelled,
-                       seed=seed, metric=k, value=v) for k, v in metrics.items()]
+    rows = [_row(config, label, learner, n_labelled, seed, len(data.train), k, v) for k, v in metrics.items()]
+    for external in externals:  # appended with the cell's rows: done together or not at all
+        rows += score_external(classifier, external, run, name, rows[0])
     append_results(run.results_file, rows)
     if not learner.keep_weights:
         shutil.rmtree(classifier_dir, ignore_errors=True)
@@ -275,13 +335,23 @@ def append_comparisons(config: SSLGANExperimentConfig, run: RunDir, data: PatchD
 
 
 def _append_comparisons(config: SSLGANExperimentConfig, run: RunDir, data: PatchData) -> None:
-    done = _done(run, "delong_p")
+    folders = {TASK: run.path / "predictions" / PREDICTIONS}  # the test images, then each external set
+    folders.update({external_task(TaskSpec(name=TASK), s).name: prediction_folder(run, s) for s in config.evaluate_on})
+    rows = []
+    for task, folder in folders.items():
+        rows += _task_comparisons(config, run, data, task, folder)
+    append_results(run.results_file, rows)
+
+
+def _task_comparisons(config: SSLGANExperimentConfig, run: RunDir, data: PatchData, task: str,
+                      folder: Path) -> list[dict]:
+    done = _done(run, "delong_p", task)
     rows = []
     for a, b in comparisons(config):
         for n in config.labelled:
             for seed in config.seeds:
                 key = (f"{a} vs {b}", n, seed)
-                pa, pb = predictions_path(run, a, n, seed), predictions_path(run, b, n, seed)
+                pa, pb = folder / f"{cell_name(a, n, seed)}.csv", folder / f"{cell_name(b, n, seed)}.csv"
                 if key in done or not (pa.is_file() and pb.is_file()):
                     continue
                 fa, fb = pd.read_csv(pa), pd.read_csv(pb)
@@ -290,9 +360,9 @@ def _append_comparisons(config: SSLGANExperimentConfig, run: RunDir, data: Patch
                 test = delong_test(fa["label"].to_numpy(), fa["score"].to_numpy(), fb["score"].to_numpy())
                 for metric, value in (("delong_p", test.p_value), ("delong_z", test.z),
                                       ("auc_difference", test.difference)):
-                    rows.append(result_row(experiment=config.name, task=TASK, method=key[0],
+                    rows.append(result_row(experiment=config.name, task=task, method=key[0],
                                            init="scratch", protocol="comparison",
                                            fraction=n / len(data.train), n_labelled=n, seed=seed,
                                            metric=metric, value=value))
-    append_results(run.results_file, rows)
+    return rows
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from retinassl.config import DataConfig, EngineConfig, ModelConfig, Section, validate
+from retinassl.config import DataConfig, EngineConfig, ExternalSpec, ModelConfig, Section, validate
 from retinassl.data.preprocess import PreprocessConfig
 from retinassl.models.published import with_published
 from retinassl.errors import ConfigError
@@ -44,27 +44,6 @@ class InitSpec(Section):
     init: str = "scratch"
     pretrain: dict[str, Any] | None = None
     pool: Literal["unlabelled", "train"] = "unlabelled"
-
-
-class ExternalSpec(Section):
-    """An external dataset every cell's model is also evaluated on (``evaluate_on``), so that one
-    command gives in-domain and external columns (Jang et al. 2024 validate on JSIEC and RFMiD).
-
-    Attributes:
-        name: its name: results rows and prediction folders of task ``<task>@<name>``.
-        data: where the images come from (any source with options).
-        label: the binary label in the dataset's own terms (a label mapping: ``dr_any``,
-            ``dr_stage>=1``, ``level>=2``...; :func:`retinassl.jobs.predict.mapped_labels`).
-        task: the sweep task whose models are evaluated (default: the first task with a binary
-            score: ``binary``, or ``multiclass`` with ``positive_from``, scored as ``P(y >= t)``).
-        split: only the rows of this split (default: every labelled image).
-    """
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-    data: DataConfig
-    label: str
-    task: str | None = None
-    split: str | None = None
 
 
 class PoolConfig(Section):

@@ -9,37 +9,33 @@ cells' models were trained on it). Its results are rows of the task ``<task>@<na
 protocol, fraction, seed and fold as the in-domain cell, appended together with the cell's rows,
 so a resumed sweep never has one without the other), and its predictions the usual files under
 ``predictions/transfer/<task>@<name>/``; the comparison table treats it as one more binary task,
-and ``external.csv`` / ``external.md`` set each in-domain column beside its external ones.
+and ``external.csv`` / ``external.md`` set each in-domain column beside its external ones. The
+loading, labelling, overlap warning and result rows are shared with the SSL-GAN sweep
+(:mod:`retinassl.sweeps.external`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from retinassl.atomic import write_text
-from retinassl.data.cache import Cache, PreparedData
-from retinassl.data.leakage import content_digests
-from retinassl.data.loading import load_manifest
-from retinassl.data.manifest import Manifest
+from retinassl.data.cache import Cache
 from retinassl.errors import ConfigError
 from retinassl.io.rundir import RunDir
-from retinassl.jobs.predict import mapped_labels
 from retinassl.metrics.tasks import TaskSpec
+from retinassl.sweeps.external import ExternalSet, external_task, load_external, warn_overlap
 from retinassl.sweeps.transfer_config import ExternalSpec, TransferConfig
 from retinassl.sweeps.transfer_data import prediction_path
 
+__all__ = ["ExternalSet", "binary_score", "external_rows", "external_table", "external_task",
+           "prepare_external", "warn_overlap", "with_external_tasks", "write_external_table"]
+
 log = logging.getLogger(__name__)
-
-
-def external_task(task: TaskSpec, spec: ExternalSpec) -> TaskSpec:
-    """The binary task ``<task>@<name>`` an external dataset's rows and predictions are filed under."""
-    return TaskSpec(name=f"{task.name}@{spec.name}", kind="binary", label=spec.label)
 
 
 def binary_score(task: TaskSpec, scores: np.ndarray) -> np.ndarray:
@@ -51,64 +47,15 @@ def binary_score(task: TaskSpec, scores: np.ndarray) -> np.ndarray:
     return np.asarray(pair[1], dtype=float)
 
 
-@dataclass
-class ExternalSet:
-    """One prepared external dataset: the sweep task it evaluates and the binary label per row."""
-
-    spec: ExternalSpec
-    task: TaskSpec
-    prepared: PreparedData
-    labels: np.ndarray
-
-    @property
-    def ids(self) -> list[str]:
-        return self.prepared.manifest.frame["id"].astype(str).tolist()
-
-
 def prepare_external(config: TransferConfig, spec: ExternalSpec, cache: Cache, run: RunDir) -> ExternalSet:
-    """Load, label and prepare one ``evaluate_on`` dataset (its rows recorded in
-    ``data/external-<name>.csv``).
+    """Load, label and prepare one ``evaluate_on`` dataset with the sweep's preprocessing
+    (:func:`~retinassl.sweeps.external.load_external`; its rows in ``data/external-<name>.csv``).
 
     Raises:
         ConfigError: the mapping leaves fewer than two classes.
     """
-    manifest = load_manifest(spec.data)
-    if spec.split:
-        manifest = manifest.subset((manifest.frame["split"].astype(str) == spec.split).to_numpy())
-    labels, has = mapped_labels(manifest, spec.label)
-    if has.sum() == 0 or len(np.unique(labels[has])) < 2:
-        raise ConfigError(f"evaluate_on {spec.name}: label {spec.label!r} leaves {int(has.sum())} labelled "
-                          f"images with {len(np.unique(labels[has]))} class(es): an AUC needs both")
-    labelled = manifest.subset(has)
-    prepared = cache.prepare(labelled, config.preprocess, workers=max(1, config.data.workers), mask_columns=[],
-                             skip_bad=config.data.skip_bad)
-    of = dict(zip(manifest.frame["id"].astype(str), labels))
-    y = np.array([of[i] for i in prepared.manifest.frame["id"].astype(str)], dtype=int)
-    prepared.manifest.save(run.sub("data") / f"external-{spec.name}.csv")
-    log.info("evaluate_on %s: %d images (%d positive) for task %s", spec.name, len(y), int(y.sum()),
-             config.evaluated_task(spec).name)
-    return ExternalSet(spec, config.evaluated_task(spec), prepared, y)
-
-
-def warn_overlap(external: ExternalSet, others: Mapping[str, Manifest], cache: Cache, run: RunDir) -> pd.DataFrame:
-    """Byte-identical copies of external images among the downstream images or the pretraining
-    pool (``others``: name -> manifest), which would make the external column less external: a
-    warning, and the pairs in ``data/external-<name>-overlap.csv``."""
-    mine = content_digests(external.prepared.manifest, cache.memo)
-    pairs = []
-    for what, manifest in others.items():
-        theirs: dict[str, str] = {}
-        for ident, digest in zip(manifest.frame["id"].astype(str), content_digests(manifest, cache.memo)):
-            theirs.setdefault(digest, ident)
-        pairs += [{"external_id": i, "in": what, "id": theirs[d]} for i, d in zip(external.ids, mine) if d in theirs]
-    table = pd.DataFrame(pairs, columns=["external_id", "in", "id"])
-    if len(table):
-        log.warning("evaluate_on %s: %d image(s) are byte-identical copies of %s images (e.g. %s = %s); "
-                    "listed in data/external-%s-overlap.csv", external.spec.name, table["external_id"].nunique(),
-                    " and ".join(sorted(set(table["in"]))), table.at[0, "external_id"], table.at[0, "id"],
-                    external.spec.name)
-        write_text(run.sub("data") / f"external-{external.spec.name}-overlap.csv", table.to_csv(index=False))
-    return table
+    return load_external(spec, config.evaluated_task(spec), config.preprocess, cache, run,
+                         workers=config.data.workers, skip_bad=config.data.skip_bad)
 
 
 def external_rows(run: RunDir, external: ExternalSet, template: Mapping[str, Any], cell: Mapping[str, Any],
@@ -121,8 +68,7 @@ def external_rows(run: RunDir, external: ExternalSet, template: Mapping[str, Any
     path = prediction_path(run, task.name, template["protocol"], template["init"], cell["fraction"], cell["seed"],
                            cell["fold"])
     write_text(path, task.prediction_frame(external.ids, external.labels, score).to_csv(index=False))
-    return [{**template, "task": task.name, "metric": k, "value": float(v)}
-            for k, v in task.metrics(external.labels, score).items()]
+    return external.result_rows(template, score)
 
 
 def with_external_tasks(config: TransferConfig) -> TransferConfig:
