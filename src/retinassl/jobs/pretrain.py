@@ -63,6 +63,11 @@ class PretrainConfig(Section):
         model: the encoder (``init`` may be a checkpoint or external weights).
         method: ``name`` of a registered method and its settings.
         engine: training settings.
+        val_fraction: supervised pretraining: share of each class's patients held out to check the
+            source task (0: none). The engine validates every epoch, the encoder of the best
+            validation epoch is the one saved, and its held-out metrics are recorded (``val_auc``
+            for a binary label): a pretraining that has not learned its source task shows it here
+            before any transfer is measured.
     """
 
     name: str = "pretrain"
@@ -76,6 +81,7 @@ class PretrainConfig(Section):
     model: ModelConfig = ModelConfig(arch="resnet18")
     method: dict[str, Any] = Field(default_factory=lambda: {"name": "rotation"})
     engine: EngineConfig = EngineConfig()
+    val_fraction: float = Field(0.0, ge=0, lt=1)
 
     @field_validator("data", mode="before")
     @classmethod
@@ -159,6 +165,23 @@ def pretrain_dataset(prepared: PreparedData, config: PretrainConfig) -> ImageDat
     return ImageDataset(prepared, config.label, label_map)
 
 
+def held_out(prepared: PreparedData, config: PretrainConfig) -> tuple[ImageDataset, ImageDataset]:
+    """``(fit, validation)`` datasets of a supervised pretraining pool: ``val_fraction`` of each
+    class's patients held out (:func:`~retinassl.jobs.finetune.carve_validation`, seeded by the run)."""
+    from retinassl.jobs.finetune import carve_validation
+
+    if config.label is None:
+        raise ConfigError("val_fraction holds out labelled images to check the source task: it needs "
+                          "supervised pretraining (a label); self-supervised methods have none")
+    labels = np.asarray(pretrain_dataset(prepared, config).labels)
+    groups = prepared.manifest.frame["patient"].astype(str).to_numpy()
+    fit_pos, val_pos = carve_validation(labels, groups, config.val_fraction, config.seed)
+    if len(val_pos) == 0:
+        raise ConfigError(f"val_fraction {config.val_fraction}: no validation split with two classes can be "
+                          f"held out of {len(labels)} images (too few patients per class)")
+    return pretrain_dataset(prepared.subset(fit_pos), config), pretrain_dataset(prepared.subset(val_pos), config)
+
+
 def run_pretrain(config: PretrainConfig, run: RunDir, resume: bool = False,
                  manifest: Manifest | None = None) -> Path:
     """Pretrain ``config.method`` on the pool and save the encoder into ``run``.
@@ -189,9 +212,12 @@ def run_pretrain(config: PretrainConfig, run: RunDir, resume: bool = False,
             config.preprocess.normalize != "imagenet":
         log.warning("model.init is external weights but preprocess.normalize is %r; ImageNet "
                     "weights expect 'imagenet'", config.preprocess.normalize)
-    dataset = pretrain_dataset(prepared, config)
-    log.info("pretraining %s on %d images (%s)", name, len(dataset), prepared.manifest.name)
-    result = fit(method, dataset, config=config.engine, run=run, seed=config.seed, resume=resume)
+    dataset, val = pretrain_dataset(prepared, config), None
+    if config.val_fraction:
+        dataset, val = held_out(prepared, config)
+    log.info("pretraining %s on %d images (%s)%s", name, len(dataset), prepared.manifest.name,
+             f", {len(val)} held out to check the source task" if val is not None else "")
+    result = fit(method, dataset, config=config.engine, run=run, seed=config.seed, val=val, resume=resume)
     method.eval()
     save_encoder(run.encoder_dir, method.encoder, arch=initial.arch, kwargs=initial.kwargs,
                  preprocess=config.preprocess.model_dump(), method=name,
@@ -208,7 +234,8 @@ def run_pretrain(config: PretrainConfig, run: RunDir, resume: bool = False,
     rows = [result_row(experiment=config.name, task="pretrain", method=name, init=initial.kind,
                        protocol="pretrain", seed=config.seed, metric=metric, value=value)
             for metric, value in {"pretrain_seconds": result.seconds,
-                                  "pretrain_batches": float(result.batches), **final}.items()]
+                                  "pretrain_batches": float(result.batches), **final,
+                                  **{f"val_{k}": float(v) for k, v in result.best.items()}}.items()]
     append_results(run.results_file, rows)
     return run.encoder_dir
 
