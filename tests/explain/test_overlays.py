@@ -1,6 +1,6 @@
 """What a model looked at, on new images: `retinassl predict --explain` writes one overlay per image
 (Grad-CAM of a classifier, patch heatmap of a patch classifier) at the shape of the image the model
-saw, named by image id; `evaluate external` draws the reliability diagram and the gallery of the
+saw, named by image id, each image scored once; `evaluate external` draws the reliability diagram and the gallery of the
 truly worst misses (picks checked against a reference computed here from the written predictions),
 and the report shows them without source folder names."""
 
@@ -145,6 +145,29 @@ def test_predict_explain_writes_one_overlay_per_image(world: dict, tmp_path: Pat
             if kind == "patch":                                        # the heatmap of the CSV's patch scores
                 probs = table.loc[row, ["patch_00", "patch_01", "patch_02", "patch_03"]].to_numpy(float)
                 np.testing.assert_allclose(art, overlay(seen, probs.reshape(2, 2)), atol=1)
+
+
+def test_a_patch_classifier_is_scored_once_per_image(world: dict, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from retinassl.models.patch_classifier import PatchClassifier
+
+    cells: list[int] = []
+    forward = PatchClassifier.forward
+
+    def counting(self, x):
+        cells.append(len(x))
+        return forward(self, x)
+
+    monkeypatch.setattr(PatchClassifier, "forward", counting)
+    path = predict(world["patch"], world["manifest"], tmp_path / "once", cache_dir=world["cache"],
+                   overlays=image_overlays)
+    assert sum(cells) == 14 * 2 * 2                                   # every image's 2x2 patches, once
+    assert pd.read_csv(path)["overlay_png"].notna().all()
+    cells.clear()                                                     # the gallery reuses them too
+    run = RunDir.create(tmp_path / "runs", "once")
+    evaluate_external([world["patch"]], world["manifest"], "abnormal", run, name="syn", cache_dir=world["cache"],
+                      n_boot=5, gallery=misses_gallery, misses=2)
+    assert sum(cells) == 14 * 2 * 2
 
 
 def test_external_report_has_reliability_roc_and_the_truly_worst_misses(world: dict, tmp_path: Path) -> None:

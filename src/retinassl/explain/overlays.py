@@ -23,15 +23,23 @@ from retinassl.figures.heatmap import overlay
 from retinassl.jobs.predict import ImageScorer
 
 
-def image_overlays(scorer: ImageScorer, prepared: PreparedData, rows: Sequence[int]) -> list[np.ndarray]:
+def image_overlays(scorer: ImageScorer, prepared: PreparedData, rows: Sequence[int],
+                   scored: pd.DataFrame | None = None) -> list[np.ndarray]:
     """One ``(S, S, 3)`` uint8 overlay per row of ``prepared``: Grad-CAM of the explained output
-    for a classifier, the smoothed patch probabilities for a patch classifier."""
+    for a classifier, the smoothed patch probabilities for a patch classifier.
+
+    Args:
+        scored: the rows' per-image table of :meth:`ImageScorer.score` when the caller has already
+            scored them (``predict``: the ``patch_..`` probabilities are reused, not computed again).
+    """
     rows = np.asarray(rows, dtype=int)
     if scorer.kind == "classifier":
         return [art for art, _ in gradcam_overlays(cam_model(scorer.model, scorer.task), prepared, rows)]
     if scorer.kind == "patch-classifier":
-        _, table = scorer.score(prepared, rows)
+        table = scorer.score(prepared, rows)[1] if scored is None else scored
         probs = table[[c for c in table.columns if c.startswith("patch_")]].to_numpy(float)
+        if len(probs) != len(rows):
+            raise ValueError(f"{len(rows)} rows but {len(probs)} scored rows")
         grid = scorer.model.grid
         return [overlay(np.asarray(prepared.entries[int(r)].image()), p.reshape(grid, grid))
                 for r, p in zip(rows, probs)]
@@ -56,12 +64,14 @@ def worst_misses(labels: np.ndarray, scores: np.ndarray, threshold: float | None
 
 
 def misses_gallery(scorer: ImageScorer, prepared: PreparedData, labels: np.ndarray, scores: np.ndarray,
-                   path: str | Path, n: int = 4, title: str = "") -> pd.DataFrame:
+                   path: str | Path, n: int = 4, title: str = "", scored: pd.DataFrame | None = None) -> pd.DataFrame:
     """The overlays of the :func:`worst_misses` of ``prepared``'s rows (``labels``/``scores`` per
     row) in one PNG at ``path``: false positives in the first row, false negatives in the second,
     captions ``id``, label and score. Returns the picks (``id, label, score, miss, rank``; ``miss``
     is ``false_positive``/``false_negative``, or ``highest_negative``/``lowest_positive`` for a
-    model without a threshold); no figure when there is no miss."""
+    model without a threshold); no figure when there is no miss. ``scored``: the per-image table of
+    :meth:`ImageScorer.score` of ``prepared``'s rows, reused for the overlays (see
+    :func:`image_overlays`)."""
     from retinassl.figures.plots import plt, save_figure
 
     false_pos, false_neg = worst_misses(labels, scores, scorer.threshold, n)
@@ -74,7 +84,9 @@ def misses_gallery(scorer: ImageScorer, prepared: PreparedData, labels: np.ndarr
         columns=["id", "label", "score", "miss", "rank"])
     if picks.empty:
         return picks
-    arts = image_overlays(scorer, prepared, np.concatenate([false_pos, false_neg]))
+    chosen = np.concatenate([false_pos, false_neg])
+    arts = image_overlays(scorer, prepared, chosen,
+                          None if scored is None else scored.iloc[chosen].reset_index(drop=True))
     columns = max(len(false_pos), len(false_neg))
     fig, axes = plt.subplots(2, columns, figsize=(2.3 * columns, 5.4), squeeze=False)
     for ax in axes.ravel():

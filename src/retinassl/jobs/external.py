@@ -38,8 +38,9 @@ from retinassl.models.initialize import init_label
 
 log = logging.getLogger(__name__)
 
-# (scorer, prepared, labels, scores, path, n, title) -> the picks (``id, label, score, miss, rank``)
-Gallery = Callable[[ImageScorer, PreparedData, np.ndarray, np.ndarray, Path, int, str], pd.DataFrame]
+# (scorer, prepared, labels, scores, path, n, title, scored table) -> the picks (``id, label, score,
+# miss, rank``); the scored table (ImageScorer.score's, row for row) spares scoring the misses again
+Gallery = Callable[[ImageScorer, PreparedData, np.ndarray, np.ndarray, Path, int, str, pd.DataFrame], pd.DataFrame]
 
 
 def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float | None, probabilities: bool,
@@ -94,7 +95,7 @@ def evaluate_external(models: Sequence[str | Path], manifest: Manifest, label: s
             model_name = f"{model_name}-{k + 1}"
         prepared = prepare_matched(labelled, model_preprocess(scorer.meta), scorer.meta, cache_dir, skip_bad,
                                    match_scale)
-        scores, _ = scorer.score(prepared, np.arange(len(prepared)))
+        scores, columns = scorer.score(prepared, np.arange(len(prepared)))
         if scores.ndim != 1:
             raise ConfigError(f"{model}: external validation needs a binary score; this model gives "
                               f"{scores.shape[1]} per image")
@@ -111,7 +112,7 @@ def evaluate_external(models: Sequence[str | Path], manifest: Manifest, label: s
             probabilities[model_name] = (y, scores)
         if gallery is not None and misses > 0:
             picks = gallery(scorer, prepared, y, scores, figures / f"misses-{name}-{model_name}.png", misses,
-                            f"{model_name} on {name}")
+                            f"{model_name} on {name}", columns)
             write_text(figures / f"misses-{name}-{model_name}.csv", picks.to_csv(index=False))
         if prepared.skipped:
             metrics["skipped"] = float(len(prepared.skipped))

@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 
 IMAGE_KINDS = ("classifier", "patch-classifier")
 OVERLAY_BATCH = 16
+# draws the overlays of rows of prepared data, given the rows' scored table (what ImageScorer.score
+# returned for them: a patch classifier's overlay reuses its patch probabilities, never re-scoring)
+Overlays = Callable[[Any, PreparedData, np.ndarray, pd.DataFrame], list[np.ndarray]]
 
 
 # -- inputs ----------------------------------------------------------------------------------------
@@ -217,7 +220,7 @@ def fresh_output(out: Path) -> Path:
 
 def predict(model: str | Path, manifest: Manifest, out: str | Path, *, cache_dir: str | Path | None = None,
             skip_bad: bool = False, heatmaps: int = 0, preprocess: dict[str, Any] | None = None,
-            overlays: Callable[[ImageScorer, PreparedData, np.ndarray], list[np.ndarray]] | None = None,
+            overlays: Overlays | None = None,
             match_scale: bool = True) -> Path:
     """Apply a saved model to every image of ``manifest``; returns ``<out>/predictions.csv``.
 
@@ -268,7 +271,7 @@ def predict(model: str | Path, manifest: Manifest, out: str | Path, *, cache_dir
         if scorer.kind == "patch-classifier" and heatmaps:
             _heatmaps(prepared, table, out / "heatmaps", heatmaps)
         if overlays is not None:
-            table["overlay_png"] = _overlays(overlays, scorer, prepared, out / "overlays")
+            table["overlay_png"] = _overlays(overlays, scorer, prepared, columns, out / "overlays")
     if prepared.skipped:
         skipped = pd.DataFrame({"id": [i for i, _ in prepared.skipped], "problem": [p for _, p in prepared.skipped]})
         images = frame.set_index(frame["id"].astype(str))["image"]
@@ -312,17 +315,17 @@ def thickness_maps(model: str | Path, prepared: PreparedData, out: Path, batch_s
     return pd.DataFrame(rows)
 
 
-def _overlays(draw: Callable[[ImageScorer, PreparedData, np.ndarray], list[np.ndarray]], scorer: ImageScorer,
-              prepared: PreparedData, folder: Path) -> list[str]:
-    """``draw``'s overlay of every image as ``<folder>/<id>.png``; returns the names relative to
-    the output folder."""
+def _overlays(draw: Overlays, scorer: ImageScorer, prepared: PreparedData, scored: pd.DataFrame,
+              folder: Path) -> list[str]:
+    """``draw``'s overlay of every image as ``<folder>/<id>.png`` (``scored``: the per-image table of
+    :meth:`ImageScorer.score`, row for row); returns the names relative to the output folder."""
     from retinassl.figures.heatmap import save_png
 
     ids = prepared.manifest.frame["id"].astype(str).to_numpy()
     names = []
     for s in track(range(0, len(ids), OVERLAY_BATCH), total=-(-len(ids) // OVERLAY_BATCH), description="explaining"):
         rows = np.arange(s, min(s + OVERLAY_BATCH, len(ids)))
-        for row, art in zip(rows, draw(scorer, prepared, rows)):
+        for row, art in zip(rows, draw(scorer, prepared, rows, scored.iloc[rows].reset_index(drop=True))):
             save_png(folder / f"{ids[row]}.png", art)
             names.append(f"{folder.name}/{ids[row]}.png")
     return names
