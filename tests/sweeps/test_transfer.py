@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from retinassl.models.checkpoint import save_encoder
+from retinassl.models.checkpoint import load_encoder, save_encoder
 from retinassl.data.manifest import Manifest
 from retinassl.sweeps import transfer as sweep_module
 from retinassl.sweeps.grid import work
@@ -257,3 +257,20 @@ def test_two_step_init_pretrains_on_the_earlier_encoder(tiny_root: Path, tmp_pat
                 [inits[0], {"name": "plain", "init": "scratch"}, {"name": "x", "init": "plain"}]):
         with pytest.raises(ConfigError, match="two-step"):
             resolve_config(_config(tiny_root, tmp_path / "enc", inits=bad), None)
+
+
+def test_an_mae_init_brings_its_reconstructions_into_the_sweep_report(tiny_root: Path, tmp_path: Path) -> None:
+    """A pretrained MAE initialisation: its encoder is a ViT (the checkpoint's architecture, not the
+    sweep's convnet) and its reconstructions figure is copied into the sweep's report figures."""
+    mae = {"model": {"arch": "vit_tiny", "kwargs": {"patch_size": 8, "img_size": 32}},
+           "method": {"name": "mae", "decoder_dim": 16, "decoder_depth": 1, "decoder_heads": 2},
+           "engine": {"max_steps": 1, "batch_size": 4, "checkpoint_every_n_steps": -1, "precision": "32"}}
+    inits = [{"name": "scratch"}, {"name": "mae", "pool": "train", "pretrain": mae}]
+    config = resolve_config(_config(tiny_root, tmp_path / "enc", inits=inits), None)
+    grid = TransferGrid(config.model_dump(mode="json"), RunDir.create(tmp_path / "runs", "mae"))
+    encoder_dir = Path(grid.model_of(config.inits[1]).init)
+    encoder, meta = load_encoder(encoder_dir)
+    assert meta["arch"] == "vit_tiny" and meta["method"] == "mae"
+    own = grid.run.path / "pretrain" / "mae" / "report" / "figures" / "reconstructions-mae.png"
+    copied = grid.run.report_dir / "figures" / "reconstructions-mae.png"
+    assert own.is_file() and copied.read_bytes() == own.read_bytes()

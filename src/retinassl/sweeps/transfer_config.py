@@ -198,7 +198,10 @@ class TransferConfig(Section):
 
         settings = dict(spec.pretrain or {})
         engine = merge_budget(self.pretrain_engine.model_dump(mode="json"), settings.pop("engine", {}) or {})
-        model = merge_budget(self.model.model_dump(mode="json"), settings.pop("model", {}) or {})
+        override, base = settings.pop("model", {}) or {}, self.model.model_dump(mode="json")
+        if override.get("arch", base["arch"]) != base["arch"]:  # another encoder: the sweep's arguments do not apply
+            base["kwargs"] = {}
+        model = merge_budget(base, override)
         merged = {"name": f"{self.name}-{spec.name}", "seed": self.seed,
                   "data": [{"source": "manifest", "manifest": str(pool_file),
                             "cache_dir": None if self.data.cache_dir is None else str(self.data.cache_dir),
