@@ -28,11 +28,22 @@ def machine() -> dict:
             "date": _dt.datetime.now().isoformat(timespec="seconds")}
 
 
+KEPT = "<!-- written by hand below this line: kept when the benchmark rewrites the file -->"
+
+
+def kept_notes(path: Path) -> str:
+    """The hand-written part of a results file (from the :data:`KEPT` marker on), or ''."""
+    text = path.read_text() if path.is_file() else ""
+    return text[text.index(KEPT):] if KEPT in text else ""
+
+
 def write_results(name: str, data: dict, table_md: str) -> None:
-    """Write ``results/<name>.json`` and ``results/<name>.md``."""
+    """Write ``results/<name>.json`` and ``results/<name>.md`` (the md's hand-written part below the
+    :data:`KEPT` marker, a study's reading of its tables, survives a rerun)."""
     from retinassl.atomic import write_text
 
     RESULTS.mkdir(parents=True, exist_ok=True)
+    notes = kept_notes(RESULTS / f"{name}.md")
     data = {"benchmark": name, "command": " ".join([Path(sys.executable).name] + sys.argv),
             "machine": machine(), **data}
     write_text(RESULTS / f"{name}.json", json.dumps(data, indent=2, default=float))
@@ -40,7 +51,7 @@ def write_results(name: str, data: dict, table_md: str) -> None:
               f"torch {data['machine']['torch']}, {data['machine']['threads']} threads, load average "
               f"at start {tuple(round(x, 1) for x in data['machine']['load_average'])}, "
               f"{data['machine']['date']}\n\n")
-    write_text(RESULTS / f"{name}.md", header + table_md + "\n")
+    write_text(RESULTS / f"{name}.md", header + table_md + "\n" + (f"\n{notes.rstrip()}\n" if notes else ""))
 
 
 def with_shared_data_root(data: dict) -> dict:
