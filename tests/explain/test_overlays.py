@@ -1,6 +1,7 @@
 """What a model looked at, on new images: `retinassl predict --explain` writes one overlay per image
-(Grad-CAM of a classifier, patch heatmap of a patch classifier) at the shape of the image the model
-saw, named by image id, each image scored once; `evaluate external` draws the reliability diagram and the gallery of the
+(Grad-CAM of a classifier, patch heatmap of a patch classifier) mapped back onto the original image
+(its size; a planted bright square and a hot patch land where the crop/pad/resize arithmetic says),
+scoring each image once, named by image id; `evaluate external` draws the reliability diagram and the gallery of the
 truly worst misses (picks checked against a reference computed here from the written predictions),
 and the report shows them without source folder names."""
 
@@ -17,9 +18,11 @@ import torch
 from PIL import Image
 
 from retinassl.data.manifest import Manifest
-from retinassl.explain.gradcam import classifier_cam_model, gradcam_overlays
-from retinassl.explain.overlays import image_overlays, misses_gallery, worst_misses
-from retinassl.figures.heatmap import overlay
+from retinassl.data.patches import patch_values_to_image
+from retinassl.explain.gradcam import classifier_cam_model, explanation_maps
+from retinassl.explain.overlays import image_overlays, misses_gallery, original_overlay, worst_misses
+from retinassl.figures.heatmap import blend
+from retinassl.jobs.segment_inference import to_original
 from retinassl.io.rundir import RunDir
 from retinassl.jobs.external import evaluate_external
 from retinassl.jobs.predict import ImageScorer, input_manifest, model_preprocess, predict, prepare_for
@@ -136,15 +139,21 @@ def test_predict_explain_writes_one_overlay_per_image(world: dict, tmp_path: Pat
         prepared = prepare_for(world["manifest"], model_preprocess(scorer.meta), world["cache"], False)
         for row in (0, 5):
             art = np.asarray(Image.open(out / table.at[row, "overlay_png"]))
-            seen = np.asarray(prepared.entries[row].image())
-            assert art.shape == seen.shape == (SIZE, SIZE, 3)
-            assert np.abs(art.astype(int) - seen).mean() > 1           # something is drawn on it
-            if kind == "classifier":                                   # this image's Grad-CAM
-                reference = gradcam_overlays(classifier_cam_model(world[kind])[0], prepared, [row])[0][0]
-                np.testing.assert_array_equal(art, reference)
+            original = np.asarray(Image.open(world["images"] / f"img{row:02d}.png").convert("RGB"))
+            assert art.shape == original.shape == (SIZE, SIZE, 3)      # the original image's size
+            assert np.abs(art.astype(int) - original).mean() > 1       # something is drawn on it
+            geometry = prepared.entries[row].geometry
+            if kind == "classifier":                                   # this image's Grad-CAM, mapped back
+                heat = explanation_maps(classifier_cam_model(world[kind])[0], prepared, [row])[0][0]
+                np.testing.assert_array_equal(art, blend(original, to_original(heat, geometry), 0.5))
             if kind == "patch":                                        # the heatmap of the CSV's patch scores
                 probs = table.loc[row, ["patch_00", "patch_01", "patch_02", "patch_03"]].to_numpy(float)
-                np.testing.assert_allclose(art, overlay(seen, probs.reshape(2, 2)), atol=1)
+                heat = patch_values_to_image(probs.reshape(2, 2), SIZE, SIZE, sigma=0.03 * SIZE)
+                np.testing.assert_allclose(art, blend(original, to_original(heat, geometry), 0.45), atol=1)
+            x0, y0, x1, y1 = geometry.box                              # no heat outside the cropped FOV
+            outside = np.ones(original.shape[:2], bool)
+            outside[y0:y1, x0:x1] = False
+            np.testing.assert_array_equal(art[outside], original[outside])
 
 
 def test_a_patch_classifier_is_scored_once_per_image(world: dict, tmp_path: Path,
@@ -168,6 +177,68 @@ def test_a_patch_classifier_is_scored_once_per_image(world: dict, tmp_path: Path
     evaluate_external([world["patch"]], world["manifest"], "abnormal", run, name="syn", cache_dir=world["cache"],
                       n_boot=5, gallery=misses_gallery, misses=2)
     assert sum(cells) == 14 * 2 * 2
+
+
+def _disc_photo(path: Path, square: tuple[int, int, int] | None = None) -> np.ndarray:
+    """A 100x50 photograph with a disc of radius 34 centred at (45, 25), cut by the top and bottom
+    edges (so the square crop is padded), and optionally a white ``(x, y, side)`` square."""
+    yy, xx = np.mgrid[:50, :100]
+    photo = np.zeros((50, 100, 3), np.uint8)
+    photo[(yy - 25) ** 2 + (xx - 45) ** 2 < 34 ** 2] = (40, 70, 150)
+    if square is not None:
+        x, y, side = square
+        photo[y:y + side, x:x + side] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), photo[..., ::-1])
+    return photo
+
+
+# the disc's crop, worked out by hand: x 12..78 (67 px), y 0..49 (50 px) -> a 67 px square with the
+# crop 8 px down (pad (67 - 50) // 2), resized to 32 px: model pixel (u, v) <- original (x, y) =
+# (12 + u * 67 / 32, v * 67 / 32 - 8)
+BOX, SIDE, PAD_Y, MODEL = (12, 0, 79, 50), 67, 8, 32
+
+
+def _hot_box(art: np.ndarray, original: np.ndarray) -> tuple[int, int, int, int]:
+    """Bounding box ``(x0, y0, x1, y1)`` of the pixels coloured at least half as much as the most."""
+    diff = np.abs(art.astype(int) - original.astype(int)).sum(axis=2)
+    ys, xs = np.nonzero(diff >= diff.max() / 2)
+    return xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+
+
+def test_a_planted_bright_square_maps_back_onto_itself(tmp_path: Path) -> None:
+    from retinassl.data.preprocess import PreprocessConfig
+
+    original = _disc_photo(tmp_path / "photos" / "eye.png", square=(50, 30, 10))
+    prepared = prepare_for(input_manifest([str(tmp_path / "photos")]), PreprocessConfig(size=MODEL),
+                           tmp_path / "cache", False)
+    geometry = prepared.entries[0].geometry
+    assert geometry.original_size == (100, 50) and geometry.side == SIDE and geometry.pad_y == PAD_Y
+    assert np.abs(np.subtract(geometry.box, BOX)).max() <= 1
+    seen = np.asarray(prepared.entries[0].image())
+    heat = (seen.max(axis=2) > 200).astype(np.float32)       # the square, as the model saw it
+    art = original_overlay(prepared, 0, heat, 0.45)
+    assert art.shape == original.shape
+    np.testing.assert_allclose(_hot_box(art, original), (50, 30, 60, 40), atol=2)
+
+
+def test_a_hot_patch_lands_where_the_crop_arithmetic_says(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from retinassl.data.preprocess import PreprocessConfig
+
+    original = _disc_photo(tmp_path / "photos" / "eye.png")
+    prepared = prepare_for(input_manifest([str(tmp_path / "photos")]), PreprocessConfig(size=MODEL),
+                           tmp_path / "cache", False)
+    probs = np.zeros((4, 4))
+    probs[1, 2] = 1.0                                         # row 1, column 2 of a 4x4 grid: 8 px cells
+    scored = pd.DataFrame(probs.reshape(1, 16), columns=[f"patch_{j:02d}" for j in range(16)])
+    scorer = ImageScorer("patch-classifier", {}, SimpleNamespace(grid=4))
+    art = image_overlays(scorer, prepared, [0], scored)[0]
+    assert art.shape == original.shape
+    f = SIDE / MODEL
+    expected = (BOX[0] + 16 * f, 8 * f - PAD_Y, BOX[0] + 24 * f, 16 * f - PAD_Y)   # (45.5, 8.75, 62.25, 25.5)
+    np.testing.assert_allclose(_hot_box(art, original), expected, atol=2.5)
 
 
 def test_external_report_has_reliability_roc_and_the_truly_worst_misses(world: dict, tmp_path: Path) -> None:

@@ -53,7 +53,8 @@ def predict(model: Path = typer.Argument(..., help="A saved model folder (model.
                                          "first N images."),
             explain: bool = typer.Option(False, "--explain", help="Classifiers and patch classifiers: "
                                          "overlays/<id>.png per image, the Grad-CAM of a whole-image "
-                                         "classifier or the patch heatmap of a patch classifier."),
+                                         "classifier or the patch heatmap of a patch classifier, "
+                                         "on the original image at its own size."),
             skip_bad: bool = SKIP_BAD, cache_dir: Path = CACHE_DIR, match_scale: bool = MATCH_SCALE) -> None:
     """Apply a trained model to new images with the preprocessing recorded with it: one CSV row per
     image (id, image, scores, the class at the model's operating threshold), written once all are

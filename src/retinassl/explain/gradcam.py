@@ -142,20 +142,26 @@ def explanation_map(model: CamModel, x: torch.Tensor, method: ExplainMethod = "g
     return grad_cam(model, x)[0]
 
 
-def gradcam_overlays(model: CamModel, prepared: PreparedData, rows: Sequence[int],
-                     alpha: float = 0.5, method: ExplainMethod = "gradcam") -> list[tuple[np.ndarray, float]]:
-    """``(overlay (S, S, 3) uint8, score)`` of each row (score: the explained output; the map:
-    :func:`explanation_map` by ``method``)."""
+def explanation_maps(model: CamModel, prepared: PreparedData, rows: Sequence[int],
+                     method: ExplainMethod = "gradcam") -> list[tuple[np.ndarray, float]]:
+    """``(map (S, S) in [0, 1], score)`` of each row on the image the model saw (score: the
+    explained output; the map: :func:`explanation_map` by ``method``)."""
     dataset = ImageDataset(prepared)
     out = []
     for row in rows:
         x = dataset[int(row)]["image"][None]
         with torch.no_grad():
             score = float(model.eval()(x)[0, 0])
-        heat = explanation_map(model, x, method)
-        image = np.asarray(prepared.entries[int(row)].image())
-        out.append((overlay(image, heat, sigma_fraction=0.0, alpha=alpha), score))
+        out.append((explanation_map(model, x, method), score))
     return out
+
+
+def gradcam_overlays(model: CamModel, prepared: PreparedData, rows: Sequence[int],
+                     alpha: float = 0.5, method: ExplainMethod = "gradcam") -> list[tuple[np.ndarray, float]]:
+    """``(overlay (S, S, 3) uint8, score)`` of each row (:func:`explanation_maps` drawn on the
+    image the model saw)."""
+    return [(overlay(np.asarray(prepared.entries[int(row)].image()), heat, sigma_fraction=0.0, alpha=alpha), score)
+            for row, (heat, score) in zip(rows, explanation_maps(model, prepared, rows, method))]
 
 
 def gradcam_gallery(model_dir: str | Path, prepared: PreparedData, rows: Sequence[int], path: str | Path,

@@ -5,8 +5,12 @@ The overlay depends on the saved kind: a whole-image ``classifier`` gets its Gra
 (:mod:`retinassl.explain.gradcam`; Selvaraju et al. 2017), a ``patch-classifier`` (SSL-GAN and the
 patch baselines) its patch-probability heatmap (:func:`retinassl.figures.heatmap.overlay`; Lecouat
 et al. 2018 "overlaid the localized patch-level abnormality scores spatially onto the image").
-Overlays are drawn on the image the model saw (the recorded preprocessing: ``(S, S, 3)``) and named
-and captioned by the image's id only, never by its source file or folder.
+The map is computed on the image the model saw (the recorded preprocessing: ``(S, S)``) and mapped
+back through the image's recorded geometry (FOV crop, square padding, resize:
+:func:`~retinassl.jobs.segment_inference.to_original`, the inverse that vessel evaluation at the
+original resolution uses) onto the original photograph, so an overlay has the original image's size
+and its heat lies on the same anatomy; outside the cropped field of view there is no heat. Overlays
+are named and captioned by the image's id only, never by its source file or folder.
 """
 
 from __future__ import annotations
@@ -18,15 +22,24 @@ import numpy as np
 import pandas as pd
 
 from retinassl.data.cache import PreparedData
-from retinassl.explain.gradcam import cam_model, gradcam_overlays
-from retinassl.figures.heatmap import overlay
+from retinassl.data.imageio import read_image
+from retinassl.data.patches import patch_values_to_image
+from retinassl.errors import DataError
+from retinassl.explain.gradcam import cam_model, explanation_maps
+from retinassl.figures.heatmap import blend
 from retinassl.jobs.predict import ImageScorer
+from retinassl.jobs.segment_inference import to_original
+
+GRADCAM_ALPHA = 0.5      # opacities at heat 1 (as the Grad-CAM and patch-heatmap figures draw them)
+HEATMAP_ALPHA = 0.45
+HEATMAP_SIGMA = 0.03     # the patch heatmap's Gaussian blur, as a fraction of the model's input side
 
 
-def image_overlays(scorer: ImageScorer, prepared: PreparedData, rows: Sequence[int],
-                   scored: pd.DataFrame | None = None) -> list[np.ndarray]:
-    """One ``(S, S, 3)`` uint8 overlay per row of ``prepared``: Grad-CAM of the explained output
-    for a classifier, the smoothed patch probabilities for a patch classifier.
+def heat_maps(scorer: ImageScorer, prepared: PreparedData, rows: Sequence[int],
+              scored: pd.DataFrame | None = None) -> list[np.ndarray]:
+    """One ``(S, S)`` map in [0, 1] per row, on the image the model saw: Grad-CAM of the explained
+    output for a classifier, the patch probabilities spread over their cells and smoothed for a
+    patch classifier.
 
     Args:
         scored: the rows' per-image table of :meth:`ImageScorer.score` when the caller has already
@@ -34,16 +47,41 @@ def image_overlays(scorer: ImageScorer, prepared: PreparedData, rows: Sequence[i
     """
     rows = np.asarray(rows, dtype=int)
     if scorer.kind == "classifier":
-        return [art for art, _ in gradcam_overlays(cam_model(scorer.model, scorer.task), prepared, rows)]
+        return [heat for heat, _ in explanation_maps(cam_model(scorer.model, scorer.task), prepared, rows)]
     if scorer.kind == "patch-classifier":
         table = scorer.score(prepared, rows)[1] if scored is None else scored
         probs = table[[c for c in table.columns if c.startswith("patch_")]].to_numpy(float)
         if len(probs) != len(rows):
             raise ValueError(f"{len(rows)} rows but {len(probs)} scored rows")
-        grid = scorer.model.grid
-        return [overlay(np.asarray(prepared.entries[int(r)].image()), p.reshape(grid, grid))
-                for r, p in zip(rows, probs)]
+        grid, size = scorer.model.grid, prepared.config.size
+        return [patch_values_to_image(p.reshape(grid, grid), size, size, sigma=HEATMAP_SIGMA * size) for p in probs]
     raise ValueError(f"no overlay for a saved {scorer.kind} model")
+
+
+def original_overlay(prepared: PreparedData, row: int, heat: np.ndarray, alpha: float) -> np.ndarray:
+    """``heat`` (``(S, S)``, on the prepared image of ``row``) mapped back to the original image
+    through its recorded geometry and blended onto it: ``(H, W, 3)`` uint8 at the original size.
+
+    Raises:
+        DataError: the image file no longer has the size it was prepared from.
+    """
+    geometry = prepared.entries[int(row)].geometry
+    path = prepared.manifest.path(int(row))
+    original = read_image(path, grayscale=prepared.config.channels == 1).array
+    width, height = geometry.original_size
+    if original.shape[:2] != (height, width):
+        raise DataError(f"the image is {original.shape[1]}x{original.shape[0]} but was prepared from "
+                        f"{width}x{height}: it changed since (clear the cache entry)", path=path)
+    return blend(original, to_original(heat, geometry), alpha)
+
+
+def image_overlays(scorer: ImageScorer, prepared: PreparedData, rows: Sequence[int],
+                   scored: pd.DataFrame | None = None) -> list[np.ndarray]:
+    """One overlay per row of ``prepared`` at the original image's size (``(H, W, 3)`` uint8): the
+    :func:`heat_maps` mapped back to the original image (:func:`original_overlay`)."""
+    alpha = GRADCAM_ALPHA if scorer.kind == "classifier" else HEATMAP_ALPHA
+    return [original_overlay(prepared, int(row), heat, alpha)
+            for row, heat in zip(rows, heat_maps(scorer, prepared, rows, scored))]
 
 
 def worst_misses(labels: np.ndarray, scores: np.ndarray, threshold: float | None,

@@ -31,16 +31,38 @@ def overlay(image: np.ndarray, patch_probs: np.ndarray, sigma_fraction: float = 
     Returns:
         ``(H, W, 3)`` uint8.
     """
+    h, w = image.shape[:2]
+    heat = patch_values_to_image(np.asarray(patch_probs), h, w, sigma=sigma_fraction * h)
+    return blend(image, heat, alpha, mask, cmap)
+
+
+def blend(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45, mask: np.ndarray | None = None,
+          cmap: str = "inferno", rows: int = 256) -> np.ndarray:
+    """Blend a heat map (clipped to [0, 1]) onto an image of the same height and width.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 (or ``(H, W)``).
+        heat: ``(H, W)`` values; colour ``cmap``, opacity ``alpha * value``.
+        mask: optional ``(H, W)`` bool lesion mask, outlined in cyan.
+        rows: image rows blended at a time (a photograph at its original size, e.g. 4288 x 2848,
+            stays within a few tens of MB).
+
+    Returns:
+        ``(H, W, 3)`` uint8.
+    """
     rgb = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
-    h, w = rgb.shape[:2]
-    heat = np.clip(patch_values_to_image(np.asarray(patch_probs), h, w, sigma=sigma_fraction * h), 0, 1)
-    colours = (colormaps[cmap](heat)[..., :3] * 255).astype(np.float32)
-    weight = (alpha * heat)[..., None]
-    out = (rgb.astype(np.float32) * (1 - weight) + colours * weight).clip(0, 255).astype(np.uint8)
+    heat = np.clip(np.asarray(heat, dtype=np.float32), 0, 1)
+    if heat.shape != rgb.shape[:2]:
+        raise ValueError(f"heat map {heat.shape} does not match the image {rgb.shape[:2]}")
+    out = np.empty(rgb.shape, dtype=np.uint8)
+    for y in range(0, rgb.shape[0], rows):
+        part = heat[y:y + rows]
+        colours = (colormaps[cmap](part)[..., :3] * 255).astype(np.float32)
+        weight = (alpha * part)[..., None]
+        out[y:y + rows] = (rgb[y:y + rows].astype(np.float32) * (1 - weight) + colours * weight).clip(0, 255)
     if mask is not None and mask.any():
         contours, _ = cv2.findContours(np.asarray(mask, dtype=np.uint8), cv2.RETR_EXTERNAL,
                                        cv2.CHAIN_APPROX_SIMPLE)
-        out = np.ascontiguousarray(out)
         cv2.drawContours(out, contours, -1, (0, 255, 255), 1)
     return out
 

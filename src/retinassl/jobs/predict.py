@@ -17,7 +17,8 @@ Kinds and what they give per image:
 - with ``overlays`` (``retinassl predict --explain``: :func:`retinassl.explain.overlays.image_overlays`,
   passed in by the command line since jobs sit below ``explain/``), either image kind also writes
   ``overlays/<id>.png`` per image: Grad-CAM for a classifier, the patch heatmap for a patch
-  classifier, on the image as the model saw it.
+  classifier, computed on the image as the model saw it and mapped back onto the original image
+  (its size, the same anatomy).
 - ``segmenter`` (vessels): a probability PNG and a binary mask PNG per image at its original size.
 - ``cross-modal`` (DeepRT's fundus-to-OCT-thickness regressor): the predicted thickness map of the
   photograph, ``.npy`` in micrometres and a PNG with a colour bar, and its mean and maximum.
