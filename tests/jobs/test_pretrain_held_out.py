@@ -72,3 +72,43 @@ def test_self_supervised_refuses_val_fraction(tmp_path: Path, monkeypatch: pytes
     prepared = Cache().prepare(load_pool(config), config.preprocess, workers=1, mask_columns=[])
     with pytest.raises(ConfigError, match="needs supervised pretraining"):
         held_out(prepared, config)
+
+
+def test_regression_pretraining_reports_its_error_against_the_mean(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``method.task: regression`` on a real-valued column (e.g. an eye's OCT thickness): the head
+    learns the standardised target; the held-out error is reported beside that of always predicting
+    the fitted rows' mean, which is recomputed here from the manifest."""
+    monkeypatch.setenv("RETINASSL_CACHE", str(tmp_path / "cache"))
+    config = _config(tmp_path, "val_fraction=0.25", "label=thickness",
+                     "method={name: supervised, task: regression, lr: 0.002, augment: none}")
+    pool = load_pool(_config(tmp_path))
+    rng = np.random.default_rng(0)
+    thickness = 250.0 + 60.0 * pool.labels("abnormal") + rng.normal(0, 5, len(pool))
+    pool = type(pool)(pool.frame.assign(thickness=thickness), pool.root, pool.name)
+    run = RunDir.create(tmp_path / "runs", "regression")
+    run_pretrain(config, run, manifest=pool)
+    metrics = dict(zip(*[read_results(run.results_file)[c] for c in ("metric", "value")]))
+    # the reference: the same held-out split, the mean of the fitted rows' targets
+    prepared = Cache().prepare(pool, config.preprocess, workers=1, mask_columns=[])
+    fit, val = held_out(prepared, config)
+    expected = np.abs(val.labels.astype(np.float64) - fit.labels.astype(np.float64).mean()).mean()
+    assert metrics["val_mae_of_mean"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["val_skill"] == pytest.approx(1 - metrics["val_mae"] / metrics["val_mae_of_mean"], rel=1e-6)
+    assert fit.labels.dtype == np.float32 and len(set(np.round(fit.labels, 3))) > 2  # real values, not classes
+
+
+def test_a_regression_target_needs_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from retinassl.errors import DataError
+    from retinassl.data.datasets import ImageDataset
+
+    monkeypatch.setenv("RETINASSL_CACHE", str(tmp_path / "cache"))
+    config = _config(tmp_path)
+    pool = load_pool(config)
+    values = np.arange(len(pool), dtype=float)
+    values[3] = np.nan
+    pool = type(pool)(pool.frame.assign(thickness=values), pool.root, pool.name)
+    prepared = Cache().prepare(pool, config.preprocess, workers=1, mask_columns=[])
+    with pytest.raises(DataError, match="thickness is missing or not a number") as info:
+        ImageDataset(prepared, "thickness", regression=True)
+    assert "row 3" in str(info.value) or info.value.row == 3

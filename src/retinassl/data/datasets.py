@@ -80,13 +80,17 @@ class ImageDataset(Dataset):
         label_map: optional function of the integer label (e.g. ``lambda g: int(g >= 2)`` for
             referable DR).
         size: resize to this side on the fly (default: the cached size).
+        regression: ``label`` is a real-valued target (float32; e.g. a retinal thickness).
     """
 
     def __init__(self, prepared: PreparedData, label: str | Sequence[str] | None = None,
-                 label_map=None, size: int | None = None) -> None:
+                 label_map=None, size: int | None = None, regression: bool = False) -> None:
         self.prepared = prepared
         self.normalize = prepared.config.normalization()
-        labels = _labels(prepared, label)
+        if regression and not isinstance(label, str):
+            raise ValueError("a regression target is one column")
+        labels = prepared.manifest.require_values(label).astype(np.float32) if regression \
+            else _labels(prepared, label)
         if labels is not None and label_map is not None:
             labels = np.vectorize(label_map)(labels)
         self.labels = labels

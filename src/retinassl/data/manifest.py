@@ -135,6 +135,25 @@ class Manifest:
         values = pd.to_numeric(self.frame[column], errors="coerce")
         return values.fillna(-1).astype(np.int64).to_numpy()
 
+    def values(self, column: str) -> np.ndarray:
+        """Real-valued labels of ``column`` (a regression target such as a thickness; NaN where the
+        cell is empty or not a number)."""
+        if column not in self.frame.columns:
+            raise DataError(f"the manifest has no column {column!r}; it has "
+                            f"{label_columns(self.frame.columns) or 'no label columns'}", path=self.name)
+        return pd.to_numeric(self.frame[column], errors="coerce").to_numpy(dtype=np.float64)
+
+    def require_values(self, column: str) -> np.ndarray:
+        """:meth:`values` of ``column``; an error naming the first row without a finite value."""
+        values = self.values(column)
+        missing = np.flatnonzero(~np.isfinite(values))
+        if len(missing):
+            r = int(missing[0])
+            raise DataError(f"{column} is missing or not a number for {len(missing)} row(s); a regression "
+                            f"target needs a value for every image", path=self.name, row=r,
+                            item=self.frame.at[r, "id"])
+        return values
+
     def require_labels(self, column: str) -> np.ndarray:
         """Labels of ``column``; an error naming the first row without one if any is missing."""
         labels = self.labels(column)

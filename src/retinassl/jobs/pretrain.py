@@ -128,7 +128,8 @@ def select_rows(manifest: Manifest, config: PretrainConfig) -> Manifest:
         combined = any_positive(manifest, config.label, config.positive_from or 1)
         manifest = Manifest(manifest.frame.assign(**{label_column(config): combined}), manifest.root, manifest.name)
     if config.label is not None:
-        keep &= manifest.labels(label_column(config)) >= 0
+        keep &= np.isfinite(manifest.values(config.label)) if is_regression(config) \
+            else manifest.labels(label_column(config)) >= 0
     pool = manifest.subset(keep)
     pool.frame = pool.frame.reset_index(drop=True)
     if len(pool) == 0:
@@ -155,10 +156,19 @@ def any_positive(manifest: Manifest, columns: list[str], positive_from: int) -> 
     return np.where(positive.any(axis=0), 1, np.where(known.any(axis=0), 0, -1))
 
 
+def is_regression(config: PretrainConfig) -> bool:
+    """Supervised pretraining on a real-valued ``label`` (``method.task: regression``)."""
+    return config.method.get("task") == "regression"
+
+
 def pretrain_dataset(prepared: PreparedData, config: PretrainConfig) -> ImageDataset:
-    """Whole images of the pool; with a ``label`` also their (binarised) labels."""
+    """Whole images of the pool; with a ``label`` also their (binarised, or for regression real) labels."""
     if config.label is None:
         return ImageDataset(prepared)
+    if is_regression(config):
+        if isinstance(config.label, list):
+            raise ConfigError("a regression target is one label column, not a list")
+        return ImageDataset(prepared, config.label, regression=True)
     if isinstance(config.label, list):  # already 0/1 (select_rows)
         return ImageDataset(prepared, label_column(config), None)
     label_map = None if config.positive_from is None else (lambda g, t=config.positive_from: int(g >= t))
@@ -174,6 +184,8 @@ def held_out(prepared: PreparedData, config: PretrainConfig) -> tuple[ImageDatas
         raise ConfigError("val_fraction holds out labelled images to check the source task: it needs "
                           "supervised pretraining (a label); self-supervised methods have none")
     labels = np.asarray(pretrain_dataset(prepared, config).labels)
+    if is_regression(config):  # strata: the target's terciles
+        labels = np.digitize(labels, np.quantile(labels, [1 / 3, 2 / 3]))
     groups = prepared.manifest.frame["patient"].astype(str).to_numpy()
     fit_pos, val_pos = carve_validation(labels, groups, config.val_fraction, config.seed)
     if len(val_pos) == 0:
@@ -207,14 +219,18 @@ def run_pretrain(config: PretrainConfig, run: RunDir, resume: bool = False,
     if prepared.skipped:
         run.update_status(skipped=[{"id": i, "problem": p} for i, p in prepared.skipped])
     prepared.manifest.save(run.path / "manifest.csv")
-    method, initial = seeded_method(config.model, {**config.method, "name": name}, name, config.seed)
+    dataset, val = pretrain_dataset(prepared, config), None
+    if config.val_fraction:
+        dataset, val = held_out(prepared, config)
+    settings = {**config.method, "name": name}
+    if is_regression(config):  # the head predicts the target standardised by the fitted rows
+        targets = np.asarray(dataset.labels, dtype=np.float64)
+        settings.update(target_mean=float(targets.mean()), target_std=float(targets.std()) or 1.0)
+    method, initial = seeded_method(config.model, settings, name, config.seed)
     if initial.kind == "external" and config.model.weights is None and \
             config.preprocess.normalize != "imagenet":
         log.warning("model.init is external weights but preprocess.normalize is %r; ImageNet "
                     "weights expect 'imagenet'", config.preprocess.normalize)
-    dataset, val = pretrain_dataset(prepared, config), None
-    if config.val_fraction:
-        dataset, val = held_out(prepared, config)
     log.info("pretraining %s on %d images (%s)%s", name, len(dataset), prepared.manifest.name,
              f", {len(val)} held out to check the source task" if val is not None else "")
     result = fit(method, dataset, config=config.engine, run=run, seed=config.seed, val=val, resume=resume)

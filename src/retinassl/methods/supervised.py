@@ -7,7 +7,10 @@ Lecouat et al. 2018 ("a shallow CNN with architecture similar to the GAN (ConvNe
 residual network (ResNet34)", with "binary crossentropy balanced class-weighting").
 
 Tasks: ``binary`` (one logit, BCE; score = sigmoid(logit)), ``multiclass`` (K logits, CE),
-``multilabel`` (K logits, BCE per label).
+``multilabel`` (K logits, BCE per label), ``regression`` (one output, Huber loss on the target
+standardised by the training targets' mean and standard deviation; score = the value in the
+target's units; validation: mean absolute error beside that of always predicting the training mean,
+e.g. a fundus photograph -> its eye's OCT retinal thickness, DeepRT's cross-modal target).
 
 Weak image-level labels (binary task): a batch may also carry *bags*, ``bag_image`` ``(nb, K, C,
 H, W)`` (the K patches of nb images) with ``bag_label`` ``(nb,)``. A bag's logit is the maximum of
@@ -42,7 +45,7 @@ class SupervisedConfig(Section):
     """Supervised classification settings.
 
     Attributes:
-        task: ``binary``, ``multiclass`` or ``multilabel``.
+        task: ``binary``, ``multiclass``, ``multilabel`` or ``regression``.
         num_classes: classes (multiclass) or labels (multilabel); 1 output for binary.
         lr: Adam learning rate. weight_decay: AdamW weight decay.
         schedule: ``constant`` or ``cosine`` (decay to 0 over the run, after 5 % warm-up).
@@ -69,9 +72,11 @@ class SupervisedConfig(Section):
         dropout: dropout before the head.
         bag_weight: weight of one image-level labelled bag against one labelled patch in the
             loss (binary task; used when batches carry bags, see the module docstring).
+        target_mean, target_std: ``regression``: the training targets' mean and standard deviation
+            (set by the job from the fitted rows); the head predicts ``(y - mean) / std``.
     """
 
-    task: Literal["binary", "multiclass", "multilabel"] = "binary"
+    task: Literal["binary", "multiclass", "multilabel", "regression"] = "binary"
     num_classes: int = Field(2, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -85,6 +90,8 @@ class SupervisedConfig(Section):
     freeze_encoder: bool = False
     dropout: float = Field(0.0, ge=0, lt=1)
     bag_weight: NonNegativeFloat = 1.0
+    target_mean: float = 0.0
+    target_std: float = Field(1.0, gt=0)
 
 
 @register_method
@@ -96,9 +103,9 @@ class Supervised(Method):
 
     def __init__(self, config: SupervisedConfig, encoder: Encoder) -> None:
         super().__init__(config, encoder)
-        outputs = 1 if config.task == "binary" else config.num_classes
+        outputs = 1 if config.task in ("binary", "regression") else config.num_classes
         self.head = LinearHead(encoder.num_features, outputs, config.dropout)
-        self.monitor = ("auc", "max") if config.task == "binary" else ("loss", "min")
+        self.monitor = {"binary": ("auc", "max"), "regression": ("mae", "min")}.get(config.task, ("loss", "min"))
         if config.freeze_encoder:
             for p in self.encoder.parameters():
                 p.requires_grad_(False)
@@ -110,9 +117,10 @@ class Supervised(Method):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` -> logits ``(B,)`` for binary, else ``(B, K)``."""
+        """``(B, C, H, W)`` -> logits ``(B,)`` for binary (the standardised value for regression),
+        else ``(B, K)``."""
         logits = self.head(self.encoder(x))
-        return logits[:, 0] if self.config.task == "binary" else logits
+        return logits[:, 0] if self.config.task in ("binary", "regression") else logits
 
     def patch_logit(self) -> tuple[Encoder, nn.Linear, str] | None:
         """A binary model's encoder and one-logit head (inputs as normalised); none otherwise."""
@@ -121,9 +129,16 @@ class Supervised(Method):
         return copy.deepcopy(self.encoder), copy.deepcopy(self.head.fc), "unit"
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
-        """Probabilities: ``(B,)`` for binary, ``(B, K)`` otherwise."""
+        """Probabilities: ``(B,)`` for binary, ``(B, K)`` for multiclass/multilabel; for regression the
+        value ``(B,)`` in the target's units."""
         logits = self.forward(x)
+        if self.config.task == "regression":
+            return self.in_units(logits)
         return torch.softmax(logits, 1) if self.config.task == "multiclass" else torch.sigmoid(logits)
+
+    def in_units(self, z: torch.Tensor) -> torch.Tensor:
+        """A standardised regression output in the target's units."""
+        return z.float() * self.config.target_std + self.config.target_mean
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         config = self.config
@@ -173,6 +188,9 @@ class Supervised(Method):
             return F.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=weight)
         if self.config.task == "multiclass":
             return F.cross_entropy(logits, labels.long())
+        if self.config.task == "regression":
+            standard = (labels.float() - self.config.target_mean) / self.config.target_std
+            return F.smooth_l1_loss(logits, standard)
         return F.binary_cross_entropy_with_logits(logits, labels.float())
 
     def validation_outputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -184,4 +202,8 @@ class Supervised(Method):
         metrics = {"loss": float(self.criterion(logits, labels))}
         if self.config.task == "binary":
             metrics["auc"] = roc_auc(labels.numpy(), logits.numpy())
+        if self.config.task == "regression":  # error in the target's units, and that of the mean
+            metrics["mae"] = float((self.in_units(logits) - labels).abs().mean())
+            metrics["mae_of_mean"] = float((labels - self.config.target_mean).abs().mean())
+            metrics["skill"] = 1.0 - metrics["mae"] / metrics["mae_of_mean"] if metrics["mae_of_mean"] else 0.0
         return metrics
