@@ -12,7 +12,8 @@ Stages, each keeping what it finished:
    MX OCT B-scan, with its quality flags -> ``<work>/oct_thickness.csv`` (toolkit ids only).
 2. ``pairs``: every MX fundus photograph whose eye has a B-scan with clean boundaries gets the eye's
    thickness (the largest maximum over its clean B-scans) and its tercile, ``thickness_class``
-   (0 thin / 1 / 2 thick; edges from the eyes' values; no DME or DR label is read) -> ``<work>/pairs.csv``.
+   (0 thin / 1 / 2 thick; edges from the eyes' values; no DME or DR label is read), and the value
+   itself, ``thickness_px`` (the regression target) -> ``<work>/pairs.csv``.
 3. ``sweep``: the transfer sweep: scratch, cross-modal (fundus -> thickness tercile) and Fundus
    (normal vs glaucoma) initialisations, linear probe for any DR at 5-100 % of the training labels,
    5 seeds, DeLong against scratch; the pool is cleaned of every test image, copy and test patient
@@ -131,7 +132,7 @@ def thickness_pairs(work: Path, thickness: pd.DataFrame) -> tuple[Path, dict]:
     eyes = paired.drop_duplicates(["patient", "eye"])["thickness_px"].to_numpy()
     edges = np.quantile(eyes, [1 / 3, 2 / 3])
     paired["thickness_class"] = np.searchsorted(edges, paired["thickness_px"].to_numpy(), side="right")
-    table = paired[["id", "image", "patient", "eye", "thickness_class"]]
+    table = paired[["id", "image", "patient", "eye", "thickness_class", "thickness_px"]]
     path = work / "pairs.csv"
     write_text(path, table.to_csv(index=False))
     info = {"bscans": len(thickness), "bscans_clean": int(thickness["clean"].astype(bool).sum()),
@@ -172,6 +173,12 @@ def summary(run: RunDir, config, seconds: float, pairs: dict) -> tuple[dict, str
         loss = next((v for k, v in p.items() if k.startswith("final_") and k.endswith("loss")), math.nan)
         lines.append(f"| {init} | {p['images_used']:.0f} | {p.get('pretrain_batches', 0):.0f} | {p['batch_size']} | "
                      f"{p['two_core_minutes']:.1f} | {p['images_per_s']:.1f} | {loss:.3f} |")
+    for init, p in pretrain.items():  # a regression init with a held-out share of the eyes
+        if "val_mae" in p:
+            lines += ["", f"Held-out check of `{init}` (fundus -> the eye's maximum retinal thickness, "
+                      f"{p.get('val_epoch', math.nan) + 1:.0f} epochs at its best): mean absolute error "
+                      f"{p['val_mae']:.1f} px against {p['val_mae_of_mean']:.1f} px for always predicting the "
+                      f"training mean (skill {p['val_skill']:+.3f}; > 0: better than the mean)."]
     if comparison is not None:
         auc = comparison[(comparison["metric"] == "auc") & (comparison["protocol"] == "probe")]
         lines += ["", "Issue 18/20 targets, on MX any DR instead of MX DME (see above): at 5 % and 10 % of the "
