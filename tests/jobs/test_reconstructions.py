@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from retinassl.cli import app
 from retinassl.errors import CheckpointError, ConfigError
-from retinassl.jobs.reconstructions import method_from_run, pick_rows, reconstructions_of_run
+from retinassl.figures.reconstructions import sample_rows
+from retinassl.jobs.reconstructions import method_from_run, reconstructions_of_run
 from retinassl.models.checkpoint import load_encoder
 
 TINY_MAE = ["data.options.n_images=6", "data.options.size=64", "preprocess.size=32",
@@ -61,10 +62,10 @@ def test_reconstructions_of_run_are_seeded(mae_run: Path, tmp_path: Path, monkey
 
 
 def test_rows_are_distinct_and_seeded() -> None:
-    rows = pick_rows(10, 4, seed=3)
+    rows = sample_rows(10, 4, seed=3)
     assert len(set(rows.tolist())) == 4 and np.all(np.diff(rows) > 0)
-    assert np.array_equal(rows, pick_rows(10, 4, seed=3))
-    assert len(pick_rows(3, 6, seed=0)) == 3  # never more than the pool
+    assert np.array_equal(rows, sample_rows(10, 4, seed=3))
+    assert len(sample_rows(3, 6, seed=0)) == 3  # never more than the pool
 
 
 def test_cli_and_its_errors(mae_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,3 +82,4 @@ def test_cli_and_its_errors(mae_run: Path, tmp_path: Path, monkeypatch: pytest.M
     (tmp_path / "empty" / "config.yaml").write_text((mae_run / "config.yaml").read_text())
     with pytest.raises(CheckpointError, match="no training checkpoint"):
         method_from_run(tmp_path / "empty")
+

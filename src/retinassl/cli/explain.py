@@ -131,7 +131,8 @@ def reconstructions(pretrain_run: Path = typer.Argument(..., help="An mae pretra
     reconstruction; writes one figure and a report in a new run directory."""
     from retinassl.cli.common import run_job
     from retinassl.io.rundir import RunDir
-    from retinassl.jobs.reconstructions import FIGURE_PREFIX, reconstructions_of_run
+    from retinassl.figures.reconstructions import FIGURE_PREFIX
+    from retinassl.jobs.reconstructions import reconstructions_of_run
 
     if images < 1:
         raise typer.BadParameter(f"--images must be at least 1, got {images}")

@@ -11,6 +11,12 @@ import numpy as np
 from retinassl.figures.plots import plt, save_figure
 
 COLUMNS = ("original", "visible patches", "reconstruction")
+FIGURE_PREFIX = "reconstructions-"  # the report's gallery of them
+
+
+def sample_rows(n_rows: int, images: int, seed: int) -> np.ndarray:
+    """``images`` distinct row indices of ``n_rows`` (all when fewer), drawn with ``seed``, sorted."""
+    return np.sort(np.random.default_rng(seed).choice(n_rows, size=min(images, n_rows), replace=False))
 
 
 def display_range(image: np.ndarray, low: float = 1.0, high: float = 99.0) -> tuple[float, float]:

@@ -244,8 +244,8 @@ def run_pretrain(config: PretrainConfig, run: RunDir, resume: bool = False,
                         # content fingerprints of the pool: evaluations warn when they test on these
                         PRETRAINING_KEY: pretraining_record(prepared.manifest,
                                                             content_digests(prepared.manifest))})
-    if name == "mae" and process_rank() == 0:
-        figure_of_reconstructions(method, dataset, run, config)
+    if process_rank() == 0:
+        report_figures(method, dataset, run, config.seed)
     final = final_losses(result.history)
     rows = [result_row(experiment=config.name, task="pretrain", method=name, init=initial.kind,
                        protocol="pretrain", seed=config.seed, metric=metric, value=value)
@@ -256,17 +256,13 @@ def run_pretrain(config: PretrainConfig, run: RunDir, resume: bool = False,
     return run.encoder_dir
 
 
-def figure_of_reconstructions(method: Any, dataset: ImageDataset, run: RunDir, config: PretrainConfig) -> None:
-    """The report's reconstructions of a finished MAE (seeded pool images); a failure is logged, not
-    raised: the encoder is already saved."""
-    from retinassl.jobs.reconstructions import FIGURE_PREFIX, pool_reconstructions
-
-    path = run.report_dir / "figures" / f"{FIGURE_PREFIX}{config.method_name}.png"
+def report_figures(method: Any, dataset: ImageDataset, run: RunDir, seed: int) -> None:
+    """The method's own figures of a finished pretraining (an MAE's reconstructions) into its report;
+    a failure is logged, not raised: the encoder is already saved."""
     try:
-        pool_reconstructions(method, dataset, path, seed=config.seed,
-                             title=f"{config.method_name}, mask ratio {config.method.get('mask_ratio', 0.75)}")
+        method.figures(dataset, run.report_dir / "figures", seed)
     except Exception as exc:  # noqa: BLE001 -- a figure must not lose a finished pretraining
-        log.warning("the reconstruction figure was not written: %s", exc)
+        log.warning("the %s figures were not written: %s", method.name, exc)
 
 
 def final_losses(history: Path | None, tail: float = 0.1) -> dict[str, float]:

@@ -13,6 +13,7 @@ reseeds the global torch RNG per batch (for dropout), so a resumed run repeats e
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -81,6 +82,12 @@ class Method(nn.Module):
     def validation_metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
         """Metrics from the concatenated validation outputs."""
         return {}
+
+    def figures(self, dataset: Any, directory: Path, seed: int) -> list[Path]:
+        """PNG figures a finished pretraining adds to its report (``directory``: the report's
+        figures), drawn from items of its training ``dataset`` chosen with ``seed``; none by default
+        (the masked autoencoder shows its reconstructions)."""
+        return []
 
 
 _METHODS: dict[str, type[Method]] = {}

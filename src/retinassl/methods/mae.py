@@ -17,6 +17,7 @@ encoder keeps timm's parameter names, so its checkpoint also loads wherever a RE
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -24,6 +25,7 @@ from pydantic import Field
 
 from retinassl.data import augment
 from retinassl.errors import ConfigError
+from retinassl.figures.reconstructions import FIGURE_PREFIX, reconstruction_figure, sample_rows
 from retinassl.methods.base import register_method
 from retinassl.methods.pretext_base import PretextConfig, PretextMethod
 from retinassl.models import Encoder
@@ -114,3 +116,24 @@ class MAE(PretextMethod):
         hidden = mask[:, :, None].expand(-1, -1, p * p * x.shape[1])
         hidden = unpatchify(hidden.float(), p, (x.shape[2] // p, x.shape[3] // p), x.shape[1])[:, 0] > 0.5
         return visible, full, hidden
+
+    def reconstruction_figure(self, x: torch.Tensor, path: Path, seed: int = 0, title: str = "",
+                              captions: list[str] | None = None) -> Path:
+        """The figure of :meth:`reconstruct` on ``x`` ``(N, C, H, W)`` (masks drawn from ``seed``)."""
+        was_training = self.training
+        self.eval()
+        try:
+            visible, full, hidden = self.reconstruct(x.float(), torch.Generator().manual_seed(seed))
+        finally:
+            self.train(was_training)
+        h, w = full.shape[2:]
+        return reconstruction_figure(x[:, :, :h, :w].float().numpy(), visible.numpy(), full.numpy(),
+                                     hidden.numpy(), path, title=title, captions=captions)
+
+    def figures(self, dataset: Any, directory: Path, seed: int) -> list[Path]:
+        """Reconstructions of 6 training images drawn with ``seed``."""
+        rows = sample_rows(len(dataset), 6, seed)
+        x = torch.stack([dataset[int(i)]["image"] for i in rows])
+        return [self.reconstruction_figure(x, directory / f"{FIGURE_PREFIX}{self.name}.png", seed,
+                                           f"{self.name}, mask ratio {self.config.mask_ratio}",
+                                           [f"pool image {int(i)}" for i in rows])]
