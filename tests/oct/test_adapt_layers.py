@@ -1,7 +1,8 @@
 """Adapting a layer model to real B-scans with graph-search pseudo-labels (jobs/oct_adapt.py): the
 partial-label loss against a hand computation (inner regions merged, ignored columns without
 gradient), pseudo-labels only from clean B-scans, a few steps pulling the model towards crafted
-pseudo-labels, the job end to end (no file name in any output) and its exact resume."""
+pseudo-labels, the job end to end (no file name in any output, the report's B-scan figure) and its
+exact resume."""
 
 from __future__ import annotations
 
@@ -224,6 +225,11 @@ def test_command_line_keeps_file_names_out_of_the_run(tmp_path, tiny_volumes, ti
     assert (run / "logs" / "log.txt") in texts and "graph search on 17" in (run / "logs" / "log.txt").read_text()
     for path in texts:
         assert "Zyxwvut" not in path.read_text(errors="replace"), path.name
+    # the report shows held-out B-scans with both methods' boundaries, named by index only
+    figure = run / "report" / "figures" / "bscans-held-out.png"
+    assert figure.is_file() and Image.open(figure).size[0] > 300
+    page = (run / "report" / "index.html").read_text()
+    assert "figures/bscans-held-out.png" in page and "Zyxwvut" not in page
 
 
 def test_replay_adds_fully_labelled_synthetic_bscans(tiny_volumes, tiny_layer_model):

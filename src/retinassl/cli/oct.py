@@ -171,7 +171,7 @@ def adapt_layers(config: str = typer.Argument(None, help="A YAML config or prese
     cfg, run = open_run(AdaptLayersConfig, config, overrides, resume, runs_dir, default="oct-adapt-layers")
     _private_logs([])  # the job registers the B-scans' paths and ids once it has read the manifest
     summary, _ = run_job(run, lambda: run_adapt_layers(cfg, run, resume=resume is not None)[1],
-                         report=False, status=lambda s: {"counts": s["counts"]})
+                         status=lambda s: {"counts": s["counts"]})
     for when in ("before", "after"):
         r, syn = summary[when]["real"], summary[when]["synthetic"]
         typer.echo(f"{when}: graph-search agreement ILM {r['mad_ilm_px']:.2f} px, BM {r['mad_bm_px']:.2f} px "

@@ -20,8 +20,10 @@ the model on the real B-scans:
    exact truth of synthetic test volumes (did adapting break the synthetic accuracy?).
 
 The adapted model is a saved ``layer-model`` in ``<run>/layer-model``; ``adapt.json`` holds the
-numbers. The B-scans' file names and ids (often the patient's) never reach the log or an output: they
-are registered as private (:mod:`retinassl.oct.identity`) and only counts are written.
+numbers; the report shows ``figure_bscans`` random held-out B-scans with the graph search's and both
+models' ILM/BM (:mod:`retinassl.jobs.oct_bscan_figure`, panels named by row index). The B-scans' file
+names and ids (often the patient's) never reach the log or an output: they are registered as private
+(:mod:`retinassl.oct.identity`) and only counts are written.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ class AdaptLayersConfig(Section):
         max_bscans: use at most this many B-scans (drawn at random, seeded; a quick run).
         lr: fine-tuning learning rate.
         synthetic_test: the synthetic volumes with exact truth the error is measured on.
+        figure_bscans: held-out B-scans drawn at random (seeded) into the report figure
+            ``bscans-held-out.png`` with the graph search's and both models' ILM/BM (0 = none).
         replay_bscans: labelled synthetic B-scans (all the model's boundaries, from
             ``replay_volumes``) mixed into the fine-tuning, to keep what the model learnt there
             (0 = real pseudo-labels only).
@@ -89,6 +93,7 @@ class AdaptLayersConfig(Section):
     synthetic_test: SyntheticOCTData = SyntheticOCTData(n_volumes=2, seed=202)
     replay_bscans: int = Field(0, ge=0)
     replay_volumes: SyntheticOCTData = SyntheticOCTData(n_volumes=4, seed=101)
+    figure_bscans: int = Field(16, ge=0)
     engine: EngineConfig = EngineConfig(max_epochs=50, max_steps=200, batch_size=8,
                                         checkpoint_every_n_steps=50)
 
@@ -167,6 +172,13 @@ def split_groups(groups: Sequence[str], val_fraction: float, seed: int) -> tuple
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
+def patient_groups(manifest: Manifest, column: str) -> list[str]:
+    """Each row's patient group from ``column``; a row without one is its own group ``row-<i>``."""
+    frame = manifest.frame
+    given = frame[column].tolist() if column in frame.columns else [""] * len(frame)
+    return [f"row-{i}" if is_missing(g) or str(g) == "" else str(g) for i, g in enumerate(given)]
+
+
 def read_real_bscans(manifest: Manifest, column: str, axial_um: float | None,
                      lateral_um: float | None) -> list[np.ndarray]:
     """One ``(D, W)`` uint8 B-scan per manifest row (errors name the row by salted label)."""
@@ -213,20 +225,18 @@ def agreement(model: LayerModel, bscans: Sequence[np.ndarray], ilm_bm: Sequence[
         ``mad_ilm_px``, ``mad_bm_px``, their mean ``mad_px``, ``model_undefined_fraction`` (columns
         where the model left the ILM or BM undefined) and ``bscans``.
     """
+    from retinassl.jobs.oct_bscan_figure import model_ilm_bm
+
     err = np.zeros(2)
     n = np.zeros(2)
     undefined = columns = 0
-    by_shape: dict[tuple[int, int], list[int]] = {}
-    for i, b in enumerate(bscans):
-        by_shape.setdefault(np.asarray(b).shape, []).append(i)
-    for idx in by_shape.values():
-        pred = model.segment_bscans(np.stack([bscans[i] for i in idx]))[:, [0, -1]]   # (n, 2, W)
-        ref = np.stack([ilm_bm[i] for i in idx])
+    for pred, ref in zip(model_ilm_bm(model, bscans), ilm_bm):                  # (2, W) each
+        ref = np.asarray(ref)
         both = np.isfinite(pred) & np.isfinite(ref)
-        err += np.where(both, np.abs(pred - ref), 0).sum(axis=(0, 2))
-        n += both.sum(axis=(0, 2))
-        undefined += int((~np.isfinite(pred)).any(axis=1).sum())
-        columns += pred.shape[0] * pred.shape[2]
+        err += np.where(both, np.abs(pred - ref), 0).sum(axis=1)
+        n += both.sum(axis=1)
+        undefined += int((~np.isfinite(pred)).any(axis=0).sum())
+        columns += pred.shape[1]
     mad = np.where(n > 0, err / np.maximum(n, 1), np.nan)
     return {"mad_ilm_px": float(mad[0]), "mad_bm_px": float(mad[1]), "mad_px": float(mad.mean()),
             "model_undefined_fraction": undefined / max(columns, 1), "bscans": float(len(bscans))}
@@ -320,9 +330,7 @@ def run_adapt_layers(config: AdaptLayersConfig, run: RunDir, manifest: Manifest 
     bscans = read_real_bscans(manifest, config.image_column, config.axial_um, config.lateral_um)
     rows, clean, reasons = cached_graph_search(run, manifest.fingerprint(), bscans,
                                                config.axial_um, config.lateral_um)
-    frame = manifest.frame
-    given = frame[config.group_column].tolist() if config.group_column in frame.columns else [""] * len(frame)
-    groups = [f"row-{i}" if is_missing(g) or str(g) == "" else str(g) for i, g in enumerate(given)]
+    groups = patient_groups(manifest, config.group_column)
     if any(g.startswith("row-") for g in groups):
         log.warning("%d B-scans have no %r group: each is its own group (B-scans of one eye may then "
                     "sit on both sides of the split)", sum(g.startswith("row-") for g in groups),
@@ -363,6 +371,12 @@ def run_adapt_layers(config: AdaptLayersConfig, run: RunDir, manifest: Manifest 
                                                   "adapted_on_bscans": len(train_use)})
     after = {"real": agreement(adapted, val_b, val_r), "synthetic": synthetic_error(adapted, synthetic)}
     log.info("after adaptation: %s", after)
+    if config.figure_bscans:
+        from retinassl.jobs.oct_bscan_figure import FIGURE_PREFIX, draw_sample
+
+        draw_sample(run.report_dir / "figures" / f"{FIGURE_PREFIX}held-out.png", bscans, rows, reasons,
+                    {"adapted": adapted, "synthetic-trained": base}, val_idx, config.figure_bscans,
+                    config.seed, title=f"held-out real B-scans (seed {config.seed})")
     summary = {"before": before, "after": after, "counts": counts, "train_seconds": result.seconds,
                "train_batches": result.batches}
     write_text(run.path / "adapt.json", json.dumps(summary, indent=1, default=float))
