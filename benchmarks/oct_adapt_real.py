@@ -36,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, SHARED_DATA, write_results  # noqa: E402
+from oct_real_bscans import FIGURE_LINK  # noqa: E402
 
 from retinassl.config import validate  # noqa: E402
 from retinassl.data.synthetic_oct import BOUNDARY_NAMES, DEFAULT_SHAPE  # noqa: E402
@@ -107,7 +108,7 @@ def table(variants: dict[int, dict], base: dict, args: argparse.Namespace) -> st
             f"{DEFAULT_SHAPE[2]}). Agreement is with the graph search, not with a human grader: a "
             f"lower number means closer to the graph search's boundaries (which on synthetic truth "
             f"are within 4.9 µm (ILM) and 2.6 µm (BM), oct_real_boundaries.md), not necessarily "
-            f"closer to the anatomy.")
+            f"closer to the anatomy.\n\n{FIGURE_LINK}")
     return "\n".join(rows) + note
 
 

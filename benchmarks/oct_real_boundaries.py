@@ -38,6 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED_DATA, write_results  # noqa: E402
+from oct_real_bscans import FIGURE_LINK  # noqa: E402
 
 from retinassl.oct.bscan_images import read_bscan_images  # noqa: E402
 from retinassl.oct.bscan_thickness import bscan_thickness  # noqa: E402
@@ -277,7 +278,8 @@ def table(syn: dict | None, real: dict | None) -> str:
                   "(smoothed); maximum = the largest 5-column running median within half the width "
                   "around the fovea; both ILM to Bruch's membrane. The DME label is the source's "
                   "per-B-scan label (an eye counts as DME when any of its B-scans is); no DME label "
-                  "is used to fit anything. Clean = no quality flag in the central half."]
+                  "is used to fit anything. Clean = no quality flag in the central half.", "",
+                  FIGURE_LINK]
     return "\n".join(lines)
 
 
