@@ -45,7 +45,7 @@ NAME = "oct_real_bscans"
 # the line oct_real_boundaries.md and oct_adapt_real.md carry to the figure
 FIGURE_LINK = ("Figure: 16 random real B-scans (seed 0) with the graph search's and the layer models' "
                "ILM/BM drawn, titled with the manifest row, flags and disagreement: "
-               "[oct_real_bscans.png](oct_real_bscans.png) (`OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python "
+               "`oct_real_bscans.png` (written beside this file by the command; git-ignored: images of real patients' scans stay out of the repository) (`OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python "
                "benchmarks/oct_real_bscans.py --seed 0`; per-panel numbers in "
                "[oct_real_bscans.md](oct_real_bscans.md)).")
 
@@ -70,8 +70,7 @@ def table(rows: list[dict], models: list[str], args: argparse.Namespace, counts:
             if v:
                 means.append(f"{m}, {part} ({len(v)}): median {np.median(v):.2f} px, mean {np.mean(v):.2f} px")
     flagged = sum(1 for r in rows if r["flags"])
-    return ("![16 real B-scans](oct_real_bscans.png)\n\n"
-            f"[oct_real_bscans.png](oct_real_bscans.png): {len(rows)} of the {counts['bscans']} MX "
+    return (f"`oct_real_bscans.png` (written beside this file by the command; git-ignored: images of real patients' scans stay out of the repository): {len(rows)} of the {counts['bscans']} MX "
             f"B-scans drawn with seed {args.seed} "
             f"({'held-out patients only' if args.held_out_only else 'all B-scans; `--held-out-only`: the held-out patients'}); "
             "graph search red (wide), adapted layer model cyan, synthetic-trained layer model yellow "
