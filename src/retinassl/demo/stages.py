@@ -42,48 +42,80 @@ def stage_patch_classifier(ctx: DemoContext) -> None:
 
 
 def stage_ssl_gan(ctx: DemoContext) -> None:
-    """The patch SSL-GAN (Lecouat et al. 2018) with 10 labelled synthetic images: patch, image and
-    localisation AUC, and heatmaps (preset ``demo-ssl-gan``)."""
+    """The patch SSL-GAN (Lecouat et al. 2018) beside the supervised patch ConvNet of the same
+    architecture, both from the same 10 labelled synthetic images (three samplings): image-level
+    AUC with its 95 % interval, one paired DeLong test per sampling, heatmaps (preset
+    ``demo-ssl-gan-sweep``, the ``ssl-gan`` experiment of ``retinassl sweep``)."""
+    from retinassl.config import read_yaml
     from retinassl.io.results import append_results, read_results
-    from retinassl.jobs.patch_config import SemisupTrainConfig
-    from retinassl.jobs.semisup import run_semisup_train
+    from retinassl.metrics.anatomy import TEST_PATCH_LABELS
+    from retinassl.sweeps.ssl_gan import GALLERY_PREFIX, PREDICTIONS, run_ssl_gan_experiment
 
-    overrides = (["learner.engine.max_steps=6", "data.options.n_images=64", "split.train=32",
-                  "split.val=16", "heatmaps=2"] if ctx.quick else [])
-    config = load_config(SemisupTrainConfig, "demo-ssl-gan", overrides)
-    # Its own run directory (checkpoints, logs, classifier), then results, predictions and
-    # heatmaps joined to the demo's report.
+    # Its own run directory (config, cells, logs), then results, predictions and heatmaps joined to
+    # the demo's report (whose sections and summary read them like the sweep's own).
     sub = RunDir(ctx.run.path / "stages" / "ssl-gan")
-    sub.update_status(status="running", name=config.name)
-    metrics = run_semisup_train(config, sub)
+    sub.update_status(status="running", name="demo-ssl-gan")
+    run_ssl_gan_experiment(read_yaml("demo-ssl-gan-sweep"), sub, "quick" if ctx.quick else "demo", resume=False)
+    sub.update_status(status="finished")
     append_results(ctx.run.results_file, read_results(sub.results_file).to_dict("records"))
-    for path in [*sub.predictions.glob("*.csv"), *(sub.report_dir / "figures").glob("*.png")]:
-        folder = ctx.run.predictions if path.suffix == ".csv" else ctx.run.report_dir / "figures"
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, folder / path.name)
-    log.info("SSL-GAN (10 labelled images): image AUC %.3f, patch AUC %.3f, localisation AUC %.3f",
-             metrics["image_auc"], metrics["patch_auc"], metrics["localisation_auc"])
+    predictions = ctx.run.predictions / PREDICTIONS
+    predictions.mkdir(parents=True, exist_ok=True)
+    for path in (sub.predictions / PREDICTIONS).glob("*.csv"):
+        shutil.copyfile(path, predictions / path.name)
+    if (sub.path / TEST_PATCH_LABELS).is_file():
+        shutil.copyfile(sub.path / TEST_PATCH_LABELS, ctx.run.path / TEST_PATCH_LABELS)
+    figures = ctx.run.report_dir / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    for path in (sub.report_dir / "figures").glob(f"{GALLERY_PREFIX}*.png"):
+        shutil.copyfile(path, figures / path.name)
+    results = read_results(sub.results_file)
+    auc = results[results["metric"] == "image_auc"].groupby("method", sort=False)["value"].mean()
+    p = results[results["metric"] == "delong_p"]["value"]
+    log.info("SSL-GAN vs supervised ConvNet, 10 labelled images, mean image AUC over %d samplings: %s; "
+             "DeLong p < 0.05 in %d of %d samplings", len(p), ", ".join(f"{m} {v:.3f}" for m, v in auc.items()),
+             int((p < 0.05).sum()), len(p))
 
 
 def stage_transfer(ctx: DemoContext) -> None:
-    """Pretraining (rotation, SimCLR) on an unlabelled synthetic pool, then the transfer protocol
-    against Scratch: linear probe and fine-tuning at several label fractions, DeLong p-values, t-SNE
-    and Grad-CAM (preset ``transfer-demo``; results, figures and the comparison table join the
-    demo's run directory)."""
+    """Does a pretrained encoder beat scratch when labels are scarce?  The encoder of the first
+    stage's supervised patch classifier (lesion-mask patch labels of other synthetic eyes) against
+    the same network from scratch, on 200 new synthetic eyes (referable DR): linear probe with 5, 10
+    and 100 % of the training labels (5 label samplings), fine-tuning with 10 % (one), 95 %
+    intervals, DeLong p-values, t-SNE and Grad-CAM (preset ``transfer-demo``, budget ``demo``;
+    results, figures and the comparison table join the demo's run directory)."""
     from retinassl.config import read_yaml
+    from retinassl.errors import ConfigError
+    from retinassl.io.saved_model import is_saved_model
+    from retinassl.sweeps.grid import merge_budget
     from retinassl.sweeps.transfer import run_transfer
     from retinassl.sweeps.transfer_config import resolve_config
 
     import pandas as pd
 
-    config = resolve_config(read_yaml("transfer-demo"), "smoke" if ctx.quick else "cpu")
+    if not is_saved_model(ctx.run.encoder_dir):
+        raise ConfigError(f"the transfer stage compares the encoder of the demo's patch classifier "
+                          f"(stage 1) with scratch, but {ctx.run.encoder_dir} holds no saved model")
+    data = read_yaml("transfer-demo")
+    demo = dict(data["budgets"]["demo"])
+    demo["inits"] = [*demo["inits"], {"name": PRETRAINED, "init": str(ctx.run.encoder_dir)}]
+    if ctx.quick:
+        demo = merge_budget(demo, QUICK_TRANSFER)
+    data["budgets"]["demo"] = demo
+    config = resolve_config(data, "demo")
     run_transfer(config, ctx.run)
     table = pd.read_csv(ctx.run.path / "comparison.csv")
-    full = table[(table["metric"] == "auc") & (table["fraction"] == table["fraction"].max())]
-    log.info("transfer, AUC with all labels (a check of the machinery: %d synthetic images and "
-             "seconds of pretraining give noise-level AUCs; the real experiment is the idrid-transfer "
-             "preset): %s (tables: %s)", config.data.options.get("n_images", 0), ", ".join(
-        f"{r.init} {r.protocol} {r.mean:.3f}" for r in full.itertuples()), ctx.run.path / "comparison.md")
+    low = table[(table["metric"] == "auc") & (table["protocol"] == "probe")
+                & (table["fraction"] == table["fraction"].min())]
+    log.info("transfer, linear probe with %s of the training labels: %s (tables: %s)",
+             f"{low['fraction'].min():.0%}", "; ".join(
+                 f"{r.init} AUC {r.mean:.3f} [{r.lo:.3f}, {r.hi:.3f}]" + ("" if pd.isna(r.p) else f", DeLong p {r.p:.2g}")
+                 for r in low.itertuples()), ctx.run.path / "comparison.md")
+
+
+PRETRAINED = "lesion-pretrained"
+# --quick: a few images and steps (the wiring, not a result)
+QUICK_TRANSFER = {"data": {"options": {"n_images": 48}}, "seeds": [0, 1], "fractions": [0.25, 1.0],
+                  "finetune_fractions": [1.0], "finetune": {"epochs": 1, "min_steps": 2, "max_steps": 2}}
 
 
 STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
