@@ -60,6 +60,13 @@ def test_paired_sentences_from_the_results_table() -> None:
     (sentence,) = paired_sentences(pd.DataFrame(rows))
     assert "with 10 labelled images" in sentence and f"{np.mean([0.05, 0.02, -0.04]):+.3f}" in sentence
     assert "in 2 of 3 seeds (1 higher; median p = 0.030)" in sentence
+    # with the cells' own rows, the sentence names each side's mean image AUC over the seeds
+    for method, values in (("ssl-gan", (0.8, 0.7, 0.75)), ("supervised", (0.6, 0.65, 0.7))):
+        rows += [result_row(experiment="gan", task="patch:abnormal", method=method, init="scratch",
+                            protocol="semi-supervised", n_labelled=10, seed=seed, metric="image_auc", value=v)
+                 for seed, v in enumerate(values)]
+    (sentence,) = paired_sentences(pd.DataFrame(rows))
+    assert "(0.750 vs 0.650 image AUC)" in sentence
 
 
 def test_metric_table_folds_intervals_and_averages_seeds() -> None:

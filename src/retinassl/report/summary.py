@@ -217,7 +217,8 @@ def paired_sentences(results: pd.DataFrame) -> list[str]:
             where = f"on {html.escape(experiment.removeprefix('external:'))} ({html.escape(task)}, {int(n)} images)"
         else:
             where = (f"with {int(n)} labelled images " if math.isfinite(n) else "") + f"({html.escape(task)})"
-        text = f"<b>{html.escape(pair)}</b> {where}: AUC difference {difference.mean():+.3f}"
+        text = (f"<b>{html.escape(pair)}</b> {where}: AUC difference {difference.mean():+.3f}"
+                + _pair_means(results, experiment, pair, n))
         if not np.isfinite(p.to_numpy(float)).any():
             text += ", DeLong p undefined (the two score sets rank the images alike)."
         elif len(p) == 1:
@@ -229,6 +230,18 @@ def paired_sentences(results: pd.DataFrame) -> list[str]:
                      f"{len(p)} seeds ({higher} higher; median {_p_text(float(p.median()))}).")
         sentences.append(text)
     return sentences
+
+
+def _pair_means(results: pd.DataFrame, experiment: str, pair: str, n: float) -> str:
+    """`` (0.812 vs 0.774 image AUC)``: the mean over seeds of each side of an ``a vs b``
+    comparison (the SSL-GAN sweep's cells), when the results table has both; else ``""``."""
+    sides = str(pair).split(" vs ")
+    rows = results[(results["experiment"] == experiment) & (results["metric"] == "image_auc")
+                   & (results["n_labelled"] == n)]
+    means = [float(rows.loc[rows["method"] == side, "value"].mean()) for side in sides]
+    if len(sides) != 2 or not np.isfinite(means).all():
+        return ""
+    return f" ({means[0]:.3f} vs {means[1]:.3f} image AUC)"
 
 
 def _comparison(run: RunDir) -> pd.DataFrame | None:
