@@ -70,9 +70,11 @@ def heatmap_section(run: RunDir) -> Section | None:
 def reconstructions_section(run: RunDir) -> Section | None:
     return gallery_section(run, "reconstructions-", "Masked-autoencoder reconstructions (pool images)",
                            "Each row: the image | the patches the encoder saw (hidden ones grey) | the "
-                           "reconstruction (hidden patches predicted, visible ones copied). <b>Look at</b>: "
-                           "whether vessels, the optic disc and lesions come back in the hidden patches; a "
-                           "smooth blur of the fundus colour means the encoder learned little beyond it.",
+                           "reconstruction (visible patches copied; hidden ones predicted as normalised "
+                           "pixels and put back on each TRUE patch's mean and contrast, as MAE shows them, "
+                           "so their colour and brightness come from the original). <b>Look at</b>: the "
+                           "structure inside the hidden patches: vessels, the disc rim and lesions coming back "
+                           "mean the encoder models anatomy; flat tiles mean it learned little beyond colour.",
                            columns=1)
 
 
