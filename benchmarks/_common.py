@@ -102,6 +102,7 @@ def pretraining_costs(run, config, results) -> dict:
         images = values.get("pretrain_batches", math.nan) * batch
         used = run.path / "pretrain" / init / "manifest.csv"
         values["images_used"] = float(len(pd.read_csv(used))) if used.is_file() else math.nan
-        out[init] = {**values, "batch_size": batch, "images_seen": images, "two_core_minutes": secs / 60,
+        out[init] = {**values, "method": str(g["method"].iloc[0]), "batch_size": batch, "images_seen": images,
+                     "two_core_minutes": secs / 60,
                      "images_per_s": images / secs if secs else math.nan}
     return out

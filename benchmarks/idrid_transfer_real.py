@@ -91,8 +91,7 @@ def summary(run: RunDir, config, seconds: float) -> tuple[dict, str]:
               "before views):", "", "| init | method | images trained on | steps | batch | 2-core min | images/s | final loss |",
               "|---|---|---|---|---|---|---|---|"]
     for init, p in pretrain.items():
-        spec = next((i for i in config.inits if i.name == init), None)
-        method = ((spec.pretrain or {}).get("method") or {}).get("name", "?") if spec else "?"
+        method = p.get("method", "?")
         loss = next((v for k, v in p.items() if k.startswith("final_") and k.endswith("loss")), math.nan)
         lines.append(f"| {init} | {method} | {p.get('images_used', math.nan):.0f} | {p.get('pretrain_batches', 0):.0f} | "
                      f"{p['batch_size']} | {p['two_core_minutes']:.1f} | {p['images_per_s']:.1f} | {loss:.3f} |")
