@@ -212,6 +212,8 @@ def main() -> None:
                         "the other cells at full size; results written")
     parser.add_argument("--parallel", action="store_true", help="run the two sides of a cell side by side")
     parser.add_argument("--keep", action="store_true", help="keep the worktrees and run folders")
+    parser.add_argument("--name", default="house_equivalence_float32",
+                        help="results file name (a run of some cells need not replace another's file)")
     args = parser.parse_args()
     cells = [c for c in args.cells.split(",") if c]
     if unknown := set(cells) - set(CELLS):
@@ -301,7 +303,7 @@ def write_report(report: dict, args) -> None:
     if args.quick:
         print("(--quick: nothing written)")
         return
-    write_results("house_equivalence_float32", report, table)
+    write_results(args.name, report, table)
 
 
 if __name__ == "__main__":
