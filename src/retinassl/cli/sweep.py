@@ -101,4 +101,8 @@ def sweep(preset: str = typer.Argument(None, help="A packaged experiment preset 
     run.attach_log_file()
     typer.echo(f"run directory: {run.path}")
     _, report = run_job(run, lambda: table[kind](data, run, budget, resume is not None))
+    from retinassl.report.html import build_report
+
+    for record in sorted((run.path / "pretrain").glob("*/run.json")):  # each pretraining's loss curve and figures
+        typer.echo(f"pretraining report: {build_report(RunDir(record.parent))}")
     typer.echo(f"report: {report}")
