@@ -9,7 +9,8 @@ import torch
 
 from retinassl.config import EngineConfig, ModelConfig
 from retinassl.data.cache import PreparedData
-from retinassl.jobs.finetune import (FinetuneConfig, carve_validation, finetune, load_classifier,
+from retinassl.data.splits import carve_validation
+from retinassl.jobs.finetune import (FinetuneConfig, finetune, load_classifier,
                                          predict, save_classifier)
 from retinassl.metrics.tasks import TaskSpec
 

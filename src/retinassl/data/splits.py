@@ -129,3 +129,35 @@ def stratified_kfold(labels: Sequence[int], groups: Sequence[str] | None, k: int
                         f"smallest class has {counts.min()}")
     cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     return [(np.sort(tr), np.sort(te)) for tr, te in cv.split(np.zeros(len(labels)), labels, groups)]
+
+
+def carve_validation(strata: np.ndarray, groups: Sequence[str] | None, fraction: float,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split positions ``0..N-1`` into (fit, validation), stratified, never splitting a group.
+
+    Each class whose items span at least two groups gives ``max(1, round(fraction * groups))``
+    of its groups (but never all of them) to validation; a group counts in the class of its most
+    severe item, and classes with a single group stay entirely in the fitted part. When the
+    validation part would hold fewer than two classes there is no validation split.
+
+    Returns:
+        ``(fit, val)`` sorted positions; ``val`` is empty when no split is possible.
+    """
+    strata = np.asarray(strata)
+    n = len(strata)
+    groups = np.array([f"#{i}" if groups is None or not str(groups[i]) else str(groups[i])
+                       for i in range(n)])
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    group_class = np.array([strata[inverse == g].max() for g in range(len(uniq))])
+    rng = np.random.default_rng([seed, 7919])
+    val_groups = []
+    for c in np.unique(group_class):
+        members = np.flatnonzero(group_class == c)
+        if len(members) < 2:
+            continue
+        k = min(len(members) - 1, max(1, int(round(fraction * len(members)))))
+        val_groups.extend(rng.permutation(members)[:k].tolist())
+    is_val = np.isin(inverse, val_groups)
+    if len(np.unique(strata[is_val])) < 2:
+        return np.arange(n), np.zeros(0, dtype=int)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)

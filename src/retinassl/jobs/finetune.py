@@ -4,7 +4,7 @@ stopping on a validation split carved from the labelled subset.
 
 Jang et al. 2024 fine-tune every pretrained model "with early stopping to prevent overfitting".
 With label fractions down to a handful of images, the validation split has to come out of the
-labelled subset itself (the test images are never looked at): :func:`carve_validation` takes about
+labelled subset itself (the test images are never looked at): :func:`~retinassl.data.splits.carve_validation` takes about
 ``val_fraction`` of each class's patients (at least one) when every class of the task has at
 least two; otherwise there is no validation split, and the run trains for its step budget and
 keeps its last weights. The monitored quantity is the validation loss by default (continuous, so
@@ -35,6 +35,7 @@ from retinassl.models.registry import build_encoder
 from retinassl.config import EngineConfig, ModelConfig, Section
 from retinassl.data.cache import PreparedData
 from retinassl.data.datasets import ImageDataset
+from retinassl.data.splits import carve_validation
 from retinassl.engine.fit import fit
 from retinassl.methods.base import build_method, seeded_method
 from retinassl.methods.supervised import Supervised
@@ -82,38 +83,6 @@ class FinetuneConfig(Section):
     patience: int = Field(5, ge=0)
     monitor: Literal["loss", "auc"] = "loss"
     class_balance: bool = True
-
-
-def carve_validation(strata: np.ndarray, groups: Sequence[str] | None, fraction: float,
-                     seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split positions ``0..N-1`` into (fit, validation), stratified, never splitting a group.
-
-    Each class whose items span at least two groups gives ``max(1, round(fraction * groups))``
-    of its groups (but never all of them) to validation; a group counts in the class of its most
-    severe item, and classes with a single group stay entirely in the fitted part. When the
-    validation part would hold fewer than two classes there is no validation split.
-
-    Returns:
-        ``(fit, val)`` sorted positions; ``val`` is empty when no split is possible.
-    """
-    strata = np.asarray(strata)
-    n = len(strata)
-    groups = np.array([f"#{i}" if groups is None or not str(groups[i]) else str(groups[i])
-                       for i in range(n)])
-    uniq, inverse = np.unique(groups, return_inverse=True)
-    group_class = np.array([strata[inverse == g].max() for g in range(len(uniq))])
-    rng = np.random.default_rng([seed, 7919])
-    val_groups = []
-    for c in np.unique(group_class):
-        members = np.flatnonzero(group_class == c)
-        if len(members) < 2:
-            continue
-        k = min(len(members) - 1, max(1, int(round(fraction * len(members)))))
-        val_groups.extend(rng.permutation(members)[:k].tolist())
-    is_val = np.isin(inverse, val_groups)
-    if len(np.unique(strata[is_val])) < 2:
-        return np.arange(n), np.zeros(0, dtype=int)
-    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
 @dataclass

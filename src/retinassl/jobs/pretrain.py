@@ -32,6 +32,7 @@ from retinassl.data.datasets import ImageDataset
 from retinassl.data.leakage import PRETRAINING_KEY, content_digests, pretraining_record
 from retinassl.data.loading import load_manifest
 from retinassl.data.manifest import Manifest
+from retinassl.data.splits import carve_validation
 from retinassl.engine.fit import fit
 from retinassl.errors import ConfigError, DataError
 from retinassl.methods.base import seeded_method
@@ -177,9 +178,7 @@ def pretrain_dataset(prepared: PreparedData, config: PretrainConfig) -> ImageDat
 
 def held_out(prepared: PreparedData, config: PretrainConfig) -> tuple[ImageDataset, ImageDataset]:
     """``(fit, validation)`` datasets of a supervised pretraining pool: ``val_fraction`` of each
-    class's patients held out (:func:`~retinassl.jobs.finetune.carve_validation`, seeded by the run)."""
-    from retinassl.jobs.finetune import carve_validation
-
+    class's patients held out (:func:`~retinassl.data.splits.carve_validation`, seeded by the run)."""
     if config.label is None:
         raise ConfigError("val_fraction holds out labelled images to check the source task: it needs "
                           "supervised pretraining (a label); self-supervised methods have none")
