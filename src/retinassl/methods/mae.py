@@ -112,9 +112,9 @@ class MAE(PretextMethod):
         pred, mask = self.predict(x, generator)
         p = self.encoder.patch_size
         full = reconstruction(pred, x, mask, p, self.config.norm_pix)
-        visible = reconstruction(torch.zeros_like(pred), x, mask, p, norm_pix=False)
-        hidden = mask[:, :, None].expand(-1, -1, p * p * x.shape[1])
-        hidden = unpatchify(hidden.float(), p, (x.shape[2] // p, x.shape[3] // p), x.shape[1])[:, 0] > 0.5
+        hidden = mask[:, :, None].expand(-1, -1, p * p).contiguous()
+        hidden = unpatchify(hidden, p, (x.shape[2] // p, x.shape[3] // p), 1)[:, 0] > 0.5
+        visible = x[:, :, :full.shape[2], :full.shape[3]].float() * ~hidden[:, None]
         return visible, full, hidden
 
     def reconstruction_figure(self, x: torch.Tensor, path: Path, seed: int = 0, title: str = "",
