@@ -56,8 +56,9 @@ from retinassl.io.saved_model import LEGACY, META
 from retinassl.sweeps.grid import Grid, run_grid
 from retinassl.sweeps.transfer_config import InitSpec, TransferConfig, resolve_config
 from retinassl.sweeps.transfer_inits import TransferInits
-from retinassl.sweeps.transfer_external import (ExternalSet, external_rows, prepare_external, warn_overlap,
-                                               with_external_tasks, write_external_table)
+from retinassl.sweeps.external import ExternalSet, warn_overlap
+from retinassl.sweeps.transfer_external import (external_rows, prepare_external, with_external_tasks,
+                                               write_external_table)
 from retinassl.sweeps.transfer_data import (fold_value, fraction_tag, class_labels, evaluation_folds, gradcam_rows,
                                            label_subsets, prediction_path, prepare_downstream)
 from retinassl.jobs.features import extract_features

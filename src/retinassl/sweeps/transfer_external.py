@@ -28,12 +28,10 @@ from retinassl.data.cache import Cache
 from retinassl.errors import ConfigError
 from retinassl.io.rundir import RunDir
 from retinassl.metrics.tasks import TaskSpec
-from retinassl.sweeps.external import ExternalSet, external_task, load_external, warn_overlap
-from retinassl.sweeps.transfer_config import ExternalSpec, TransferConfig
+from retinassl.config import ExternalSpec
+from retinassl.sweeps.external import ExternalSet, external_task, load_external
+from retinassl.sweeps.transfer_config import TransferConfig
 from retinassl.sweeps.transfer_data import prediction_path
-
-__all__ = ["ExternalSet", "binary_score", "external_rows", "external_table", "external_task",
-           "prepare_external", "warn_overlap", "with_external_tasks", "write_external_table"]
 
 log = logging.getLogger(__name__)
 
