@@ -34,6 +34,7 @@ from retinassl.models.vit import VisionTransformer
 from retinassl.figures.heatmap import overlay
 
 TARGET_LAYER = "features"
+GRADCAM_ALPHA = 0.5  # a Grad-CAM overlay's opacity at heat 1
 ExplainMethod = Literal["gradcam", "rollout"]
 
 
@@ -157,7 +158,7 @@ def explanation_maps(model: CamModel, prepared: PreparedData, rows: Sequence[int
 
 
 def gradcam_overlays(model: CamModel, prepared: PreparedData, rows: Sequence[int],
-                     alpha: float = 0.5, method: ExplainMethod = "gradcam") -> list[tuple[np.ndarray, float]]:
+                     alpha: float = GRADCAM_ALPHA, method: ExplainMethod = "gradcam") -> list[tuple[np.ndarray, float]]:
     """``(overlay (S, S, 3) uint8, score)`` of each row (:func:`explanation_maps` drawn on the
     image the model saw)."""
     return [(overlay(np.asarray(prepared.entries[int(row)].image()), heat, sigma_fraction=0.0, alpha=alpha), score)

@@ -25,14 +25,11 @@ from retinassl.data.cache import PreparedData
 from retinassl.data.imageio import read_image
 from retinassl.data.patches import patch_values_to_image
 from retinassl.errors import DataError
-from retinassl.explain.gradcam import cam_model, explanation_maps
-from retinassl.figures.heatmap import blend
+from retinassl.explain.gradcam import GRADCAM_ALPHA, cam_model, explanation_maps
+from retinassl.figures.heatmap import HEAT_ALPHA, SIGMA_FRACTION, blend
 from retinassl.jobs.predict import ImageScorer
 from retinassl.jobs.segment_inference import to_original
 
-GRADCAM_ALPHA = 0.5      # opacities at heat 1 (as the Grad-CAM and patch-heatmap figures draw them)
-HEATMAP_ALPHA = 0.45
-HEATMAP_SIGMA = 0.03     # the patch heatmap's Gaussian blur, as a fraction of the model's input side
 
 
 def heat_maps(scorer: ImageScorer, prepared: PreparedData, rows: Sequence[int],
@@ -54,7 +51,7 @@ def heat_maps(scorer: ImageScorer, prepared: PreparedData, rows: Sequence[int],
         if len(probs) != len(rows):
             raise ValueError(f"{len(rows)} rows but {len(probs)} scored rows")
         grid, size = scorer.model.grid, prepared.config.size
-        return [patch_values_to_image(p.reshape(grid, grid), size, size, sigma=HEATMAP_SIGMA * size) for p in probs]
+        return [patch_values_to_image(p.reshape(grid, grid), size, size, sigma=SIGMA_FRACTION * size) for p in probs]
     raise ValueError(f"no overlay for a saved {scorer.kind} model")
 
 
@@ -79,7 +76,7 @@ def image_overlays(scorer: ImageScorer, prepared: PreparedData, rows: Sequence[i
                    scored: pd.DataFrame | None = None) -> list[np.ndarray]:
     """One overlay per row of ``prepared`` at the original image's size (``(H, W, 3)`` uint8): the
     :func:`heat_maps` mapped back to the original image (:func:`original_overlay`)."""
-    alpha = GRADCAM_ALPHA if scorer.kind == "classifier" else HEATMAP_ALPHA
+    alpha = GRADCAM_ALPHA if scorer.kind == "classifier" else HEAT_ALPHA
     return [original_overlay(prepared, int(row), heat, alpha)
             for row, heat in zip(rows, heat_maps(scorer, prepared, rows, scored))]
 

@@ -17,8 +17,12 @@ from retinassl.atomic import atomic_path
 from retinassl.data.patches import patch_values_to_image
 
 
-def overlay(image: np.ndarray, patch_probs: np.ndarray, sigma_fraction: float = 0.03,
-            alpha: float = 0.45, mask: np.ndarray | None = None, cmap: str = "inferno") -> np.ndarray:
+HEAT_ALPHA = 0.45      # a patch heatmap's opacity at value 1
+SIGMA_FRACTION = 0.03  # its Gaussian blur, as a fraction of the image side
+
+
+def overlay(image: np.ndarray, patch_probs: np.ndarray, sigma_fraction: float = SIGMA_FRACTION,
+            alpha: float = HEAT_ALPHA, mask: np.ndarray | None = None, cmap: str = "inferno") -> np.ndarray:
     """Blend a smoothed patch heatmap onto an image.
 
     Args:
@@ -36,7 +40,7 @@ def overlay(image: np.ndarray, patch_probs: np.ndarray, sigma_fraction: float = 
     return blend(image, heat, alpha, mask, cmap)
 
 
-def blend(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45, mask: np.ndarray | None = None,
+def blend(image: np.ndarray, heat: np.ndarray, alpha: float = HEAT_ALPHA, mask: np.ndarray | None = None,
           cmap: str = "inferno", rows: int = 256) -> np.ndarray:
     """Blend a heat map (clipped to [0, 1]) onto an image of the same height and width.
 
