@@ -14,8 +14,11 @@ app = typer.Typer(no_args_is_help=True, help="Vessel segmentation: a U-Net whose
                   "registered encoder or encoder checkpoint; metrics inside the field of view.")
 
 FOV_THRESHOLD = typer.Option(None, "--fov-threshold", help="FOV estimation threshold for images "
-                             "without FOV masks (default: the model's; STARE needs 0.25).",
-                             show_default=False)
+                             "without FOV masks (default: the model's).", show_default=False)
+FOV_BACKGROUND = typer.Option(None, "--fov-background/--no-fov-background", help="For images without "
+                              "FOV masks, keep the FOV brighter than the background read in the image "
+                              "corners, for cameras whose outside is not black, e.g. STARE (default: "
+                              "the model's).", show_default=False)
 SIZE = typer.Option(None, "--size", help="Cache side in pixels (default: the model's, rescaled so that "
                     "the field of view spans as many pixels as in its training images; see --match-scale).",
                     show_default=False)
@@ -23,10 +26,11 @@ CROP_FOV = typer.Option(None, "--crop-fov/--no-crop-fov", help="Crop to the FOV 
                         "(default: the model's).", show_default=False)
 
 
-def _preprocess(segmenter, fov_threshold: float | None, size: int | None, crop_fov: bool | None):
+def _preprocess(segmenter, fov_threshold: float | None, size: int | None, crop_fov: bool | None,
+                fov_background: bool | None = None):
     """The model's preprocessing with the command line's changes (scale and FOV estimation)."""
-    update = {k: v for k, v in {"fov_threshold": fov_threshold, "size": size, "crop_fov": crop_fov}.items()
-              if v is not None}
+    update = {k: v for k, v in {"fov_threshold": fov_threshold, "size": size, "crop_fov": crop_fov,
+                                "fov_background": fov_background}.items() if v is not None}
     return segmenter.preprocess.model_copy(update=update)
 
 
@@ -59,7 +63,7 @@ def predict(model: Path = typer.Argument(..., help="A segmenter directory or a r
             source: str = typer.Option(None, "--source", help="A data source instead of image "
                                        "files (drive, stare, glob...).", show_default=False),
             options: list[str] = OPTIONS, fov_threshold: float = FOV_THRESHOLD, size: int = SIZE,
-            crop_fov: bool = CROP_FOV,
+            crop_fov: bool = CROP_FOV, fov_background: bool = FOV_BACKGROUND,
             cache_dir: Path = typer.Option(None, "--cache-dir", show_default=False),
             match_scale: bool = MATCH_SCALE) -> None:
     """Write vessel probability maps and binary masks, at each image's original resolution."""
@@ -85,7 +89,7 @@ def predict(model: Path = typer.Argument(..., help="A segmenter directory or a r
     from retinassl.data.fov_scale import FOV_KEY, prepare_at_model_scale
 
     prepared = prepare_at_model_scale(lambda c: Cache(cache_dir).prepare(manifest, c, mask_columns=["mask_fov"]),
-                                      _preprocess(segmenter, fov_threshold, size, crop_fov),
+                                      _preprocess(segmenter, fov_threshold, size, crop_fov, fov_background),
                                       segmenter.meta.get(FOV_KEY), enabled=match_scale and size is None)
     written = predict_images(segmenter, prepared, out)
     typer.echo(f"wrote {len(written)} files to {out}")
@@ -104,7 +108,7 @@ def evaluate(model: Path = typer.Argument(..., help="A segmenter directory or a 
              exclude_flag: str = typer.Option(None, "--exclude-flag", help="Leave out rows whose "
                                               "value in this manifest column is 1.", show_default=False),
              fov_threshold: float = FOV_THRESHOLD, size: int = SIZE, crop_fov: bool = CROP_FOV,
-             runs_dir: Path = RUNS_DIR, match_scale: bool = MATCH_SCALE,
+             fov_background: bool = FOV_BACKGROUND, runs_dir: Path = RUNS_DIR, match_scale: bool = MATCH_SCALE,
              figures: int = typer.Option(4, "--figures", help="Overlays in the report.")) -> None:
     """Evaluate a trained model on a dataset (cross-dataset: e.g. train on DRIVE, test on STARE):
     Dice, sensitivity, specificity, accuracy and pixel AUC inside the FOV, with bootstrap intervals
@@ -115,7 +119,7 @@ def evaluate(model: Path = typer.Argument(..., help="A segmenter directory or a 
     from retinassl.report.html import build_report
 
     segmenter = load_segmenter(model)
-    preprocess = _preprocess(segmenter, fov_threshold, size, crop_fov)
+    preprocess = _preprocess(segmenter, fov_threshold, size, crop_fov, fov_background)
     spec = EvalDatasetConfig(name=name or source, data=DataConfig(source=source, options=key_values(options)),
                              preprocess=preprocess, split=split, exclude_flag=exclude_flag)
     run = RunDir.create(runs_dir or Path("runs"), f"segment-evaluate-{spec.name}")

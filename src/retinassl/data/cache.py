@@ -264,7 +264,7 @@ def _build_entry(job: _Job, config: PreprocessConfig, cache: Cache) -> None:
             fov_full = read_mask(job.fov_column, expected_size=decoded.original_size)
             fov = _resize_mask(fov_full, image.shape[:2])
         else:
-            fov = fov_mask(image, config.fov_threshold)
+            fov = fov_mask(image, config.fov_threshold, config.fov_background)
         geometry = compute_geometry(fov, decoded.scale, decoded.original_size, config, job.image)
         out = apply_geometry(image, geometry, scale=decoded.scale)
         out_fov = apply_geometry(fov, geometry, scale=decoded.scale, is_mask=True)

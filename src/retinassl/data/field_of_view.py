@@ -53,12 +53,15 @@ class Geometry:
                    size=d["size"], original_size=tuple(d["original_size"]))
 
 
-def fov_mask(image: np.ndarray, threshold: float = 0.08) -> np.ndarray:
+def fov_mask(image: np.ndarray, threshold: float = 0.08, background: bool = False) -> np.ndarray:
     """Estimate the circular field of view of a fundus photograph.
 
     Args:
         image: ``(H, W, 3)`` or ``(H, W)`` uint8.
         threshold: fraction of the 99th-percentile brightness above which a pixel is inside.
+        background: also require a pixel to be brighter than the image's background, read in its
+            four corners (:func:`corner_background`): for cameras whose area outside the field of
+            view is not black (STARE's is 15-45 grey levels, above 8 % of the brightest).
 
     Returns:
         ``(H, W)`` bool: the largest bright connected region, holes filled.
@@ -73,7 +76,11 @@ def fov_mask(image: np.ndarray, threshold: float = 0.08) -> np.ndarray:
     level = float(np.percentile(small, 99))
     if level <= 0:
         return np.zeros(full_shape, dtype=bool)
-    mask = (cv2.medianBlur(small, 3) > threshold * level).astype(np.uint8)
+    smooth = cv2.medianBlur(small, 3)
+    cut = threshold * level
+    if background:
+        cut = max(cut, corner_background(smooth, cut))
+    mask = (smooth > cut).astype(np.uint8)
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if count <= 1:
@@ -87,6 +94,31 @@ def fov_mask(image: np.ndarray, threshold: float = 0.08) -> np.ndarray:
     full = cv2.resize(mask.astype(np.uint8), (full_shape[1], full_shape[0]),
                       interpolation=cv2.INTER_NEAREST)
     return full.astype(bool)
+
+
+def corner_background(brightness: np.ndarray, cut: float, corner: float = 1 / 20) -> float:
+    """The background level of a fundus photograph: the brightest pixel of its four corner squares
+    (side ``corner`` of the shorter side), which lie outside the circular field of view in
+    photographs that show all of it.
+
+    Corners that are not dark (their brightest pixel at least half the median brightness of the
+    central square, half the image's side, which is retina in any fundus photograph) are taken to
+    be retina, as in a photograph cropped inside its field of view; ``cut`` is then returned
+    unchanged, as it is when the corners are darker than ``cut`` already.
+
+    Args:
+        brightness: ``(H, W)`` uint8, the brightest channel (median-filtered against noise).
+        cut: the threshold in use.
+    """
+    side = max(2, int(min(brightness.shape) * corner))
+    corners = (brightness[:side, :side], brightness[:side, -side:], brightness[-side:, :side],
+               brightness[-side:, -side:])
+    corner_max = max(float(c.max()) for c in corners)
+    h, w = brightness.shape
+    centre = brightness[h // 4:h - h // 4, w // 4:w - w // 4]
+    if corner_max <= cut or corner_max >= 0.5 * float(np.median(centre)):
+        return cut
+    return corner_max
 
 
 def apply_geometry(array: np.ndarray, geometry: Geometry, scale: float = 1.0,

@@ -63,6 +63,10 @@ class PreprocessConfig(BaseModel):
             channel); unset otherwise.
         fov_threshold: FOV = pixels whose brightest channel exceeds this fraction of the image's
             99th-percentile brightness (when the dataset has no FOV mask).
+        fov_background: also require FOV pixels to be brighter than the background read in the
+            image's corners (:func:`~retinassl.data.field_of_view.corner_background`), for cameras
+            whose area outside the FOV is not black (STARE); images with black corners are
+            unchanged.
         clahe_space: where CLAHE equalises the luminance: "lab" (the L channel of CIELAB, as
             before this option existed) or "ycrcb" (the Y channel of YCrCb); colour channels are
             left alone either way.
@@ -101,6 +105,7 @@ class PreprocessConfig(BaseModel):
     normalize_mean: tuple[float, ...] | None = None
     normalize_std: tuple[PositiveFloat, ...] | None = None
     fov_threshold: float = Field(0.08, gt=0, lt=1)
+    fov_background: bool = False
     clahe_space: Literal["lab", "ycrcb"] = "lab"
     clahe_tiles: int = Field(8, ge=1, le=64)
     color_standardize: bool = False
@@ -160,6 +165,8 @@ class PreprocessConfig(BaseModel):
             unused |= {"color_standardize", "color_target_mean", "color_target_std"}
         if self.color_match == "none":
             unused |= {"color_match", "color_reference"}
+        if not self.fov_background:
+            unused.add("fov_background")
         if self.fov_resolution is None:
             unused.add("fov_resolution")
         if self.sharpness_sigma == 0:

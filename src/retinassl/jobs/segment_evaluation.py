@@ -80,7 +80,7 @@ def native_masks(prepared: PreparedData, row: int) -> tuple[np.ndarray, np.ndarr
     if _has(frame, row, "mask_fov"):
         fov = read_mask(manifest.path(row, "mask_fov"), expected_size=size)
     else:
-        fov = fov_mask(image, prepared.config.fov_threshold)
+        fov = fov_mask(image, prepared.config.fov_threshold, prepared.config.fov_background)
     truth = read_mask(manifest.path(row, "mask_vessels"), expected_size=size) \
         if _has(frame, row, "mask_vessels") else None
     observer = read_mask(manifest.path(row, "mask_vessels_2"), expected_size=size) \
