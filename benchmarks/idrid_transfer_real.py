@@ -170,7 +170,10 @@ def main() -> None:
         target[last] = yaml.safe_load(value)
     config = resolve_config(data, args.budget)
     name = PRESET if args.budget == "cpu" else f"{PRESET}-{args.budget}"
-    run = RunDir.resume(args.resume) if args.resume else RunDir.create(args.runs_dir, name)
+    if args.summary_only and args.resume:
+        run = RunDir(args.resume)  # read only: reopening for a resume would mark a finished run as running
+    else:
+        run = RunDir.resume(args.resume) if args.resume else RunDir.create(args.runs_dir, name)
     run.attach_log_file()
     logging.getLogger("retinassl").info("run directory: %s", run.path)
     if not args.summary_only:

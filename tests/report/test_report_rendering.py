@@ -3,7 +3,8 @@ and transfer sweep in one run directory, as ``retinassl demo`` joins its stages)
 report and a vessel-segmentation report, each from a small synthetic run made here; the page must
 load every image (checked by the browser and by decoding each PNG file) and open with the summary.
 
-Set ``RETINASSL_SCREENSHOT_DIR`` to keep compressed screenshots (``docs/screenshots/`` holds them).
+Set ``RETINASSL_SCREENSHOT_DIR`` to keep compressed screenshots of these small runs; ``docs/screenshots/``
+holds those of real runs (``benchmarks/report_screenshots.py``).
 """
 
 from __future__ import annotations

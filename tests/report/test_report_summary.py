@@ -10,7 +10,7 @@ import pandas as pd
 
 from retinassl.io.results import result_row
 from retinassl.report.sections import number
-from retinassl.report.summary import paired_sentences, transfer_sentences, what_ran
+from retinassl.report.summary import paired_sentences, transfer_headline, transfer_sentences, what_ran
 from retinassl.report.tables import metrics_that_matter, wide_metrics
 
 
@@ -92,3 +92,17 @@ def test_what_ran_names_tasks_datasets_fractions_and_test_images() -> None:
     assert "tasks referable, referable@messidor" in line and "scored on messidor" in line
     assert "initialisations scratch, rotation" in line and "labelled fractions 5 %, 100 %" in line
     assert "2 seeds" in line and "120 test images" in line
+
+
+def test_headline_gives_a_protocol_run_at_one_fraction_its_own_column() -> None:
+    """The demo fine-tunes at 10 % only while the probe runs at 5, 10 and 100 %: every row has a number."""
+    rows = []
+    for protocol, fractions in (("probe", (0.05, 0.1, 1.0)), ("finetune", (0.1,))):
+        for f in fractions:
+            rows.append(_comparison(protocol=protocol, fraction=f, mean=0.8 + f / 10).assign(protocol=protocol))
+    headline = transfer_headline(pd.concat(rows, ignore_index=True))
+    assert [c for c in headline.columns if c.endswith("of labels")] == \
+        ["5 % of labels", "10 % of labels", "100 % of labels"]
+    finetune = headline[headline["protocol"] == "fine-tuning"]
+    assert (finetune["10 % of labels"] != "").all() and (finetune["5 % of labels"] == "").all()
+    assert (headline[headline["protocol"] == "linear probe"]["5 % of labels"] != "").all()

@@ -80,12 +80,14 @@ def what_ran(results: pd.DataFrame) -> list[str]:
 
 def transfer_headline(comparison: pd.DataFrame) -> pd.DataFrame:
     """The headline metric of each task (the comparison table lists it first) per protocol and
-    initialisation, at the lowest and the highest label fraction, as ``mean [lo, hi]``."""
+    initialisation, at each protocol's lowest and highest label fraction (a protocol run at one
+    fraction only, such as the demo's fine-tuning at 10 %, gets its own column), as ``mean [lo, hi]``."""
     rows = []
     for task, block in comparison.groupby("task", sort=False):
         metric = block["metric"].iloc[0]
         block = block[block["metric"] == metric]
-        ends = sorted({block["fraction"].min(), block["fraction"].max()})
+        fractions = block.groupby("protocol")["fraction"]
+        ends = sorted(set(fractions.min()) | set(fractions.max()))
         for (protocol, init), cells in block.groupby(["protocol", "init"], sort=False):
             row = {"task": task, "metric": METRIC_NAMES.get(metric, metric),
                    "protocol": PROTOCOLS.get(protocol, protocol), "initialisation": init}
