@@ -376,3 +376,16 @@ def test_channel_gain_recolours_real_patches_within_the_tanh_range() -> None:
     assert plain.shape == gained.shape == (32, 3, 32, 32)
     assert gained.min() >= -1 and gained.max() <= 1
     assert torch.equal(plain[:, :2], gained[:, :2]) and not torch.equal(plain[:, 2], gained[:, 2])
+
+
+def test_acquisition_augmentation_changes_real_patches_reproducibly_and_off_draws_nothing() -> None:
+    windows = tiny_dataset().unlabelled.windows[:32].float() / 255
+    plain = tiny_method()._real(windows, torch.Generator().manual_seed(0))
+    off = tiny_method(acquisition={"gamma_probability": 0.0})._real(windows, torch.Generator().manual_seed(0))
+    assert torch.equal(plain, off)
+    on = {"gamma_probability": 1.0, "blur_probability": 1.0}
+    first = tiny_method(acquisition=on)._real(windows, torch.Generator().manual_seed(0))
+    again = tiny_method(acquisition=on)._real(windows, torch.Generator().manual_seed(0))
+    other = tiny_method(acquisition=on)._real(windows, torch.Generator().manual_seed(1))
+    assert torch.equal(first, again) and not torch.equal(first, other) and not torch.equal(first, plain)
+    assert first.min() >= -1 and first.max() <= 1

@@ -91,6 +91,9 @@ class SSLGANConfig(Section):
         channel_gain: log-range of a random per-channel gain applied to every real patch
             (:func:`~retinassl.data.augment.channel_gain`, then clipped to [0, 1]; one value or
             one per channel; 0: off, as in the paper).
+        acquisition: what another camera does to a photograph (blur, resolution, vignetting, gamma,
+            saturation/hue, JPEG; :func:`~retinassl.data.augment.acquisition_augment`), on every
+            real patch after the channel gain; all off by default (nothing drawn).
         collapse_ratio: generated/real feature-variance ratio below which a check counts as
             collapsed. collapse_patience: consecutive collapsed checks that stop training. (On
             IDRiD the ratio swings between ~0.002 and ~0.8 in healthy early training, so only a
@@ -124,6 +127,7 @@ class SSLGANConfig(Section):
     select_on_validation: bool = False
     flip: bool = True
     channel_gain: NonNegativeFloat | tuple[NonNegativeFloat, ...] = 0.0
+    acquisition: augment.AcquisitionAugmentConfig = augment.AcquisitionAugmentConfig()
     collapse_ratio: float = Field(0.001, ge=0)
     collapse_patience: int = Field(10, ge=1)
     collapse_every: int = Field(10, ge=0)
@@ -287,7 +291,8 @@ class SSLGAN(Method):
     def _real(self, windows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         x = crop_and_flip(windows, self.config.patch_size, generator, self.config.flip)
         gained = augment.channel_gain(x, generator, self.config.channel_gain)
-        x = (x if gained is x else gained.clamp(0, 1)) * 2 - 1
+        x = x if gained is x else gained.clamp(0, 1)
+        x = augment.acquisition_augment(x, self.config.acquisition, generator) * 2 - 1
         if windows.is_contiguous(memory_format=torch.channels_last):  # keep the batch's layout
             x = x.contiguous(memory_format=torch.channels_last)
         return x
