@@ -1,0 +1,97 @@
+"""The SSL-GAN and its ConvNet with the camera-robust recipe beside the current one (issue 23 item 4):
+two idrid-ssl-gan sweeps that differ only in the preprocessing (`preprocess.color_standardize`:
+each channel's mean and standard deviation inside the FOV mapped to fixed values), the same cells
+(149 labelled images, 5 samplings, the cpu budget) and the same external set through
+`evaluate_on` (MX fundus photographs with a DR grade, any DR).
+
+Per learner and recipe: the IDRiD test image AUC and the MX external AUC (mean ± sd over the 5
+samplings); per sampling, paired DeLong tests on the same images: SSL-GAN vs ConvNet (each recipe)
+and robust vs current (each learner).
+
+    .venv/bin/python benchmarks/ssl_gan_robust.py CURRENT_RUN ROBUST_RUN [--command "..."]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_results  # noqa: E402
+
+from retinassl.metrics.classification import roc_auc  # noqa: E402
+from retinassl.metrics.stats import delong_test, significant_by_sign  # noqa: E402
+
+LEARNERS = ("ssl-gan", "convnet")
+SETS = {"IDRiD test": "ssl-gan", "MX DR (external)": "ssl-gan@mx"}
+
+
+def predictions(run: Path, folder: str, learner: str) -> dict[int, pd.DataFrame]:
+    out = {}
+    for path in sorted((run / "predictions" / folder).glob(f"{learner}-n*-s*.csv")):
+        seed = int(path.stem.rsplit("-s", 1)[1])
+        out[seed] = pd.read_csv(path, usecols=["id", "label", "score"])
+    return out
+
+
+def paired(a: dict[int, pd.DataFrame], b: dict[int, pd.DataFrame]) -> dict:
+    """Per common seed, DeLong of a vs b on the images both scored; the sign count of p < 0.05."""
+    ps, diffs = [], []
+    for seed in sorted(set(a) & set(b)):
+        both = a[seed].merge(b[seed], on=["id", "label"], suffixes=("_a", "_b"))
+        test = delong_test(both["label"].to_numpy(int), both["score_a"].to_numpy(float), both["score_b"].to_numpy(float))
+        ps.append(test.p_value)
+        diffs.append(test.difference)
+    better, worse = significant_by_sign(ps, diffs)
+    return {"p": ps, "difference": diffs, "better": better, "worse": worse, "n": len(ps)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("current", type=Path)
+    parser.add_argument("robust", type=Path)
+    parser.add_argument("--command", default="", help="the sweeps' command lines, recorded verbatim")
+    args = parser.parse_args()
+    runs = {"current": args.current, "robust": args.robust}
+    scores = {(recipe, learner, name): predictions(run, folder, learner)
+              for recipe, run in runs.items() for learner in LEARNERS for name, folder in SETS.items()}
+    rows, data = [], {"runs": {k: str(v) for k, v in runs.items()}, "sweep_command": args.command, "auc": {},
+                      "tests": []}
+    for (recipe, learner, name), by_seed in scores.items():
+        aucs = [roc_auc(t["label"].to_numpy(int), t["score"].to_numpy(float)) for t in by_seed.values()]
+        data["auc"][f"{recipe} / {learner} / {name}"] = aucs
+    lines = ["| learner | recipe | " + " | ".join(f"{n} AUC (mean ± sd, n seeds)" for n in SETS) + " |",
+             "|---|---|" + "---|" * len(SETS)]
+    for learner in LEARNERS:
+        for recipe in runs:
+            cells = []
+            for name in SETS:
+                aucs = np.array(data["auc"][f"{recipe} / {learner} / {name}"])
+                cells.append(f"{aucs.mean():.3f} ± {aucs.std(ddof=1) if len(aucs) > 1 else 0:.3f} ({len(aucs)})"
+                             if len(aucs) else "-")
+            lines.append(f"| {learner} | {recipe} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired DeLong tests per sampling (same images; difference = first - second):", "",
+              "| comparison | images | mean AUC difference | p per seed | p < 0.05 (higher / lower) |",
+              "|---|---|---|---|---|"]
+    comparisons = [(f"ssl-gan vs convnet, {recipe}", (recipe, "ssl-gan"), (recipe, "convnet")) for recipe in runs]
+    comparisons += [(f"robust vs current, {learner}", ("robust", learner), ("current", learner)) for learner in LEARNERS]
+    for label, (ra, la), (rb, lb) in comparisons:
+        for name in SETS:
+            test = paired(scores[(ra, la, name)], scores[(rb, lb, name)])
+            if not test["n"]:
+                continue
+            data["tests"].append({"comparison": label, "set": name, **test})
+            lines.append(f"| {label} | {name} | {np.mean(test['difference']):+.3f} | "
+                         + ", ".join(f"{p:.3g}" for p in test["p"]) + f" | {test['better']} / {test['worse']} of {test['n']} |")
+    lines += ["", "Runs: " + ", ".join(f"{k} `{v}`" for k, v in runs.items())
+              + (f"  \nSweep commands: {args.command}" if args.command else "")]
+    write_results("ssl_gan_robust", data, "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
