@@ -1,14 +1,15 @@
-"""The SSL-GAN and its ConvNet with the camera-robust recipe beside the current one (issue 23 item 4):
-two idrid-ssl-gan sweeps that differ only in the preprocessing (`preprocess.color_standardize`:
-each channel's mean and standard deviation inside the FOV mapped to fixed values), the same cells
-(149 labelled images, 5 samplings, the cpu budget) and the same external set through
-`evaluate_on` (MX fundus photographs with a DR grade, any DR).
+"""The SSL-GAN and its ConvNet with camera-robust recipes beside the current one (issue 23 item 4):
+idrid-ssl-gan sweeps that differ only in the recipe (e.g. `preprocess.color_standardize`: each
+channel's mean and standard deviation inside the FOV mapped to fixed values; or
+`learners.*.method.acquisition`: colour augmentation of the real patches), the same cells (149
+labelled images, 5 samplings, the cpu budget) and the same external set through `evaluate_on`
+(MX fundus photographs with a DR grade, any DR).
 
 Per learner and recipe: the IDRiD test image AUC and the MX external AUC (mean ± sd over the 5
 samplings); per sampling, paired DeLong tests on the same images: SSL-GAN vs ConvNet (each recipe)
-and robust vs current (each learner).
+and each recipe vs the first (each learner).
 
-    .venv/bin/python benchmarks/ssl_gan_robust.py CURRENT_RUN ROBUST_RUN [--command "..."]
+    .venv/bin/python benchmarks/ssl_gan_robust.py current=RUN robust=RUN [augment=RUN ...] [--command "..."]
 """
 
 from __future__ import annotations
@@ -52,11 +53,11 @@ def paired(a: dict[int, pd.DataFrame], b: dict[int, pd.DataFrame]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("current", type=Path)
-    parser.add_argument("robust", type=Path)
+    parser.add_argument("runs", nargs="+", help="recipe=RUN_DIRECTORY; the first is the reference")
     parser.add_argument("--command", default="", help="the sweeps' command lines, recorded verbatim")
     args = parser.parse_args()
-    runs = {"current": args.current, "robust": args.robust}
+    runs = {name: Path(run) for name, run in (item.split("=", 1) for item in args.runs)}
+    reference = next(iter(runs))
     scores = {(recipe, learner, name): predictions(run, folder, learner)
               for recipe, run in runs.items() for learner in LEARNERS for name, folder in SETS.items()}
     rows, data = [], {"runs": {k: str(v) for k, v in runs.items()}, "sweep_command": args.command, "auc": {},
@@ -78,7 +79,8 @@ def main() -> None:
               "| comparison | images | mean AUC difference | p per seed | p < 0.05 (higher / lower) |",
               "|---|---|---|---|---|"]
     comparisons = [(f"ssl-gan vs convnet, {recipe}", (recipe, "ssl-gan"), (recipe, "convnet")) for recipe in runs]
-    comparisons += [(f"robust vs current, {learner}", ("robust", learner), ("current", learner)) for learner in LEARNERS]
+    comparisons += [(f"{recipe} vs {reference}, {learner}", (recipe, learner), (reference, learner))
+                    for recipe in list(runs)[1:] for learner in LEARNERS]
     for label, (ra, la), (rb, lb) in comparisons:
         for name in SETS:
             test = paired(scores[(ra, la, name)], scores[(rb, lb, name)])
