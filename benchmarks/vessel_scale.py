@@ -102,6 +102,7 @@ def main() -> None:
                            "lower by %.4f" % (best["dice"] - default["dice"])))
     lines += [""] + [f"- {v}" for v in verdicts] + ["", f"Run: `{run.path}`; load average at the end "
                                                         f"{os.getloadavg()[0]:.1f}."]
+    run.update_status(status="finished")  # as the command wrapper does: the report is not "partial"
     write_results("vessel_scale", {"run": str(run.path), "recorded_fov_diameter": recorded,
                                    "train_seconds": metrics["train_seconds"], "rows": rows,
                                    "verdicts": verdicts, "wall_seconds": time.perf_counter() - start},
