@@ -20,16 +20,13 @@ from them). Each step is skipped when its run directory has finished, so a kille
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from _common import ROOT, SHARED_DATA, write_results
-from external_dr import cell, finished
+from external_dr import cell, external, run_once
 
-BIN = Path(sys.executable).parent / "retinassl"
 ACQUISITION = ("method.acquisition={gamma_probability: 0.5, blur_probability: 0.3, downscale_probability: 0.3, "
                "saturation_hue_probability: 0.5, jpeg_probability: 0.3, vignetting_probability: 0.3}")
 COLOUR = ["preprocess.normalize=max", "preprocess.color_standardize=true"]
@@ -57,32 +54,13 @@ def slug(text: str) -> str:
 
 
 def train(source: str, recipe: str, runs: Path) -> Path:
-    folder = runs / f"{slug(source)}-{slug(recipe)}"
-    done = finished(folder)
-    if done is not None:
-        print(f"{source} / {recipe}: reusing {done}", flush=True)
-        return done
-    stale = sorted(p for p in folder.glob("*") if (p / "run.json").is_file())
-    args = [str(BIN), "train", "--resume", str(stale[-1])] if stale else \
-        [str(BIN), *SOURCES[source], *RECIPES[recipe], "--runs-dir", str(folder)]
-    subprocess.run(args, check=True)
-    done = finished(folder)
-    assert done is not None, f"{source} / {recipe} did not finish"
-    return done
+    return run_once(runs / f"{slug(source)}-{slug(recipe)}", [*SOURCES[source], *RECIPES[recipe]], ["train"])
 
 
 def evaluate(models: list[Path], test_set: str, tag: str, runs: Path):
-    from retinassl.io.results import read_results
-
     source, options, label, split = TEST_SETS[test_set]
-    folder = runs / f"external-{slug(test_set)}-{tag}"
-    if finished(folder) is None:
-        args = [str(BIN), "evaluate", "external", *map(str, models), "--source", source, "--label", label,
-                "--name", slug(test_set), "--runs-dir", str(folder), "--misses", "0"]
-        args += [a for k, v in options.items() for a in ("-o", f"{k}={v}")]
-        args += ["--split", split] if split else []
-        subprocess.run(args, check=True)
-    return read_results(finished(folder) / "results.csv")
+    return external(models, source, [f"{k}={v}" for k, v in options.items()], label, f"{slug(test_set)}-{tag}",
+                    runs, ["--misses", "0", *(["--split", split] if split else [])])
 
 
 def main() -> None:

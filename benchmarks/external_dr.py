@@ -49,19 +49,23 @@ def finished(folder: Path) -> Path | None:
     return None
 
 
-def step(name: str, runs: Path) -> Path:
-    folder = runs / name
+def run_once(folder: Path, args: list[str], resume: list[str]) -> Path:
+    """The finished run in ``folder``, made by ``retinassl *args`` (or continued with ``retinassl
+    *resume --resume RUN`` after a kill) unless one has finished already."""
     done = finished(folder)
     if done is not None:
-        print(f"{name}: reusing {done}")
+        print(f"{folder.name}: reusing {done}", flush=True)
         return done
-    stale = [p for p in folder.glob("*") if (p / "run.json").is_file()]
-    args = [str(BIN), *STEPS[name], "--runs-dir", str(folder)] if not stale else \
-        [str(BIN), *STEPS[name][:3 if name != "image" else 2], "--resume", str(stale[-1])]
-    subprocess.run(args, check=True)
+    stale = sorted(p for p in folder.glob("*") if (p / "run.json").is_file())
+    subprocess.run([str(BIN), *resume, "--resume", str(stale[-1])] if stale else
+                   [str(BIN), *args, "--runs-dir", str(folder)], check=True)
     done = finished(folder)
-    assert done is not None, f"{name} did not finish"
+    assert done is not None, f"{folder} did not finish"
     return done
+
+
+def step(name: str, runs: Path) -> Path:
+    return run_once(runs / name, STEPS[name], STEPS[name][:3 if name != "image" else 2])
 
 
 def in_domain(run: Path) -> dict[str, float]:
@@ -76,11 +80,14 @@ def in_domain(run: Path) -> dict[str, float]:
             "n_positive": float(labels.sum())}
 
 
-def external(models: list[Path], source: str, options: list[str], label: str, name: str, runs: Path) -> pd.DataFrame:
+def external(models: list[Path], source: str, options: list[str], label: str, name: str, runs: Path,
+             extra: list[str] = ()) -> pd.DataFrame:
+    """``retinassl evaluate external`` of ``models`` on a labelled dataset (``extra``: more of its
+    options, e.g. ``--split test``), once; its results table."""
     folder = runs / f"external-{name}"
     if finished(folder) is None:
         args = [str(BIN), "evaluate", "external", *map(str, models), "--source", source, "--label", label,
-                "--name", name, "--runs-dir", str(folder)]
+                "--name", name, "--runs-dir", str(folder), *extra]
         for option in options:
             args += ["-o", option]
         subprocess.run(args, check=True)

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
@@ -62,8 +63,6 @@ def main() -> None:
             area_plain.append(plain.mean())
             area_rule.append(rule.mean())
             if "mask_fov" in frame.columns and isinstance(frame.at[r, "mask_fov"], str) and frame.at[r, "mask_fov"]:
-                import cv2
-
                 truth = read_mask(manifest.path(r, "mask_fov"), expected_size=decoded.original_size)
                 truth = cv2.resize(truth.astype(np.uint8), (image.shape[1], image.shape[0]),
                                    interpolation=cv2.INTER_NEAREST).astype(bool)
