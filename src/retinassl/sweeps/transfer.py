@@ -21,7 +21,9 @@ models were tested using DeLong's test"):
    seeds, and are the same for every initialisation and protocol (paired comparisons).
 4. **Protocols.** ``probe``: logistic regression on cached frozen features
    (:mod:`~retinassl.jobs.probe`); ``finetune``: every weight trained with early stopping on a
-   validation split carved from the subset (:mod:`~retinassl.jobs.finetune`).
+   validation split carved from the subset (:mod:`~retinassl.jobs.finetune`), with settings
+   chosen per initialisation on training images when ``finetune_tuning`` is set
+   (:mod:`~retinassl.sweeps.transfer_tuning`).
 5. **Outputs.** Per cell: ``predictions/transfer/<task>/<protocol>/<init>/f<fraction>-s<seed>[-k<fold>].csv``
    and its metrics in ``results.csv``. A cell whose rows are in the results table is done, so a
    killed sweep rerun with ``--resume`` computes only the missing cells (and a fine-tuning cell
@@ -56,6 +58,7 @@ from retinassl.io.saved_model import LEGACY, META
 from retinassl.sweeps.grid import Grid, run_grid
 from retinassl.sweeps.transfer_config import InitSpec, TransferConfig, resolve_config
 from retinassl.sweeps.transfer_inits import TransferInits
+from retinassl.sweeps.transfer_tuning import tune_init, tuned_finetune
 from retinassl.sweeps.external import ExternalSet, warn_overlap
 from retinassl.sweeps.transfer_external import (external_rows, prepare_external, with_external_tasks,
                                                write_external_table)
@@ -116,6 +119,9 @@ class TransferGrid(TransferInits, Grid):
                                mask_columns=[], skip_bad=config.data.skip_bad)
         for spec in config.inits:
             self.check_pretraining(spec.name, self.model_of(spec).init)
+        if config.finetune_tuning is not None and "finetune" in config.protocols:
+            for spec in config.inits:  # every init's setting chosen on training images, before any cell
+                tune_init(config, self.run, self.downstream(), spec, self.model_of(spec))
 
     def cells(self) -> list[dict[str, Any]]:
         """Per init, its probe cells and then its fine-tuning cells."""
@@ -252,8 +258,9 @@ class TransferGrid(TransferInits, Grid):
         workdir = self.run.path / "cells" / self.cell_name(
             {"task": task.name, "init": spec.name, "protocol": "finetune", **cell})
         resume = (workdir / "checkpoints").is_dir()
-        result = finetune(model, prepared, cell["rows"], cell["test"], task, config.finetune,
-                          config.engine, workdir, cell["seed"], resume=resume)
+        result = finetune(model, prepared, cell["rows"], cell["test"], task,
+                          tuned_finetune(config, self.run, spec.name), config.engine, workdir, cell["seed"],
+                          resume=resume)
         from retinassl.jobs.finetune import predict
 
         external = [(e, predict(result.method, e.prepared, np.arange(len(e.prepared)))) for e in self.externals(task)]

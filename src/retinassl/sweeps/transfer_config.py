@@ -73,6 +73,29 @@ class ExplainConfig(Section):
     task: str | None = None
 
 
+class TuningConfig(Section):
+    """Fine-tuning settings chosen per initialisation on validation data carved from the training
+    images (:mod:`~retinassl.sweeps.transfer_tuning`), so that every initialisation, scratch
+    included, is fine-tuned with the setting that suits it best and no test image is looked at.
+
+    Attributes:
+        grid: candidate values per fine-tuning setting (a field of
+            :class:`~retinassl.jobs.finetune.FinetuneConfig`, e.g. ``{lr: [0.0003, 0.001],
+            min_steps: [40, 160]}``); every combination is tried.
+        task: the task whose primary metric chooses (default: the first task).
+        fraction: label fraction of the tuning runs (of the training images, as in the cells).
+        seeds: tuning runs per candidate (each its own tuning split and label subset); the
+            candidate with the best mean validation score wins (ties: the earlier candidate).
+        val_fraction: share of the training patients held out (stratified) to score the tuning runs.
+    """
+
+    grid: dict[str, list[Any]]
+    task: str | None = None
+    fraction: float = Field(0.1, gt=0, le=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
+    val_fraction: float = Field(0.25, gt=0, lt=1)
+
+
 class TransferConfig(Section):
     """A transfer-evaluation experiment (``kind: transfer``).
 
@@ -102,6 +125,8 @@ class TransferConfig(Section):
         finetune: fine-tuning settings.
         engine: fine-tuning engine settings.
         explain: t-SNE and Grad-CAM figures.
+        finetune_tuning: choose ``finetune`` settings per initialisation on validation data
+            (:class:`TuningConfig`; None: ``finetune`` as given, for every initialisation).
         keep_workdirs: keep each fine-tuning run's checkpoints and logs (default: deleted).
         workers: processes sharing the cells (each takes every ``workers``-th initialisation;
             with ``engine.num_threads: 1`` two workers use both cores of a 2-core machine).
@@ -131,6 +156,7 @@ class TransferConfig(Section):
     folds: int = Field(5, ge=2)
     probe: ProbeConfig = ProbeConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    finetune_tuning: TuningConfig | None = None
     engine: EngineConfig = EngineConfig(batch_size=32, checkpoint_every_n_steps=0)
     explain: ExplainConfig = ExplainConfig()
     keep_workdirs: bool = False
@@ -155,6 +181,18 @@ class TransferConfig(Section):
         bad = [f for f in (self.finetune_fractions or []) if f not in self.fractions]
         if bad:
             raise ConfigError(f"finetune_fractions {bad} are not among fractions {self.fractions}")
+        if self.finetune_tuning is not None:
+            tuning = self.finetune_tuning
+            unknown = sorted(set(tuning.grid) - set(FinetuneConfig.model_fields))
+            if unknown or not tuning.grid or any(not v for v in tuning.grid.values()):
+                raise ConfigError(f"finetune_tuning.grid: give candidate values of fine-tuning settings "
+                                  f"({', '.join(FinetuneConfig.model_fields)}); unknown: {unknown}")
+            if tuning.task is not None and tuning.task not in {t.name for t in self.tasks}:
+                raise ConfigError(f"finetune_tuning.task {tuning.task!r} is not one of the tasks "
+                                  f"{[t.name for t in self.tasks]}")
+            for values in tuning_candidates(tuning.grid):
+                validate(FinetuneConfig, {**self.finetune.model_dump(), **values},
+                         origin="finetune_tuning.grid")
         external = [e.name for e in self.evaluate_on]
         if len(set(external)) != len(external):
             raise ConfigError(f"evaluate_on: names must be unique, got {external}")
@@ -209,6 +247,14 @@ class TransferConfig(Section):
                   "preprocess": self.preprocess.model_dump(mode="json"), "model": model,
                   "engine": engine, **settings}
         return validate(PretrainConfig, merged, origin=f"init {spec.name}: pretrain")
+
+
+def tuning_candidates(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of a tuning grid's values, in a fixed order (keys sorted, values as given)."""
+    import itertools
+
+    keys = sorted(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
 
 def resolve_config(data: dict[str, Any], budget: str | None) -> TransferConfig:

@@ -1,0 +1,134 @@
+"""Fine-tuning settings chosen on validation data only, per initialisation (``finetune_tuning``).
+
+A pretrained initialisation only "beats scratch" if scratch was trained as well as it can be: a
+scratch network fine-tuned with a recipe chosen for pretrained weights (few steps, a small learning
+rate) is a weak baseline. With ``finetune_tuning`` every initialisation gets its own setting, chosen
+the same way and on the training images only:
+
+1. **Tuning split.** Per tuning seed, about ``val_fraction`` of the training patients (stratified by
+   the task's classes, never splitting a patient; :func:`~retinassl.data.splits.carve_validation`)
+   are held out as the tuning validation set; the test images are never used.
+2. **Tuning runs.** From the remaining training images a stratified subset of the size the cells use
+   at ``fraction`` is drawn, and each candidate of the grid fine-tunes on it exactly as a cell does
+   (its own early-stopping split carved from the subset); the run is scored on the tuning
+   validation set with the task's primary metric.
+3. **Choice.** The candidate with the best mean score over the tuning seeds wins (the earlier
+   candidate on a tie); ``data/tuning-<init>.json`` records every score and the choice, and the
+   init's fine-tuning cells use it. Each tuning run appends its row to ``data/tuning.csv`` when it
+   ends, so a killed sweep resumes with the runs that are missing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from retinassl.atomic import write_text
+from retinassl.config import ModelConfig
+from retinassl.data.cache import PreparedData
+from retinassl.data.splits import carve_validation
+from retinassl.io.rundir import RunDir
+from retinassl.jobs.finetune import FinetuneConfig, finetune, remove_workdir
+from retinassl.metrics.tasks import TaskSpec
+from retinassl.sweeps.transfer_config import InitSpec, TransferConfig, tuning_candidates
+from retinassl.sweeps.transfer_data import evaluation_folds, label_subsets
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("init", "candidate", "seed", "metric", "value", "n_fit", "n_val", "steps", "seconds")
+
+
+def tuning_file(run: RunDir, init: str) -> Path:
+    return run.path / "data" / f"tuning-{init}.json"
+
+
+def tuned_finetune(config: TransferConfig, run: RunDir, init: str) -> FinetuneConfig:
+    """The fine-tuning settings of ``init``'s cells: ``config.finetune`` with the tuned values
+    (``data/tuning-<init>.json``) when ``finetune_tuning`` is set."""
+    if config.finetune_tuning is None:
+        return config.finetune
+    path = tuning_file(run, init)
+    if not path.is_file():
+        raise RuntimeError(f"{path} is missing: the tuning of {init!r} runs before its fine-tuning cells")
+    chosen = json.loads(path.read_text())["chosen"]
+    return config.finetune.model_copy(update=chosen)
+
+
+def tuning_task(config: TransferConfig) -> TaskSpec:
+    name = config.finetune_tuning.task or config.tasks[0].name  # type: ignore[union-attr]
+    return next(t for t in config.tasks if t.name == name)
+
+
+def tuning_rows(prepared: PreparedData, config: TransferConfig, task: TaskSpec,
+                seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(subset, validation)`` rows of one tuning seed, both from the training images of the first
+    fold (the official training split, or fold 0's training part): the held-out patients and a
+    stratified subset of the others as large as a cell's subset at the tuning fraction."""
+    tuning = config.finetune_tuning
+    manifest = prepared.manifest
+    _, train, _ = evaluation_folds(manifest, task, config.folds, config.seed)[0]
+    targets = task.targets(manifest)
+    strata = (targets.max(axis=1) if targets.ndim == 2 else targets)[train]
+    groups = manifest.frame["patient"].astype(str).to_numpy()[train]
+    fit_pos, val_pos = carve_validation(strata, groups, tuning.val_fraction, seed)
+    if not len(val_pos):
+        raise RuntimeError(f"finetune_tuning: the training images of task {task.name!r} cannot give a "
+                           "validation split with every class (too few patients per class)")
+    pool = train[fit_pos]
+    size = max(2, math.ceil(tuning.fraction * len(train)))
+    fraction = min(1.0, size / len(pool))
+    subset = label_subsets(manifest, task, pool, [fraction], seed, None)[fraction]
+    return subset, train[val_pos]
+
+
+def _done(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=list(COLUMNS))
+
+
+def tune_init(config: TransferConfig, run: RunDir, prepared: PreparedData, spec: InitSpec,
+              model: ModelConfig) -> dict[str, Any]:
+    """Run the missing tuning runs of ``spec``, choose, write ``data/tuning-<init>.json``; returns
+    the chosen values."""
+    out = tuning_file(run, spec.name)
+    if out.is_file():
+        return json.loads(out.read_text())["chosen"]
+    tuning = config.finetune_tuning
+    task = tuning_task(config)
+    table = run.path / "data" / "tuning.csv"
+    candidates = tuning_candidates(tuning.grid)
+    for seed in tuning.seeds:
+        subset, val = tuning_rows(prepared, config, task, seed)
+        for k, values in enumerate(candidates):
+            done = _done(table)
+            if ((done["init"] == spec.name) & (done["candidate"] == k) & (done["seed"] == seed)).any():
+                continue
+            workdir = run.path / "cells" / f"tune-{spec.name}-c{k}-s{seed}"
+            result = finetune(model, prepared, subset, val, task, config.finetune.model_copy(update=values),
+                              config.engine, workdir, seed, resume=(workdir / "checkpoints").is_dir())
+            labels = task.targets(prepared.manifest)[val]
+            score = float(task.metrics(labels, result.scores).get(task.primary, math.nan))
+            row = {"init": spec.name, "candidate": k, "seed": seed, "metric": task.primary, "value": score,
+                   "n_fit": len(subset), "n_val": len(val), "steps": result.steps, "seconds": result.seconds}
+            write_text(table, pd.concat([_done(table), pd.DataFrame([row])], ignore_index=True)
+                       .to_csv(index=False))
+            log.info("tuning %s candidate %d %s seed %d: validation %s %.3f (%d steps, %.0f s)", spec.name,
+                     k, values, seed, task.primary, score, result.steps, result.seconds)
+            if not config.keep_workdirs:
+                remove_workdir(workdir)
+    done = _done(table)
+    mine = done[done["init"] == spec.name]
+    means = [float(mine[mine["candidate"] == k]["value"].mean()) for k in range(len(candidates))]
+    best = int(np.nanargmax(means)) if np.isfinite(means).any() else 0
+    record = {"init": spec.name, "task": task.name, "metric": task.primary, "fraction": tuning.fraction,
+              "seeds": list(tuning.seeds), "val_fraction": tuning.val_fraction,
+              "candidates": [{"values": v, "mean": m} for v, m in zip(candidates, means)],
+              "chosen": candidates[best]}
+    write_text(out, json.dumps(record, indent=2, default=float))
+    log.info("tuning %s: chose %s (validation %s %.3f)", spec.name, candidates[best], task.primary, means[best])
+    return candidates[best]

@@ -1,0 +1,106 @@
+"""Fine-tuning settings tuned per initialisation on training images only (``finetune_tuning``): the
+tuning runs never see a test image, hold out whole patients, choose the best mean validation score,
+the cells then train with the choice, and a resumed sweep does not tune again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from retinassl.data.manifest import Manifest
+from retinassl.errors import ConfigError
+from retinassl.io.results import read_results
+from retinassl.io.rundir import RunDir
+from retinassl.models import build_encoder
+from retinassl.models.checkpoint import save_encoder
+from retinassl.sweeps import transfer_tuning as tuning_module
+from retinassl.sweeps.transfer import run_transfer
+from retinassl.sweeps.transfer_config import resolve_config, tuning_candidates
+
+GRID = {"max_steps": [2, 3], "lr": [0.001]}
+
+
+def _config(root: Path, encoder_dir: Path, **extra) -> dict:
+    return {
+        "kind": "transfer", "name": "tune", "seed": 0,
+        "data": {"source": "manifest", "manifest": str(root / "data" / "manifest.csv"),
+                 "cache_dir": str(encoder_dir.parent / "cache")},
+        "preprocess": {"size": 32},
+        "model": {"arch": "convnet", "kwargs": {"width": 8}},
+        "inits": [{"name": "scratch"}, {"name": "other", "init": str(encoder_dir)}],
+        "tasks": [{"name": "referable", "label": "dr_grade", "positive_from": 2}],
+        "fractions": [1.0], "seeds": [0], "protocols": ["finetune"],
+        # epochs large enough that a run always trains for exactly max_steps
+        "finetune": {"epochs": 50, "min_steps": 1, "max_steps": 2, "patience": 0},
+        "finetune_tuning": {"grid": GRID, "fraction": 1.0, "seeds": [0, 1], "val_fraction": 0.3},
+        "engine": {"batch_size": 16, "checkpoint_every_n_steps": -1, "precision": "32"},
+        "explain": {"tsne": False, "gradcam": 0},
+        **extra}
+
+
+def test_candidates_are_every_combination_in_a_fixed_order() -> None:
+    assert tuning_candidates({"lr": [1, 2], "augment": ["none", "affine"]}) == [
+        {"augment": "none", "lr": 1}, {"augment": "none", "lr": 2},
+        {"augment": "affine", "lr": 1}, {"augment": "affine", "lr": 2}]
+
+
+def test_tuning_config_checks(tiny_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown: \\['learning_rate'\\]"):
+        resolve_config(_config(tiny_root, tmp_path, finetune_tuning={"grid": {"learning_rate": [0.1]}}), None)
+    with pytest.raises(ConfigError, match="not one of the tasks"):
+        resolve_config(_config(tiny_root, tmp_path, finetune_tuning={"grid": GRID, "task": "dme"}), None)
+    with pytest.raises(ConfigError):                                   # a value FinetuneConfig refuses
+        resolve_config(_config(tiny_root, tmp_path, finetune_tuning={"grid": {"lr": [-1.0]}}), None)
+
+
+@pytest.mark.slow
+def test_tuning_uses_training_images_only_and_the_cells_use_the_choice(
+        tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(5)
+    save_encoder(tmp_path / "enc", build_encoder("convnet", width=8), arch="convnet", kwargs={"width": 8})
+    config = resolve_config(_config(tiny_root, tmp_path / "enc"), None)
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    real = tuning_module.finetune
+
+    def recording(model, prepared, train_rows, test_rows, *args, **kwargs):
+        seen.append((np.asarray(train_rows), np.asarray(test_rows)))
+        return real(model, prepared, train_rows, test_rows, *args, **kwargs)
+
+    monkeypatch.setattr(tuning_module, "finetune", recording)
+    run = RunDir.create(tmp_path / "runs", "tune")
+    run_transfer(config, run)
+
+    manifest = Manifest.load(run.path / "data" / "downstream.csv")
+    frame = manifest.frame
+    test_rows = set(np.flatnonzero(frame["split"].astype(str).to_numpy() == "test").tolist())
+    assert test_rows                                                    # the fixture has a test split
+    patients = frame["patient"].astype(str).to_numpy()
+    assert len(seen) == 2 * 2 * 2                                       # inits x candidates x seeds
+    for fitted, scored in seen:
+        assert not (set(fitted.tolist()) | set(scored.tolist())) & test_rows
+        assert not set(patients[fitted]) & set(patients[scored])        # whole patients held out
+    table = pd.read_csv(run.path / "data" / "tuning.csv")
+    assert len(table) == 8 and set(table["metric"]) == {"auc"}
+    results = read_results(run.results_file)
+    steps = results[(results["metric"] == "steps") & (results["protocol"] == "finetune")]
+    candidates = tuning_candidates(GRID)
+    for init in ("scratch", "other"):
+        mine = table[table["init"] == init]
+        means = [mine.loc[mine["candidate"] == k, "value"].mean() for k in range(len(candidates))]
+        expected = candidates[int(np.argmax(means))]                    # the first best on a tie
+        record = json.loads((run.path / "data" / f"tuning-{init}.json").read_text())
+        assert record["chosen"] == expected
+        assert [c["mean"] for c in record["candidates"]] == pytest.approx(means)
+        # the cell trained with the chosen number of steps (epochs are large: steps = max_steps)
+        assert steps.loc[steps["init"] == init, "value"].tolist() == [expected["max_steps"]]
+    assert set(mine["steps"]) == {2, 3}                                 # each candidate ran as set
+
+    # a resumed sweep does not tune again
+    seen.clear()
+    run_transfer(config, RunDir.resume(run.path))
+    assert seen == [] and len(pd.read_csv(run.path / "data" / "tuning.csv")) == 8
