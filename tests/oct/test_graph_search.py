@@ -201,3 +201,52 @@ def test_read_volume_dispatches_single_bscan_images(tmp_path):
         assert v.format == "bscan-images" and v.shape == (1, 30, 40) and not v.spacing_stated
     v = read_volume(tmp_path / "one.png", axial_um=3.87, lateral_um=11.5)
     assert v.spacing_stated and v.spacing_mm[1:] == pytest.approx((0.00387, 0.0115))
+
+
+def _layered_bscan(rng, ilm: np.ndarray, dim_to: np.ndarray, bands: list[tuple[int, int, float]], dim: float = 55.0,
+                   d: int = 128) -> np.ndarray:
+    """A uint8 B-scan: vitreous (8) above ``ilm``, inner retina (110) from the ILM down, dim tissue
+    (55, the outer nuclear layer) from ``dim_to`` (per column) to the first band, bright
+    ``(top, bottom, value)`` bands, choroid (45) below the last; Gaussian noise (sd 3)."""
+    w = len(ilm)
+    rows = np.arange(d)[:, None]
+    img = np.where(rows >= ilm[None], 110.0, 8.0)
+    img = np.where((rows >= dim_to[None]) & (rows < bands[0][0]), dim, img)
+    for top, bottom, value in bands:
+        img = np.where((rows >= top) & (rows < bottom), value, img)
+    img = np.where(rows >= bands[-1][1], 45.0, img)
+    img = img + rng.normal(0, 3, (d, w))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def test_ilm_is_not_the_outer_band_under_a_dim_foveal_pit(rng):
+    """At a foveal pit whose floor has only faint tissue above the bright outer band (as dark as the
+    vitreous after smoothing), the band's dark-to-bright edge looks like an ILM: nothing bright
+    above it, tissue below. The ILM is searched at least ``ilm_above_band_um`` (120 um) above the
+    band, so the retina keeps a plausible foveal thickness instead of the ~10 um the band edge
+    gives (the failure seen on real MX B-scans before the bound)."""
+    w = 160
+    cols = np.arange(w)
+    pit = np.exp(-((cols - 80) / 22.0) ** 2)
+    ilm = np.round(30 + 34 * pit)                                   # floor at row 64
+    dim_to = np.where(pit > 0.7, ilm, 70)                           # no inner retina at the floor
+    image = _layered_bscan(rng, ilm, dim_to, [(84, 92, 230.0)], dim=28.0)
+    found = detect_boundaries(image, axial_um=7.0, lateral_um=14.0)
+    centre = slice(70, 91)
+    band_edge = 83.5
+    assert np.all(found.ilm[centre] <= band_edge - 120.0 / 7.0 + 0.5), found.ilm[centre]
+    assert np.all(found.ilm[centre] >= 29.5)                        # not above the rim
+    assert np.all(np.abs(found.bm - 91.5) < 1.5)
+    # away from the pit the ILM is exact
+    assert np.all(np.abs(found.ilm[:30] - 29.5) < 1.0) and np.all(np.abs(found.ilm[-30:] - 29.5) < 1.0)
+
+
+def test_bm_is_under_the_lowest_outer_band(rng):
+    """Two equally bright bands under the retina (photoreceptors lifted off the RPE, or a band of
+    exudates over it): Bruch's membrane is the lower edge of the deeper one, the RPE."""
+    w = 128
+    ilm = np.full(w, 30.0)
+    image = _layered_bscan(rng, ilm, np.full(w, 62.0), [(70, 76, 230.0), (76, 86, 60.0), (86, 92, 230.0)])
+    found = detect_boundaries(image, axial_um=7.0, lateral_um=14.0)
+    assert np.all(np.abs(found.bm - 91.5) < 1.5), found.bm
+    assert np.all(np.abs(found.ilm - 29.5) < 1.0)

@@ -28,10 +28,15 @@ sum_c |t_c - t_{c-1}|``, the per-column form of Chiu's shortest path. Steps:
    count as tissue and a noisy vitreous does not). The IS/OS and RPE edges, bright as they are, have
    the whole retina above them; the dark foveal pit only deepens the ILM and is followed within
    ``max_jump``.
+   The ILM is also kept at least ``ilm_above_band_um`` above a first trace of the outer band (the
+   brightest continuous band with retina above it, over the whole depth): under a foveal pit whose
+   floor is dim, the IS/OS edge has nothing bright above it and would otherwise be taken.
 4. **RPE/BM**: searched only between ``min_thickness_um`` and ``max_thickness_um`` below the ILM
    (ordering and a minimum retinal thickness by construction). The hyper-reflective outer band
    (IS/OS + RPE, merged by a wide axial smoothing, normalised by the laterally running maximum of
-   each A-scan so that vessel shadows keep their ridge) is traced first; Bruch's membrane is then the
+   each A-scan so that vessel shadows keep their ridge; deeper rows get a small bonus,
+   ``deeper_band_bonus``, because the RPE is the lowest of the bright outer bands: photoreceptors
+   lifted by fluid or a row of exudates above it can be as bright) is traced first; Bruch's membrane is then the
    strongest bright-to-dark path from just above that ridge to ``bm_window_um[1]`` below it (the
    lower edge of the RPE, where the synthetic generator's ``BM`` lies).
 5. Sub-pixel rows by a parabola through the gradient around each chosen cut.
@@ -157,23 +162,16 @@ def _subpixel(gain: np.ndarray, path: np.ndarray) -> np.ndarray:
     return (path - 0.5 + np.where(path == t, delta, 0.0)).astype(np.float32)
 
 
-def _vitreous_prior(band: np.ndarray, above_band: np.ndarray, decay_rows: float,
-                    margin: int, below_rows: int) -> np.ndarray:
-    """``(D + 1, W)`` in [0, 1]: ``exp(-n / decay_rows) * f`` where ``n`` counts the tissue rows
-    above cut ``t - margin`` and ``f`` is the fraction of tissue rows among the ``below_rows`` rows
-    from ``t + margin`` down: only an edge with (nearly) nothing but vitreous above it and tissue
-    below it can be the ILM (``margin``: the rows the smoothing spreads the edge itself over). The
-    second factor keeps the path off a detached posterior hyaloid, a thin line with vitreous below.
-
-    A row is tissue when the smoothed image ``band`` ``(D, W)`` exceeds ``v + 0.4 (T - v)``: ``v``
-    the vitreous level (median over A-scans of the 20th percentile of the rows above the outer band,
-    ``above_band`` ``(D, W)`` bool), ``T`` the Otsu threshold of the image; so the dim outer nuclear
-    layer and foveal floor count as tissue and a noisy vitreous does not.
-    """
+def _tissue_rows(band: np.ndarray, above_band: np.ndarray) -> np.ndarray:
+    """``(D, W)`` float32, 1 where a row is tissue: the smoothed image ``band`` ``(D, W)`` exceeds
+    ``v + 0.4 (T - v)``, ``v`` the vitreous level (median over A-scans of the 20th percentile of the
+    rows above the outer band, ``above_band`` ``(D, W)`` bool), ``T`` the Otsu threshold of the
+    image; so the dim outer nuclear layer and foveal floor count as tissue and a noisy vitreous does
+    not. All ones for a blank image."""
     from skimage.filters import threshold_otsu
 
     if float(band.max()) <= float(band.min()):
-        return np.ones((band.shape[0] + 1, band.shape[1]), dtype=np.float32)
+        return np.ones_like(band, dtype=np.float32)
     masked = np.where(above_band, band, np.nan)
     usable = np.isfinite(masked).any(axis=0)
     if usable.any():
@@ -182,15 +180,36 @@ def _vitreous_prior(band: np.ndarray, above_band: np.ndarray, decay_rows: float,
         vitreous = float(band.min())
     otsu = float(threshold_otsu(band))
     level = vitreous + 0.4 * max(otsu - vitreous, 0.0)
-    bright = (band > level).astype(np.float32)
-    d = band.shape[0]
-    cum = np.concatenate([np.zeros((1, band.shape[1]), np.float32), np.cumsum(bright, axis=0)])
-    above = np.concatenate([np.zeros((margin, band.shape[1]), np.float32), cum])[:d + 1]
+    return (band > level).astype(np.float32)
+
+
+def _rows_above(tissue: np.ndarray, margin: int) -> np.ndarray:
+    """``(D + 1, W)``: the tissue rows above cut ``t - margin`` (cumulative count)."""
+    d, w = tissue.shape
+    cum = np.concatenate([np.zeros((1, w), np.float32), np.cumsum(tissue, axis=0)])
+    return np.concatenate([np.zeros((margin, w), np.float32), cum])[:d + 1]
+
+
+def _vitreous_prior(tissue: np.ndarray, decay_rows: float, margin: int, below_rows: int) -> np.ndarray:
+    """``(D + 1, W)`` in [0, 1]: ``exp(-n / decay_rows) * f`` where ``n`` counts the tissue rows
+    (``tissue``, :func:`_tissue_rows`) above cut ``t - margin`` and ``f`` is the fraction of tissue
+    rows among the ``below_rows`` rows from ``t + margin`` down: only an edge with (nearly) nothing
+    but vitreous above it and tissue below it can be the ILM (``margin``: the rows the smoothing
+    spreads the edge itself over). The second factor keeps the path off a detached posterior
+    hyaloid, a thin line with vitreous below."""
+    d = tissue.shape[0]
+    cum = np.concatenate([np.zeros((1, tissue.shape[1]), np.float32), np.cumsum(tissue, axis=0)])
     t = np.arange(d + 1)
     start = np.minimum(t + margin, d)
     stop = np.minimum(start + below_rows, d)
     below = (cum[stop] - cum[start]) / np.maximum(stop - start, 1)[:, None]
-    return (np.exp(-above / decay_rows) * below).astype(np.float32)
+    return (np.exp(-_rows_above(tissue, margin) / decay_rows) * below).astype(np.float32)
+
+
+def _lateral_max(column_max: np.ndarray, lateral_um: float) -> np.ndarray:
+    """The brightest value of each A-scan's neighbourhood (200 um wide), so that a vessel shadow,
+    which dims a few A-scans, keeps its band as the brightest relative to its neighbours."""
+    return ndimage.maximum_filter1d(column_max, size=max(3, int(round(200.0 / lateral_um)) | 1))
 
 
 def _region(depth: int, top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
@@ -255,11 +274,21 @@ def detect_boundaries(image: np.ndarray, axial_um: float | None = None,
     sep = max(2, int(round(rows_of(c.min_thickness_um))))
     t_idx = np.arange(d + 1)[:, None]
 
-    # -- ILM: the strongest dark-to-bright path with only vitreous above it
     brightest = np.argmax(band, axis=0)                      # rows above it: vitreous level
-    ilm_gain = d2b * _vitreous_prior(band, np.arange(d)[:, None] < brightest[None] - sep,
-                                     max(1.0, rows_of(c.vitreous_decay_um)),
-                                     int(math.ceil(2 * band_rows)), sep)
+    tissue = _tissue_rows(band, np.arange(d)[:, None] < brightest[None] - sep)
+    margin = int(math.ceil(2 * band_rows))
+    # -- the outer band (IS/OS + RPE): a first trace over the whole depth of the brightest
+    # continuous band with the retina above it (a nerve fibre layer thickened near the disc can be
+    # as bright, but has only vitreous above), which bounds the ILM from below
+    deep = 1.0 - np.exp(-_rows_above(tissue, margin) / max(1.0, rows_of(c.outer_band_depth_um)))
+    band_ridge = _best_path(deep * band_cut / np.maximum(_lateral_max(band_cut.max(axis=0), lat), 1e-6)[None],
+                            c.smoothness, max_jump)
+    # -- ILM: the strongest dark-to-bright path with only vitreous above it, at least
+    # ``ilm_above_band_um`` above the outer band (at the fovea the IS/OS edge, with only the dim
+    # outer nuclear layer above it, would otherwise take the ILM's place)
+    ilm_gain = d2b * _vitreous_prior(tissue, max(1.0, rows_of(c.vitreous_decay_um)), margin, sep)
+    ilm_limit = np.maximum(band_ridge - max(sep, int(round(rows_of(c.ilm_above_band_um)))), 1)
+    ilm_gain = np.where(t_idx <= ilm_limit[None], ilm_gain, _BLOCKED)
     ilm_cut = _best_path(ilm_gain, c.smoothness, max_jump)
     ilm = _subpixel(d2b, ilm_cut)
 
@@ -268,9 +297,9 @@ def detect_boundaries(image: np.ndarray, axial_um: float | None = None,
     lo = np.minimum(ilm_cut + sep, d - 1)
     hi = np.minimum(ilm_cut + max(sep + 1, int(round(rows_of(c.max_thickness_um)))), d)
     region = _region(d, lo, hi)
-    col_max = np.where(region, band_cut, 0.0).max(axis=0)
-    col_max = ndimage.maximum_filter1d(col_max, size=max(3, int(round(200.0 / lat)) | 1))
-    ridge_gain = np.where(region, band_cut / np.maximum(col_max, 1e-6)[None], _BLOCKED)
+    col_max = _lateral_max(np.where(region, band_cut, 0.0).max(axis=0), lat)
+    depth_bonus = c.deeper_band_bonus * np.clip((t_idx - lo[None]) / np.maximum(hi - lo, 1)[None], 0, 1)
+    ridge_gain = np.where(region, band_cut / np.maximum(col_max, 1e-6)[None] + depth_bonus, _BLOCKED)
     ridge = _best_path(ridge_gain, c.smoothness, max_jump)
     up, down = rows_of(c.bm_window_um[0]), rows_of(c.bm_window_um[1])
     bm_region = region & _region(d, ridge - int(round(up)), ridge + max(2, int(round(down))))

@@ -19,12 +19,23 @@ class GraphSearchConfig:
         vitreous_decay_um: the ILM gain is multiplied by ``exp(-bright / vitreous_decay_um)``,
             ``bright`` the micrometres of tissue-bright rows above the cut, and by the fraction of
             tissue rows in the ``min_thickness_um`` below it (step 3).
+        outer_band_depth_um: the first trace of the outer band (which bounds the ILM from below)
+            weighs the band by ``1 - exp(-tissue / outer_band_depth_um)``, ``tissue`` the
+            micrometres of tissue rows above it: the band under the retina, not a bright nerve
+            fibre layer at its top.
+        ilm_above_band_um: the ILM is searched at least this far above that first trace of the outer
+            band (and at least ``min_thickness_um``): the foveal floor of a normal eye is about
+            200-250 um above the band; without the bound the IS/OS edge under a dim foveal pit can
+            take the ILM's place.
         max_slope: largest boundary slope (micrometres of depth per micrometre along the B-scan);
             gives ``max_jump`` rows per column (at least 1).
         smoothness: penalty per row of change between neighbouring columns, in units of the
             normalised gradient (0..1).
         min_thickness_um: smallest ILM-BM distance searched.
         max_thickness_um: largest ILM-BM distance searched.
+        deeper_band_bonus: added to the normalised outer-band brightness (0..1) in proportion to the
+            depth within the searched range (0 at ``min_thickness_um``, this value at
+            ``max_thickness_um``): the RPE is the lowest bright band.
         bm_window_um: ``(above, below)`` the outer-band ridge where Bruch's membrane is searched.
         plausible_um: per-column thickness range considered plausible (quality flag).
         max_out_of_range: largest fraction of columns outside ``plausible_um`` for a clean scan.
@@ -52,10 +63,13 @@ class GraphSearchConfig:
     smooth_lateral_um: float = 30.0
     band_smooth_um: float = 15.0
     vitreous_decay_um: float = 40.0
+    outer_band_depth_um: float = 100.0
+    ilm_above_band_um: float = 120.0
     max_slope: float = 2.0
     smoothness: float = 0.05
     min_thickness_um: float = 80.0
     max_thickness_um: float = 1000.0
+    deeper_band_bonus: float = 0.3
     bm_window_um: tuple[float, float] = (10.0, 60.0)
     plausible_um: tuple[float, float] = (100.0, 900.0)
     max_out_of_range: float = 0.05
