@@ -14,7 +14,8 @@ The robust recipe was fixed before any of these runs (the one of benchmarks/exte
 chosen on any score below; the training runs use only their own training images (validation carved
 from them). Each step is skipped when its run directory has finished, so a killed benchmark continues.
 
-    flock /work/heavy.lock nice -n 5 .venv/bin/python benchmarks/cross_dataset_dr.py [--runs runs/cross-dataset-dr]
+    flock /work/heavy.lock nice -n 5 .venv/bin/python benchmarks/cross_dataset_dr.py [--runs runs/cross-dataset-dr] \
+        [--seeds 0,1,2] [--recipes current,robust]
 """
 
 from __future__ import annotations
@@ -53,8 +54,11 @@ def slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
 
 
-def train(source: str, recipe: str, runs: Path) -> Path:
-    return run_once(runs / f"{slug(source)}-{slug(recipe)}", [*SOURCES[source], *RECIPES[recipe]], ["train"])
+def train(source: str, recipe: str, runs: Path, seed: int = 0) -> Path:
+    """One training run (seed 0 keeps the first grid's folder and command, so its runs are reused)."""
+    suffix, extra = ("", []) if seed == 0 else (f"-s{seed}", [f"seed={seed}"])
+    return run_once(runs / f"{slug(source)}-{slug(recipe)}{suffix}", [*SOURCES[source], *RECIPES[recipe], *extra],
+                    ["train"])
 
 
 def evaluate(models: list[Path], test_set: str, tag: str, runs: Path):
@@ -66,42 +70,59 @@ def evaluate(models: list[Path], test_set: str, tag: str, runs: Path):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "cross-dataset-dr")
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds (0: the first grid's runs)")
+    parser.add_argument("--recipes", default=None,
+                        help="comma-separated recipes to run (default: the whole grid); the others are left out")
     args = parser.parse_args()
     runs = args.runs.resolve()
-    models = {(s, r): train(s, r, runs) / "classifier" for s, recipes in GRID.items() for r in recipes}
-    scores: dict[tuple[str, str], dict[str, dict[str, float]]] = {key: {} for key in models}
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    wanted = None if args.recipes is None else {r.strip() for r in args.recipes.split(",")}
+    grid = {s: [r for r in recipes if wanted is None or r in wanted] for s, recipes in GRID.items()}
+    scores: dict[tuple[str, str], dict[str, list[dict[str, float]]]] = {
+        (s, r): {} for s, recipes in grid.items() for r in recipes}
     comparisons = []
-    for source, recipes in GRID.items():
-        for test_set in TEST_SETS:
-            if source == "MX" and test_set == "MX all graded":
-                continue  # its training images are among them
-            table = evaluate([models[(source, r)] for r in recipes], test_set, slug(source), runs)
-            external = table[table["protocol"] == "external"]
-            for recipe, init in zip(recipes, dict.fromkeys(external["init"])):
-                block = external[external["init"] == init]
-                scores[(source, recipe)][test_set] = dict(zip(block["metric"], block["value"]))
-            tests = table[table["protocol"] == "comparison"]
-            for recipe, (_, block) in zip(recipes[1:], tests.groupby("method", sort=False)):
-                values = dict(zip(block["metric"], block["value"]))
-                comparisons.append({"trained_on": source, "test_set": test_set,
-                                    "comparison": f"{recipe} vs current", **values})
-    header = ["trained on", "recipe", *[f"{t} AUC [95 % CI]" for t in TEST_SETS]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for seed in seeds:
+        models = {(s, r): train(s, r, runs, seed) / "classifier" for s, recipes in grid.items() for r in recipes}
+        for source, recipes in grid.items():
+            for test_set in TEST_SETS:
+                if source == "MX" and test_set == "MX all graded":
+                    continue  # its training images are among them
+                tag = slug(source) + ("" if seed == 0 else f"-s{seed}")
+                table = evaluate([models[(source, r)] for r in recipes], test_set, tag, runs)
+                external = table[table["protocol"] == "external"]
+                for recipe, init in zip(recipes, dict.fromkeys(external["init"])):
+                    block = external[external["init"] == init]
+                    scores[(source, recipe)].setdefault(test_set, []).append(dict(zip(block["metric"], block["value"])))
+                tests = table[table["protocol"] == "comparison"]
+                for recipe, (_, block) in zip(recipes[1:], tests.groupby("method", sort=False)):
+                    values = dict(zip(block["metric"], block["value"]))
+                    comparisons.append({"trained_on": source, "test_set": test_set, "seed": seed,
+                                        "comparison": f"{recipe} vs current", **values})
+    header = ["trained on", "recipe", *[f"{t} AUC" for t in TEST_SETS]]
+    lines = [f"Training seeds: {', '.join(map(str, seeds))}. "
+             + ("One seed: AUC [95 % DeLong CI]." if len(seeds) == 1 else
+                "Mean AUC over the seeds, then each seed's AUC [95 % DeLong CI of that model]."), "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (source, recipe), by_set in scores.items():
         cells = []
         for test_set in TEST_SETS:
             values = by_set.get(test_set)
-            in_domain = test_set.startswith(source)
-            cells.append("n/a (training images)" if values is None else
-                         cell(values) + (" (in-domain)" if in_domain else ""))
+            in_domain = " (in-domain)" if test_set.startswith(source) else ""
+            if not values:
+                cells.append("n/a (training images)")
+            elif len(values) == 1:
+                cells.append(cell(values[0]) + in_domain)
+            else:
+                mean = float(np.mean([v.get("auc", np.nan) for v in values]))
+                cells.append(f"**{mean:.3f}**{in_domain}: " + "; ".join(cell(v) for v in values))
         lines.append(f"| {source} | {recipe} | " + " | ".join(cells) + " |")
-    lines += ["", "Paired DeLong tests against the current recipe (same test images; difference = recipe - "
-              "current):", ""]
+    lines += ["", "Paired DeLong tests against the current recipe (same test images and training seed; "
+              "difference = recipe - current):", ""]
     for c in comparisons:
-        lines.append(f"- trained on {c['trained_on']}, {c['test_set']}: {c['comparison']}: AUC difference "
-                     f"{-c.get('auc_difference', np.nan):+.3f}, p = {c.get('delong_p', np.nan):.3g}")
+        lines.append(f"- seed {c['seed']}, trained on {c['trained_on']}, {c['test_set']}: {c['comparison']}: "
+                     f"AUC difference {-c.get('auc_difference', np.nan):+.3f}, p = {c.get('delong_p', np.nan):.3g}")
     lines += ["", "Intervals: DeLong. Runs: " + str(runs)]
-    write_results("cross_dataset_dr", {"runs": str(runs), "comparisons": comparisons,
+    write_results("cross_dataset_dr", {"runs": str(runs), "seeds": seeds, "comparisons": comparisons,
                                        "scores": {f"{s} / {r}": v for (s, r), v in scores.items()}},
                   "\n".join(lines))
     print("\n".join(lines))
