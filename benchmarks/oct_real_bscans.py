@@ -82,7 +82,11 @@ def table(rows: list[dict], models: list[str], args: argparse.Namespace, counts:
             f"{counts['bscans'] - counts['clean']}, {1 - counts['clean'] / counts['bscans']:.1%}, "
             "oct_real_boundaries.md). Disagreement with the graph search: " + "; ".join(means) + ".\n\n"
             f"Models: adapted `{counts['adapted']}`, synthetic-trained `{counts['synthetic']}` (runs/ is not "
-            "in the repository: `python benchmarks/oct_adapt_real.py` makes them).")
+            "in the repository: `python benchmarks/oct_adapt_real.py` makes them)."
+            + ("" if counts.get("adapted_with_clean") in (None, counts["clean"]) else
+               f" The adapted model learnt from an earlier graph search (its run counted "
+               f"{counts['adapted_with_clean']} of {counts['bscans']} B-scans clean, the current one "
+               f"{counts['clean']}); the red lines are the current graph search's."))
 
 
 def main() -> None:
@@ -133,7 +137,12 @@ def main() -> None:
     for s, i in zip(summary, pick):
         s.update({"dme": int(dme[i]), "split": str(split[i])})
     adapt = json.loads((run / "adapt.json").read_text()) if (run / "adapt.json").is_file() else {}
-    counts = {"bscans": len(manifest), "clean": adapt.get("counts", {}).get("clean", float("nan")),
+    # the share flagged over all B-scans: the detector's own benchmark (the same detector that flags the
+    # panels); the adapted run's count is of the detector it was adapted with, which may be older
+    boundaries = RESULTS / "oct_real_boundaries.json"
+    clean = (round(json.loads(boundaries.read_text())["real"]["unknown_spacing"]["clean_fraction"] * len(manifest))
+             if boundaries.is_file() else adapt.get("counts", {}).get("clean", float("nan")))
+    counts = {"bscans": len(manifest), "clean": clean, "adapted_with_clean": adapt.get("counts", {}).get("clean"),
               "adapted": str(run.relative_to(ROOT)), "synthetic": str(synthetic.relative_to(ROOT))}
     write_results(NAME, {"seed": args.seed, "n": len(pick), "held_out_only": args.held_out_only,
                          "figure": str(path.relative_to(ROOT)), "panels": summary, "counts": counts},
