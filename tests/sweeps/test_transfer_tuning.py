@@ -100,6 +100,15 @@ def test_tuning_uses_training_images_only_and_the_cells_use_the_choice(
         assert steps.loc[steps["init"] == init, "value"].tolist() == [expected["max_steps"]]
     assert set(mine["steps"]) == {2, 3}                                 # each candidate ran as set
 
+    # the report shows every candidate's validation score and marks each init's choice
+    from retinassl.report.transfer import transfer_tuning_section
+
+    section = transfer_tuning_section(run)
+    assert section is not None
+    assert section.html.count("<tr>") >= 1 + 2 * len(candidates)
+    assert "lr 0.001, max_steps 2" in section.html and "lr 0.001, max_steps 3" in section.html
+    assert section.html.count(">yes<") == 2                            # one choice per init
+
     # a resumed sweep does not tune again
     seen.clear()
     run_transfer(config, RunDir.resume(run.path))

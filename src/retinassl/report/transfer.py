@@ -147,6 +147,36 @@ def transfer_delong_section(run: RunDir):  # -> Section | None
     return Section("Transfer: DeLong p-values vs the reference", f'<p class="note">{note}</p>' + "".join(parts))
 
 
+def transfer_tuning_section(run: RunDir):  # -> Section | None
+    """The fine-tuning settings chosen per initialisation on held-out training patients
+    (``finetune_tuning``; ``data/tuning-<init>.json``): each candidate's mean validation score."""
+    import json
+
+    from retinassl.report.sections import Section, table_html
+
+    records = [json.loads(p.read_text()) for p in sorted((run.path / "data").glob("tuning-*.json"))]
+    if not records:
+        return None
+    rows = []
+    for r in records:
+        for c in r["candidates"]:
+            rows.append({"initialisation": r["init"],
+                         "setting": ", ".join(f"{k} {v}" for k, v in c["values"].items()),
+                         f"validation {r['metric']}": "" if c["mean"] is None or not math.isfinite(c["mean"])
+                         else f"{c['mean']:.3f}",
+                         "chosen": "yes" if c["values"] == r["chosen"] else ""})
+    first = records[0]
+    note = (f"Each initialisation's fine-tuning settings were chosen before any test cell, on the training "
+            f"images only: {first['val_fraction']:.0%} of the training patients held out (stratified), the "
+            f"other training images subsampled to a cell's size at {first['fraction']:g} of the labels, each "
+            f"candidate trained as a cell is and scored on the held-out patients ({first['task']}, "
+            f"{first['metric']}), mean of {len(first['seeds'])} tuning seed(s). The fine-tuning cells above "
+            f"use the chosen setting of their initialisation.")
+    return Section("Transfer: fine-tuning settings tuned on validation data",
+                   f'<p class="note">{html.escape(note)}</p>'
+                   + table_html(pd.DataFrame(rows), text_columns=("initialisation", "setting", "chosen")))
+
+
 def _p_cell(p: float, delta: float) -> str:
     if not math.isfinite(p):
         return ""
