@@ -33,6 +33,7 @@ from retinassl.atomic import write_text
 from retinassl.config import ModelConfig
 from retinassl.data.cache import PreparedData
 from retinassl.data.splits import carve_validation
+from retinassl.errors import ConfigError
 from retinassl.io.rundir import RunDir
 from retinassl.jobs.finetune import FinetuneConfig, finetune, remove_workdir
 from retinassl.metrics.tasks import TaskSpec
@@ -87,6 +88,23 @@ def tuning_rows(prepared: PreparedData, config: TransferConfig, task: TaskSpec,
     return subset, train[val_pos]
 
 
+def check_settings(config: TransferConfig, run: RunDir) -> None:
+    """Record the tuning settings with the run (``data/tuning.settings.json``) the first time; a
+    resumed run whose settings differ would mix tuning runs of two grids: refused."""
+    settings = {**config.finetune_tuning.model_dump(mode="json"),  # type: ignore[union-attr]
+                "finetune": config.finetune.model_dump(mode="json")}
+    path = run.path / "data" / "tuning.settings.json"
+    if not path.is_file():
+        write_text(path, json.dumps(settings, indent=2, sort_keys=True))
+        return
+    recorded, now = json.loads(path.read_text()), json.loads(json.dumps(settings))
+    if recorded != now:
+        changed = sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
+        raise ConfigError(f"finetune_tuning: this run ({path}) was tuned with other settings "
+                          f"({', '.join(changed)} changed); resume it with the settings it was started "
+                          "with, or start a new run")
+
+
 def _done(path: Path) -> pd.DataFrame:
     return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=list(COLUMNS))
 
@@ -95,6 +113,7 @@ def tune_init(config: TransferConfig, run: RunDir, prepared: PreparedData, spec:
               model: ModelConfig) -> dict[str, Any]:
     """Run the missing tuning runs of ``spec``, choose, write ``data/tuning-<init>.json``; returns
     the chosen values."""
+    check_settings(config, run)
     out = tuning_file(run, spec.name)
     if out.is_file():
         return json.loads(out.read_text())["chosen"]
