@@ -72,16 +72,17 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "cross-dataset-dr")
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds (0: the first grid's runs)")
     parser.add_argument("--recipes", default=None,
-                        help="comma-separated recipes to run (default: the whole grid); the others are left out")
+                        help="comma-separated recipes trained at the seeds other than 0 (default: all); "
+                             "seed 0 is always the whole grid")
     args = parser.parse_args()
     runs = args.runs.resolve()
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     wanted = None if args.recipes is None else {r.strip() for r in args.recipes.split(",")}
-    grid = {s: [r for r in recipes if wanted is None or r in wanted] for s, recipes in GRID.items()}
     scores: dict[tuple[str, str], dict[str, list[dict[str, float]]]] = {
-        (s, r): {} for s, recipes in grid.items() for r in recipes}
+        (s, r): {} for s, recipes in GRID.items() for r in recipes}
     comparisons = []
     for seed in seeds:
+        grid = {s: [r for r in recipes if seed == 0 or wanted is None or r in wanted] for s, recipes in GRID.items()}
         models = {(s, r): train(s, r, runs, seed) / "classifier" for s, recipes in grid.items() for r in recipes}
         for source, recipes in grid.items():
             for test_set in TEST_SETS:
