@@ -250,3 +250,27 @@ def test_bm_is_under_the_lowest_outer_band(rng):
     found = detect_boundaries(image, axial_um=7.0, lateral_um=14.0)
     assert np.all(np.abs(found.bm - 91.5) < 1.5), found.bm
     assert np.all(np.abs(found.ilm - 29.5) < 1.0)
+
+
+def test_an_ilm_held_at_its_bound_is_flagged():
+    """Columns where the ILM lies at its lowest allowed cut (``ilm_above_band_um`` above the outer
+    band: it was not found above it, e.g. a macular hole or a foveal floor without an edge) are
+    counted over the central half; more than ``max_bound_fraction`` of them flags the B-scan, and
+    undefined columns never count."""
+    from retinassl.oct.boundary_quality import assess_quality
+    from retinassl.oct.graph_search_config import GraphSearchConfig
+
+    w = 200
+    ilm, bm = np.full(w, 30.0), np.full(w, 70.0)
+    config = GraphSearchConfig()
+    at_bound = np.zeros(w, dtype=bool)
+    at_bound[95:105] = True                                          # 10 of the 100 central columns
+    q = assess_quality(ilm, bm, 128, 7.0, 14.0, config, 10.0, 10.0, ilm_at_bound=at_bound)
+    assert q.bound_fraction == pytest.approx(0.10) and q.ilm_at_bound and q.reasons == ["ilm_at_bound"]
+    at_edge_only = np.zeros(w, dtype=bool)
+    at_edge_only[:20] = True                                         # outside the central half
+    assert assess_quality(ilm, bm, 128, 7.0, 14.0, config, 10.0, 10.0, ilm_at_bound=at_edge_only).clean
+    gap = ilm.copy()
+    gap[95:105] = np.nan                                             # undefined columns do not count
+    q = assess_quality(gap, bm, 128, 7.0, 14.0, config, 10.0, 10.0, ilm_at_bound=at_bound)
+    assert q.bound_fraction == 0.0 and not q.ilm_at_bound

@@ -114,8 +114,52 @@ def test_tuning_uses_training_images_only_and_the_cells_use_the_choice(
     run_transfer(config, RunDir.resume(run.path))
     assert seen == [] and len(pd.read_csv(run.path / "data" / "tuning.csv")) == 8
 
+    # a sweep killed during the tuning resumes with only the missing tuning run
+    for path in (run.path / "data").glob("tuning-*.json"):
+        path.unlink()
+    table.iloc[:-1].to_csv(run.path / "data" / "tuning.csv", index=False)
+    run_transfer(config, RunDir.resume(run.path))
+    assert len(seen) == 1 and len(pd.read_csv(run.path / "data" / "tuning.csv")) == 8
+
     # resuming with another grid would mix two tunings: refused, naming what changed
     other = resolve_config(_config(tiny_root, tmp_path / "enc", finetune_tuning={
         "grid": {"max_steps": [2, 4]}, "fraction": 1.0, "seeds": [0, 1], "val_fraction": 0.3}), None)
     with pytest.raises(ConfigError, match="grid changed"):
         run_transfer(other, RunDir.resume(run.path))
+
+
+def test_a_diverging_candidate_scores_nan_and_is_not_chosen(tiny_root: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from retinassl.errors import TrainingDiverged
+
+    torch.manual_seed(5)
+    save_encoder(tmp_path / "enc", build_encoder("convnet", width=8), arch="convnet", kwargs={"width": 8})
+    config = resolve_config(_config(tiny_root, tmp_path / "enc", inits=[{"name": "scratch"}], finetune_tuning={
+        "grid": {"lr": [0.001, 0.01]}, "fraction": 1.0, "seeds": [0, 1], "val_fraction": 0.3}), None)
+    real = tuning_module.finetune
+
+    def diverges_at_high_lr(model, prepared, train_rows, test_rows, task, settings, *args, **kwargs):
+        if settings.lr == 0.01:
+            raise TrainingDiverged("loss became NaN")
+        return real(model, prepared, train_rows, test_rows, task, settings, *args, **kwargs)
+
+    monkeypatch.setattr(tuning_module, "finetune", diverges_at_high_lr)
+    run = RunDir.create(tmp_path / "runs", "tune")
+    run_transfer(config, run)
+    table = pd.read_csv(run.path / "data" / "tuning.csv")
+    assert table.loc[table["candidate"] == 1, "value"].isna().all()
+    assert json.loads((run.path / "data" / "tuning-scratch.json").read_text())["chosen"] == {"lr": 0.001}
+
+
+def test_tuning_is_refused_without_a_test_split(tiny_root: Path, tmp_path: Path) -> None:
+    """With k-fold cross-validation every image is some fold's test image: no choice made on
+    "training" images would stay clear of them."""
+    manifest = Manifest.load(tiny_root / "data" / "manifest.csv")
+    frame = manifest.frame.assign(split="")
+    (tmp_path / "kfold").mkdir()
+    Manifest(frame, manifest.root).save(tmp_path / "kfold" / "manifest.csv")
+    data = _config(tiny_root, tmp_path / "enc", inits=[{"name": "scratch"}], folds=2)
+    data["data"]["manifest"] = str(tmp_path / "kfold" / "manifest.csv")
+    run = RunDir.create(tmp_path / "runs", "tune")
+    with pytest.raises(ConfigError, match="needs a downstream set with a test split"):
+        run_transfer(resolve_config(data, None), run)

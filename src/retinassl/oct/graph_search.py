@@ -49,7 +49,8 @@ boundary is undefined (NaN).
 Quality flags (:mod:`retinassl.oct.boundary_quality`, computed over the central ``assess_fraction``
 of the A-scans; every parameter in :mod:`retinassl.oct.graph_search_config`) mark results not to trust: jumps (a depth change steeper than any retinal contour), a boundary at
 the top or bottom of the image, a thickness outside a plausible range, low contrast (the mean
-gradient along a boundary against the image's gradient noise), and mostly undefined boundaries.
+gradient along a boundary against the image's gradient noise), mostly undefined boundaries, and an
+ILM held at its bound above the outer band.
 
 Units: detection constraints are in micrometres and need the pixel spacing. When the spacing is
 unknown (:attr:`retinassl.oct.volume.OCTVolume.spacing_stated` False), a *nominal* spacing is used
@@ -298,7 +299,8 @@ def detect_boundaries(image: np.ndarray, axial_um: float | None = None,
     hi = np.minimum(ilm_cut + max(sep + 1, int(round(rows_of(c.max_thickness_um)))), d)
     region = _region(d, lo, hi)
     col_max = _lateral_max(np.where(region, band_cut, 0.0).max(axis=0), lat)
-    depth_bonus = c.deeper_band_bonus * np.clip((t_idx - lo[None]) / np.maximum(hi - lo, 1)[None], 0, 1)
+    span = max(1.0, rows_of(c.max_thickness_um - c.min_thickness_um))
+    depth_bonus = c.deeper_band_bonus * np.clip((t_idx - lo[None]) / span, 0, 1)
     ridge_gain = np.where(region, band_cut / np.maximum(col_max, 1e-6)[None] + depth_bonus, _BLOCKED)
     ridge = _best_path(ridge_gain, c.smoothness, max_jump)
     up, down = rows_of(c.bm_window_um[0]), rows_of(c.bm_window_um[1])
@@ -316,7 +318,7 @@ def detect_boundaries(image: np.ndarray, axial_um: float | None = None,
     bm[_undefined_columns(-g[bm_cut, cols], window, weak, max_gap)] = np.nan
     quality = assess_quality(ilm, bm, d, ax, lat, config,
                              contrast_ilm=_contrast(g, ilm_cut, noise),
-                             contrast_bm=_contrast(-g, bm_cut, noise))
+                             contrast_bm=_contrast(-g, bm_cut, noise), ilm_at_bound=ilm_cut >= ilm_limit)
     return BScanBoundaries(ilm, bm, quality, ax, lat, stated)
 
 

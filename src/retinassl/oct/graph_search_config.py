@@ -34,8 +34,8 @@ class GraphSearchConfig:
         min_thickness_um: smallest ILM-BM distance searched.
         max_thickness_um: largest ILM-BM distance searched.
         deeper_band_bonus: added to the normalised outer-band brightness (0..1) in proportion to the
-            depth within the searched range (0 at ``min_thickness_um``, this value at
-            ``max_thickness_um``): the RPE is the lowest bright band.
+            depth below the ILM (0 at ``min_thickness_um``, this value at ``max_thickness_um``; the
+            same slope in every column, wherever the image ends): the RPE is the lowest bright band.
         bm_window_um: ``(above, below)`` the outer-band ridge where Bruch's membrane is searched.
         plausible_um: per-column thickness range considered plausible (quality flag).
         max_out_of_range: largest fraction of columns outside ``plausible_um`` for a clean scan.
@@ -50,6 +50,8 @@ class GraphSearchConfig:
         max_gap_um: undefined runs up to this long inside a B-scan keep the bridged path (vessel
             shadows); longer runs, and runs at either end, are NaN.
         max_undefined: largest fraction of undefined columns for a clean scan.
+        max_bound_fraction: largest fraction of columns with the ILM held at its bound
+            (``ilm_above_band_um`` above the outer band) for a clean scan.
         assess_fraction: the flags look at the central ``assess_fraction`` of the columns (B-scans
             are centred on the fovea; the outer parts of a wide scan may hold the optic disc or
             leave the image).
@@ -81,6 +83,7 @@ class GraphSearchConfig:
     weak_window_um: float = 50.0
     max_gap_um: float = 300.0
     max_undefined: float = 0.25
+    max_bound_fraction: float = 0.02
     assess_fraction: float = 0.5
     edge_rows: int = 2
     max_edge_fraction: float = 0.01

@@ -58,7 +58,7 @@ from retinassl.io.saved_model import LEGACY, META
 from retinassl.sweeps.grid import Grid, run_grid
 from retinassl.sweeps.transfer_config import InitSpec, TransferConfig, resolve_config
 from retinassl.sweeps.transfer_inits import TransferInits
-from retinassl.sweeps.transfer_tuning import tune_init, tuned_finetune
+from retinassl.sweeps.transfer_tuning import check_settings, tune_init, tuned_finetune
 from retinassl.sweeps.external import ExternalSet, warn_overlap
 from retinassl.sweeps.transfer_external import (external_rows, prepare_external, with_external_tasks,
                                                write_external_table)
@@ -120,6 +120,7 @@ class TransferGrid(TransferInits, Grid):
         for spec in config.inits:
             self.check_pretraining(spec.name, self.model_of(spec).init)
         if config.finetune_tuning is not None and "finetune" in config.protocols:
+            check_settings(config, self.run, {s.name: str(self.model_of(s).init) for s in config.inits})
             for spec in config.inits:  # every init's setting chosen on training images, before any cell
                 tune_init(config, self.run, self.downstream(), spec, self.model_of(spec))
 

@@ -73,7 +73,12 @@ def tuning_rows(prepared: PreparedData, config: TransferConfig, task: TaskSpec,
     stratified subset of the others as large as a cell's subset at the tuning fraction."""
     tuning = config.finetune_tuning
     manifest = prepared.manifest
-    _, train, _ = evaluation_folds(manifest, task, config.folds, config.seed)[0]
+    folds = evaluation_folds(manifest, task, config.folds, config.seed)
+    if len(folds) > 1:  # fold 0's training images are the test images of the other folds
+        raise ConfigError("finetune_tuning needs a downstream set with a test split: with k-fold "
+                          "cross-validation every image is a test image of some fold, so no choice made "
+                          "on training images stays clear of the test images (leave finetune_tuning out)")
+    _, train, _ = folds[0]
     targets = task.targets(manifest)
     strata = (targets.max(axis=1) if targets.ndim == 2 else targets)[train]
     groups = manifest.frame["patient"].astype(str).to_numpy()[train]
@@ -83,16 +88,26 @@ def tuning_rows(prepared: PreparedData, config: TransferConfig, task: TaskSpec,
                            "validation split with every class (too few patients per class)")
     pool = train[fit_pos]
     size = max(2, math.ceil(tuning.fraction * len(train)))
+    if size > len(pool):
+        log.warning("finetune_tuning: a cell at fraction %g has %d images, but only %d remain beside the "
+                    "held-out patients; the tuning runs use %d (lower fraction or val_fraction to match)",
+                    tuning.fraction, size, len(pool), len(pool))
     fraction = min(1.0, size / len(pool))
     subset = label_subsets(manifest, task, pool, [fraction], seed, None)[fraction]
     return subset, train[val_pos]
 
 
-def check_settings(config: TransferConfig, run: RunDir) -> None:
-    """Record the tuning settings with the run (``data/tuning.settings.json``) the first time; a
-    resumed run whose settings differ would mix tuning runs of two grids: refused."""
+def check_settings(config: TransferConfig, run: RunDir, inits: dict[str, str]) -> None:
+    """Record what the tuning runs depend on with the run (``data/tuning.settings.json``) the first
+    time: the tuning settings, the fine-tuning base, engine and preprocessing, the seed and folds
+    (the splits), the tuning task and each init's weights (``inits``: name -> ``model.init``); a
+    resumed run where any of these differs would mix two tunings: refused."""
     settings = {**config.finetune_tuning.model_dump(mode="json"),  # type: ignore[union-attr]
-                "finetune": config.finetune.model_dump(mode="json")}
+                "finetune": config.finetune.model_dump(mode="json"),
+                "engine": config.engine.model_dump(mode="json"),
+                "preprocess": config.preprocess.model_dump(mode="json"),
+                "seed": config.seed, "folds": config.folds, "tuning_task": tuning_task(config).name,
+                "inits": inits}
     path = run.path / "data" / "tuning.settings.json"
     if not path.is_file():
         write_text(path, json.dumps(settings, indent=2, sort_keys=True))
@@ -112,8 +127,14 @@ def _done(path: Path) -> pd.DataFrame:
 def tune_init(config: TransferConfig, run: RunDir, prepared: PreparedData, spec: InitSpec,
               model: ModelConfig) -> dict[str, Any]:
     """Run the missing tuning runs of ``spec``, choose, write ``data/tuning-<init>.json``; returns
-    the chosen values."""
-    check_settings(config, run)
+    the chosen values. A run that diverges scores NaN, and a candidate with a NaN on any tuning
+    seed is not chosen."""
+    import torch
+
+    from retinassl.errors import DataError, TrainingDiverged
+
+    if config.engine.num_threads:
+        torch.set_num_threads(config.engine.num_threads)
     out = tuning_file(run, spec.name)
     if out.is_file():
         return json.loads(out.read_text())["chosen"]
@@ -128,22 +149,32 @@ def tune_init(config: TransferConfig, run: RunDir, prepared: PreparedData, spec:
             if ((done["init"] == spec.name) & (done["candidate"] == k) & (done["seed"] == seed)).any():
                 continue
             workdir = run.path / "cells" / f"tune-{spec.name}-c{k}-s{seed}"
-            result = finetune(model, prepared, subset, val, task, config.finetune.model_copy(update=values),
-                              config.engine, workdir, seed, resume=(workdir / "checkpoints").is_dir())
-            labels = task.targets(prepared.manifest)[val]
-            score = float(task.metrics(labels, result.scores).get(task.primary, math.nan))
+            try:
+                result = finetune(model, prepared, subset, val, task, config.finetune.model_copy(update=values),
+                                  config.engine, workdir, seed, resume=(workdir / "checkpoints").is_dir())
+            except TrainingDiverged as exc:
+                log.warning("tuning %s candidate %d %s seed %d diverged (%s): scored NaN", spec.name, k,
+                            values, seed, exc)
+                score, steps, seconds = math.nan, math.nan, math.nan
+            else:
+                labels = task.targets(prepared.manifest)[val]
+                score = float(task.metrics(labels, result.scores).get(task.primary, math.nan))
+                steps, seconds = result.steps, result.seconds
             row = {"init": spec.name, "candidate": k, "seed": seed, "metric": task.primary, "value": score,
-                   "n_fit": len(subset), "n_val": len(val), "steps": result.steps, "seconds": result.seconds}
+                   "n_fit": len(subset), "n_val": len(val), "steps": steps, "seconds": seconds}
             write_text(table, pd.concat([_done(table), pd.DataFrame([row])], ignore_index=True)
                        .to_csv(index=False))
-            log.info("tuning %s candidate %d %s seed %d: validation %s %.3f (%d steps, %.0f s)", spec.name,
-                     k, values, seed, task.primary, score, result.steps, result.seconds)
+            log.info("tuning %s candidate %d %s seed %d: validation %s %.3f (%s steps, %.0f s)", spec.name,
+                     k, values, seed, task.primary, score, steps, seconds)
             if not config.keep_workdirs:
                 remove_workdir(workdir)
     done = _done(table)
     mine = done[done["init"] == spec.name]
-    means = [float(mine[mine["candidate"] == k]["value"].mean()) for k in range(len(candidates))]
-    best = int(np.nanargmax(means)) if np.isfinite(means).any() else 0
+    means = [float(mine[mine["candidate"] == k]["value"].mean(skipna=False)) for k in range(len(candidates))]
+    if not np.isfinite(means).any():
+        raise DataError(f"finetune_tuning: no candidate of {spec.name!r} gave a validation {task.primary} on "
+                        "every tuning seed (each diverged or had one class); widen the grid", path=table)
+    best = int(np.nanargmax(means))
     record = {"init": spec.name, "task": task.name, "metric": task.primary, "fraction": tuning.fraction,
               "seeds": list(tuning.seeds), "val_fraction": tuning.val_fraction,
               "candidates": [{"values": v, "mean": m} for v, m in zip(candidates, means)],
