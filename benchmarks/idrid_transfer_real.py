@@ -82,14 +82,22 @@ def summary(run: RunDir, config, seconds: float) -> tuple[dict, str]:
              f"cleaning, {data['downstream']['test']} test images ({len(down_removed)} training images "
              "removed: copies with conflicting labels, copies of or same eye as a test image; "
              "`data/downstream-removed.csv`).", "",
-             f"Pretraining pool: {len(pool)} images after cleaning ("
-             + ", ".join(f"{k} {v}" for k, v in data["pool"]["by_dataset"].items()) + f"); {len(removed)} removed "
-             "(`data/pool-removed.csv`):", "", "| reason | dataset | images |", "|---|---|---|"]
-    lines += [f"| {k.split(' / ')[0]} | {k.split(' / ')[1]} | {v} |"
-              for k, v in data["pool"]["removed_by_reason_and_dataset"].items()]
-    lines += ["", "Pretraining cost (2 cores; images/s = optimizer steps x batch / seconds, source images "
-              "before views):", "", "| init | method | images trained on | steps | batch | 2-core min | images/s | final loss |",
-              "|---|---|---|---|---|---|---|---|"]
+             ]
+    if len(pool):
+        lines += [f"Pretraining pool: {len(pool)} images after cleaning ("
+                  + ", ".join(f"{k} {v}" for k, v in data["pool"]["by_dataset"].items()) + f"); {len(removed)} removed "
+                  "(`data/pool-removed.csv`):", "", "| reason | dataset | images |", "|---|---|---|"]
+        lines += [f"| {k.split(' / ')[0]} | {k.split(' / ')[1]} | {v} |"
+                  for k, v in data["pool"]["removed_by_reason_and_dataset"].items()]
+    else:
+        given = {i.name: i.init for i in config.inits if i.init != "scratch"}
+        lines.append("No pretraining in this run: the encoders are given ("
+                     + ", ".join(f"{k}: `{Path(v).relative_to(ROOT) if Path(v).is_relative_to(ROOT) else v}`"
+                                 for k, v in given.items()) + ").")
+    if pretrain:
+        lines += ["", "Pretraining cost (2 cores; images/s = optimizer steps x batch / seconds, source images "
+                  "before views):", "", "| init | method | images trained on | steps | batch | 2-core min | images/s | final loss |",
+                  "|---|---|---|---|---|---|---|---|"]
     for init, p in pretrain.items():
         method = p.get("method", "?")
         loss = next((v for k, v in p.items() if k.startswith("final_") and k.endswith("loss")), math.nan)
