@@ -184,27 +184,30 @@ def _tissue_rows(band: np.ndarray, above_band: np.ndarray) -> np.ndarray:
     return (band > level).astype(np.float32)
 
 
-def _rows_above(tissue: np.ndarray, margin: int) -> np.ndarray:
-    """``(D + 1, W)``: the tissue rows above cut ``t - margin`` (cumulative count)."""
-    d, w = tissue.shape
-    cum = np.concatenate([np.zeros((1, w), np.float32), np.cumsum(tissue, axis=0)])
-    return np.concatenate([np.zeros((margin, w), np.float32), cum])[:d + 1]
+def _cumulative(tissue: np.ndarray) -> np.ndarray:
+    """``(D + 1, W)``: the tissue rows above each cut (``cum[t]`` = rows ``0..t-1``)."""
+    return np.concatenate([np.zeros((1, tissue.shape[1]), np.float32), np.cumsum(tissue, axis=0)])
 
 
-def _vitreous_prior(tissue: np.ndarray, decay_rows: float, margin: int, below_rows: int) -> np.ndarray:
-    """``(D + 1, W)`` in [0, 1]: ``exp(-n / decay_rows) * f`` where ``n`` counts the tissue rows
-    (``tissue``, :func:`_tissue_rows`) above cut ``t - margin`` and ``f`` is the fraction of tissue
-    rows among the ``below_rows`` rows from ``t + margin`` down: only an edge with (nearly) nothing
-    but vitreous above it and tissue below it can be the ILM (``margin``: the rows the smoothing
-    spreads the edge itself over). The second factor keeps the path off a detached posterior
-    hyaloid, a thin line with vitreous below."""
-    d = tissue.shape[0]
-    cum = np.concatenate([np.zeros((1, tissue.shape[1]), np.float32), np.cumsum(tissue, axis=0)])
+def _rows_above(cum: np.ndarray, margin: int) -> np.ndarray:
+    """``(D + 1, W)``: the tissue rows above cut ``t - margin`` (``cum``: :func:`_cumulative`)."""
+    return np.concatenate([np.zeros((margin, cum.shape[1]), np.float32), cum])[:cum.shape[0]]
+
+
+def _vitreous_prior(cum: np.ndarray, above: np.ndarray, decay_rows: float, margin: int,
+                    below_rows: int) -> np.ndarray:
+    """``(D + 1, W)`` in [0, 1]: ``exp(-n / decay_rows) * f`` where ``n`` (``above``,
+    :func:`_rows_above`) counts the tissue rows above cut ``t - margin`` and ``f`` is the fraction of
+    tissue rows among the ``below_rows`` rows from ``t + margin`` down (``cum``, :func:`_cumulative`):
+    only an edge with (nearly) nothing but vitreous above it and tissue below it can be the ILM
+    (``margin``: the rows the smoothing spreads the edge itself over). The second factor keeps the
+    path off a detached posterior hyaloid, a thin line with vitreous below."""
+    d = cum.shape[0] - 1
     t = np.arange(d + 1)
     start = np.minimum(t + margin, d)
     stop = np.minimum(start + below_rows, d)
     below = (cum[stop] - cum[start]) / np.maximum(stop - start, 1)[:, None]
-    return (np.exp(-_rows_above(tissue, margin) / decay_rows) * below).astype(np.float32)
+    return (np.exp(-above / decay_rows) * below).astype(np.float32)
 
 
 def _lateral_max(column_max: np.ndarray, lateral_um: float) -> np.ndarray:
@@ -281,13 +284,15 @@ def detect_boundaries(image: np.ndarray, axial_um: float | None = None,
     # -- the outer band (IS/OS + RPE): a first trace over the whole depth of the brightest
     # continuous band with the retina above it (a nerve fibre layer thickened near the disc can be
     # as bright, but has only vitreous above), which bounds the ILM from below
-    deep = 1.0 - np.exp(-_rows_above(tissue, margin) / max(1.0, rows_of(c.outer_band_depth_um)))
+    cum = _cumulative(tissue)
+    above = _rows_above(cum, margin)
+    deep = 1.0 - np.exp(-above / max(1.0, rows_of(c.outer_band_depth_um)))
     band_ridge = _best_path(deep * band_cut / np.maximum(_lateral_max(band_cut.max(axis=0), lat), 1e-6)[None],
                             c.smoothness, max_jump)
     # -- ILM: the strongest dark-to-bright path with only vitreous above it, at least
     # ``ilm_above_band_um`` above the outer band (at the fovea the IS/OS edge, with only the dim
     # outer nuclear layer above it, would otherwise take the ILM's place)
-    ilm_gain = d2b * _vitreous_prior(tissue, max(1.0, rows_of(c.vitreous_decay_um)), margin, sep)
+    ilm_gain = d2b * _vitreous_prior(cum, above, max(1.0, rows_of(c.vitreous_decay_um)), margin, sep)
     ilm_limit = np.maximum(band_ridge - max(sep, int(round(rows_of(c.ilm_above_band_um)))), 1)
     ilm_gain = np.where(t_idx <= ilm_limit[None], ilm_gain, _BLOCKED)
     ilm_cut = _best_path(ilm_gain, c.smoothness, max_jump)
