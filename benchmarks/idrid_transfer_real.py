@@ -117,9 +117,9 @@ def summary(run: RunDir, config, seconds: float) -> tuple[dict, str]:
 
 def tuning_table(run: RunDir) -> tuple[list, str] | None:
     """The fine-tuning settings tuned per init on training images (``data/tuning-<init>.json``)."""
-    import json
+    from retinassl.sweeps.transfer_tuning import tuning_records
 
-    records = [json.loads(p.read_text()) for p in sorted((run.path / "data").glob("tuning-*.json"))]
+    records = tuning_records(run)
     if not records:
         return None
     first = records[0]

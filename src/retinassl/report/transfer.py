@@ -150,11 +150,10 @@ def transfer_delong_section(run: RunDir):  # -> Section | None
 def transfer_tuning_section(run: RunDir):  # -> Section | None
     """The fine-tuning settings chosen per initialisation on held-out training patients
     (``finetune_tuning``; ``data/tuning-<init>.json``): each candidate's mean validation score."""
-    import json
-
     from retinassl.report.sections import Section, table_html
+    from retinassl.sweeps.transfer_tuning import tuning_records
 
-    records = [json.loads(p.read_text()) for p in sorted((run.path / "data").glob("tuning-*.json"))]
+    records = tuning_records(run)
     if not records:
         return None
     rows = []

@@ -49,6 +49,12 @@ def tuning_file(run: RunDir, init: str) -> Path:
     return run.path / "data" / f"tuning-{init}.json"
 
 
+def tuning_records(run: RunDir) -> list[dict[str, Any]]:
+    """Every init's tuning record of a run (``data/tuning-<init>.json``: task, metric, fraction, seeds,
+    val_fraction, each candidate's values and mean validation score, the chosen values)."""
+    return [json.loads(p.read_text()) for p in sorted((run.path / "data").glob("tuning-*.json"))]
+
+
 def tuned_finetune(config: TransferConfig, run: RunDir, init: str) -> FinetuneConfig:
     """The fine-tuning settings of ``init``'s cells: ``config.finetune`` with the tuned values
     (``data/tuning-<init>.json``) when ``finetune_tuning`` is set."""
