@@ -165,6 +165,46 @@ def targets(comparison: pd.DataFrame, reference: str) -> str:
     return "\n".join(lines)
 
 
+def study_config(budget_name: str, inits: str | None = None, steps=(), init_from=(), sets=()):
+    """The preset's ``budget_name`` budget with the command line's changes: ``inits`` (comma-separated
+    names to keep), ``steps`` (``INIT=N`` pretraining steps), ``init_from`` (``INIT=DIR``: a given encoder
+    instead of pretraining) and ``sets`` (``KEY=VALUE`` overrides after the budget, as YAML)."""
+    data = with_shared_data_root(read_yaml(PRESET))
+    budget = (data.get("budgets") or {}).get(budget_name) or {}
+    holder = budget if "inits" in budget else data
+    if inits:
+        wanted = [name.strip() for name in inits.split(",") if name.strip()]
+        known = [i["name"] for i in holder["inits"]]
+        unknown = sorted(set(wanted) - set(known))
+        if unknown:
+            raise SystemExit(f"--inits: unknown initialisation(s) {unknown}; the {budget_name} budget has {known}")
+        holder["inits"] = [i for i in holder["inits"] if i["name"] in wanted]
+    for item in steps:
+        init, _, n = item.partition("=")
+        spec = next((i for i in holder["inits"] if i["name"] == init and i.get("pretrain")), None)
+        if spec is None:
+            raise SystemExit(f"--steps: {init!r} is not a pretrained initialisation of this run")
+        spec["pretrain"].setdefault("engine", {})["max_steps"] = int(n)
+    for item in init_from:
+        init, _, path = item.partition("=")
+        spec = next((i for i in holder["inits"] if i["name"] == init), None)
+        if spec is None or not Path(path).is_dir():
+            raise SystemExit(f"--init-from {item!r}: expected INIT=DIR, an initialisation of this run and "
+                             "an existing encoder directory")
+        spec.pop("pretrain", None)
+        spec["init"] = str(Path(path).resolve())
+    import yaml
+
+    for item in sets:
+        key, _, value = item.partition("=")
+        target = budget
+        *parents, last = key.split(".")
+        for p in parents:
+            target = target.setdefault(p, {})
+        target[last] = yaml.safe_load(value)
+    return resolve_config(data, budget_name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget", choices=["smoke", "cpu", "full"], default="cpu")
@@ -186,40 +226,7 @@ def main() -> None:
     from retinassl.logs import setup_logging
 
     setup_logging(logging.INFO)
-    data = with_shared_data_root(read_yaml(PRESET))
-    budget = (data.get("budgets") or {}).get(args.budget) or {}
-    holder = budget if "inits" in budget else data
-    if args.inits:
-        wanted = [name.strip() for name in args.inits.split(",") if name.strip()]
-        known = [i["name"] for i in holder["inits"]]
-        unknown = sorted(set(wanted) - set(known))
-        if unknown:
-            raise SystemExit(f"--inits: unknown initialisation(s) {unknown}; the {args.budget} budget has {known}")
-        holder["inits"] = [i for i in holder["inits"] if i["name"] in wanted]
-    for item in args.steps:
-        init, _, steps = item.partition("=")
-        spec = next((i for i in holder["inits"] if i["name"] == init and i.get("pretrain")), None)
-        if spec is None:
-            raise SystemExit(f"--steps: {init!r} is not a pretrained initialisation of this run")
-        spec["pretrain"].setdefault("engine", {})["max_steps"] = int(steps)
-    for item in args.init_from:
-        init, _, path = item.partition("=")
-        spec = next((i for i in holder["inits"] if i["name"] == init), None)
-        if spec is None or not Path(path).is_dir():
-            raise SystemExit(f"--init-from {item!r}: expected INIT=DIR, an initialisation of this run and "
-                             "an existing encoder directory")
-        spec.pop("pretrain", None)
-        spec["init"] = str(Path(path).resolve())
-    import yaml
-
-    for item in args.set:
-        key, _, value = item.partition("=")
-        target = budget
-        *parents, last = key.split(".")
-        for p in parents:
-            target = target.setdefault(p, {})
-        target[last] = yaml.safe_load(value)
-    config = resolve_config(data, args.budget)
+    config = study_config(args.budget, args.inits, args.steps, args.init_from, args.set)
     name = PRESET if args.budget == "cpu" else f"{PRESET}-{args.budget}"
     if args.summary_only and args.resume:
         run = RunDir(args.resume)  # read only: reopening for a resume would mark a finished run as running

@@ -30,25 +30,19 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, run_transfer_timed, with_shared_data_root, write_results  # noqa: E402
+from _common import ROOT, run_transfer_timed, write_results  # noqa: E402
+from idrid_transfer_real import PRESET, study_config  # noqa: E402
 
-from retinassl.config import read_yaml  # noqa: E402
 from retinassl.io.rundir import RunDir  # noqa: E402
-from retinassl.sweeps.transfer_config import resolve_config  # noqa: E402
 
-PRESET = "idrid-transfer-real"
 HEADLINE_FRACTIONS = (0.01, 0.05, 0.1, 1.0)
 
 
 def size_config(size: int, encoders: dict[str, str], budget: str):
-    """The preset's ``budget`` at input size ``size`` with scratch and ``encoders`` as the inits, probe only."""
-    data = with_shared_data_root(read_yaml(PRESET))
-    overrides = (data.get("budgets") or {}).get(budget) or {}
-    overrides["inits"] = [{"name": "scratch"}] + [{"name": n, "init": str(p)} for n, p in encoders.items()]
-    overrides["protocols"] = ["probe"]
-    overrides["preprocess"] = {**(overrides.get("preprocess") or {}), "size": size}
-    overrides["explain"] = {"tsne": False, "gradcam": 0}
-    return resolve_config(data, budget)
+    """The preset's ``budget`` at input size ``size`` with scratch and ``encoders`` as the inits, probe only
+    (:func:`idrid_transfer_real.study_config`, as its ``--init-from`` and ``--set``)."""
+    return study_config(budget, ",".join(["scratch", *encoders]), init_from=[f"{n}={p}" for n, p in encoders.items()],
+                        sets=[f"preprocess.size={size}", "protocols=[probe]", "explain={tsne: false, gradcam: 0}"])
 
 
 def run_size(size: int, encoders: dict[str, str], budget: str, study: Path) -> tuple[RunDir, float]:
