@@ -259,6 +259,30 @@ def test_two_step_init_pretrains_on_the_earlier_encoder(tiny_root: Path, tmp_pat
             resolve_config(_config(tiny_root, tmp_path / "enc", inits=bad), None)
 
 
+def test_two_step_from_a_given_vit_keeps_the_vit_and_its_weights(tiny_root: Path, tmp_path: Path) -> None:
+    """A saved ViT (e.g. an earlier run's MAE encoder), then supervised ("Fundus") pretraining on it:
+    the second step trains that ViT from its weights, although its pretrain block names no model and
+    the sweep's model is a convnet."""
+    torch.manual_seed(123)
+    given = build_encoder("vit_tiny", patch_size=8, img_size=32)
+    with torch.no_grad():
+        for p in given.parameters():
+            p.add_(0.5)                                # weights no fresh initialisation has
+    given_dir = save_encoder(tmp_path / "given", given, arch="vit_tiny", kwargs={"patch_size": 8, "img_size": 32},
+                             method="mae")
+    engine = {"max_steps": 1, "batch_size": 4, "checkpoint_every_n_steps": -1, "precision": "32"}
+    fundus = {"label": "dr_grade", "engine": engine, "method": {"name": "supervised", "task": "binary"}}
+    inits = [{"name": "scratch"}, {"name": "mae", "init": str(given_dir)},
+             {"name": "mae_fundus", "init": "mae", "pool": "train", "pretrain": fundus}]
+    config = resolve_config(_config(tiny_root, tmp_path / "enc", inits=inits), None)
+    grid = TransferGrid(config.model_dump(mode="json"), RunDir.create(tmp_path / "runs", "two-step-vit"))
+    second, meta = load_encoder(grid.model_of(config.inits[2]).init)
+    assert meta["arch"] == "vit_tiny" and meta["method"] == "supervised"
+    assert meta["init_source"] == str(given_dir)
+    start, trained = given.state_dict(), second.state_dict()
+    assert max(float((start[k] - trained[k]).abs().max()) for k in start) < 0.05   # one step from them
+
+
 def test_an_mae_init_brings_its_reconstructions_into_the_sweep_report(tiny_root: Path, tmp_path: Path) -> None:
     """A pretrained MAE initialisation: its encoder is a ViT (the checkpoint's architecture, not the
     sweep's convnet) and its reconstructions figure is copied into the sweep's report figures."""
