@@ -12,7 +12,8 @@ as the sweep prepared them, and measures what the ranking follows:
 - the score split into its parts: the patches inside the FOV (cells at least half inside) and those
   outside it (black corners, which every image has in a number set by its FOV size);
 - the AUC of the in-FOV mean patch probability (independent of how many cells the FOV covers),
-  against the sum the sweep reports;
+  against the sum the sweep reports; and of the mean over the cells wholly inside the FOV (no rim,
+  no black border: the tissue alone);
 - Spearman correlations of the score with the acquisition properties inside each class.
 
     .venv/bin/python benchmarks/mx_patch_inversion.py RUN_DIR [RUN_DIR ...] [--name mx_patch_inversion]
@@ -77,11 +78,13 @@ def analyse(run_dir: Path) -> tuple[dict, list[str]]:
              "AUC for DR of acquisition properties alone (no model): "
              + ", ".join(f"{p} {v:.3f}" for p, v in out["property_auc"].items()) + ".", "",
              "| learner | AUC of the sum (the sweep's score) | AUC, in-FOV cells' mean probability | "
-             "AUC, outside-FOV cells' sum | in-FOV cells, no DR / DR (mean) | "
+             "AUC, wholly-inside cells' mean probability | AUC, outside-FOV cells' sum | "
+             "in-FOV cells, no DR / DR (mean) | "
              + " | ".join(f"Spearman score~{p} (no DR / DR)" for p in PROPERTIES) + " |",
-             "|---|---|---|---|---|" + "---|" * len(PROPERTIES)]
+             "|---|---|---|---|---|---|" + "---|" * len(PROPERTIES)]
     folder = prediction_folder(RunDir(run_dir), spec)
     inside = cell_fov >= 0.5
+    tissue = cell_fov >= 0.99
     for learner in ("convnet", "ssl-gan"):
         files = sorted(folder.glob(f"{learner}-n*.csv"))
         if not files:
@@ -91,17 +94,19 @@ def analyse(run_dir: Path) -> tuple[dict, list[str]]:
         prob = 1.0 / (1.0 + np.exp(-logits))
         total = prob.sum(axis=1)
         in_mean = np.array([p[m].mean() if m.any() else np.nan for p, m in zip(prob, inside)])
+        tissue_mean = np.array([p[m].mean() if m.any() else np.nan for p, m in zip(prob, tissue)])
         out_sum = np.array([p[~m].sum() for p, m in zip(prob, inside)])
         n_in = inside.sum(axis=1)
         rho = {p: [spearmanr(total[labels == k], props[p].to_numpy()[labels == k]).statistic for k in (0, 1)]
                for p in PROPERTIES}
         out[learner] = {"files": len(files), "auc_sum": roc_auc(labels, total),
-                        "auc_inside_mean": roc_auc(labels, in_mean), "auc_outside_sum": roc_auc(labels, out_sum),
+                        "auc_inside_mean": roc_auc(labels, in_mean),
+                        "auc_tissue_mean": roc_auc(labels, tissue_mean), "auc_outside_sum": roc_auc(labels, out_sum),
                         "inside_cells": [float(n_in[labels == 0].mean()), float(n_in[labels == 1].mean())],
                         "spearman": rho}
         r = out[learner]
         lines.append(f"| {learner} ({len(files)} samplings averaged) | {r['auc_sum']:.3f} | {r['auc_inside_mean']:.3f} | "
-                     f"{r['auc_outside_sum']:.3f} | {r['inside_cells'][0]:.1f} / {r['inside_cells'][1]:.1f} | "
+                     f"{r['auc_tissue_mean']:.3f} | {r['auc_outside_sum']:.3f} | {r['inside_cells'][0]:.1f} / {r['inside_cells'][1]:.1f} | "
                      + " | ".join(f"{a:+.2f} / {b:+.2f}" for a, b in rho.values()) + " |")
     return out, lines
 

@@ -58,6 +58,7 @@ def test_legacy_directories_load_with_the_same_outputs(reference: dict[str, torc
     assert torch.allclose(method.head(method.encoder(x3)), reference["classifier"], atol=1e-6)
     patch, meta = PatchClassifier.load(LEGACY / "patch_classifier")
     assert meta["kind"] == "patch-classifier" and patch.patch_size == 32
+    assert patch.image_score == "sum"                               # saved before the rule existed
     assert torch.allclose(patch(x3), reference["patch_classifier"], atol=1e-6)
     seg = load_segmenter(LEGACY / "segmenter")
     assert torch.allclose(seg.model(segmenter_input(seg.model)), reference["segmenter"], atol=1e-6)
@@ -97,6 +98,10 @@ def test_every_kind_round_trips_through_one_format(tmp_path: Path) -> None:
     patch.save(tmp_path / "patch", arch="convnet", kwargs=kw, method="ssl-gan", preprocess={})
     patch_back, _ = PatchClassifier.load(tmp_path / "patch")
     assert patch_back.input_range == "tanh" and torch.equal(patch_back(x3), patch(x3))
+    assert patch_back.image_score == "sum"                          # the paper's rule unless set
+    patch.image_score = "tissue"
+    patch.save(tmp_path / "patch-tissue", arch="convnet", kwargs=kw, method="ssl-gan", preprocess={})
+    assert PatchClassifier.load(tmp_path / "patch-tissue")[0].image_score == "tissue"
     # segmenter
     cfg = load_config(SegmentConfig, None, ["data.source=synthetic", "preprocess.size=32", "model.arch=unet",
                                             "model.kwargs={channels: [4, 8]}", "method={name: segmentation, patch_size: 16}"])

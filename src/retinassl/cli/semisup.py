@@ -60,6 +60,6 @@ def heatmap(image: Path = typer.Argument(..., help="A fundus image file."),
         from retinassl.errors import DataError
 
         raise DataError("image file does not exist", path=image)
-    path, probs = heatmap_image(image, checkpoint, out, mask)
-    typer.echo(f"image score (sum of patch probabilities): {probs.sum():.2f} of {probs.size}")
+    path, probs, score = heatmap_image(image, checkpoint, out, mask)
+    typer.echo(f"image score: {score:.3f} ({probs.size} patches)")
     typer.echo(f"heatmap: {path}")

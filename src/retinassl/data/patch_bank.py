@@ -123,6 +123,20 @@ def normalisation_affine(mode: str | Normalization, stats: dict, channels: int) 
     return (one - zero).astype(np.float32), zero.astype(np.float32)
 
 
+def cell_fov_fractions(prepared: PreparedData, rows: Sequence[int] | np.ndarray, grid: int = 8) -> np.ndarray:
+    """``(len(rows), grid**2)`` fraction of each grid cell (row-major) inside its image's field of
+    view (the cache's FOV mask)."""
+    size = prepared.config.size
+    if size % grid:
+        raise ValueError(f"image size {size} is not divisible by the {grid}x{grid} grid")
+    cell = size // grid
+    out = np.zeros((len(rows), grid * grid), dtype=np.float32)
+    for i, row in enumerate(np.asarray(rows, dtype=int)):
+        inside = np.asarray(prepared.entries[int(row)].fov(), dtype=np.float32).reshape(grid, cell, grid, cell)
+        out[i] = inside.mean(axis=(1, 3)).ravel()
+    return out
+
+
 def build_patch_bank(prepared: PreparedData, rows: Sequence[int] | np.ndarray, grid: int = 8,
                      patch_size: int = 32, margin: int = 0, labelled: bool = True,
                      min_pixels: int = 1) -> PatchBank:
@@ -138,21 +152,15 @@ def build_patch_bank(prepared: PreparedData, rows: Sequence[int] | np.ndarray, g
         min_pixels: lesion pixels that make a patch diseased.
     """
     rows = np.asarray(rows, dtype=int)
-    size = prepared.config.size
-    if size % grid:
-        raise ValueError(f"image size {size} is not divisible by the {grid}x{grid} grid")
+    fov = cell_fov_fractions(prepared, rows, grid)
     side = grid * patch_size
     w = patch_size + 2 * margin
     channels = prepared.config.channels
     windows = np.zeros((len(rows), grid * grid, w, w, channels), dtype=np.uint8)
     scale = np.zeros((len(rows), channels), dtype=np.float32)
     offset = np.zeros((len(rows), channels), dtype=np.float32)
-    fov = np.zeros((len(rows), grid * grid), dtype=np.float32)
-    cell = size // grid
     for i, row in enumerate(rows):
         entry = prepared.entries[int(row)]
-        inside = np.asarray(entry.fov(), dtype=np.float32).reshape(grid, cell, grid, cell)
-        fov[i] = inside.mean(axis=(1, 3)).ravel()
         image = np.asarray(entry.image())
         if image.ndim == 2:
             image = image[..., None]

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from retinassl.config import DataConfig, EngineConfig, ExternalSpec, ModelConfig, Section
 from retinassl.data.preprocess import PreprocessConfig
+from retinassl.metrics.aggregate import ImageScore
 
 
 class SplitConfig(Section):
@@ -77,7 +78,11 @@ class LearnerConfig(Section):
         keep_weights: keep the trained classifier in the run (else only results and predictions).
         min_fov: for ``ssl-gan``, leave out of the unlabelled pool the patches whose cell lies less
             than this fraction inside the field of view (0: keep all, as the paper). The labelled
-            patches and the image score keep all cells.
+            patches keep all cells.
+        image_score: how the classifier's patch logits make an image's score, recorded with it
+            (:func:`retinassl.metrics.aggregate.image_scores`): ``sum`` of the 64 probabilities (the
+            paper), or ``tissue``, their mean over the cells wholly inside the field of view (the
+            black border and the FOV rim, which differ between cameras, left out).
     """
 
     method: dict[str, Any] = Field(default_factory=lambda: {"name": "ssl-gan"})
@@ -90,6 +95,7 @@ class LearnerConfig(Section):
     val_patches: int = Field(0, ge=0)
     keep_weights: bool = True
     min_fov: float = Field(0.0, ge=0, le=1)
+    image_score: ImageScore = "sum"
 
     @property
     def method_name(self) -> str:

@@ -7,7 +7,8 @@ Lecouat et al. 2018 report "classification AUCs both at the patch and image leve
 - **patch AUC**: every patch of every test image, scored by its logit, against its label (the
   lesion-mask union, :mod:`retinassl.data.patch_bank`);
 - **image AUC**: ``score_i = sum_j sigmoid(l_ij)`` (:func:`retinassl.metrics.aggregate.image_scores`)
-  against the image label;
+  against the image label (or, for a classifier whose ``image_score`` is ``tissue``, the mean
+  probability of the cells wholly inside the field of view);
 - **localisation AUC**: the heatmap of the paper's figures (patch probabilities spread over their
   cells and smoothed with a Gaussian of ``sigma_fraction`` of the image side, as
   :func:`retinassl.figures.heatmap.overlay` draws it) as a pixel score against the lesion mask,
@@ -30,7 +31,7 @@ from retinassl.data.patches import patch_values_to_image
 from retinassl.metrics.classification import roc_auc
 from retinassl.figures.heatmap import overlay, save_png
 from retinassl.metrics.aggregate import image_scores
-from retinassl.models.patch_classifier import predict_cells
+from retinassl.models.patch_classifier import PatchClassifier, predict_cells
 from retinassl.data.patch_bank import PatchBank, build_patch_bank
 from retinassl.progress import track
 
@@ -49,18 +50,26 @@ def predict_bank(classifier: torch.nn.Module, bank: PatchBank, batch_size: int =
     return logits.reshape(bank.n_images, bank.per_image)
 
 
-def image_patch_logits(classifier: torch.nn.Module, prepared: PreparedData, rows: Iterable[int],
-                       batch_size: int = 32) -> np.ndarray:
-    """Patch logits ``(len(rows), grid**2)`` of whole prepared images (no labels needed), cut
-    ``batch_size`` images at a time; ``classifier`` is a
-    :class:`~retinassl.models.patch_classifier.PatchClassifier` (its ``grid`` and ``patch_size``)."""
+def bank_image_scores(classifier: PatchClassifier, bank: PatchBank, logits: np.ndarray) -> np.ndarray:
+    """``(n_images,)`` image scores of a bank's patch ``logits`` by the classifier's rule."""
+    cell_fov = None if bank.fov is None else bank.fov.reshape(bank.n_images, bank.per_image)
+    return image_scores(logits, classifier.image_score, cell_fov)
+
+
+def score_images(classifier: PatchClassifier, prepared: PreparedData, rows: Iterable[int],
+                 batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, logits)``: image scores ``(n,)`` (the classifier's rule) and patch logits
+    ``(n, grid**2)`` of whole prepared images (no labels needed), cut ``batch_size`` images at a time."""
     rows = np.asarray(list(rows), dtype=int)
     grid, patch_size = classifier.grid, classifier.patch_size
-    logits = []
+    scores, logits = [], []
     for s in track(range(0, len(rows), batch_size), total=-(-len(rows) // batch_size), description="predicting"):
         bank = build_patch_bank(prepared, rows[s:s + batch_size], grid, patch_size, 0, labelled=False)
         logits.append(predict_bank(classifier, bank))
-    return np.concatenate(logits) if logits else np.zeros((0, grid ** 2))
+        scores.append(bank_image_scores(classifier, bank, logits[-1]))
+    if not logits:
+        return np.zeros(0), np.zeros((0, grid ** 2))
+    return np.concatenate(scores), np.concatenate(logits)
 
 
 def _downsample_any(mask: np.ndarray, resolution: int) -> np.ndarray:
@@ -101,13 +110,14 @@ def localisation_auc(prepared: PreparedData, rows: np.ndarray, patch_logits: np.
     return roc_auc(np.concatenate(labels), np.concatenate(scores))
 
 
-def evaluate_bank(classifier: torch.nn.Module, bank: PatchBank, prepared: PreparedData,
+def evaluate_bank(classifier: PatchClassifier, bank: PatchBank, prepared: PreparedData,
                   image_labels: np.ndarray, ids: np.ndarray,
                   localisation: bool = True) -> tuple[dict[str, float], pd.DataFrame]:
     """Test metrics of ``classifier`` on the images of a labelled ``bank``.
 
     Args:
-        classifier: patch classifier (``(B, C, p, p)`` -> ``(B,)`` logits), eval mode.
+        classifier: patch classifier (``(B, C, p, p)`` -> ``(B,)`` logits), eval mode; its
+            ``image_score`` rule makes the image scores.
         bank: labelled bank of the test images (its cells are what the classifier sees).
         prepared: the prepared data the bank's rows index (for masks and FOV).
         image_labels: ``(n_images,)`` 0/1.
@@ -118,7 +128,7 @@ def evaluate_bank(classifier: torch.nn.Module, bank: PatchBank, prepared: Prepar
         ``id, label, score`` and the logits ``patch_00 ..`` of every image.
     """
     logits = predict_bank(classifier, bank)
-    scores = image_scores(logits)
+    scores = bank_image_scores(classifier, bank, logits)
     image_labels = np.asarray(image_labels).astype(int)
     metrics = {"patch_auc": roc_auc(bank.labels, logits.reshape(-1)),
                "image_auc": roc_auc(image_labels, scores)}

@@ -155,7 +155,7 @@ def train_patch_classifier(learner: LearnerConfig, train: Dataset, *, grid: int,
     result = fit(method, train, config=learner.engine, run=run, seed=seed, val=val, resume=resume,
                  collate_fn=collate_fn)
     method.eval()
-    classifier = PatchClassifier.of_method(method, learner.patch_size, grid)
+    classifier = PatchClassifier.of_method(method, learner.patch_size, grid, learner.image_score)
     return Trained(method, classifier, result, initial.arch, dict(initial.kwargs), initial.kind)
 
 

@@ -175,11 +175,9 @@ class ImageScorer:
             table = pd.DataFrame(scores, columns=[f"prob_{k}" for k in range(scores.shape[1])])
             table.insert(0, "predicted", scores.argmax(axis=1))
             return scores, table
-        from retinassl.jobs.patch_evaluation import image_patch_logits
-        from retinassl.metrics.aggregate import image_scores
+        from retinassl.jobs.patch_evaluation import score_images
 
-        logits = image_patch_logits(self.model, prepared, rows, batch_size)
-        scores = image_scores(logits)
+        scores, logits = score_images(self.model, prepared, rows, batch_size)
         probs = 1 / (1 + np.exp(-logits))
         table = pd.DataFrame(probs, columns=[f"patch_{j:02d}" for j in range(probs.shape[1])])
         table.insert(0, "score", scores)

@@ -30,7 +30,7 @@ from retinassl.io.results import append_results, read_results, result_row
 from retinassl.io.rundir import RunDir
 from retinassl.models.patch_classifier import PatchClassifier
 from retinassl.jobs.patch_config import SemisupTrainConfig
-from retinassl.jobs.patch_evaluation import evaluate_bank, predict_bank, write_heatmaps
+from retinassl.jobs.patch_evaluation import bank_image_scores, evaluate_bank, predict_bank, write_heatmaps
 from retinassl.data.patch_bank import build_patch_bank
 from retinassl.jobs.patch_data import PatchData, load_patch_data
 from retinassl.jobs.patch_training import train_learner, training_info
@@ -133,7 +133,8 @@ def load_run_config(run_dir: str | Path) -> tuple[RunDir, SemisupTrainConfig]:
 
 
 def heatmap_image(image: str | Path, checkpoint: str | Path, out: str | Path | None = None,
-                  mask: str | Path | None = None, cache_dir: str | Path | None = None) -> tuple[Path, np.ndarray]:
+                  mask: str | Path | None = None,
+                  cache_dir: str | Path | None = None) -> tuple[Path, np.ndarray, float]:
     """Patch heatmap of one fundus image with a saved patch classifier.
 
     Args:
@@ -146,7 +147,8 @@ def heatmap_image(image: str | Path, checkpoint: str | Path, out: str | Path | N
         cache_dir: preprocessed-image cache (default: the toolkit's).
 
     Returns:
-        The PNG's path and the ``(grid, grid)`` patch probabilities.
+        The PNG's path, the ``(grid, grid)`` patch probabilities and the image score (the
+        classifier's rule).
     """
     checkpoint = Path(checkpoint)
     directory = checkpoint / CLASSIFIER if (checkpoint / CLASSIFIER).is_dir() else checkpoint
@@ -167,11 +169,12 @@ def heatmap_image(image: str | Path, checkpoint: str | Path, out: str | Path | N
     manifest = Manifest.from_records([record], root=root, name=str(image))
     prepared = Cache(cache_dir).prepare(manifest, preprocess)
     bank = build_patch_bank(prepared, [0], classifier.grid, classifier.patch_size, 0, labelled=False)
-    logits = predict_bank(classifier, bank)[0]
-    probs = 1 / (1 + np.exp(-logits.reshape(classifier.grid, classifier.grid)))
+    logits = predict_bank(classifier, bank)
+    score = float(bank_image_scores(classifier, bank, logits)[0])
+    probs = 1 / (1 + np.exp(-logits[0].reshape(classifier.grid, classifier.grid)))
     entry = prepared.entries[0]
     lesion = entry.mask("mask_EX") if mask is not None else None
     art = overlay(np.asarray(entry.image()), probs, mask=None if lesion is None else np.asarray(lesion))
     out = Path(out) if out is not None else Path("runs") / "heatmaps" / f"{image.stem}-heatmap.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    return save_png(out, art), probs
+    return save_png(out, art), probs, score

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from retinassl.metrics.aggregate import ImageScore
 from retinassl.io.saved_model import load_state_strict, module_state, read_model, save_model
 from retinassl.models.base import Encoder
 from retinassl.models.checkpoint import encoder_meta
@@ -31,16 +32,19 @@ class PatchClassifier(nn.Module):
             [-1, 1] first, as the SSL-GAN's discriminator was trained).
         patch_size: the side the classifier was trained on.
         grid: the patch grid of its images.
+        image_score: how its patch logits make an image's score
+            (:func:`retinassl.metrics.aggregate.image_scores`: ``sum`` or ``tissue``).
     """
 
     def __init__(self, encoder: Encoder, head: nn.Linear, input_range: Literal["unit", "tanh"],
-                 patch_size: int, grid: int = 8) -> None:
+                 patch_size: int, grid: int = 8, image_score: ImageScore = "sum") -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
         self.input_range = input_range
         self.patch_size = patch_size
         self.grid = grid
+        self.image_score = image_score
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_range == "tanh":
@@ -48,23 +52,25 @@ class PatchClassifier(nn.Module):
         return self.head(self.encoder(x))[:, 0]
 
     @classmethod
-    def from_method(cls, method: nn.Module, patch_size: int, grid: int = 8) -> PatchClassifier:
+    def from_method(cls, method: nn.Module, patch_size: int, grid: int = 8,
+                    image_score: ImageScore = "sum") -> PatchClassifier:
         """The classifier of a trained ``ssl-gan`` (EMA weights) or binary ``supervised`` method."""
-        classifier = cls.of_method(method, patch_size, grid)
+        classifier = cls.of_method(method, patch_size, grid, image_score)
         if classifier is None:
             raise ValueError(f"method {getattr(method, 'name', type(method).__name__)!r} leaves no "
                              f"binary patch classifier")
         return classifier
 
     @classmethod
-    def of_method(cls, method: nn.Module, patch_size: int, grid: int = 8) -> PatchClassifier | None:
+    def of_method(cls, method: nn.Module, patch_size: int, grid: int = 8,
+                  image_score: ImageScore = "sum") -> PatchClassifier | None:
         """:meth:`from_method`, or None for a method that leaves no binary patch classifier."""
         parts = method.patch_logit()
         if parts is None:
             return None
         encoder, head, input_range = parts
         classifier = cls(encoder.to(memory_format=torch.contiguous_format), head, input_range,  # type: ignore[arg-type]
-                         patch_size, grid)
+                         patch_size, grid, image_score)
         classifier.requires_grad_(False)
         return classifier.eval()
 
@@ -74,7 +80,7 @@ class PatchClassifier(nn.Module):
         """Save as a model of kind ``patch-classifier`` (weights ``encoder.*`` and ``head.*``);
         ``extra``: more JSON keys (e.g. the ``operating_point`` chosen on validation images)."""
         extra = {"patch_classifier": {"input_range": self.input_range, "patch_size": self.patch_size,
-                                      "grid": self.grid}, **(extra or {})}
+                                      "grid": self.grid, "image_score": self.image_score}, **(extra or {})}
         meta = encoder_meta(self.encoder, arch=arch, kwargs=kwargs, preprocess=preprocess, method=method,
                             config=config, data_fingerprint=data_fingerprint, extra=extra)
         return save_model(directory, "patch-classifier", module_state(self), meta)
@@ -88,7 +94,8 @@ class PatchClassifier(nn.Module):
         info = meta["patch_classifier"]
         encoder = build_encoder(meta["arch"], **meta["kwargs"])
         classifier = cls(encoder, nn.Linear(encoder.num_features, 1), info["input_range"],
-                         int(info["patch_size"]), int(info["grid"]))
+                         int(info["patch_size"]), int(info["grid"]),
+                         info.get("image_score", "sum"))  # saved before the rule existed: the paper's sum
         load_state_strict(classifier, saved.state, saved.weights_file)
         classifier.requires_grad_(False)
         return classifier.eval(), meta

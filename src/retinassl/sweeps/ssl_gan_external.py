@@ -2,8 +2,8 @@
 patch classifier (the SSL-GAN, the supervised ConvNet and ResNet34, the extension) also scores each
 external dataset, as Lecouat et al. 2018 test their IDRiD model on Kaggle/EyePACS images.
 
-The image score is the in-domain one, ``sum_j sigmoid(l_j)`` over the 8x8 patches
-(:func:`retinassl.metrics.aggregate.image_scores`), of the external images prepared with the sweep's
+The image score is the in-domain one (the classifier's rule: ``sum_j sigmoid(l_j)`` over the 8x8
+patches, or the ``tissue`` mean; :func:`retinassl.metrics.aggregate.image_scores`), of the external images prepared with the sweep's
 preprocessing. Rows: task ``patch:abnormal@<name>`` with the cell's method, count and seed, metrics
 of a binary task (``auc``, ``ap``, ``sens_at_spec``, ``n_test``: :mod:`retinassl.sweeps.external`);
 predictions: ``predictions/ssl-gan@<name>/<cell>.csv`` as the in-domain ones (``id, label, score``
@@ -30,8 +30,7 @@ from retinassl.errors import ConfigError
 from retinassl.io.results import read_results
 from retinassl.io.rundir import RunDir
 from retinassl.jobs.patch_config import SSLGANExperimentConfig
-from retinassl.jobs.patch_evaluation import image_patch_logits
-from retinassl.metrics.aggregate import image_scores
+from retinassl.jobs.patch_evaluation import score_images
 from retinassl.metrics.tasks import TaskSpec
 from retinassl.models.patch_classifier import PatchClassifier
 from retinassl.sweeps.external import ExternalSet, check_names, load_external
@@ -70,8 +69,7 @@ def score_external(classifier: PatchClassifier, external: ExternalSet, run: RunD
     """One cell's classifier on one external set: writes ``<prediction_folder>/<cell>.csv``
     (``id, label, score, patch_00..`` logits) and returns the result rows (``template``: the cell's
     in-domain row)."""
-    logits = image_patch_logits(classifier, external.prepared, range(len(external.prepared)))
-    scores = image_scores(logits)
+    scores, logits = score_images(classifier, external.prepared, range(len(external.prepared)))
     table = pd.DataFrame({"id": external.ids, "label": external.labels, "score": scores})
     patches = pd.DataFrame(logits, columns=[f"patch_{j:02d}" for j in range(logits.shape[1])])
     write_text(prediction_folder(run, external.spec) / f"{cell}.csv",
