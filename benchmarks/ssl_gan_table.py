@@ -28,7 +28,7 @@ from _common import write_results  # noqa: E402
 
 from retinassl.metrics.classification import roc_auc  # noqa: E402
 from retinassl.io.results import read_results  # noqa: E402
-from retinassl.metrics.aggregate import image_scores  # noqa: E402
+from retinassl.metrics.image_score import image_scores  # noqa: E402
 from retinassl.jobs.patch_evaluation import patch_logits_of  # noqa: E402
 from retinassl.sweeps.ssl_gan import PREDICTIONS  # noqa: E402
 from retinassl.report.ssl_gan import read_predictions  # noqa: E402

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -21,11 +22,16 @@ def test_train_evaluate_heatmap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
                  f"data.cache_dir={tmp_path / 'cache'}", "data.options.n_images=20", "split.train=10",
                  "split.val=4", "n_labelled=4", "learner.model.kwargs.width=4",
                  "learner.method.generator_channels=[8,8,4,4]", "learner.engine.max_steps=2",
-                 "learner.engine.batch_size=16", "learner.method.collapse_every=1", "heatmaps=2"]
+                 "learner.engine.batch_size=16", "learner.method.collapse_every=1", "heatmaps=2",
+                 "learner.image_score=tissue"]
     result = runner.invoke(app, ["semisup", "train", "demo-ssl-gan", *overrides])
     assert result.exit_code == 0, result.output
     run = next((tmp_path / "runs").iterdir())
-    assert json.loads((run / "classifier" / "model.json").read_text())["kind"] == "patch-classifier"
+    meta = json.loads((run / "classifier" / "model.json").read_text())
+    assert meta["kind"] == "patch-classifier" and meta["patch_classifier"]["image_score"] == "tissue"
+    # the learner's rule reaches the scores: a mean of probabilities, not a sum over 64 cells
+    scores = pd.read_csv(next(run.glob("predictions/*-test.csv")))["score"]
+    assert ((scores >= 0) & (scores <= 1)).all()
     assert (run / "report" / "index.html").is_file()
     results = read_results(run / "results.csv")
     assert set(results["metric"]) >= {"patch_auc", "image_auc", "localisation_auc"}

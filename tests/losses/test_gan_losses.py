@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from retinassl.losses import gan as L
-from retinassl.metrics.aggregate import image_scores
+from retinassl.metrics.image_score import image_scores
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 

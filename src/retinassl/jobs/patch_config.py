@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 
 from retinassl.config import DataConfig, EngineConfig, ExternalSpec, ModelConfig, Section
 from retinassl.data.preprocess import PreprocessConfig
-from retinassl.metrics.aggregate import ImageScore
+from retinassl.metrics.image_score import ImageScore
 
 
 class SplitConfig(Section):
@@ -80,7 +80,7 @@ class LearnerConfig(Section):
             than this fraction inside the field of view (0: keep all, as the paper). The labelled
             patches keep all cells.
         image_score: how the classifier's patch logits make an image's score, recorded with it
-            (:func:`retinassl.metrics.aggregate.image_scores`): ``sum`` of the 64 probabilities (the
+            (:func:`retinassl.metrics.image_score.image_scores`): ``sum`` of the 64 probabilities (the
             paper), or ``tissue``, their mean over the cells wholly inside the field of view (the
             black border and the FOV rim, which differ between cameras, left out).
     """

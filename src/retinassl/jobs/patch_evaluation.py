@@ -6,7 +6,7 @@ Lecouat et al. 2018 report "classification AUCs both at the patch and image leve
 
 - **patch AUC**: every patch of every test image, scored by its logit, against its label (the
   lesion-mask union, :mod:`retinassl.data.patch_bank`);
-- **image AUC**: ``score_i = sum_j sigmoid(l_ij)`` (:func:`retinassl.metrics.aggregate.image_scores`)
+- **image AUC**: ``score_i = sum_j sigmoid(l_ij)`` (:func:`retinassl.metrics.image_score.image_scores`)
   against the image label (or, for a classifier whose ``image_score`` is ``tissue``, the mean
   probability of the cells wholly inside the field of view);
 - **localisation AUC**: the heatmap of the paper's figures (patch probabilities spread over their
@@ -30,7 +30,7 @@ from retinassl.data.datasets import lesion_mask
 from retinassl.data.patches import patch_values_to_image
 from retinassl.metrics.classification import roc_auc
 from retinassl.figures.heatmap import overlay, save_png
-from retinassl.metrics.aggregate import image_scores
+from retinassl.metrics.image_score import image_scores
 from retinassl.models.patch_classifier import PatchClassifier, predict_cells
 from retinassl.data.patch_bank import PatchBank, build_patch_bank
 from retinassl.progress import track

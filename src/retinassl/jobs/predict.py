@@ -11,8 +11,9 @@ Kinds and what they give per image:
 
 - ``classifier`` (fine-tuned or ``retinassl train`` whole-image models): the probability (binary:
   ``score``; multiclass: ``prob_<k>`` and the arg-max ``predicted``; multi-label: ``score[<name>]``).
-- ``patch-classifier`` (the SSL-GAN and the supervised patch baselines): the image score
-  ``sum_j sigmoid(l_j)`` of Lecouat et al. 2018, the 8x8 patch probabilities ``patch_00..``, and
+- ``patch-classifier`` (the SSL-GAN and the supervised patch baselines): the image score by the
+  classifier's saved rule (``sum_j sigmoid(l_j)`` of Lecouat et al. 2018, or the ``tissue`` mean:
+  :mod:`retinassl.metrics.image_score`), the 8x8 patch probabilities ``patch_00..``, and
   optionally a heatmap PNG per image.
 - with ``overlays`` (``retinassl predict --explain``: :func:`retinassl.explain.overlays.image_overlays`,
   passed in by the command line since jobs sit below ``explain/``), either image kind also writes

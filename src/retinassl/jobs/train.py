@@ -36,7 +36,8 @@ from retinassl.io.rundir import RunDir
 from retinassl.jobs.patch_config import LearnerConfig
 from retinassl.jobs.patch_training import train_patch_classifier
 from retinassl.models.patch_classifier import PatchClassifier
-from retinassl.metrics.aggregate import image_scores, predict_patch_logits
+from retinassl.metrics.aggregate import predict_patch_logits
+from retinassl.metrics.image_score import image_scores
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ same value from every logit, so this loses nothing). With ``Z(x) = sum_k exp l_k
 
 For K = 2 (healthy, diseased) the patch classifier's logit is ``l_diseased - l_healthy``:
 ``sigmoid(l_1 - l_0) = p(diseased | x, real)``. It is what the image score sums
-(:mod:`retinassl.metrics.aggregate`).
+(:mod:`retinassl.metrics.image_score`).
 
 Shapes: logits ``(B, K)``, labels ``(B,)`` int64 in ``[0, K)``, features ``(B, F)``.
 """

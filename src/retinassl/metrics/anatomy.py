@@ -1,6 +1,7 @@
 """Where a patch classifier's image-level AUC is lost: the anatomy of its test patch logits.
 
-The image score is the sum of the 64 patch sigmoids, so how far a patch AUC carries to the image
+The image score here is always the paper's sum of the 64 patch sigmoids (a classifier saved with
+the ``tissue`` rule, :mod:`retinassl.metrics.image_score`, is analysed under the sum too), so how far a patch AUC carries to the image
 level depends on whether patch errors are independent or shared by all patches of an image. For one
 cell's test logits ``(images, patches)``, the patch labels and the image labels:
 
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from retinassl.metrics.classification import roc_auc
-from retinassl.metrics.aggregate import image_scores
+from retinassl.metrics.image_score import image_scores
 
 TEST_PATCH_LABELS = "test-patch-labels.csv"   # written into a sweep's run folder
 ANATOMY_METRICS = ("image_auc", "independent_image_auc", "healthy_independent_image_auc",

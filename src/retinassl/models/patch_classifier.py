@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from retinassl.metrics.aggregate import ImageScore
+from retinassl.errors import ConfigError
+from retinassl.metrics.image_score import IMAGE_SCORES, ImageScore
 from retinassl.io.saved_model import load_state_strict, module_state, read_model, save_model
 from retinassl.models.base import Encoder
 from retinassl.models.checkpoint import encoder_meta
@@ -33,7 +34,7 @@ class PatchClassifier(nn.Module):
         patch_size: the side the classifier was trained on.
         grid: the patch grid of its images.
         image_score: how its patch logits make an image's score
-            (:func:`retinassl.metrics.aggregate.image_scores`: ``sum`` or ``tissue``).
+            (:func:`retinassl.metrics.image_score.image_scores`: ``sum`` or ``tissue``).
     """
 
     def __init__(self, encoder: Encoder, head: nn.Linear, input_range: Literal["unit", "tanh"],
@@ -44,6 +45,9 @@ class PatchClassifier(nn.Module):
         self.input_range = input_range
         self.patch_size = patch_size
         self.grid = grid
+        if image_score not in IMAGE_SCORES:
+            raise ConfigError(f"patch classifier: image_score {image_score!r}; expected one of "
+                              f"{', '.join(IMAGE_SCORES)}")
         self.image_score = image_score
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -53,7 +53,8 @@ def _anatomy_html(run: RunDir, predictions: dict[tuple[str, int], list[pd.DataFr
     per_image = diseased_image_table(predictions, patch_labels, n_max).round(3)
     per_image = per_image.rename_axis("diseased test image").reset_index()
     return ("<h3>Where the image-level AUC is lost (means over samplings)</h3>"
-            '<p class="note">The image score sums 64 patch sigmoids, so an error shared by all the '
+            '<p class="note">The paper\'s image score sums 64 patch sigmoids (this analysis uses that '
+            "rule for every learner), so an error shared by all the "
             "patches of an image costs image-level AUC that the patch AUC does not show: "
             "<em>independent patch errors</em> redraws every "
             "patch logit from the logits of patches with the same label (200 draws), and the one-sided "
@@ -118,7 +119,9 @@ def ssl_gan_section(run: RunDir):  # -> Section | None (imported lazily: report.
     methods = list(dict.fromkeys(results.loc[results["metric"] == "image_auc", "method"]))
     parts = ['<p class="note">AUC in %, mean ± sd over the labelled samplings (seeds; n = number of '
              'samplings when not 5). Paper: Lecouat et al. 2018, Tables 1 (patch) and 2 (image). The '
-             'image score is the sum over the 64 patches of sigmoid(patch logit).</p>']
+             'image score is each learner\'s <code>image_score</code> rule: by default, as the paper, the '
+             'sum over the 64 patches of sigmoid(patch logit); <code>tissue</code>: their mean over the '
+             'cells wholly inside the field of view.</p>']
     for metric, title in (("image_auc", "Image-level test AUC"), ("patch_auc", "Patch-level test AUC")):
         parts.append(f"<h3>{title}</h3>")
         parts.append(table_html(comparison_table(results, metric, methods), text_columns=("method",)))

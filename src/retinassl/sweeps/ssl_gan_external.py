@@ -3,7 +3,7 @@ patch classifier (the SSL-GAN, the supervised ConvNet and ResNet34, the extensio
 external dataset, as Lecouat et al. 2018 test their IDRiD model on Kaggle/EyePACS images.
 
 The image score is the in-domain one (the classifier's rule: ``sum_j sigmoid(l_j)`` over the 8x8
-patches, or the ``tissue`` mean; :func:`retinassl.metrics.aggregate.image_scores`), of the external images prepared with the sweep's
+patches, or the ``tissue`` mean; :func:`retinassl.metrics.image_score.image_scores`), of the external images prepared with the sweep's
 preprocessing. Rows: task ``patch:abnormal@<name>`` with the cell's method, count and seed, metrics
 of a binary task (``auc``, ``ap``, ``sens_at_spec``, ``n_test``: :mod:`retinassl.sweeps.external`);
 predictions: ``predictions/ssl-gan@<name>/<cell>.csv`` as the in-domain ones (``id, label, score``

@@ -15,8 +15,10 @@ from retinassl.data.cache import Cache
 from retinassl.data.manifest import Manifest
 from retinassl.data.patch_bank import build_patch_bank
 from retinassl.data.preprocess import PreprocessConfig
+from retinassl.errors import ConfigError
 from retinassl.jobs.patch_evaluation import evaluate_bank, score_images
-from retinassl.metrics.aggregate import image_scores
+from retinassl.jobs.predict import ImageScorer
+from retinassl.metrics.image_score import image_scores
 from retinassl.models.patch_classifier import PatchClassifier
 from retinassl.models.registry import build_encoder
 
@@ -29,7 +31,7 @@ def test_sum_and_tissue_scores_by_hand() -> None:
     logits = np.array([[0.0, 2.0, -1.0, 3.0],
                        [1.0, 1.0, 5.0, -4.0]])
     fov = np.array([[1.0, 0.995, 0.5, 0.0],       # two tissue cells, a rim cell, a border cell
-                    [0.2, 0.9, 0.9, 0.0]])        # no tissue cell: the cells with the largest share
+                    [0.2, 0.9, 0.895, 0.0]])      # no tissue cell: those within 99 % of the largest share
     p = _sigmoid(logits)
     assert image_scores(logits) == pytest.approx(p.sum(axis=1))
     assert image_scores(logits, "tissue", fov) == pytest.approx([(p[0, 0] + p[0, 1]) / 2, (p[1, 1] + p[1, 2]) / 2])
@@ -40,8 +42,14 @@ def test_sum_and_tissue_scores_by_hand() -> None:
     assert image_scores(moved)[0] > image_scores(logits)[0] + 0.5
     with pytest.raises(ValueError, match="field-of-view fraction"):
         image_scores(logits, "tissue")
-    with pytest.raises(ValueError, match="expected 'sum' or 'tissue'"):
+    with pytest.raises(ValueError, match="expected one of sum, tissue"):
         image_scores(logits, "max", fov)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"expected \(2, 4\)"):
+        image_scores(logits, "tissue", fov.T)
+    assert image_scores(logits, "tissue", fov.ravel()) == pytest.approx(image_scores(logits, "tissue", fov))
+    encoder = build_encoder("convnet", width=4)
+    with pytest.raises(ConfigError, match="image_score 'max'"):
+        PatchClassifier(encoder, nn.Linear(encoder.num_features, 1), "tanh", 32, 8, "max")  # type: ignore[arg-type]
 
 
 def _disc_images(folder: Path, n: int = 3, size: int = 256) -> Manifest:
@@ -86,6 +94,8 @@ def test_a_tissue_classifier_scores_its_wholly_inside_cells(tmp_path: Path) -> N
     loaded, meta = PatchClassifier.load(tmp_path / "saved")
     assert loaded.image_score == "tissue" and meta["patch_classifier"]["image_score"] == "tissue"
     assert score_images(loaded, prepared, [0, 1, 2])[0] == pytest.approx(expected)
+    scores, table = ImageScorer.load(tmp_path / "saved").score(prepared, np.array([0, 1, 2]))   # predict's path
+    assert scores == pytest.approx(expected) and table["score"].to_numpy() == pytest.approx(expected)
     # the paper's rule on the same logits: the sum over all 64 cells
     paper = PatchClassifier(encoder, classifier.head, "tanh", 32, 8).eval()
     assert score_images(paper, prepared, [0, 1, 2])[0] == pytest.approx(_sigmoid(logits).sum(axis=1), rel=1e-5)
