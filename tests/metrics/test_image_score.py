@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -17,7 +18,8 @@ from retinassl.data.patch_bank import build_patch_bank
 from retinassl.data.preprocess import PreprocessConfig
 from retinassl.errors import ConfigError
 from retinassl.jobs.patch_evaluation import evaluate_bank, score_images
-from retinassl.jobs.predict import ImageScorer
+from retinassl.data.fov_scale import FOV_KEY
+from retinassl.jobs.predict import ImageScorer, predict
 from retinassl.metrics.image_score import image_scores
 from retinassl.models.patch_classifier import PatchClassifier
 from retinassl.models.registry import build_encoder
@@ -96,6 +98,12 @@ def test_a_tissue_classifier_scores_its_wholly_inside_cells(tmp_path: Path) -> N
     assert score_images(loaded, prepared, [0, 1, 2])[0] == pytest.approx(expected)
     scores, table = ImageScorer.load(tmp_path / "saved").score(prepared, np.array([0, 1, 2]))   # predict's path
     assert scores == pytest.approx(expected) and table["score"].to_numpy() == pytest.approx(expected)
+    # `retinassl predict` end to end, with a recorded FOV diameter these images do not match (scale
+    # matching would pick a size the 8x8 grid cannot cut): the patch classifier keeps its size
+    classifier.save(tmp_path / "recorded", arch="convnet", kwargs={"width": 4}, method="supervised",
+                    preprocess=config.model_dump(mode="json"), extra={FOV_KEY: 150.0})
+    out = predict(tmp_path / "recorded", manifest, tmp_path / "out", cache_dir=tmp_path / "cache")
+    assert pd.read_csv(out)["score"].to_numpy() == pytest.approx(expected, rel=1e-5)
     # the paper's rule on the same logits: the sum over all 64 cells
     paper = PatchClassifier(encoder, classifier.head, "tanh", 32, 8).eval()
     assert score_images(paper, prepared, [0, 1, 2])[0] == pytest.approx(_sigmoid(logits).sum(axis=1), rel=1e-5)

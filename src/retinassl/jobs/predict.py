@@ -203,7 +203,15 @@ def prepare_matched(manifest: Manifest, config: PreprocessConfig, meta: dict[str
                     mask_columns: list[str] | None = None) -> PreparedData:
     """``manifest`` prepared with the model's preprocessing ``config`` at the model's scale: rescaled
     so that the images' field of view spans as many input pixels as the model's training images did
-    (:func:`~retinassl.data.fov_scale.prepare_at_model_scale`; ``match_scale`` False keeps the size)."""
+    (:func:`~retinassl.data.fov_scale.prepare_at_model_scale`; ``match_scale`` False keeps the size).
+
+    Not for a patch classifier: its grid is cut relative to the prepared square and every cell resized
+    to its patch size, so a rescaled square gives the same cells (and a size that is not a multiple of
+    the grid could not be cut at all); its images keep the model's size."""
+    if match_scale and meta.get("kind") == "patch-classifier" and meta.get(FOV_KEY) is not None:
+        log.info("scale: a patch classifier's grid is relative to the image, so scale matching changes "
+                 "nothing it sees: images prepared at its size %d", config.size)
+        match_scale = False
     return prepare_at_model_scale(lambda c: prepare_for(manifest, c, cache_dir, skip_bad, mask_columns),
                                   config, meta.get(FOV_KEY), enabled=match_scale)
 
