@@ -37,38 +37,44 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 
 from retinassl.config import validate  # noqa: E402
+from retinassl.data.patch_bank import cell_fov_fractions  # noqa: E402
 from retinassl.io.rundir import RunDir  # noqa: E402
 from retinassl.jobs.patch_config import SSLGANExperimentConfig  # noqa: E402
 from retinassl.metrics.classification import roc_auc  # noqa: E402
+from retinassl.metrics.image_score import image_scores  # noqa: E402
 from retinassl.sweeps.ssl_gan_external import prediction_folder, prepare_externals  # noqa: E402
 
 GRID = 8
 PROPERTIES = ("fov_share", "mean_r", "mean_g", "mean_b")
 
 
+def sweep_config(run_dir: Path) -> SSLGANExperimentConfig:
+    """A finished idrid-ssl-gan sweep's configuration."""
+    return validate(SSLGANExperimentConfig, yaml.safe_load((run_dir / "config.yaml").read_text()),
+                    origin=str(run_dir / "config.yaml"))
+
+
+def mx_external(config: SSLGANExperimentConfig):
+    """The sweep's ``mx`` external set, prepared as the sweep prepared it (the finished run is only read)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return next(e for e in prepare_externals(config, "abnormal", RunDir(Path(tmp))) if e.spec.name == "mx")
+
+
 def image_properties(prepared) -> tuple[pd.DataFrame, np.ndarray]:
     """Per prepared image: FOV share of the square and in-FOV channel means; and per image the
     ``(GRID * GRID,)`` FOV share of each patch cell (row-major, as the patch logits)."""
-    rows, cells = [], []
+    rows = []
     for entry in prepared.entries:
-        fov = np.asarray(entry.fov(), dtype=float)
-        h, w = fov.shape
-        share = np.array([[fov[i * h // GRID:(i + 1) * h // GRID, j * w // GRID:(j + 1) * w // GRID].mean()
-                           for j in range(GRID)] for i in range(GRID)]).ravel()
         mean = entry.stats["mean"]
-        rows.append({"fov_share": float(fov.mean()), "mean_r": float(mean[0]), "mean_g": float(mean[1]),
-                     "mean_b": float(mean[2])})
-        cells.append(share)
-    return pd.DataFrame(rows), np.asarray(cells)
+        rows.append({"fov_share": float(np.asarray(entry.fov(), dtype=float).mean()), "mean_r": float(mean[0]),
+                     "mean_g": float(mean[1]), "mean_b": float(mean[2])})
+    return pd.DataFrame(rows), cell_fov_fractions(prepared, range(len(prepared)), GRID)
 
 
 def analyse(run_dir: Path) -> tuple[dict, list[str]]:
-    config = validate(SSLGANExperimentConfig, yaml.safe_load((run_dir / "config.yaml").read_text()),
-                      origin=str(run_dir / "config.yaml"))
+    config = sweep_config(run_dir)
     spec = next(s for s in config.evaluate_on if s.name == "mx")
-    with tempfile.TemporaryDirectory() as tmp:                 # the finished run is only read
-        external = next(e for e in prepare_externals(config, "abnormal", RunDir(Path(tmp)))
-                        if e.spec.name == "mx")
+    external = mx_external(config)
     props, cell_fov = image_properties(external.prepared)
     ids = list(external.ids)
     labels = np.asarray(external.labels, dtype=int)
@@ -84,7 +90,6 @@ def analyse(run_dir: Path) -> tuple[dict, list[str]]:
              "|---|---|---|---|---|---|" + "---|" * len(PROPERTIES)]
     folder = prediction_folder(RunDir(run_dir), spec)
     inside = cell_fov >= 0.5
-    tissue = cell_fov >= 0.99
     for learner in ("convnet", "ssl-gan"):
         files = sorted(folder.glob(f"{learner}-n*.csv"))
         if not files:
@@ -94,7 +99,7 @@ def analyse(run_dir: Path) -> tuple[dict, list[str]]:
         prob = 1.0 / (1.0 + np.exp(-logits))
         total = prob.sum(axis=1)
         in_mean = np.array([p[m].mean() if m.any() else np.nan for p, m in zip(prob, inside)])
-        tissue_mean = np.array([p[m].mean() if m.any() else np.nan for p, m in zip(prob, tissue)])
+        tissue_mean = image_scores(logits, "tissue", cell_fov)
         out_sum = np.array([p[~m].sum() for p, m in zip(prob, inside)])
         n_in = inside.sum(axis=1)
         rho = {p: [spearmanr(total[labels == k], props[p].to_numpy()[labels == k]).statistic for k in (0, 1)]

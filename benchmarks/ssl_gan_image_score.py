@@ -26,27 +26,24 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
+from mx_patch_inversion import mx_external, sweep_config  # noqa: E402
 
-from retinassl.config import validate  # noqa: E402
 from retinassl.data.patch_bank import cell_fov_fractions  # noqa: E402
 from retinassl.io.rundir import RunDir  # noqa: E402
-from retinassl.jobs.patch_config import SSLGANExperimentConfig  # noqa: E402
 from retinassl.jobs.patch_data import load_patch_data  # noqa: E402
 from retinassl.jobs.patch_evaluation import patch_logits_of, predict_bank  # noqa: E402
 from retinassl.metrics.image_score import image_scores  # noqa: E402
 from retinassl.metrics.classification import roc_auc  # noqa: E402
 from retinassl.metrics.stats import delong_test, significant_by_sign  # noqa: E402
 from retinassl.models.patch_classifier import PatchClassifier  # noqa: E402
-from retinassl.sweeps.ssl_gan_external import prediction_folder, prepare_externals  # noqa: E402
+from retinassl.sweeps.ssl_gan_external import prediction_folder  # noqa: E402
 
 LEARNERS = ("ssl-gan", "convnet")
 RULES = ("sum", "tissue")
@@ -55,8 +52,7 @@ RULES = ("sum", "tissue")
 def rescore(run_dir: Path, labelled: int) -> dict:
     """Per learner and sampling (``labelled`` images): labels and scores under both rules on
     validation, test and MX."""
-    config = validate(SSLGANExperimentConfig, yaml.safe_load((run_dir / "config.yaml").read_text()),
-                      origin=str(run_dir / "config.yaml"))
+    config = sweep_config(run_dir)
     data = load_patch_data(config.data, config.preprocess, config.split, config.patches, None)
     # the sweep's own split (split.csv), so that the validation images are the sweep's
     split = pd.read_csv(run_dir / "split.csv", dtype={"id": str})
@@ -65,9 +61,7 @@ def rescore(run_dir: Path, labelled: int) -> dict:
     grid = config.patches.grid
     fov = {"test": dict(zip(data.ids(data.test), cell_fov_fractions(data.prepared, data.test, grid)))}
     spec = next(s for s in config.evaluate_on if s.name == "mx")
-    with tempfile.TemporaryDirectory() as tmp:                 # the finished run is only read
-        external = next(e for e in prepare_externals(config, "abnormal", RunDir(Path(tmp)))
-                        if e.spec.name == "mx")
+    external = mx_external(config)
     fov["mx"] = dict(zip(external.ids, cell_fov_fractions(external.prepared, range(len(external.prepared)), grid)))
     folders = {"test": run_dir / "predictions" / "ssl-gan", "mx": prediction_folder(RunDir(run_dir), spec)}
     val_labels = data.labels(data.val)

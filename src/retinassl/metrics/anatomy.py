@@ -1,8 +1,9 @@
 """Where a patch classifier's image-level AUC is lost: the anatomy of its test patch logits.
 
 The image score here is always the paper's sum of the 64 patch sigmoids (a classifier saved with
-the ``tissue`` rule, :mod:`retinassl.metrics.image_score`, is analysed under the sum too), so how far a patch AUC carries to the image
-level depends on whether patch errors are independent or shared by all patches of an image. For one
+the ``tissue`` rule, :mod:`retinassl.metrics.image_score`, is analysed under the sum too), so how far
+a patch AUC carries to the image level depends on whether patch errors are independent or shared by
+all patches of an image. For one
 cell's test logits ``(images, patches)``, the patch labels and the image labels:
 
 - ``lesion_auc``: diseased vs lesion-free patches inside the diseased images (finding lesions);
