@@ -62,7 +62,7 @@ def make_batch(name: str = "") -> dict:
                  "unlabelled": torch.rand(4, 3, 32, 32, generator=g), "image": torch.rand(4, 3, 32, 32, generator=g)}
     if name == "segmentation":  # whole images with vessel and field-of-view masks
         batch = {"image": torch.rand(2, 1, SIZE, SIZE, generator=g),
-                 "vessel": (torch.rand(2, 1, SIZE, SIZE, generator=g) > 0.8).float(),
+                 "target": (torch.rand(2, 1, SIZE, SIZE, generator=g) > 0.8).float(),
                  "fov": torch.ones(2, 1, SIZE, SIZE)}
     if name == "oct-layers":  # B-scans and their region labels (0..K)
         rows = torch.arange(SIZE)[:, None].expand(SIZE, SIZE)

@@ -70,13 +70,13 @@ def test_patches_are_centred_in_the_fov_and_seeded() -> None:
     fov = batch["fov"].clone()
     fov[:, :, :, SIZE // 2:] = 0  # only the left half may hold centres
     g = torch.Generator().manual_seed(5)
-    x, y, inside = sample_patches(batch["image"], batch["vessel"], fov, 9, 50, g, "none")
+    x, y, inside = sample_patches(batch["image"], batch["target"], fov, 9, 50, g, "none")
     assert x.shape == (100, 1, 9, 9) and y.shape == inside.shape == (100, 1, 9, 9)
     assert (inside[:, 0, 4, 4] == 1).all()  # every centre pixel is inside the (restricted) FOV
-    again = sample_patches(batch["image"], batch["vessel"], fov, 9, 50, torch.Generator().manual_seed(5), "none")
+    again = sample_patches(batch["image"], batch["target"], fov, 9, 50, torch.Generator().manual_seed(5), "none")
     assert torch.equal(x, again[0])
     for mode in ("dihedral", "affine"):
-        x2, y2, in2 = sample_patches(batch["image"], batch["vessel"], batch["fov"], 16, 4,
+        x2, y2, in2 = sample_patches(batch["image"], batch["target"], batch["fov"], 16, 4,
                                      torch.Generator().manual_seed(1), mode)
         assert x2.shape == (8, 1, 16, 16) and 0 <= float(y2.min()) and float(y2.max()) <= 1
         assert (y2 <= in2).all()  # no vessel target outside the FOV

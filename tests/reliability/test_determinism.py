@@ -36,7 +36,7 @@ class Images(torch.utils.data.Dataset):
         return len(self.x)
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": self.x[i], "label": self.y[i], "index": i, "vessel": self.vessel[i],
+        return {"image": self.x[i], "label": self.y[i], "index": i, "target": self.vessel[i],
                 "fov": torch.ones_like(self.vessel[i])}
 
 

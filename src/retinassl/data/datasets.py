@@ -81,11 +81,18 @@ class ImageDataset(Dataset):
             referable DR).
         size: resize to this side on the fly (default: the cached size).
         regression: ``label`` is a real-valued target (float32; e.g. a retinal thickness).
+        target: mask columns whose union is a segmentation target (segmentation pretraining):
+            items then also have ``target`` (the union inside the FOV) and ``fov``, ``(1, S, S)``
+            float32 0/1 each (not with ``size``).
     """
 
     def __init__(self, prepared: PreparedData, label: str | Sequence[str] | None = None,
-                 label_map=None, size: int | None = None, regression: bool = False) -> None:
+                 label_map=None, size: int | None = None, regression: bool = False,
+                 target: Sequence[str] | None = None) -> None:
+        if target and size:
+            raise ValueError("a segmentation target is read at the cached size: no size")
         self.prepared = prepared
+        self.target = tuple(target) if target else None
         self.normalize = prepared.config.normalization()
         if regression and not isinstance(label, str):
             raise ValueError("a regression target is one column")
@@ -108,6 +115,11 @@ class ImageDataset(Dataset):
                 "index": index}
         if self.labels is not None:
             item["label"] = torch.as_tensor(self.labels[index])
+        if self.target is not None:
+            fov = np.asarray(self.prepared.entries[index].fov(), dtype=bool)
+            target = lesion_mask(self.prepared, index, self.target) & fov
+            item["target"] = torch.from_numpy(target.astype(np.float32))[None]
+            item["fov"] = torch.from_numpy(fov.astype(np.float32))[None]
         return item
 
 

@@ -146,7 +146,7 @@ def load_vessel_images(prepared: PreparedData, rows: Sequence[int], config: Inpu
 class VesselImageDataset(Dataset):
     """Whole training images, drawn ``length`` times per epoch (item ``i`` is image ``i % N``).
 
-    Items: ``image`` ``(C, S, S)`` float32, ``vessel`` and ``fov`` ``(1, S, S)`` float32 (0/1),
+    Items: ``image`` ``(C, S, S)`` float32, ``target`` (the vessel mask) and ``fov`` ``(1, S, S)`` float32 (0/1),
     ``index`` (position in ``images``).
     """
 
@@ -166,7 +166,7 @@ class VesselImageDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         i = index % len(self.images)
         return {"image": torch.from_numpy(self.images.images[i]),
-                "vessel": torch.from_numpy(self.images.vessels[i]).float()[None],
+                "target": torch.from_numpy(self.images.vessels[i]).float()[None],
                 "fov": torch.from_numpy(self.images.fovs[i]).float()[None],
                 "index": i}
 
@@ -186,24 +186,24 @@ def _fov_centres(fov: torch.Tensor, n: int, generator: torch.Generator) -> list[
     return [(int(i) // w, int(i) % w) for i in inside]
 
 
-def sample_patches(image: torch.Tensor, vessel: torch.Tensor, fov: torch.Tensor, patch_size: int,
+def sample_patches(image: torch.Tensor, target: torch.Tensor, fov: torch.Tensor, patch_size: int,
                    per_image: int, generator: torch.Generator,
                    geometric: Literal["none", "dihedral", "affine"] = "affine",
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random square patches centred on FOV pixels, with geometric augmentation.
 
     Args:
-        image: ``(B, C, H, W)`` network inputs. vessel, fov: ``(B, 1, H, W)`` 0/1.
+        image: ``(B, C, H, W)`` network inputs. target (vessels, lesions), fov: ``(B, 1, H, W)`` 0/1.
         patch_size: side of the returned patches.
         per_image: patches cut from each image.
         generator: the engine's per-batch generator (all randomness comes from it).
         geometric: ``dihedral`` (flips and 90-degree rotations: masks stay exact), ``affine`` (any
             rotation, 0.9-1.1 scale, flips: a 1.5x larger window is resampled bilinearly so the
-            patch has no empty corners, and the vessel target becomes the resampled, soft
+            patch has no empty corners, and the target becomes the resampled, soft
             (partial-pixel) mask), or ``none``.
 
     Returns:
-        ``(B * per_image, C, P, P)`` inputs, ``(B * per_image, 1, P, P)`` vessel targets in [0, 1]
+        ``(B * per_image, C, P, P)`` inputs, ``(B * per_image, 1, P, P)`` targets in [0, 1]
         and FOV masks (0/1).
     """
     b, c, h, w = image.shape
@@ -214,7 +214,7 @@ def sample_patches(image: torch.Tensor, vessel: torch.Tensor, fov: torch.Tensor,
         for y, x in _fov_centres(fov[k, 0], per_image, generator):
             y0, x0 = y - half, x - half  # the window [y0, y0 + side) may leave the image: zero-pad
             ys, xs = slice(max(0, y0), min(h, y0 + side)), slice(max(0, x0), min(w, x0 + side))
-            window = torch.cat([image[k, :, ys, xs].float(), vessel[k, :, ys, xs].float(),
+            window = torch.cat([image[k, :, ys, xs].float(), target[k, :, ys, xs].float(),
                                 fov[k, :, ys, xs].float()])
             pad = (xs.start - x0, x0 + side - xs.stop, ys.start - y0, y0 + side - ys.stop)
             crops.append(F.pad(window, pad) if any(pad) else window)

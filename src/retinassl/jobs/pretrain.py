@@ -6,7 +6,9 @@ the caller (:func:`run_pretrain`'s ``manifest``, e.g. a pool with the downstream
 removed). Self-supervised methods ignore labels; ``label`` (with ``positive_from``) turns on
 supervised pretraining (method ``supervised``, the "Fundus" model of Jang et al. 2024) on the rows
 that have that label. ``model.init`` may name external weights (the two-step "ImageNet + Fundus"
-variant, :mod:`retinassl.models.external`).
+variant, :mod:`retinassl.models.external`). ``mask`` (with method ``segmentation``) turns on
+segmentation pretraining: a U-Net on the encoder learns the union of the rows' masks (e.g. IDRiD
+part A's lesion masks), and the encoder is kept.
 
 Run directory: ``config.yaml``, ``manifest.csv`` (the pool), ``logs/csv/metrics.csv`` and
 TensorBoard logs, ``checkpoints/`` (resumable), ``encoder/`` (the product), ``results.csv``
@@ -31,7 +33,7 @@ from retinassl.data.cache import Cache, PreparedData
 from retinassl.data.datasets import ImageDataset
 from retinassl.data.leakage import PRETRAINING_KEY, content_digests, pretraining_record
 from retinassl.data.loading import load_manifest
-from retinassl.data.manifest import Manifest
+from retinassl.data.manifest import Manifest, is_missing
 from retinassl.data.splits import carve_validation
 from retinassl.engine.fit import fit
 from retinassl.errors import ConfigError, DataError
@@ -69,6 +71,10 @@ class PretrainConfig(Section):
             validation epoch is the one saved, and its held-out metrics are recorded (``val_auc``
             for a binary label): a pretraining that has not learned its source task shows it here
             before any transfer is measured.
+        mask: segmentation pretraining (``method: {name: segmentation}``, a U-Net on the encoder):
+            the target is the union of these manifest mask columns, e.g. the lesions of IDRiD part
+            A (``[mask_MA, mask_HE, mask_EX, mask_SE]``); rows with none of them are dropped. The
+            encoder learns where the lesions are, and is the one saved.
     """
 
     name: str = "pretrain"
@@ -83,6 +89,7 @@ class PretrainConfig(Section):
     method: dict[str, Any] = Field(default_factory=lambda: {"name": "rotation"})
     engine: EngineConfig = EngineConfig()
     val_fraction: float = Field(0.0, ge=0, lt=1)
+    mask: list[str] | None = None
 
     @field_validator("data", mode="before")
     @classmethod
@@ -94,7 +101,18 @@ class PretrainConfig(Section):
         name = self.method.get("name")
         if not name:
             raise ConfigError("method.name is not set (e.g. method: {name: rotation})")
+        if (name == SEGMENTATION) != bool(self.mask):
+            raise ConfigError(f"method {name!r} with mask {self.mask}: segmentation pretraining (method "
+                              f"{SEGMENTATION!r}) needs the mask columns it learns (mask: [mask_MA, ...]), "
+                              f"and only it uses them")
+        if self.mask and self.label is not None:
+            raise ConfigError(f"mask {self.mask} and label {self.label!r}: segmentation pretraining learns "
+                              f"masks, not a label; set one of them")
         return str(name)
+
+
+#: The method that learns ``mask`` (:mod:`retinassl.methods.vessel_segmentation`).
+SEGMENTATION = "segmentation"
 
 
 def load_pool(config: PretrainConfig) -> Manifest:
@@ -121,10 +139,13 @@ def load_pool(config: PretrainConfig) -> Manifest:
 
 
 def select_rows(manifest: Manifest, config: PretrainConfig) -> Manifest:
-    """Apply ``config.splits`` and, for supervised pretraining, keep rows that have ``label``."""
+    """Apply ``config.splits`` and, for supervised pretraining, keep rows that have ``label``
+    (for segmentation pretraining: at least one of the ``mask`` columns)."""
     keep = np.ones(len(manifest), dtype=bool)
     if config.splits is not None:
         keep &= manifest.frame["split"].fillna("").astype(str).isin(config.splits).to_numpy()
+    if config.mask:
+        keep &= has_any_mask(manifest, config.mask)
     if isinstance(config.label, list):
         combined = any_positive(manifest, config.label, config.positive_from or 1)
         manifest = Manifest(manifest.frame.assign(**{label_column(config): combined}), manifest.root, manifest.name)
@@ -134,9 +155,21 @@ def select_rows(manifest: Manifest, config: PretrainConfig) -> Manifest:
     pool = manifest.subset(keep)
     pool.frame = pool.frame.reset_index(drop=True)
     if len(pool) == 0:
-        raise DataError(f"the pretraining pool is empty (splits {config.splits}, label {config.label})",
-                        path=manifest.name)
+        raise DataError(f"the pretraining pool is empty (splits {config.splits}, label {config.label}"
+                        + (f", mask {config.mask}" if config.mask else "") + ")", path=manifest.name)
     return pool
+
+
+def has_any_mask(manifest: Manifest, columns: list[str]) -> np.ndarray:
+    """``(N,)`` True where a row has a file in any of the mask ``columns`` (a column the manifest
+    lacks counts as empty; none of them present is an error naming the mask columns it has)."""
+    frame = manifest.frame
+    present = [c for c in columns if c in frame.columns]
+    if not present:
+        have = [c for c in frame.columns if c.startswith("mask_")]
+        raise DataError(f"no mask column {columns} in the pretraining pool (it has {have or 'none'})",
+                        path=manifest.name)
+    return np.column_stack([~frame[c].map(is_missing).to_numpy(bool) for c in present]).any(axis=1)
 
 
 def label_column(config: PretrainConfig) -> str | None:
@@ -163,7 +196,10 @@ def is_regression(config: PretrainConfig) -> bool:
 
 
 def pretrain_dataset(prepared: PreparedData, config: PretrainConfig) -> ImageDataset:
-    """Whole images of the pool; with a ``label`` also their (binarised, or for regression real) labels."""
+    """Whole images of the pool; with a ``label`` also their (binarised, or for regression real)
+    labels; with ``mask`` their target masks and FOVs."""
+    if config.mask:
+        return ImageDataset(prepared, target=config.mask)
     if config.label is None:
         return ImageDataset(prepared)
     if is_regression(config):
@@ -214,7 +250,7 @@ def run_pretrain(config: PretrainConfig, run: RunDir, resume: bool = False,
     first = config.data[0] if config.data else DataConfig()
     prepared = Cache(first.cache_dir).prepare(
         pool, config.preprocess, workers=max(1, first.workers),
-        skip_bad=any(d.skip_bad for d in config.data), mask_columns=[])
+        skip_bad=any(d.skip_bad for d in config.data), mask_columns=config.mask or [])
     if prepared.skipped:
         run.update_status(skipped=[{"id": i, "problem": p} for i, p in prepared.skipped])
     prepared.manifest.save(run.path / "manifest.csv")

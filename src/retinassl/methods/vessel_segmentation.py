@@ -13,7 +13,8 @@ Pixels outside the FOV do not count: their logits are replaced by a constant "ce
 value before the loss, so they contribute no gradient and (almost) no loss.
 
 Batches are whole images (:class:`~retinassl.data.vessel_inputs.VesselImageDataset`):
-``image`` ``(B, C, H, W)``, ``vessel`` and ``fov`` ``(B, 1, H, W)``.
+``image`` ``(B, C, H, W)``, ``target`` (the vessel mask, or any binary mask: lesions in pretraining) and
+``fov`` ``(B, 1, H, W)``.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ class VesselSegmentation(Method):
                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Augmented training patches of a batch: inputs, soft vessel targets, FOV masks."""
         cfg = self.config
-        x, y, fov = sample_patches(batch["image"], batch["vessel"], batch["fov"], cfg.patch_size,
+        x, y, fov = sample_patches(batch["image"], batch["target"], batch["fov"], cfg.patch_size,
                                    cfg.patches_per_image, generator, cfg.geometric)
         if cfg.intensity > 0:
             x = augment.color_jitter(x, generator, cfg.intensity, cfg.intensity, cfg.intensity) * fov
