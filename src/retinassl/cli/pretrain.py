@@ -12,7 +12,8 @@ from retinassl.cli.common import (DATA_ROOT, RESUME, RUNS_DIR, SKIP_BAD, check_b
 
 def pretrain(method: str = typer.Argument(..., help="A pretraining method: rotation, "
                                           "relative_position, offset_heatmap, inpainting, "
-                                          "autoencoder, simclr or supervised."),
+                                          "autoencoder, simclr, mae, supervised (a label) or "
+                                          "segmentation (masks, e.g. lesions)."),
              args: list[str] = typer.Argument(None, help="An optional CONFIG (a YAML file or packaged "
                                               "preset; default: pretrain-METHOD, synthetic data), then "
                                               "key=value overrides such as engine.max_steps=200 "
@@ -24,7 +25,8 @@ def pretrain(method: str = typer.Argument(..., help="A pretraining method: rotat
                                                "torch.load(weights_only=True))."),
              data_root: Path = DATA_ROOT) -> None:
     """Pretrain an encoder with a self-supervised method (or supervised normal/abnormal
-    pretraining) on a pool of images; labels are ignored unless `label` is set. Writes
+    pretraining, or lesion segmentation) on a pool of images; labels are ignored unless `label`
+    is set, masks unless `mask` is. Writes
     runs/<name>-<time>/ with the encoder checkpoint (encoder/), training curves (logs/csv) and a
     report."""
     from retinassl.config import config_data, load_config, preset_names, read_yaml, validate
