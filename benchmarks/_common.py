@@ -106,3 +106,66 @@ def pretraining_costs(run, config, results) -> dict:
                      "two_core_minutes": secs / 60,
                      "images_per_s": images / secs if secs else math.nan}
     return out
+
+
+def add_study_arguments(parser) -> None:
+    """The options of a real-data transfer study (``idrid_transfer_real.py``, ``crossmodal_real.py``):
+    which initialisations, their pretraining steps, given encoders, overrides, the results name and a
+    summary of a finished run; :func:`study_config` applies them."""
+    parser.add_argument("--inits", default=None, help="comma-separated initialisations to run (default: all)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a top-level override after the budget, as YAML (e.g. pretrain_engine.max_steps=300)")
+    parser.add_argument("--steps", action="append", default=[], metavar="INIT=N",
+                        help="pretraining optimizer steps of one initialisation (its pretrain.engine.max_steps)")
+    parser.add_argument("--init-from", action="append", default=[], metavar="INIT=DIR",
+                        help="use this encoder directory (e.g. an earlier run's pretrain/<init>/encoder) for INIT "
+                             "instead of pretraining it; an INIT the preset does not have is added (e.g. an encoder "
+                             "pretrained by the other study)")
+    parser.add_argument("--results-name", default=None,
+                        help="write benchmarks/results/<name>.{json,md} (default: the preset's name)")
+    parser.add_argument("--summary-only", action="store_true",
+                        help="write the tables of --resume without running (the comparison table recomputed)")
+
+
+def study_config(data: dict, budget_name: str, inits: str | None = None, steps=(), init_from=(), sets=()):
+    """A transfer preset's ``data`` (read, data roots resolved) at its ``budget_name`` budget with a
+    study's command-line changes: ``init_from`` (``INIT=DIR``: a given encoder instead of pretraining;
+    an unknown INIT is added), ``inits`` (comma-separated names to keep), ``steps`` (``INIT=N``
+    pretraining steps) and ``sets`` (``KEY=VALUE`` overrides after the budget, as YAML)."""
+    import yaml
+
+    from retinassl.sweeps.transfer import resolve_config
+
+    budget = (data.get("budgets") or {}).get(budget_name) or {}
+    holder = budget if "inits" in budget else data
+    for item in init_from:
+        init, _, path = item.partition("=")
+        if not init or not Path(path).is_dir():
+            raise SystemExit(f"--init-from {item!r}: expected INIT=DIR with an existing encoder directory")
+        spec = next((i for i in holder["inits"] if i["name"] == init), None)
+        if spec is None:
+            spec = {"name": init}
+            holder["inits"].append(spec)
+        spec.pop("pretrain", None)
+        spec["init"] = str(Path(path).resolve())
+    if inits:
+        wanted = [name.strip() for name in inits.split(",") if name.strip()]
+        known = [i["name"] for i in holder["inits"]]
+        unknown = sorted(set(wanted) - set(known))
+        if unknown:
+            raise SystemExit(f"--inits: unknown initialisation(s) {unknown}; the {budget_name} budget has {known}")
+        holder["inits"] = [i for i in holder["inits"] if i["name"] in wanted]
+    for item in steps:
+        init, _, n = item.partition("=")
+        spec = next((i for i in holder["inits"] if i["name"] == init and i.get("pretrain")), None)
+        if spec is None:
+            raise SystemExit(f"--steps: {init!r} is not a pretrained initialisation of this run")
+        spec["pretrain"].setdefault("engine", {})["max_steps"] = int(n)
+    for item in sets:
+        key, _, value = item.partition("=")
+        target = budget
+        *parents, last = key.split(".")
+        for p in parents:
+            target = target.setdefault(p, {})
+        target[last] = yaml.safe_load(value)
+    return resolve_config(data, budget_name)

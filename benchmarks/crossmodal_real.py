@@ -25,6 +25,9 @@ Writes ``benchmarks/results/mx_dr_transfer_real.{json,md}``. Usage (heavy: under
         > runs/crossmodal_real.log 2>&1 &
     # resume the sweep of a killed run:
     ... benchmarks/crossmodal_real.py --resume runs/mx-dme-transfer-real-<time>
+    # an encoder pretrained elsewhere (e.g. the IDRiD study's lesion segmentation) beside scratch:
+    ... benchmarks/crossmodal_real.py --inits scratch,lesions --init-from lesions=runs/<idrid run>/pretrain/lesions/encoder \
+        --results-name mx_dr_transfer_lesions
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, SHARED_DATA, pretraining_costs, run_transfer_timed, with_shared_data_root, write_results  # noqa: E402
+from _common import (ROOT, SHARED_DATA, add_study_arguments, pretraining_costs, run_transfer_timed,  # noqa: E402
+                     study_config, with_shared_data_root, write_results)
 
 from retinassl.atomic import write_text  # noqa: E402
 from retinassl.config import read_yaml  # noqa: E402
@@ -50,7 +54,6 @@ from retinassl.io.rundir import RunDir  # noqa: E402
 from retinassl.oct.bscan_images import read_bscan_images  # noqa: E402
 from retinassl.oct.bscan_thickness import bscan_thickness  # noqa: E402
 from retinassl.oct.graph_search import detect_boundaries  # noqa: E402
-from retinassl.sweeps.transfer import resolve_config  # noqa: E402
 
 PRESET = "mx-dr-transfer-real"
 MX = SHARED_DATA / "mx_fundus_oct"
@@ -217,6 +220,7 @@ def main() -> None:
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs")
     parser.add_argument("--stage", choices=["shortcut", "targets", "pairs", "sweep"], default="sweep",
                         help="stop after this stage (each stage runs the ones before it as needed)")
+    add_study_arguments(parser)
     args = parser.parse_args()
     from retinassl.logs import setup_logging
 
@@ -234,16 +238,26 @@ def main() -> None:
         return
     data = with_shared_data_root(read_yaml(PRESET))
     data["pool"]["data"][0]["options"]["csv"] = str(pairs_csv)
-    config = resolve_config(data, args.budget)
+    config = study_config(data, args.budget, args.inits, args.steps, args.init_from, args.set)
     name = PRESET if args.budget == "cpu" else f"{PRESET}-{args.budget}"
-    run = RunDir.resume(args.resume) if args.resume else RunDir.create(args.runs_dir, name)
+    if args.summary_only and args.resume:
+        run = RunDir(args.resume)  # read only: reopening for a resume would mark a finished run as running
+    else:
+        run = RunDir.resume(args.resume) if args.resume else RunDir.create(args.runs_dir, name)
     run.attach_log_file()
     log.info("run directory: %s", run.path)
-    seconds = run_transfer_timed(config, run)
+    if not args.summary_only:
+        seconds = run_transfer_timed(config, run)
+    else:
+        seconds = float(run.status().get("elapsed_seconds", 0.0))
+        if run.results_file.is_file():  # the comparison again, with the current interval method
+            from retinassl.metrics.compare import write_comparison
+
+            write_comparison(run, config)
     result, text = summary(run, config, seconds, pairs)
     result["acquisition_shortcut"] = shortcut
     text = _shortcut_md(shortcut) + "\n\n" + text
-    write_results(name.replace("-", "_"), result, text)
+    write_results(args.results_name or name.replace("-", "_"), result, text)
     print(text)
 
 

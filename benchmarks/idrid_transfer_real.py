@@ -30,12 +30,13 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, pretraining_costs, run_transfer_timed, with_shared_data_root, write_results  # noqa: E402
+from _common import (ROOT, add_study_arguments, pretraining_costs, run_transfer_timed,  # noqa: E402
+                     with_shared_data_root, write_results)
+from _common import study_config as shared_study_config  # noqa: E402
 
 from retinassl.config import read_yaml  # noqa: E402
 from retinassl.io.results import read_results  # noqa: E402
 from retinassl.io.rundir import RunDir  # noqa: E402
-from retinassl.sweeps.transfer import resolve_config  # noqa: E402
 
 PRESET = "idrid-transfer-real"
 # Issue 18's targets: AUC with all labels (referable DR) per protocol; gain over scratch at 5 and 10 %
@@ -166,43 +167,8 @@ def targets(comparison: pd.DataFrame, reference: str) -> str:
 
 
 def study_config(budget_name: str, inits: str | None = None, steps=(), init_from=(), sets=()):
-    """The preset's ``budget_name`` budget with the command line's changes: ``inits`` (comma-separated
-    names to keep), ``steps`` (``INIT=N`` pretraining steps), ``init_from`` (``INIT=DIR``: a given encoder
-    instead of pretraining) and ``sets`` (``KEY=VALUE`` overrides after the budget, as YAML)."""
-    data = with_shared_data_root(read_yaml(PRESET))
-    budget = (data.get("budgets") or {}).get(budget_name) or {}
-    holder = budget if "inits" in budget else data
-    if inits:
-        wanted = [name.strip() for name in inits.split(",") if name.strip()]
-        known = [i["name"] for i in holder["inits"]]
-        unknown = sorted(set(wanted) - set(known))
-        if unknown:
-            raise SystemExit(f"--inits: unknown initialisation(s) {unknown}; the {budget_name} budget has {known}")
-        holder["inits"] = [i for i in holder["inits"] if i["name"] in wanted]
-    for item in steps:
-        init, _, n = item.partition("=")
-        spec = next((i for i in holder["inits"] if i["name"] == init and i.get("pretrain")), None)
-        if spec is None:
-            raise SystemExit(f"--steps: {init!r} is not a pretrained initialisation of this run")
-        spec["pretrain"].setdefault("engine", {})["max_steps"] = int(n)
-    for item in init_from:
-        init, _, path = item.partition("=")
-        spec = next((i for i in holder["inits"] if i["name"] == init), None)
-        if spec is None or not Path(path).is_dir():
-            raise SystemExit(f"--init-from {item!r}: expected INIT=DIR, an initialisation of this run and "
-                             "an existing encoder directory")
-        spec.pop("pretrain", None)
-        spec["init"] = str(Path(path).resolve())
-    import yaml
-
-    for item in sets:
-        key, _, value = item.partition("=")
-        target = budget
-        *parents, last = key.split(".")
-        for p in parents:
-            target = target.setdefault(p, {})
-        target[last] = yaml.safe_load(value)
-    return resolve_config(data, budget_name)
+    """The preset at ``budget_name`` with a study's changes (:func:`_common.study_config`)."""
+    return shared_study_config(with_shared_data_root(read_yaml(PRESET)), budget_name, inits, steps, init_from, sets)
 
 
 def main() -> None:
@@ -210,18 +176,7 @@ def main() -> None:
     parser.add_argument("--budget", choices=["smoke", "cpu", "full"], default="cpu")
     parser.add_argument("--resume", type=Path, default=None, help="continue this run directory")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs")
-    parser.add_argument("--inits", default=None, help="comma-separated initialisations to run (default: all)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a top-level override after the budget, as YAML (e.g. pretrain_engine.max_steps=300)")
-    parser.add_argument("--steps", action="append", default=[], metavar="INIT=N",
-                        help="pretraining optimizer steps of one initialisation (its pretrain.engine.max_steps)")
-    parser.add_argument("--init-from", action="append", default=[], metavar="INIT=DIR",
-                        help="use this encoder directory (e.g. an earlier run's pretrain/<init>/encoder) "
-                             "for INIT instead of pretraining it again")
-    parser.add_argument("--results-name", default=None,
-                        help="write benchmarks/results/<name>.{json,md} (default: idrid_transfer_real[_<budget>])")
-    parser.add_argument("--summary-only", action="store_true",
-                        help="write the tables of --resume without running (the comparison table recomputed)")
+    add_study_arguments(parser)
     args = parser.parse_args()
     from retinassl.logs import setup_logging
 
