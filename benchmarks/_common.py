@@ -108,6 +108,29 @@ def pretraining_costs(run, config, results) -> dict:
     return out
 
 
+def run_study(config, args, name: str):
+    """Open a study's run directory (``args.resume``, read only with ``args.summary_only``, or a new
+    ``<runs_dir>/<name>-<time>``) and run or complete its sweep; with ``--summary-only`` only its
+    comparison table is recomputed. Returns ``(run, wall seconds)``."""
+    import logging
+
+    from retinassl.io.rundir import RunDir
+
+    if args.summary_only and args.resume:
+        run = RunDir(args.resume)  # read only: reopening for a resume would mark a finished run as running
+    else:
+        run = RunDir.resume(args.resume) if args.resume else RunDir.create(args.runs_dir, name)
+    run.attach_log_file()
+    logging.getLogger("retinassl").info("run directory: %s", run.path)
+    if not args.summary_only:
+        return run, run_transfer_timed(config, run)
+    if run.results_file.is_file():  # the comparison again, with the current interval method
+        from retinassl.metrics.compare import write_comparison
+
+        write_comparison(run, config)
+    return run, float(run.status().get("elapsed_seconds", 0.0))
+
+
 def add_study_arguments(parser) -> None:
     """The options of a real-data transfer study (``idrid_transfer_real.py``, ``crossmodal_real.py``):
     which initialisations, their pretraining steps, given encoders, overrides, the results name and a

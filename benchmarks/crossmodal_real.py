@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (ROOT, SHARED_DATA, add_study_arguments, pretraining_costs, run_transfer_timed,  # noqa: E402
+from _common import (ROOT, SHARED_DATA, add_study_arguments, pretraining_costs, run_study,  # noqa: E402
                      study_config, with_shared_data_root, write_results)
 
 from retinassl.atomic import write_text  # noqa: E402
@@ -240,20 +240,7 @@ def main() -> None:
     data["pool"]["data"][0]["options"]["csv"] = str(pairs_csv)
     config = study_config(data, args.budget, args.inits, args.steps, args.init_from, args.set)
     name = PRESET if args.budget == "cpu" else f"{PRESET}-{args.budget}"
-    if args.summary_only and args.resume:
-        run = RunDir(args.resume)  # read only: reopening for a resume would mark a finished run as running
-    else:
-        run = RunDir.resume(args.resume) if args.resume else RunDir.create(args.runs_dir, name)
-    run.attach_log_file()
-    log.info("run directory: %s", run.path)
-    if not args.summary_only:
-        seconds = run_transfer_timed(config, run)
-    else:
-        seconds = float(run.status().get("elapsed_seconds", 0.0))
-        if run.results_file.is_file():  # the comparison again, with the current interval method
-            from retinassl.metrics.compare import write_comparison
-
-            write_comparison(run, config)
+    run, seconds = run_study(config, args, name)
     result, text = summary(run, config, seconds, pairs)
     result["acquisition_shortcut"] = shortcut
     text = _shortcut_md(shortcut) + "\n\n" + text
