@@ -1,15 +1,18 @@
 """The SSL-GAN and its ConvNet with camera-robust recipes beside the current one (issue 23 item 4):
 idrid-ssl-gan sweeps that differ only in the recipe (e.g. `preprocess.color_standardize`: each
 channel's mean and standard deviation inside the FOV mapped to fixed values; or
-`learners.*.method.acquisition`: colour augmentation of the real patches), the same cells (149
-labelled images, 5 samplings, the cpu budget) and the same external set through `evaluate_on`
-(MX fundus photographs with a DR grade, any DR).
+`learners.*.method.acquisition`: colour augmentation of the real patches), the same cells (labelled
+images x 5 samplings, the cpu budget) and the same external set through `evaluate_on` (MX fundus
+photographs with a DR grade, any DR).
 
-Per learner and recipe: the IDRiD test image AUC and the MX external AUC (mean ± sd over the 5
-samplings); per sampling, paired DeLong tests on the same images: SSL-GAN vs ConvNet (each recipe)
-and each recipe vs the first (each learner).
+Per learner, recipe and labelled-image count: the IDRiD test image AUC and the MX external AUC (mean ±
+sd over the samplings); per sampling, paired DeLong tests on the same images: SSL-GAN vs ConvNet (each
+recipe) and each recipe vs the first (each learner), at every count both have cells for. One recipe's
+cells may come from several sweeps (``recipe=RUN_A,RUN_B``, e.g. a label count run later); a cell
+present in two of them is refused.
 
-    .venv/bin/python benchmarks/ssl_gan_robust.py current=RUN robust=RUN [augment=RUN ...] [--command "..."]
+    .venv/bin/python benchmarks/ssl_gan_robust.py current=RUN robust=RUN [augment=RUN[,RUN] ...]
+        [--name ssl_gan_robust] [--command "..."]
 """
 
 from __future__ import annotations
@@ -31,12 +34,22 @@ LEARNERS = ("ssl-gan", "convnet")
 SETS = {"IDRiD test": "ssl-gan", "MX DR (external)": "ssl-gan@mx"}
 
 
-def predictions(run: Path, folder: str, learner: str) -> dict[int, pd.DataFrame]:
-    out = {}
-    for path in sorted((run / "predictions" / folder).glob(f"{learner}-n*-s*.csv")):
-        seed = int(path.stem.rsplit("-s", 1)[1])
-        out[seed] = pd.read_csv(path, usecols=["id", "label", "score"])
+def predictions(runs: list[Path], folder: str, learner: str) -> dict[tuple[int, int], pd.DataFrame]:
+    """The learner's saved predictions in ``folder`` of each run, by (labelled images, seed)."""
+    out: dict[tuple[int, int], pd.DataFrame] = {}
+    for run in runs:
+        for path in sorted((run / "predictions" / folder).glob(f"{learner}-n*-s*.csv")):
+            n, seed = path.stem[len(learner) + 2:].split("-s")
+            key = (int(n), int(seed))
+            if key in out:
+                raise SystemExit(f"{path}: the cell {learner} n={key[0]} seed={key[1]} is in two of the runs {runs}")
+            out[key] = pd.read_csv(path, usecols=["id", "label", "score"])
     return out
+
+
+def at(cells: dict[tuple[int, int], pd.DataFrame], n: int) -> dict[int, pd.DataFrame]:
+    """The cells with ``n`` labelled images, by seed."""
+    return {seed: frame for (count, seed), frame in cells.items() if count == n}
 
 
 def paired(a: dict[int, pd.DataFrame], b: dict[int, pd.DataFrame]) -> dict:
@@ -53,45 +66,54 @@ def paired(a: dict[int, pd.DataFrame], b: dict[int, pd.DataFrame]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="recipe=RUN_DIRECTORY; the first is the reference")
+    parser.add_argument("runs", nargs="+", help="recipe=RUN_DIRECTORY[,RUN_DIRECTORY]; the first recipe is the reference")
+    parser.add_argument("--name", default="ssl_gan_robust")
     parser.add_argument("--command", default="", help="the sweeps' command lines, recorded verbatim")
     args = parser.parse_args()
-    runs = {name: Path(run) for name, run in (item.split("=", 1) for item in args.runs)}
+    runs = {name: [Path(run) for run in value.split(",")] for name, value in (item.split("=", 1) for item in args.runs)}
     reference = next(iter(runs))
-    scores = {(recipe, learner, name): predictions(run, folder, learner)
-              for recipe, run in runs.items() for learner in LEARNERS for name, folder in SETS.items()}
-    rows, data = [], {"runs": {k: str(v) for k, v in runs.items()}, "sweep_command": args.command, "auc": {},
-                      "tests": []}
-    for (recipe, learner, name), by_seed in scores.items():
-        aucs = [roc_auc(t["label"].to_numpy(int), t["score"].to_numpy(float)) for t in by_seed.values()]
-        data["auc"][f"{recipe} / {learner} / {name}"] = aucs
-    lines = ["| learner | recipe | " + " | ".join(f"{n} AUC (mean ± sd, n seeds)" for n in SETS) + " |",
-             "|---|---|" + "---|" * len(SETS)]
+    scores = {(recipe, learner, name): predictions(paths, folder, learner)
+              for recipe, paths in runs.items() for learner in LEARNERS for name, folder in SETS.items()}
+    counts = sorted({n for cells in scores.values() for n, _ in cells})
+    data = {"runs": {k: [str(p) for p in v] for k, v in runs.items()}, "sweep_command": args.command,
+            "labelled": counts, "auc": {}, "tests": []}
+    for (recipe, learner, name), cells in scores.items():
+        for n in counts:
+            by_seed = at(cells, n)
+            if by_seed:
+                data["auc"][f"{recipe} / {learner} / {name} / n={n}"] = [
+                    roc_auc(t["label"].to_numpy(int), t["score"].to_numpy(float)) for t in by_seed.values()]
+    lines = ["| learner | recipe | labelled | " + " | ".join(f"{n} AUC (mean ± sd, n seeds)" for n in SETS) + " |",
+             "|---|---|---|" + "---|" * len(SETS)]
     for learner in LEARNERS:
         for recipe in runs:
-            cells = []
-            for name in SETS:
-                aucs = np.array(data["auc"][f"{recipe} / {learner} / {name}"])
-                cells.append(f"{aucs.mean():.3f} ± {aucs.std(ddof=1) if len(aucs) > 1 else 0:.3f} ({len(aucs)})"
-                             if len(aucs) else "-")
-            lines.append(f"| {learner} | {recipe} | " + " | ".join(cells) + " |")
+            for n in counts:
+                cells = []
+                for name in SETS:
+                    aucs = np.array(data["auc"].get(f"{recipe} / {learner} / {name} / n={n}", []))
+                    cells.append(f"{aucs.mean():.3f} ± {aucs.std(ddof=1) if len(aucs) > 1 else 0:.3f} ({len(aucs)})"
+                                 if len(aucs) else "-")
+                if any(c != "-" for c in cells):
+                    lines.append(f"| {learner} | {recipe} | {n} | " + " | ".join(cells) + " |")
     lines += ["", "Paired DeLong tests per sampling (same images; difference = first - second):", "",
-              "| comparison | images | mean AUC difference | p per seed | p < 0.05 (higher / lower) |",
-              "|---|---|---|---|---|"]
+              "| comparison | labelled | images | mean AUC difference | p per seed | p < 0.05 (higher / lower) |",
+              "|---|---|---|---|---|---|"]
     comparisons = [(f"ssl-gan vs convnet, {recipe}", (recipe, "ssl-gan"), (recipe, "convnet")) for recipe in runs]
     comparisons += [(f"{recipe} vs {reference}, {learner}", (recipe, learner), (reference, learner))
                     for recipe in list(runs)[1:] for learner in LEARNERS]
     for label, (ra, la), (rb, lb) in comparisons:
-        for name in SETS:
-            test = paired(scores[(ra, la, name)], scores[(rb, lb, name)])
-            if not test["n"]:
-                continue
-            data["tests"].append({"comparison": label, "set": name, **test})
-            lines.append(f"| {label} | {name} | {np.mean(test['difference']):+.3f} | "
-                         + ", ".join(f"{p:.3g}" for p in test["p"]) + f" | {test['better']} / {test['worse']} of {test['n']} |")
-    lines += ["", "Runs: " + ", ".join(f"{k} `{v}`" for k, v in runs.items())
+        for n in counts:
+            for name in SETS:
+                test = paired(at(scores[(ra, la, name)], n), at(scores[(rb, lb, name)], n))
+                if not test["n"]:
+                    continue
+                data["tests"].append({"comparison": label, "labelled": n, "set": name, **test})
+                lines.append(f"| {label} | {n} | {name} | {np.mean(test['difference']):+.3f} | "
+                             + ", ".join(f"{p:.3g}" for p in test["p"])
+                             + f" | {test['better']} / {test['worse']} of {test['n']} |")
+    lines += ["", "Runs: " + ", ".join(f"{k} " + ", ".join(f"`{p}`" for p in v) for k, v in runs.items())
               + (f"  \nSweep commands: {args.command}" if args.command else "")]
-    write_results("ssl_gan_robust", data, "\n".join(lines))
+    write_results(args.name, data, "\n".join(lines))
     print("\n".join(lines))
 
 
