@@ -301,18 +301,29 @@ def test_an_mae_init_brings_its_reconstructions_into_the_sweep_report(tiny_root:
 
 
 def test_a_lesion_segmentation_init_pretrains_on_the_pools_images_with_masks(tiny_root: Path, tmp_path: Path) -> None:
-    """Segmentation pretraining as an initialisation: its pool is the sweep's cleaned pool (here the
-    downstream training images, whose lesion masks the sweep's saved pool keeps), only images with a
-    mask, and its encoder (a U-Net's) becomes the initialisation."""
-    lesions = {"mask": ["mask_MA", "mask_HE", "mask_EX", "mask_SE"],
-               "method": {"name": "segmentation", "patch_size": 32, "patches_per_image": 1, "geometric": "dihedral"},
-               "engine": {"max_steps": 2, "batch_size": 4, "checkpoint_every_n_steps": -1, "precision": "32"}}
-    inits = [{"name": "scratch"}, {"name": "lesions", "pool": "train", "pretrain": lesions}]
-    config = resolve_config(_config(tiny_root, tmp_path / "enc", inits=inits), None)
+    """Segmentation pretraining as an initialisation: it trains on the sweep's cleaned pool (saved
+    as data/pool.csv and read back), on the images that have a lesion mask only, and its encoder (a
+    U-Net's) becomes the initialisation."""
+    pool = pd.read_csv(tiny_root / "data" / "manifest.csv")
+    lesions = ["mask_MA", "mask_HE", "mask_EX", "mask_SE"]
+    pool.loc[pool.index[::3], lesions] = np.nan  # a third of the pool has no lesion annotation
+    pool_csv = tiny_root / "data" / f"pool-{tmp_path.name}.csv"  # beside the images its paths name
+    pool.to_csv(pool_csv, index=False)
+    pretrain = {"mask": lesions,
+                "method": {"name": "segmentation", "patch_size": 32, "patches_per_image": 1, "geometric": "dihedral"},
+                "engine": {"max_steps": 2, "batch_size": 4, "checkpoint_every_n_steps": -1, "precision": "32"}}
+    inits = [{"name": "scratch"}, {"name": "lesions", "pretrain": pretrain}]
+    config = resolve_config(_config(tiny_root, tmp_path / "enc", inits=inits,
+                                    pool={"data": [{"source": "manifest", "manifest": str(pool_csv)}],
+                                          "detect_duplicates": False}), None)
     grid = TransferGrid(config.model_dump(mode="json"), RunDir.create(tmp_path / "runs", "lesions"))
-    encoder, meta = load_encoder(grid.model_of(config.inits[1]).init)
+    try:
+        encoder, meta = load_encoder(grid.model_of(config.inits[1]).init)
+    finally:
+        pool_csv.unlink()
     assert meta["method"] == "segmentation" and meta["arch"] == "convnet" and meta["batches"] == 2
-    manifest = pd.read_csv(tiny_root / "data" / "manifest.csv")
-    used = pd.read_csv(grid.run.path / "pretrain" / "lesions" / "manifest.csv")
-    assert set(used["split"]) <= {"train", "val"} and 0 < len(used) < len(manifest)  # the test images stay out
-    assert used["mask_MA"].notna().all()
+    cleaned = pd.read_csv(grid.run.path / "data" / "pool.csv")
+    with_masks = cleaned[lesions].notna().any(axis=1)
+    assert 0 < with_masks.sum() < len(cleaned)
+    assert meta["pool_size"] == with_masks.sum()
+    assert "test" not in set(cleaned["split"])  # the cleaning left the downstream test images out

@@ -46,8 +46,8 @@ def pretrain(method: str = typer.Argument(..., help="A pretraining method: rotat
         overrides.append("model.allow_pickle=true")
     if resume is not None:
         refuse_finished(resume, split_args(args, f"pretrain-{method}")[1])  # before resume marks it running
+        cfg = load_config(PretrainConfig, RunDir(resume).config_file, overrides)  # a bad override: nothing changed
         run = RunDir.resume(resume)
-        cfg = load_config(PretrainConfig, run.config_file, overrides)
     else:
         data = read_yaml(source)
         named = (data.get("method") or {}).get("name")

@@ -6,7 +6,9 @@ whole batches inside a method's loss with the engine's per-batch generator
 run repeats exactly.
 
 Items are dicts: ``image`` ``(C, H, W)`` float32, ``index`` (row in the prepared data), and
-``label`` when a label column is given (int64 scalar; float32 ``(K,)`` for several columns).
+``label`` when a label column is given (int64 scalar; float32 ``(K,)`` for several columns);
+``target`` and ``fov`` (``(1, H, W)`` float32 0/1) when an :class:`ImageDataset` is given mask
+columns to learn (segmentation pretraining).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from retinassl.models.checkpoint import save_encoder
 from retinassl.models.published import published_meta, with_published
@@ -33,7 +33,7 @@ from retinassl.data.cache import Cache, PreparedData
 from retinassl.data.datasets import ImageDataset
 from retinassl.data.leakage import PRETRAINING_KEY, content_digests, pretraining_record
 from retinassl.data.loading import load_manifest
-from retinassl.data.manifest import Manifest, is_missing
+from retinassl.data.manifest import MASK_COLUMNS, Manifest, is_missing
 from retinassl.data.splits import carve_validation
 from retinassl.engine.fit import fit
 from retinassl.errors import ConfigError, DataError
@@ -43,6 +43,11 @@ from retinassl.io.rundir import RunDir
 from retinassl.launch import process_rank
 
 log = logging.getLogger(__name__)
+
+#: The method that learns ``mask`` (:mod:`retinassl.methods.vessel_segmentation`).
+SEGMENTATION = "segmentation"
+#: Mask columns segmentation pretraining can learn (``mask_fov`` is the field of view, not a target).
+TARGET_MASKS = tuple(c for c in MASK_COLUMNS if c != "mask_fov")
 
 
 class PretrainConfig(Section):
@@ -89,35 +94,39 @@ class PretrainConfig(Section):
     method: dict[str, Any] = Field(default_factory=lambda: {"name": "rotation"})
     engine: EngineConfig = EngineConfig()
     val_fraction: float = Field(0.0, ge=0, lt=1)
-    mask: list[str] | None = None
+    mask: list[str] | None = Field(None, validate_default=True)
 
     @field_validator("data", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, (dict, DataConfig)) else value
 
+    @field_validator("mask")
+    @classmethod
+    def _mask_for_segmentation(cls, mask: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        name = (info.data.get("method") or {}).get("name")
+        unknown = [c for c in mask or [] if c not in TARGET_MASKS]
+        if unknown:
+            raise ValueError(f"{unknown} cannot be learned: the mask columns are {list(TARGET_MASKS)}")
+        if (name == SEGMENTATION) != bool(mask):
+            raise ValueError(f"method {name!r}: segmentation pretraining (method {SEGMENTATION!r}) needs the "
+                             f"mask columns it learns (mask: [mask_MA, mask_HE, ...]), and only it uses them")
+        if mask and info.data.get("label") is not None:
+            raise ValueError(f"and label {info.data['label']!r}: segmentation pretraining learns masks, not a "
+                             f"label; set one of them")
+        return mask
+
     @property
     def method_name(self) -> str:
         name = self.method.get("name")
         if not name:
             raise ConfigError("method.name is not set (e.g. method: {name: rotation})")
-        if (name == SEGMENTATION) != bool(self.mask):
-            raise ConfigError(f"method {name!r} with mask {self.mask}: segmentation pretraining (method "
-                              f"{SEGMENTATION!r}) needs the mask columns it learns (mask: [mask_MA, ...]), "
-                              f"and only it uses them")
-        if self.mask and self.label is not None:
-            raise ConfigError(f"mask {self.mask} and label {self.label!r}: segmentation pretraining learns "
-                              f"masks, not a label; set one of them")
         return str(name)
 
 
-#: The method that learns ``mask`` (:mod:`retinassl.methods.vessel_segmentation`).
-SEGMENTATION = "segmentation"
-
-
 def load_pool(config: PretrainConfig) -> Manifest:
-    """The manifest of every source in ``config.data``, combined, with ``splits`` and ``label``
-    filters applied."""
+    """The manifest of every source in ``config.data``, combined, with the ``splits``, ``label`` and
+    ``mask`` filters applied."""
     if not config.data:
         raise ConfigError("data: no source given")
     manifests = [load_manifest(d) for d in config.data]
@@ -161,15 +170,16 @@ def select_rows(manifest: Manifest, config: PretrainConfig) -> Manifest:
 
 
 def has_any_mask(manifest: Manifest, columns: list[str]) -> np.ndarray:
-    """``(N,)`` True where a row has a file in any of the mask ``columns`` (a column the manifest
-    lacks counts as empty; none of them present is an error naming the mask columns it has)."""
+    """``(N,)`` True where a row has a file in any of the mask ``columns``. A column the pool lacks is
+    an error naming the mask columns it has: in a pool of several sources every source's columns are
+    present (empty where a source has none), so a missing one is a misspelling."""
     frame = manifest.frame
-    present = [c for c in columns if c in frame.columns]
-    if not present:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
         have = [c for c in frame.columns if c.startswith("mask_")]
-        raise DataError(f"no mask column {columns} in the pretraining pool (it has {have or 'none'})",
-                        path=manifest.name)
-    return np.column_stack([~frame[c].map(is_missing).to_numpy(bool) for c in present]).any(axis=1)
+        raise DataError(f"mask {missing}: no such column in the pretraining pool (its mask columns: "
+                        f"{have or 'none'})", path=manifest.name)
+    return np.column_stack([~frame[c].map(is_missing).to_numpy(bool) for c in columns]).any(axis=1)
 
 
 def label_column(config: PretrainConfig) -> str | None:
@@ -217,7 +227,7 @@ def held_out(prepared: PreparedData, config: PretrainConfig) -> tuple[ImageDatas
     class's patients held out (:func:`~retinassl.data.splits.carve_validation`, seeded by the run)."""
     if config.label is None:
         raise ConfigError("val_fraction holds out labelled images to check the source task: it needs "
-                          "supervised pretraining (a label); self-supervised methods have none")
+                          "supervised pretraining (a label); self-supervised and segmentation pretraining have none")
     labels = np.asarray(pretrain_dataset(prepared, config).labels)
     if is_regression(config):  # strata: the target's terciles
         labels = np.digitize(labels, np.quantile(labels, [1 / 3, 2 / 3]))
@@ -237,7 +247,7 @@ def run_pretrain(config: PretrainConfig, run: RunDir, resume: bool = False,
         config: the run's configuration.
         run: its run directory (``RunDir.create`` or, to continue, ``RunDir.resume``).
         resume: continue from the newest checkpoint in ``run``.
-        manifest: use this pool instead of ``config.data`` (``splits``/``label`` still apply).
+        manifest: use this pool instead of ``config.data`` (``splits``/``label``/``mask`` still apply).
 
     Returns:
         The encoder checkpoint directory (``run.encoder_dir``), loadable with

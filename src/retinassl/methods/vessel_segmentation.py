@@ -151,7 +151,7 @@ class VesselSegmentation(Method):
 
     def patches(self, batch: dict[str, Any],
                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Augmented training patches of a batch: inputs, soft vessel targets, FOV masks."""
+        """Augmented training patches of a batch: inputs, soft targets (vessels, lesions), FOV masks."""
         cfg = self.config
         x, y, fov = sample_patches(batch["image"], batch["target"], batch["fov"], cfg.patch_size,
                                    cfg.patches_per_image, generator, cfg.geometric)

@@ -33,7 +33,7 @@ class InitSpec(Section):
             variant (e.g. SimCLR, then Fundus on its encoder; Jang et al. 2024).
         pretrain: settings of a pretraining run made first (the fields of
             :class:`~retinassl.jobs.pretrain.PretrainConfig`: ``method``, ``engine``, ``label``,
-            ``positive_from``, ``seed``, ``model``; ``data``, ``preprocess`` and ``name`` are set by
+            ``positive_from``, ``mask``, ``seed``, ``model``; ``data``, ``preprocess`` and ``name`` are set by
             the sweep). Its encoder becomes the initialisation.
         pool: what ``pretrain`` trains on: ``unlabelled`` (the cleaned pool of ``pool.data``) or
             ``train`` (the cleaned downstream training images with their labels; only with an
