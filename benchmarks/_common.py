@@ -116,7 +116,9 @@ def run_study(config, args, name: str):
 
     from retinassl.io.rundir import RunDir
 
-    if args.summary_only and args.resume:
+    if args.summary_only and not args.resume:
+        raise SystemExit("--summary-only writes the tables of a finished run: give it with --resume")
+    if args.summary_only:
         run = RunDir(args.resume)  # read only: reopening for a resume would mark a finished run as running
     else:
         run = RunDir.resume(args.resume) if args.resume else RunDir.create(args.runs_dir, name)
@@ -131,6 +133,17 @@ def run_study(config, args, name: str):
     return run, float(run.status().get("elapsed_seconds", 0.0))
 
 
+def results_name(args, default: str) -> str:
+    """The results file of a study: ``--results-name``, or the preset's own ``default`` when the study
+    is the preset's (a study changed by --inits/--init-from/--steps/--set must name its own results, so
+    that it never overwrites the preset's committed tables)."""
+    if args.results_name:
+        return args.results_name
+    if args.inits or args.init_from or args.steps or args.set:
+        raise SystemExit("--inits/--init-from/--steps/--set change the study: name its results with --results-name")
+    return default
+
+
 def add_study_arguments(parser) -> None:
     """The options of a real-data transfer study (``idrid_transfer_real.py``, ``crossmodal_real.py``):
     which initialisations, their pretraining steps, given encoders, overrides, the results name and a
@@ -142,8 +155,8 @@ def add_study_arguments(parser) -> None:
                         help="pretraining optimizer steps of one initialisation (its pretrain.engine.max_steps)")
     parser.add_argument("--init-from", action="append", default=[], metavar="INIT=DIR",
                         help="use this encoder directory (e.g. an earlier run's pretrain/<init>/encoder) for INIT "
-                             "instead of pretraining it; an INIT the preset does not have is added (e.g. an encoder "
-                             "pretrained by the other study)")
+                             "instead of pretraining it; an INIT the preset does not have is added when --inits "
+                             "names it too (e.g. an encoder pretrained by the other study)")
     parser.add_argument("--results-name", default=None,
                         help="write benchmarks/results/<name>.{json,md} (default: the preset's name)")
     parser.add_argument("--summary-only", action="store_true",
@@ -153,26 +166,38 @@ def add_study_arguments(parser) -> None:
 def study_config(data: dict, budget_name: str, inits: str | None = None, steps=(), init_from=(), sets=()):
     """A transfer preset's ``data`` (read, data roots resolved) at its ``budget_name`` budget with a
     study's command-line changes: ``init_from`` (``INIT=DIR``: a given encoder instead of pretraining;
-    an unknown INIT is added), ``inits`` (comma-separated names to keep), ``steps`` (``INIT=N``
+    an INIT the budget lacks is added when ``inits`` names it too), ``inits`` (comma-separated names to keep), ``steps`` (``INIT=N``
     pretraining steps) and ``sets`` (``KEY=VALUE`` overrides after the budget, as YAML)."""
     import yaml
 
     from retinassl.sweeps.transfer import resolve_config
 
-    budget = (data.get("budgets") or {}).get(budget_name) or {}
+    budgets = data.setdefault("budgets", {})
+    if budgets.get(budget_name) is None:  # `cpu: {}`: the overrides below must land in the data itself
+        budgets[budget_name] = {}
+    budget = budgets[budget_name]
     holder = budget if "inits" in budget else data
+    known = [i["name"] for i in holder["inits"]]
+    wanted = [name.strip() for name in (inits or "").split(",") if name.strip()]
     for item in init_from:
         init, _, path = item.partition("=")
-        if not init or not Path(path).is_dir():
-            raise SystemExit(f"--init-from {item!r}: expected INIT=DIR with an existing encoder directory")
+        from retinassl.io.saved_model import is_saved_model
+
+        if not init or not is_saved_model(Path(path)):
+            raise SystemExit(f"--init-from {item!r}: expected INIT=DIR with a saved encoder in DIR "
+                             "(e.g. runs/<study>/pretrain/<init>/encoder)")
+        if init not in known and init not in wanted:  # a misspelt name must not add an init
+            raise SystemExit(f"--init-from {init!r}: not an initialisation of the {budget_name} budget {known}; "
+                             "to add a given encoder as a new one, also name it in --inits")
+        if wanted and init not in wanted:
+            raise SystemExit(f"--init-from {init!r}: --inits {inits!r} leaves it out")
         spec = next((i for i in holder["inits"] if i["name"] == init), None)
         if spec is None:
             spec = {"name": init}
             holder["inits"].append(spec)
         spec.pop("pretrain", None)
         spec["init"] = str(Path(path).resolve())
-    if inits:
-        wanted = [name.strip() for name in inits.split(",") if name.strip()]
+    if wanted:
         known = [i["name"] for i in holder["inits"]]
         unknown = sorted(set(wanted) - set(known))
         if unknown:

@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (ROOT, SHARED_DATA, add_study_arguments, pretraining_costs, run_study,  # noqa: E402
+from _common import (ROOT, SHARED_DATA, add_study_arguments, pretraining_costs, results_name, run_study,  # noqa: E402
                      study_config, with_shared_data_root, write_results)
 
 from retinassl.atomic import write_text  # noqa: E402
@@ -240,11 +240,12 @@ def main() -> None:
     data["pool"]["data"][0]["options"]["csv"] = str(pairs_csv)
     config = study_config(data, args.budget, args.inits, args.steps, args.init_from, args.set)
     name = PRESET if args.budget == "cpu" else f"{PRESET}-{args.budget}"
+    out = results_name(args, name.replace("-", "_"))  # checked before the run, not after it
     run, seconds = run_study(config, args, name)
     result, text = summary(run, config, seconds, pairs)
     result["acquisition_shortcut"] = shortcut
     text = _shortcut_md(shortcut) + "\n\n" + text
-    write_results(args.results_name or name.replace("-", "_"), result, text)
+    write_results(out, result, text)
     print(text)
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (ROOT, add_study_arguments, pretraining_costs, run_study,  # noqa: E402
+from _common import (ROOT, add_study_arguments, pretraining_costs, results_name, run_study,  # noqa: E402
                      with_shared_data_root, write_results)
 from _common import study_config as shared_study_config  # noqa: E402
 
@@ -183,9 +183,10 @@ def main() -> None:
     setup_logging(logging.INFO)
     config = study_config(args.budget, args.inits, args.steps, args.init_from, args.set)
     name = PRESET if args.budget == "cpu" else f"{PRESET}-{args.budget}"
+    out = results_name(args, name.replace("-", "_"))  # checked before the run, not after it
     run, seconds = run_study(config, args, name)
     result, text = summary(run, config, seconds)
-    write_results(args.results_name or name.replace("-", "_"), result, text)
+    write_results(out, result, text)
     print(text)
 
 

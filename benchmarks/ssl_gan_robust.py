@@ -71,6 +71,10 @@ def main() -> None:
     parser.add_argument("--command", default="", help="the sweeps' command lines, recorded verbatim")
     args = parser.parse_args()
     runs = {name: [Path(run) for run in value.split(",")] for name, value in (item.split("=", 1) for item in args.runs)}
+    for recipe, paths in runs.items():
+        for run in paths:
+            if not any((run / "predictions" / SETS["IDRiD test"]).glob("*-n*-s*.csv")):
+                raise SystemExit(f"{recipe}={run}: no idrid-ssl-gan predictions there (predictions/ssl-gan/*.csv)")
     reference = next(iter(runs))
     scores = {(recipe, learner, name): predictions(paths, folder, learner)
               for recipe, paths in runs.items() for learner in LEARNERS for name, folder in SETS.items()}
