@@ -15,10 +15,15 @@ Two measurements per candidate (architecture x input side):
    Tasks: referable DR (grade >= 2) and any DR (grade >= 1); reported: the mean over folds and
    init seeds of the validation AUC.
 
+Saved (pretrained) encoders are probed the same way with ``--encoder NAME=DIR`` (at every ``--sizes``,
+``--skip speed``): e.g. which resolution of a pretraining to carry on with, chosen inside the training
+split rather than on the test results.
+
 Usage::
 
     flock /work/heavy.lock nice -n 5 .venv/bin/python benchmarks/encoder_choice.py \\
         [--archs resnet18,convnet] [--sizes 224,384] [--threads 2] [--steps 6] [--seeds 0,1]
+        [--encoder NAME=DIR ...] [--results-name encoder_choice]
 """
 
 from __future__ import annotations
@@ -106,8 +111,11 @@ def speed(archs: list[str], sizes: list[int], steps: int, warmup: int) -> list[d
             for (a, s), c in cands.items()]
 
 
-def probe(archs: list[str], sizes: list[int], seeds: list[int], folds: int, workers: int) -> list[dict]:
-    """Validation AUC of a linear probe on scratch-init frozen features, inside IDRiD's training split."""
+def probe(archs: list[str], sizes: list[int], seeds: list[int], folds: int, workers: int,
+          encoders: dict[str, Path] | None = None) -> list[dict]:
+    """Validation AUC of a linear probe on scratch-init frozen features (and on the saved ``encoders``),
+    inside IDRiD's training split."""
+    from retinassl.models.checkpoint import load_encoder
     from retinassl.data.splits import stratified_kfold
     from retinassl.jobs.features import extract_features
     from retinassl.jobs.probe import ProbeConfig, assert_frozen, fit_probe
@@ -136,24 +144,27 @@ def probe(archs: list[str], sizes: list[int], seeds: list[int], folds: int, work
         grades = frame["dr_grade"].to_numpy()[train].astype(int)
         groups = frame["patient"].astype(str).to_numpy()[train]
         splits = stratified_kfold(grades, groups, folds, seed=0)
-        for arch in archs:
-            for seed in seeds:
-                model = ModelConfig(arch=arch, kwargs=KWARGS[arch])
-                encoder = seeded_initial_encoder(model, seed).encoder
-                with assert_frozen(encoder):
-                    features = extract_features(encoder, train_only, config.data.cache_dir)
-                for task in tasks:
-                    y = task.targets(train_only.manifest)
-                    aucs = []
-                    for k, (tr, va) in enumerate(splits):
-                        scores, _ = fit_probe(features.values[tr], y[tr], features.values[va], task, 1,
-                                              ProbeConfig(), seed)
-                        aucs.append(task.metrics(y[va], scores)["auc"])
-                    out.append({"arch": arch, "size": size, "seed": seed, "task": task.name,
-                                "val_auc": float(np.mean(aucs)), "fold_aucs": [float(a) for a in aucs],
-                                "extract_seconds": features.seconds, "images": int(len(train))})
-                    print(f"probe {arch} {size}px seed {seed} {task.name}: val AUC {np.mean(aucs):.3f} "
-                          f"({', '.join(f'{a:.3f}' for a in aucs)})", flush=True)
+        candidates = [(arch, seed) for arch in archs for seed in seeds]
+        candidates += [(name, seed) for name in (encoders or {}) for seed in seeds]
+        for arch, seed in candidates:
+            if arch in (encoders or {}):  # a saved encoder; the seed is the probe's
+                encoder = load_encoder(encoders[arch])[0].eval()
+            else:
+                encoder = seeded_initial_encoder(ModelConfig(arch=arch, kwargs=KWARGS[arch]), seed).encoder
+            with assert_frozen(encoder):
+                features = extract_features(encoder, train_only, config.data.cache_dir)
+            for task in tasks:
+                y = task.targets(train_only.manifest)
+                aucs = []
+                for k, (tr, va) in enumerate(splits):
+                    scores, _ = fit_probe(features.values[tr], y[tr], features.values[va], task, 1,
+                                          ProbeConfig(), seed)
+                    aucs.append(task.metrics(y[va], scores)["auc"])
+                out.append({"arch": arch, "size": size, "seed": seed, "task": task.name,
+                            "val_auc": float(np.mean(aucs)), "fold_aucs": [float(a) for a in aucs],
+                            "extract_seconds": features.seconds, "images": int(len(train))})
+                print(f"probe {arch} {size}px seed {seed} {task.name}: val AUC {np.mean(aucs):.3f} "
+                      f"({', '.join(f'{a:.3f}' for a in aucs)})", flush=True)
     return out
 
 
@@ -167,7 +178,13 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--skip", choices=["speed", "probe"], default=None)
+    parser.add_argument("--encoder", action="append", default=[], metavar="NAME=DIR",
+                        help="also probe this saved encoder (at every --sizes; with --skip speed)")
+    parser.add_argument("--results-name", default="encoder_choice")
     args = parser.parse_args()
+    encoders = {name: Path(path) for name, _, path in (item.partition("=") for item in args.encoder)}
+    if encoders and args.skip != "speed":
+        raise SystemExit("--encoder: saved encoders are only probed; add --skip speed")
     torch.set_num_threads(args.threads)
     archs = [a for a in args.archs.split(",") if a]
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -176,14 +193,20 @@ def main() -> None:
     for r in rates:
         print(f"speed {r['arch']} {r['size']}px: train {r['train_images_per_s']:.1f} img/s, "
               f"inference {r['infer_images_per_s']:.1f} img/s", flush=True)
-    probes = [] if args.skip == "probe" else probe(archs, sizes, seeds, args.folds, workers=args.threads)
-    lines = [f"Torch threads: {args.threads}; bf16 autocast: {cpu_supports_bf16()}; channels_last; "
-             f"{args.steps} interleaved timed steps after {args.warmup} warm-up steps (median).", "",
-             "| arch | px | batch | params (M) | train img/s | inference img/s |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['arch']} | {r['size']} | {r['batch']} | {r['params_m']:.2f} | "
-              f"{r['train_images_per_s']:.1f} | {r['infer_images_per_s']:.1f} |" for r in rates]
+    probes = [] if args.skip == "probe" else probe(archs, sizes, seeds, args.folds, workers=args.threads,
+                                                   encoders=encoders)
+    lines = [f"Torch threads: {args.threads}; bf16 autocast: {cpu_supports_bf16()}."]
+    if rates:
+        lines += [f"Speed: channels_last; {args.steps} interleaved timed steps after {args.warmup} warm-up steps "
+                  "(median).", "", "| arch | px | batch | params (M) | train img/s | inference img/s |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['arch']} | {r['size']} | {r['batch']} | {r['params_m']:.2f} | "
+                  f"{r['train_images_per_s']:.1f} | {r['infer_images_per_s']:.1f} |" for r in rates]
     if probes:
-        lines += ["", "Linear probe on scratch-init (random, seeded) frozen features, IDRiD part-B training "
+        lines += ["", "Linear probe on scratch-init (random, seeded) frozen features"
+                  + ("" if not encoders else " and on saved encoders ("
+                     + ", ".join(f"{k}: `{v}`" for k, v in encoders.items()) + "; the seed is the probe's)")
+                  + ", IDRiD part-B training "
                   f"images only ({probes[0]['images']} after cleaning), {args.folds}-fold patient-grouped "
                   "grade-stratified CV inside the training split; mean validation AUC over folds "
                   f"(and over init seeds {seeds}). The test split is not used.", "",
@@ -196,7 +219,8 @@ def main() -> None:
                          + ", ".join(f"{r['val_auc']:.3f}" for r in rows)
                          + f" | {np.mean([r['extract_seconds'] for r in rows]):.0f} |")
     text = "\n".join(lines)
-    write_results("encoder_choice", {"speed": rates, "probe": probes}, text)
+    write_results(args.results_name, {"speed": rates, "probe": probes,
+                                      "encoders": {k: str(v) for k, v in encoders.items()}}, text)
     print(text)
 
 
