@@ -170,6 +170,7 @@ def study_config(data: dict, budget_name: str, inits: str | None = None, steps=(
     pretraining steps) and ``sets`` (``KEY=VALUE`` overrides after the budget, as YAML)."""
     import yaml
 
+    from retinassl.io.saved_model import is_saved_model
     from retinassl.sweeps.transfer import resolve_config
 
     budgets = data.setdefault("budgets", {})
@@ -181,8 +182,6 @@ def study_config(data: dict, budget_name: str, inits: str | None = None, steps=(
     wanted = [name.strip() for name in (inits or "").split(",") if name.strip()]
     for item in init_from:
         init, _, path = item.partition("=")
-        from retinassl.io.saved_model import is_saved_model
-
         if not init or not is_saved_model(Path(path)):
             raise SystemExit(f"--init-from {item!r}: expected INIT=DIR with a saved encoder in DIR "
                              "(e.g. runs/<study>/pretrain/<init>/encoder)")
