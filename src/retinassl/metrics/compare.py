@@ -133,10 +133,14 @@ def comparison(run_path: str | Path, tasks: list[TaskSpec], reference: str, n_bo
                 else:
                     row.update(NO_TEST)
                 rows.append(row)
-    table = pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
+    return _in_table_order(pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS)))
+
+
+def _in_table_order(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows by task, headline metric first, protocol, init and fraction."""
     headline = {"auc": 0, "kappa": 0, "auc_macro": 0}
-    table["order"] = table["metric"].map(lambda m: headline.get(m, 1))
-    table = table.sort_values(["task", "order", "metric", "protocol", "init", "fraction"])
+    table = table.assign(order=table["metric"].map(lambda m: headline.get(m, 1)))
+    table = table.sort_values(["task", "order", "metric", "protocol", "init", "fraction"], kind="stable")
     return table.drop(columns="order").reset_index(drop=True)
 
 
@@ -248,6 +252,46 @@ def markdown_tables(table: pd.DataFrame, inits_order: list[str] | None = None) -
     if (table["interval"] == METHOD).any():
         out.insert(0, METHOD_SENTENCE + ".")
     return "\n\n".join(out) + "\n"
+
+
+def merge_comparisons(tables: dict[str, pd.DataFrame], tolerance: float = 1e-9) -> pd.DataFrame:
+    """One comparison table from the tables of several runs (``{run label: comparison table}``) that
+    share their reference initialisation and downstream protocol, e.g. studies that each added
+    initialisations beside the same Scratch. Each run's deltas and DeLong tests are against its own
+    reference, so the merge is valid only if that reference is the same model: wherever two runs have a
+    (task, protocol, fraction, metric) cell of the reference, or of any other initialisation, its
+    ``n_seeds`` and ``mean`` must agree within ``tolerance``, else a :class:`DataError` names the runs and the
+    cell. A cell present in several runs is kept once (from the first run listing it)."""
+    if not tables:
+        raise DataError("merge_comparisons: no comparison tables given")
+    references = {label: set(t["reference"].dropna().astype(str)) for label, t in tables.items()}
+    if len(set().union(*references.values())) != 1:
+        raise DataError(f"the runs do not share one reference initialisation: {references}")
+    key = ["task", "protocol", "fraction", "metric", "init"]
+    seen: dict[tuple, tuple[str, pd.Series]] = {}
+    rows = []
+    for label, table in tables.items():
+        missing = set(key + ["mean", "n_seeds"]) - set(table.columns)
+        if missing:
+            raise DataError(f"{label}: not a comparison table (missing columns {sorted(missing)})")
+        for _, row in table.iterrows():
+            k = tuple(row[c] for c in key)
+            if k not in seen:
+                seen[k] = (label, row)
+                rows.append(row)
+                continue
+            first, kept = seen[k]
+            same = int(kept["n_seeds"]) == int(row["n_seeds"]) and (
+                (np.isnan(kept["mean"]) and np.isnan(row["mean"])) or abs(kept["mean"] - row["mean"]) <= tolerance)
+            if not same:
+                what = "the reference" if row["init"] == row["reference"] else f"init {row['init']}"
+                raise DataError(
+                    f"{what} differs between {first} and {label} at {row['task']} {row['protocol']} fraction "
+                    f"{row['fraction']:g} {row['metric']}: {kept['mean']:.6f} ({int(kept['n_seeds'])} seeds) vs "
+                    f"{row['mean']:.6f} ({int(row['n_seeds'])} seeds); the runs do not share their downstream "
+                    "protocol (data, preprocessing, seeds, probe or fine-tuning settings), so their tests against "
+                    "the reference cannot share one table")
+    return _in_table_order(pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS)))
 
 
 def write_comparison(run: RunDir, config: Any) -> pd.DataFrame:
