@@ -65,3 +65,32 @@ def test_fundus_abnormal_is_any_disease_of_the_row(tmp_path: Path) -> None:
     selected = select_rows(pool, pretrain)
     assert selected.labels(label_column(pretrain)).tolist() == [1, 0, 1]
     assert pool.frame.columns.tolist().count(label_column(pretrain)) == 0  # the caller's pool is untouched
+
+
+def test_the_full_budget_scales_up_every_cpu_initialisation(tmp_path: Path) -> None:
+    """A GPU user runs the study the cpu budget measured, scaled up: the same initialisations
+    (methods, labels, masks, two-step starts), at a higher resolution, pretrained by epochs."""
+    cpu = {i.name: i for i in resolve_config(read_yaml("idrid-transfer-real"), "cpu").inits}
+    full_config = resolve_config(read_yaml("idrid-transfer-real"), "full")
+    full = {i.name: i for i in full_config.inits}
+    assert set(full) == set(cpu)
+    assert full_config.preprocess.size > resolve_config(read_yaml("idrid-transfer-real"), "cpu").preprocess.size
+    for name, spec in cpu.items():
+        here = full[name]
+        assert here.init == spec.init, name
+        if spec.pretrain is None:
+            continue
+        for key in ("method", "label", "mask", "splits"):
+            a, b = dict(spec.pretrain).get(key), dict(here.pretrain).get(key)
+            if key == "method":
+                a = {k: v for k, v in a.items() if k != "patch_size"}
+                b = {k: v for k, v in b.items() if k != "patch_size"}
+            assert a == b, (name, key)
+        assert "max_steps" not in (dict(here.pretrain).get("engine") or {}), name
+    for name in ("mae", "mae_fundus"):  # the ViT is built for the budget's image size
+        assert dict(full[name].pretrain)["model"]["kwargs"]["img_size"] == full_config.preprocess.size
+    assert dict(full["lesions"].pretrain)["method"]["patch_size"] == full_config.preprocess.size
+    for spec in full.values():  # every pretraining is a valid job configuration at this budget
+        if spec.pretrain is not None:
+            job = full_config.pretrain_config(spec, tmp_path / "pool.csv")
+            assert job.preprocess.size == full_config.preprocess.size, spec.name
