@@ -151,7 +151,8 @@ def targets(comparison: pd.DataFrame, reference: str) -> str:
             if not full.empty:
                 best = full.loc[full["mean"].idxmax()]
                 gap = goal - float(best["mean"])
-                digits = 4 if abs(gap) < 0.0005 else 3  # 0.8498 is not "0.850, missed by 0.000"
+                # as many digits as tell the mean from the goal (0.8498 is not "0.850, missed by 0.000")
+                digits = next((d for d in range(3, 7) if f"{best['mean']:.{d}f}" != f"{goal:.{d}f}"), 6)
                 verdict = ("target met" if gap <= 0 else f"target missed by {gap:.{digits}f}") \
                     if task == "referable" else "reported beside it"
                 lines.append(f"- {task}, all labels: best {best['init']} {best['mean']:.{digits}f} "

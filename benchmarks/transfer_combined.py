@@ -54,11 +54,14 @@ def main() -> None:
         for init, cost in pretraining_costs(RunDir(path), config, read_results(path / "results.csv")).items():
             costs.setdefault(init, {**cost, "run": _shown(path)})
     merged = merge_comparisons(tables)
-    order = [i for i in args.order.split(",") if i] or list(dict.fromkeys(merged["init"]))
-    lines = ["Runs (each tests its initialisations against its own Scratch; Scratch agrees to the last digit in "
-             "every shared cell, checked): " + ", ".join(f"`{r}`" for r in tables) + ".", ""]
+    order = [i for i in args.order.split(",") if i] or list(dict.fromkeys(
+        [reference] + [i for t in tables.values() for i in t["init"]]))
+    lines = [f"Runs (each tests its initialisations against its own {reference}; checked to be the same model: its "
+             "cells agree wherever two runs have them, and every row was tested against the merged one): "
+             + ", ".join(f"`{r}`" for r in tables) + ".", ""]
     if costs:
-        lines += ["Pretraining cost (2 cores):", "", "| init | method | run | images trained on | 2-core min | images/s |",
+        lines += ["Pretraining cost (wall minutes on each run's machine; here 2 CPU cores):", "",
+                  "| init | method | run | images trained on | 2-core min | images/s |",
                   "|---|---|---|---|---|---|"]
         for init in [i for i in order if i in costs] + sorted(set(costs) - set(order)):
             c = costs[init]

@@ -257,6 +257,9 @@ def test_two_step_init_pretrains_on_the_earlier_encoder(tiny_root: Path, tmp_pat
                 [inits[0], {"name": "plain", "init": "scratch"}, {"name": "x", "init": "plain"}]):
         with pytest.raises(ConfigError, match="two-step"):
             resolve_config(_config(tiny_root, tmp_path / "enc", inits=bad), None)
+    # the first step left out of the sweep (e.g. by --inits): refused, not pretrained from random weights
+    with pytest.raises(ConfigError, match="init ssl_then_rot: init 'ssl' is neither 'scratch'.*--init-from"):
+        resolve_config(_config(tiny_root, tmp_path / "enc", inits=[inits[0], inits[2]]), None)
 
 
 def test_two_step_from_a_given_vit_keeps_the_vit_and_its_weights(tiny_root: Path, tmp_path: Path) -> None:
@@ -281,6 +284,12 @@ def test_two_step_from_a_given_vit_keeps_the_vit_and_its_weights(tiny_root: Path
     assert meta["init_source"] == str(given_dir)
     start, trained = given.state_dict(), second.state_dict()
     assert max(float((start[k] - trained[k]).abs().max()) for k in start) < 0.05   # one step from them
+    # the given encoder named directly as the pretraining's start (no first-step init in the sweep)
+    direct = resolve_config(_config(tiny_root, tmp_path / "enc", inits=[
+        {"name": "scratch"}, {"name": "direct", "init": str(given_dir), "pool": "train", "pretrain": fundus}]), None)
+    grid = TransferGrid(direct.model_dump(mode="json"), RunDir.create(tmp_path / "runs", "direct"))
+    _, meta = load_encoder(grid.model_of(direct.inits[1]).init)
+    assert meta["arch"] == "vit_tiny" and meta["init_source"] == str(given_dir)
 
 
 def test_an_mae_init_brings_its_reconstructions_into_the_sweep_report(tiny_root: Path, tmp_path: Path) -> None:

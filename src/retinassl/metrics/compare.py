@@ -258,40 +258,69 @@ def merge_comparisons(tables: dict[str, pd.DataFrame], tolerance: float = 1e-9) 
     """One comparison table from the tables of several runs (``{run label: comparison table}``) that
     share their reference initialisation and downstream protocol, e.g. studies that each added
     initialisations beside the same Scratch. Each run's deltas and DeLong tests are against its own
-    reference, so the merge is valid only if that reference is the same model: wherever two runs have a
-    (task, protocol, fraction, metric) cell of the reference, or of any other initialisation, its
-    ``n_seeds`` and ``mean`` must agree within ``tolerance``, else a :class:`DataError` names the runs and the
-    cell. A cell present in several runs is kept once (from the first run listing it)."""
+    reference, so the merge is valid only if that reference is the same model. Checked, else a
+    :class:`DataError` names the runs and the cell: every run after the first shares at least one
+    reference cell with the runs before it; wherever two runs have a (task, protocol, fraction,
+    metric) cell of the same initialisation, its ``n_seeds``, ``mean`` (within ``tolerance``) and
+    interval method agree; and every row's ``reference_mean`` is the merged reference's ``mean`` at
+    its cell. A cell present in several runs is kept once (from the first run listing it)."""
     if not tables:
         raise DataError("merge_comparisons: no comparison tables given")
+    needed = {"task", "protocol", "fraction", "metric", "init", "reference", "mean", "n_seeds", "reference_mean"}
+    for label, table in tables.items():
+        missing = needed - set(table.columns)
+        if missing:
+            raise DataError(f"{label}: not a comparison table (missing columns {sorted(missing)})")
     references = {label: set(t["reference"].dropna().astype(str)) for label, t in tables.items()}
-    if len(set().union(*references.values())) != 1:
+    if len(set().union(*references.values())) != 1 or not all(references.values()):
         raise DataError(f"the runs do not share one reference initialisation: {references}")
-    key = ["task", "protocol", "fraction", "metric", "init"]
+    reference = next(iter(references.values())).pop()
+
+    def cell_of(row) -> tuple:
+        return row["task"], row["protocol"], round(float(row["fraction"]), 6), row["metric"]
+
+    def same(a: float, b: float) -> bool:
+        return (np.isnan(a) and np.isnan(b)) or abs(a - b) <= tolerance
+
     seen: dict[tuple, tuple[str, pd.Series]] = {}
     rows = []
     for label, table in tables.items():
-        missing = set(key + ["mean", "n_seeds"]) - set(table.columns)
-        if missing:
-            raise DataError(f"{label}: not a comparison table (missing columns {sorted(missing)})")
+        own_reference = {cell_of(r) for _, r in table.iterrows() if r["init"] == reference}
+        kept_reference = {k[:4] for k in seen if k[4] == reference}
+        if seen and own_reference and not own_reference & kept_reference:
+            raise DataError(f"{label} shares no cell of {reference} with {', '.join(dict.fromkeys(l for l, _ in seen.values()))}: "
+                            f"nothing shows that its {reference} is the same model, so its tests cannot share their table")
         for _, row in table.iterrows():
-            k = tuple(row[c] for c in key)
+            k = (*cell_of(row), row["init"])
             if k not in seen:
                 seen[k] = (label, row)
                 rows.append(row)
                 continue
             first, kept = seen[k]
-            same = int(kept["n_seeds"]) == int(row["n_seeds"]) and (
-                (np.isnan(kept["mean"]) and np.isnan(row["mean"])) or abs(kept["mean"] - row["mean"]) <= tolerance)
-            if not same:
-                what = "the reference" if row["init"] == row["reference"] else f"init {row['init']}"
-                raise DataError(
-                    f"{what} differs between {first} and {label} at {row['task']} {row['protocol']} fraction "
-                    f"{row['fraction']:g} {row['metric']}: {kept['mean']:.6f} ({int(kept['n_seeds'])} seeds) vs "
-                    f"{row['mean']:.6f} ({int(row['n_seeds'])} seeds); the runs do not share their downstream "
-                    "protocol (data, preprocessing, seeds, probe or fine-tuning settings), so their tests against "
-                    "the reference cannot share one table")
-    return _in_table_order(pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS)))
+            if int(kept["n_seeds"]) == int(row["n_seeds"]) and same(kept["mean"], row["mean"]) \
+                    and str(kept.get("interval")) == str(row.get("interval")):
+                continue
+            where = (f"{row['task']} {row['protocol']} fraction {row['fraction']:g} {row['metric']}: "
+                     f"{kept['mean']:.6f} ({int(kept['n_seeds'])} seeds, {kept.get('interval')}) vs {row['mean']:.6f} "
+                     f"({int(row['n_seeds'])} seeds, {row.get('interval')})")
+            if row["init"] == reference:
+                raise DataError(f"the reference {reference} differs between {first} and {label} at {where}; the runs do "
+                                "not share their downstream protocol (data, preprocessing, seeds, probe or fine-tuning "
+                                "settings) or their interval method (rewrite both with --summary-only)")
+            raise DataError(f"init {row['init']} has the same name in {first} and {label} but other results at {where} "
+                            "(another pretraining?): rename it in one run or leave it out of one")
+    merged = pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
+    reference_mean = {k[:4]: float(r["mean"]) for k, (_, r) in seen.items() if k[4] == reference}
+    for _, row in merged.iterrows():
+        if row["init"] == reference:
+            continue
+        kept = reference_mean.get(cell_of(row))
+        if np.isnan(float(row["reference_mean"])) if kept is None else not same(kept, float(row["reference_mean"])):
+            raise DataError(f"init {row['init']} ({seen[(*cell_of(row), row['init'])][0]}) was tested against a "
+                            f"{reference} of mean {row['reference_mean']:.6f} at {row['task']} {row['protocol']} fraction "
+                            f"{row['fraction']:g} {row['metric']}, but the merged {reference} there is "
+                            f"{'absent' if kept is None else f'{kept:.6f}'}")
+    return _in_table_order(merged)
 
 
 def write_comparison(run: RunDir, config: Any) -> pd.DataFrame:

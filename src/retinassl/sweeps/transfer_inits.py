@@ -92,8 +92,10 @@ class TransferInits:
             pool_file = self.data_dir / "pool.csv"
         pretrain_config = config.pretrain_config(spec, pool_file)
         first = config.init_named(spec.init)
-        if first is not None:  # two-step: continue from an earlier initialisation's encoder
-            model = pretrain_config.model.model_copy(update={"init": str(self.model_of(first).init)})
+        # two-step: continue from an earlier initialisation's encoder, or from a given one
+        start = str(self.model_of(first).init) if first is not None else spec.init
+        if start != "scratch":
+            model = pretrain_config.model.model_copy(update={"init": start})
             pretrain_config = pretrain_config.model_copy(update={"model": model})
         resume = (folder / "run.json").is_file()
         prun = RunDir.resume(folder) if resume else _new_rundir(folder, f"{config.name}-{spec.name}")
