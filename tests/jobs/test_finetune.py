@@ -57,3 +57,63 @@ def test_finetune_early_stops_without_checkpoints(tiny_prepared: PreparedData, t
     torch.manual_seed(123)
     again = finetune(model, tiny_prepared, train, test, REFERABLE, config, engine, tmp_path / "w2", seed=0)
     np.testing.assert_allclose(again.scores, result.scores, atol=1e-6)
+
+
+def test_probe_head_is_the_fitted_probe_as_a_linear_layer_on_raw_embeddings() -> None:
+    """LP-FT's head: the standardised logistic regression folded into one linear layer gives the
+    same logits (binary) and probabilities (multiclass, a class absent from the rows near 0) as
+    scikit-learn's scaler + logistic pipeline."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from retinassl.jobs.probe import ProbeConfig, probe_head
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, [0.1, 1.0, 5.0, 2.0], size=(60, 4))
+    y = (x[:, 1] + 0.2 * x[:, 2] + rng.normal(0, 0.5, 60) > 3.6).astype(int)
+    config = ProbeConfig(c_grid=[0.5], c_default=0.5)
+    weight, bias = probe_head(x, y, TaskSpec(name="b"), 1, config)
+    reference = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=3000)).fit(x, y)
+    np.testing.assert_allclose(x @ weight.T[:, 0] + bias[0], reference.decision_function(x), atol=1e-6)
+
+    y3 = np.digitize(x[:, 1], [2.5, 3.5]) * np.array([1, 1.5])[np.arange(60) % 2].astype(int)  # classes 0, 1, 3
+    y3 = np.where(y3 == 2, 3, y3)
+    assert set(y3) == {0, 1, 3}
+    task = TaskSpec(name="grade", kind="multiclass", num_classes=4)
+    weight, bias = probe_head(x, y3, task, 4, config)
+    logits = x @ weight.T + bias
+    proba = np.exp(logits - logits.max(1, keepdims=True))
+    proba /= proba.sum(1, keepdims=True)
+    reference = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=3000)).fit(x, y3)
+    np.testing.assert_allclose(proba[:, [0, 1, 3]], reference.predict_proba(x), atol=1e-5)
+    assert proba[:, 2].max() < 1e-9
+
+
+def test_finetune_with_a_probe_head_starts_where_the_linear_probe_ends(tiny_prepared: PreparedData, tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    """``head_init: probe``: before any optimizer step the classifier scores the test rows as the
+    linear probe of the initial encoder's embeddings of the fitted rows does (fit_probe, computed
+    apart); ``random`` does not."""
+    from types import SimpleNamespace
+
+    from retinassl.jobs import finetune as finetune_module
+    from retinassl.jobs.probe import fit_probe
+
+    monkeypatch.setattr(finetune_module, "fit", lambda *a, **k: SimpleNamespace(batches=0, seconds=0.0, best={}))
+    split = tiny_prepared.manifest.frame["split"].to_numpy()
+    train, test = np.flatnonzero(split != "test"), np.flatnonzero(split == "test")
+    model = ModelConfig(arch="convnet", kwargs={"width": 8})
+    engine = EngineConfig(batch_size=16, checkpoint_every_n_steps=-1, precision="32")
+    probe = finetune(model, tiny_prepared, train, test, REFERABLE, FinetuneConfig(head_init="probe"), engine,
+                     tmp_path / "p", seed=3)
+    features = finetune_module.embeddings(probe.method, tiny_prepared, np.r_[probe.fit_rows, test])
+    y = REFERABLE.targets(tiny_prepared.manifest)[probe.fit_rows]
+    expected, _ = fit_probe(features[:len(probe.fit_rows)], y, features[len(probe.fit_rows):], REFERABLE, 1, seed=3)
+    fc = probe.method.head.fc  # the head (float32 weights) read in float64: the probe up to the weights' rounding
+    logits = features[len(probe.fit_rows):] @ fc.weight.detach().double().numpy().T + fc.bias.detach().double().numpy()
+    np.testing.assert_allclose(1 / (1 + np.exp(-logits[:, 0])), expected, atol=1e-3)
+    # through the float32 network: the same up to float32 rounding of the folded standardisation
+    np.testing.assert_allclose(probe.scores, expected, atol=0.02)
+    random = finetune(model, tiny_prepared, train, test, REFERABLE, FinetuneConfig(), engine, tmp_path / "r", seed=3)
+    assert np.abs(random.scores - expected).max() > 0.2

@@ -67,6 +67,10 @@ class FinetuneConfig(Section):
         patience: stop after this many validations without improvement (0: never).
         monitor: ``loss`` (validation loss, min) or ``auc`` (binary tasks, max).
         class_balance: binary tasks: weight positives by negatives / positives of the fitted rows.
+        head_init: ``random`` (the head drawn from the seed) or ``probe``: the head starts as the
+            linear probe of the initial encoder's embeddings of the fitted rows (LP-FT, Kumar et al.
+            2022: with few labels, gradients of a random head distort pretrained features before the
+            head is any good; the probe's ``C`` chosen by inner cross-validation, as in ``probe``).
     """
 
     lr: float = Field(3e-4, gt=0)
@@ -83,6 +87,7 @@ class FinetuneConfig(Section):
     patience: int = Field(5, ge=0)
     monitor: Literal["loss", "auc"] = "loss"
     class_balance: bool = True
+    head_init: Literal["random", "probe"] = "random"
 
 
 @dataclass
@@ -110,6 +115,33 @@ def build_classifier(model: ModelConfig, task: TaskSpec, prepared: PreparedData,
     if config.monitor == "loss" or task.kind != "binary":
         method.monitor = ("loss", "min")
     return method, initial
+
+
+@torch.no_grad()
+def embeddings(method: Supervised, prepared: PreparedData, rows: Sequence[int], batch_size: int = 64) -> np.ndarray:
+    """The encoder's pooled embeddings of ``rows`` (eval mode, no augmentation), ``(M, C)`` float64."""
+    was_training = method.training
+    method.eval()
+    dataset = ImageDataset(prepared)
+    rows = [int(r) for r in rows]
+    out = [method.encoder(torch.stack([dataset[r]["image"] for r in rows[i:i + batch_size]])).float().numpy()
+           for i in range(0, len(rows), batch_size)]
+    method.train(was_training)
+    return np.concatenate(out).astype(np.float64)
+
+
+def start_from_probe(method: Supervised, prepared: PreparedData, rows: Sequence[int], task: TaskSpec,
+                     seed: int) -> None:
+    """Set the head of ``method`` to the linear probe of its encoder's embeddings of ``rows``
+    (:func:`~retinassl.jobs.probe.probe_head`)."""
+    from retinassl.jobs.probe import probe_head
+
+    fc = method.head.fc
+    weight, bias = probe_head(embeddings(method, prepared, rows), task.targets(prepared.manifest)[np.asarray(rows)],
+                              task, fc.out_features, seed=seed)
+    with torch.no_grad():
+        fc.weight.copy_(torch.as_tensor(weight, dtype=fc.weight.dtype))
+        fc.bias.copy_(torch.as_tensor(bias, dtype=fc.bias.dtype))
 
 
 @torch.no_grad()
@@ -155,6 +187,8 @@ def finetune(model: ModelConfig, prepared: PreparedData, train_rows: Sequence[in
         if 0 < y.sum() < len(y):
             pos_weight = float((len(y) - y.sum()) / y.sum())
     method, _ = build_classifier(model, task, prepared, config, seed, pos_weight)
+    if config.head_init == "probe":  # a resumed run's checkpoint then replaces it
+        start_from_probe(method, prepared, fit_rows, task, seed)
     label = task.dataset_label(manifest)
     train_ds = ImageDataset(prepared.subset(fit_rows), label, task.label_map())
     val_ds = ImageDataset(prepared.subset(val_rows), label, task.label_map()) if len(val_rows) else None

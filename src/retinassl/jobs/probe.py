@@ -43,6 +43,7 @@ from torch import nn
 
 from retinassl.config import Section
 from retinassl.data.cache import PreparedData
+from retinassl.errors import ConfigError
 from retinassl.jobs.features import Features, extract_features
 from retinassl.metrics.classification import roc_auc
 from retinassl.metrics.tasks import TaskSpec
@@ -173,6 +174,51 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, task
             scores[:, k] = proba[:, 1]
             cs.append(c)
         return scores, cs
+
+
+def probe_head(x: np.ndarray, y: np.ndarray, task: TaskSpec, num_outputs: int,
+               config: ProbeConfig = ProbeConfig(), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The linear probe of ``(x, y)`` as a linear layer on the raw embeddings: ``(weight (K, C),
+    bias (K,))`` whose outputs are the probe's logits (binary: the positive class's log-odds, K = 1;
+    multiclass: multinomial logits, one per class, a class the rows lack at -30; multilabel: each
+    label's log-odds), the standardisation folded in. It starts a fine-tuning head where the probe
+    ends (LP-FT, Kumar et al. 2022), so fine-tuning does not begin by pushing random-head gradients
+    into the pretrained features. ``C`` is chosen as in :func:`fit_probe`.
+
+    Raises:
+        ConfigError: a regression task (no logistic probe).
+    """
+    if task.kind not in ("binary", "multiclass", "multilabel"):
+        raise ConfigError(f"task {task.name!r} ({task.kind}): a probe head needs a classification task")
+    scaler = StandardScaler().fit(x)
+    xs = scaler.transform(x)
+    problems = [y] if task.kind != "multilabel" else [y[:, k] for k in range(num_outputs)]
+    weight, bias = np.zeros((num_outputs, x.shape[1])), np.zeros(num_outputs)
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for k, target in enumerate(problems):
+            classes = np.unique(target)
+            if len(classes) < 2:  # one class seen: predict it (constant logits)
+                if task.kind == "multiclass":
+                    bias[:] = -30.0
+                    bias[int(classes[0])] = 0.0
+                else:
+                    bias[k] = 30.0 if int(classes[0]) == 1 else -30.0
+                continue
+            model = _logistic(_choose_c(xs, target, config, seed), config, seed).fit(xs, target)
+            if task.kind == "multiclass":
+                bias[:] = -30.0
+                coef, intercept = model.coef_, model.intercept_
+                if len(model.classes_) == 2:  # sklearn keeps one row for two classes: logits (0, z)
+                    coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
+                for row, c in enumerate(model.classes_.astype(int)):
+                    weight[c], bias[c] = coef[row], intercept[row]
+            else:
+                weight[k], bias[k] = model.coef_[0], model.intercept_[0]
+    # w . (x - mean) / scale + b  =  (w / scale) . x + (b - w . mean / scale)
+    weight = weight / scaler.scale_
+    bias = bias - weight @ scaler.mean_
+    return weight, bias
 
 
 @dataclass
