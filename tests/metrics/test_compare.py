@@ -92,3 +92,17 @@ def test_merging_runs_with_another_reference_initialisation_is_refused() -> None
     other = pd.DataFrame(_comparison_rows("imagenet", {0.05: 0.65, 1.0: 0.72}, reference_name="imagenet"))
     with pytest.raises(DataError, match="one reference"):
         merge_comparisons({"a": _run("fundus", {0.05: 0.65, 1.0: 0.72}), "c": other})
+
+
+def test_a_row_where_the_reference_has_no_cell_is_kept_only_without_a_reference_mean() -> None:
+    """A fraction the reference was not run at: comparison() writes reference_mean NaN, which the
+    merge keeps; a row that claims a reference mean there is refused."""
+    from retinassl.errors import DataError
+    from retinassl.metrics.compare import merge_comparisons
+
+    lone = _comparison_rows("lesions", {0.25: 0.82}, {0.25: float("nan")})
+    merged = merge_comparisons({"a": _run("fundus", {0.05: 0.65, 1.0: 0.72}), "b": pd.DataFrame(lone)})
+    assert 0.25 in set(merged["fraction"])
+    claimed = _comparison_rows("lesions", {0.25: 0.82}, {0.25: 0.7})
+    with pytest.raises(DataError, match="the merged scratch there is absent"):
+        merge_comparisons({"a": _run("fundus", {0.05: 0.65, 1.0: 0.72}), "b": pd.DataFrame(claimed)})

@@ -258,8 +258,10 @@ def test_two_step_init_pretrains_on_the_earlier_encoder(tiny_root: Path, tmp_pat
         with pytest.raises(ConfigError, match="two-step"):
             resolve_config(_config(tiny_root, tmp_path / "enc", inits=bad), None)
     # the first step left out of the sweep (e.g. by --inits): refused, not pretrained from random weights
-    with pytest.raises(ConfigError, match="init ssl_then_rot: init 'ssl' is neither 'scratch'.*--init-from"):
-        resolve_config(_config(tiny_root, tmp_path / "enc", inits=[inits[0], inits[2]]), None)
+    alone = resolve_config(_config(tiny_root, tmp_path / "enc", inits=[inits[0], inits[2]]), None)
+    lone = TransferGrid(alone.model_dump(mode="json"), RunDir.create(tmp_path / "runs", "alone"))
+    with pytest.raises(ConfigError, match="init ssl_then_rot: init 'ssl' is neither 'scratch'.*first step"):
+        lone.model_of(alone.inits[1])
 
 
 def test_two_step_from_a_given_vit_keeps_the_vit_and_its_weights(tiny_root: Path, tmp_path: Path) -> None:

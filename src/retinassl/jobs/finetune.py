@@ -71,6 +71,9 @@ class FinetuneConfig(Section):
             linear probe of the initial encoder's embeddings of the fitted rows (LP-FT, Kumar et al.
             2022: with few labels, gradients of a random head distort pretrained features before the
             head is any good; the probe's ``C`` chosen by inner cross-validation, as in ``probe``).
+            Experimental: the probe is fitted on eval-mode embeddings (batch-norm running statistics)
+            and unweighted, while training steps use batch statistics and ``pos_weight``, so with a
+            batch-norm encoder the first steps do not start at the probe's loss.
     """
 
     lr: float = Field(3e-4, gt=0)

@@ -315,7 +315,7 @@ def merge_comparisons(tables: dict[str, pd.DataFrame], tolerance: float = 1e-9) 
         if row["init"] == reference:
             continue
         kept = reference_mean.get(cell_of(row))
-        if np.isnan(float(row["reference_mean"])) if kept is None else not same(kept, float(row["reference_mean"])):
+        if (not np.isnan(float(row["reference_mean"]))) if kept is None else not same(kept, float(row["reference_mean"])):
             raise DataError(f"init {row['init']} ({seen[(*cell_of(row), row['init'])][0]}) was tested against a "
                             f"{reference} of mean {row['reference_mean']:.6f} at {row['task']} {row['protocol']} fraction "
                             f"{row['fraction']:g} {row['metric']}, but the merged {reference} there is "

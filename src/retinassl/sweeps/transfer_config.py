@@ -204,11 +204,6 @@ class TransferConfig(Section):
                 raise ConfigError(f"init {spec.name}: init {spec.init!r} names an initialisation of this "
                                   "sweep; that is the two-step variant, which needs 'pretrain' and an "
                                   f"initialisation listed before it (order: {names})")
-            if spec.pretrain is not None and spec.init not in ("scratch", *names) and not Path(spec.init).exists():
-                raise ConfigError(f"init {spec.name}: init {spec.init!r} is neither 'scratch', an initialisation "
-                                  f"of this sweep {names} nor a file or directory that exists (a two-step "
-                                  "initialisation needs its first step in the sweep, e.g. kept in --inits or "
-                                  "given as --init-from NAME=DIR)")
             if spec.pretrain is not None:
                 from retinassl.methods.base import method_class
 

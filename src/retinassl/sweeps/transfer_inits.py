@@ -92,10 +92,14 @@ class TransferInits:
             pool_file = self.data_dir / "pool.csv"
         pretrain_config = config.pretrain_config(spec, pool_file)
         first = config.init_named(spec.init)
+        if first is None and spec.init != "scratch" and not Path(spec.init).exists():
+            raise ConfigError(f"init {spec.name}: init {spec.init!r} is neither 'scratch', an initialisation of this "
+                              f"sweep {[i.name for i in config.inits]} nor a file or directory that exists (a "
+                              "two-step initialisation needs its first step in the sweep, or its encoder as a path)")
         # two-step: continue from an earlier initialisation's encoder, or from a given one
-        start = str(self.model_of(first).init) if first is not None else spec.init
-        if start != "scratch":
-            model = pretrain_config.model.model_copy(update={"init": start})
+        begin = str(self.model_of(first).init) if first is not None else spec.init
+        if begin != "scratch":
+            model = pretrain_config.model.model_copy(update={"init": begin})
             pretrain_config = pretrain_config.model_copy(update={"model": model})
         resume = (folder / "run.json").is_file()
         prun = RunDir.resume(folder) if resume else _new_rundir(folder, f"{config.name}-{spec.name}")
