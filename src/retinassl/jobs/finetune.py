@@ -120,28 +120,17 @@ def build_classifier(model: ModelConfig, task: TaskSpec, prepared: PreparedData,
     return method, initial
 
 
-@torch.no_grad()
-def embeddings(method: Supervised, prepared: PreparedData, rows: Sequence[int], batch_size: int = 64) -> np.ndarray:
-    """The encoder's pooled embeddings of ``rows`` (eval mode, no augmentation), ``(M, C)`` float64."""
-    was_training = method.training
-    method.eval()
-    dataset = ImageDataset(prepared)
-    rows = [int(r) for r in rows]
-    out = [method.encoder(torch.stack([dataset[r]["image"] for r in rows[i:i + batch_size]])).float().numpy()
-           for i in range(0, len(rows), batch_size)]
-    method.train(was_training)
-    return np.concatenate(out).astype(np.float64)
-
-
 def start_from_probe(method: Supervised, prepared: PreparedData, rows: Sequence[int], task: TaskSpec,
                      seed: int) -> None:
     """Set the head of ``method`` to the linear probe of its encoder's embeddings of ``rows``
     (:func:`~retinassl.jobs.probe.probe_head`)."""
+    from retinassl.jobs.features import embed
     from retinassl.jobs.probe import probe_head
 
     fc = method.head.fc
-    weight, bias = probe_head(embeddings(method, prepared, rows), task.targets(prepared.manifest)[np.asarray(rows)],
-                              task, fc.out_features, seed=seed)
+    rows = np.asarray(rows, dtype=int)
+    features = embed(method.encoder, prepared.subset(rows)).astype(np.float64)
+    weight, bias = probe_head(features, task.targets(prepared.manifest)[rows], task, fc.out_features, seed=seed)
     with torch.no_grad():
         fc.weight.copy_(torch.as_tensor(weight, dtype=fc.weight.dtype))
         fc.bias.copy_(torch.as_tensor(bias, dtype=fc.bias.dtype))

@@ -137,11 +137,18 @@ def _fit_predict_1d(x: np.ndarray, y: np.ndarray, test: np.ndarray, num_classes:
     if len(classes) == 1:  # nothing to separate: predict the only class seen
         out[:, int(classes[0])] = 1.0
         return out, float("nan")
-    c = _choose_c(x, y, config, seed)
-    xt, xv = _scaled(x, test)
-    model = _logistic(c, config, seed).fit(xt, y)
-    out[:, model.classes_.astype(int)] = model.predict_proba(xv)
+    scaler, model, c = _fit_logistic(x, y, config, seed)
+    out[:, model.classes_.astype(int)] = model.predict_proba(scaler.transform(test))
     return out, c
+
+
+def _fit_logistic(x: np.ndarray, y: np.ndarray, config: ProbeConfig,
+                  seed: int) -> tuple[StandardScaler, LogisticRegression, float]:
+    """The probe of one single-label problem: its scaler, the logistic regression on the scaled
+    features and the ``C`` chosen by inner cross-validation."""
+    c = _choose_c(x, y, config, seed)
+    scaler = StandardScaler().fit(x)
+    return scaler, _logistic(c, config, seed).fit(scaler.transform(x), y), c
 
 
 def fit_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, task: TaskSpec,
@@ -190,8 +197,6 @@ def probe_head(x: np.ndarray, y: np.ndarray, task: TaskSpec, num_outputs: int,
     """
     if task.kind not in ("binary", "multiclass", "multilabel"):
         raise ConfigError(f"task {task.name!r} ({task.kind}): a probe head needs a classification task")
-    scaler = StandardScaler().fit(x)
-    xs = scaler.transform(x)
     problems = [y] if task.kind != "multilabel" else [y[:, k] for k in range(num_outputs)]
     weight, bias = np.zeros((num_outputs, x.shape[1])), np.zeros(num_outputs)
     with warnings.catch_warnings(), threadpool_limits(limits=1):
@@ -205,19 +210,19 @@ def probe_head(x: np.ndarray, y: np.ndarray, task: TaskSpec, num_outputs: int,
                 else:
                     bias[k] = 30.0 if int(classes[0]) == 1 else -30.0
                 continue
-            model = _logistic(_choose_c(xs, target, config, seed), config, seed).fit(xs, target)
+            scaler, model, _ = _fit_logistic(x, target, config, seed)
+            coef, intercept = model.coef_, model.intercept_
+            if task.kind == "multiclass" and len(model.classes_) == 2:  # sklearn keeps one row: logits (0, z)
+                coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
+            # w . (x - mean) / scale + b  =  (w / scale) . x + (b - w . mean / scale)
+            coef = coef / scaler.scale_
+            intercept = intercept - coef @ scaler.mean_
             if task.kind == "multiclass":
                 bias[:] = -30.0
-                coef, intercept = model.coef_, model.intercept_
-                if len(model.classes_) == 2:  # sklearn keeps one row for two classes: logits (0, z)
-                    coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
-                for row, c in enumerate(model.classes_.astype(int)):
-                    weight[c], bias[c] = coef[row], intercept[row]
+                outputs = model.classes_.astype(int)
             else:
-                weight[k], bias[k] = model.coef_[0], model.intercept_[0]
-    # w . (x - mean) / scale + b  =  (w / scale) . x + (b - w . mean / scale)
-    weight = weight / scaler.scale_
-    bias = bias - weight @ scaler.mean_
+                outputs = [k]
+            weight[outputs], bias[outputs] = coef, intercept
     return weight, bias
 
 
