@@ -99,22 +99,68 @@ def test_finetune_with_a_probe_head_starts_where_the_linear_probe_ends(tiny_prep
 
     from retinassl.jobs import finetune as finetune_module
     from retinassl.jobs.features import embed
-    from retinassl.jobs.probe import fit_probe
+    from retinassl.jobs.probe import ProbeConfig, fit_probe
 
     monkeypatch.setattr(finetune_module, "fit", lambda *a, **k: SimpleNamespace(batches=0, seconds=0.0, best={}))
     split = tiny_prepared.manifest.frame["split"].to_numpy()
     train, test = np.flatnonzero(split != "test"), np.flatnonzero(split == "test")
     model = ModelConfig(arch="convnet", kwargs={"width": 8})
     engine = EngineConfig(batch_size=16, checkpoint_every_n_steps=-1, precision="32")
+    settings = ProbeConfig(c_grid=[0.05], c_default=0.05)  # the sweep's probe settings are the head's
     probe = finetune(model, tiny_prepared, train, test, REFERABLE, FinetuneConfig(head_init="probe"), engine,
-                     tmp_path / "p", seed=3)
+                     tmp_path / "p", seed=3, probe=settings)
+    assert probe.method.config.pos_weight is not None  # class_balance: the probe is weighted alike
     features = embed(probe.method.encoder, tiny_prepared.subset(np.r_[probe.fit_rows, test])).astype(np.float64)
     y = REFERABLE.targets(tiny_prepared.manifest)[probe.fit_rows]
-    expected, _ = fit_probe(features[:len(probe.fit_rows)], y, features[len(probe.fit_rows):], REFERABLE, 1, seed=3)
+    fitted, tested = features[:len(probe.fit_rows)], features[len(probe.fit_rows):]
+    expected, _ = fit_probe(fitted, y, tested, REFERABLE, 1, settings.model_copy(update={"class_weight": "balanced"}),
+                            seed=3)
+    unweighted, _ = fit_probe(fitted, y, tested, REFERABLE, 1, settings, seed=3)
+    default, _ = fit_probe(fitted, y, tested, REFERABLE, 1, ProbeConfig(class_weight="balanced"), seed=3)
+    # the weighting and the settings matter on these rows
+    assert min(np.abs(unweighted - expected).max(), np.abs(default - expected).max()) > 0.01
     fc = probe.method.head.fc  # the head (float32 weights) read in float64: the probe up to the weights' rounding
     logits = features[len(probe.fit_rows):] @ fc.weight.detach().double().numpy().T + fc.bias.detach().double().numpy()
-    np.testing.assert_allclose(1 / (1 + np.exp(-logits[:, 0])), expected, atol=1e-3)
+    np.testing.assert_allclose(1 / (1 + np.exp(-logits[:, 0])), expected, atol=3e-3)
     # through the float32 network: the same up to float32 rounding of the folded standardisation
     np.testing.assert_allclose(probe.scores, expected, atol=0.02)
     random = finetune(model, tiny_prepared, train, test, REFERABLE, FinetuneConfig(), engine, tmp_path / "r", seed=3)
     assert np.abs(random.scores - expected).max() > 0.2
+
+
+def test_a_probe_head_with_frozen_batch_norm_trains_from_the_probes_logits(tiny_prepared: PreparedData) -> None:
+    """With ``head_init: probe`` the batch-norm layers are frozen by default: in training mode the
+    network gives the eval-mode logits the probe was fitted to (with batch statistics it does not),
+    and an optimizer step trains the layers' scale and shift but leaves their running statistics."""
+    from retinassl.data.datasets import ImageDataset
+    from retinassl.jobs.finetune import build_classifier
+
+    model = ModelConfig(arch="convnet", kwargs={"width": 8, "batch_norm": True, "dropout": False,
+                                                "weight_norm": False})
+    dataset = ImageDataset(tiny_prepared)
+    x = torch.stack([dataset[i]["image"] for i in range(8)])
+    outputs = {}
+    for name, config in {"lpft": FinetuneConfig(head_init="probe"), "batch": FinetuneConfig(),
+                         "frozen": FinetuneConfig(batch_norm="frozen")}.items():
+        method, _ = build_classifier(model, REFERABLE, tiny_prepared, config, seed=0, pos_weight=2.0)
+        with torch.no_grad():
+            method.eval()
+            evaluated = method(x)
+            method.train()
+            trained = method(x)
+        outputs[name] = (method, evaluated, trained)
+    assert outputs["lpft"][0].config.batch_norm == "frozen" and outputs["batch"][0].config.batch_norm == "batch"
+    method, evaluated, trained = outputs["lpft"]
+    torch.testing.assert_close(trained, evaluated)
+    _, evaluated, trained = outputs["batch"]
+    assert (trained - evaluated).abs().max() > 1e-2
+    method = outputs["frozen"][0]
+    norms = [m for m in method.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(m.training for m in norms) and method.head.training
+    before = [(m.running_mean.clone(), m.running_var.clone(), m.weight.detach().clone()) for m in norms]
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.1)
+    method(x).pow(2).mean().backward()
+    optimizer.step()
+    for m, (mean, var, weight) in zip(norms, before):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+    assert any(not torch.equal(m.weight, weight) for m, (_, _, weight) in zip(norms, before))

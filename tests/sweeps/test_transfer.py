@@ -140,6 +140,15 @@ def test_smoke_sweep_resumes_only_missing_cells(tiny_root: Path, tmp_path: Path,
                               values="n_labelled")
     assert (n_lab["scratch"] == n_lab["other"]).all()
     assert len(list((run.path / "predictions" / "transfer").rglob("*.csv"))) == 20
+    # resumed at another resolution (or another fine-tuning recipe) the done cells would be kept and
+    # mixed with new ones: refused before anything runs, naming what changed; more seeds only add cells
+    from retinassl.errors import ConfigError
+
+    for change, name in [({"preprocess": config.preprocess.model_copy(update={"size": 48})}, "preprocess"),
+                         ({"finetune": config.finetune.model_copy(update={"lr": 0.1})}, "finetune")]:
+        with pytest.raises(ConfigError, match=f"{name} changed"):
+            run_transfer(config.model_copy(update=change), RunDir.resume(run.path))
+    assert len(read_results(run.results_file)) == len(results)
     # the comparison: DeLong p-values for the other init at every fraction, not for the reference
     table = pd.read_csv(run.path / "comparison.csv")
     auc = table[(table["metric"] == "auc") & (table["task"] == "referable")]

@@ -124,7 +124,7 @@ def test_tuning_uses_training_images_only_and_the_cells_use_the_choice(
     # resuming with another grid would mix two tunings: refused, naming what changed
     other = resolve_config(_config(tiny_root, tmp_path / "enc", finetune_tuning={
         "grid": {"max_steps": [2, 4]}, "fraction": 1.0, "seeds": [0, 1], "val_fraction": 0.3}), None)
-    with pytest.raises(ConfigError, match="grid changed"):
+    with pytest.raises(ConfigError, match="finetune_tuning changed"):
         run_transfer(other, RunDir.resume(run.path))
 
 

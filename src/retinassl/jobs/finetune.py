@@ -40,6 +40,7 @@ from retinassl.engine.fit import fit
 from retinassl.methods.base import build_method, seeded_method
 from retinassl.methods.supervised import Supervised
 from retinassl.io.rundir import RunDir
+from retinassl.jobs.probe import ProbeConfig
 from retinassl.metrics.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -70,10 +71,13 @@ class FinetuneConfig(Section):
         head_init: ``random`` (the head drawn from the seed) or ``probe``: the head starts as the
             linear probe of the initial encoder's embeddings of the fitted rows (LP-FT, Kumar et al.
             2022: with few labels, gradients of a random head distort pretrained features before the
-            head is any good; the probe's ``C`` chosen by inner cross-validation, as in ``probe``).
-            Experimental: the probe is fitted on eval-mode embeddings (batch-norm running statistics)
-            and unweighted, while training steps use batch statistics and ``pos_weight``, so with a
-            batch-norm encoder the first steps do not start at the probe's loss.
+            head is any good; the probe's ``C`` chosen by inner cross-validation, as in ``probe``,
+            its classes weighted as the loss weighs them (``class_balance``)). The probe is fitted on
+            eval-mode embeddings, so its batch-norm layers are frozen by default (``batch_norm``).
+        batch_norm: ``batch`` or ``frozen`` (the batch-norm layers keep the running statistics they
+            start with; see the ``supervised`` method); None: ``frozen`` with ``head_init: probe``
+            (training then starts at the probe's logits: with batch statistics a scratch ResNet-18's
+            first logits were hundreds of times the probe's), ``batch`` otherwise.
     """
 
     lr: float = Field(3e-4, gt=0)
@@ -91,6 +95,13 @@ class FinetuneConfig(Section):
     monitor: Literal["loss", "auc"] = "loss"
     class_balance: bool = True
     head_init: Literal["random", "probe"] = "random"
+    batch_norm: Literal["batch", "frozen"] | None = None
+
+    def batch_norm_mode(self) -> Literal["batch", "frozen"]:
+        """The ``supervised`` method's ``batch_norm``: as set, or frozen when the head starts at the probe."""
+        if self.batch_norm is not None:
+            return self.batch_norm
+        return "frozen" if self.head_init == "probe" else "batch"
 
 
 @dataclass
@@ -113,7 +124,8 @@ def build_classifier(model: ModelConfig, task: TaskSpec, prepared: PreparedData,
     params = {**task.supervised_params(prepared.manifest), "lr": config.lr,
               "weight_decay": config.weight_decay, "augment": config.augment,
               "dropout": config.dropout, "schedule": "cosine", "pos_weight": pos_weight,
-              "warmup_steps": config.warmup_steps, "layer_decay": config.layer_decay}
+              "warmup_steps": config.warmup_steps, "layer_decay": config.layer_decay,
+              "batch_norm": config.batch_norm_mode()}
     method, initial = seeded_method(model, params, "supervised", seed)
     if config.monitor == "loss" or task.kind != "binary":
         method.monitor = ("loss", "min")
@@ -121,16 +133,21 @@ def build_classifier(model: ModelConfig, task: TaskSpec, prepared: PreparedData,
 
 
 def start_from_probe(method: Supervised, prepared: PreparedData, rows: Sequence[int], task: TaskSpec,
-                     seed: int) -> None:
-    """Set the head of ``method`` to the linear probe of its encoder's embeddings of ``rows``
-    (:func:`~retinassl.jobs.probe.probe_head`)."""
+                     seed: int, probe: ProbeConfig | None = None) -> None:
+    """Set the head of ``method`` to the linear probe of its encoder's (eval-mode) embeddings of
+    ``rows`` (:func:`~retinassl.jobs.probe.probe_head` with the settings ``probe``, default
+    :class:`~retinassl.jobs.probe.ProbeConfig`), its classes weighted as the loss weighs them:
+    balanced when the binary loss has a ``pos_weight`` (the weights' ratio is then the same)."""
     from retinassl.jobs.features import embed
     from retinassl.jobs.probe import probe_head
 
     fc = method.head.fc
     rows = np.asarray(rows, dtype=int)
     features = embed(method.encoder, prepared.subset(rows)).astype(np.float64)
-    weight, bias = probe_head(features, task.targets(prepared.manifest)[rows], task, fc.out_features, seed=seed)
+    balanced = method.config.task == "binary" and method.config.pos_weight is not None
+    config = (probe or ProbeConfig()).model_copy(update={"class_weight": "balanced" if balanced else "none"})
+    weight, bias = probe_head(features, task.targets(prepared.manifest)[rows], task, fc.out_features,
+                              config, seed=seed)
     with torch.no_grad():
         fc.weight.copy_(torch.as_tensor(weight, dtype=fc.weight.dtype))
         fc.bias.copy_(torch.as_tensor(bias, dtype=fc.bias.dtype))
@@ -151,7 +168,8 @@ def predict(method: Supervised, prepared: PreparedData, rows: Sequence[int], bat
 
 def finetune(model: ModelConfig, prepared: PreparedData, train_rows: Sequence[int],
              test_rows: Sequence[int], task: TaskSpec, config: FinetuneConfig, engine: EngineConfig,
-             workdir: str | Path, seed: int, resume: bool = False) -> FinetuneResult:
+             workdir: str | Path, seed: int, resume: bool = False,
+             probe: ProbeConfig | None = None) -> FinetuneResult:
     """Fine-tune on ``train_rows`` (a validation split is carved from them) and score ``test_rows``.
 
     Args:
@@ -165,6 +183,7 @@ def finetune(model: ModelConfig, prepared: PreparedData, train_rows: Sequence[in
         workdir: the run directory of this training (checkpoints, logs).
         seed: seeds the initialisation, the validation split, data order and augmentation.
         resume: continue from the newest checkpoint in ``workdir``.
+        probe: the linear probe's settings for ``head_init: probe`` (the sweep's ``probe``).
     """
     train_rows = np.asarray(train_rows, dtype=int)
     manifest = prepared.manifest
@@ -180,7 +199,7 @@ def finetune(model: ModelConfig, prepared: PreparedData, train_rows: Sequence[in
             pos_weight = float((len(y) - y.sum()) / y.sum())
     method, _ = build_classifier(model, task, prepared, config, seed, pos_weight)
     if config.head_init == "probe":  # a resumed run's checkpoint then replaces it
-        start_from_probe(method, prepared, fit_rows, task, seed)
+        start_from_probe(method, prepared, fit_rows, task, seed, probe)
     label = task.dataset_label(manifest)
     train_ds = ImageDataset(prepared.subset(fit_rows), label, task.label_map())
     val_ds = ImageDataset(prepared.subset(val_rows), label, task.label_map()) if len(val_rows) else None

@@ -69,6 +69,11 @@ class SupervisedConfig(Section):
             (binary: BCE ``pos_weight`` from the training set, given as ``pos_weight``).
         pos_weight: BCE weight of positives for ``binary`` (None: unweighted).
         freeze_encoder: train only the head (linear probe; the encoder stays in eval mode).
+        batch_norm: ``batch`` (batch-norm layers normalise by each training batch's statistics and
+            update their running statistics, as usual) or ``frozen`` (they keep normalising by the
+            running statistics they start with, in training as in evaluation, while their scale and
+            shift still train: the "frozen BN" of fine-tuning with small batches, and what lets a
+            fine-tuning started at a linear probe of eval-mode embeddings start at that probe).
         dropout: dropout before the head.
         bag_weight: weight of one image-level labelled bag against one labelled patch in the
             loss (binary task; used when batches carry bags, see the module docstring).
@@ -88,6 +93,7 @@ class SupervisedConfig(Section):
     acquisition: AcquisitionAugmentConfig = AcquisitionAugmentConfig()
     pos_weight: float | None = Field(None, gt=0)
     freeze_encoder: bool = False
+    batch_norm: Literal["batch", "frozen"] = "batch"
     dropout: float = Field(0.0, ge=0, lt=1)
     bag_weight: NonNegativeFloat = 1.0
     target_mean: float = 0.0
@@ -114,6 +120,10 @@ class Supervised(Method):
         super().train(mode)
         if self.config.freeze_encoder:
             self.encoder.eval()
+        elif self.config.batch_norm == "frozen":
+            for module in self.encoder.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,10 @@ A cell is a mapping whose ``key`` columns are columns of the results table (``ta
 ``protocol``, ``fraction``, ``seed``, ``fold``, ``method``, ``n_labelled``...). A cell is *done* when
 the run's results table holds a row with its key (among the rows :meth:`Grid.done_rows` selects): a
 cell appends all its rows at once, at its end, so a cell killed half-way is simply run again, and a
-resumed sweep (``--resume``) runs only what is missing. Several worker processes share the cells by
+resumed sweep (``--resume``) runs only what is missing. What a done cell's rows depend on beyond its
+key (:meth:`Grid.settings`: preprocessing, the seed of the splits, training settings) is recorded by
+the first run (``grid.settings.json``); a resume with other values is refused, since it would skip
+the done cells and put rows of two experiments into one table. Several worker processes share the cells by
 claiming each one atomically (``cells/<name>/claim``); claims of an interrupted sweep are cleared when
 it starts again. SIGTERM ends the sweep as an exception (:class:`~retinassl.errors.Terminated`), and
 :func:`~retinassl.sweeps.workers.run_worker_processes` stops the workers with it.
@@ -14,6 +17,7 @@ it starts again. SIGTERM ends the sweep as an exception (:class:`~retinassl.erro
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -25,6 +29,8 @@ from typing import Any
 
 import pandas as pd
 
+from retinassl.atomic import write_text
+from retinassl.errors import ConfigError
 from retinassl.io.results import read_results
 from retinassl.io.rundir import RunDir
 
@@ -89,6 +95,12 @@ class Grid:
     def after_cell(self, cell: Cell) -> None:
         """Called after each finished cell, in the process that ran it (e.g. incremental tests)."""
 
+    def settings(self) -> dict[str, Any] | None:
+        """What every done cell's rows depend on beyond the cell's key (JSON-able; None: nothing):
+        recorded by the first run, a resume with other values refused (:func:`check_unchanged`).
+        Settings that only add cells (more seeds, fractions, inits) belong in the key, not here."""
+        return None
+
     def done_rows(self, results: pd.DataFrame) -> pd.DataFrame:
         """The rows of the results table that mark their cell as done (default: all)."""
         return results
@@ -149,6 +161,25 @@ def work(grid: Grid, claims: bool) -> int:
 
 GridFactory = Callable[..., Grid]
 
+SETTINGS_FILE = "grid.settings.json"
+
+
+def check_unchanged(path: Path, settings: dict[str, Any], what: str) -> None:
+    """Record ``settings`` in ``path``; raise :class:`ConfigError` naming the top-level keys whose
+    values differ from those recorded (``what`` names the run in the message). A key the record does
+    not have yet is added (e.g. fine-tuning settings when a probe-only run is resumed with
+    fine-tuning); a recorded key that ``settings`` lacks is kept and not compared."""
+    now = json.loads(json.dumps(settings, default=str))
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    changed = sorted(k for k in now if k in recorded and recorded[k] != now[k])
+    if changed:
+        raise ConfigError(f"{what} ({path.parent}) was started with other settings ({', '.join(changed)} "
+                          f"changed; recorded in {path.name}): its done results would be mixed with "
+                          "results of other settings. Resume it with the settings it was started with, "
+                          "or start a new run")
+    if set(now) - set(recorded):
+        write_text(path, json.dumps({**recorded, **now}, indent=2, sort_keys=True))
+
 
 def run_grid(factory: GridFactory, args: Sequence[Any], run: RunDir, workers: int = 1,
              name: str = "sweep") -> None:
@@ -163,6 +194,9 @@ def run_grid(factory: GridFactory, args: Sequence[Any], run: RunDir, workers: in
         workers: processes that share the cells (1: this process alone).
     """
     grid = factory(*args, run)
+    settings = grid.settings()
+    if settings is not None:
+        check_unchanged(run.path / SETTINGS_FILE, settings, f"{name} run")
     grid.prepare()
     for stale in (run.path / "cells").glob("*/claim"):
         stale.unlink()  # claims of an interrupted sweep

@@ -103,6 +103,26 @@ class TransferGrid(TransferInits, Grid):
         return [e for e in self._external if task is None or e.task.name == task.name]
 
     # -- the grid ----------------------------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        """What the done cells depend on beyond their key: the downstream data and its cleaning,
+        preprocessing, encoder, the seed of the splits and folds, and each protocol's settings (a
+        protocol's settings are recorded when its cells first run). More seeds, fractions, tasks or
+        inits only add cells."""
+        config = self.config
+        out: dict[str, Any] = {
+            "data": config.data.model_dump(mode="json", include={"source", "options", "manifest"}),
+            "dedupe": config.dedupe, "preprocess": config.preprocess.model_dump(mode="json"),
+            "model": config.model.model_dump(mode="json"), "seed": config.seed, "folds": config.folds}
+        if "probe" in config.protocols:
+            out["probe"] = config.probe.model_dump(mode="json")
+        if "finetune" in config.protocols:
+            out["finetune"] = config.finetune.model_dump(mode="json")
+            out["finetune_tuning"] = (None if config.finetune_tuning is None
+                                      else config.finetune_tuning.model_dump(mode="json"))
+            out["engine"] = config.engine.model_dump(mode="json", include={"batch_size", "precision",
+                                                                            "deterministic"})
+        return out
+
     def prepare(self) -> None:
         """The cleaned downstream data, the pool, and every pretraining, before any cell."""
         config = self.config
@@ -261,7 +281,7 @@ class TransferGrid(TransferInits, Grid):
         resume = (workdir / "checkpoints").is_dir()
         result = finetune(model, prepared, cell["rows"], cell["test"], task,
                           tuned_finetune(config, self.run, spec.name), config.engine, workdir, cell["seed"],
-                          resume=resume)
+                          resume=resume, probe=config.probe)
         from retinassl.jobs.finetune import predict
 
         external = [(e, predict(result.method, e.prepared, np.arange(len(e.prepared)))) for e in self.externals(task)]

@@ -37,6 +37,7 @@ from retinassl.errors import ConfigError
 from retinassl.io.rundir import RunDir
 from retinassl.jobs.finetune import FinetuneConfig, finetune, remove_workdir
 from retinassl.metrics.tasks import TaskSpec
+from retinassl.sweeps.grid import check_unchanged
 from retinassl.sweeps.transfer_config import InitSpec, TransferConfig, tuning_candidates
 from retinassl.sweeps.transfer_data import evaluation_folds, label_subsets
 
@@ -114,16 +115,7 @@ def check_settings(config: TransferConfig, run: RunDir, inits: dict[str, str]) -
                 "preprocess": config.preprocess.model_dump(mode="json"),
                 "seed": config.seed, "folds": config.folds, "tuning_task": tuning_task(config).name,
                 "inits": inits}
-    path = run.path / "data" / "tuning.settings.json"
-    if not path.is_file():
-        write_text(path, json.dumps(settings, indent=2, sort_keys=True))
-        return
-    recorded, now = json.loads(path.read_text()), json.loads(json.dumps(settings))
-    if recorded != now:
-        changed = sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
-        raise ConfigError(f"finetune_tuning: this run ({path}) was tuned with other settings "
-                          f"({', '.join(changed)} changed); resume it with the settings it was started "
-                          "with, or start a new run")
+    check_unchanged(run.path / "data" / "tuning.settings.json", settings, "finetune_tuning: this run's tuning")
 
 
 def _done(path: Path) -> pd.DataFrame:
@@ -157,7 +149,8 @@ def tune_init(config: TransferConfig, run: RunDir, prepared: PreparedData, spec:
             workdir = run.path / "cells" / f"tune-{spec.name}-c{k}-s{seed}"
             try:
                 result = finetune(model, prepared, subset, val, task, config.finetune.model_copy(update=values),
-                                  config.engine, workdir, seed, resume=(workdir / "checkpoints").is_dir())
+                                  config.engine, workdir, seed, resume=(workdir / "checkpoints").is_dir(),
+                                  probe=config.probe)
             except TrainingDiverged as exc:
                 log.warning("tuning %s candidate %d %s seed %d diverged (%s): scored NaN", spec.name, k,
                             values, seed, exc)
