@@ -111,6 +111,16 @@ def test_sweep_resume_applies_a_first_override(tmp_path: Path, monkeypatch: pyte
     result = runner.invoke(app, ["sweep", "--resume", str(run)])
     assert result.exit_code == 0, result.output
     assert seen[2]["extension"]["enabled"] is False and seen[2]["seeds"] == [0, 1]
+    # a resume the sweep refuses for its settings leaves the recorded experiment as it was
+    from retinassl.errors import ConfigError
+
+    def refuses(data, run, budget, resume):
+        raise ConfigError("was started with other settings (seeds changed)")
+
+    monkeypatch.setattr(sweep_cli, "runners", lambda: {"fake": refuses})
+    result = runner.invoke(app, ["sweep", "--resume", str(run), "seeds=[9]"])
+    assert result.exit_code != 0
+    assert yaml.safe_load((run / "sweep.yaml").read_text())["seeds"] == [0, 1]
 
 
 def test_evaluate_resume_applies_its_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -164,3 +164,30 @@ def test_a_probe_head_with_frozen_batch_norm_trains_from_the_probes_logits(tiny_
     for m, (mean, var, weight) in zip(norms, before):
         assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
     assert any(not torch.equal(m.weight, weight) for m, (_, _, weight) in zip(norms, before))
+
+
+def test_frozen_batch_norm_holds_through_a_real_fine_tuning(tiny_prepared: PreparedData, tmp_path: Path) -> None:
+    """Through the engine (Lightning, validation passes in between, the probe head's embedding pass
+    before): with ``batch_norm: frozen`` the running statistics end as they started while the
+    layers' scale and shift trained; with ``batch`` the statistics move."""
+    split = tiny_prepared.manifest.frame["split"].to_numpy()
+    train, test = np.flatnonzero(split != "test"), np.flatnonzero(split == "test")
+    model = ModelConfig(arch="convnet", kwargs={"width": 8, "batch_norm": True})
+    engine = EngineConfig(batch_size=8, checkpoint_every_n_steps=-1, precision="32")
+    ends = {}
+    for mode, config in {"frozen": FinetuneConfig(head_init="probe", lr=1e-2), "batch": FinetuneConfig(lr=1e-2)}.items():
+        config = config.model_copy(update={"epochs": 1, "min_steps": 4, "max_steps": 4, "val_every_steps": 2,
+                                           "patience": 0, "augment": "none"})
+        torch.manual_seed(0)
+        start, _ = __import__("retinassl.jobs.finetune", fromlist=["build_classifier"]).build_classifier(
+            model, REFERABLE, tiny_prepared, config, seed=1)
+        result = finetune(model, tiny_prepared, train, test, REFERABLE, config, engine, tmp_path / mode, seed=1)
+        assert result.steps == 4
+        norms = lambda m: [x for x in m.encoder.modules() if isinstance(x, torch.nn.BatchNorm2d)]  # noqa: E731
+        pairs = list(zip(norms(start), norms(result.method)))
+        assert pairs
+        ends[mode] = (all(torch.equal(a.running_mean, b.running_mean) and torch.equal(a.running_var, b.running_var)
+                          for a, b in pairs),
+                      any(not torch.equal(a.weight, b.weight) for a, b in pairs))
+    assert ends["frozen"] == (True, True)    # statistics kept, scale/shift trained
+    assert ends["batch"] == (False, True)

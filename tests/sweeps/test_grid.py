@@ -24,3 +24,18 @@ def test_settings_are_recorded_extended_and_a_change_refused(tmp_path: Path) -> 
                                           r"\(finetune, preprocess changed"):
         check_unchanged(path, {"preprocess": {"size": 384}, "seed": 0, "finetune": {"lr": 0.01}}, "sweep run")
     assert json.loads(path.read_text())["preprocess"] == {"size": 224}  # the record is not touched
+
+
+
+def test_fields_added_later_tasks_left_out_and_unused_settings_do_not_block_a_resume(tmp_path: Path) -> None:
+    path = tmp_path / "grid.settings.json"
+    check_unchanged(path, {"finetune": {"lr": 0.001}, "tasks": {"a": {"k": 1}, "b": {"k": 2}}}, "run")
+    # a config field that did not exist when the record was written; one task of two run again
+    check_unchanged(path, {"finetune": {"lr": 0.001, "batch_norm": None}, "tasks": {"b": {"k": 2}}}, "run")
+    with pytest.raises(ConfigError, match="tasks changed"):
+        check_unchanged(path, {"tasks": {"b": {"k": 3}}}, "run")   # a task redefined under its name
+    # settings no done result depends on yet are recorded anew
+    check_unchanged(path, {"finetune": {"lr": 0.01}}, "run", replace={"finetune"})
+    assert json.loads(path.read_text())["finetune"] == {"lr": 0.01}
+    with pytest.raises(ConfigError, match="finetune changed"):
+        check_unchanged(path, {"finetune": {"lr": 0.001}}, "run")

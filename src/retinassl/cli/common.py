@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,22 @@ def run_job(run: Any, job: Callable[[], Any], *, report: bool = True, title: str
 
         path = build_report(run, title=title)
     return result, path
+
+
+@contextlib.contextmanager
+def experiment_record(path: Path, text: str) -> Iterator[None]:
+    """Write a run's experiment (its config with the overrides of every (re)start, so that a later
+    ``--resume`` without them continues the same experiment) for the block; a start the sweep
+    refuses for its settings (:class:`~retinassl.errors.ConfigError`, e.g. a resume at another
+    resolution) puts the earlier record back, so the refused overrides do not stick."""
+    from retinassl.atomic import write_text
+    from retinassl.errors import ConfigError
+
+    previous = path.read_text() if path.is_file() else None
+    write_text(path, text)
+    try:
+        yield
+    except ConfigError:
+        if previous is not None:
+            write_text(path, previous)
+        raise

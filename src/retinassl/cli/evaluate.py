@@ -38,7 +38,6 @@ def _evaluate(protocol: str, encoder: str, args: list[str] | None, budget: str |
               data_root: Path | None = None) -> None:
     import yaml
 
-    from retinassl.atomic import write_text
     from retinassl.cli.sweep import with_data_roots
     from retinassl.config import apply_overrides, read_yaml
     from retinassl.sweeps.transfer import run_transfer
@@ -72,10 +71,12 @@ def _evaluate(protocol: str, encoder: str, args: list[str] | None, budget: str |
         check_batch_config(config)
         root = runs_dir or Path(str(data.get("runs_dir", "runs")))
         run = RunDir.create(root, f"evaluate-{protocol}-{label}")
-    write_text(run.path / "evaluate.yaml", yaml.safe_dump(data, sort_keys=False))  # with the overrides of every (re)start
     run.attach_log_file()
     typer.echo(f"run directory: {run.path}")
-    _, report = run_job(run, lambda: run_transfer(config, run))
+    from retinassl.cli.common import experiment_record
+
+    with experiment_record(run.path / "evaluate.yaml", yaml.safe_dump(data, sort_keys=False)):
+        _, report = run_job(run, lambda: run_transfer(config, run))
     typer.echo((run.path / "comparison.md").read_text())
     typer.echo(f"report: {report}")
 

@@ -14,7 +14,8 @@ from typing import Any
 import typer
 
 from retinassl.errors import ConfigError
-from retinassl.cli.common import DATA_ROOT, OVERRIDES, RESUME, RUNS_DIR, config_and_overrides, run_job
+from retinassl.cli.common import (DATA_ROOT, OVERRIDES, RESUME, RUNS_DIR, config_and_overrides,
+                                  experiment_record, run_job)
 
 Runner = Callable[[dict[str, Any], Any, str, bool], None]
 
@@ -91,16 +92,14 @@ def sweep(preset: str = typer.Argument(None, help="A packaged experiment preset 
     # --resume without them continues the same experiment
     import yaml
 
-    from retinassl.atomic import write_text
-
-    write_text(run.path / "sweep.yaml", yaml.safe_dump(data, sort_keys=False))
     kind = data.get("kind")
     table = runners()
     if kind not in table:
         raise ConfigError(f"{preset or run.path}: unknown experiment kind {kind!r}; known: {', '.join(sorted(table)) or 'none'}")
     run.attach_log_file()
     typer.echo(f"run directory: {run.path}")
-    _, report = run_job(run, lambda: table[kind](data, run, budget, resume is not None))
+    with experiment_record(run.path / "sweep.yaml", yaml.safe_dump(data, sort_keys=False)):
+        _, report = run_job(run, lambda: table[kind](data, run, budget, resume is not None))
     from retinassl.report.html import build_report
 
     for record in sorted((run.path / "pretrain").glob("*/run.json")):  # each pretraining's loss curve and figures

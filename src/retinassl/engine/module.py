@@ -80,6 +80,10 @@ class LitMethod(pl.LightningModule):
                 self.finished_in_epoch = self.current_epoch
             self.trainer.should_stop = True
             return -1  # (Lightning: skip the rest of the epoch)
+        # Lightning never calls the method's train(): it sets each module's flag itself (and restores
+        # the flags after validation), so a method's own training mode (a frozen encoder in eval mode,
+        # frozen batch norm) is applied here, before every step
+        self.method.train()
         return None
 
     def training_step(self, batch: Any, batch_idx: int) -> None:

@@ -23,7 +23,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,12 @@ class Grid:
         Settings that only add cells (more seeds, fractions, inits) belong in the key, not here."""
         return None
 
+    def settings_not_used_yet(self) -> set[str]:
+        """Keys of :meth:`settings` that no done cell depends on yet (recorded anew on a resume;
+        default: all of them while no cell is done, so a first run that failed before any cell can
+        be restarted with other settings)."""
+        return set(self.settings() or {}) if not self.done() else set()
+
     def done_rows(self, results: pd.DataFrame) -> pd.DataFrame:
         """The rows of the results table that mark their cell as done (default: all)."""
         return results
@@ -164,21 +170,31 @@ GridFactory = Callable[..., Grid]
 SETTINGS_FILE = "grid.settings.json"
 
 
-def check_unchanged(path: Path, settings: dict[str, Any], what: str) -> None:
+def _differs(recorded: Any, now: Any) -> bool:
+    """Whether a recorded setting differs from the current one; in mappings only the keys both have
+    are compared (a config field added after the record was written, a task not run this time)."""
+    if isinstance(recorded, dict) and isinstance(now, dict):
+        return any(_differs(recorded[k], now[k]) for k in recorded.keys() & now.keys())
+    return recorded != now
+
+
+def check_unchanged(path: Path, settings: dict[str, Any], what: str,
+                    replace: Collection[str] = ()) -> None:
     """Record ``settings`` in ``path``; raise :class:`ConfigError` naming the top-level keys whose
-    values differ from those recorded (``what`` names the run in the message). A key the record does
-    not have yet is added (e.g. fine-tuning settings when a probe-only run is resumed with
-    fine-tuning); a recorded key that ``settings`` lacks is kept and not compared."""
+    values differ from those recorded (``what`` names the run in the message). Keys in ``replace``
+    (settings no done result depends on yet) and keys the record does not have are recorded anew; a
+    recorded key that ``settings`` lacks is kept and not compared."""
     now = json.loads(json.dumps(settings, default=str))
     recorded = json.loads(path.read_text()) if path.is_file() else {}
-    changed = sorted(k for k in now if k in recorded and recorded[k] != now[k])
+    changed = sorted(k for k in now if k in recorded and k not in replace and _differs(recorded[k], now[k]))
     if changed:
         raise ConfigError(f"{what} ({path.parent}) was started with other settings ({', '.join(changed)} "
                           f"changed; recorded in {path.name}): its done results would be mixed with "
                           "results of other settings. Resume it with the settings it was started with, "
                           "or start a new run")
-    if set(now) - set(recorded):
-        write_text(path, json.dumps({**recorded, **now}, indent=2, sort_keys=True))
+    merged = {**recorded, **now}
+    if merged != recorded:
+        write_text(path, json.dumps(merged, indent=2, sort_keys=True))
 
 
 def run_grid(factory: GridFactory, args: Sequence[Any], run: RunDir, workers: int = 1,
@@ -196,7 +212,7 @@ def run_grid(factory: GridFactory, args: Sequence[Any], run: RunDir, workers: in
     grid = factory(*args, run)
     settings = grid.settings()
     if settings is not None:
-        check_unchanged(run.path / SETTINGS_FILE, settings, f"{name} run")
+        check_unchanged(run.path / SETTINGS_FILE, settings, f"{name} run", grid.settings_not_used_yet())
     grid.prepare()
     for stale in (run.path / "cells").glob("*/claim"):
         stale.unlink()  # claims of an interrupted sweep

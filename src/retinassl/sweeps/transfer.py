@@ -104,16 +104,18 @@ class TransferGrid(TransferInits, Grid):
 
     # -- the grid ----------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
-        """What the done cells depend on beyond their key: the downstream data and its cleaning,
-        preprocessing, encoder, the seed of the splits and folds, and each protocol's settings (a
-        protocol's settings are recorded when its cells first run). More seeds, fractions, tasks or
-        inits only add cells."""
+        """What the done cells depend on beyond their key: the downstream data (its source and
+        options, not where its folder is) and cleaning, preprocessing, encoder, the seed of the splits
+        and folds, each task's definition, and each protocol's settings. More seeds, fractions,
+        tasks or inits only add cells."""
         config = self.config
+        data = config.data.model_dump(mode="json", include={"source", "options"})
+        data["options"] = {k: v for k, v in data["options"].items() if k != "root"}
         out: dict[str, Any] = {
-            "data": config.data.model_dump(mode="json", include={"source", "options", "manifest"}),
-            "dedupe": config.dedupe, "preprocess": config.preprocess.model_dump(mode="json"),
-            "model": config.model.model_dump(mode="json"), "seed": config.seed, "folds": config.folds}
-        if "probe" in config.protocols:
+            "data": data, "dedupe": config.dedupe, "preprocess": config.preprocess.model_dump(mode="json"),
+            "model": config.model.model_dump(mode="json"), "seed": config.seed, "folds": config.folds,
+            "tasks": {t.name: t.model_dump(mode="json") for t in config.tasks}}
+        if {"probe", "finetune"} & set(config.protocols):  # a fine-tuning head can start at the probe
             out["probe"] = config.probe.model_dump(mode="json")
         if "finetune" in config.protocols:
             out["finetune"] = config.finetune.model_dump(mode="json")
@@ -122,6 +124,18 @@ class TransferGrid(TransferInits, Grid):
             out["engine"] = config.engine.model_dump(mode="json", include={"batch_size", "precision",
                                                                             "deterministic"})
         return out
+
+    def settings_not_used_yet(self) -> set[str]:
+        """A protocol's settings while none of its cells is done (all settings while no cell is)."""
+        done = {cell[self.key.index("protocol")] for cell in self.done()}
+        if not done:
+            return set(self.settings())
+        unused = set()
+        if "finetune" not in done:
+            unused |= {"finetune", "finetune_tuning", "engine"}
+            if "probe" not in done:
+                unused.add("probe")
+        return unused
 
     def prepare(self) -> None:
         """The cleaned downstream data, the pool, and every pretraining, before any cell."""
