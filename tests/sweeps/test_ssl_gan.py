@@ -71,6 +71,12 @@ def test_smoke_sweep_resumes_only_missing_work(tmp_path: Path, monkeypatch: pyte
 
     experiment.run_ssl_gan_experiment(data, RunDir.resume(run.path), "smoke", True)
     assert trained == [] and len(read_results(run.results_file)) == len(results)   # nothing redone
+    # resumed with other patches, the done cells would be kept beside new ones: refused
+    from retinassl.errors import ConfigError
+
+    other = {**data, "patches": {**data["patches"], "min_pixels": data["patches"]["min_pixels"] + 5}}
+    with pytest.raises(ConfigError, match="patches changed"):
+        experiment.run_ssl_gan_experiment(other, RunDir.resume(run.path), "smoke", True)
 
     page = build_report(run).read_text()
     assert "Patch SSL-GAN vs supervised baselines" in page and "84.5 ± 11.5" in page

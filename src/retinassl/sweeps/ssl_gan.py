@@ -107,6 +107,16 @@ class SSLGANGrid(Grid):
         self._data: PatchData | None = None
         self._externals: list[ExternalSet] | None = None
 
+    def settings(self) -> dict[str, Any]:
+        """What the done cells depend on beyond (learner, labelled count, seed): the data (its source
+        and options, not where its folder is), preprocessing, split, patches, each learner's recipe and
+        the unlabelled extension. More counts, seeds or learners only add cells."""
+        config = self.config
+        data = config.data.model_dump(mode="json", include={"source", "options"})
+        data["options"] = {k: v for k, v in data["options"].items() if k != "root"}
+        return {"data": data, **config.model_dump(mode="json", include={"preprocess", "split", "patches",
+                                                                         "learners", "extension"})}
+
     @property
     def externals(self) -> list[ExternalSet]:
         """The prepared ``evaluate_on`` datasets (:mod:`~retinassl.sweeps.ssl_gan_external`)."""
