@@ -163,3 +163,14 @@ def test_tuning_is_refused_without_a_test_split(tiny_root: Path, tmp_path: Path)
     run = RunDir.create(tmp_path / "runs", "tune")
     with pytest.raises(ConfigError, match="needs a downstream set with a test split"):
         run_transfer(resolve_config(data, None), run)
+
+
+def test_the_tuning_record_refuses_a_resume_with_other_initial_weights(tmp_path: Path) -> None:
+    """What the grid's own record does not hold (each init's weights, the tuning task) the tuning
+    record does: a resume whose init points at other weights would reuse a choice made for others."""
+    config = resolve_config(_config(tmp_path, tmp_path / "enc"), None)
+    run = RunDir.create(tmp_path / "runs", "tune")
+    tuning_module.check_settings(config, run, {"scratch": "scratch", "other": "a/encoder"})
+    tuning_module.check_settings(config, run, {"scratch": "scratch", "other": "a/encoder"})  # the same: accepted
+    with pytest.raises(ConfigError, match="inits changed"):
+        tuning_module.check_settings(config, run, {"scratch": "scratch", "other": "b/encoder"})
