@@ -146,6 +146,13 @@ class EngineConfig(Section):
         # ``engine.precision=32`` on the command line (or ``precision: 32`` in YAML) is a number
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
+    def result_settings(self) -> dict[str, Any]:
+        """The settings that shape a training's result (JSON), without where and how it runs
+        (accelerator, strategy, threads, checkpoint and log cadence; devices and nodes stay: they set
+        the global batch): what a resumed sweep must keep (:meth:`retinassl.sweeps.grid.Grid.settings`)."""
+        return self.model_dump(mode="json", exclude={"accelerator", "strategy", "num_threads",
+                                                     "checkpoint_every_n_steps", "log_every_n_steps"})
+
 
 def preset_names() -> list[str]:
     """Names of the experiment presets packaged in ``retinassl/configs``."""

@@ -39,3 +39,17 @@ def test_fields_added_later_tasks_left_out_and_unused_settings_do_not_block_a_re
     assert json.loads(path.read_text())["finetune"] == {"lr": 0.01}
     with pytest.raises(ConfigError, match="finetune changed"):
         check_unchanged(path, {"finetune": {"lr": 0.001}}, "run")
+
+
+def test_data_settings_say_what_the_data_is_not_where_it_lies() -> None:
+    from retinassl.config import DataConfig, EngineConfig
+    from retinassl.sweeps.grid import data_settings
+
+    here = DataConfig(source="idrid", options={"root": "/a/idrid", "parts": ["B"]}, cache_dir="/a/cache", workers=2)
+    there = DataConfig(source="idrid", options={"root": "/b/data/idrid", "parts": ["B"]}, workers=8)
+    assert data_settings(here) == data_settings(there)
+    assert data_settings(here) != data_settings(DataConfig(source="idrid", options={"root": "/a", "parts": ["A"]}))
+    # an engine's result settings leave out where and how fast it runs, not what it trains
+    cpu, gpu = EngineConfig(batch_size=16), EngineConfig(batch_size=16, accelerator="gpu", num_threads=8)
+    assert cpu.result_settings() == gpu.result_settings() != EngineConfig(batch_size=32).result_settings()
+    assert cpu.result_settings() != EngineConfig(batch_size=16, devices=2).result_settings()  # the global batch

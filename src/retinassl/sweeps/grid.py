@@ -170,6 +170,15 @@ GridFactory = Callable[..., Grid]
 SETTINGS_FILE = "grid.settings.json"
 
 
+def data_settings(data: Any) -> dict[str, Any]:
+    """A data section (a :class:`~retinassl.config.DataConfig` or a pool with ``source`` and
+    ``options``) as a sweep's settings record it: what the data is, not where its folder, manifest or
+    cache lie on this machine, nor how many workers read it."""
+    out = data.model_dump(mode="json", exclude={"manifest", "cache_dir", "workers"})
+    out["options"] = {k: v for k, v in out.get("options", {}).items() if k != "root"}
+    return out
+
+
 def _differs(recorded: Any, now: Any) -> bool:
     """Whether a recorded setting differs from the current one; in mappings only the keys both have
     are compared (a config field added after the record was written, a task not run this time)."""

@@ -38,7 +38,7 @@ from retinassl.io.results import append_results, read_results, result_row
 from retinassl.io.rundir import RunDir
 from retinassl.io.saved_model import is_saved_model
 from retinassl.sweeps.external import ExternalSet, external_task, warn_overlap
-from retinassl.sweeps.grid import Grid, merge_budget, run_grid
+from retinassl.sweeps.grid import Grid, data_settings, merge_budget, run_grid
 from retinassl.sweeps.ssl_gan_external import (check_evaluate_on, prediction_folder, prepare_externals,
                                               score_external, scored_cells)
 from retinassl.metrics.anatomy import TEST_PATCH_LABELS
@@ -112,10 +112,12 @@ class SSLGANGrid(Grid):
         and options, not where its folder is), preprocessing, split, patches, each learner's recipe and
         the unlabelled extension. More counts, seeds or learners only add cells."""
         config = self.config
-        data = config.data.model_dump(mode="json", include={"source", "options"})
-        data["options"] = {k: v for k, v in data["options"].items() if k != "root"}
-        return {"data": data, **config.model_dump(mode="json", include={"preprocess", "split", "patches",
-                                                                         "learners", "extension"})}
+        learners = {name: {**learner.model_dump(mode="json", exclude={"engine", "keep_weights"}),
+                           "engine": learner.engine.result_settings()}
+                    for name, learner in config.learners.items()}
+        extension = {**config.extension.model_dump(mode="json"), "pool": data_settings(config.extension.pool)}
+        return {"data": data_settings(config.data), "learners": learners, "extension": extension,
+                **config.model_dump(mode="json", include={"preprocess", "split", "patches"})}
 
     @property
     def externals(self) -> list[ExternalSet]:

@@ -55,7 +55,7 @@ from retinassl.models.vit_transfer import set_pooling
 from retinassl.io.results import append_results, result_row
 from retinassl.io.rundir import RunDir
 from retinassl.io.saved_model import LEGACY, META
-from retinassl.sweeps.grid import Grid, run_grid
+from retinassl.sweeps.grid import Grid, data_settings, run_grid
 from retinassl.sweeps.transfer_config import InitSpec, TransferConfig, resolve_config
 from retinassl.sweeps.transfer_inits import TransferInits
 from retinassl.sweeps.transfer_tuning import check_settings, tune_init, tuned_finetune
@@ -109,10 +109,8 @@ class TransferGrid(TransferInits, Grid):
         and folds, each task's definition, and each protocol's settings. More seeds, fractions,
         tasks or inits only add cells."""
         config = self.config
-        data = config.data.model_dump(mode="json", include={"source", "options"})
-        data["options"] = {k: v for k, v in data["options"].items() if k != "root"}
         out: dict[str, Any] = {
-            "data": data, "dedupe": config.dedupe, "preprocess": config.preprocess.model_dump(mode="json"),
+            "data": data_settings(config.data), "dedupe": config.dedupe, "preprocess": config.preprocess.model_dump(mode="json"),
             "model": config.model.model_dump(mode="json"), "seed": config.seed, "folds": config.folds,
             "tasks": {t.name: t.model_dump(mode="json") for t in config.tasks}}
         if {"probe", "finetune"} & set(config.protocols):  # a fine-tuning head can start at the probe
@@ -121,8 +119,7 @@ class TransferGrid(TransferInits, Grid):
             out["finetune"] = config.finetune.model_dump(mode="json")
             out["finetune_tuning"] = (None if config.finetune_tuning is None
                                       else config.finetune_tuning.model_dump(mode="json"))
-            out["engine"] = config.engine.model_dump(mode="json", include={"batch_size", "precision",
-                                                                            "deterministic"})
+            out["engine"] = config.engine.result_settings()
         return out
 
     def settings_not_used_yet(self) -> set[str]:
