@@ -110,7 +110,8 @@ class TransferGrid(TransferInits, Grid):
         tasks or inits only add cells."""
         config = self.config
         out: dict[str, Any] = {
-            "data": data_settings(config.data), "dedupe": config.dedupe, "preprocess": config.preprocess.model_dump(mode="json"),
+            "data": data_settings(config.data), "dedupe": config.dedupe,
+            "preprocess": config.preprocess.model_dump(mode="json"),
             "model": config.model.model_dump(mode="json"), "seed": config.seed, "folds": config.folds,
             "tasks": {t.name: t.model_dump(mode="json") for t in config.tasks}}
         if {"probe", "finetune"} & set(config.protocols):  # a fine-tuning head can start at the probe
