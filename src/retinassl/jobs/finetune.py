@@ -40,7 +40,8 @@ from retinassl.engine.fit import fit
 from retinassl.methods.base import build_method, seeded_method
 from retinassl.methods.supervised import Supervised
 from retinassl.io.rundir import RunDir
-from retinassl.jobs.probe import ProbeConfig
+from retinassl.jobs.features import embed
+from retinassl.jobs.probe import ProbeConfig, probe_head
 from retinassl.metrics.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -138,9 +139,6 @@ def start_from_probe(method: Supervised, prepared: PreparedData, rows: Sequence[
     ``rows`` (:func:`~retinassl.jobs.probe.probe_head` with the settings ``probe``, default
     :class:`~retinassl.jobs.probe.ProbeConfig`), its classes weighted as the loss weighs them:
     balanced when the binary loss has a ``pos_weight`` (the weights' ratio is then the same)."""
-    from retinassl.jobs.features import embed
-    from retinassl.jobs.probe import probe_head
-
     fc = method.head.fc
     rows = np.asarray(rows, dtype=int)
     features = embed(method.encoder, prepared.subset(rows)).astype(np.float64)

@@ -10,8 +10,8 @@ resumed sweep (``--resume``) runs only what is missing. What a done cell's rows 
 key (:meth:`Grid.settings`, where a grid defines it: the transfer and SSL-GAN sweeps' preprocessing,
 splits, training settings) is recorded by the first run (``grid.settings.json``); a resume with other
 values is refused, since it would skip the done cells and put rows of two experiments into one table.
-Several worker processes share the cells by claiming each one atomically (``cells/<name>/claim``); claims of an interrupted sweep are cleared when
-it starts again. SIGTERM ends the sweep as an exception (:class:`~retinassl.errors.Terminated`), and
+Several worker processes share the cells by claiming each one atomically (``cells/<name>/claim``);
+claims of an interrupted sweep are cleared when it starts again. SIGTERM ends the sweep as an exception (:class:`~retinassl.errors.Terminated`), and
 :func:`~retinassl.sweeps.workers.run_worker_processes` stops the workers with it.
 """
 

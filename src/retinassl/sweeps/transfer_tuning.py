@@ -111,7 +111,7 @@ def check_settings(config: TransferConfig, run: RunDir, inits: dict[str, str]) -
     resumed run where any of these differs would mix two tunings: refused."""
     settings = {**config.finetune_tuning.model_dump(mode="json"),  # type: ignore[union-attr]
                 "finetune": config.finetune.model_dump(mode="json"),
-                "engine": config.engine.model_dump(mode="json"),
+                "engine": config.engine.result_settings(), "probe": config.probe.model_dump(mode="json"),
                 "preprocess": config.preprocess.model_dump(mode="json"),
                 "seed": config.seed, "folds": config.folds, "tuning_task": tuning_task(config).name,
                 "inits": inits}
