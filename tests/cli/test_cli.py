@@ -149,3 +149,25 @@ def test_evaluate_resume_applies_its_overrides(tmp_path: Path, monkeypatch: pyte
     result = runner.invoke(app, ["evaluate", "probe", "scratch", "--resume", str(run)])
     assert result.exit_code == 0, result.output
     assert [c.seed for c in seen] == [3, 5, 5]
+
+
+def test_runs_archive_and_restore_commands(tmp_path: Path) -> None:
+    from retinassl.io.rundir import RunDir
+
+    run = RunDir.create(tmp_path / "runs", "study")
+    (run.path / "results.csv").write_text("metric,value\nimage_auc,0.8\n")
+    (run.path / "checkpoints").mkdir()
+    (run.path / "checkpoints" / "last.safetensors").write_bytes(b"weights")
+    result = runner.invoke(app, ["runs", "archive", str(run.path), str(tmp_path / "kept")])
+    assert result.exit_code == 0, result.output
+    archive = tmp_path / "kept" / run.path.name
+    assert f"archive: {archive}" in result.output
+    assert not (archive / "checkpoints").exists()
+    result = runner.invoke(app, ["runs", "restore", str(archive), "--runs-dir", str(tmp_path / "machine2")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "machine2" / run.path.name / "results.csv").read_text() == "metric,value\nimage_auc,0.8\n"
+    assert "sweep --resume" in result.output
+    # restoring over an existing run: one line naming it, exit 2, nothing changed
+    proc = _retinassl("runs", "restore", str(archive), "--runs-dir", str(tmp_path / "machine2"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "exists" in proc.stderr and run.path.name in proc.stderr

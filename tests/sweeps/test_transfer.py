@@ -347,3 +347,54 @@ def test_a_lesion_segmentation_init_pretrains_on_the_pools_images_with_masks(tin
     assert 0 < with_masks.sum() < len(cleaned)
     assert meta["pool_size"] == with_masks.sum()
     assert "test" not in set(cleaned["split"])  # the cleaning left the downstream test images out
+
+
+@pytest.mark.slow
+def test_a_sweep_restored_from_its_archive_resumes_and_never_pretrains_its_encoder_again(
+        tiny_root: Path, tmp_path: Path) -> None:
+    """A study carried over to another machine as an archive (results, predictions, records; no
+    weights): restored, it resumes with the missing cells only; an init whose cells are done but
+    whose encoder the archive did not hold is refused rather than pretrained again."""
+    import shutil
+
+    from retinassl.errors import ConfigError
+    from retinassl.io.archive import archive_run, restore_run
+
+    pool = pd.read_csv(tiny_root / "data" / "manifest.csv")
+    pool_csv = tiny_root / "data" / f"pool-{tmp_path.name}.csv"
+    pool.to_csv(pool_csv, index=False)
+    pretrain = {"mask": ["mask_MA", "mask_HE", "mask_EX", "mask_SE"],
+                "method": {"name": "segmentation", "patch_size": 32, "patches_per_image": 1},
+                "engine": {"max_steps": 2, "batch_size": 4, "checkpoint_every_n_steps": -1, "precision": "32"}}
+
+    def config(seeds):
+        return resolve_config(_config(tiny_root, tmp_path / "enc", inits=[{"name": "scratch"},
+                                                                          {"name": "lesions", "pretrain": pretrain}],
+                                      pool={"data": [{"source": "manifest", "manifest": str(pool_csv)}],
+                                            "detect_duplicates": False},
+                                      protocols=["probe"], fractions=[1.0], seeds=seeds,
+                                      explain={"tsne": False, "gradcam": 0}), None)
+
+    try:
+        first = RunDir.create(tmp_path / "runs", "carried")
+        run_transfer(config([0]), first)
+        rows = read_results(first.results_file)
+        archive = archive_run(first.path, tmp_path / "archives")
+        restored = RunDir(restore_run(archive, tmp_path / "machine2"))
+        assert not (restored.path / "pretrain" / "lesions" / "encoder").exists()
+        with pytest.raises(ConfigError, match="lesions: cells of it are done .* encoder .* is missing"):
+            run_transfer(config([0, 1]), RunDir.resume(restored.path))
+        assert len(read_results(restored.results_file)) == len(rows)     # nothing ran, nothing lost
+        # with the same encoder back in place the study continues: only seed 1's cells run
+        shutil.copytree(first.path / "pretrain" / "lesions" / "encoder",
+                        restored.path / "pretrain" / "lesions" / "encoder")
+        run_transfer(config([0, 1]), RunDir.resume(restored.path))
+    finally:
+        pool_csv.unlink()
+    after = read_results(restored.results_file)
+    cells = after[after["metric"] == "n_test"]
+    assert sorted(cells["seed"].astype(int)) == [0, 0, 0, 0, 1, 1, 1, 1]   # 2 tasks x 2 inits x 2 seeds, once each
+    done_before = rows[rows["metric"] == "n_test"]
+    assert len(done_before) == 4
+    kept = after.iloc[:len(rows)]
+    pd.testing.assert_frame_equal(kept.reset_index(drop=True), rows.reset_index(drop=True))

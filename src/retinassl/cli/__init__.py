@@ -23,6 +23,7 @@ from retinassl.cli import oct as oct_cmd
 from retinassl.cli import predict as predict_cmd
 from retinassl.cli import pretrain as pretrain_cmd
 from retinassl.cli import report as report_cmd
+from retinassl.cli import runs as runs_cmd
 from retinassl.cli import segment as segment_cmd
 from retinassl.cli import semisup as semisup_cmd
 from retinassl.cli import sweep as sweep_cmd
@@ -44,6 +45,7 @@ app.command("report")(report_cmd.report)
 app.command("sweep")(sweep_cmd.sweep)
 app.add_typer(evaluate_cmd.app, name="evaluate")
 app.add_typer(explain_cmd.app, name="explain")
+app.add_typer(runs_cmd.app, name="runs")
 app.add_typer(segment_cmd.app, name="segment")
 app.add_typer(semisup_cmd.app, name="semisup")
 

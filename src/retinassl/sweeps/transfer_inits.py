@@ -79,6 +79,7 @@ class TransferInits:
         encoder_dir = folder / "encoder"
         if is_saved_model(encoder_dir):
             return encoder_dir
+        self.refuse_new_encoder_for_done_cells(spec.name, encoder_dir)
         if spec.pool == "train":
             prepared = self.downstream()
             split = prepared.manifest.frame["split"].astype(str)
@@ -125,6 +126,21 @@ class TransferInits:
             write_bytes(self.run.report_dir / "figures" / f"reconstructions-{spec.name}.png", figure.read_bytes())
         log.info("init %s: pretrained in %.0f s", spec.name, time.perf_counter() - start)
         return out
+
+    def refuse_new_encoder_for_done_cells(self, name: str, encoder_dir: Path) -> None:
+        """A run whose cells of ``name`` are done but whose encoder is gone (a run restored from an
+        archive, which holds no weights; a deleted folder) must not pretrain it again: the new
+        encoder would not be the one those cells used, and the table would mix the two."""
+        results = self.run.results_file
+        if not results.is_file():
+            return
+        rows = read_results(results)
+        if "init" in rows and "protocol" in rows and (
+                (rows["init"].astype(str) == name) & rows["protocol"].isin(["probe", "finetune"])).any():
+            raise ConfigError(f"init {name}: cells of it are done in {self.run.path} but its encoder "
+                              f"{encoder_dir} is missing (a restored archive holds no weights): pretraining it "
+                              "again would give another encoder; put the same encoder there, or start a new run "
+                              "(the benchmark's --init-from DIR uses a saved encoder)")
 
     def check_pretraining(self, name: str, init: str | None) -> None:
         """Warn (naming both images) when an encoder recorded that it was pretrained on a test
