@@ -155,6 +155,7 @@ def test_runs_archive_and_restore_commands(tmp_path: Path) -> None:
     from retinassl.io.rundir import RunDir
 
     run = RunDir.create(tmp_path / "runs", "study")
+    run.update_status(status="finished")
     (run.path / "results.csv").write_text("metric,value\nimage_auc,0.8\n")
     (run.path / "checkpoints").mkdir()
     (run.path / "checkpoints" / "last.safetensors").write_bytes(b"weights")
@@ -171,3 +172,5 @@ def test_runs_archive_and_restore_commands(tmp_path: Path) -> None:
     proc = _retinassl("runs", "restore", str(archive), "--runs-dir", str(tmp_path / "machine2"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "exists" in proc.stderr and run.path.name in proc.stderr
+    proc = _retinassl("runs", "archive", str(tmp_path / "kept"), str(tmp_path / "again"))
+    assert proc.returncode == 2 and "no run.json" in proc.stderr and "Traceback" not in proc.stderr

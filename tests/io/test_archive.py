@@ -1,5 +1,6 @@
-"""Run archives: what is kept (results, predictions, records), what is left out (weights, logs, image
-paths) and why, replacing an archive of the same run, and a checked restore."""
+"""Run archives: what is kept (results, predictions, records without paths), what is left out
+(weights, logs, anything naming the user's files), replacing an archive only by a continuation of
+the same run, and a restore that checks every file and stays inside its folder."""
 
 from __future__ import annotations
 
@@ -8,89 +9,135 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from retinassl.errors import RunDirError
 from retinassl.io import archive as archive_module
-from retinassl.io.archive import archive_run, restore_run
+from retinassl.io.archive import LOCAL_PATH, archive_run, restore_run
 from retinassl.io.rundir import RunDir
 
-KEPT = {"results.csv", "grid.settings.json", "run.json", "sweep.yaml", "comparison.md",
-        "predictions/ssl-gan/ssl-gan-n10-s0.csv", "data/tuning-scratch.json", "data/downstream-removed.csv",
-        "pretrain/lesions/results.csv"}
-LEFT_OUT = {"checkpoints/last.safetensors": "training state (weights)",
-            "pretrain/lesions/encoder/encoder.json": "weights",
-            "models/referable/model.json": "weights",
-            "cells/ssl-gan-n10-s0/claim": "a cell's own folder (weights, claims)",
-            "logs/log.txt": "logs",
-            "report/index.html": "the HTML report (rebuilt by the sweep)",
-            "data/downstream.csv": "a data manifest (paths of the images)",
-            "data/downstream.csv.root": "a data manifest (paths of the images)",
-            "predictions/predict.csv": "names image files (an image or path column)",
-            "figure.png": "not a table or record",
-            "results.csv.lock": "not a table or record",
-            "big.csv": "larger than 10 MB"}
+PRIVATE = "DOE_JANE_123"  # a patient-named folder of the user's
 
 
-def _run(tmp_path: Path) -> Path:
-    run = RunDir.create(tmp_path / "runs", "study").path
-    files = {name: f"{name}\n" for name in KEPT | set(LEFT_OUT)}
-    files["results.csv"] = "metric,value\nimage_auc,0.8\n"
-    files["predictions/ssl-gan/ssl-gan-n10-s0.csv"] = "id,label,score\nIDRiD_001,1,0.9\n"
-    files["data/downstream.csv"] = "id,dr_grade\nIDRiD_001,2\n"   # a manifest: recognised by its .root
-    files["data/downstream.csv.root"] = "/data/private/Jane Doe\n"
-    files["predictions/predict.csv"] = "id,image,score\nx,/data/Jane Doe/scan.jpg,0.2\n"
-    files["big.csv"] = "id,value\n" + "a,1\n" * (3 * 1024 * 1024)
+def _run(tmp_path: Path, source: str = "idrid") -> Path:
+    data_root = tmp_path / "data"
+    run = RunDir.create(tmp_path / "runs", "study")
+    run.update_status(status="failed", error=f"image file does not exist: {tmp_path}/{PRIVATE}/a.jpg")
+    files = {
+        "results.csv": "metric,value\nimage_auc,0.8\n",
+        "predictions/ssl-gan/ssl-gan-n10-s0.csv": "id,label,score\nidrid-B-test-IDRiD_001,1,0.9\n",
+        "predictions/ssl-gan@mx/ssl-gan-n10-s0.csv": "id,label,score\nmx-7,0,0.2\n",
+        "predictions/segment/out.csv": f"id,image,score\nx,{tmp_path}/{PRIVATE}/scan.jpg,0.2\n",
+        "split.csv": "id,split\nidrid-B-test-IDRiD_001,test\n",
+        "data/tuning.csv": "init,candidate,seed,metric,value\nscratch,0,0,auc,0.7\n",
+        "data/downstream-removed.csv": "id,reason,related\na,copy,b\n",
+        "data/downstream.csv": f"id,dr_grade\n{PRIVATE},2\n",            # a manifest: its .root beside it
+        "data/downstream.csv.root": f"{tmp_path}/{PRIVATE}\n",
+        "pretrain/lesions/results.csv": "metric,value\nseconds,12\n",
+        "pretrain/lesions/config.yaml": f"data:\n  manifest: {tmp_path}/{PRIVATE}/pool.csv\n",
+        "pretrain/lesions/encoder/model.json": "{}",
+        "pretrain/lesions/encoder/model.safetensors": "weights",
+        "checkpoints/last.json": "{}",
+        "cells/ssl-gan-n10-s0/classifier/model.json": json.dumps({"config": {"root": f"{tmp_path}/{PRIVATE}"}}),
+        "logs/log.txt": f"reading {tmp_path}/{PRIVATE}\n",
+        f"report/figures/heatmap-{PRIVATE}.png": "png",
+        "results.csv.lock": "",
+    }
+    files["sweep.yaml"] = yaml.safe_dump({
+        "kind": "ssl-gan",
+        "data": {"source": source, "options": {"root": str(data_root / "idrid")}},
+        "preprocess": {"color_reference": f"{tmp_path}/{PRIVATE}/ref.png"},
+        "evaluate_on": [{"name": "mx", "data": {"source": "mx_fundus_oct",
+                                                "options": {"root": str(data_root / "mx")}}}]})
+    files["grid.settings.json"] = json.dumps({"preprocess": {"size": 224, "color_reference": None}})
+    files["data/tuning-scratch.json"] = json.dumps({"chosen": {"lr": 0.0003}, "init": "scratch"})
     for name, text in files.items():
-        if name == "run.json":
-            continue
-        path = run / name
+        path = run.path / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-    return run
+    return run.path
 
 
-def test_archive_keeps_results_and_records_and_leaves_out_weights_logs_and_paths(tmp_path: Path) -> None:
+KEPT = {"results.csv", "run.json", "sweep.yaml", "grid.settings.json", "split.csv", "data/tuning.csv",
+        "data/tuning-scratch.json", "data/downstream-removed.csv", "pretrain/lesions/results.csv",
+        "predictions/ssl-gan/ssl-gan-n10-s0.csv", "predictions/ssl-gan@mx/ssl-gan-n10-s0.csv"}
+
+
+def test_archive_keeps_results_and_records_without_paths_or_names(tmp_path: Path) -> None:
     run = _run(tmp_path)
-    target = archive_run(run, tmp_path / "archives")
+    target = archive_run(run, tmp_path / "archives", data_root=tmp_path / "data")
     assert target == tmp_path / "archives" / run.name
     summary = json.loads((target / "archive.json").read_text())
     assert set(summary["files"]) == KEPT
-    assert summary["left_out"] == LEFT_OUT
-    kept_on_disk = {p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()}
-    assert kept_on_disk == KEPT | {"archive.json"}
+    on_disk = {p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()}
+    assert on_disk == KEPT | {"archive.json"}
     for name, entry in summary["files"].items():
-        original = (run / name).read_bytes()
-        assert (target / name).read_bytes() == original
-        assert entry == {"bytes": len(original), "sha256": hashlib.sha256(original).hexdigest()}
-    # no path or private folder name anywhere in the archive
-    text = "".join(p.read_text() for p in target.rglob("*") if p.is_file())
-    assert "Jane Doe" not in text and str(tmp_path) not in text
-    assert summary["run"]["name"] == "study" and summary["run"]["folder"] == run.name
-    assert not list((tmp_path / "archives").glob(".tmp-*"))
+        data = (target / name).read_bytes()
+        assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        if name.endswith(".csv"):
+            assert data == (run / name).read_bytes()                  # tables copied as they are
+    # no local path and no private name anywhere: not in files, not in file names, not in archive.json
+    everything = "".join(p.relative_to(tmp_path).as_posix() + p.read_text() for p in target.rglob("*") if p.is_file())
+    assert PRIVATE not in everything and str(tmp_path) not in everything
+    # data paths become the placeholder a resume resolves again; other paths are named as left out
+    sweep = yaml.safe_load((target / "sweep.yaml").read_text())
+    assert sweep["data"]["options"]["root"] == "$RETINASSL_DATA_ROOT/idrid"
+    assert sweep["evaluate_on"][0]["data"]["options"]["root"] == "$RETINASSL_DATA_ROOT/mx"
+    assert sweep["preprocess"]["color_reference"] == LOCAL_PATH
+    assert summary["paths_replaced"] == {"sweep.yaml": ["preprocess.color_reference"]}
+    assert json.loads((target / "run.json").read_text()) == {
+        "name": "study", "started": json.loads((run / "run.json").read_text())["started"], "status": "failed"}
+    assert summary["left_out_per_folder"] == {".": 1, "cells": 1, "checkpoints": 1, "data": 2, "logs": 1,
+                                              "predictions": 1, "pretrain": 3, "report": 1}
+    assert not list((tmp_path / "archives").glob(".*"))
 
 
-def test_archiving_again_replaces_the_same_runs_archive_and_refuses_anything_else(tmp_path: Path) -> None:
+def test_ids_from_file_names_need_the_callers_word(tmp_path: Path) -> None:
+    run = _run(tmp_path, source="folder")
+    with pytest.raises(RunDirError, match=r"file names: folder \(sweep.yaml: data\).*--file-name-ids"):
+        archive_run(run, tmp_path / "archives", data_root=tmp_path / "data")
+    assert not (tmp_path / "archives" / run.name).exists()
+    target = archive_run(run, tmp_path / "archives", data_root=tmp_path / "data", file_name_ids=True)
+    assert json.loads((target / "archive.json").read_text())["file_name_ids"] is True
+
+
+def test_archiving_again_replaces_only_a_continuation_of_the_same_run(tmp_path: Path) -> None:
     run = _run(tmp_path)
     dest = tmp_path / "archives"
     archive_run(run, dest)
-    (run / "results.csv").write_text("metric,value\nimage_auc,0.8\nimage_auc,0.9\n")
-    (run / "predictions" / "ssl-gan" / "ssl-gan-n10-s1.csv").write_text("id,label,score\nIDRiD_002,0,0.1\n")
+    with (run / "results.csv").open("a") as fh:
+        fh.write("image_auc,0.9\n")
+    (run / "predictions" / "ssl-gan" / "ssl-gan-n10-s1.csv").write_text(
+        "id,label,score\nidrid-B-test-IDRiD_002,0,0.1\n")
     target = archive_run(run, dest)
     assert (target / "results.csv").read_text().count("image_auc") == 2
     assert "predictions/ssl-gan/ssl-gan-n10-s1.csv" in json.loads((target / "archive.json").read_text())["files"]
     assert sorted(p.name for p in dest.iterdir()) == [run.name]         # nothing left aside
-    # another run that happens to have the folder's name: refused, the archive untouched
+    # an older copy of the run (its table not a continuation of the archived one): refused, archive kept
+    (run / "results.csv").write_text("metric,value\nimage_auc,0.8\n")
+    with pytest.raises(RunDirError, match="not the start of"):
+        archive_run(run, dest)
+    assert (target / "results.csv").read_text().count("image_auc") == 2
+    # another run with the folder's name: refused
     record = json.loads((run / "run.json").read_text())
     (run / "run.json").write_text(json.dumps({**record, "started": "2000-01-01T00:00:00"}))
     with pytest.raises(RunDirError, match="another run"):
         archive_run(run, dest)
-    assert (target / "results.csv").read_text().count("image_auc") == 2
-    # a folder that is not an archive is never replaced
+    # a folder that is not an archive is never replaced; not a run; a destination inside the run
     (tmp_path / "other" / run.name).mkdir(parents=True)
     with pytest.raises(RunDirError, match="not an archive"):
         archive_run(run, tmp_path / "other")
     with pytest.raises(RunDirError, match="no run.json"):
         archive_run(tmp_path / "other" / run.name, dest)
+    with pytest.raises(RunDirError, match="inside the run"):
+        archive_run(run, run / "kept")
+
+
+def test_a_running_run_is_not_archived(tmp_path: Path) -> None:
+    run = _run(tmp_path)
+    RunDir.resume(run)                                                  # running, by this live process
+    with pytest.raises(RunDirError, match="is running"):
+        archive_run(run, tmp_path / "archives")
 
 
 def test_a_failed_archive_leaves_the_earlier_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -98,25 +145,30 @@ def test_a_failed_archive_leaves_the_earlier_one(tmp_path: Path, monkeypatch: py
     dest = tmp_path / "archives"
     target = archive_run(run, dest)
     before = (target / "archive.json").read_text()
+    real_rename = Path.rename
 
-    def broken(*args, **kwargs):
-        raise OSError("disk full")
+    def fails_into_place(self, other):  # the new archive cannot be renamed into place
+        if Path(other) == target and self.name.startswith(".tmp-"):
+            raise OSError("disk full")
+        return real_rename(self, other)
 
-    monkeypatch.setattr(archive_module.shutil, "copyfile", broken)
+    monkeypatch.setattr(Path, "rename", fails_into_place)
     with pytest.raises(OSError, match="disk full"):
         archive_run(run, dest)
     assert (target / "archive.json").read_text() == before
     assert sorted(p.name for p in dest.iterdir()) == [run.name]
 
 
-def test_restore_checks_every_file_and_never_replaces_a_run(tmp_path: Path) -> None:
+def test_restore_checks_every_file_stays_inside_and_never_replaces_a_run(tmp_path: Path) -> None:
     run = _run(tmp_path)
     target = archive_run(run, tmp_path / "archives")
     restored = restore_run(target, tmp_path / "elsewhere")
     assert restored == tmp_path / "elsewhere" / run.name
+    assert {p.relative_to(restored).as_posix() for p in restored.rglob("*") if p.is_file()} == (
+        KEPT | {"restored-from-archive.json"})
     for name in KEPT:
-        assert (restored / name).read_bytes() == (run / name).read_bytes()
-    assert RunDir.resume(restored).status()["status"] == "running"     # a run directory --resume opens
+        assert (restored / name).read_bytes() == (target / name).read_bytes()
+    assert RunDir(restored).status()["status"] == "failed"              # as archived: --resume continues it
     with pytest.raises(RunDirError, match="exists"):
         restore_run(target, tmp_path / "elsewhere")
     # a changed or missing file is named
@@ -126,6 +178,17 @@ def test_restore_checks_every_file_and_never_replaces_a_run(tmp_path: Path) -> N
     (target / "results.csv").unlink()
     with pytest.raises(RunDirError, match="results.csv is listed"):
         restore_run(target, tmp_path / "third")
+    # names that would leave the archive or the runs folder are refused before anything is copied
+    summary = json.loads((target / "archive.json").read_text())
+    for bad in ({"files": {"../escaped.txt": {"bytes": 1, "sha256": "x"}}},
+                {"files": {}, "run": {"folder": "../escaped"}}):
+        (target / "archive.json").write_text(json.dumps({**summary, **bad}))
+        with pytest.raises(RunDirError, match="escaped"):
+            restore_run(target, tmp_path / "third")
+    (target / "archive.json").write_text("{not json")
+    with pytest.raises(RunDirError, match="cannot be read"):
+        restore_run(target, tmp_path / "third")
     assert not (tmp_path / "third").exists() or not any((tmp_path / "third").iterdir())
+    assert not (tmp_path / "escaped.txt").exists()
     with pytest.raises(RunDirError, match="not a run archive"):
         restore_run(run, tmp_path / "third")

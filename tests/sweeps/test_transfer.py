@@ -353,16 +353,13 @@ def test_a_lesion_segmentation_init_pretrains_on_the_pools_images_with_masks(tin
 def test_a_sweep_restored_from_its_archive_resumes_and_never_pretrains_its_encoder_again(
         tiny_root: Path, tmp_path: Path) -> None:
     """A study carried over to another machine as an archive (results, predictions, records; no
-    weights): restored, it resumes with the missing cells only; an init whose cells are done but
-    whose encoder the archive did not hold is refused rather than pretrained again."""
-    import shutil
-
-    from retinassl.errors import ConfigError
+    weights): restored, it resumes with the missing cells only; an init it has results of (cells,
+    or only its pretraining) whose encoder the archive did not hold is refused, before any work,
+    rather than pretrained again."""
     from retinassl.io.archive import archive_run, restore_run
 
-    pool = pd.read_csv(tiny_root / "data" / "manifest.csv")
-    pool_csv = tiny_root / "data" / f"pool-{tmp_path.name}.csv"
-    pool.to_csv(pool_csv, index=False)
+    pool_csv = tiny_root / "data" / f"pool-{tmp_path.name}.csv"  # beside the images its paths name
+    pd.read_csv(tiny_root / "data" / "manifest.csv").to_csv(pool_csv, index=False)
     pretrain = {"mask": ["mask_MA", "mask_HE", "mask_EX", "mask_SE"],
                 "method": {"name": "segmentation", "patch_size": 32, "patches_per_image": 1},
                 "engine": {"max_steps": 2, "batch_size": 4, "checkpoint_every_n_steps": -1, "precision": "32"}}
@@ -375,26 +372,44 @@ def test_a_sweep_restored_from_its_archive_resumes_and_never_pretrains_its_encod
                                       protocols=["probe"], fractions=[1.0], seeds=seeds,
                                       explain={"tsne": False, "gradcam": 0}), None)
 
+    def carried(run: RunDir, machine: str) -> RunDir:
+        run.update_status(status="failed")  # stopped (the command records it); a running run is not archived
+        archive = archive_run(run.path, tmp_path / "archives", file_name_ids=True)  # a manifest source: ids named
+        return RunDir(restore_run(archive, tmp_path / machine))
+
     try:
-        first = RunDir.create(tmp_path / "runs", "carried")
-        run_transfer(config([0]), first)
-        rows = read_results(first.results_file)
-        archive = archive_run(first.path, tmp_path / "archives")
-        restored = RunDir(restore_run(archive, tmp_path / "machine2"))
-        assert not (restored.path / "pretrain" / "lesions" / "encoder").exists()
-        with pytest.raises(ConfigError, match="lesions: cells of it are done .* encoder .* is missing"):
-            run_transfer(config([0, 1]), RunDir.resume(restored.path))
-        assert len(read_results(restored.results_file)) == len(rows)     # nothing ran, nothing lost
-        # with the same encoder back in place the study continues: only seed 1's cells run
-        shutil.copytree(first.path / "pretrain" / "lesions" / "encoder",
-                        restored.path / "pretrain" / "lesions" / "encoder")
-        run_transfer(config([0, 1]), RunDir.resume(restored.path))
+        check_carried_runs(config, carried, tmp_path)
     finally:
         pool_csv.unlink()
+
+
+def check_carried_runs(config, carried, tmp_path: Path) -> None:
+    import shutil
+
+    from retinassl.errors import ConfigError
+
+    # pretrained, no cell done yet: the pretraining's rows are results of it too
+    early = RunDir.create(tmp_path / "runs", "early")
+    TransferGrid(config([0]).model_dump(mode="json"), early).prepare()
+    assert not read_results(early.results_file).empty
+    with pytest.raises(ConfigError, match=r"lesions: .* has results of it \(rows in results.csv, "
+                                          r"pretrain/lesions/results.csv\) but not its encoder"):
+        run_transfer(config([0]), RunDir.resume(carried(early, "machine1").path))
+
+    first = RunDir.create(tmp_path / "runs", "carried")
+    run_transfer(config([0]), first)
+    rows = read_results(first.results_file)
+    restored = carried(first, "machine2")
+    assert not (restored.path / "pretrain" / "lesions" / "encoder").exists()
+    with pytest.raises(ConfigError, match="lesions: .* has results of it"):
+        run_transfer(config([0, 1]), RunDir.resume(restored.path))
+    assert len(read_results(restored.results_file)) == len(rows)         # nothing ran, nothing lost
+    # with the same encoder back in place the study continues: only seed 1's cells run
+    shutil.copytree(first.path / "pretrain" / "lesions" / "encoder", restored.path / "pretrain" / "lesions" / "encoder")
+    run_transfer(config([0, 1]), RunDir.resume(restored.path))
     after = read_results(restored.results_file)
     cells = after[after["metric"] == "n_test"]
     assert sorted(cells["seed"].astype(int)) == [0, 0, 0, 0, 1, 1, 1, 1]   # 2 tasks x 2 inits x 2 seeds, once each
-    done_before = rows[rows["metric"] == "n_test"]
-    assert len(done_before) == 4
+    assert len(rows[rows["metric"] == "n_test"]) == 4
     kept = after.iloc[:len(rows)]
     pd.testing.assert_frame_equal(kept.reset_index(drop=True), rows.reset_index(drop=True))

@@ -138,6 +138,7 @@ class TransferGrid(TransferInits, Grid):
     def prepare(self) -> None:
         """The cleaned downstream data, the pool, and every pretraining, before any cell."""
         config = self.config
+        self.check_encoders_kept()
         write_text(self.run.path / "transfer.yaml", to_yaml(config))
         self.downstream()
         if config.evaluate_on:  # external images that are copies of downstream or pool images: warned

@@ -79,7 +79,6 @@ class TransferInits:
         encoder_dir = folder / "encoder"
         if is_saved_model(encoder_dir):
             return encoder_dir
-        self.refuse_new_encoder_for_done_cells(spec.name, encoder_dir)
         if spec.pool == "train":
             prepared = self.downstream()
             split = prepared.manifest.frame["split"].astype(str)
@@ -127,20 +126,26 @@ class TransferInits:
         log.info("init %s: pretrained in %.0f s", spec.name, time.perf_counter() - start)
         return out
 
-    def refuse_new_encoder_for_done_cells(self, name: str, encoder_dir: Path) -> None:
-        """A run whose cells of ``name`` are done but whose encoder is gone (a run restored from an
-        archive, which holds no weights; a deleted folder) must not pretrain it again: the new
-        encoder would not be the one those cells used, and the table would mix the two."""
-        results = self.run.results_file
-        if not results.is_file():
-            return
-        rows = read_results(results)
-        if "init" in rows and "protocol" in rows and (
-                (rows["init"].astype(str) == name) & rows["protocol"].isin(["probe", "finetune"])).any():
-            raise ConfigError(f"init {name}: cells of it are done in {self.run.path} but its encoder "
-                              f"{encoder_dir} is missing (a restored archive holds no weights): pretraining it "
-                              "again would give another encoder; put the same encoder there, or start a new run "
-                              "(the benchmark's --init-from DIR uses a saved encoder)")
+    def check_encoders_kept(self) -> None:
+        """Before anything runs: an initialisation the run has results of (rows of any protocol, its
+        tuning record, its pretraining's cost rows) but whose encoder is gone (a run restored from an
+        archive, which holds no weights; a deleted folder), with no checkpoint to resume from, is
+        refused: pretraining it again would give another encoder than the one those results came from,
+        and the run would mix the two."""
+        rows = read_results(self.run.results_file) if self.run.results_file.is_file() else None
+        for spec in self.config.inits:
+            folder = self.run.path / "pretrain" / spec.name
+            if spec.pretrain is None or is_saved_model(folder / "encoder") or any((folder / "checkpoints").glob("*")):
+                continue
+            traces = [what for what, there in [
+                ("rows in results.csv", rows is not None and (rows["init"].astype(str) == spec.name).any()),
+                (f"data/tuning-{spec.name}.json", (self.data_dir / f"tuning-{spec.name}.json").is_file()),
+                (f"pretrain/{spec.name}/results.csv", (folder / "results.csv").is_file())] if there]
+            if traces:
+                raise ConfigError(f"init {spec.name}: {self.run.path} has results of it ({', '.join(traces)}) but "
+                                  f"not its encoder ({folder / 'encoder'}; an archive holds no weights): pretraining "
+                                  "it again would give another encoder. Put the same encoder there, or start a new "
+                                  "run with it as the init's encoder")
 
     def check_pretraining(self, name: str, init: str | None) -> None:
         """Warn (naming both images) when an encoder recorded that it was pretrained on a test
