@@ -53,3 +53,22 @@ def test_data_settings_say_what_the_data_is_not_where_it_lies() -> None:
     cpu, gpu = EngineConfig(batch_size=16), EngineConfig(batch_size=16, accelerator="gpu", num_threads=8)
     assert cpu.result_settings() == gpu.result_settings() != EngineConfig(batch_size=32).result_settings()
     assert cpu.result_settings() != EngineConfig(batch_size=16, devices=2).result_settings()  # the global batch
+
+
+def test_paths_an_archive_replaced_match_on_the_machine_it_resumes_on(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from retinassl.io.archive import LOCAL_PATH
+
+    record = tmp_path / "grid.settings.json"
+    record.write_text(json.dumps({"preprocess": {"color_reference": LOCAL_PATH},
+                                  "data": {"options": {"labels": "$RETINASSL_DATA_ROOT/idrid/labels.csv"}}}))
+    monkeypatch.setenv("RETINASSL_DATA_ROOT", str(tmp_path / "root"))
+    same = {"preprocess": {"color_reference": "/anywhere/ref.png"},
+            "data": {"options": {"labels": str(tmp_path / "root" / "idrid" / "labels.csv")}}}
+    check_unchanged(record, same, "run")
+    assert json.loads(record.read_text()) == same                      # recorded anew with this machine's paths
+    record.write_text(json.dumps({"data": {"options": {"labels": "$RETINASSL_DATA_ROOT/idrid/labels.csv"}}}))
+    with pytest.raises(ConfigError, match="data changed"):
+        check_unchanged(record, {"data": {"options": {"labels": str(tmp_path / "root" / "other.csv")}}}, "run")
+    with pytest.raises(ConfigError, match="data changed"):              # an ordinary value is still compared
+        check_unchanged(record, {"data": {"options": {"labels": "labels.csv"}}}, "run")

@@ -90,6 +90,18 @@ def test_smoke_sweep_resumes_only_missing_work(tmp_path: Path, monkeypatch: pyte
     assert list((run.report_dir / "figures").glob("sslgan-heatmap-ssl-gan-*.png"))
     assert (run.report_dir / "figures" / "sslgan-roc.png").is_file()
 
+    # carried to another machine as an archive (no weights, no cell folders): resumed there, nothing
+    # is trained again, nothing is added, and the report is rebuilt from the archived rows
+    from retinassl.io.archive import archive_run, restore_run
+
+    run.update_status(status="failed")
+    restored = RunDir(restore_run(archive_run(run.path, tmp_path / "archives"), tmp_path / "machine2"))
+    assert not (restored.path / "cells").exists()
+    experiment.run_ssl_gan_experiment(data, RunDir.resume(restored.path), "smoke", True)
+    assert trained == []
+    pd.testing.assert_frame_equal(read_results(restored.results_file), read_results(run.results_file))
+    assert "84.5 ± 11.5" in build_report(restored).read_text()
+
 
 def test_a_diverged_cell_is_reported_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace

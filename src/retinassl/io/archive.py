@@ -18,7 +18,8 @@ folder names of the user's images can identify patients (OCT exports are named a
   tuning records) are copied with every absolute path replaced: a path under the data root
   (``--data-root`` / ``RETINASSL_DATA_ROOT``) by its ``$RETINASSL_DATA_ROOT/...`` placeholder, which a
   resume on another machine resolves again, any other by :data:`LOCAL_PATH` (a resume then needs that
-  key given again); ``run.json`` keeps its name, start time and status only (its error text may quote
+  key given again; the settings records accept either stand-in for the path the resume gives,
+  :func:`retinassl.sweeps.grid.check_unchanged`); ``run.json`` keeps its name, start time and status only (its error text may quote
   an image path);
 - tables with a column that holds paths (``image``, ``path``, masks, OCT volumes) are left out;
 - image ids are kept (predictions are paired by them): the named datasets' ids are the toolkit's

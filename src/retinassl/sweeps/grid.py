@@ -184,7 +184,27 @@ def _differs(recorded: Any, now: Any) -> bool:
     are compared (a config field added after the record was written, a task not run this time)."""
     if isinstance(recorded, dict) and isinstance(now, dict):
         return any(_differs(recorded[k], now[k]) for k in recorded.keys() & now.keys())
+    if isinstance(recorded, str) and isinstance(now, str) and recorded != now:
+        return not _same_archived_path(recorded, now)
     return recorded != now
+
+
+def _same_archived_path(recorded: str, now: str) -> bool:
+    """A path the record held before a run archive replaced it (:mod:`retinassl.io.archive`) against
+    the current one: a local path the archive could not keep matches any; a data-root placeholder
+    matches the same path under today's data root (any path when no data root is set)."""
+    from retinassl.data_roots import PLACEHOLDER, data_root_from_env
+    from retinassl.io.archive import LOCAL_PATH
+
+    if recorded == LOCAL_PATH:
+        return True
+    if recorded != PLACEHOLDER and not recorded.startswith(PLACEHOLDER + "/"):
+        return False
+    root = data_root_from_env()
+    if root is None:
+        return True
+    rest = recorded[len(PLACEHOLDER):].lstrip("/")
+    return Path(now).expanduser().resolve() == (root / rest).expanduser().resolve()
 
 
 def check_unchanged(path: Path, settings: dict[str, Any], what: str,
