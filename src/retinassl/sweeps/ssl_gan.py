@@ -195,7 +195,8 @@ class SSLGANGrid(Grid):
                                score_external(classifier, external, self.run, self.cell_name(cell), template))
             if lost:
                 log.warning("evaluate_on %s: %d cell(s) were done before it was given and kept no weights "
-                            "(keep_weights: false), so they have no external rows: %s", external.spec.name,
+                            "(keep_weights: false, or a run restored from an archive), so they have no "
+                            "external rows: %s", external.spec.name,
                             len(lost), ", ".join(lost))
 
 
