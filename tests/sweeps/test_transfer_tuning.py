@@ -174,3 +174,32 @@ def test_the_tuning_record_refuses_a_resume_with_other_initial_weights(tmp_path:
     tuning_module.check_settings(config, run, {"scratch": "scratch", "other": "a/encoder"})  # the same: accepted
     with pytest.raises(ConfigError, match="inits changed"):
         tuning_module.check_settings(config, run, {"scratch": "scratch", "other": "b/encoder"})
+
+
+def test_the_tuning_record_names_weights_by_content_wherever_they_lie(tmp_path: Path) -> None:
+    """A run restored elsewhere with its encoder put back (another path, the same weights) resumes; other
+    weights at the same path are refused; a record that held the path (earlier versions) is upgraded."""
+    import hashlib
+    import shutil
+
+    torch.manual_seed(0)
+    save_encoder(tmp_path / "a" / "encoder", build_encoder("convnet", width=8), arch="convnet", kwargs={"width": 8})
+    shutil.copytree(tmp_path / "a" / "encoder", tmp_path / "b" / "encoder")
+    weights = (tmp_path / "a" / "encoder" / "model.safetensors").read_bytes()
+    digest = hashlib.blake2b(weights, digest_size=16).hexdigest()
+    config = resolve_config(_config(tmp_path, tmp_path / "enc"), None)
+    run = RunDir.create(tmp_path / "runs", "tune")
+    record = run.path / "data" / "tuning.settings.json"
+    tuning_module.check_settings(config, run, {"scratch": "scratch", "other": str(tmp_path / "a" / "encoder")})
+    assert json.loads(record.read_text())["inits"] == {"scratch": "scratch", "other": f"blake2b:{digest}"}
+    tuning_module.check_settings(config, run, {"scratch": "scratch", "other": str(tmp_path / "b" / "encoder")})
+    # an earlier version's record (the path): upgraded while the path holds the same weights
+    recorded = json.loads(record.read_text())
+    old_style = {"scratch": "scratch", "other": str(tmp_path / "a" / "encoder")}
+    record.write_text(json.dumps({**recorded, "inits": old_style}))
+    tuning_module.check_settings(config, run, {"scratch": "scratch", "other": str(tmp_path / "b" / "encoder")})
+    assert json.loads(record.read_text())["inits"]["other"] == f"blake2b:{digest}"
+    torch.manual_seed(1)
+    save_encoder(tmp_path / "b" / "encoder", build_encoder("convnet", width=8), arch="convnet", kwargs={"width": 8})
+    with pytest.raises(ConfigError, match="inits changed"):
+        tuning_module.check_settings(config, run, {"scratch": "scratch", "other": str(tmp_path / "b" / "encoder")})

@@ -32,9 +32,11 @@ import pandas as pd
 from retinassl.atomic import write_text
 from retinassl.config import ModelConfig
 from retinassl.data.cache import PreparedData
+from retinassl.data.file_digests import file_digest
 from retinassl.data.splits import carve_validation
 from retinassl.errors import ConfigError
 from retinassl.io.rundir import RunDir
+from retinassl.io.saved_model import WEIGHTS
 from retinassl.jobs.finetune import FinetuneConfig, finetune, remove_workdir
 from retinassl.metrics.tasks import TaskSpec
 from retinassl.sweeps.grid import check_unchanged
@@ -104,11 +106,31 @@ def tuning_rows(prepared: PreparedData, config: TransferConfig, task: TaskSpec,
     return subset, train[val_pos]
 
 
+def weights_identity(init: str) -> str:
+    """What an init's tuning depends on: the digest of its weights (a saved model folder or a weights
+    file, wherever it lies: a run restored elsewhere, an encoder put back after an archive), or the
+    init as given when it names no file (``scratch``, a published model's name)."""
+    path = Path(init)
+    weights = path / WEIGHTS if path.is_dir() else path
+    return f"blake2b:{file_digest(weights)}" if weights.is_file() else init
+
+
 def check_settings(config: TransferConfig, run: RunDir, inits: dict[str, str]) -> None:
     """Record what the tuning runs depend on with the run (``data/tuning.settings.json``) the first
     time: the tuning settings, the fine-tuning base, engine and preprocessing, the seed and folds
-    (the splits), the tuning task and each init's weights (``inits``: name -> ``model.init``); a
-    resumed run where any of these differs would mix two tunings: refused."""
+    (the splits), the tuning task and each init's weights (``inits``: name -> ``model.init``, recorded
+    by :func:`weights_identity`); a resumed run where any of these differs would mix two tunings:
+    refused. A record of an earlier version, which held the weights' path, is upgraded where that
+    path still holds the same weights."""
+    inits = {name: weights_identity(init) for name, init in inits.items()}
+    record = run.path / "data" / "tuning.settings.json"
+    if record.is_file():
+        recorded = json.loads(record.read_text())
+        old = recorded.get("inits") or {}
+        upgraded = {name: inits[name] if name in inits and value != inits[name]
+                    and weights_identity(value) == inits[name] else value for name, value in old.items()}
+        if upgraded != old:
+            write_text(record, json.dumps({**recorded, "inits": upgraded}, indent=2, sort_keys=True))
     settings = {**config.finetune_tuning.model_dump(mode="json"),  # type: ignore[union-attr]
                 "finetune": config.finetune.model_dump(mode="json"),
                 "engine": config.engine.result_settings(), "probe": config.probe.model_dump(mode="json"),
