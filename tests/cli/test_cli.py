@@ -159,7 +159,9 @@ def test_runs_archive_and_restore_commands(tmp_path: Path) -> None:
     (run.path / "results.csv").write_text("metric,value\nimage_auc,0.8\n")
     (run.path / "checkpoints").mkdir()
     (run.path / "checkpoints" / "last.safetensors").write_bytes(b"weights")
-    result = runner.invoke(app, ["runs", "archive", str(run.path), str(tmp_path / "kept")])
+    proc = _retinassl("runs", "archive", str(run.path), str(tmp_path / "kept"))  # no record of its data source
+    assert proc.returncode == 2 and "--file-name-ids" in proc.stderr and not (tmp_path / "kept").exists()
+    result = runner.invoke(app, ["runs", "archive", str(run.path), str(tmp_path / "kept"), "--file-name-ids"])
     assert result.exit_code == 0, result.output
     archive = tmp_path / "kept" / run.path.name
     assert f"archive: {archive}" in result.output

@@ -20,6 +20,7 @@ PRIVATE = "DOE_JANE_123"  # a patient-named folder of the user's
 
 
 def _run(tmp_path: Path, source: str = "idrid") -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     data_root = tmp_path / "data"
     run = RunDir.create(tmp_path / "runs", "study")
     run.update_status(status="failed", error=f"image file does not exist: {tmp_path}/{PRIVATE}/a.jpg")
@@ -49,7 +50,8 @@ def _run(tmp_path: Path, source: str = "idrid") -> Path:
         "preprocess": {"color_reference": f"{tmp_path}/{PRIVATE}/ref.png"},
         "evaluate_on": [{"name": "mx", "data": {"source": "mx_fundus_oct",
                                                 "options": {"root": str(data_root / "mx")}}}]})
-    files["grid.settings.json"] = json.dumps({"preprocess": {"size": 224, "color_reference": None}})
+    files["grid.settings.json"] = json.dumps({"preprocess": {"size": 224}, "init": f"encoders/{PRIVATE}/encoder",
+                                              "stem_regex": "^(?P<patient>\\d+)_"})
     files["data/tuning-scratch.json"] = json.dumps({"chosen": {"lr": 0.0003}, "init": "scratch"})
     for name, text in files.items():
         path = run.path / name
@@ -84,7 +86,9 @@ def test_archive_keeps_results_and_records_without_paths_or_names(tmp_path: Path
     assert sweep["data"]["options"]["root"] == "$RETINASSL_DATA_ROOT/idrid"
     assert sweep["evaluate_on"][0]["data"]["options"]["root"] == "$RETINASSL_DATA_ROOT/mx"
     assert sweep["preprocess"]["color_reference"] == LOCAL_PATH
-    assert summary["paths_replaced"] == {"sweep.yaml": ["preprocess.color_reference"]}
+    assert summary["paths_replaced"] == {"grid.settings.json": ["init"], "sweep.yaml": ["preprocess.color_reference"]}
+    settings = json.loads((target / "grid.settings.json").read_text())
+    assert settings["init"] == LOCAL_PATH and settings["stem_regex"] == "^(?P<patient>\\d+)_"  # not a path: kept
     assert json.loads((target / "run.json").read_text()) == {
         "name": "study", "started": json.loads((run / "run.json").read_text())["started"], "status": "failed"}
     assert summary["left_out_per_folder"] == {".": 1, "cells": 1, "checkpoints": 1, "data": 2, "logs": 1,
@@ -94,11 +98,40 @@ def test_archive_keeps_results_and_records_without_paths_or_names(tmp_path: Path
 
 def test_ids_from_file_names_need_the_callers_word(tmp_path: Path) -> None:
     run = _run(tmp_path, source="folder")
-    with pytest.raises(RunDirError, match=r"file names: folder \(sweep.yaml: data\).*--file-name-ids"):
+    with pytest.raises(RunDirError, match=r"file names or tables: folder \(sweep.yaml: data\).*--file-name-ids"):
         archive_run(run, tmp_path / "archives", data_root=tmp_path / "data")
     assert not (tmp_path / "archives" / run.name).exists()
     target = archive_run(run, tmp_path / "archives", data_root=tmp_path / "data", file_name_ids=True)
     assert json.loads((target / "archive.json").read_text())["file_name_ids"] is True
+    # a public dataset's loader fed the user's own label table (eyepacs), or a run that records no
+    # source (an `evaluate external` of a folder): where its ids come from is not known
+    for other in ("eyepacs", None):
+        run = _run(tmp_path / str(other), source=other or "idrid")
+        if other is None:
+            (run / "sweep.yaml").unlink()
+        with pytest.raises(RunDirError, match="eyepacs" if other else "records no data source"):
+            archive_run(run, tmp_path / "archives")
+
+
+def test_every_manifest_path_column_is_recognised() -> None:
+    from retinassl.data.manifest import PATH_COLUMNS
+
+    for column in PATH_COLUMNS + ("path", "source_path"):
+        assert archive_module._PATH_COLUMN.match(column), column
+    assert not archive_module._PATH_COLUMN.match("id") and not archive_module._PATH_COLUMN.match("score")
+
+
+def test_an_archive_moved_aside_by_a_killed_replacement_is_put_back_and_checked(tmp_path: Path) -> None:
+    run = _run(tmp_path)
+    dest = tmp_path / "archives"
+    target = archive_run(run, dest)
+    target.rename(dest / f".{run.name}.old-999")                       # killed between the two renames
+    (dest / f".tmp-{run.name}.abc").mkdir()                             # and an unfinished copy
+    (run / "results.csv").write_text("metric,value\nimage_auc,0.1\n")  # an older copy of the run
+    with pytest.raises(RunDirError, match="not the start of"):
+        archive_run(run, dest)
+    assert sorted(p.name for p in dest.iterdir()) == [run.name]
+    assert (target / "results.csv").read_text() == "metric,value\nimage_auc,0.8\n"
 
 
 def test_archiving_again_replaces_only_a_continuation_of_the_same_run(tmp_path: Path) -> None:

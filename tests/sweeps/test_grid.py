@@ -55,20 +55,33 @@ def test_data_settings_say_what_the_data_is_not_where_it_lies() -> None:
     assert cpu.result_settings() != EngineConfig(batch_size=16, devices=2).result_settings()  # the global batch
 
 
-def test_paths_an_archive_replaced_match_on_the_machine_it_resumes_on(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_paths_an_archive_replaced_match_only_in_a_restored_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
     from retinassl.io.archive import LOCAL_PATH
 
-    record = tmp_path / "grid.settings.json"
-    record.write_text(json.dumps({"preprocess": {"color_reference": LOCAL_PATH},
-                                  "data": {"options": {"labels": "$RETINASSL_DATA_ROOT/idrid/labels.csv"}}}))
+    def recorded(labels: str) -> Path:
+        path = tmp_path / "grid.settings.json"
+        path.write_text(json.dumps({"preprocess": {"reference_image": LOCAL_PATH},
+                                    "data": {"options": {"labels": labels, "roots": [labels]}}}))
+        return path
+
     monkeypatch.setenv("RETINASSL_DATA_ROOT", str(tmp_path / "root"))
-    same = {"preprocess": {"color_reference": "/anywhere/ref.png"},
-            "data": {"options": {"labels": str(tmp_path / "root" / "idrid" / "labels.csv")}}}
-    check_unchanged(record, same, "run")
+    here = str(tmp_path / "root" / "idrid" / "labels.csv")
+    same = {"preprocess": {"reference_image": "/anywhere/ref.png"},
+            "data": {"options": {"labels": here, "roots": [here]}}}
+    # an ordinary run: the stand-ins are values like any other
+    with pytest.raises(ConfigError, match="data, preprocess changed"):
+        check_unchanged(recorded("$RETINASSL_DATA_ROOT/idrid/labels.csv"), same, "run")
+    # restored from an archive: they take this machine's paths (in lists too), named by key in a warning
+    record = recorded("$RETINASSL_DATA_ROOT/idrid/labels.csv")
+    with caplog.at_level("WARNING"):
+        check_unchanged(record, same, "run", archived=True)
     assert json.loads(record.read_text()) == same                      # recorded anew with this machine's paths
-    record.write_text(json.dumps({"data": {"options": {"labels": "$RETINASSL_DATA_ROOT/idrid/labels.csv"}}}))
+    assert "preprocess.reference_image, data.options.labels, data.options.roots.0" in caplog.text
+    assert "/anywhere" not in caplog.text and here not in caplog.text  # keys, never paths
+    # a placeholder names one file under the data root: another file is a change
     with pytest.raises(ConfigError, match="data changed"):
-        check_unchanged(record, {"data": {"options": {"labels": str(tmp_path / "root" / "other.csv")}}}, "run")
+        check_unchanged(recorded("$RETINASSL_DATA_ROOT/idrid/labels.csv"),
+                        {"data": {"options": {"labels": str(tmp_path / "root" / "other.csv")}}}, "run", archived=True)
     with pytest.raises(ConfigError, match="data changed"):              # an ordinary value is still compared
-        check_unchanged(record, {"data": {"options": {"labels": "labels.csv"}}}, "run")
+        check_unchanged(recorded("labels.csv"), {"data": {"options": {"labels": "other.csv"}}}, "run", archived=True)

@@ -393,7 +393,7 @@ def check_carried_runs(config, carried, tmp_path: Path) -> None:
     TransferGrid(config([0]).model_dump(mode="json"), early).prepare()
     assert not read_results(early.results_file).empty
     with pytest.raises(ConfigError, match=r"lesions: .* has results of it \(rows in results.csv, "
-                                          r"pretrain/lesions/results.csv\) but not its encoder"):
+                                          r"pretrain/lesions/results.csv, data/encoders.json\) but not its encoder"):
         run_transfer(config([0]), RunDir.resume(carried(early, "machine1").path))
 
     first = RunDir.create(tmp_path / "runs", "carried")
@@ -404,6 +404,13 @@ def check_carried_runs(config, carried, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="lesions: .* has results of it"):
         run_transfer(config([0, 1]), RunDir.resume(restored.path))
     assert len(read_results(restored.results_file)) == len(rows)         # nothing ran, nothing lost
+    # another encoder put in its place: refused, naming it
+    torch.manual_seed(99)
+    save_encoder(restored.path / "pretrain" / "lesions" / "encoder", build_encoder("convnet", width=8), arch="convnet",
+                 kwargs={"width": 8})
+    with pytest.raises(ConfigError, match="lesions: the encoder in .* is not the one"):
+        run_transfer(config([0, 1]), RunDir.resume(restored.path))
+    shutil.rmtree(restored.path / "pretrain" / "lesions" / "encoder")
     # with the same encoder back in place the study continues: only seed 1's cells run
     shutil.copytree(first.path / "pretrain" / "lesions" / "encoder", restored.path / "pretrain" / "lesions" / "encoder")
     run_transfer(config([0, 1]), RunDir.resume(restored.path))

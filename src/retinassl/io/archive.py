@@ -14,18 +14,20 @@ and a resume with other settings is refused as for any run.
 **Nothing that names the user's files.** An archive is meant to be committed or shared, and file or
 folder names of the user's images can identify patients (OCT exports are named after them):
 
-- the configuration records (``sweep.yaml``, ``transfer.yaml``, ``config.yaml``, the settings and
-  tuning records) are copied with every absolute path replaced: a path under the data root
+- the configuration records (``sweep.yaml``, ``transfer.yaml``, ``config.yaml``, ``evaluate.yaml``,
+  the settings and tuning records) are copied with every path replaced (absolute ones, and relative
+  ones at keys that hold paths, :data:`PATH_KEYS`): a path under the data root
   (``--data-root`` / ``RETINASSL_DATA_ROOT``) by its ``$RETINASSL_DATA_ROOT/...`` placeholder, which a
   resume on another machine resolves again, any other by :data:`LOCAL_PATH` (a resume then needs that
   key given again; the settings records accept either stand-in for the path the resume gives,
-  :func:`retinassl.sweeps.grid.check_unchanged`); ``run.json`` keeps its name, start time and status only (its error text may quote
-  an image path);
+  :func:`retinassl.sweeps.grid.check_unchanged`); ``run.json`` keeps its name, times and status only
+  (its error text may quote an image path);
 - tables with a column that holds paths (``image``, ``path``, masks, OCT volumes) are left out;
-- image ids are kept (predictions are paired by them): the named datasets' ids are the toolkit's
-  (``idrid-B-test-IDRiD_001``), but a ``folder``, ``csv``, ``glob`` or ``manifest`` source takes its ids
-  from the user's file names, so a run reading one is archived only when the caller says its file
-  names identify no one (``file_name_ids=True``, ``--file-name-ids``).
+- image ids are kept (predictions are paired by them): the ids of the public datasets read by their
+  own loaders and of synthetic images are the toolkit's (``idrid-B-test-IDRiD_001``,
+  :data:`TOOLKIT_ID_SOURCES`); every other source takes its ids from the user's file names or tables,
+  so a run that reads one, or records no source at all, is archived only when the caller says its
+  ids identify no one (``file_name_ids=True``, ``--file-name-ids``).
 
 Weights are not archived (tens of MB): a transfer sweep restored without its pretrained encoder
 refuses to pretrain again an initialisation it has results of
@@ -34,6 +36,7 @@ refuses to pretrain again an initialisation it has results of
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import fnmatch
 import hashlib
@@ -56,13 +59,20 @@ ARCHIVE_FILE = "archive.json"
 RESTORED_FILE = "restored-from-archive.json"
 LOCAL_PATH = "<local path, not archived>"
 #: What an archive holds (paths relative to the run; ``*`` does not cross a ``/``, ``**/`` does).
-KEPT = ("results.csv", "grid.settings.json", "split.csv", "predictions/**/*.csv", "data/tuning*.json",
-        "data/tuning.csv", "data/*-removed.csv", "pretrain/*/results.csv")
+KEPT = ("results.csv", "grid.settings.json", "split.csv", "test-patch-labels.csv", "gallery.json",
+        "comparison.csv", "comparison.md", "external.csv", "external.md", "predictions/**/*.csv",
+        "data/tuning*.json", "data/tuning.csv", "data/*-removed.csv", "data/encoders.json", "pretrain/*/results.csv")
 #: Records copied with their paths replaced (see the module docstring).
-RECORDS = ("run.json", "sweep.yaml", "transfer.yaml", "config.yaml")
-#: Sources whose image ids are the user's file names.
-FILE_NAME_SOURCES = frozenset({"folder", "csv", "glob", "manifest"})
-_PATH_COLUMN = re.compile(r"^(image|path|.*_path|mask_.*|oct_volume|thickness_map)$")
+RECORDS = ("run.json", "sweep.yaml", "transfer.yaml", "config.yaml", "evaluate.yaml")
+#: What ``run.json`` keeps: who the run is and how long it ran (its error text may quote a path).
+RUN_FIELDS = ("name", "started", "status", "elapsed_seconds", "resumed", "finished")
+#: Sources whose image ids are the toolkit's own (public datasets read by their own loader, synthetic
+#: images); every other source takes ids from the user's file names or tables.
+TOOLKIT_ID_SOURCES = frozenset({"synthetic", "idrid", "drive", "stare", "mx_fundus_oct"})
+#: Record keys whose string values are paths even when relative.
+PATH_KEYS = frozenset({"root", "manifest", "csv", "labels_csv", "matches_csv", "images", "out_dir", "init",
+                       "cache_dir", "weights", "path", "reference", "runs_dir", "encoder", "model"})
+_PATH_COLUMN = re.compile(r"^(image|path|.*_path|mask_.*|oct_volume|oct_bscan|thickness_map|ir_image)$")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -74,7 +84,7 @@ def _matches(relative: str, pattern: str) -> bool:
 
 
 def _path_columns(path: Path) -> list[str]:
-    with path.open(encoding="utf-8", errors="replace") as fh:
+    with path.open(encoding="utf-8-sig", errors="replace") as fh:
         header = [c.strip().strip('"') for c in fh.readline().rstrip("\r\n").split(",")]
     return [c for c in header if _PATH_COLUMN.match(c)]
 
@@ -87,22 +97,46 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _is_path(value: str, name: str) -> bool:
+    """Whether a record's string is a path: absolute (or ``~``), or relative with a folder at a key
+    that holds paths (``root``, ``manifest``, ``init``...)."""
+    if value.startswith(PLACEHOLDER):
+        return False
+    if value.startswith(("/", "~")) or re.match(r"^[A-Za-z]:[\\/]", value):
+        return True
+    return name in PATH_KEYS and ("/" in value or "\\" in value)
+
+
+def _under_root(value: str, data_root: Path | None) -> str | None:
+    """The placeholder form of ``value`` when it lies under the data root (as written or resolved)."""
+    if data_root is None:
+        return None
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # ~user of no such user
+        return None
+    for candidate, root in ((path.absolute(), data_root.expanduser().absolute()),
+                            (path.resolve(), data_root.expanduser().resolve())):
+        try:
+            rest = candidate.relative_to(root)
+        except ValueError:
+            continue
+        return PLACEHOLDER if str(rest) == "." else f"{PLACEHOLDER}/{rest.as_posix()}"
+    return None
+
+
 def _without_paths(value: Any, data_root: Path | None, replaced: list[str], key: str = "") -> Any:
-    """``value`` with every absolute path replaced (see the module docstring); the keys of paths
-    that are not under the data root are added to ``replaced``."""
+    """``value`` with every path replaced (see the module docstring); the keys of paths that are not
+    under the data root are added to ``replaced``."""
     if isinstance(value, dict):
         return {k: _without_paths(v, data_root, replaced, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
     if isinstance(value, list):
         return [_without_paths(v, data_root, replaced, f"{key}.{i}") for i, v in enumerate(value)]
-    if not isinstance(value, str) or not (value.startswith(("/", "~")) or re.match(r"^[A-Za-z]:[\\/]", value)):
+    if not isinstance(value, str) or not _is_path(value, key.rsplit(".", 1)[-1]):
         return value
-    if data_root is not None:
-        try:
-            rest = Path(value).expanduser().resolve().relative_to(data_root.expanduser().resolve())
-        except ValueError:
-            pass
-        else:
-            return PLACEHOLDER if str(rest) == "." else f"{PLACEHOLDER}/{rest.as_posix()}"
+    placeholder = _under_root(value, data_root)
+    if placeholder is not None:
+        return placeholder
     replaced.append(key)
     return LOCAL_PATH
 
@@ -158,14 +192,22 @@ def _still_running(record: dict[str, Any]) -> bool:
 
 def _archived_summary(target: Path) -> dict[str, Any]:
     summary = _read_record(target / ARCHIVE_FILE)
-    if not isinstance(summary, dict) or not isinstance(summary.get("files"), dict):
+    if (not isinstance(summary, dict) or not isinstance(summary.get("files"), dict)
+            or not isinstance(summary.get("run", {}), dict)):
         raise RunDirError(f"{target / ARCHIVE_FILE}: not an archive record")
     return summary
 
 
-def _clear_leftovers(dest: Path, name: str) -> None:
-    """Folders an interrupted archive of ``name`` left in ``dest`` (never the archive itself)."""
-    for stale in list(dest.glob(f".tmp-{name}-*")) + list(dest.glob(f".{name}.old-*")):
+def _recover_leftovers(dest: Path, name: str) -> None:
+    """What an interrupted archive of ``name`` left in ``dest``: an earlier archive moved aside and
+    not replaced is put back (then checked as any earlier archive); unfinished copies are removed."""
+    target = dest / name
+    for aside in sorted(dest.glob(f".{name}.old-*")):
+        if not target.exists() and (aside / ARCHIVE_FILE).is_file():
+            aside.rename(target)
+        else:
+            shutil.rmtree(aside, ignore_errors=True)
+    for stale in dest.glob(f".tmp-{name}.*"):
         shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -214,6 +256,8 @@ def archive_run(run: str | Path, dest: str | Path, *, data_root: str | Path | No
     root = Path(data_root) if data_root is not None else data_root_from_env()
     target = dest / run.name
     identity = {"name": record.get("name"), "started": record.get("started")}
+    if dest.is_dir():
+        _recover_leftovers(dest, run.name)
     if target.exists():
         if not (target / ARCHIVE_FILE).is_file():
             raise RunDirError(f"{target} exists and is not an archive; choose another destination")
@@ -224,18 +268,19 @@ def archive_run(run: str | Path, dest: str | Path, *, data_root: str | Path | No
         if old_results.is_file() and not (run / "results.csv").read_bytes().startswith(old_results.read_bytes()):
             raise RunDirError(f"{target}: its results table is not the start of {run / 'results.csv'} (an older copy "
                               "of the run, or another machine continued it); the archive was left as it is")
+    created = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
-    _clear_leftovers(dest, run.name)
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{run.name}-", dir=dest))
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{run.name}.", dir=dest))
     try:
         files: dict[str, dict[str, Any]] = {}
         left_out: Counter[str] = Counter()
         replaced: dict[str, list[str]] = {}
         sources: list[tuple[str, str, str]] = []
-        # the results table first: a row's predictions are written before the row, so every archived
-        # row has its predictions even if a cell ended during the copy
-        candidates = sorted((p for p in run.rglob("*") if p.is_file() or p.is_symlink()),
-                            key=lambda p: (p.relative_to(run).as_posix() != "results.csv", p.as_posix()))
+        # the results table is copied before the other files are listed: a cell writes its predictions
+        # before its rows, so every archived row has its predictions even if a cell ends meanwhile
+        if (run / "results.csv").is_file() and not (run / "results.csv").is_symlink():
+            shutil.copyfile(run / "results.csv", staging / "results.csv")
+        candidates = sorted(p for p in run.rglob("*") if p.is_file() or p.is_symlink())
         for path in candidates:
             relative = path.relative_to(run).as_posix()
             folder = relative.split("/", 1)[0] if "/" in relative else "."
@@ -245,15 +290,17 @@ def archive_run(run: str | Path, dest: str | Path, *, data_root: str | Path | No
                 continue
             copy = staging / relative
             copy.parent.mkdir(parents=True, exist_ok=True)
-            if relative.endswith(".csv"):
-                if _path_columns(path):
+            if relative == "results.csv":
+                pass  # copied first
+            elif relative.endswith(".csv") or relative.endswith(".md"):
+                if relative.endswith(".csv") and _path_columns(path):
                     left_out[folder] += 1
                     continue
                 shutil.copyfile(path, copy)
             else:  # a record (JSON or YAML): its paths replaced
                 value = _read_record(path)
                 if relative == "run.json":
-                    value = {**identity, "status": record.get("status")}
+                    value = {k: record[k] for k in RUN_FIELDS if k in record}
                 sources.extend((relative, key, source) for key, source in _sources(value))
                 keys: list[str] = []
                 _write_record(copy, _without_paths(value, root, keys))
@@ -261,21 +308,26 @@ def archive_run(run: str | Path, dest: str | Path, *, data_root: str | Path | No
                     replaced[relative] = keys
             files[relative] = {"bytes": copy.stat().st_size, "sha256": _sha256(copy)}
         named = sorted({f"{source} ({relative}: {key})" for relative, key, source in sources
-                        if source in FILE_NAME_SOURCES})
-        if named and not file_name_ids:
-            raise RunDirError(f"{run} reads data whose image ids are file names: {', '.join(named)}; the archive "
-                              "would hold them. Archive it only if those names identify no one (e.g. a public "
-                              "dataset): --file-name-ids")
+                        if source not in TOOLKIT_ID_SOURCES})
+        if (named or not sources) and not file_name_ids:
+            where = (f"reads data whose image ids come from your file names or tables: {', '.join(named)}" if named
+                     else "records no data source (sweep.yaml, config.yaml...), so where its image ids come from "
+                          "is not known")
+            raise RunDirError(f"{run} {where}; the archive would hold them. Archive it only if those ids identify "
+                              "no one (e.g. a public dataset): --file-name-ids")
         if "results.csv" not in files:
             raise RunDirError(f"{run} has no results table (results.csv): nothing to archive")
         summary = {"run": {**identity, "status": record.get("status"), "folder": run.name},
                    "archived": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
                    "files": files, "left_out_per_folder": dict(sorted(left_out.items())),
-                   "paths_replaced": replaced, "file_name_ids": bool(named)}
+                   "paths_replaced": replaced, "file_name_ids": bool(named or not sources)}
         write_text(staging / ARCHIVE_FILE, json.dumps(summary, indent=1) + "\n")
         _swap_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                dest.rmdir()  # a destination made for this archive, if it stayed empty
         raise
     return target
 
@@ -326,12 +378,11 @@ def restore_run(archive: str | Path, runs_dir: str | Path) -> Path:
         except FileExistsError:
             raise RunDirError(f"{target} appeared while restoring: restore into another --runs-dir") from None
         try:
-            for entry in staging.iterdir():
-                entry.rename(target / entry.name)
-        except BaseException:
-            shutil.rmtree(target, ignore_errors=True)
-            raise
-        staging.rmdir()
+            staging.rename(target)  # onto the empty claim in one step (refused if anything was written into it)
+        except OSError:
+            with contextlib.suppress(OSError):
+                target.rmdir()  # the claim, if it is still empty
+            raise RunDirError(f"{target} changed while restoring: restore into another --runs-dir") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

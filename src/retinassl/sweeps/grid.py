@@ -31,6 +31,8 @@ import pandas as pd
 
 from retinassl.atomic import write_text
 from retinassl.errors import ConfigError
+from retinassl.data_roots import PLACEHOLDER, data_root_from_env
+from retinassl.io.archive import LOCAL_PATH, RESTORED_FILE
 from retinassl.io.results import read_results
 from retinassl.io.rundir import RunDir
 
@@ -179,23 +181,28 @@ def data_settings(data: Any) -> dict[str, Any]:
     return out
 
 
-def _differs(recorded: Any, now: Any) -> bool:
+def _differs(recorded: Any, now: Any, accepted: list[str] | None = None, key: str = "") -> bool:
     """Whether a recorded setting differs from the current one; in mappings only the keys both have
-    are compared (a config field added after the record was written, a task not run this time)."""
+    are compared (a config field added after the record was written, a task not run this time).
+    With ``accepted`` (a run restored from an archive), a path the archive replaced by a stand-in
+    matches the current path (:func:`_same_archived_path`) and its key is added to ``accepted``."""
     if isinstance(recorded, dict) and isinstance(now, dict):
-        return any(_differs(recorded[k], now[k]) for k in recorded.keys() & now.keys())
-    if isinstance(recorded, str) and isinstance(now, str) and recorded != now:
-        return not _same_archived_path(recorded, now)
+        return any([_differs(recorded[k], now[k], accepted, f"{key}.{k}" if key else str(k))
+                    for k in sorted(recorded.keys() & now.keys())])
+    if isinstance(recorded, list) and isinstance(now, list) and len(recorded) == len(now):
+        return any([_differs(r, n, accepted, f"{key}.{i}") for i, (r, n) in enumerate(zip(recorded, now))])
+    if (accepted is not None and isinstance(recorded, str) and isinstance(now, str) and recorded != now
+            and _same_archived_path(recorded, now)):
+        accepted.append(key)
+        return False
     return recorded != now
 
 
 def _same_archived_path(recorded: str, now: str) -> bool:
     """A path the record held before a run archive replaced it (:mod:`retinassl.io.archive`) against
     the current one: a local path the archive could not keep matches any; a data-root placeholder
-    matches the same path under today's data root (any path when no data root is set)."""
-    from retinassl.data_roots import PLACEHOLDER, data_root_from_env
-    from retinassl.io.archive import LOCAL_PATH
-
+    matches the same path under today's data root (``RETINASSL_DATA_ROOT``; any path when it is not
+    set)."""
     if recorded == LOCAL_PATH:
         return True
     if recorded != PLACEHOLDER and not recorded.startswith(PLACEHOLDER + "/"):
@@ -208,14 +215,21 @@ def _same_archived_path(recorded: str, now: str) -> bool:
 
 
 def check_unchanged(path: Path, settings: dict[str, Any], what: str,
-                    replace: Collection[str] = ()) -> None:
+                    replace: Collection[str] = (), archived: bool = False) -> None:
     """Record ``settings`` in ``path``; raise :class:`ConfigError` naming the top-level keys whose
     values differ from those recorded (``what`` names the run in the message). Keys in ``replace``
     (settings no done result depends on yet) and keys the record does not have are recorded anew; a
-    recorded key that ``settings`` lacks is kept and not compared."""
+    recorded key that ``settings`` lacks is kept and not compared. ``archived``: the run was
+    restored from an archive, whose records hold stand-ins for paths: those take the current paths,
+    named (by key, never by value) in a warning."""
     now = json.loads(json.dumps(settings, default=str))
     recorded = json.loads(path.read_text()) if path.is_file() else {}
-    changed = sorted(k for k in now if k in recorded and k not in replace and _differs(recorded[k], now[k]))
+    accepted: list[str] | None = [] if archived else None
+    changed = sorted(k for k in now if k in recorded and k not in replace
+                     and _differs(recorded[k], now[k], accepted, k))
+    if accepted:
+        log.warning("%s: the paths at %s were not kept by the archive this run was restored from; the ones "
+                    "given now are taken as the same files", what, ", ".join(accepted))
     if changed:
         raise ConfigError(f"{what} ({path.parent}) was started with other settings ({', '.join(changed)} "
                           f"changed; recorded in {path.name}): its done results would be mixed with "
@@ -241,7 +255,8 @@ def run_grid(factory: GridFactory, args: Sequence[Any], run: RunDir, workers: in
     grid = factory(*args, run)
     settings = grid.settings()
     if settings is not None:
-        check_unchanged(run.path / SETTINGS_FILE, settings, f"{name} run", grid.settings_not_used_yet())
+        check_unchanged(run.path / SETTINGS_FILE, settings, f"{name} run", grid.settings_not_used_yet(),
+                        archived=(run.path / RESTORED_FILE).is_file())
     grid.prepare()
     for stale in (run.path / "cells").glob("*/claim"):
         stale.unlink()  # claims of an interrupted sweep

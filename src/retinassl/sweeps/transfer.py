@@ -152,6 +152,7 @@ class TransferGrid(TransferInits, Grid):
                                mask_columns=[], skip_bad=config.data.skip_bad)
         for spec in config.inits:
             self.check_pretraining(spec.name, self.model_of(spec).init)
+        self.record_encoders()
         if config.finetune_tuning is not None and "finetune" in config.protocols:
             check_settings(config, self.run, {s.name: str(self.model_of(s).init) for s in config.inits})
             for spec in config.inits:  # every init's setting chosen on training images, before any cell

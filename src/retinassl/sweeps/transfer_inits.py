@@ -6,6 +6,7 @@ check that an encoder was not pretrained on a test image. :class:`TransferInits`
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -22,8 +23,10 @@ from retinassl.io.results import append_results, read_results, result_row
 from retinassl.io.rundir import RunDir
 from retinassl.io.saved_model import is_saved_model
 from retinassl.sweeps.transfer_config import InitSpec
+from retinassl.sweeps.transfer_tuning import weights_identity
 
 log = logging.getLogger(__name__)
+ENCODERS_FILE = "encoders.json"
 
 
 class TransferInits:
@@ -126,21 +129,48 @@ class TransferInits:
         log.info("init %s: pretrained in %.0f s", spec.name, time.perf_counter() - start)
         return out
 
+    def recorded_encoders(self) -> dict[str, str]:
+        """``data/encoders.json``: each pretrained init's weights (:func:`weights_identity`)."""
+        path = self.data_dir / ENCODERS_FILE
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def record_encoders(self) -> None:
+        """Record the weights of every pretrained init whose encoder exists (after the pretraining)."""
+        recorded = self.recorded_encoders()
+        now = {spec.name: weights_identity(str(self.run.path / "pretrain" / spec.name / "encoder"))
+               for spec in self.config.inits
+               if spec.pretrain is not None and is_saved_model(self.run.path / "pretrain" / spec.name / "encoder")}
+        merged = {**recorded, **{k: v for k, v in now.items() if k not in recorded}}
+        if merged != recorded:
+            write_text(self.data_dir / ENCODERS_FILE, json.dumps(merged, indent=2, sort_keys=True))
+
     def check_encoders_kept(self) -> None:
-        """Before anything runs: an initialisation the run has results of (rows of any protocol, its
-        tuning record, its pretraining's cost rows) but whose encoder is gone (a run restored from an
-        archive, which holds no weights; a deleted folder), with no checkpoint to resume from, is
-        refused: pretraining it again would give another encoder than the one those results came from,
-        and the run would mix the two."""
+        """Before anything runs: every pretrained initialisation the run has results of still has the
+        encoder they came from. Refused: an encoder whose weights differ from those recorded when it
+        was pretrained (``data/encoders.json``: another encoder put in its place), and an init with
+        results (rows of any protocol, its tuning record, its pretraining's rows, its recorded weights)
+        whose encoder is gone (a run restored from an archive, which holds no weights; a deleted
+        folder) with no checkpoint to resume from: pretraining it again would give another encoder
+        than the one those results came from, and the run would mix the two."""
         rows = read_results(self.run.results_file) if self.run.results_file.is_file() else None
+        recorded = self.recorded_encoders()
         for spec in self.config.inits:
             folder = self.run.path / "pretrain" / spec.name
-            if spec.pretrain is None or is_saved_model(folder / "encoder") or any((folder / "checkpoints").glob("*")):
+            if spec.pretrain is None:
+                continue
+            if is_saved_model(folder / "encoder"):
+                if spec.name in recorded and weights_identity(str(folder / "encoder")) != recorded[spec.name]:
+                    raise ConfigError(f"init {spec.name}: the encoder in {folder / 'encoder'} is not the one this "
+                                      "run's results of it came from (its weights differ from those recorded in "
+                                      f"data/{ENCODERS_FILE}); put that one back, or start a new run")
+                continue
+            if any((folder / "checkpoints").glob("*")):
                 continue
             traces = [what for what, there in [
                 ("rows in results.csv", rows is not None and (rows["init"].astype(str) == spec.name).any()),
                 (f"data/tuning-{spec.name}.json", (self.data_dir / f"tuning-{spec.name}.json").is_file()),
-                (f"pretrain/{spec.name}/results.csv", (folder / "results.csv").is_file())] if there]
+                (f"pretrain/{spec.name}/results.csv", (folder / "results.csv").is_file()),
+                (f"data/{ENCODERS_FILE}", spec.name in recorded)] if there]
             if traces:
                 raise ConfigError(f"init {spec.name}: {self.run.path} has results of it ({', '.join(traces)}) but "
                                   f"not its encoder ({folder / 'encoder'}; an archive holds no weights): pretraining "

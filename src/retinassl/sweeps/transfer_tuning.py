@@ -35,6 +35,7 @@ from retinassl.data.cache import PreparedData
 from retinassl.data.file_digests import file_digest
 from retinassl.data.splits import carve_validation
 from retinassl.errors import ConfigError
+from retinassl.io.archive import RESTORED_FILE
 from retinassl.io.rundir import RunDir
 from retinassl.io.saved_model import WEIGHTS
 from retinassl.jobs.finetune import FinetuneConfig, finetune, remove_workdir
@@ -137,7 +138,8 @@ def check_settings(config: TransferConfig, run: RunDir, inits: dict[str, str]) -
                 "preprocess": config.preprocess.model_dump(mode="json"),
                 "seed": config.seed, "folds": config.folds, "tuning_task": tuning_task(config).name,
                 "inits": inits}
-    check_unchanged(run.path / "data" / "tuning.settings.json", settings, "finetune_tuning: this run's tuning")
+    check_unchanged(run.path / "data" / "tuning.settings.json", settings, "finetune_tuning: this run's tuning",
+                    archived=(run.path / RESTORED_FILE).is_file())
 
 
 def _done(path: Path) -> pd.DataFrame:
