@@ -82,6 +82,19 @@ def run_transfer_timed(config, run) -> float:
     return seconds
 
 
+def manifest_ids(path: Path) -> "pd.DataFrame | None":  # noqa: F821
+    """A run's manifest (``path``), or the ids and splits an archive kept of it (``X.ids.csv``, see
+    :mod:`retinassl.io.archive`), or None."""
+    import pandas as pd
+
+    from retinassl.io.archive import IDS_SUFFIX
+
+    for candidate in (path, path.with_name(path.name[:-len(".csv")] + IDS_SUFFIX)):
+        if candidate.is_file():
+            return pd.read_csv(candidate, keep_default_na=False)
+    return None
+
+
 def pretraining_costs(run, config, results) -> dict:
     """Per pretrained initialisation of a transfer sweep: its recorded metrics, the images its
     pretraining used (its own manifest: an init's splits/label select rows of the pool), the batch,
@@ -100,8 +113,8 @@ def pretraining_costs(run, config, results) -> dict:
             batch = int(((spec.pretrain or {}).get("engine") or {}).get("batch_size", batch))
         secs = values.get("pretrain_seconds", math.nan)
         images = values.get("pretrain_batches", math.nan) * batch
-        used = run.path / "pretrain" / init / "manifest.csv"
-        values["images_used"] = float(len(pd.read_csv(used))) if used.is_file() else math.nan
+        used = manifest_ids(run.path / "pretrain" / init / "manifest.csv")
+        values["images_used"] = float(len(used)) if used is not None else math.nan
         out[init] = {**values, "method": str(g["method"].iloc[0]), "batch_size": batch, "images_seen": images,
                      "two_core_minutes": secs / 60,
                      "images_per_s": images / secs if secs else math.nan}

@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (ROOT, add_study_arguments, pretraining_costs, results_name, run_study,  # noqa: E402
+from _common import (ROOT, add_study_arguments, manifest_ids, pretraining_costs, results_name, run_study,  # noqa: E402
                      with_shared_data_root, write_results)
 from _common import study_config as shared_study_config  # noqa: E402
 
@@ -55,10 +55,13 @@ def summary(run: RunDir, config, seconds: float) -> tuple[dict, str]:
     """The numbers and the markdown of a finished (or partly finished) run."""
     results = read_results(run.results_file)
     data_dir = run.path / "data"
-    pool = pd.read_csv(data_dir / "pool.csv") if (data_dir / "pool.csv").is_file() else pd.DataFrame(columns=["id"])
+    pool = manifest_ids(data_dir / "pool.csv")
+    pool = pool if pool is not None else pd.DataFrame(columns=["id"])
     removed = pd.read_csv(data_dir / "pool-removed.csv") if (data_dir / "pool-removed.csv").is_file() \
         else pd.DataFrame(columns=["id", "reason"])
-    downstream = pd.read_csv(data_dir / "downstream.csv")
+    downstream = manifest_ids(data_dir / "downstream.csv")
+    if downstream is None:
+        raise SystemExit(f"{data_dir}: no downstream.csv (nor its archived ids, downstream.ids.csv)")
     down_removed = pd.read_csv(data_dir / "downstream-removed.csv")
     removed["dataset"] = removed["id"].astype(str).map(_dataset_of)
     pretrain = pretraining_costs(run, config, results)

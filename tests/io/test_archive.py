@@ -32,7 +32,7 @@ def _run(tmp_path: Path, source: str = "idrid") -> Path:
         "split.csv": "id,split\nidrid-B-test-IDRiD_001,test\n",
         "data/tuning.csv": "init,candidate,seed,metric,value\nscratch,0,0,auc,0.7\n",
         "data/downstream-removed.csv": "id,reason,related\na,copy,b\n",
-        "data/downstream.csv": f"id,dr_grade\n{PRIVATE},2\n",            # a manifest: its .root beside it
+        "data/downstream.csv": f"id,image,split,dr_grade\nidrid-B-test-IDRiD_001,{PRIVATE}/a.jpg,test,2\n",  # a manifest
         "data/downstream.csv.root": f"{tmp_path}/{PRIVATE}\n",
         "pretrain/lesions/results.csv": "metric,value\nseconds,12\n",
         "pretrain/lesions/config.yaml": f"data:\n  manifest: {tmp_path}/{PRIVATE}/pool.csv\n",
@@ -61,6 +61,7 @@ def _run(tmp_path: Path, source: str = "idrid") -> Path:
 
 
 KEPT = {"results.csv", "run.json", "sweep.yaml", "grid.settings.json", "split.csv", "data/tuning.csv",
+        "data/downstream.ids.csv",
         "data/tuning-scratch.json", "data/downstream-removed.csv", "pretrain/lesions/results.csv",
         "predictions/ssl-gan/ssl-gan-n10-s0.csv", "predictions/ssl-gan@mx/ssl-gan-n10-s0.csv"}
 
@@ -76,8 +77,10 @@ def test_archive_keeps_results_and_records_without_paths_or_names(tmp_path: Path
     for name, entry in summary["files"].items():
         data = (target / name).read_bytes()
         assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        if name.endswith(".csv"):
+        if name.endswith(".csv") and not name.endswith(".ids.csv"):
             assert data == (run / name).read_bytes()                  # tables copied as they are
+    # a manifest: its ids and splits only
+    assert (target / "data" / "downstream.ids.csv").read_text() == "id,split\nidrid-B-test-IDRiD_001,test\n"
     # no local path and no private name anywhere: not in files, not in file names, not in archive.json
     everything = "".join(p.relative_to(tmp_path).as_posix() + p.read_text() for p in target.rglob("*") if p.is_file())
     assert PRIVATE not in everything and str(tmp_path) not in everything

@@ -22,7 +22,9 @@ folder names of the user's images can identify patients (OCT exports are named a
   key given again; the settings records accept either stand-in for the path the resume gives,
   :func:`retinassl.sweeps.grid.check_unchanged`); ``run.json`` keeps its name, times and status only
   (its error text may quote an image path);
-- tables with a column that holds paths (``image``, ``path``, masks, OCT volumes) are left out;
+- tables with a column that holds paths (``image``, ``path``, masks, OCT volumes) are left out; a
+  data manifest (``X.csv`` beside the ``X.csv.root`` naming its folder) is archived as ``X.ids.csv``,
+  its ids and splits only (what a summary counts);
 - image ids are kept (predictions are paired by them): the ids of the public datasets read by their
   own loaders and of synthetic images are the toolkit's (``idrid-B-test-IDRiD_001``,
   :data:`TOOLKIT_ID_SOURCES`); every other source takes its ids from the user's file names or tables,
@@ -49,6 +51,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from retinassl.atomic import write_text
@@ -72,6 +75,9 @@ TOOLKIT_ID_SOURCES = frozenset({"synthetic", "idrid", "drive", "stare", "mx_fund
 #: Record keys whose string values are paths even when relative.
 PATH_KEYS = frozenset({"root", "manifest", "csv", "labels_csv", "matches_csv", "images", "out_dir", "init",
                        "cache_dir", "weights", "path", "reference", "runs_dir", "encoder", "model"})
+#: A data manifest (``X.csv`` beside ``X.csv.root``) is archived as ``X.ids.csv``: these columns only.
+IDS_SUFFIX = ".ids.csv"
+MANIFEST_ID_COLUMNS = ("id", "split")
 _PATH_COLUMN = re.compile(r"^(image|path|.*_path|mask_.*|oct_volume|oct_bscan|thickness_map|ir_image)$")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -285,6 +291,12 @@ def archive_run(run: str | Path, dest: str | Path, *, data_root: str | Path | No
             relative = path.relative_to(run).as_posix()
             folder = relative.split("/", 1)[0] if "/" in relative else "."
             kept = any(_matches(relative, pattern) for pattern in KEPT)
+            if (not path.is_symlink() and relative.endswith(".csv") and not relative.endswith(IDS_SUFFIX)
+                    and (run / f"{relative}.root").is_file()):
+                ids = relative[:-len(".csv")] + IDS_SUFFIX  # a manifest: its ids and splits only
+                frame = pd.read_csv(path, usecols=lambda c: c in MANIFEST_ID_COLUMNS, dtype=str, keep_default_na=False)
+                write_text(staging / ids, frame.to_csv(index=False))
+                files[ids] = {"bytes": (staging / ids).stat().st_size, "sha256": _sha256(staging / ids)}
             if path.is_symlink() or not (kept or relative in RECORDS):
                 left_out[folder] += 1
                 continue
