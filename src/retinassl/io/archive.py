@@ -55,8 +55,9 @@ import pandas as pd
 import yaml
 
 from retinassl.atomic import write_text
+from retinassl.config import safe_load_bounded
 from retinassl.data_roots import PLACEHOLDER, data_root_from_env
-from retinassl.errors import RunDirError
+from retinassl.errors import ConfigError, RunDirError
 
 ARCHIVE_FILE = "archive.json"
 RESTORED_FILE = "restored-from-archive.json"
@@ -164,8 +165,8 @@ def _sources(value: Any, key: str = "") -> list[tuple[str, str]]:
 def _read_record(path: Path) -> Any:
     try:
         text = path.read_text()
-        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        return json.loads(text) if path.suffix == ".json" else safe_load_bounded(text, str(path))
+    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError, ConfigError) as exc:
         raise RunDirError(f"{path}: cannot be read ({exc})") from None
 
 
