@@ -40,3 +40,35 @@ def test_mismatched_weights_are_named(tmp_path: Path) -> None:
         load_encoder(tmp_path / "e")
     with pytest.raises(CheckpointError, match="no model.json"):
         load_encoder(tmp_path)
+
+
+def test_weights_identity_names_the_weights_not_the_folder(tmp_path: Path) -> None:
+    """A run's records name an encoder by its weights' digest: the same weights anywhere give the same
+    name (a run restored elsewhere), other weights another; a name that is no file stays as given."""
+    import hashlib
+    import os
+    import shutil
+
+    from retinassl.models.initialize import weights_identity
+
+    torch.manual_seed(0)
+    save_encoder(tmp_path / "a" / "encoder", build_encoder("convnet", width=8), arch="convnet", kwargs={"width": 8})
+    shutil.copytree(tmp_path / "a", tmp_path / "moved")
+    expected = "blake2b:" + hashlib.blake2b((tmp_path / "a" / "encoder" / "model.safetensors").read_bytes(),
+                                            digest_size=16).hexdigest()
+    assert weights_identity(str(tmp_path / "a" / "encoder")) == expected
+    assert weights_identity(str(tmp_path / "moved" / "encoder")) == expected
+    assert weights_identity(str(tmp_path / "a" / "encoder" / "model.safetensors")) == expected
+    assert weights_identity("scratch") == "scratch"
+    # other weights written in place: another name, even within the same second
+    save_encoder(tmp_path / "other", build_encoder("convnet", width=8), arch="convnet", kwargs={"width": 8})
+    target = tmp_path / "a" / "encoder" / "model.safetensors"
+    stat = target.stat()
+    shutil.copyfile(tmp_path / "other" / "model.safetensors", target)
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert weights_identity(str(tmp_path / "a" / "encoder")) not in (expected, str(tmp_path / "a" / "encoder"))
+    # an encoder folder of the earlier format is named by its weights too
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    shutil.copyfile(tmp_path / "other" / "model.safetensors", legacy / "encoder.safetensors")
+    assert weights_identity(str(legacy)) == weights_identity(str(tmp_path / "other"))

@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 import torch
 
-from retinassl.io.saved_model import LEGACY, META
+from retinassl.data.file_digests import file_digest
+from retinassl.io.saved_model import LEGACY, META, WEIGHTS
 from retinassl.models.checkpoint import load_encoder
 from retinassl.config import ModelConfig
 from retinassl.errors import CheckpointError
@@ -24,6 +25,10 @@ from retinassl.models.vit_weights import load_vit_weights
 from retinassl.models.registry import build_encoder
 
 log = logging.getLogger(__name__)
+
+# weights digests already computed in this process, by (resolved file, size, mtime): a sweep start
+# names the same encoder several times (its check, its record, the tuning record)
+_IDENTITIES: dict[tuple[str, int, int], str] = {}
 
 InitKind = Literal["scratch", "checkpoint", "external"]
 
@@ -123,3 +128,21 @@ def init_label(init: str, names: dict[str, str] | None = None) -> str:
     stem = path.parent.name if path.name == "encoder" else path.stem if path.is_file() else path.name
     cleaned = "".join(c if c.isalnum() or c in "._+-" else "-" for c in stem).strip("-.")
     return cleaned or "encoder"
+
+
+def weights_identity(init: str) -> str:
+    """What results of an init depend on: the digest of its weights (a saved model folder, in the
+    current or an earlier format, or a weights file, wherever it lies: a run restored elsewhere, an
+    encoder put back after an archive), or the init as given when it names no file (``scratch``, a
+    published model's name)."""
+    path = Path(init)
+    if path.is_dir():
+        candidates = [path / WEIGHTS] + [path / weights for _, weights, _ in LEGACY.values()]
+        path = next((c for c in candidates if c.is_file()), path / WEIGHTS)
+    if not path.is_file():
+        return init
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _IDENTITIES:
+        _IDENTITIES[key] = f"blake2b:{file_digest(path)}"
+    return _IDENTITIES[key]

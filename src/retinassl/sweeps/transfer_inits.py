@@ -22,8 +22,8 @@ from retinassl.errors import ConfigError
 from retinassl.io.results import append_results, read_results, result_row
 from retinassl.io.rundir import RunDir
 from retinassl.io.saved_model import is_saved_model
+from retinassl.models.initialize import weights_identity
 from retinassl.sweeps.transfer_config import InitSpec
-from retinassl.sweeps.transfer_tuning import weights_identity
 
 log = logging.getLogger(__name__)
 ENCODERS_FILE = "encoders.json"

@@ -32,14 +32,13 @@ import pandas as pd
 from retinassl.atomic import write_text
 from retinassl.config import ModelConfig
 from retinassl.data.cache import PreparedData
-from retinassl.data.file_digests import file_digest
 from retinassl.data.splits import carve_validation
 from retinassl.errors import ConfigError
 from retinassl.io.archive import RESTORED_FILE
 from retinassl.io.rundir import RunDir
-from retinassl.io.saved_model import WEIGHTS
 from retinassl.jobs.finetune import FinetuneConfig, finetune, remove_workdir
 from retinassl.metrics.tasks import TaskSpec
+from retinassl.models.initialize import weights_identity
 from retinassl.sweeps.grid import check_unchanged
 from retinassl.sweeps.transfer_config import InitSpec, TransferConfig, tuning_candidates
 from retinassl.sweeps.transfer_data import evaluation_folds, label_subsets
@@ -105,15 +104,6 @@ def tuning_rows(prepared: PreparedData, config: TransferConfig, task: TaskSpec,
     fraction = min(1.0, size / len(pool))
     subset = label_subsets(manifest, task, pool, [fraction], seed, None)[fraction]
     return subset, train[val_pos]
-
-
-def weights_identity(init: str) -> str:
-    """What an init's tuning depends on: the digest of its weights (a saved model folder or a weights
-    file, wherever it lies: a run restored elsewhere, an encoder put back after an archive), or the
-    init as given when it names no file (``scratch``, a published model's name)."""
-    path = Path(init)
-    weights = path / WEIGHTS if path.is_dir() else path
-    return f"blake2b:{file_digest(weights)}" if weights.is_file() else init
 
 
 def check_settings(config: TransferConfig, run: RunDir, inits: dict[str, str]) -> None:
