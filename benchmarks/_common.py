@@ -79,7 +79,18 @@ def run_transfer_timed(config, run) -> float:
         raise
     seconds = before + time.perf_counter() - start
     run.update_status(status="finished", elapsed_seconds=seconds)
+    write_report(run)
     return seconds
+
+
+def write_report(run) -> None:
+    """The run's HTML report (``report/index.html``: curves, DeLong and tuning tables, t-SNE, Grad-CAM,
+    cost), as ``retinassl sweep`` writes it."""
+    import logging
+
+    from retinassl.report.html import build_report
+
+    logging.getLogger("retinassl").info("report: %s", build_report(run))
 
 
 def manifest_ids(path: Path) -> "pd.DataFrame | None":  # noqa: F821
@@ -124,7 +135,7 @@ def pretraining_costs(run, config, results) -> dict:
 def run_study(config, args, name: str):
     """Open a study's run directory (``args.resume``, read only with ``args.summary_only``, or a new
     ``<runs_dir>/<name>-<time>``) and run or complete its sweep; with ``--summary-only`` only its
-    comparison table is recomputed. Returns ``(run, wall seconds)``."""
+    comparison table and report are recomputed. Returns ``(run, wall seconds)``."""
     import logging
 
     from retinassl.io.rundir import RunDir
@@ -143,6 +154,7 @@ def run_study(config, args, name: str):
         from retinassl.metrics.compare import write_comparison
 
         write_comparison(run, config)
+        write_report(run)
     return run, float(run.status().get("elapsed_seconds", 0.0))
 
 

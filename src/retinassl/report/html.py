@@ -27,6 +27,7 @@ from retinassl.report.sections import Section, colour_scale_html, figure_html, g
 from retinassl.report.ssl_gan import ssl_gan_section
 from retinassl.report.summary import summary_section
 from retinassl.report.tables import metrics_table_html, raw_results_html
+from retinassl.report.cost import cost_section
 from retinassl.report.transfer import (gradcam_section, transfer_curves_section, transfer_delong_section,
                                        transfer_interval_section, transfer_tuning_section, tsne_section)
 
@@ -93,7 +94,7 @@ SECTION_BUILDERS: list[Callable[[RunDir], Section | None]] = [
     transfer_curves_section, roc_section, vessel_section, heatmap_section, reliability_section, misses_section,
     oct_section, tsne_section, gradcam_section, ssl_gan_section, reconstructions_section, training_curves_section,
     # tables
-    transfer_interval_section, transfer_delong_section, transfer_tuning_section, metrics_section]
+    transfer_interval_section, transfer_delong_section, transfer_tuning_section, metrics_section, cost_section]
 
 
 def build_report(run: RunDir, title: str | None = None) -> Path:
