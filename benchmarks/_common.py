@@ -177,7 +177,8 @@ def add_study_arguments(parser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a top-level override after the budget, as YAML (e.g. pretrain_engine.max_steps=300)")
     parser.add_argument("--steps", action="append", default=[], metavar="INIT=N",
-                        help="pretraining optimizer steps of one initialisation (its pretrain.engine.max_steps)")
+                        help="pretraining optimizer steps of one initialisation (its pretrain.engine.max_steps; "
+                             "its max_epochs raised so that the steps, not the epochs, end it)")
     parser.add_argument("--init-from", action="append", default=[], metavar="INIT=DIR",
                         help="use this encoder directory (e.g. an earlier run's pretrain/<init>/encoder) for INIT "
                              "instead of pretraining it; an INIT the preset does not have is added when --inits "
@@ -232,7 +233,9 @@ def study_config(data: dict, budget_name: str, inits: str | None = None, steps=(
         spec = next((i for i in holder["inits"] if i["name"] == init and i.get("pretrain")), None)
         if spec is None:
             raise SystemExit(f"--steps: {init!r} is not a pretrained initialisation of this run")
-        spec["pretrain"].setdefault("engine", {})["max_steps"] = int(n)
+        engine = spec["pretrain"].setdefault("engine", {})
+        engine["max_steps"] = int(n)
+        engine["max_epochs"] = max(int(engine.get("max_epochs", 1)), int(n))  # the steps bound it, not the epochs
     for item in sets:
         key, _, value = item.partition("=")
         target = budget
