@@ -90,7 +90,11 @@ def write_report(run) -> None:
 
     from retinassl.report.html import build_report
 
-    logging.getLogger("retinassl").info("report: %s", build_report(run))
+    log = logging.getLogger("retinassl")
+    try:
+        log.info("report: %s", build_report(run))
+    except Exception:  # the study's results are kept and its tables still written; `retinassl report RUN` retries
+        log.exception("the HTML report of %s could not be written", run.path)
 
 
 def manifest_ids(path: Path) -> "pd.DataFrame | None":  # noqa: F821

@@ -41,3 +41,20 @@ def test_each_epoch_logs_a_progress_line(tmp_path: Path, caplog: pytest.LogCaptu
     assert len(lines) == 2
     assert lines[0].startswith("step 2/4 (epoch 1): main_loss ") and "elapsed" in lines[0]
     assert lines[1].startswith("step 4/4 (epoch 2)")
+
+
+def test_epochs_that_end_a_run_before_its_steps_are_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """max_steps=10 with 2 epochs of 2 batches stops at step 4: the user is told, with the epochs that would
+    give the steps; enough epochs say nothing."""
+    torch.manual_seed(0)
+    method = build_method("supervised", {}, build_encoder("convnet", width=4))
+    config = EngineConfig(max_epochs=2, max_steps=10, batch_size=4, checkpoint_every_n_steps=-1, precision="32")
+    with caplog.at_level(logging.WARNING, logger="retinassl"):
+        result = fit(method, Tiny(), config=config, run=RunDir(tmp_path / "a"), seed=0)
+    assert result.batches == 4
+    (warning,) = [r.getMessage() for r in caplog.records if "max_epochs" in r.getMessage()]
+    assert "ends this run at step 4, before max_steps=10" in warning and "at least 5" in warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="retinassl"):
+        fit(method, Tiny(), config=config.model_copy(update={"max_epochs": 5}), run=RunDir(tmp_path / "b"), seed=0)
+    assert not [r for r in caplog.records if "max_epochs" in r.getMessage()]

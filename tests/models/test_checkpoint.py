@@ -44,31 +44,35 @@ def test_mismatched_weights_are_named(tmp_path: Path) -> None:
 
 def test_weights_identity_names_the_weights_not_the_folder(tmp_path: Path) -> None:
     """A run's records name an encoder by its weights' digest: the same weights anywhere give the same
-    name (a run restored elsewhere), other weights another; a name that is no file stays as given."""
+    name (a run restored elsewhere), other weights another, even written in place with the same size and
+    times; a name that is no file stays as given; records of earlier versions (the folder's path) match."""
     import hashlib
     import os
     import shutil
 
-    from retinassl.models.initialize import weights_identity
+    from retinassl.models.initialize import same_weights, weights_identity
 
     torch.manual_seed(0)
     save_encoder(tmp_path / "a" / "encoder", build_encoder("convnet", width=8), arch="convnet", kwargs={"width": 8})
     shutil.copytree(tmp_path / "a", tmp_path / "moved")
-    expected = "blake2b:" + hashlib.blake2b((tmp_path / "a" / "encoder" / "model.safetensors").read_bytes(),
-                                            digest_size=16).hexdigest()
-    assert weights_identity(str(tmp_path / "a" / "encoder")) == expected
-    assert weights_identity(str(tmp_path / "moved" / "encoder")) == expected
-    assert weights_identity(str(tmp_path / "a" / "encoder" / "model.safetensors")) == expected
+    weights = tmp_path / "a" / "encoder" / "model.safetensors"
+    expected = "blake2b:" + hashlib.blake2b(weights.read_bytes(), digest_size=16).hexdigest()
+    for name in ("a/encoder", "moved/encoder", "a/encoder/model.json", "a/encoder/model.safetensors"):
+        assert weights_identity(str(tmp_path / name)) == expected, name
     assert weights_identity("scratch") == "scratch"
-    # other weights written in place: another name, even within the same second
+    assert same_weights(str(tmp_path / "moved" / "encoder"), expected) and same_weights(expected, expected)
+    # other weights of the same shapes copied over it, size and times kept as they were
     save_encoder(tmp_path / "other", build_encoder("convnet", width=8), arch="convnet", kwargs={"width": 8})
-    target = tmp_path / "a" / "encoder" / "model.safetensors"
-    stat = target.stat()
-    shutil.copyfile(tmp_path / "other" / "model.safetensors", target)
-    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
-    assert weights_identity(str(tmp_path / "a" / "encoder")) not in (expected, str(tmp_path / "a" / "encoder"))
-    # an encoder folder of the earlier format is named by its weights too
+    stat = weights.stat()
+    shutil.copyfile(tmp_path / "other" / "model.safetensors", weights)
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert weights.stat().st_size == stat.st_size
+    assert weights_identity(str(tmp_path / "a" / "encoder")) == weights_identity(str(tmp_path / "other")) != expected
+    assert not same_weights(str(tmp_path / "a" / "encoder"), expected)
+    # an encoder folder of the earlier format (encoder.json + encoder.safetensors) is named by its weights too
     legacy = tmp_path / "legacy"
     legacy.mkdir()
     shutil.copyfile(tmp_path / "other" / "model.safetensors", legacy / "encoder.safetensors")
+    (legacy / "encoder.json").write_text(json.dumps({"format": "retinassl-encoder", "arch": "convnet",
+                                                     "kwargs": {"width": 8}}))
     assert weights_identity(str(legacy)) == weights_identity(str(tmp_path / "other"))

@@ -27,6 +27,22 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+# digests this process has computed, by the file's identity on disk (resolved path, inode, size, change
+# and modification times): a sweep start names the same encoder weights several times
+_SEEN: dict[tuple[str, int, int, int, int], str] = {}
+
+
+def remembered_file_digest(path: str | Path) -> str:
+    """:func:`file_digest`, computed once per process for a file that has not changed since (for files
+    read several times in one run, such as model weights; image digests persist in :class:`DigestMemo`)."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if key not in _SEEN:
+        _SEEN[key] = file_digest(path)
+    return _SEEN[key]
+
+
 def path_key(path: str | Path) -> str:
     """What the digest memo stores for a file: a BLAKE2b hash of its absolute path (never the path,
     which can carry a patient's name)."""

@@ -142,11 +142,9 @@ def fit(method: Method, train: Dataset, *, config: EngineConfig, run: RunDir, se
         num_sanity_val_steps=0, deterministic=config.deterministic or None,
         enable_progress_bar=_progress_bar(), enable_model_summary=False, default_root_dir=run.path)
     start = module.part_started = time.perf_counter()
-    by_epochs = batches_per_epoch * config.max_epochs
     log.info("training %s: %d batches/epoch per process x %d epochs%s, precision %s, channels_last %s",
              method.name or type(method).__name__, batches_per_epoch, config.max_epochs,
-             f" (at most {min(by_epochs, config.max_steps)} steps; max_steps {config.max_steps})"
-             if config.max_steps > 0 else "", precision, channels_last)
+             f" (at most {config.max_steps} steps)" if config.max_steps > 0 else "", precision, channels_last)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*The number of training batches.*")

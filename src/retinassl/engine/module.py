@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from retinassl.engine.checkpoints import save_weights
 from retinassl.engine.loader import ResumableLoader
 from retinassl.errors import TrainingDiverged
 from retinassl.methods.base import Method
+
+log = logging.getLogger(__name__)
 
 
 def step_seed(seed: int, batch_number: int, rank: int) -> int:
@@ -59,6 +62,13 @@ class LitMethod(pl.LightningModule):
         # total batches of the run on this rank (known only once the world size is)
         self.total_batches = max(1, len(self.loader)) * self.engine_config.max_epochs
         if self.engine_config.max_steps > 0:
+            if self.total_batches < self.engine_config.max_steps and self.trainer.global_rank == 0:
+                # the epochs end the run (and its learning-rate schedule) before the steps asked for
+                log.warning("max_epochs=%d x %d batches per epoch ends this run at step %d, before max_steps=%d; "
+                            "to train for max_steps, raise max_epochs to at least %d",
+                            self.engine_config.max_epochs, max(1, len(self.loader)), self.total_batches,
+                            self.engine_config.max_steps,
+                            -(-self.engine_config.max_steps // max(1, len(self.loader))))
             self.total_batches = min(self.total_batches, self.engine_config.max_steps)
         if self.use_channels_last:
             self.method.to(memory_format=torch.channels_last)

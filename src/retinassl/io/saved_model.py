@@ -134,6 +134,12 @@ def is_saved_model(path: str | Path) -> bool:
     return (directory / META).is_file() or any((directory / name).is_file() for name in LEGACY)
 
 
+def weight_files(path: str | Path) -> list[Path]:
+    """The weight files of the saved model at ``path`` (its directory or JSON file): one in the current
+    format, an encoder's and a head's in the earlier one."""
+    return [file for _, file in _locate(path, "")[1]]
+
+
 def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())

@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 import torch
 
-from retinassl.data.file_digests import file_digest
-from retinassl.io.saved_model import LEGACY, META, WEIGHTS
+from retinassl.data.file_digests import remembered_file_digest
+from retinassl.io.saved_model import LEGACY, META, is_saved_model, model_directory, weight_files
 from retinassl.models.checkpoint import load_encoder
 from retinassl.config import ModelConfig
 from retinassl.errors import CheckpointError
@@ -26,9 +26,6 @@ from retinassl.models.registry import build_encoder
 
 log = logging.getLogger(__name__)
 
-# weights digests already computed in this process, by (resolved file, size, mtime): a sweep start
-# names the same encoder several times (its check, its record, the tuning record)
-_IDENTITIES: dict[tuple[str, int, int], str] = {}
 
 InitKind = Literal["scratch", "checkpoint", "external"]
 
@@ -131,18 +128,18 @@ def init_label(init: str, names: dict[str, str] | None = None) -> str:
 
 
 def weights_identity(init: str) -> str:
-    """What results of an init depend on: the digest of its weights (a saved model folder, in the
-    current or an earlier format, or a weights file, wherever it lies: a run restored elsewhere, an
-    encoder put back after an archive), or the init as given when it names no file (``scratch``, a
-    published model's name)."""
+    """What results of an init depend on: the digest of its weights (a saved model, current or earlier
+    format, named by its folder or JSON file; or a weights file made elsewhere), wherever they lie (a
+    run restored elsewhere, an encoder put back after an archive); the init as given when it names
+    no file (``scratch``, a published model's name)."""
     path = Path(init)
-    if path.is_dir():
-        candidates = [path / WEIGHTS] + [path / weights for _, weights, _ in LEGACY.values()]
-        path = next((c for c in candidates if c.is_file()), path / WEIGHTS)
-    if not path.is_file():
-        return init
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _IDENTITIES:
-        _IDENTITIES[key] = f"blake2b:{file_digest(path)}"
-    return _IDENTITIES[key]
+    if is_saved_model(model_directory(path)):
+        digests = [remembered_file_digest(file) for file in weight_files(path)]
+        return "blake2b:" + "+".join(digests)
+    return f"blake2b:{remembered_file_digest(path)}" if path.is_file() else init
+
+
+def same_weights(recorded: str, now: str) -> bool:
+    """Whether an init recorded in a run (by :func:`weights_identity`, or by the folder path that
+    records of earlier versions held) names the weights ``now`` (a :func:`weights_identity`) names."""
+    return recorded == now or (not recorded.startswith("blake2b:") and weights_identity(recorded) == now)

@@ -1,6 +1,7 @@
-"""What a run cost: its wall-clock time over every start, and the training and evaluation time each
-step recorded (pretraining per initialisation, fine-tuning settings tuned on validation, the cells
-of each protocol), so that a reader can plan the same study on their own machine."""
+"""What a run cost: the training and evaluation time each step recorded (pretraining per
+initialisation, fine-tuning settings tuned on validation, the cells of each protocol and learner),
+and the run's own wall clock where its study recorded one, so that a reader can plan the same study
+on their own machine."""
 
 from __future__ import annotations
 
@@ -11,42 +12,55 @@ import pandas as pd
 
 from retinassl.io.results import read_results
 from retinassl.io.rundir import RunDir
-from retinassl.report.sections import Section, table_html
+from retinassl.report.sections import Section, number, table_html
 
-PROTOCOLS = {"probe": "linear probe", "finetune": "fine-tuning", "pretrain": "pretraining"}
-KINDS = {"cells": "cells", "extract": "feature extraction", "train": "training"}
+PROTOCOLS = {"probe": "linear probe", "finetune": "fine-tuning"}
+KINDS = {"": "cells", "extract": "feature extraction", "train": "training"}
+WALL_CLOCK = "the run's wall clock over every start (its study script's record; everything included)"
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _step(protocol: str, method: str, init: str, metric: str) -> str:
+    """How a timed step is named: pretraining by method and init; a transfer protocol's cells by init;
+    any other step (a learner of a semi-supervised sweep, a single training) by method and init."""
+    kind = metric.removesuffix("seconds").removesuffix("_")
+    if protocol == "pretrain" or kind == "pretrain":
+        return "pretraining " + ", ".join(x for x in (method, init) if x)
+    what = KINDS.get(kind, kind.replace("_", " "))
+    if protocol in PROTOCOLS:
+        return f"{PROTOCOLS[protocol]}: {what}" + (f" ({init})" if init else "")
+    detail = ", ".join(x for x in (method, init) if x)
+    return f"{protocol or 'training'}: {what}" + (f" ({detail})" if detail else "")
 
 
 def cost_rows(run: RunDir) -> pd.DataFrame:
-    """One row per step kind: ``step``, ``runs`` (recorded timings) and ``hours`` (their sum). Time is
-    what each step recorded (the ``*_seconds`` / ``seconds`` metrics of the results table, the
-    tuning runs of ``data/tuning.csv``), then the run's own wall clock."""
+    """One row per step: ``step``, ``runs`` (timings recorded) and ``minutes`` (their sum): the
+    ``seconds`` / ``*_seconds`` metrics of the results table grouped by protocol, method, init and
+    metric; the tuning runs of ``data/tuning.csv`` per init; then the run's wall clock
+    (``elapsed_seconds`` of ``run.json``, written by the benchmark studies) when there is one."""
     rows = []
     if run.results_file.is_file():
         results = read_results(run.results_file)
         timed = results[results["metric"].astype(str).str.fullmatch(r"(\w+_)?seconds")
                         & results["value"].astype(float).map(math.isfinite)]
-        for (protocol, init, metric), block in timed.groupby(["protocol", "init", "metric"], sort=False, dropna=False):
-            protocol, init, metric = (str(v) if isinstance(v, str) else "" for v in (protocol, init, metric))
-            kind = metric.removesuffix("seconds").removesuffix("_") or "cells"
-            step = PROTOCOLS.get(protocol, protocol or str(block["method"].iloc[0]))
-            if protocol == "pretrain":
-                step = f"pretraining {init}"
-            else:
-                step = f"{step}: {KINDS.get(kind, kind.replace('_', ' '))}" + (f" ({init})" if init else "")
-            rows.append({"step": step, "runs": len(block), "hours": block["value"].astype(float).sum() / 3600})
+        keys = ["protocol", "method", "init", "metric"]
+        for key, block in timed.groupby(keys, sort=False, dropna=False):
+            rows.append({"step": _step(*(_text(v) for v in key)), "runs": len(block),
+                         "minutes": block["value"].astype(float).sum() / 60})
     tuning = run.path / "data" / "tuning.csv"
     if tuning.is_file():
         table = pd.read_csv(tuning)
         if {"init", "seconds"} <= set(table.columns):
             for init, block in table.groupby("init", sort=False):
                 rows.append({"step": f"fine-tuning settings tuned on validation ({init})", "runs": len(block),
-                             "hours": block["seconds"].astype(float).sum() / 3600})
+                             "minutes": block["seconds"].astype(float).sum() / 60})
     wall = run.status().get("elapsed_seconds")
     if rows and wall is not None:
-        rows.append({"step": "the run's wall clock (every start, everything included)", "runs": "",
-                     "hours": float(wall) / 3600})
-    return pd.DataFrame(rows, columns=["step", "runs", "hours"])
+        rows.append({"step": WALL_CLOCK, "runs": "", "minutes": float(wall) / 60})
+    return pd.DataFrame(rows, columns=["step", "runs", "minutes"])
 
 
 def cost_section(run: RunDir) -> Section | None:
@@ -54,10 +68,12 @@ def cost_section(run: RunDir) -> Section | None:
     table = cost_rows(run)
     if table.empty:
         return None
-    note = ("Hours of wall-clock time as each step recorded them, on the machine and threads that ran them "
-            "(several steps of one kind are summed; the cells of a fine-tuning initialisation include its "
-            "training and scoring). The last row is the run's own clock over all its starts: it also counts "
-            "data preparation, feature extraction and figures.")
+    note = ("Minutes of wall-clock time as each step recorded them, on the machine and threads that ran them, "
+            "summed over the runs of a step: training for pretraining, fine-tuning and tuning runs, the fit for "
+            "probe cells (scoring the test images and preparing data are not in these rows). An encoder "
+            "given from elsewhere has no pretraining row here.")
+    if table["step"].iloc[-1] == WALL_CLOCK:
+        note += " The last row is the run's own clock: it counts everything, data preparation and figures too."
+    shown = table.assign(minutes=table["minutes"].map(number))
     return Section("Cost", f'<p class="note">{html.escape(note)}</p>'
-                   + table_html(table.assign(hours=table["hours"].map(lambda h: f"{h:.2f}")),
-                                text_columns=("step", "hours")))
+                   + table_html(shown, text_columns=("step", "minutes")))

@@ -20,6 +20,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from retinassl.atomic import write_text
 from retinassl.io.rundir import RunDir
 from retinassl.figures.plots import roc_figure
+from retinassl.report.cost import cost_section
 from retinassl.report.curves import training_curves_section
 from retinassl.report.external import misses_section, reliability_section
 from retinassl.report.oct import oct_section
@@ -27,7 +28,6 @@ from retinassl.report.sections import Section, colour_scale_html, figure_html, g
 from retinassl.report.ssl_gan import ssl_gan_section
 from retinassl.report.summary import summary_section
 from retinassl.report.tables import metrics_table_html, raw_results_html
-from retinassl.report.cost import cost_section
 from retinassl.report.transfer import (gradcam_section, transfer_curves_section, transfer_delong_section,
                                        transfer_interval_section, transfer_tuning_section, tsne_section)
 

@@ -22,7 +22,7 @@ from retinassl.errors import ConfigError
 from retinassl.io.results import append_results, read_results, result_row
 from retinassl.io.rundir import RunDir
 from retinassl.io.saved_model import is_saved_model
-from retinassl.models.initialize import weights_identity
+from retinassl.models.initialize import same_weights, weights_identity
 from retinassl.sweeps.transfer_config import InitSpec
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,8 @@ class TransferInits:
             if spec.pretrain is None:
                 continue
             if is_saved_model(folder / "encoder"):
-                if spec.name in recorded and weights_identity(str(folder / "encoder")) != recorded[spec.name]:
+                if spec.name in recorded and not same_weights(recorded[spec.name],
+                                                                weights_identity(str(folder / "encoder"))):
                     raise ConfigError(f"init {spec.name}: the encoder in {folder / 'encoder'} is not the one this "
                                       "run's results of it came from (its weights differ from those recorded in "
                                       f"data/{ENCODERS_FILE}); put that one back, or start a new run")

@@ -38,7 +38,7 @@ from retinassl.io.archive import RESTORED_FILE
 from retinassl.io.rundir import RunDir
 from retinassl.jobs.finetune import FinetuneConfig, finetune, remove_workdir
 from retinassl.metrics.tasks import TaskSpec
-from retinassl.models.initialize import weights_identity
+from retinassl.models.initialize import same_weights, weights_identity
 from retinassl.sweeps.grid import check_unchanged
 from retinassl.sweeps.transfer_config import InitSpec, TransferConfig, tuning_candidates
 from retinassl.sweeps.transfer_data import evaluation_folds, label_subsets
@@ -118,8 +118,8 @@ def check_settings(config: TransferConfig, run: RunDir, inits: dict[str, str]) -
     if record.is_file():
         recorded = json.loads(record.read_text())
         old = recorded.get("inits") or {}
-        upgraded = {name: inits[name] if name in inits and value != inits[name]
-                    and weights_identity(value) == inits[name] else value for name, value in old.items()}
+        upgraded = {name: inits[name] if name in inits and same_weights(value, inits[name]) else value
+                    for name, value in old.items()}
         if upgraded != old:
             write_text(record, json.dumps({**recorded, "inits": upgraded}, indent=2, sort_keys=True))
     settings = {**config.finetune_tuning.model_dump(mode="json"),  # type: ignore[union-attr]
