@@ -183,6 +183,25 @@ def test_config_checks(tiny_root: Path, tmp_path: Path) -> None:
     assert sweep.model_of(sweep.config.inits[1]).init == str(tmp_path)
 
 
+def test_a_given_encoder_prepared_otherwise_is_refused_before_anything_runs(tiny_root: Path, tmp_path: Path) -> None:
+    """An encoder pretrained on colour-standardised images, given to a study that would not standardise
+    them (a forgotten `preprocess.color_standardize=true`): every number would be silently off."""
+    from retinassl.errors import ConfigError
+
+    save_encoder(tmp_path / "enc", build_encoder("convnet", width=8), arch="convnet", kwargs={"width": 8},
+                 preprocess={"size": 64, "color_standardize": True})
+    config = resolve_config(_config(tiny_root, tmp_path / "enc", protocols=["probe"]), None)
+    run = RunDir.create(tmp_path / "runs", "refused")
+    with pytest.raises(ConfigError, match="init other: .*color_standardize is False, the encoder's True"):
+        run_transfer(config, run)
+    assert not run.results_file.exists() and not (run.path / "cells").exists()
+    # with the encoder's preparation (at the study's own size) it runs
+    fitting = config.model_copy(update={"preprocess": config.preprocess.model_copy(update={"color_standardize": True}),
+                                        "fractions": [1.0], "seeds": [0],
+                                        "explain": config.explain.model_copy(update={"tsne": False, "gradcam": 0})})
+    run_transfer(fitting, RunDir.create(tmp_path / "runs", "fits"))
+
+
 def test_workers_share_the_cells_by_claims(tiny_root: Path, tmp_path: Path) -> None:
     # what each of `workers` processes does (in one process here: spawning costs seconds per worker):
     # a cell claimed by another worker is left to it, and no cell runs twice

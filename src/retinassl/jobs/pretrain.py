@@ -26,6 +26,7 @@ import pandas as pd
 from pydantic import Field, ValidationInfo, field_validator
 
 from retinassl.models.checkpoint import save_encoder
+from retinassl.models.initialize import check_init_preprocess
 from retinassl.models.published import published_meta, with_published
 from retinassl.config import DataConfig, EngineConfig, ModelConfig, Section, to_yaml
 from retinassl.data.preprocess import PreprocessConfig
@@ -256,6 +257,7 @@ def run_pretrain(config: PretrainConfig, run: RunDir, resume: bool = False,
     name = config.method_name
     config = with_published(config)  # model.weights: the published model's architecture and inputs
     run.write_config(to_yaml(config))
+    check_init_preprocess(config.model.init, config.preprocess)
     pool = select_rows(manifest, config) if manifest is not None else load_pool(config)
     first = config.data[0] if config.data else DataConfig()
     prepared = Cache(first.cache_dir).prepare(

@@ -21,6 +21,7 @@ from pydantic import Field
 
 from retinassl.atomic import write_text
 from retinassl.models.checkpoint import save_encoder
+from retinassl.models.initialize import check_init_preprocess
 from retinassl.models.published import with_published
 from retinassl.config import DataConfig, EngineConfig, ModelConfig, Section, to_yaml
 from retinassl.data.preprocess import PreprocessConfig
@@ -112,6 +113,7 @@ def run_train(config: TrainConfig, run: RunDir, resume: bool = False,
     """
     config = with_published(config)  # model.weights: the published model's architecture and inputs
     run.write_config(to_yaml(config))
+    check_init_preprocess(config.model.init, config.preprocess)
     prepared = prepared if prepared is not None else prepare(config.data, config.preprocess)
     if prepared.skipped:
         run.update_status(skipped=[{"id": i, "problem": p} for i, p in prepared.skipped])

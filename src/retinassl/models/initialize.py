@@ -13,10 +13,11 @@ from typing import Any, Literal
 import torch
 
 from retinassl.data.file_digests import remembered_file_digest
+from retinassl.data.preprocess import PreprocessConfig
 from retinassl.io.saved_model import LEGACY, META, is_saved_model, model_directory, weight_files
 from retinassl.models.checkpoint import load_encoder
 from retinassl.config import ModelConfig
-from retinassl.errors import CheckpointError
+from retinassl.errors import CheckpointError, ConfigError
 from retinassl.models.base import Encoder
 from retinassl.models.external import load_external_weights
 from retinassl.models.published import published_model
@@ -83,6 +84,42 @@ def initial_encoder(model: ModelConfig) -> InitialEncoder:
     encoder = build_encoder(model.arch, **model.kwargs)
     load_weights_file(encoder, model.init, allow_pickle=model.allow_pickle, prefix=model.init_prefix)
     return InitialEncoder(encoder, model.arch, dict(model.kwargs), kind)
+
+
+# Preprocessing fields an encoder may be used with at another value than it was trained with: the
+# resolution (the resolution study evaluates one encoder at several sizes).
+RESCALABLE = frozenset({"size"})
+
+
+def check_init_preprocess(init: str, preprocess: PreprocessConfig, who: str = "model.init") -> None:
+    """Refuse an encoder checkpoint whose inputs were prepared otherwise than ``preprocess`` will
+    prepare them (colour standardisation, normalisation, CLAHE, crop...; any field but the size):
+    its features would be computed on images unlike those it learnt from, and every number from it
+    would be silently off. A checkpoint that records no preprocessing, scratch and weights made
+    elsewhere (their inputs are the user's to set: :mod:`~retinassl.models.published`) pass.
+
+    Raises:
+        ConfigError: the differing fields, with the checkpoint's value and the one given.
+    """
+    if init == "scratch" or not is_saved_model(model_directory(Path(init))):
+        return
+    from retinassl.models.checkpoint import read_encoder_meta
+
+    recorded_dict = read_encoder_meta(init).get("preprocess")
+    if not recorded_dict:
+        log.info("%s: %s records no preprocessing; its inputs cannot be checked", who, init)
+        return
+    try:
+        recorded = PreprocessConfig.model_validate(recorded_dict)
+    except Exception as exc:  # recorded by a version whose options this one does not read
+        raise ConfigError(f"{who}: {init} records a preprocessing this version cannot read ({exc})") from None
+    ours, theirs = preprocess.model_dump(mode="json"), recorded.model_dump(mode="json")
+    differ = sorted(k for k in ours if k not in RESCALABLE and ours[k] != theirs.get(k))
+    if differ:
+        raise ConfigError(
+            f"{who}: {init} was trained on inputs prepared otherwise than this run prepares them: "
+            + "; ".join(f"preprocess.{k} is {ours[k]!r}, the encoder's {theirs.get(k)!r}" for k in differ)
+            + ". Set the run's preprocess to the encoder's (only the size may differ)")
 
 
 def load_weights_file(encoder: Encoder, path: str | Path, allow_pickle: bool = False,

@@ -49,7 +49,7 @@ from retinassl.config import ModelConfig, to_yaml
 from retinassl.data.cache import Cache, PreparedData
 from retinassl.data.manifest import Manifest
 from retinassl.errors import DataError
-from retinassl.models.initialize import seeded_initial_encoder
+from retinassl.models.initialize import check_init_preprocess, seeded_initial_encoder
 from retinassl.models.published import published_meta
 from retinassl.models.vit_transfer import set_pooling
 from retinassl.io.results import append_results, result_row
@@ -147,6 +147,9 @@ class TransferGrid(TransferInits, Grid):
                 others["pool"] = self.pool()
             for data in self.externals():
                 warn_overlap(data, others, self.cache, self.run)
+        for spec in config.inits:  # a given encoder (or a two-step's given first step) fits the inputs
+            if spec.init != "scratch" and config.init_named(spec.init) is None:
+                check_init_preprocess(spec.init, config.preprocess, f"init {spec.name}")
         if any(i.pretrain is not None and i.pool == "unlabelled" for i in config.inits):
             self.cache.prepare(self.pool(), config.preprocess, workers=max(1, config.data.workers),
                                mask_columns=[], skip_bad=config.data.skip_bad)
