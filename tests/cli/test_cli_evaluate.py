@@ -58,3 +58,21 @@ def test_evaluate_probe_and_explain(tiny_root: Path, tmp_path: Path) -> None:
                                  str(exp), "--images", "2"])
     assert result.exit_code == 0, result.output
     assert list((tmp_path / "runs").glob("explain-gradcam-*/report/figures/gradcam-referable-mine.png"))
+
+
+def test_evaluate_refuses_an_encoder_prepared_otherwise_before_making_a_run(tiny_root: Path, tmp_path: Path) -> None:
+    from retinassl.errors import ConfigError
+    from retinassl.models import build_encoder
+    from retinassl.models.checkpoint import save_encoder
+
+    exp = _experiment(tiny_root, tmp_path)
+    encoder = save_encoder(tmp_path / "enc", build_encoder("convnet", width=8), arch="convnet", kwargs={"width": 8},
+                           preprocess=PreprocessConfig(size=64, clahe=True).model_dump())
+    result = CliRunner().invoke(app, ["evaluate", "probe", str(encoder), str(exp)])
+    assert result.exit_code != 0 and isinstance(result.exception, ConfigError)
+    assert "preprocess.clahe is False, the encoder's True" in str(result.exception)
+    assert not (tmp_path / "runs").exists()                             # no run directory left behind
+    # given the encoder's preparation it runs (at the experiment's own size)
+    result = CliRunner().invoke(app, ["evaluate", "probe", str(encoder), str(exp), "seeds=[0]",
+                                      "preprocess.clahe=true"])
+    assert result.exit_code == 0, result.output

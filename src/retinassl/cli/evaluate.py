@@ -67,6 +67,9 @@ def _evaluate(protocol: str, encoder: str, args: list[str] | None, budget: str |
                 override.pop(key, None)
         config = resolve_config(data, budget)  # a config error leaves no run directory behind
         from retinassl.cli.common import check_batch_config
+        from retinassl.models.initialize import check_init_preprocess
+
+        check_init_preprocess(encoder, config.preprocess, "ENCODER")
 
         check_batch_config(config)
         root = runs_dir or Path(str(data.get("runs_dir", "runs")))
