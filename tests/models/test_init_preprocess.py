@@ -38,6 +38,35 @@ def test_an_encoder_is_refused_on_inputs_prepared_otherwise(tmp_path: Path) -> N
     assert "preprocess.size" not in message
 
 
+def test_equal_inputs_spelt_otherwise_pass(tmp_path: Path) -> None:
+    """What counts is what the network sees: the settings of an option that is off, one value standing for
+    every channel, and "imagenet" for its own constants are not differences."""
+    cases = [(PreprocessConfig(size=32, clahe_clip=4.0, background_sigma=0.1, color_target_mean=90.0),
+              PreprocessConfig(size=32)),
+             (PreprocessConfig(size=32, normalize="meanstd", normalize_mean=(0.5, 0.5, 0.5), normalize_std=(0.5,) * 3),
+              PreprocessConfig(size=32, normalize="meanstd", normalize_mean=(0.5,), normalize_std=(0.5,))),
+             (PreprocessConfig(size=32, normalize="imagenet"),
+              PreprocessConfig(size=32, normalize="meanstd", normalize_mean=(0.485, 0.456, 0.406),
+                               normalize_std=(0.229, 0.224, 0.225))),
+             (PreprocessConfig(size=32, color_standardize=True, color_target_mean=128.0),
+              PreprocessConfig(size=32, color_standardize=True, color_target_mean=(128.0, 128.0, 128.0)))]
+    for i, (trained, given) in enumerate(cases):
+        check_init_preprocess(str(_saved(tmp_path / f"enc{i}", trained)), given)
+    # but a setting of an option that is on is one
+    with pytest.raises(ConfigError, match="preprocess.clahe_clip is 2.0, the encoder's 4.0"):
+        check_init_preprocess(str(_saved(tmp_path / "clahe", PreprocessConfig(size=32, clahe=True, clahe_clip=4.0))),
+                              PreprocessConfig(size=32, clahe=True))
+
+
+def test_models_whose_encoder_saw_other_inputs_are_refused_as_such() -> None:
+    legacy = Path(__file__).resolve().parents[1] / "fixtures" / "legacy_models"
+    with pytest.raises(ConfigError, match="is a vessel segmenter"):
+        check_init_preprocess(str(legacy / "segmenter"), PreprocessConfig(size=32))
+    with pytest.raises(ConfigError, match="is an OCT layer model"):
+        check_init_preprocess(str(legacy / "layer_model"), PreprocessConfig(size=32))
+    check_init_preprocess(str(legacy / "encoder"), PreprocessConfig(size=32, normalize="max"))  # recorded: max
+
+
 def test_scratch_foreign_weights_and_unrecorded_checkpoints_pass(tmp_path: Path) -> None:
     given = PreprocessConfig(size=32, clahe=True)
     check_init_preprocess("scratch", given)
@@ -63,3 +92,31 @@ def test_pretraining_from_an_encoder_prepared_otherwise_stops_before_it_trains(t
     with pytest.raises(ConfigError, match="color_standardize"):
         run_pretrain(config, run)
     assert not (run.path / "manifest.csv").exists()                          # nothing prepared or trained
+
+
+def test_commands_refuse_before_a_run_directory_exists(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from retinassl.cli import app
+
+    encoder = _saved(tmp_path / "enc", PreprocessConfig(size=64, clahe=True))   # no preset equalises
+    runs = tmp_path / "runs"
+    for command in (["train", "demo"], ["pretrain", "rotation"], ["semisup", "train", "demo-ssl-gan"]):
+        key = "learner.model.init" if command[0] == "semisup" else "model.init"
+        result = CliRunner().invoke(app, [*command, f"{key}={encoder}", "--runs-dir", str(runs)])
+        assert isinstance(result.exception, ConfigError), (command, result.output)
+        assert "preprocess.clahe is False, the encoder's True" in str(result.exception)
+        assert not runs.exists(), command                                     # nothing left behind
+
+
+def test_cross_modal_infrared_inputs_are_compared_as_the_job_prepares_them(tmp_path: Path) -> None:
+    from retinassl.cli.common import check_init_inputs
+    from retinassl.jobs.cross_modal import CrossModalRunConfig
+
+    config = CrossModalRunConfig.model_validate({"input": "ir_image", "preprocess": {"size": 64}})
+    encoder = _saved(tmp_path / "ir", config.input_preprocess())              # an earlier infrared encoder
+    check_init_inputs(config.model_copy(update={"model": config.model.model_copy(update={"init": str(encoder)})}))
+    colour = config.model_copy(update={"input": "image",
+                                       "model": config.model.model_copy(update={"init": str(encoder)})})
+    with pytest.raises(ConfigError, match="preprocess.channels is 3, the encoder's 1"):
+        check_init_inputs(colour)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from retinassl.cli.common import (DATA_ROOT, RESUME, RUNS_DIR, SKIP_BAD, check_batch_config, refuse_finished, run_job,
-                                  split_args, with_common_overrides)
+from retinassl.cli.common import (DATA_ROOT, RESUME, RUNS_DIR, SKIP_BAD, check_batch_config, check_init_inputs,
+                                  refuse_finished, run_job, split_args, with_common_overrides)
 
 
 def pretrain(method: str = typer.Argument(..., help="A pretraining method: rotation, "
@@ -56,6 +56,7 @@ def pretrain(method: str = typer.Argument(..., help="A pretraining method: rotat
         data = config_data(source, overrides + [f"method.name={method}"], data_root)
         cfg = validate(PretrainConfig, data, origin=source)
         check_batch_config(cfg)  # before the run directory exists
+        check_init_inputs(cfg)
         run = RunDir.create(cfg.runs_dir, cfg.name)
     if cfg.method_name != method:
         raise ConfigError(f"{run.path} was a {cfg.method_name!r} run, not {method!r}")

@@ -147,20 +147,19 @@ class PreprocessConfig(BaseModel):
                                  f"have {self.channels}")
         return self
 
-    def cache_key(self) -> str:
-        """Hash of the fields that change the cached pixels (normalisation does not).
-
-        An option that is off (and the settings that only matter when it is on) is left out of the
-        key, so caches made before the option existed stay valid and equal pixels share entries.
-        """
-        fields = self.model_dump(exclude={"normalize", "normalize_mean", "normalize_std"})
-        if not self.subtract_background:  # keys of caches made before the option existed stay valid
-            del fields["subtract_background"], fields["background_sigma"]
+    def inactive_fields(self) -> set[str]:
+        """The options that are off, with the settings that only matter when their option is on
+        (CLAHE's tiles with CLAHE off, ...), and settings at the value they had before they were
+        options (CLAHE in CIELAB with 8 tiles): fields that change nothing the network sees."""
         unused: set[str] = set()
+        if not self.subtract_background:
+            unused |= {"subtract_background", "background_sigma"}
         if not self.clahe or self.clahe_space == "lab":
             unused.add("clahe_space")
         if not self.clahe or self.clahe_tiles == 8:
             unused.add("clahe_tiles")
+        if not self.clahe:
+            unused.add("clahe_clip")
         if not self.color_standardize:
             unused |= {"color_standardize", "color_target_mean", "color_target_std"}
         if self.color_match == "none":
@@ -171,9 +170,39 @@ class PreprocessConfig(BaseModel):
             unused.add("fov_resolution")
         if self.sharpness_sigma == 0:
             unused.add("sharpness_sigma")
-        for name in unused:
+        return unused
+
+    def cache_key(self) -> str:
+        """Hash of the fields that change the cached pixels (normalisation does not).
+
+        An option that is off (and the settings that only matter when it is on) is left out of the
+        key, so caches made before the option existed stay valid and equal pixels share entries.
+        """
+        fields = self.model_dump(exclude={"normalize", "normalize_mean", "normalize_std"})
+        for name in self.inactive_fields() - {"clahe_clip"}:  # CLAHE's clip was always keyed
             del fields[name]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+    def input_signature(self) -> dict[str, object]:
+        """What the network sees besides the size, in one spelling: the active options (see
+        :meth:`inactive_fields`), one value per channel where one value stands for all, and the
+        normalisation as the constants it applies ("imagenet" is "meanstd" with ImageNet's). Two
+        configs with equal signatures give the same inputs at equal sizes."""
+        fields = self.model_dump(mode="json", exclude={"size", *self.inactive_fields()})
+
+        def per_channel(value: object) -> object:
+            values = list(value) if isinstance(value, (list, tuple)) else [value]
+            return values * self.channels if len(values) == 1 else values
+
+        for name in ("color_target_mean", "color_target_std"):
+            if name in fields:
+                fields[name] = per_channel(fields[name])
+        if self.normalize == "imagenet":
+            fields.update(normalize="meanstd", normalize_mean=list(IMAGENET_MEAN), normalize_std=list(IMAGENET_STD))
+        for name in ("normalize_mean", "normalize_std"):
+            if fields[name] is not None:
+                fields[name] = per_channel(fields[name])
+        return fields
 
     def normalization(self) -> Normalization:
         """The intensity normalisation, as :func:`normalize` takes it."""

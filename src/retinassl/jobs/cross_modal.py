@@ -21,6 +21,7 @@ import torch
 from pydantic import Field
 
 from retinassl.models.checkpoint import encoder_meta, save_encoder
+from retinassl.models.initialize import check_init_preprocess
 from retinassl.config import DataConfig, EngineConfig, ModelConfig, Section, to_yaml
 from retinassl.data.preprocess import PreprocessConfig
 from retinassl.data.cache import Cache
@@ -75,6 +76,13 @@ class CrossModalRunConfig(Section):
     engine: EngineConfig = EngineConfig(max_epochs=20, batch_size=32, checkpoint_every_n_steps=200)
     predictions: int = Field(6, ge=0)
     deviant_um: float = Field(30.0, gt=0)
+
+    def input_preprocess(self) -> PreprocessConfig:
+        """How the inputs are really prepared: infrared images are one channel, with neither a
+        fundus field of view to crop to nor one to mask."""
+        if self.input == "ir_image":
+            return self.preprocess.model_copy(update={"channels": 1, "crop_fov": False, "mask_outside_fov": False})
+        return self.preprocess
 
 
 def segmented_maps(manifest: Manifest, layer_model: Path, map_size: int = 128) -> tuple[list[np.ndarray], list[dict]]:
@@ -158,10 +166,8 @@ def run_cross_modal(config: CrossModalRunConfig, run: RunDir, resume: bool = Fal
     manifest = manifest if manifest is not None else load_manifest(config.data)
     register_private_rows(manifest)
     pairs = input_manifest(manifest, config.input, "oct_volume" if config.maps == "segment" else "thickness_map")
-    preprocess = config.preprocess
-    if config.input == "ir_image":
-        preprocess = preprocess.model_copy(update={"channels": 1, "crop_fov": False,
-                                                   "mask_outside_fov": False})
+    preprocess = config.input_preprocess()
+    check_init_preprocess(config.model.init, preprocess)
     prepared = Cache(config.data.cache_dir).prepare(pairs, preprocess, workers=max(1, config.data.workers),
                                                     mask_columns=[])
     maps = None

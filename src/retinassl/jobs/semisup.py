@@ -28,6 +28,7 @@ from retinassl.errors import RunDirError
 from retinassl.figures.heatmap import overlay, save_png
 from retinassl.io.results import append_results, read_results, result_row
 from retinassl.io.rundir import RunDir
+from retinassl.models.initialize import check_init_preprocess
 from retinassl.models.patch_classifier import PatchClassifier
 from retinassl.jobs.patch_config import SemisupTrainConfig
 from retinassl.jobs.patch_evaluation import bank_image_scores, evaluate_bank, predict_bank, write_heatmaps
@@ -60,6 +61,7 @@ def run_semisup_train(config: SemisupTrainConfig, run: RunDir, resume: bool = Fa
     """
     if write_config:
         run.write_config(to_yaml(config))
+    check_init_preprocess(config.learner.model.init, config.preprocess, "learner.model.init")
     data = data if data is not None else _data(config)
     n = len(data.train) if config.n_labelled is None else min(config.n_labelled, len(data.train))
     labelled = data.labelled_subsets([n], config.seed)[n]

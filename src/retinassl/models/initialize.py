@@ -86,40 +86,60 @@ def initial_encoder(model: ModelConfig) -> InitialEncoder:
     return InitialEncoder(encoder, model.arch, dict(model.kwargs), kind)
 
 
-# Preprocessing fields an encoder may be used with at another value than it was trained with: the
-# resolution (the resolution study evaluates one encoder at several sizes).
-RESCALABLE = frozenset({"size"})
-
-
 def check_init_preprocess(init: str, preprocess: PreprocessConfig, who: str = "model.init") -> None:
     """Refuse an encoder checkpoint whose inputs were prepared otherwise than ``preprocess`` will
-    prepare them (colour standardisation, normalisation, CLAHE, crop...; any field but the size):
-    its features would be computed on images unlike those it learnt from, and every number from it
-    would be silently off. A checkpoint that records no preprocessing, scratch and weights made
-    elsewhere (their inputs are the user's to set: :mod:`~retinassl.models.published`) pass.
+    prepare them (colour standardisation, normalisation, CLAHE, crop...; anything but the size, which
+    the resolution study changes on purpose; compared as :meth:`~retinassl.data.preprocess.
+    PreprocessConfig.input_signature`, so settings of options that are off and equivalent spellings
+    do not count): its features would be computed on images unlike those it learnt from, and every
+    number from it would be silently off. A checkpoint that records no preprocessing, scratch and
+    weights made elsewhere (their inputs are the user's to set: :mod:`~retinassl.models.published`)
+    pass; a vessel segmenter or an OCT layer model is refused as such (their encoders saw other inputs
+    than fundus photographs prepared by a ``preprocess``).
 
     Raises:
-        ConfigError: the differing fields, with the checkpoint's value and the one given.
+        ConfigError: the differing fields, with the checkpoint's value and the one given; a model whose
+            encoder saw another kind of input.
+        CheckpointError: ``init`` is not a readable saved model.
     """
     if init == "scratch" or not is_saved_model(model_directory(Path(init))):
         return
     from retinassl.models.checkpoint import read_encoder_meta
 
-    recorded_dict = read_encoder_meta(init).get("preprocess")
+    meta = read_encoder_meta(init)
+    if meta.get("kind") == "segmenter":
+        raise ConfigError(f"{who}: {init} is a vessel segmenter; its encoder saw its own vessel inputs "
+                          f"({meta.get('input')}), not images prepared by a run's preprocess. Use its encoder "
+                          "in a segmentation run (retinassl segment), or an encoder trained on photographs")
+    if meta.get("kind") == "layer-model":
+        raise ConfigError(f"{who}: {init} is an OCT layer model; its encoder saw OCT B-scans, not fundus "
+                          "photographs prepared by a run's preprocess")
+    recorded_dict = meta.get("preprocess")
     if not recorded_dict:
         log.info("%s: %s records no preprocessing; its inputs cannot be checked", who, init)
         return
     try:
         recorded = PreprocessConfig.model_validate(recorded_dict)
     except Exception as exc:  # recorded by a version whose options this one does not read
-        raise ConfigError(f"{who}: {init} records a preprocessing this version cannot read ({exc})") from None
-    ours, theirs = preprocess.model_dump(mode="json"), recorded.model_dump(mode="json")
-    differ = sorted(k for k in ours if k not in RESCALABLE and ours[k] != theirs.get(k))
+        first = str(exc).splitlines()[1:3]
+        raise ConfigError(f"{who}: {init} records a preprocessing this version cannot read "
+                          f"({' '.join(line.strip() for line in first)})") from None
+    ours, theirs = preprocess.input_signature(), recorded.input_signature()
+    differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
     if differ:
+        published = (meta.get("weights") or {}).get("name") if isinstance(meta.get("weights"), dict) else None
+        hint = f" (it was trained with model.weights={published}: give the same)" if published else ""
         raise ConfigError(
             f"{who}: {init} was trained on inputs prepared otherwise than this run prepares them: "
-            + "; ".join(f"preprocess.{k} is {ours[k]!r}, the encoder's {theirs.get(k)!r}" for k in differ)
-            + ". Set the run's preprocess to the encoder's (only the size may differ)")
+            + "; ".join(f"preprocess.{k} is {_setting(preprocess, k)!r}, the encoder's {_setting(recorded, k)!r}"
+                        for k in differ)
+            + f". Set the run's preprocess to the encoder's{hint} (only the size may differ), or evaluate "
+            "it in a study of its own")
+
+
+def _setting(config: PreprocessConfig, name: str) -> object:
+    value = getattr(config, name)
+    return list(value) if isinstance(value, tuple) else value
 
 
 def load_weights_file(encoder: Encoder, path: str | Path, allow_pickle: bool = False,

@@ -42,6 +42,7 @@ from retinassl.sweeps.grid import Grid, data_settings, merge_budget, run_grid
 from retinassl.sweeps.ssl_gan_external import (check_evaluate_on, prediction_folder, prepare_externals,
                                               score_external, scored_cells)
 from retinassl.metrics.anatomy import TEST_PATCH_LABELS
+from retinassl.models.initialize import check_init_preprocess
 from retinassl.models.patch_classifier import PatchClassifier
 from retinassl.jobs.patch_config import LearnerConfig, SSLGANExperimentConfig
 from retinassl.jobs.patch_evaluation import evaluate_bank, write_heatmaps
@@ -133,6 +134,8 @@ class SSLGANGrid(Grid):
         return self._data
 
     def prepare(self) -> None:
+        for name, learner in self.config.learners.items():  # a given encoder fits the inputs
+            check_init_preprocess(learner.model.init, self.config.preprocess, f"learners.{name}.model.init")
         self.run.write_config(to_yaml(self.config))
         _write_split(self.run, self.patch_data)
         _write_test_patch_labels(self.run, self.patch_data,

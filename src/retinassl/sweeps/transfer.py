@@ -138,6 +138,9 @@ class TransferGrid(TransferInits, Grid):
     def prepare(self) -> None:
         """The cleaned downstream data, the pool, and every pretraining, before any cell."""
         config = self.config
+        for spec in config.inits:  # a given encoder (or a two-step's given first step) fits the inputs
+            if spec.init != "scratch" and config.init_named(spec.init) is None:
+                check_init_preprocess(spec.init, config.preprocess, f"init {spec.name}")
         self.check_encoders_kept()
         write_text(self.run.path / "transfer.yaml", to_yaml(config))
         self.downstream()
@@ -147,9 +150,6 @@ class TransferGrid(TransferInits, Grid):
                 others["pool"] = self.pool()
             for data in self.externals():
                 warn_overlap(data, others, self.cache, self.run)
-        for spec in config.inits:  # a given encoder (or a two-step's given first step) fits the inputs
-            if spec.init != "scratch" and config.init_named(spec.init) is None:
-                check_init_preprocess(spec.init, config.preprocess, f"init {spec.name}")
         if any(i.pretrain is not None and i.pool == "unlabelled" for i in config.inits):
             self.cache.prepare(self.pool(), config.preprocess, workers=max(1, config.data.workers),
                                mask_columns=[], skip_bad=config.data.skip_bad)
