@@ -231,3 +231,19 @@ def test_bags_for_a_non_binary_learner_are_refused_before_training(tmp_path: Pat
     run = RunDir.create(tmp_path / "runs", "bags")
     with pytest.raises(ConfigError, match="need the binary task, not 'multiclass'"):
         experiment.run_ssl_gan_experiment(data, run, "smoke", False)
+
+
+def test_rows_name_each_learners_initialisation(tmp_path: Path) -> None:
+    """A learner started from a pretrained encoder is not reported as scratch (results, divergences)."""
+    grid = experiment.SSLGANGrid(smoke_preset(tmp_path), "smoke", RunDir.create(tmp_path / "runs", "inits"))
+    config = grid.config
+    convnet = config.learners["convnet"]
+    given = convnet.model_copy(update={"model": convnet.model.model_copy(
+        update={"init": str(tmp_path / "pretrain-rotation-7" / "encoder")})})
+    assert experiment._row(config, "convnet", convnet, 4, 0, 12, "image_auc", 0.5)["init"] == "scratch"
+    row = experiment._row(config, "convnet", given, 4, 0, 12, "image_auc", 0.5)
+    assert row["init"] == "pretrain-rotation-7" and row["protocol"] == "supervised"
+    run = RunDir.create(tmp_path / "runs", "diverged")
+    experiment._record_divergence(config, run, "convnet", given, 4, 0, 12, "nan loss")
+    rows = read_results(run.results_file)
+    assert set(rows["init"]) == {"pretrain-rotation-7"} and set(rows["protocol"]) == {"supervised"}

@@ -42,7 +42,7 @@ from retinassl.sweeps.grid import Grid, data_settings, merge_budget, run_grid
 from retinassl.sweeps.ssl_gan_external import (check_evaluate_on, prediction_folder, prepare_externals,
                                               score_external, scored_cells)
 from retinassl.metrics.anatomy import TEST_PATCH_LABELS
-from retinassl.models.initialize import check_init_preprocess
+from retinassl.models.initialize import check_init_preprocess, init_label
 from retinassl.models.patch_classifier import PatchClassifier
 from retinassl.jobs.patch_config import LearnerConfig, SSLGANExperimentConfig
 from retinassl.jobs.patch_evaluation import evaluate_bank, write_heatmaps
@@ -163,8 +163,8 @@ class SSLGANGrid(Grid):
             run_cell(config, config.learners[cell["learner"]], data, self.run, cell["method"],
                      cell["n_labelled"], cell["seed"], cell["use_pool"], **external)
         except TrainingDiverged as exc:
-            _record_divergence(config, self.run, cell["method"], cell["n_labelled"], cell["seed"],
-                               len(data.train), str(exc))
+            _record_divergence(config, self.run, cell["method"], config.learners[cell["learner"]],
+                               cell["n_labelled"], cell["seed"], len(data.train), str(exc))
 
     def after_cell(self, cell: Mapping[str, Any]) -> None:
         append_comparisons(self.config, self.run, self.patch_data)
@@ -221,16 +221,14 @@ def _load(config: SSLGANExperimentConfig) -> PatchData:
     return load_patch_data(config.data, config.preprocess, config.split, config.patches, pool)
 
 
-def _record_divergence(config: SSLGANExperimentConfig, run: RunDir, label: str, n_labelled: int,
-                       seed: int, n_train: int, message: str) -> None:
+def _record_divergence(config: SSLGANExperimentConfig, run: RunDir, label: str, learner: LearnerConfig,
+                       n_labelled: int, seed: int, n_train: int, message: str) -> None:
     """A cell whose training diverged (NaN loss, collapsed generator) is reported, not retried:
     NaN metrics and ``diverged = 1`` in the results table, the message in the log and in
     ``cells/<cell>/diverged.txt`` (summaries then count one sampling fewer)."""
     log.error("cell %s diverged: %s", cell_name(label, n_labelled, seed), message)
     write_text(run.path / "cells" / cell_name(label, n_labelled, seed) / "diverged.txt", message + "\n")
-    rows = [result_row(experiment=config.name, task=TASK, method=label, init="scratch",
-                       protocol="semi-supervised", fraction=n_labelled / n_train, n_labelled=n_labelled,
-                       seed=seed, metric=metric, value=value)
+    rows = [_row(config, label, learner, n_labelled, seed, n_train, metric, value)
             for metric, value in [*((m, float("nan")) for m in CELL_METRICS), ("diverged", 1.0)]]
     append_results(run.results_file, rows)
 
@@ -262,8 +260,9 @@ def _write_test_patch_labels(run: RunDir, data: PatchData, patch_size: int) -> N
 def _row(config: SSLGANExperimentConfig, label: str, learner: LearnerConfig, n_labelled: int, seed: int,
          n_train: int, metric: str, value: float) -> dict:
     protocol = "semi-supervised" if learner.method_name == "ssl-gan" else "supervised"
-    return result_row(experiment=config.name, task=TASK, method=label, init="scratch", protocol=protocol,
-                      fraction=n_labelled / n_train, n_labelled=n_labelled, seed=seed, metric=metric, value=value)
+    return result_row(experiment=config.name, task=TASK, method=label, init=init_label(learner.model.init),
+                      protocol=protocol, fraction=n_labelled / n_train, n_labelled=n_labelled, seed=seed,
+                      metric=metric, value=value)
 
 
 def run_cell(config: SSLGANExperimentConfig, learner: LearnerConfig, data: PatchData, run: RunDir,
