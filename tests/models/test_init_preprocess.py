@@ -76,6 +76,10 @@ def test_scratch_foreign_weights_and_unrecorded_checkpoints_pass(tmp_path: Path)
 
     save_file(build_encoder("convnet", width=4).state_dict(), str(weights))
     check_init_preprocess(str(weights), given)                                 # the user's to set
+    # ...but a saved model's own weights file, named as if it were a foreign one, is that model
+    saved = _saved(tmp_path / "enc", PreprocessConfig(size=32))
+    with pytest.raises(ConfigError, match="preprocess.clahe is True, the encoder's False"):
+        check_init_preprocess(str(Path(saved) / "model.safetensors"), given)
 
 
 def test_pretraining_from_an_encoder_prepared_otherwise_stops_before_it_trains(tmp_path: Path) -> None:

@@ -94,14 +94,19 @@ def check_init_preprocess(init: str, preprocess: PreprocessConfig, who: str = "m
     do not count): its features would be computed on images unlike those it learnt from, and every
     number from it would be silently off. A checkpoint that records no preprocessing, scratch and
     weights made elsewhere (their inputs are the user's to set: :mod:`~retinassl.models.published`)
-    pass; a vessel segmenter or an OCT layer model is refused as such (their encoders saw other inputs
-    than fundus photographs prepared by a ``preprocess``).
+    pass (a saved model's own weights file given as a weights file is checked as that model); a
+    vessel segmenter or an OCT layer model is refused as such (their encoders saw other inputs than
+    fundus photographs prepared by a ``preprocess``).
 
     Raises:
         ConfigError: the differing fields, with the checkpoint's value and the one given; a model whose
             encoder saw another kind of input.
         CheckpointError: ``init`` is not a readable saved model.
     """
+    path = Path(init)
+    if path.is_file() and is_saved_model(path.parent) and \
+            path.resolve() in {f.resolve() for f in weight_files(path.parent)}:
+        init = str(path.parent)  # a saved model's own weights file, given as a weights file
     if init == "scratch" or not is_saved_model(model_directory(Path(init))):
         return
     from retinassl.models.checkpoint import read_encoder_meta
