@@ -26,6 +26,8 @@ def test_an_encoder_is_refused_on_inputs_prepared_otherwise(tmp_path: Path) -> N
     for size in (64, 224):
         check_init_preprocess(str(encoder), trained.model_copy(update={"size": size}))
     check_init_preprocess(str(next(p for p in Path(encoder).glob("*.json"))), trained)
+    with pytest.raises(ConfigError, match="color_standardize"):                # the JSON names the model too
+        check_init_preprocess(str(next(p for p in Path(encoder).glob("*.json"))), PreprocessConfig(size=64))
     # without the colour standardisation it learnt with: refused, the field and both values named
     with pytest.raises(ConfigError, match=r"init lesions: .*preprocess\.color_standardize is False, "
                                           r"the encoder's True"):
@@ -65,12 +67,17 @@ def test_models_whose_encoder_saw_other_inputs_are_refused_as_such() -> None:
     with pytest.raises(ConfigError, match="is an OCT layer model"):
         check_init_preprocess(str(legacy / "layer_model"), PreprocessConfig(size=32))
     check_init_preprocess(str(legacy / "encoder"), PreprocessConfig(size=32, normalize="max"))  # recorded: max
+    with pytest.raises(ConfigError, match="preprocess.normalize is 'image', the encoder's 'max'"):
+        check_init_preprocess(str(legacy / "encoder"), PreprocessConfig(size=32, normalize="image"))
 
 
-def test_scratch_foreign_weights_and_unrecorded_checkpoints_pass(tmp_path: Path) -> None:
+def test_scratch_foreign_weights_and_unrecorded_checkpoints_pass(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
     given = PreprocessConfig(size=32, clahe=True)
     check_init_preprocess("scratch", given)
-    check_init_preprocess(str(_saved(tmp_path / "bare", None)), given)         # records nothing: not checkable
+    with caplog.at_level("INFO", logger="retinassl.models.initialize"):
+        check_init_preprocess(str(_saved(tmp_path / "bare", None)), given)     # records nothing: not checkable
+    assert "records no preprocessing" in caplog.text
     weights = tmp_path / "foreign.safetensors"
     from safetensors.torch import save_file
 
@@ -124,3 +131,30 @@ def test_cross_modal_infrared_inputs_are_compared_as_the_job_prepares_them(tmp_p
                                        "model": config.model.model_copy(update={"init": str(encoder)})})
     with pytest.raises(ConfigError, match="preprocess.channels is 3, the encoder's 1"):
         check_init_inputs(colour)
+
+
+def test_segmentation_takes_any_encoder_its_inputs_are_its_own(tmp_path: Path) -> None:
+    from retinassl.cli.common import check_init_inputs
+    from retinassl.jobs.segment_config import SegmentConfig
+
+    encoder = _saved(tmp_path / "enc", PreprocessConfig(size=512))            # crop_fov, normalize max
+    config = SegmentConfig()
+    check_init_inputs(config.model_copy(update={"model": config.model.model_copy(update={"init": str(encoder)})}))
+
+
+def test_a_resume_with_a_refused_override_leaves_the_run_as_it_was(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from retinassl.cli import app
+    from retinassl.config import load_config, to_yaml
+    from retinassl.io.rundir import RunDir
+    from retinassl.jobs.train import TrainConfig
+
+    encoder = _saved(tmp_path / "enc", PreprocessConfig(size=64, normalize="image"))
+    run = RunDir.create(tmp_path / "runs", "stopped")
+    config = load_config(TrainConfig, "demo", [f"model.init={encoder}"])     # demo: normalize image, as the encoder
+    run.write_config(to_yaml(config))
+    before = (run.config_file.read_text(), (run.path / "run.json").read_text())
+    result = CliRunner().invoke(app, ["train", "--resume", str(run.path), "preprocess.normalize=max"])
+    assert isinstance(result.exception, ConfigError) and "preprocess.normalize is 'max'" in str(result.exception)
+    assert (run.config_file.read_text(), (run.path / "run.json").read_text()) == before

@@ -70,8 +70,9 @@ def open_run(model: type, config: str | None, overrides: list[str] | None, resum
     config, rest = config_and_overrides(config, overrides, default)
     if resume is not None:
         refuse_finished(resume, rest)  # before RunDir.resume, which marks the run running
+        cfg = load_config(model, RunDir(resume).config_file, rest)
+        check_init_inputs(cfg)  # a refused override leaves the run as it was
         run = RunDir.resume(resume)
-        cfg = load_config(model, run.config_file, rest)
     else:
         if config is None:
             raise ConfigError("give a CONFIG (a YAML file or a packaged preset), or --resume RUN")
@@ -100,13 +101,14 @@ def check_init_inputs(cfg: Any) -> None:
     """Refuse (ConfigError naming the fields) a job config whose ``model.init`` (or
     ``learner.model.init``) is a saved model trained on inputs prepared otherwise than the job
     prepares them (:func:`~retinassl.models.initialize.check_init_preprocess`), before the run
-    directory exists; the job checks again (programmatic callers). Configs without both pass."""
+    directory exists or a resumed one is reopened; the job checks again (programmatic callers).
+    Configs without both pass, and so does segmentation (its inputs are not a ``preprocess``'s)."""
     from retinassl.data.preprocess import PreprocessConfig
     from retinassl.models.initialize import check_init_preprocess
     from retinassl.models.published import with_published
 
-    if not isinstance(getattr(cfg, "preprocess", None), PreprocessConfig):
-        return
+    if type(getattr(cfg, "preprocess", None)) is not PreprocessConfig:
+        return  # segmentation (SegmentPreprocessConfig): its encoder sees its own vessel inputs
     if getattr(cfg, "model", None) is not None:
         cfg = with_published(cfg)  # model.weights: the published model's inputs
         inputs = getattr(cfg, "input_preprocess", None)  # a job preparing its inputs its own way

@@ -47,6 +47,7 @@ def pretrain(method: str = typer.Argument(..., help="A pretraining method: rotat
     if resume is not None:
         refuse_finished(resume, split_args(args, f"pretrain-{method}")[1])  # before resume marks it running
         cfg = load_config(PretrainConfig, RunDir(resume).config_file, overrides)  # a bad override: nothing changed
+        check_init_inputs(cfg)
         run = RunDir.resume(resume)
     else:
         data = read_yaml(source)

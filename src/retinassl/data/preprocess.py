@@ -149,8 +149,8 @@ class PreprocessConfig(BaseModel):
 
     def inactive_fields(self) -> set[str]:
         """The options that are off, with the settings that only matter when their option is on
-        (CLAHE's tiles with CLAHE off, ...), and settings at the value they had before they were
-        options (CLAHE in CIELAB with 8 tiles): fields that change nothing the network sees."""
+        (CLAHE's tiles with CLAHE off, ...), and settings left out at the value they had before they
+        were options (CLAHE in CIELAB with 8 tiles), which leaving them out means."""
         unused: set[str] = set()
         if not self.subtract_background:
             unused |= {"subtract_background", "background_sigma"}

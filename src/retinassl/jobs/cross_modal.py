@@ -22,6 +22,7 @@ from pydantic import Field
 
 from retinassl.models.checkpoint import encoder_meta, save_encoder
 from retinassl.models.initialize import check_init_preprocess
+from retinassl.models.published import with_published
 from retinassl.config import DataConfig, EngineConfig, ModelConfig, Section, to_yaml
 from retinassl.data.preprocess import PreprocessConfig
 from retinassl.data.cache import Cache
@@ -162,12 +163,13 @@ def run_cross_modal(config: CrossModalRunConfig, run: RunDir, resume: bool = Fal
         ``pixels_deviant``; see ``deviant_um``), with ``maps: segment`` also ``*_vs_manifest`` against the
         manifest's maps, and the quality counts.
     """
+    config = with_published(config)  # model.weights: the published model's architecture and inputs
+    preprocess = config.input_preprocess()
+    check_init_preprocess(config.model.init, preprocess)  # before the config is recorded
     run.write_config(to_yaml(config))
     manifest = manifest if manifest is not None else load_manifest(config.data)
     register_private_rows(manifest)
     pairs = input_manifest(manifest, config.input, "oct_volume" if config.maps == "segment" else "thickness_map")
-    preprocess = config.input_preprocess()
-    check_init_preprocess(config.model.init, preprocess)
     prepared = Cache(config.data.cache_dir).prepare(pairs, preprocess, workers=max(1, config.data.workers),
                                                     mask_columns=[])
     maps = None

@@ -256,8 +256,8 @@ def run_pretrain(config: PretrainConfig, run: RunDir, resume: bool = False,
     """
     name = config.method_name
     config = with_published(config)  # model.weights: the published model's architecture and inputs
+    check_init_preprocess(config.model.init, config.preprocess)  # before the config is recorded
     run.write_config(to_yaml(config))
-    check_init_preprocess(config.model.init, config.preprocess)
     pool = select_rows(manifest, config) if manifest is not None else load_pool(config)
     first = config.data[0] if config.data else DataConfig()
     prepared = Cache(first.cache_dir).prepare(

@@ -28,7 +28,7 @@ from retinassl.errors import RunDirError
 from retinassl.figures.heatmap import overlay, save_png
 from retinassl.io.results import append_results, read_results, result_row
 from retinassl.io.rundir import RunDir
-from retinassl.models.initialize import check_init_preprocess
+from retinassl.models.initialize import check_init_preprocess, init_label
 from retinassl.models.patch_classifier import PatchClassifier
 from retinassl.jobs.patch_config import SemisupTrainConfig
 from retinassl.jobs.patch_evaluation import bank_image_scores, evaluate_bank, predict_bank, write_heatmaps
@@ -59,9 +59,9 @@ def run_semisup_train(config: SemisupTrainConfig, run: RunDir, resume: bool = Fa
     Returns:
         Test metrics (``patch_auc``, ``image_auc``, ``localisation_auc``) and training time.
     """
+    check_init_preprocess(config.learner.model.init, config.preprocess, "learner.model.init")
     if write_config:
         run.write_config(to_yaml(config))
-    check_init_preprocess(config.learner.model.init, config.preprocess, "learner.model.init")
     data = data if data is not None else _data(config)
     n = len(data.train) if config.n_labelled is None else min(config.n_labelled, len(data.train))
     labelled = data.labelled_subsets([n], config.seed)[n]
@@ -118,7 +118,7 @@ def evaluate_run(config: SemisupTrainConfig, run: RunDir, classifier: PatchClass
         protocol = "semi-supervised" if config.learner.method_name == "ssl-gan" else "supervised"
         append_results(run.results_file, [
             result_row(experiment=config.name, task="patch:abnormal", method=config.learner.method_name,
-                       init="scratch" if config.learner.model.init == "scratch" else "checkpoint",
+                       init=init_label(config.learner.model.init),
                        protocol=protocol, fraction=n / len(data.train), n_labelled=n,
                        seed=config.seed, metric=k, value=v) for k, v in metrics.items()])
     log.info("test: %s", ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))

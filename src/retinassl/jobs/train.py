@@ -112,8 +112,8 @@ def run_train(config: TrainConfig, run: RunDir, resume: bool = False,
         test metrics (``image_auc``, and ``patch_auc`` for patch tasks).
     """
     config = with_published(config)  # model.weights: the published model's architecture and inputs
+    check_init_preprocess(config.model.init, config.preprocess)  # before the config is recorded
     run.write_config(to_yaml(config))
-    check_init_preprocess(config.model.init, config.preprocess)
     prepared = prepared if prepared is not None else prepare(config.data, config.preprocess)
     if prepared.skipped:
         run.update_status(skipped=[{"id": i, "problem": p} for i, p in prepared.skipped])

@@ -94,9 +94,10 @@ def check_init_preprocess(init: str, preprocess: PreprocessConfig, who: str = "m
     do not count): its features would be computed on images unlike those it learnt from, and every
     number from it would be silently off. A checkpoint that records no preprocessing, scratch and
     weights made elsewhere (their inputs are the user's to set: :mod:`~retinassl.models.published`)
-    pass (a saved model's own weights file given as a weights file is checked as that model); a
-    vessel segmenter or an OCT layer model is refused as such (their encoders saw other inputs than
-    fundus photographs prepared by a ``preprocess``).
+    pass (a saved model's own weights file given as a weights file is checked as that model); a saved
+    vessel segmenter or OCT layer model is refused as such (their encoders saw other inputs than
+    fundus photographs prepared by a ``preprocess``; the bare encoder a segmentation run also saves
+    records only its geometry, so it is compared as any encoder).
 
     Raises:
         ConfigError: the differing fields, with the checkpoint's value and the one given; a model whose
@@ -104,9 +105,12 @@ def check_init_preprocess(init: str, preprocess: PreprocessConfig, who: str = "m
         CheckpointError: ``init`` is not a readable saved model.
     """
     path = Path(init)
-    if path.is_file() and is_saved_model(path.parent) and \
-            path.resolve() in {f.resolve() for f in weight_files(path.parent)}:
-        init = str(path.parent)  # a saved model's own weights file, given as a weights file
+    if path.is_file() and is_saved_model(path.parent):
+        try:
+            if path.resolve() in {f.resolve() for f in weight_files(path.parent)}:
+                init = str(path.parent)  # a saved model's own weights file, given as a weights file
+        except CheckpointError:  # another tool's model.json beside a foreign weights file
+            pass
     if init == "scratch" or not is_saved_model(model_directory(Path(init))):
         return
     from retinassl.models.checkpoint import read_encoder_meta
@@ -136,8 +140,8 @@ def check_init_preprocess(init: str, preprocess: PreprocessConfig, who: str = "m
         hint = f" (it was trained with model.weights={published}: give the same)" if published else ""
         raise ConfigError(
             f"{who}: {init} was trained on inputs prepared otherwise than this run prepares them: "
-            + "; ".join(f"preprocess.{k} is {_setting(preprocess, k)!r}, the encoder's {_setting(recorded, k)!r}"
-                        for k in differ)
+            + "; ".join(f"preprocess.{k} is {ours.get(k, _setting(preprocess, k))!r}, the encoder's "
+                        f"{theirs.get(k, _setting(recorded, k))!r}" for k in differ)
             + f". Set the run's preprocess to the encoder's{hint} (only the size may differ), or evaluate "
             "it in a study of its own")
 

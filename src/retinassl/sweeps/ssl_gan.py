@@ -134,8 +134,9 @@ class SSLGANGrid(Grid):
         return self._data
 
     def prepare(self) -> None:
-        for name, learner in self.config.learners.items():  # a given encoder fits the inputs
-            check_init_preprocess(learner.model.init, self.config.preprocess, f"learners.{name}.model.init")
+        for name in sorted({learner for _, learner, *_ in plan_cells(self.config)}):  # those it trains
+            check_init_preprocess(self.config.learners[name].model.init, self.config.preprocess,
+                                  f"learners.{name}.model.init")
         self.run.write_config(to_yaml(self.config))
         _write_split(self.run, self.patch_data)
         _write_test_patch_labels(self.run, self.patch_data,
