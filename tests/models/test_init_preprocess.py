@@ -121,25 +121,25 @@ def test_commands_refuse_before_a_run_directory_exists(tmp_path: Path) -> None:
 
 
 def test_cross_modal_infrared_inputs_are_compared_as_the_job_prepares_them(tmp_path: Path) -> None:
-    from retinassl.cli.common import check_init_inputs
+    from retinassl.models.initialize import check_encoder_inputs
     from retinassl.jobs.cross_modal import CrossModalRunConfig
 
     config = CrossModalRunConfig.model_validate({"input": "ir_image", "preprocess": {"size": 64}})
     encoder = _saved(tmp_path / "ir", config.input_preprocess())              # an earlier infrared encoder
-    check_init_inputs(config.model_copy(update={"model": config.model.model_copy(update={"init": str(encoder)})}))
+    check_encoder_inputs(config.model_copy(update={"model": config.model.model_copy(update={"init": str(encoder)})}))
     colour = config.model_copy(update={"input": "image",
                                        "model": config.model.model_copy(update={"init": str(encoder)})})
     with pytest.raises(ConfigError, match="preprocess.channels is 3, the encoder's 1"):
-        check_init_inputs(colour)
+        check_encoder_inputs(colour)
 
 
 def test_segmentation_takes_any_encoder_its_inputs_are_its_own(tmp_path: Path) -> None:
-    from retinassl.cli.common import check_init_inputs
+    from retinassl.models.initialize import check_encoder_inputs
     from retinassl.jobs.segment_config import SegmentConfig
 
     encoder = _saved(tmp_path / "enc", PreprocessConfig(size=512))            # crop_fov, normalize max
     config = SegmentConfig()
-    check_init_inputs(config.model_copy(update={"model": config.model.model_copy(update={"init": str(encoder)})}))
+    check_encoder_inputs(config.model_copy(update={"model": config.model.model_copy(update={"init": str(encoder)})}))
 
 
 def test_a_resume_with_a_refused_override_leaves_the_run_as_it_was(tmp_path: Path) -> None:
@@ -158,3 +158,47 @@ def test_a_resume_with_a_refused_override_leaves_the_run_as_it_was(tmp_path: Pat
     result = CliRunner().invoke(app, ["train", "--resume", str(run.path), "preprocess.normalize=max"])
     assert isinstance(result.exception, ConfigError) and "preprocess.normalize is 'max'" in str(result.exception)
     assert (run.config_file.read_text(), (run.path / "run.json").read_text()) == before
+
+
+def test_every_job_config_that_prepares_images_for_an_encoder_states_its_encoder_inputs() -> None:
+    """A config that prepares fundus images with a ``PreprocessConfig`` and takes an encoder (``model``,
+    ``learner``, ``learners``, ``inits``) implements ``encoder_inputs``, so that its saved encoders are
+    checked; configs whose inputs are their own (segmentation's vessel inputs, OCT B-scans) do not."""
+    import importlib
+    import pkgutil
+
+    import retinassl.jobs
+    import retinassl.sweeps
+    from retinassl.config import Section
+    from retinassl.models.initialize import StartsFromEncoders
+
+    for package in (retinassl.jobs, retinassl.sweeps):
+        for module in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package.__name__}.{module.name}")
+
+    def subclasses(cls: type) -> set[type]:
+        return {s for c in cls.__subclasses__() for s in {c} | subclasses(c)}
+
+    takes_encoders = {c for c in subclasses(Section) if c.model_fields.get("preprocess") is not None
+                      and c.model_fields["preprocess"].annotation is PreprocessConfig
+                      and {"model", "learner", "learners", "inits"} & set(c.model_fields)}
+    names = {c.__name__ for c in takes_encoders}
+    assert {"PretrainConfig", "TrainConfig", "CrossModalRunConfig", "SemisupTrainConfig",
+            "SSLGANExperimentConfig", "TransferConfig"} <= names                      # the rule sees them
+    assert "SegmentConfig" not in names
+    missing = sorted(c.__name__ for c in takes_encoders if not issubclass(c, StartsFromEncoders))
+    assert not missing, f"these configs take an encoder but do not state its inputs: {missing}"
+
+
+def test_the_ssl_gan_experiment_checks_the_learners_it_trains_only(tmp_path: Path) -> None:
+    from retinassl.jobs.patch_config import LearnerConfig, SSLGANExperimentConfig
+    from retinassl.models.initialize import check_encoder_inputs
+
+    clahe = _saved(tmp_path / "clahe", PreprocessConfig(size=64, clahe=True))
+    learner = LearnerConfig()
+    with_clahe = learner.model_copy(update={"model": learner.model.model_copy(update={"init": str(clahe)})})
+    config = SSLGANExperimentConfig(preprocess=PreprocessConfig(size=64), learners={
+        "ssl-gan": learner, "convnet": learner, "resnet34": with_clahe}, baselines=["convnet"])
+    check_encoder_inputs(config)                                    # resnet34 is defined, not trained
+    with pytest.raises(ConfigError, match=r"learners\.resnet34\.model\.init: .*preprocess\.clahe"):
+        check_encoder_inputs(config.model_copy(update={"baselines": ["convnet", "resnet34"]}))

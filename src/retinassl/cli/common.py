@@ -66,19 +66,20 @@ def open_run(model: type, config: str | None, overrides: list[str] | None, resum
     from retinassl.config import load_config
     from retinassl.errors import ConfigError
     from retinassl.io.rundir import RunDir
+    from retinassl.models.initialize import check_encoder_inputs
 
     config, rest = config_and_overrides(config, overrides, default)
     if resume is not None:
         refuse_finished(resume, rest)  # before RunDir.resume, which marks the run running
         cfg = load_config(model, RunDir(resume).config_file, rest)
-        check_init_inputs(cfg)  # a refused override leaves the run as it was
+        check_encoder_inputs(cfg)  # a refused override leaves the run as it was
         run = RunDir.resume(resume)
     else:
         if config is None:
             raise ConfigError("give a CONFIG (a YAML file or a packaged preset), or --resume RUN")
         cfg = load_config(model, config, with_common_overrides(rest, runs_dir, skip_bad), data_root)
         check_batch_config(cfg)  # before the run directory exists
-        check_init_inputs(cfg)
+        check_encoder_inputs(cfg)  # before the run directory exists
         run = RunDir.create(cfg.runs_dir, f"{cfg.name}{suffix}")
     run.attach_log_file()
     typer.echo(f"run directory: {run.path}")
@@ -95,27 +96,6 @@ def check_batch_config(cfg: Any) -> None:
     size = getattr(preprocess, "size", None)
     if engine is not None and isinstance(size, int) and hasattr(engine, "batch_size"):
         check_batch_memory(int(engine.batch_size), size, int(getattr(preprocess, "channels", 3) or 3))
-
-
-def check_init_inputs(cfg: Any) -> None:
-    """Refuse (ConfigError naming the fields) a job config whose ``model.init`` (or
-    ``learner.model.init``) is a saved model trained on inputs prepared otherwise than the job
-    prepares them (:func:`~retinassl.models.initialize.check_init_preprocess`), before the run
-    directory exists or a resumed one is reopened; the job checks again (programmatic callers).
-    Configs without both pass, and so does segmentation (its inputs are not a ``preprocess``'s)."""
-    from retinassl.data.preprocess import PreprocessConfig
-    from retinassl.models.initialize import check_init_preprocess
-    from retinassl.models.published import with_published
-
-    if type(getattr(cfg, "preprocess", None)) is not PreprocessConfig:
-        return  # segmentation (SegmentPreprocessConfig): its encoder sees its own vessel inputs
-    if getattr(cfg, "model", None) is not None:
-        cfg = with_published(cfg)  # model.weights: the published model's inputs
-        inputs = getattr(cfg, "input_preprocess", None)  # a job preparing its inputs its own way
-        check_init_preprocess(cfg.model.init, inputs() if callable(inputs) else cfg.preprocess)
-    learner = getattr(cfg, "learner", None)
-    if getattr(learner, "model", None) is not None:
-        check_init_preprocess(learner.model.init, cfg.preprocess, "learner.model.init")
 
 
 def refuse_finished(run: Any, overrides: list[str]) -> None:

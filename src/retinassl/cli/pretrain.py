@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from retinassl.cli.common import (DATA_ROOT, RESUME, RUNS_DIR, SKIP_BAD, check_batch_config, check_init_inputs,
+from retinassl.cli.common import (DATA_ROOT, RESUME, RUNS_DIR, SKIP_BAD, check_batch_config,
                                   refuse_finished, run_job, split_args, with_common_overrides)
 
 
@@ -34,6 +34,7 @@ def pretrain(method: str = typer.Argument(..., help="A pretraining method: rotat
     from retinassl.methods.base import method_names
     from retinassl.jobs.pretrain import PretrainConfig, run_pretrain
     from retinassl.io.rundir import RunDir
+    from retinassl.models.initialize import check_encoder_inputs
 
     if method not in method_names():
         raise ConfigError(f"unknown method {method!r}; known: {', '.join(method_names())}")
@@ -47,7 +48,7 @@ def pretrain(method: str = typer.Argument(..., help="A pretraining method: rotat
     if resume is not None:
         refuse_finished(resume, split_args(args, f"pretrain-{method}")[1])  # before resume marks it running
         cfg = load_config(PretrainConfig, RunDir(resume).config_file, overrides)  # a bad override: nothing changed
-        check_init_inputs(cfg)
+        check_encoder_inputs(cfg)
         run = RunDir.resume(resume)
     else:
         data = read_yaml(source)
@@ -57,7 +58,7 @@ def pretrain(method: str = typer.Argument(..., help="A pretraining method: rotat
         data = config_data(source, overrides + [f"method.name={method}"], data_root)
         cfg = validate(PretrainConfig, data, origin=source)
         check_batch_config(cfg)  # before the run directory exists
-        check_init_inputs(cfg)
+        check_encoder_inputs(cfg)
         run = RunDir.create(cfg.runs_dir, cfg.name)
     if cfg.method_name != method:
         raise ConfigError(f"{run.path} was a {cfg.method_name!r} run, not {method!r}")

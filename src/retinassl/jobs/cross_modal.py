@@ -21,7 +21,7 @@ import torch
 from pydantic import Field
 
 from retinassl.models.checkpoint import encoder_meta, save_encoder
-from retinassl.models.initialize import check_init_preprocess
+from retinassl.models.initialize import EncoderInput, check_encoder_inputs
 from retinassl.models.published import with_published
 from retinassl.config import DataConfig, EngineConfig, ModelConfig, Section, to_yaml
 from retinassl.data.preprocess import PreprocessConfig
@@ -84,6 +84,11 @@ class CrossModalRunConfig(Section):
         if self.input == "ir_image":
             return self.preprocess.model_copy(update={"channels": 1, "crop_fov": False, "mask_outside_fov": False})
         return self.preprocess
+
+    def encoder_inputs(self) -> list[EncoderInput]:
+        """``model.init`` and the inputs it will see (:func:`~retinassl.models.initialize.check_encoder_inputs`)."""
+        config = with_published(self)
+        return [(config.model.init, config.input_preprocess(), "model.init")]
 
 
 def segmented_maps(manifest: Manifest, layer_model: Path, map_size: int = 128) -> tuple[list[np.ndarray], list[dict]]:
@@ -165,7 +170,7 @@ def run_cross_modal(config: CrossModalRunConfig, run: RunDir, resume: bool = Fal
     """
     config = with_published(config)  # model.weights: the published model's architecture and inputs
     preprocess = config.input_preprocess()
-    check_init_preprocess(config.model.init, preprocess)  # before the config is recorded
+    check_encoder_inputs(config)  # before the config is recorded
     run.write_config(to_yaml(config))
     manifest = manifest if manifest is not None else load_manifest(config.data)
     register_private_rows(manifest)

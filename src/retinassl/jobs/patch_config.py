@@ -9,13 +9,17 @@ learner at every labelled-image count and seed on the same split.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
 from retinassl.config import DataConfig, EngineConfig, ExternalSpec, ModelConfig, Section
 from retinassl.data.preprocess import PreprocessConfig
 from retinassl.metrics.image_score import ImageScore
+from retinassl.metrics.ssl_gan_summary import plan
+
+if TYPE_CHECKING:
+    from retinassl.models.initialize import EncoderInput
 
 
 class SplitConfig(Section):
@@ -129,6 +133,11 @@ class SemisupTrainConfig(Section):
     learner: LearnerConfig = LearnerConfig()
     heatmaps: int = Field(6, ge=0)
 
+    def encoder_inputs(self) -> list[EncoderInput]:
+        """The learner's ``model.init`` and the images it will see (patches of images prepared by
+        ``preprocess``; :func:`~retinassl.models.initialize.check_encoder_inputs`)."""
+        return [(self.learner.model.init, self.preprocess, "learner.model.init")]
+
 
 class ExtensionConfig(Section):
     """The experiment's extension: a learner rerun with the pool's images. The SSL-GAN takes them
@@ -198,6 +207,14 @@ class SSLGANExperimentConfig(Section):
     workers: int = Field(1, ge=1)
     evaluate_on: list[ExternalSpec] = Field(default_factory=list)
     budget: str = ""
+
+    def encoder_inputs(self) -> list[EncoderInput]:
+        """The ``model.init`` of each learner the experiment trains (its plan; a learner defined but
+        not trained is not checked) and the images it will see
+        (:func:`~retinassl.models.initialize.check_encoder_inputs`)."""
+        trained = sorted({learner for _, learner, *_ in plan(self.model_dump(mode="json"))})
+        return [(self.learners[name].model.init, self.preprocess, f"learners.{name}.model.init")
+                for name in trained]
 
     @model_validator(mode="after")
     def _check(self) -> SSLGANExperimentConfig:

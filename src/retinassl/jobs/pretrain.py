@@ -26,7 +26,7 @@ import pandas as pd
 from pydantic import Field, ValidationInfo, field_validator
 
 from retinassl.models.checkpoint import save_encoder
-from retinassl.models.initialize import check_init_preprocess
+from retinassl.models.initialize import EncoderInput, check_encoder_inputs
 from retinassl.models.published import published_meta, with_published
 from retinassl.config import DataConfig, EngineConfig, ModelConfig, Section, to_yaml
 from retinassl.data.preprocess import PreprocessConfig
@@ -116,6 +116,11 @@ class PretrainConfig(Section):
             raise ValueError(f"and label {info.data['label']!r}: segmentation pretraining learns masks, not a "
                              f"label; set one of them")
         return mask
+
+    def encoder_inputs(self) -> list[EncoderInput]:
+        """``model.init`` and the inputs it will see (:func:`~retinassl.models.initialize.check_encoder_inputs`)."""
+        config = with_published(self)
+        return [(config.model.init, config.preprocess, "model.init")]
 
     @property
     def method_name(self) -> str:
@@ -256,7 +261,7 @@ def run_pretrain(config: PretrainConfig, run: RunDir, resume: bool = False,
     """
     name = config.method_name
     config = with_published(config)  # model.weights: the published model's architecture and inputs
-    check_init_preprocess(config.model.init, config.preprocess)  # before the config is recorded
+    check_encoder_inputs(config)  # before the config is recorded
     run.write_config(to_yaml(config))
     pool = select_rows(manifest, config) if manifest is not None else load_pool(config)
     first = config.data[0] if config.data else DataConfig()

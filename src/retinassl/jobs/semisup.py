@@ -28,7 +28,7 @@ from retinassl.errors import RunDirError
 from retinassl.figures.heatmap import overlay, save_png
 from retinassl.io.results import append_results, read_results, result_row
 from retinassl.io.rundir import RunDir
-from retinassl.models.initialize import check_init_preprocess, init_label
+from retinassl.models.initialize import check_encoder_inputs, init_label
 from retinassl.models.patch_classifier import PatchClassifier
 from retinassl.jobs.patch_config import SemisupTrainConfig
 from retinassl.jobs.patch_evaluation import bank_image_scores, evaluate_bank, predict_bank, write_heatmaps
@@ -59,7 +59,7 @@ def run_semisup_train(config: SemisupTrainConfig, run: RunDir, resume: bool = Fa
     Returns:
         Test metrics (``patch_auc``, ``image_auc``, ``localisation_auc``) and training time.
     """
-    check_init_preprocess(config.learner.model.init, config.preprocess, "learner.model.init")
+    check_encoder_inputs(config)
     if write_config:
         run.write_config(to_yaml(config))
     data = data if data is not None else _data(config)

@@ -21,7 +21,7 @@ from pydantic import Field
 
 from retinassl.atomic import write_text
 from retinassl.models.checkpoint import save_encoder
-from retinassl.models.initialize import check_init_preprocess
+from retinassl.models.initialize import EncoderInput, check_encoder_inputs
 from retinassl.models.published import with_published
 from retinassl.config import DataConfig, EngineConfig, ModelConfig, Section, to_yaml
 from retinassl.data.preprocess import PreprocessConfig
@@ -87,6 +87,11 @@ class TrainConfig(Section):
     engine: EngineConfig = EngineConfig()
     val_fraction: float = Field(0.15, ge=0, lt=1)
 
+    def encoder_inputs(self) -> list[EncoderInput]:
+        """``model.init`` and the inputs it will see (:func:`~retinassl.models.initialize.check_encoder_inputs`)."""
+        config = with_published(self)
+        return [(config.model.init, config.preprocess, "model.init")]
+
 
 def _patch_rows(prepared: PreparedData, rows: np.ndarray) -> np.ndarray:
     """Rows that can be patch-labelled (have lesion masks, or are labelled healthy)."""
@@ -112,7 +117,7 @@ def run_train(config: TrainConfig, run: RunDir, resume: bool = False,
         test metrics (``image_auc``, and ``patch_auc`` for patch tasks).
     """
     config = with_published(config)  # model.weights: the published model's architecture and inputs
-    check_init_preprocess(config.model.init, config.preprocess)  # before the config is recorded
+    check_encoder_inputs(config)  # before the config is recorded
     run.write_config(to_yaml(config))
     prepared = prepared if prepared is not None else prepare(config.data, config.preprocess)
     if prepared.skipped:

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
@@ -84,6 +84,32 @@ def initial_encoder(model: ModelConfig) -> InitialEncoder:
     encoder = build_encoder(model.arch, **model.kwargs)
     load_weights_file(encoder, model.init, allow_pickle=model.allow_pickle, prefix=model.init_prefix)
     return InitialEncoder(encoder, model.arch, dict(model.kwargs), kind)
+
+
+EncoderInput = tuple[str, PreprocessConfig, str]
+"""A saved encoder a job may start from (``model.init``), the preprocessing of the inputs the job
+prepares for it, and the config key that names it (for messages)."""
+
+
+@runtime_checkable
+class StartsFromEncoders(Protocol):
+    """A job config that may start from saved encoders: it states which, and how it prepares the
+    inputs each will see (after ``model.weights`` is applied), so that one check serves every job."""
+
+    def encoder_inputs(self) -> list[EncoderInput]: ...
+
+
+def check_encoder_inputs(config: Any) -> None:
+    """:func:`check_init_preprocess` for each of a job config's :meth:`StartsFromEncoders.
+    encoder_inputs`; a config that starts from no saved encoder (segmentation, whose encoder sees its
+    own vessel inputs; evaluation-only configs) passes.
+
+    Raises:
+        ConfigError: an encoder trained on inputs prepared otherwise (each differing field named).
+    """
+    if isinstance(config, StartsFromEncoders):
+        for init, preprocess, who in config.encoder_inputs():
+            check_init_preprocess(init, preprocess, who)
 
 
 def check_init_preprocess(init: str, preprocess: PreprocessConfig, who: str = "model.init") -> None:

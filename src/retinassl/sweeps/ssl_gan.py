@@ -42,7 +42,7 @@ from retinassl.sweeps.grid import Grid, data_settings, merge_budget, run_grid
 from retinassl.sweeps.ssl_gan_external import (check_evaluate_on, prediction_folder, prepare_externals,
                                               score_external, scored_cells)
 from retinassl.metrics.anatomy import TEST_PATCH_LABELS
-from retinassl.models.initialize import check_init_preprocess, init_label
+from retinassl.models.initialize import check_encoder_inputs, init_label
 from retinassl.models.patch_classifier import PatchClassifier
 from retinassl.jobs.patch_config import LearnerConfig, SSLGANExperimentConfig
 from retinassl.jobs.patch_evaluation import evaluate_bank, write_heatmaps
@@ -134,9 +134,7 @@ class SSLGANGrid(Grid):
         return self._data
 
     def prepare(self) -> None:
-        for name in sorted({learner for _, learner, *_ in plan_cells(self.config)}):  # those it trains
-            check_init_preprocess(self.config.learners[name].model.init, self.config.preprocess,
-                                  f"learners.{name}.model.init")
+        check_encoder_inputs(self.config)  # the learners it trains start from encoders of these inputs
         self.run.write_config(to_yaml(self.config))
         _write_split(self.run, self.patch_data)
         _write_test_patch_labels(self.run, self.patch_data,

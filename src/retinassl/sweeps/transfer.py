@@ -49,7 +49,7 @@ from retinassl.config import ModelConfig, to_yaml
 from retinassl.data.cache import Cache, PreparedData
 from retinassl.data.manifest import Manifest
 from retinassl.errors import DataError
-from retinassl.models.initialize import check_init_preprocess, seeded_initial_encoder
+from retinassl.models.initialize import check_encoder_inputs, seeded_initial_encoder
 from retinassl.models.published import published_meta
 from retinassl.models.vit_transfer import set_pooling
 from retinassl.io.results import append_results, result_row
@@ -138,9 +138,7 @@ class TransferGrid(TransferInits, Grid):
     def prepare(self) -> None:
         """The cleaned downstream data, the pool, and every pretraining, before any cell."""
         config = self.config
-        for spec in config.inits:  # a given encoder (or a two-step's given first step) fits the inputs
-            if spec.init != "scratch" and config.init_named(spec.init) is None:
-                check_init_preprocess(spec.init, config.preprocess, f"init {spec.name}")
+        check_encoder_inputs(config)  # each given encoder was trained on inputs prepared as these
         self.check_encoders_kept()
         write_text(self.run.path / "transfer.yaml", to_yaml(config))
         self.downstream()

@@ -5,7 +5,7 @@ protocols, and the budgets a preset merges in."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
@@ -17,6 +17,9 @@ from retinassl.jobs.finetune import FinetuneConfig
 from retinassl.jobs.probe import ProbeConfig
 from retinassl.metrics.tasks import TaskSpec
 from retinassl.sweeps.grid import merge_budget
+
+if TYPE_CHECKING:
+    from retinassl.models.initialize import EncoderInput
 
 
 FRACTIONS: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -211,6 +214,13 @@ class TransferConfig(Section):
                 params = {k: v for k, v in pretrain.method.items() if k != "name"}
                 validate(method_class(pretrain.method_name).Config, params,
                          origin=f"init {spec.name}: pretrain.method")
+
+    def encoder_inputs(self) -> list[EncoderInput]:
+        """Each given encoder (an init's, or a two-step init's given first step) and the inputs the
+        sweep prepares for it (:func:`~retinassl.models.initialize.check_encoder_inputs`); encoders the
+        sweep pretrains itself are made on those inputs."""
+        return [(spec.init, self.preprocess, f"init {spec.name}") for spec in self.inits
+                if spec.init != "scratch" and self.init_named(spec.init) is None]
 
     def init_named(self, name: str) -> InitSpec | None:
         """The initialisation called ``name``, if one is (a two-step init's first step)."""
