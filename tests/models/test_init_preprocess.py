@@ -202,3 +202,16 @@ def test_the_ssl_gan_experiment_checks_the_learners_it_trains_only(tmp_path: Pat
     check_encoder_inputs(config)                                    # resnet34 is defined, not trained
     with pytest.raises(ConfigError, match=r"learners\.resnet34\.model\.init: .*preprocess\.clahe"):
         check_encoder_inputs(config.model_copy(update={"baselines": ["convnet", "resnet34"]}))
+
+
+def test_a_published_models_inputs_are_the_ones_compared(tmp_path: Path) -> None:
+    """``model.weights`` sets the input normalisation before the check (the job prepares its inputs so)."""
+    from retinassl.jobs.train import TrainConfig
+    from retinassl.models.initialize import check_encoder_inputs
+
+    encoder = _saved(tmp_path / "tuned", PreprocessConfig(size=224, normalize="imagenet"))  # a RETFound, saved here
+    model = {"arch": "vit_large", "weights": "retfound-mae", "init": str(encoder)}
+    check_encoder_inputs(TrainConfig.model_validate({"preprocess": {"size": 256, "normalize": "max"}, "model": model}))
+    with pytest.raises(ConfigError, match="preprocess.normalize is 'max', the encoder's 'meanstd'"):
+        check_encoder_inputs(TrainConfig.model_validate({"preprocess": {"size": 256, "normalize": "max"},
+                                                         "model": {**model, "weights": None}}))

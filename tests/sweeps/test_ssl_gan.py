@@ -247,3 +247,19 @@ def test_rows_name_each_learners_initialisation(tmp_path: Path) -> None:
     experiment._record_divergence(config, run, "convnet", given, 4, 0, 12, "nan loss")
     rows = read_results(run.results_file)
     assert set(rows["init"]) == {"pretrain-rotation-7"} and set(rows["protocol"]) == {"supervised"}
+
+
+def test_a_learners_encoder_prepared_otherwise_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    from retinassl.errors import ConfigError
+    from retinassl.models import build_encoder
+    from retinassl.models.checkpoint import save_encoder
+
+    data = smoke_preset(tmp_path)
+    encoder = save_encoder(tmp_path / "enc", build_encoder("convnet", width=4), arch="convnet", kwargs={"width": 4},
+                           preprocess={"size": 64, "clahe": True})                # no SSL-GAN preset equalises
+    data["learners"]["convnet"]["model"]["init"] = str(encoder)
+    run = RunDir.create(tmp_path / "runs", "refused-init")
+    grid = experiment.SSLGANGrid(data, "smoke", run)
+    with pytest.raises(ConfigError, match=r"learners\.convnet\.model\.init: .*preprocess\.clahe is False"):
+        grid.prepare()
+    assert not run.config_file.exists()                                 # refused before the config is recorded
