@@ -247,6 +247,21 @@ def test_rows_name_each_learners_initialisation(tmp_path: Path) -> None:
     experiment._record_divergence(config, run, "convnet", given, 4, 0, 12, "nan loss")
     rows = read_results(run.results_file)
     assert set(rows["init"]) == {"pretrain-rotation-7"} and set(rows["protocol"]) == {"supervised"}
+    # a DeLong row of the SSL-GAN (scratch) against that ConvNet names both initialisations
+    from types import SimpleNamespace
+
+    given_config = config.model_copy(update={"learners": {**config.learners, "convnet": given}})
+    for label, scores in (("ssl-gan", [0.1, 0.9, 0.4, 0.7]), ("convnet", [0.2, 0.6, 0.5, 0.8])):
+        path = experiment.predictions_path(run, label, 4, 0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"id": list("abcd"), "label": [0, 1, 0, 1], "score": scores}).to_csv(path, index=False)
+    compared = experiment._task_comparisons(given_config, run, SimpleNamespace(train=list(range(12))),
+                                            experiment.TASK, path.parent)
+    assert {row["init"] for row in compared} == {"scratch vs pretrain-rotation-7"}
+    assert {row["method"] for row in compared} == {"ssl-gan vs convnet"}
+    unchanged = experiment._task_comparisons(config, run, SimpleNamespace(train=list(range(12))),
+                                             experiment.TASK, path.parent)
+    assert {row["init"] for row in unchanged} == {"scratch"}                  # both from scratch: one name
 
 
 def test_a_learners_encoder_prepared_otherwise_is_refused_before_anything_runs(tmp_path: Path) -> None:

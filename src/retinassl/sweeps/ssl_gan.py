@@ -340,6 +340,14 @@ def comparisons(config: SSLGANExperimentConfig) -> list[tuple[str, str]]:
     return pairs
 
 
+def pair_init(config: SSLGANExperimentConfig, a: str, b: str) -> str:
+    """The initialisation of a compared pair of cells (labels ``a`` and ``b``): the one both
+    learners start from, or ``"<a's> vs <b's>"`` (:func:`~retinassl.models.initialize.init_label`)."""
+    learners = {label: learner for label, learner, *_ in plan_cells(config)}
+    inits = [init_label(config.learners[learners.get(label, label)].model.init) for label in (a, b)]
+    return inits[0] if inits[0] == inits[1] else " vs ".join(inits)
+
+
 def append_comparisons(config: SSLGANExperimentConfig, run: RunDir, data: PatchData) -> None:
     """Paired DeLong tests (image level, same test images) for every cell pair that exists and has
     not been tested yet: one test per (pair, count, seed), rows ``delong_p``, ``delong_z`` and
@@ -362,6 +370,7 @@ def _task_comparisons(config: SSLGANExperimentConfig, run: RunDir, data: PatchDa
     done = _done(run, "delong_p", task)
     rows = []
     for a, b in comparisons(config):
+        init = pair_init(config, a, b)
         for n in config.labelled:
             for seed in config.seeds:
                 key = (f"{a} vs {b}", n, seed)
@@ -375,7 +384,7 @@ def _task_comparisons(config: SSLGANExperimentConfig, run: RunDir, data: PatchDa
                 for metric, value in (("delong_p", test.p_value), ("delong_z", test.z),
                                       ("auc_difference", test.difference)):
                     rows.append(result_row(experiment=config.name, task=task, method=key[0],
-                                           init="scratch", protocol="comparison",
+                                           init=init, protocol="comparison",
                                            fraction=n / len(data.train), n_labelled=n, seed=seed,
                                            metric=metric, value=value))
     return rows
