@@ -1,0 +1,106 @@
+"""How large an AUC gain a study's test split can show: the paired DeLong standard error of
+(pretrained - scratch) per cell of a transfer sweep, from its saved predictions.
+
+Issue 18 asks for +0.05 AUC with DeLong p < 0.05 in 4 of 5 seeds. Whether a test split can show
+that at all depends on its size and class balance: with one test set of n images, DeLong's paired
+test reaches p < 0.05 only when the difference exceeds 1.96 standard errors, and does so in most
+seeds (80 % power) only when the true difference is about 2.8 standard errors. For every (run,
+task, init) given, each label fraction and seed: the AUC difference to scratch on the same test
+images, its DeLong standard error, the smallest difference significant at p < 0.05 (1.96 SE) and
+the difference detectable with 80 % power (2.80 SE); and the test images a +0.05 difference would
+need for 80 % power, assuming the standard error shrinks as 1 / sqrt(images) at the same class
+balance and ranking quality (an extrapolation, marked as such).
+
+    .venv/bin/python benchmarks/detectable_difference.py RUN:TASK:INIT [RUN:TASK:INIT ...]
+        [--name detectable_difference] [--protocol probe]
+
+RUN is a transfer sweep's run directory or its archive (``predictions/transfer/<task>/<protocol>/
+<init>/f<fraction>-s<seed>.csv`` beside ``.../scratch/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_results  # noqa: E402
+
+from retinassl.metrics.stats import delong_covariance  # noqa: E402
+
+Z_SIGNIFICANT = 1.959964  # two-sided p < 0.05
+Z_POWER80 = Z_SIGNIFICANT + 0.841621  # and 80 % power
+
+
+def cells(folder: Path) -> dict[tuple[float, int], Path]:
+    """``(fraction, seed) -> predictions file`` of one init's folder."""
+    out = {}
+    for path in folder.glob("f*-s*.csv"):
+        fraction, seed = path.stem[1:].split("-s")
+        out[(float(fraction), int(seed))] = path
+    return out
+
+
+def paired_se(pretrained: pd.DataFrame, scratch: pd.DataFrame) -> tuple[float, float, int, int]:
+    """(AUC difference, its DeLong standard error, positives, negatives) on the images both scored."""
+    both = pretrained.merge(scratch, on=["id", "label"], suffixes=("_a", "_b"))
+    if len(both) != len(pretrained) or len(both) != len(scratch):
+        raise SystemExit("the pretrained and scratch predictions do not hold the same test images")
+    labels = both["label"].to_numpy(int)
+    aucs, cov = delong_covariance(labels, np.vstack([both["score_a"].to_numpy(float), both["score_b"].to_numpy(float)]))
+    var = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
+    return float(aucs[0] - aucs[1]), float(np.sqrt(max(var, 0.0))), int(labels.sum()), int((1 - labels).sum())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("studies", nargs="+", help="RUN:TASK:INIT")
+    parser.add_argument("--name", default="detectable_difference")
+    parser.add_argument("--protocol", default="probe")
+    args = parser.parse_args()
+    rows = []
+    for study in args.studies:
+        run, task, init = study.rsplit(":", 2)
+        base = Path(run) / "predictions" / "transfer" / task / args.protocol
+        if not (base / init).is_dir() or not (base / "scratch").is_dir():
+            raise SystemExit(f"{study}: no {base / init} beside {base / 'scratch'}")
+        ours, scratch = cells(base / init), cells(base / "scratch")
+        for key in sorted(set(ours) & set(scratch)):
+            difference, se, positives, negatives = paired_se(pd.read_csv(ours[key]), pd.read_csv(scratch[key]))
+            rows.append({"run": Path(run).name, "task": task, "init": init, "fraction": key[0], "seed": key[1],
+                         "positives": positives, "negatives": negatives, "difference": difference, "se": se,
+                         "significant_from": Z_SIGNIFICANT * se, "power80_from": Z_POWER80 * se,
+                         "higher": bool(se > 0 and difference / se > Z_SIGNIFICANT)})
+    table = pd.DataFrame(rows)
+    summary = (table.groupby(["run", "task", "init", "fraction"], sort=False)
+               .agg(seeds=("seed", "size"), positives=("positives", "first"), negatives=("negatives", "first"),
+                    difference=("difference", "mean"), se=("se", "mean"),
+                    significant_from=("significant_from", "mean"), power80_from=("power80_from", "mean"),
+                    higher=("higher", "sum"))
+               .reset_index())
+    images = summary["positives"] + summary["negatives"]
+    summary["images_needed"] = np.ceil(images * (summary["power80_from"] / 0.05) ** 2).astype(int)
+    lines = ["Per (run, task, init, label fraction): the mean over seeds of the AUC difference to scratch on the "
+             "same test images, its paired DeLong standard error (SE), the smallest difference with p < 0.05 "
+             "(1.96 SE) and the one detectable with 80 % power (2.80 SE); seeds with p < 0.05 and higher; test "
+             "images a +0.05 difference would need for 80 % power (extrapolated: SE taken to shrink as "
+             "1 / sqrt(images) at the same balance and ranking quality).", "",
+             "| run | task | init | fraction | seeds | test images (pos / neg) | difference | SE | p < 0.05 from | "
+             "80 % power from | seeds p < 0.05, higher | test images for +0.05 (extrapolated) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in summary.itertuples(index=False):
+        lines.append(f"| `{r.run}` | {r.task} | {r.init} | {r.fraction:g} | {r.seeds} | "
+                     f"{r.positives + r.negatives} ({r.positives} / {r.negatives}) | {r.difference:+.3f} | "
+                     f"{r.se:.3f} | {r.significant_from:.3f} | {r.power80_from:.3f} | {r.higher} of {r.seeds} | "
+                     f"{r.images_needed:,} |")
+    write_results(args.name, {"protocol": args.protocol, "cells": rows,
+                              "summary": summary.to_dict(orient="records")}, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
