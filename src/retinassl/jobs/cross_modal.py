@@ -21,7 +21,7 @@ import torch
 from pydantic import Field
 
 from retinassl.models.checkpoint import encoder_meta, save_encoder
-from retinassl.models.initialize import EncoderInput, check_encoder_inputs
+from retinassl.models.initialize import EncoderInput, check_encoder_inputs, model_encoder_inputs
 from retinassl.models.published import with_published
 from retinassl.config import DataConfig, EngineConfig, ModelConfig, Section, to_yaml
 from retinassl.data.preprocess import PreprocessConfig
@@ -87,8 +87,7 @@ class CrossModalRunConfig(Section):
 
     def encoder_inputs(self) -> list[EncoderInput]:
         """``model.init`` and the inputs it will see (:func:`~retinassl.models.initialize.check_encoder_inputs`)."""
-        config = with_published(self)
-        return [(config.model.init, config.input_preprocess(), "model.init")]
+        return model_encoder_inputs(self, CrossModalRunConfig.input_preprocess)
 
 
 def segmented_maps(manifest: Manifest, layer_model: Path, map_size: int = 128) -> tuple[list[np.ndarray], list[dict]]:

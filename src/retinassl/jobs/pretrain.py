@@ -26,7 +26,7 @@ import pandas as pd
 from pydantic import Field, ValidationInfo, field_validator
 
 from retinassl.models.checkpoint import save_encoder
-from retinassl.models.initialize import EncoderInput, check_encoder_inputs
+from retinassl.models.initialize import EncoderInput, check_encoder_inputs, model_encoder_inputs
 from retinassl.models.published import published_meta, with_published
 from retinassl.config import DataConfig, EngineConfig, ModelConfig, Section, to_yaml
 from retinassl.data.preprocess import PreprocessConfig
@@ -119,8 +119,7 @@ class PretrainConfig(Section):
 
     def encoder_inputs(self) -> list[EncoderInput]:
         """``model.init`` and the inputs it will see (:func:`~retinassl.models.initialize.check_encoder_inputs`)."""
-        config = with_published(self)
-        return [(config.model.init, config.preprocess, "model.init")]
+        return model_encoder_inputs(self)
 
     @property
     def method_name(self) -> str:

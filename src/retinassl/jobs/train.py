@@ -21,7 +21,7 @@ from pydantic import Field
 
 from retinassl.atomic import write_text
 from retinassl.models.checkpoint import save_encoder
-from retinassl.models.initialize import EncoderInput, check_encoder_inputs
+from retinassl.models.initialize import EncoderInput, check_encoder_inputs, model_encoder_inputs
 from retinassl.models.published import with_published
 from retinassl.config import DataConfig, EngineConfig, ModelConfig, Section, to_yaml
 from retinassl.data.preprocess import PreprocessConfig
@@ -89,8 +89,7 @@ class TrainConfig(Section):
 
     def encoder_inputs(self) -> list[EncoderInput]:
         """``model.init`` and the inputs it will see (:func:`~retinassl.models.initialize.check_encoder_inputs`)."""
-        config = with_published(self)
-        return [(config.model.init, config.preprocess, "model.init")]
+        return model_encoder_inputs(self)
 
 
 def _patch_rows(prepared: PreparedData, rows: np.ndarray) -> np.ndarray:

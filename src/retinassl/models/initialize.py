@@ -99,6 +99,16 @@ class StartsFromEncoders(Protocol):
     def encoder_inputs(self) -> list[EncoderInput]: ...
 
 
+def model_encoder_inputs(config: Any, inputs: Any = None) -> list[EncoderInput]:
+    """The :meth:`StartsFromEncoders.encoder_inputs` of a job config with ``model`` and ``preprocess``:
+    its ``model.init`` and the inputs it will see, ``model.weights`` applied (``inputs(config)``
+    when the job prepares its inputs otherwise than ``preprocess`` says, else ``preprocess``)."""
+    from retinassl.models.published import with_published
+
+    config = with_published(config)
+    return [(config.model.init, config.preprocess if inputs is None else inputs(config), "model.init")]
+
+
 def check_encoder_inputs(config: Any) -> None:
     """:func:`check_init_preprocess` for each of a job config's :meth:`StartsFromEncoders.
     encoder_inputs`; a config that starts from no saved encoder (segmentation, whose encoder sees its
