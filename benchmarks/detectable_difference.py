@@ -30,7 +30,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 
-from retinassl.metrics.stats import delong_covariance  # noqa: E402
+from retinassl.metrics.stats import delong_test  # noqa: E402
 
 Z_SIGNIFICANT = 1.959964  # two-sided p < 0.05
 Z_POWER80 = Z_SIGNIFICANT + 0.841621  # and 80 % power
@@ -57,11 +57,10 @@ def paired_se(pretrained: Path, scratch: Path) -> tuple[float, float, int, int]:
     labels = both["label"].to_numpy(int)
     if labels.min() == labels.max():
         raise SystemExit(f"{pretrained}: its test images are all of one class; no AUC")
-    aucs, cov = delong_covariance(labels, np.vstack([both["score_a"].to_numpy(float), both["score_b"].to_numpy(float)]))
-    var = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
-    if var <= 1e-15:
+    test = delong_test(labels, both["score_a"].to_numpy(float), both["score_b"].to_numpy(float))
+    if test.standard_error <= 0:
         raise SystemExit(f"{pretrained} and {scratch} rank the test images alike (zero variance of the difference)")
-    return float(aucs[0] - aucs[1]), float(np.sqrt(var)), int(labels.sum()), int((1 - labels).sum())
+    return test.difference, test.standard_error, int(labels.sum()), int((1 - labels).sum())
 
 
 def main() -> None:

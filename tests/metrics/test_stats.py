@@ -53,6 +53,15 @@ def test_delong_test_symmetry_and_identity() -> None:
     assert delong_test(labels, a, np.exp(a)).difference == pytest.approx(0)
 
 
+def test_delong_test_standard_error_is_that_of_the_difference() -> None:
+    labels, a, b = correlated_scores(150, 4, ties=True)
+    _, cov = delong_covariance_slow(labels, np.vstack([a, b]))
+    r = delong_test(labels, a, b)
+    assert r.standard_error == pytest.approx(np.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]), rel=1e-9)
+    assert r.z * r.standard_error == pytest.approx(r.difference)
+    assert delong_test(labels, a, a).standard_error == 0.0
+
+
 def test_delong_p_value_calibrated_under_null() -> None:
     # two equally good, correlated classifiers: p < 0.05 in about 5 % of datasets
     rejections = 0

@@ -85,13 +85,15 @@ def delong_covariance_slow(labels: np.ndarray, scores: np.ndarray) -> tuple[np.n
 
 @dataclass(frozen=True)
 class DeLongResult:
-    """Two correlated AUCs, their difference, and the two-sided p-value of H0: equal AUCs."""
+    """Two correlated AUCs, their difference, its DeLong standard error, and the two-sided p-value
+    of H0: equal AUCs."""
 
     auc_a: float
     auc_b: float
     difference: float
     z: float
     p_value: float
+    standard_error: float = float("nan")
 
 
 def delong_test(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) -> DeLongResult:
@@ -107,10 +109,10 @@ def delong_test(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) 
         z = p = float("nan") if abs(diff) < 1e-15 else float("inf")
         if p == float("inf"):
             p = 0.0
-        return DeLongResult(float(aucs[0]), float(aucs[1]), float(diff), float(z), float(p))
-    z = diff / np.sqrt(var)
-    return DeLongResult(float(aucs[0]), float(aucs[1]), float(diff), float(z),
-                        float(2 * _stats.norm.sf(abs(z))))
+        return DeLongResult(float(aucs[0]), float(aucs[1]), float(diff), float(z), float(p), 0.0)
+    se = float(np.sqrt(var))
+    return DeLongResult(float(aucs[0]), float(aucs[1]), float(diff), float(diff / se),
+                        float(2 * _stats.norm.sf(abs(diff / se))), se)
 
 
 def significant_by_sign(p_values, differences, alpha: float = 0.05) -> tuple[int, int]:
