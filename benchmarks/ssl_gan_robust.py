@@ -11,13 +11,18 @@ recipe) and each recipe vs the first (each learner), at every count both have ce
 cells may come from several sweeps (``recipe=RUN_A,RUN_B``, e.g. a label count run later); a cell
 present in two of them is refused.
 
+A recipe whose run is gone but whose table was written by ``benchmarks/ssl_gan_table.py`` joins as
+numbers only (``--numbers recipe=RESULTS.json``): its IDRiD test image AUCs per sampling, shown beside
+the runs' rows; no paired test is possible without its predictions, so the table says so.
+
     .venv/bin/python benchmarks/ssl_gan_robust.py current=RUN robust=RUN [augment=RUN[,RUN] ...]
-        [--name ssl_gan_robust] [--command "..."]
+        [--numbers recipe=RESULTS.json] [--name ssl_gan_robust] [--command "..."]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -64,12 +69,25 @@ def paired(a: dict[int, pd.DataFrame], b: dict[int, pd.DataFrame]) -> dict:
     return {"p": ps, "difference": diffs, "better": better, "worse": worse, "n": len(ps)}
 
 
+def table_numbers(path: Path) -> dict[tuple[str, int], list[float]]:
+    """``(learner, labelled) -> IDRiD test image AUC per sampling`` from a results JSON of
+    ``benchmarks/ssl_gan_table.py``."""
+    rows = json.loads(path.read_text()).get("metrics", {}).get("image_auc")
+    if not rows:
+        raise SystemExit(f"{path}: no metrics.image_auc (not a results file of benchmarks/ssl_gan_table.py)")
+    return {(r["method"], int(r["n_labelled"])): [float(v) for v in r["values"]] for r in rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="recipe=RUN_DIRECTORY[,RUN_DIRECTORY]; the first recipe is the reference")
     parser.add_argument("--name", default="ssl_gan_robust")
     parser.add_argument("--command", default="", help="the sweeps' command lines, recorded verbatim")
+    parser.add_argument("--numbers", action="append", default=[], metavar="RECIPE=RESULTS.json",
+                        help="a recipe known only by its ssl_gan_table.py results (IDRiD test image AUCs)")
     args = parser.parse_args()
+    numbers = {name: (Path(path), table_numbers(Path(path)))
+               for name, path in (item.split("=", 1) for item in args.numbers)}
     runs = {name: [Path(run) for run in value.split(",")] for name, value in (item.split("=", 1) for item in args.runs)}
     for recipe, paths in runs.items():
         for run in paths:
@@ -87,10 +105,15 @@ def main() -> None:
             if by_seed:
                 data["auc"][f"{recipe} / {learner} / {name} / n={n}"] = [
                     roc_auc(t["label"].to_numpy(int), t["score"].to_numpy(float)) for t in by_seed.values()]
+    for recipe, (path, table) in numbers.items():
+        data.setdefault("numbers", {})[recipe] = str(path)
+        for (learner, n), values in table.items():
+            if learner in LEARNERS and n in counts:
+                data["auc"][f"{recipe} / {learner} / IDRiD test / n={n}"] = values
     lines = ["| learner | recipe | labelled | " + " | ".join(f"{n} AUC (mean ± sd, n seeds)" for n in SETS) + " |",
              "|---|---|---|" + "---|" * len(SETS)]
     for learner in LEARNERS:
-        for recipe in runs:
+        for recipe in [*runs, *numbers]:
             for n in counts:
                 cells = []
                 for name in SETS:
@@ -116,6 +139,8 @@ def main() -> None:
                              + ", ".join(f"{p:.3g}" for p in test["p"])
                              + f" | {test['better']} / {test['worse']} of {test['n']} |")
     lines += ["", "Runs: " + ", ".join(f"{k} " + ", ".join(f"`{p}`" for p in v) for k, v in runs.items())
+              + "".join(f"  \nNumbers only (its predictions were not kept: no paired test): {k} `{path}`, "
+                        "IDRiD test image AUC per sampling" for k, (path, _) in numbers.items())
               + (f"  \nSweep commands: {args.command}" if args.command else "")]
     write_results(args.name, data, "\n".join(lines))
     print("\n".join(lines))
