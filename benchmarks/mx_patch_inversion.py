@@ -30,13 +30,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 
-from retinassl.config import validate  # noqa: E402
+from retinassl.config import config_data, validate  # noqa: E402
 from retinassl.data.patch_bank import cell_fov_fractions  # noqa: E402
 from retinassl.io.rundir import RunDir  # noqa: E402
 from retinassl.jobs.patch_config import SSLGANExperimentConfig  # noqa: E402
@@ -49,9 +48,8 @@ PROPERTIES = ("fov_share", "mean_r", "mean_g", "mean_b")
 
 
 def sweep_config(run_dir: Path) -> SSLGANExperimentConfig:
-    """A finished idrid-ssl-gan sweep's configuration."""
-    return validate(SSLGANExperimentConfig, yaml.safe_load((run_dir / "config.yaml").read_text()),
-                    origin=str(run_dir / "config.yaml"))
+    """A finished idrid-ssl-gan sweep's configuration (an archived run's data paths under $RETINASSL_DATA_ROOT)."""
+    return validate(SSLGANExperimentConfig, config_data(run_dir / "config.yaml"), origin=str(run_dir / "config.yaml"))
 
 
 def mx_external(config: SSLGANExperimentConfig):

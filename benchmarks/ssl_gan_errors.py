@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 
-from retinassl.config import validate  # noqa: E402
+from retinassl.config import config_data, validate  # noqa: E402
 from retinassl.metrics.classification import roc_auc  # noqa: E402
 from retinassl.metrics.anatomy import (ANATOMY_METRICS, ANATOMY_TITLES, TEST_PATCH_LABELS,  # noqa: E402
                                        anatomy_table, diseased_image_table)
@@ -82,8 +81,8 @@ def main() -> None:
     parser.add_argument("--name", default="ssl_gan_errors")
     parser.add_argument("--draws", type=int, default=200)
     args = parser.parse_args()
-    raw = yaml.safe_load((args.run / "config.yaml").read_text())
-    config = validate(SSLGANExperimentConfig, raw)
+    raw = config_data(args.run / "config.yaml")  # an archived run's data paths: under $RETINASSL_DATA_ROOT
+    config = validate(SSLGANExperimentConfig, raw, origin=str(args.run / "config.yaml"))
     data = load_patch_data(config.data, config.preprocess, config.split, config.patches)
     labels_file = args.run / TEST_PATCH_LABELS
     patch_labels = (pd.read_csv(labels_file) if labels_file.is_file() else
