@@ -76,3 +76,22 @@ def test_evaluate_refuses_an_encoder_prepared_otherwise_before_making_a_run(tiny
     result = CliRunner().invoke(app, ["evaluate", "probe", str(encoder), str(exp), "seeds=[0]",
                                       "preprocess.clahe=true"])
     assert result.exit_code == 0, result.output
+
+
+def test_one_encoder_needs_no_pretraining_pool_on_the_machine(tiny_root: Path, tmp_path: Path, monkeypatch) -> None:
+    """A preset's pretraining pool (here under a data root that is not given) is read only by the
+    initialisations that pretrain: evaluating one given encoder, or drawing its t-SNE, runs without it."""
+    monkeypatch.delenv("RETINASSL_DATA_ROOT", raising=False)
+    exp = _experiment(tiny_root, tmp_path)
+    data = yaml.safe_load(exp.read_text())
+    pool = {"data": [{"source": "drive", "options": {"root": "$RETINASSL_DATA_ROOT/drive"}}]}
+    data.update({"pool": pool, "budgets": {"cpu": {"pool": pool, "seeds": [0]}}})
+    exp.write_text(yaml.safe_dump(data))
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", "probe", "scratch", str(exp), "--budget", "cpu"])
+    assert result.exit_code == 0, result.output
+    run = next((tmp_path / "runs").glob("evaluate-probe-scratch-*"))
+    assert set(read_results(run / "results.csv")["seed"]) == {0}        # the budget's other keys still apply
+    assert "pool" not in yaml.safe_load((run / "evaluate.yaml").read_text())
+    result = runner.invoke(app, ["explain", "tsne", "scratch", str(exp)])
+    assert result.exit_code == 0, result.output

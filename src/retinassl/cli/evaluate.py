@@ -33,6 +33,19 @@ NAME = typer.Option(None, "--name", help="The initialisation's name in results (
 DEFAULT_CONFIG = "transfer-demo"
 
 
+def one_encoder(data: dict, label: str, encoder: str, protocol: str) -> dict:
+    """A transfer experiment reduced to one given encoder (``label``) and one protocol, whatever the
+    budget; its pretraining pool, which only pretraining initialisations read, is left out, so its data
+    need not be on the machine."""
+    data = {**data, "inits": [{"name": label, "init": encoder}], "reference": label, "protocols": [protocol],
+            "name": f"{data.get('name', 'transfer')}-{protocol}"}
+    data.pop("pool", None)
+    data["budgets"] = {budget: {k: v for k, v in (override or {}).items()
+                                if k not in ("inits", "reference", "protocols", "pool")}
+                       for budget, override in (data.get("budgets") or {}).items()}
+    return data
+
+
 def _evaluate(protocol: str, encoder: str, args: list[str] | None, budget: str | None,
               name: str | None, resume: Path | None, runs_dir: Path | None,
               data_root: Path | None = None) -> None:
@@ -54,17 +67,11 @@ def _evaluate(protocol: str, encoder: str, args: list[str] | None, budget: str |
         refuse_finished(resume, overrides)  # before RunDir.resume marks the run running
         run = RunDir.resume(resume)
     else:
-        data = with_data_roots(apply_overrides(read_yaml(source), overrides), budget, data_root, source,
-                               legacy=not Path(source).is_file())
         from retinassl.models.initialize import init_label
 
         label = name or init_label(encoder)
-        data.update({"inits": [{"name": label, "init": encoder}], "reference": label,
-                     "protocols": [protocol]})
-        data["name"] = f"{data.get('name', 'transfer')}-{protocol}"
-        for override in (data.get("budgets") or {}).values():  # keep the encoder whatever the budget
-            for key in ("inits", "reference", "protocols"):
-                override.pop(key, None)
+        data = with_data_roots(one_encoder(apply_overrides(read_yaml(source), overrides), label, encoder, protocol),
+                               budget, data_root, source, legacy=not Path(source).is_file())
         config = resolve_config(data, budget)  # a config error leaves no run directory behind
         from retinassl.cli.common import check_batch_config
         from retinassl.models.initialize import check_init_preprocess

@@ -24,7 +24,8 @@ def _setup(args: list[str] | None, kind: str, label: str, runs_dir: Path | None,
     from retinassl.io.rundir import RunDir
 
     source, overrides = split_args(args, DEFAULT_CONFIG)
-    data = config_data(source, overrides + ["budgets={}"], data_root)  # budgets unused: only the base's paths
+    # budgets and the pretraining pool unused: only the base's downstream paths need to be on the machine
+    data = config_data(source, overrides + ["budgets={}", "pool={}"], data_root)
     data.pop("budgets", None)
     config = resolve_config(data, None)
     run = RunDir.create(runs_dir or config.runs_dir, f"explain-{kind}-{label}")
