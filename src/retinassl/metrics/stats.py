@@ -93,7 +93,7 @@ class DeLongResult:
     difference: float
     z: float
     p_value: float
-    standard_error: float = float("nan")
+    standard_error: float
 
 
 def delong_test(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) -> DeLongResult:
