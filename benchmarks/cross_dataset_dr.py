@@ -15,7 +15,7 @@ chosen on any score below; the training runs use only their own training images 
 from them). Each step is skipped when its run directory has finished, so a killed benchmark continues.
 
     flock /work/heavy.lock nice -n 5 .venv/bin/python benchmarks/cross_dataset_dr.py [--runs runs/cross-dataset-dr] \
-        [--seeds 0,1,2] [--recipes current,robust]
+        [--seeds 0,1,2] [--recipes current,robust] [--sources IDRiD --name cross_dataset_dr_components]
 """
 
 from __future__ import annotations
@@ -73,16 +73,23 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds (0: the first grid's runs)")
     parser.add_argument("--recipes", default=None,
                         help="comma-separated recipes trained at the seeds other than 0 (default: all); "
-                             "seed 0 is always the whole grid")
+                             "seed 0 is always the whole grid of --sources")
+    parser.add_argument("--sources", default=",".join(GRID),
+                        help=f"comma-separated training sets of the grid (default: all, {', '.join(GRID)})")
+    parser.add_argument("--name", default="cross_dataset_dr", help="results file name (default: %(default)s)")
     args = parser.parse_args()
+    sources = [s.strip() for s in args.sources.split(",") if s.strip()]
+    if unknown := set(sources) - set(GRID):
+        parser.error(f"unknown training set(s) {', '.join(sorted(unknown))}: choose from {', '.join(GRID)}")
     runs = args.runs.resolve()
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     wanted = None if args.recipes is None else {r.strip() for r in args.recipes.split(",")}
     scores: dict[tuple[str, str], dict[str, list[dict[str, float]]]] = {
-        (s, r): {} for s, recipes in GRID.items() for r in recipes}
+        (s, r): {} for s, recipes in GRID.items() if s in sources for r in recipes}
     comparisons = []
     for seed in seeds:
-        grid = {s: [r for r in recipes if seed == 0 or wanted is None or r in wanted] for s, recipes in GRID.items()}
+        grid = {s: [r for r in recipes if seed == 0 or wanted is None or r in wanted]
+                for s, recipes in GRID.items() if s in sources}
         models = {(s, r): train(s, r, runs, seed) / "classifier" for s, recipes in grid.items() for r in recipes}
         for source, recipes in grid.items():
             for test_set in TEST_SETS:
@@ -123,7 +130,7 @@ def main() -> None:
         lines.append(f"- seed {c['seed']}, trained on {c['trained_on']}, {c['test_set']}: {c['comparison']}: "
                      f"AUC difference {-c.get('auc_difference', np.nan):+.3f}, p = {c.get('delong_p', np.nan):.3g}")
     lines += ["", "Intervals: DeLong. Runs: " + str(runs)]
-    write_results("cross_dataset_dr", {"runs": str(runs), "seeds": seeds, "comparisons": comparisons,
+    write_results(args.name, {"runs": str(runs), "seeds": seeds, "sources": sources, "comparisons": comparisons,
                                        "scores": {f"{s} / {r}": v for (s, r), v in scores.items()}},
                   "\n".join(lines))
     print("\n".join(lines))

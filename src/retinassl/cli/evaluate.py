@@ -35,14 +35,14 @@ DEFAULT_CONFIG = "transfer-demo"
 
 def one_encoder(data: dict, label: str, encoder: str, protocol: str) -> dict:
     """A transfer experiment reduced to one given encoder (``label``) and one protocol, whatever the
-    budget; its pretraining pool, which only pretraining initialisations read, is left out, so its data
-    need not be on the machine."""
-    data = {**data, "inits": [{"name": label, "init": encoder}], "reference": label, "protocols": [protocol],
-            "name": f"{data.get('name', 'transfer')}-{protocol}"}
-    data.pop("pool", None)
-    data["budgets"] = {budget: {k: v for k, v in (override or {}).items()
-                                if k not in ("inits", "reference", "protocols", "pool")}
-                       for budget, override in (data.get("budgets") or {}).items()}
+    budget, and without the pretraining pool (:func:`~retinassl.sweeps.transfer_config.downstream_only`)."""
+    from retinassl.sweeps.transfer_config import downstream_only
+
+    data = {**downstream_only(data), "inits": [{"name": label, "init": encoder}], "reference": label,
+            "protocols": [protocol], "name": f"{data.get('name', 'transfer')}-{protocol}"}
+    if "budgets" in data:
+        data["budgets"] = {budget: {k: v for k, v in override.items() if k not in ("inits", "reference", "protocols")}
+                           for budget, override in data["budgets"].items()}
     return data
 
 

@@ -19,15 +19,15 @@ ARGS = typer.Argument(None, help="[CONFIG] [key=value ...]: the transfer experim
 
 def _setup(args: list[str] | None, kind: str, label: str, runs_dir: Path | None,
            data_root: Path | None = None):
-    from retinassl.config import config_data
-    from retinassl.sweeps.transfer_config import resolve_config
+    from retinassl.cli.sweep import with_data_roots
+    from retinassl.config import apply_overrides, read_yaml
+    from retinassl.sweeps.transfer_config import downstream_only, resolve_config
     from retinassl.io.rundir import RunDir
 
     source, overrides = split_args(args, DEFAULT_CONFIG)
-    # budgets and the pretraining pool unused: only the base's downstream paths need to be on the machine
-    data = config_data(source, overrides + ["budgets={}", "pool={}"], data_root)
-    data.pop("budgets", None)
-    config = resolve_config(data, None)
+    data = downstream_only(apply_overrides(read_yaml(source), overrides))
+    data.pop("budgets", None)  # the base's settings: only its downstream paths need to be on the machine
+    config = resolve_config(with_data_roots(data, None, data_root, source, legacy=not Path(source).is_file()), None)
     run = RunDir.create(runs_dir or config.runs_dir, f"explain-{kind}-{label}")
     run.attach_log_file()
     return config, run

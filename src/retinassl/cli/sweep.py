@@ -44,7 +44,7 @@ def check_config(data: dict[str, Any], budget: str, origin: str) -> None:
         check_batch_config(checks[kind](data, budget))  # batches that cannot fit are refused too
 
 
-def with_data_roots(data: dict[str, Any], budget: str, data_root: Path | None, origin: str,
+def with_data_roots(data: dict[str, Any], budget: str | None, data_root: Path | None, origin: str,
                     legacy: bool) -> dict[str, Any]:
     """The experiment with its data paths under the data root (:mod:`retinassl.data_roots`): the
     paths the chosen budget uses must resolve (a ConfigError names the key and ``--data-root``);

@@ -267,6 +267,17 @@ def tuning_candidates(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
 
+def downstream_only(data: dict[str, Any]) -> dict[str, Any]:
+    """A transfer experiment's mapping without its pretraining pool, also in every budget: what a job
+    that starts from given encoders reads (evaluating or explaining one), so the pool's data need not be
+    on the machine. The input is not changed."""
+    data = {k: v for k, v in data.items() if k != "pool"}
+    if "budgets" in data:
+        data["budgets"] = {budget: {k: v for k, v in (override or {}).items() if k != "pool"}
+                           for budget, override in (data["budgets"] or {}).items()}
+    return data
+
+
 def resolve_config(data: dict[str, Any], budget: str | None) -> TransferConfig:
     """Validate a preset's mapping after applying its ``budgets[budget]`` overrides."""
     budgets = data.get("budgets", {}) or {}
