@@ -183,6 +183,17 @@ def test_config_checks(tiny_root: Path, tmp_path: Path) -> None:
     assert sweep.model_of(sweep.config.inits[1]).init == str(tmp_path)
 
 
+def test_downstream_only_drops_the_pool_everywhere_and_leaves_the_input_alone() -> None:
+    from retinassl.sweeps.transfer_config import downstream_only
+
+    pool = {"data": [{"source": "drive", "options": {"root": "$RETINASSL_DATA_ROOT/drive"}}]}
+    data = {"pool": pool, "seeds": [0, 1], "budgets": {"cpu": {"pool": pool, "seeds": [0]}, "smoke": None}}
+    before = repr(data)
+    assert downstream_only(data) == {"seeds": [0, 1], "budgets": {"cpu": {"seeds": [0]}, "smoke": {}}}
+    assert repr(data) == before
+    assert downstream_only({"seeds": [0]}) == {"seeds": [0]}  # no budgets key is not made one
+
+
 def test_a_given_encoder_prepared_otherwise_is_refused_before_anything_runs(tiny_root: Path, tmp_path: Path) -> None:
     """An encoder pretrained on colour-standardised images, given to a study that would not standardise
     them (a forgotten `preprocess.color_standardize=true`): every number would be silently off."""
