@@ -3,9 +3,9 @@
 PyTorch starts one OpenMP thread per core whatever else runs. Two trainings sharing two cores then
 each start two threads and spin against each other (OpenMP oversubscription): a vessel training
 that took 6 minutes alone ran at 1/30 of its speed beside another one. With ``engine.num_threads: 0``
-(the default) the count is taken from the cores that are actually free -- the cores minus the
-one-minute load average that is not this process's own -- and at least one; an explicit
-``engine.num_threads: N`` is used as given. Either way, when the threads asked for plus the other
+(the default) the count is taken from the cores that are actually free -- the cores minus those other
+processes keep busy, measured over a quarter of a second (:func:`other_load`) -- and at least one; an
+explicit ``engine.num_threads: N`` is used as given. Either way, when the threads asked for plus the other
 load exceed the cores, the log says the machine is oversubscribed (and how to avoid it).
 
 The count a run started with is recorded in its ``run.json`` (``intra_op_threads``) and a resumed run
@@ -17,20 +17,59 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import torch
 
 log = logging.getLogger(__name__)
 
 
-def other_load() -> float:
-    """The one-minute load average minus this process's own share (about one runnable thread
-    while it prepares data); 0 where the platform has no load average."""
+SAMPLE_SECONDS = 0.25
+REMEMBER_SECONDS = 30.0  # one process's fits in a row (a sweep's cells) measure once
+_last: tuple[float, float] | None = None  # (monotonic time, other load) of the last measurement
+
+
+def busy_seconds() -> float | None:
+    """CPU seconds the whole machine has spent running (user, nice, system, interrupts) since boot,
+    from Linux's ``/proc/stat``; None elsewhere."""
     try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return 0.0
-    return max(0.0, load - 1.0)
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        ticks = [int(x) for x in fields[1:8]]  # user nice system idle iowait irq softirq
+        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def own_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def other_load(sample: float = SAMPLE_SECONDS) -> float:
+    """How many cores other processes keep busy now: the machine's busy CPU time over ``sample``
+    seconds minus this process's own. Where the platform does not say (no ``/proc/stat``), the
+    one-minute load average minus this process's share (about one runnable thread while it prepares
+    data), or 0 without one.
+
+    A sample, not the load average, where it can: the average trails by about a minute, so a job
+    started right after another ended took the ended one's cores as busy and ran on half the cores
+    (trainings run back to back alternated between 2 and 1 threads on a 2-core machine)."""
+    global _last
+    now = time.monotonic()
+    if _last is not None and now - _last[0] < REMEMBER_SECONDS:
+        return _last[1]
+    busy, own, start = busy_seconds(), own_seconds(), time.monotonic()
+    if busy is None:
+        try:
+            return max(0.0, os.getloadavg()[0] - 1.0)
+        except (AttributeError, OSError):
+            return 0.0
+    time.sleep(sample)
+    busy_after, own_after, elapsed = busy_seconds(), own_seconds(), time.monotonic() - start
+    load = max(0.0, ((busy_after or busy) - busy - (own_after - own)) / elapsed)
+    _last = (time.monotonic(), load)
+    return load
 
 
 def cores() -> int:
