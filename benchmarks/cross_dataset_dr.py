@@ -4,9 +4,9 @@ For each labelled DR set we have (IDRiD part B, any DR = grade >= 1, official sp
 photographs with a DR grade, any DR = NPDR/PDR, a seeded 70/30 split by linked-patient group), a
 ResNet-18 whole-image classifier (`retinassl train idrid-dr-image`, 256 px, its validation carved
 from the training images) is trained with the current recipe (per-image z-score) and with the
-robust one (colour standardisation inside the FOV + acquisition augmentation: gamma, blur,
-downscale, saturation/hue, JPEG, vignetting), and on IDRiD one row per component of the robust
-recipe. Every model is scored with `retinassl evaluate external` on every set's test images:
+robust one (intensities scaled to [0, 1], colour standardisation inside the FOV, acquisition
+augmentation: gamma, blur, downscale, saturation/hue, JPEG, vignetting), and on IDRiD one row per
+component of the robust recipe (each on [0, 1] intensities, and the scaling alone). Every model is scored with `retinassl evaluate external` on every set's test images:
 in-domain where it was trained, external elsewhere (MX: also all 322 graded photographs for the
 IDRiD-trained models), with a paired DeLong test of each recipe against the current one.
 
@@ -30,7 +30,8 @@ from external_dr import cell, external, run_once
 
 ACQUISITION = ("method.acquisition={gamma_probability: 0.5, blur_probability: 0.3, downscale_probability: 0.3, "
                "saturation_hue_probability: 0.5, jpeg_probability: 0.3, vignetting_probability: 0.3}")
-COLOUR = ["preprocess.normalize=max", "preprocess.color_standardize=true"]
+UNIT = ["preprocess.normalize=max"]  # intensities in [0, 1]: what the acquisition augmentation works on
+COLOUR = [*UNIT, "preprocess.color_standardize=true"]
 MX_OPTIONS = {"root": str(SHARED_DATA / "mx_fundus_oct"), "modality": "fundus", "require": "dr_any",
               "split": "{train: 0.7, test: 0.3}", "seed": "0", "stratify": "dr_any"}
 SOURCES = {
@@ -39,8 +40,10 @@ SOURCES = {
            "data.options={" + ", ".join(f"{k}: {v}" for k, v in MX_OPTIONS.items()) + "}",
            "task.label=dr_any", "name=mx-dr-image"],
 }
-RECIPES = {"current": [], "robust": [*COLOUR, ACQUISITION], "colour standardisation only": COLOUR,
-           "acquisition augmentation only": [ACQUISITION]}
+# each component row scales to [0, 1] as the robust recipe does ("max scaling only" alone); until session 24 the
+# augmentation-only row ran on z-scored images, which the augmentation clips (now refused as a config error)
+RECIPES = {"current": [], "robust": [*COLOUR, ACQUISITION], "max scaling only": UNIT,
+           "colour standardisation only": COLOUR, "acquisition augmentation only": [*UNIT, ACQUISITION]}
 GRID = {"IDRiD": list(RECIPES), "MX": ["current", "robust"]}
 TEST_SETS = {  # name -> (source, options, label, split)
     "IDRiD test": ("idrid", {"root": str(SHARED_DATA / "idrid"), "parts": "[B]"}, "dr_grade>=1", "test"),

@@ -22,3 +22,29 @@ def test_acquisition_augmentation_is_off_by_default_and_seeded() -> None:
     a, b, c = augmented(on, 0), augmented(on, 0), augmented(on, 1)
     assert not torch.equal(a, x) and torch.equal(a, b) and not torch.equal(a, c)
     assert a.min() >= 0 and a.max() <= 1
+
+
+def test_acquisition_augmentation_on_z_scored_images_is_refused_before_anything_runs() -> None:
+    """It clips to [0, 1]: on z-scored inputs the training images would lose every value below the mean
+    while validation and test images keep theirs (such a training ended at a constant model)."""
+    import pytest
+
+    from retinassl.config import validate
+    from retinassl.errors import ConfigError
+    from retinassl.jobs.patch_config import SemisupTrainConfig, SSLGANExperimentConfig
+    from retinassl.jobs.train import TrainConfig
+
+    on = {"name": "supervised", "acquisition": {"gamma_probability": 0.5}}
+    off = {"name": "supervised", "acquisition": {"gamma_probability": 0.0}}
+    for normalize in ("image", "imagenet"):
+        with pytest.raises(ConfigError, match=rf"method\.acquisition .*'{normalize}'"):
+            validate(TrainConfig, {"method": on, "preprocess": {"normalize": normalize}})
+        validate(TrainConfig, {"method": off, "preprocess": {"normalize": normalize}})  # off: nothing clipped
+    for normalize in ("max", "unit"):
+        validate(TrainConfig, {"method": on, "preprocess": {"normalize": normalize}})
+    with pytest.raises(ConfigError, match=r"learner\.method\.acquisition"):
+        validate(SemisupTrainConfig, {"learner": {"method": {**on, "name": "ssl-gan"}},
+                                      "preprocess": {"normalize": "image"}})
+    with pytest.raises(ConfigError, match=r"learners\.cnn\.method\.acquisition"):
+        validate(SSLGANExperimentConfig, {"learners": {"cnn": {"method": on}}, "reference": "cnn", "baselines": [],
+                                          "preprocess": {"normalize": "image"}})

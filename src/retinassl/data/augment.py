@@ -12,6 +12,8 @@ camera does: tone curve, colour, blur, resolution, vignetting and JPEG compressi
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -341,6 +343,30 @@ class AcquisitionAugmentConfig(BaseModel):
     def enabled(self) -> bool:
         """Whether any augmentation is on."""
         return any(getattr(self, name) > 0 for name in type(self).model_fields if name.endswith("_probability"))
+
+
+UNIT_RANGE_NORMALIZATIONS = ("max", "unit")  # preprocess.normalize modes whose images lie in [0, 1]
+
+
+def check_acquisition_inputs(method: Mapping[str, Any] | None, normalize: str, key: str) -> None:
+    """Refuse acquisition augmentation (``method.acquisition``, any probability above 0) on images that
+    are not intensities in [0, 1]: it clips its input to [0, 1], so on z-scored images (``normalize:
+    image``, ``imagenet``, ``meanstd``) the training images would lose every value below the mean while
+    the validation and test images keep theirs, and the model learns inputs it never sees again (an
+    IDRiD whole-image training so configured ended at a constant output, test AUC 0.500).
+
+    Raises:
+        ValueError: naming ``key`` and the normalisation (a config validator turns it into a
+            ConfigError).
+    """
+    acquisition = (method or {}).get("acquisition")
+    if not isinstance(acquisition, Mapping):
+        return  # none, or malformed: the method's own config validation names the problem
+    enabled = any(isinstance(v, (int, float)) and v > 0 for k, v in acquisition.items() if k.endswith("_probability"))
+    if enabled and normalize not in UNIT_RANGE_NORMALIZATIONS:
+        raise ValueError(f"{key}.acquisition works on images in [0, 1], but preprocess.normalize is {normalize!r}: "
+                         f"set preprocess.normalize to {' or '.join(UNIT_RANGE_NORMALIZATIONS)} (the training images "
+                         f"would be clipped to [0, 1] while validation and test images are not)")
 
 
 def acquisition_augment(x: torch.Tensor, config: AcquisitionAugmentConfig | None,

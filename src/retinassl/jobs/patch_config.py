@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, model_validator
 
 from retinassl.config import DataConfig, EngineConfig, ExternalSpec, ModelConfig, Section
+from retinassl.data.augment import check_acquisition_inputs
 from retinassl.data.preprocess import PreprocessConfig
 from retinassl.metrics.image_score import ImageScore
 from retinassl.metrics.ssl_gan_summary import plan
@@ -138,6 +139,11 @@ class SemisupTrainConfig(Section):
         ``preprocess``; :func:`~retinassl.models.initialize.check_encoder_inputs`)."""
         return [(self.learner.model.init, self.preprocess, "learner.model.init")]
 
+    @model_validator(mode="after")
+    def _check_augmentation_inputs(self) -> SemisupTrainConfig:
+        check_acquisition_inputs(self.learner.method, self.preprocess.normalize, "learner.method")
+        return self
+
 
 class ExtensionConfig(Section):
     """The experiment's extension: a learner rerun with the pool's images. The SSL-GAN takes them
@@ -225,4 +231,6 @@ class SSLGANExperimentConfig(Section):
         if missing:
             raise ValueError(f"learners {missing} are referenced but not defined (defined: "
                              f"{sorted(names)})")
+        for name, learner in self.learners.items():
+            check_acquisition_inputs(learner.method, self.preprocess.normalize, f"learners.{name}.method")
         return self

@@ -17,13 +17,14 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from retinassl.atomic import write_text
 from retinassl.models.checkpoint import save_encoder
 from retinassl.models.initialize import EncoderInput, check_encoder_inputs, model_encoder_inputs
 from retinassl.models.published import with_published
 from retinassl.config import DataConfig, EngineConfig, ModelConfig, Section, to_yaml
+from retinassl.data.augment import check_acquisition_inputs
 from retinassl.data.preprocess import PreprocessConfig
 from retinassl.data.cache import PreparedData
 from retinassl.data.datasets import ImageDataset, PatchDataset, lesion_mask
@@ -90,6 +91,11 @@ class TrainConfig(Section):
     def encoder_inputs(self) -> list[EncoderInput]:
         """``model.init`` and the inputs it will see (:func:`~retinassl.models.initialize.check_encoder_inputs`)."""
         return model_encoder_inputs(self)
+
+    @model_validator(mode="after")
+    def _check_augmentation_inputs(self) -> TrainConfig:
+        check_acquisition_inputs(self.method, self.preprocess.normalize, "method")
+        return self
 
 
 def _patch_rows(prepared: PreparedData, rows: np.ndarray) -> np.ndarray:
