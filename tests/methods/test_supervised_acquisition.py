@@ -48,3 +48,10 @@ def test_acquisition_augmentation_on_z_scored_images_is_refused_before_anything_
     with pytest.raises(ConfigError, match=r"learners\.cnn\.method\.acquisition"):
         validate(SSLGANExperimentConfig, {"learners": {"cnn": {"method": on}}, "reference": "cnn", "baselines": [],
                                           "preprocess": {"normalize": "image"}})
+    # a published model brings its own normalisation (RETFound-Green: mean/std 0.5): checked after it applies
+    from retinassl.models.published import with_published
+
+    config = validate(TrainConfig, {"method": on, "preprocess": {"normalize": "max"},
+                                    "model": {"weights": "retfound-green"}})
+    with pytest.raises(ConfigError, match=r"(?s)model\.weights=retfound-green.*'meanstd'"):
+        with_published(config)

@@ -365,8 +365,9 @@ def check_acquisition_inputs(method: Mapping[str, Any] | None, normalize: str, k
     enabled = any(isinstance(v, (int, float)) and v > 0 for k, v in acquisition.items() if k.endswith("_probability"))
     if enabled and normalize not in UNIT_RANGE_NORMALIZATIONS:
         raise ValueError(f"{key}.acquisition works on images in [0, 1], but preprocess.normalize is {normalize!r}: "
-                         f"set preprocess.normalize to {' or '.join(UNIT_RANGE_NORMALIZATIONS)} (the training images "
-                         f"would be clipped to [0, 1] while validation and test images are not)")
+                         f"set preprocess.normalize to {' or '.join(UNIT_RANGE_NORMALIZATIONS)}, or turn the acquisition "
+                         f"augmentation off with a published model (model.weights fixes the normalisation); the "
+                         f"training images would be clipped to [0, 1] while validation and test images are not")
 
 
 def acquisition_augment(x: torch.Tensor, config: AcquisitionAugmentConfig | None,

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from retinassl.config import ModelConfig
+from retinassl.config import ModelConfig, validate
 from retinassl.data.preprocess import PreprocessConfig
 from retinassl.errors import ConfigError
 from retinassl.models.vit_weights import KNOWN_WEIGHTS, weights_preprocess
@@ -94,7 +94,10 @@ def with_published(config: ConfigT) -> ConfigT:
     if model.weights is None:
         return config
     preprocess = published_preprocess(model, config.preprocess)  # type: ignore[attr-defined]
-    return config.model_copy(update={"model": published_model(model), "preprocess": preprocess})
+    # validated again: the job's own checks (e.g. augmentation that needs [0, 1] intensities) see the
+    # published model's normalisation, not the one it replaces
+    return validate(type(config), {**dict(config), "model": published_model(model), "preprocess": preprocess},
+                    origin=f"model.weights={model.weights}")
 
 
 def published_meta(model: ModelConfig) -> dict[str, Any]:
