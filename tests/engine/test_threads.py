@@ -71,6 +71,33 @@ def test_without_cpu_counters_the_load_average_minus_our_share(machine, monkeypa
 
 def test_the_machine_counters_read_on_linux() -> None:
     busy = threads.busy_seconds()
-    if busy is None:
+    if busy is None or threads.allowed_cpus() is None:
         pytest.skip("no /proc/stat on this platform")
     assert busy > 0 and threads.busy_seconds() >= busy
+
+
+def test_processes_started_together_take_their_share_without_measuring(machine, monkeypatch) -> None:
+    """DDP ranks and a sweep's workers start at the same moment: each would see the others idle."""
+    m = machine(others=0.0)
+    monkeypatch.delenv(threads.SHARING_ENV, raising=False)
+    assert threads.sharing_processes(devices=1) == 1 and threads.sharing_processes(devices="auto") == 1
+    assert threads.choose_threads(0, n_cores=8, sharing=threads.sharing_processes(devices=4)) == 2
+    monkeypatch.setenv(threads.SHARING_ENV, "2")  # set by the sweep's worker processes
+    assert threads.choose_threads(0, n_cores=2, sharing=threads.sharing_processes()) == 1
+    assert threads.choose_threads(0, n_cores=2, sharing=5) == 1  # at least one
+    assert m.sleeps == 0
+    assert threads.choose_threads(2, n_cores=2, sharing=2) == 2  # an explicit count wins
+
+
+def test_only_the_cpus_this_process_may_use_are_counted(tmp_path, monkeypatch) -> None:
+    """On a node shared through cpusets, another job busy on other CPUs leaves ours free."""
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  900 0 100 50 0 0 0 0 0 0\n"
+                    "cpu0 100 0 0 25 0 0 0 0 0 0\n"      # ours: 1 s busy at 100 ticks/s
+                    "cpu1 800 0 100 25 5 0 0 0 0 0\n"    # another job's: 9 s busy, iowait not busy
+                    "intr 12345\n")
+    monkeypatch.setattr(threads, "PROC_STAT", str(stat))
+    monkeypatch.setattr(threads.os, "sysconf", lambda name: 100)
+    assert threads.busy_seconds({0}) == pytest.approx(1.0)
+    assert threads.busy_seconds({0, 1}) == pytest.approx(10.0)
+    assert threads.busy_seconds({7}) is None  # none of ours listed: unknown, not idle

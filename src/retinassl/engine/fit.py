@@ -97,9 +97,10 @@ def fit(method: Method, train: Dataset, *, config: EngineConfig, run: RunDir, se
 
     from retinassl.engine.csv_log import KeepingCSVLogger
 
-    from retinassl.engine.threads import THREADS_KEY, apply_threads
+    from retinassl.engine.threads import THREADS_KEY, apply_threads, sharing_processes
 
-    threads = apply_threads(config.num_threads, run.status().get(THREADS_KEY) if resume else None)
+    threads = apply_threads(config.num_threads, run.status().get(THREADS_KEY) if resume else None,
+                            sharing_processes(config.devices))
     if os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0":
         run.update_status(**{THREADS_KEY: threads})
     for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):

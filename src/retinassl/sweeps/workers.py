@@ -59,8 +59,8 @@ def run_worker_processes(target: Callable[..., None], arguments: Sequence[tuple[
     """
     context = multiprocessing.get_context("spawn")
     errors = context.SimpleQueue()
-    processes = [context.Process(target=_reporting, args=(target, args, k, errors), name=f"{name}-{k}")
-                 for k, args in enumerate(arguments)]
+    processes = [context.Process(target=_reporting, args=(target, args, k, errors, len(arguments)),
+                                 name=f"{name}-{k}") for k, args in enumerate(arguments)]
     reported: dict[int, BaseException] = {}
     try:
         for process in processes:
@@ -87,10 +87,14 @@ def _drain(errors: Any, reported: dict[int, BaseException]) -> None:
         reported.setdefault(index, error)
 
 
-def _reporting(target: Callable[..., None], args: tuple[Any, ...], index: int, errors: Any) -> None:
-    """A worker's body: ``target(*args)``; an exception is sent to the parent (then re-raised)."""
+def _reporting(target: Callable[..., None], args: tuple[Any, ...], index: int, errors: Any, workers: int = 1) -> None:
+    """A worker's body: ``target(*args)``; an exception is sent to the parent (then re-raised). The
+    worker's trainings take their share of the cores (``engine.num_threads: 0``; :mod:`retinassl.engine.threads`)."""
     import traceback
 
+    from retinassl.engine.threads import SHARING_ENV
+
+    os.environ[SHARING_ENV] = str(workers)
     try:
         target(*args)
     except Exception as exc:
