@@ -101,7 +101,9 @@ def main() -> None:
                 tag = slug(source) + ("" if seed == 0 else f"-s{seed}")
                 table = evaluate([models[(source, r)] for r in recipes], test_set, tag, runs)
                 external = table[table["protocol"] == "external"]
-                for recipe, init in zip(recipes, dict.fromkeys(external["init"])):
+                inits = list(dict.fromkeys(external["init"]))  # one per model, in the order given
+                assert len(inits) == len(recipes), f"{test_set}: {len(inits)} models scored for {recipes}"
+                for recipe, init in zip(recipes, inits):
                     block = external[external["init"] == init]
                     scores[(source, recipe)].setdefault(test_set, []).append(dict(zip(block["metric"], block["value"])))
                 tests = table[table["protocol"] == "comparison"]

@@ -83,8 +83,12 @@ def in_domain(run: Path) -> dict[str, float]:
 def external(models: list[Path], source: str, options: list[str], label: str, name: str, runs: Path,
              extra: list[str] = ()) -> pd.DataFrame:
     """``retinassl evaluate external`` of ``models`` on a labelled dataset (``extra``: more of its
-    options, e.g. ``--split test``), once; its results table."""
-    folder = runs / f"external-{name}"
+    options, e.g. ``--split test``), once for these models (the folder names them by a digest: a
+    finished evaluation of other models is not reused); its results table."""
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(map(str, [*models, *options, *extra])).encode()).hexdigest()[:8]
+    folder = runs / f"external-{name}-{digest}"
     if finished(folder) is None:
         args = [str(BIN), "evaluate", "external", *map(str, models), "--source", source, "--label", label,
                 "--name", name, "--runs-dir", str(folder), *extra]

@@ -335,6 +335,8 @@ def validate(model: type[M], data: dict[str, Any], origin: str = "config") -> M:
             where = ".".join(str(p) for p in err["loc"]) or "(top level)"
             if err["type"] == "extra_forbidden":
                 lines.append(f"{where}: unknown key")
+            elif not err["loc"]:  # a check across keys: its message names them; the input is the whole config
+                lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
             else:
                 lines.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError(f"{origin}: invalid configuration\n  " + "\n  ".join(lines)) from None

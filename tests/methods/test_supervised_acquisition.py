@@ -48,10 +48,20 @@ def test_acquisition_augmentation_on_z_scored_images_is_refused_before_anything_
     with pytest.raises(ConfigError, match=r"learners\.cnn\.method\.acquisition"):
         validate(SSLGANExperimentConfig, {"learners": {"cnn": {"method": on}}, "reference": "cnn", "baselines": [],
                                           "preprocess": {"normalize": "image"}})
-    # a published model brings its own normalisation (RETFound-Green: mean/std 0.5): checked after it applies
-    from retinassl.models.published import with_published
+    # a published model brings its own normalisation (RETFound-Green: mean/std 0.5), whatever preprocess says
+    with pytest.raises(ConfigError, match=r"(?s)published model 'retfound-green'.*augmentation off"):
+        validate(TrainConfig, {"method": on, "preprocess": {"normalize": "max"}, "model": {"weights": "retfound-green"}})
+    # probabilities given as strings are numbers to the method, and to the check
+    with pytest.raises(ConfigError, match=r"method\.acquisition"):
+        validate(TrainConfig, {"method": {**on, "acquisition": {"gamma_probability": "0.5"}},
+                               "preprocess": {"normalize": "image"}})
+    # supervised pretraining ("Fundus" pretraining) runs the same augmentation
+    from retinassl.jobs.pretrain import PretrainConfig
 
-    config = validate(TrainConfig, {"method": on, "preprocess": {"normalize": "max"},
-                                    "model": {"weights": "retfound-green"}})
-    with pytest.raises(ConfigError, match=r"(?s)model\.weights=retfound-green.*'meanstd'"):
-        with_published(config)
+    with pytest.raises(ConfigError, match=r"method\.acquisition .*'imagenet'"):
+        validate(PretrainConfig, {"method": on, "label": "abnormal",
+                                  "preprocess": {"normalize": "imagenet"}})
+    # an SSL-GAN experiment checks the learners it trains, not one it only defines
+    unused = {"cnn": {"method": {"name": "supervised"}}, "spare": {"method": on}}
+    validate(SSLGANExperimentConfig, {"learners": unused, "reference": "cnn", "baselines": [],
+                                      "preprocess": {"normalize": "image"}})

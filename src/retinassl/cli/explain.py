@@ -26,7 +26,8 @@ def _setup(args: list[str] | None, kind: str, label: str, runs_dir: Path | None,
 
     source, overrides = split_args(args, DEFAULT_CONFIG)
     data = downstream_only(apply_overrides(read_yaml(source), overrides))
-    data.pop("budgets", None)  # the base's settings: only its downstream paths need to be on the machine
+    for key in ("budgets", "evaluate_on"):  # the base's settings, its downstream data only: no external sets
+        data.pop(key, None)
     config = resolve_config(with_data_roots(data, None, data_root, source, legacy=not Path(source).is_file()), None)
     run = RunDir.create(runs_dir or config.runs_dir, f"explain-{kind}-{label}")
     run.attach_log_file()

@@ -348,26 +348,39 @@ class AcquisitionAugmentConfig(BaseModel):
 UNIT_RANGE_NORMALIZATIONS = ("max", "unit")  # preprocess.normalize modes whose images lie in [0, 1]
 
 
-def check_acquisition_inputs(method: Mapping[str, Any] | None, normalize: str, key: str) -> None:
+def check_acquisition_inputs(method: Mapping[str, Any] | None, preprocess: Any, key: str,
+                             published: str | None = None) -> None:
     """Refuse acquisition augmentation (``method.acquisition``, any probability above 0) on images that
     are not intensities in [0, 1]: it clips its input to [0, 1], so on z-scored images (``normalize:
     image``, ``imagenet``, ``meanstd``) the training images would lose every value below the mean while
     the validation and test images keep theirs, and the model learns inputs it never sees again (an
     IDRiD whole-image training so configured ended at a constant output, test AUC 0.500).
 
+    Args:
+        method: the method's settings (``{"name": ..., "acquisition": {...}}``).
+        preprocess: the job's :class:`~retinassl.data.preprocess.PreprocessConfig`.
+        key: where ``method`` sits in the config, for the message.
+        published: ``model.weights`` when a published model fixes the normalisation.
+
     Raises:
         ValueError: naming ``key`` and the normalisation (a config validator turns it into a
             ConfigError).
     """
     acquisition = (method or {}).get("acquisition")
-    if not isinstance(acquisition, Mapping):
-        return  # none, or malformed: the method's own config validation names the problem
-    enabled = any(isinstance(v, (int, float)) and v > 0 for k, v in acquisition.items() if k.endswith("_probability"))
-    if enabled and normalize not in UNIT_RANGE_NORMALIZATIONS:
-        raise ValueError(f"{key}.acquisition works on images in [0, 1], but preprocess.normalize is {normalize!r}: "
-                         f"set preprocess.normalize to {' or '.join(UNIT_RANGE_NORMALIZATIONS)}, or turn the acquisition "
-                         f"augmentation off with a published model (model.weights fixes the normalisation); the "
-                         f"training images would be clipped to [0, 1] while validation and test images are not")
+    try:
+        enabled = acquisition is not None and AcquisitionAugmentConfig.model_validate(acquisition).enabled
+    except ValueError:  # malformed: the method's own config validation names the problem
+        return
+    if not enabled:
+        return
+    if published is not None:
+        raise ValueError(f"{key}.acquisition works on images in [0, 1], but the published model {published!r} "
+                         f"(model.weights) takes inputs normalised its own way: turn the acquisition augmentation "
+                         f"off for it")
+    if preprocess.normalize not in UNIT_RANGE_NORMALIZATIONS:
+        raise ValueError(f"{key}.acquisition works on images in [0, 1], but preprocess.normalize is "
+                         f"{preprocess.normalize!r}: set it to {' or '.join(UNIT_RANGE_NORMALIZATIONS)} (the training "
+                         f"images would be clipped to [0, 1] while validation and test images are not)")
 
 
 def acquisition_augment(x: torch.Tensor, config: AcquisitionAugmentConfig | None,

@@ -141,7 +141,8 @@ class SemisupTrainConfig(Section):
 
     @model_validator(mode="after")
     def _check_augmentation_inputs(self) -> SemisupTrainConfig:
-        check_acquisition_inputs(self.learner.method, self.preprocess.normalize, "learner.method")
+        check_acquisition_inputs(self.learner.method, self.preprocess, "learner.method",
+                                 self.learner.model.weights)
         return self
 
 
@@ -231,6 +232,7 @@ class SSLGANExperimentConfig(Section):
         if missing:
             raise ValueError(f"learners {missing} are referenced but not defined (defined: "
                              f"{sorted(names)})")
-        for name, learner in self.learners.items():
-            check_acquisition_inputs(learner.method, self.preprocess.normalize, f"learners.{name}.method")
+        for name in sorted({learner for _, learner, *_ in plan(self.model_dump(mode="json"))}):  # the trained ones
+            check_acquisition_inputs(self.learners[name].method, self.preprocess, f"learners.{name}.method",
+                                     self.learners[name].model.weights)
         return self

@@ -23,12 +23,13 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from retinassl.models.checkpoint import save_encoder
 from retinassl.models.initialize import EncoderInput, check_encoder_inputs, model_encoder_inputs
 from retinassl.models.published import published_meta, with_published
 from retinassl.config import DataConfig, EngineConfig, ModelConfig, Section, to_yaml
+from retinassl.data.augment import check_acquisition_inputs
 from retinassl.data.preprocess import PreprocessConfig
 from retinassl.data.cache import Cache, PreparedData
 from retinassl.data.datasets import ImageDataset
@@ -120,6 +121,11 @@ class PretrainConfig(Section):
     def encoder_inputs(self) -> list[EncoderInput]:
         """``model.init`` and the inputs it will see (:func:`~retinassl.models.initialize.check_encoder_inputs`)."""
         return model_encoder_inputs(self)
+
+    @model_validator(mode="after")
+    def _check_augmentation_inputs(self) -> PretrainConfig:
+        check_acquisition_inputs(self.method, self.preprocess, "method", self.model.weights)
+        return self
 
     @property
     def method_name(self) -> str:

@@ -94,7 +94,7 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _check_augmentation_inputs(self) -> TrainConfig:
-        check_acquisition_inputs(self.method, self.preprocess.normalize, "method")
+        check_acquisition_inputs(self.method, self.preprocess, "method", self.model.weights)
         return self
 
 
