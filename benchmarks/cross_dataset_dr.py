@@ -6,7 +6,8 @@ ResNet-18 whole-image classifier (`retinassl train idrid-dr-image`, 256 px, its 
 from the training images) is trained with the current recipe (per-image z-score) and with the
 robust one (intensities scaled to [0, 1], colour standardisation inside the FOV, acquisition
 augmentation: gamma, blur, downscale, saturation/hue, JPEG, vignetting), and on IDRiD one row per
-component of the robust recipe (each on [0, 1] intensities, and the scaling alone). Every model is scored with `retinassl evaluate external` on every set's test images:
+component of the robust recipe (each on [0, 1] intensities, and the scaling alone). Every model is
+scored with `retinassl evaluate external` on every set's test images:
 in-domain where it was trained, external elsewhere (MX: also all 322 graded photographs for the
 IDRiD-trained models), with a paired DeLong test of each recipe against the current one.
 

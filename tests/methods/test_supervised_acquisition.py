@@ -50,7 +50,8 @@ def test_acquisition_augmentation_on_z_scored_images_is_refused_before_anything_
                                           "preprocess": {"normalize": "image"}})
     # a published model brings its own normalisation (RETFound-Green: mean/std 0.5), whatever preprocess says
     with pytest.raises(ConfigError, match=r"(?s)published model 'retfound-green'.*augmentation off"):
-        validate(TrainConfig, {"method": on, "preprocess": {"normalize": "max"}, "model": {"weights": "retfound-green"}})
+        validate(TrainConfig, {"method": on, "preprocess": {"normalize": "max"},
+                               "model": {"weights": "retfound-green"}})
     # probabilities given as strings are numbers to the method, and to the check
     with pytest.raises(ConfigError, match=r"method\.acquisition"):
         validate(TrainConfig, {"method": {**on, "acquisition": {"gamma_probability": "0.5"}},

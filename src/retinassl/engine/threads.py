@@ -142,6 +142,7 @@ def apply_threads(requested: int, recorded: int | None = None, sharing: int = 1)
         return threads
     threads = choose_threads(requested, sharing=sharing)
     torch.set_num_threads(threads)
-    how = "" if requested else (f": a share of the cores for {sharing} processes" if sharing > 1 else ": from the free cores")
+    how = "" if requested else (f": a share of the cores for {sharing} processes" if sharing > 1
+                                else ": from the free cores")
     log.info("using %d intra-op thread(s) (engine.num_threads=%d%s)", threads, requested, how)
     return threads
