@@ -113,7 +113,8 @@ def test_ids_from_file_names_need_the_callers_word(tmp_path: Path) -> None:
         if other is None:
             (run / "sweep.yaml").unlink()
         with pytest.raises(RunDirError, match="eyepacs" if other else "records no data source"):
-            archive_run(run, tmp_path / "archives")
+            # a destination of its own: a run made in the same second as the first has its name
+            archive_run(run, tmp_path / f"archives-{other}")
 
 
 def test_every_manifest_path_column_is_recognised() -> None:
