@@ -74,20 +74,21 @@ def other_load(sample: float = SAMPLE_SECONDS) -> float:
     started right after another ended took the ended one's cores as busy and ran on half the cores
     (trainings run back to back alternated between 2 and 1 threads on a 2-core machine)."""
     global _last
-    now = time.monotonic()
-    if _last is not None and now - _last[0] < REMEMBER_SECONDS:
+    start = time.monotonic()
+    if _last is not None and start - _last[0] < REMEMBER_SECONDS:
         return _last[1]
-    busy, own, start = busy_seconds(), own_seconds(), time.monotonic()
-    if busy is None:
-        try:
-            return max(0.0, os.getloadavg()[0] - 1.0)
-        except (AttributeError, OSError):
-            return 0.0
-    time.sleep(sample)
-    busy_after, own_after, elapsed = busy_seconds(), own_seconds(), time.monotonic() - start
-    load = max(0.0, ((busy_after or busy) - busy - (own_after - own)) / elapsed)
-    _last = (time.monotonic(), load)
-    return load
+    busy, own = busy_seconds(), own_seconds()
+    if busy is not None:
+        time.sleep(sample)
+        busy_after = busy_seconds()
+        if busy_after is not None:
+            load = max(0.0, (busy_after - busy - (own_seconds() - own)) / (time.monotonic() - start))
+            _last = (time.monotonic(), load)
+            return load
+    try:
+        return max(0.0, os.getloadavg()[0] - 1.0)
+    except (AttributeError, OSError):
+        return 0.0
 
 
 def cores() -> int:
