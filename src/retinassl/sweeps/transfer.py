@@ -42,12 +42,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from retinassl.atomic import write_text
 from retinassl.config import ModelConfig, to_yaml
 from retinassl.data.cache import Cache, PreparedData
 from retinassl.data.manifest import Manifest
+from retinassl.engine.threads import apply_threads, sharing_processes
 from retinassl.errors import DataError
 from retinassl.models.initialize import check_encoder_inputs, seeded_initial_encoder
 from retinassl.models.published import published_meta
@@ -189,8 +189,8 @@ class TransferGrid(TransferInits, Grid):
         return results[(results["metric"] == "n_test") & results["protocol"].isin(["probe", "finetune"])]
 
     def run_cell(self, cell: Mapping[str, Any]) -> None:
-        if self.config.engine.num_threads:
-            torch.set_num_threads(self.config.engine.num_threads)
+        engine = self.config.engine
+        apply_threads(engine.num_threads, sharing=sharing_processes(engine.devices))
         model = self.model_of(cell["spec"])
         if cell["protocol"] == "probe":
             self.probe_cell(cell["spec"], model, cell["task_spec"], cell["cell"])

@@ -33,6 +33,7 @@ from retinassl.atomic import write_text
 from retinassl.config import ModelConfig
 from retinassl.data.cache import PreparedData
 from retinassl.data.splits import carve_validation
+from retinassl.engine.threads import apply_threads, sharing_processes
 from retinassl.errors import ConfigError
 from retinassl.io.archive import RESTORED_FILE
 from retinassl.io.rundir import RunDir
@@ -141,12 +142,9 @@ def tune_init(config: TransferConfig, run: RunDir, prepared: PreparedData, spec:
     """Run the missing tuning runs of ``spec``, choose, write ``data/tuning-<init>.json``; returns
     the chosen values. A run that diverges scores NaN, and a candidate with a NaN on any tuning
     seed is not chosen."""
-    import torch
-
     from retinassl.errors import DataError, TrainingDiverged
 
-    if config.engine.num_threads:
-        torch.set_num_threads(config.engine.num_threads)
+    apply_threads(config.engine.num_threads, sharing=sharing_processes(config.engine.devices))
     out = tuning_file(run, spec.name)
     if out.is_file():
         return json.loads(out.read_text())["chosen"]
