@@ -24,6 +24,7 @@ import numpy as np
 from _common import SHARED_DATA, write_results
 
 from retinassl.data.cache import Cache
+from retinassl.data.harmonize import standardize_color
 from retinassl.data.preprocess import PreprocessConfig
 from retinassl.data.sources.idrid import idrid_ssl_gan_set
 from retinassl.jobs.patch_config import SplitConfig
@@ -32,6 +33,7 @@ from retinassl.jobs.patch_data import split_rows
 MASKS = {"mask_EX": "hard exudates", "mask_HE": "haemorrhages", "mask_MA": "microaneurysms",
          "mask_SE": "soft exudates", "mask_OD": "optic disc"}
 TARGET_MEAN = 128.0
+GAINS = ("channel", "common")
 
 
 def training_images(root, split_seed: int = 1):
@@ -41,12 +43,10 @@ def training_images(root, split_seed: int = 1):
     return manifest.subset(train[(manifest.frame["part"].to_numpy()[train] == "A")])
 
 
-def clipped_share(z: np.ndarray, std: float) -> float:
-    """Share of pixels (rows of ``z``: per-channel z-scores) clipped in any channel at ``std``."""
-    if not len(z):
-        return float("nan")
-    value = z * std + TARGET_MEAN
-    return float(((value > 255.5) | (value < -0.5)).any(axis=1).mean())
+def saturated(image: np.ndarray, fov: np.ndarray, std: float, gain: str) -> np.ndarray:
+    """``(H, W)`` bool: pixels that :func:`standardize_color` sends to 0 or 255 in any channel."""
+    out = standardize_color(image, fov, TARGET_MEAN, std, gain)
+    return ((out == 0) | (out == 255)).any(axis=2)
 
 
 def main() -> None:
@@ -58,43 +58,58 @@ def main() -> None:
     manifest = training_images(SHARED_DATA / "idrid")
     prepared = Cache().prepare(manifest, PreprocessConfig(size=args.size), workers=2,
                                mask_columns=list(MASKS))
-    z_by_region: dict[str, list[np.ndarray]] = {name: [] for name in ["FOV", *MASKS.values()]}
-    peaks: dict[str, list[float]] = {str(int(s)): [] for s in stds}  # per image, what "max" divides by
+    regions = ["FOV", *MASKS.values()]
+    # (gain, std) -> region -> [clipped pixels, pixels, images]; (gain, std) -> per-image brightest value
+    counts = {(g, s): {r: [0, 0, 0] for r in regions} for g in GAINS for s in stds}
+    peaks: dict[tuple[str, float], list[float]] = {(g, s): [] for g in GAINS for s in stds}
+    channel_sd: list[list[float]] = []  # per image, each channel's sd inside the FOV (uint8 units)
     for entry in prepared.entries:
-        image = np.asarray(entry.image(), dtype=np.float64)
+        image = np.asarray(entry.image())
         fov = np.asarray(entry.fov(), dtype=bool)
-        inside = image[fov]
-        z = (image - inside.mean(axis=0)) / np.maximum(inside.std(axis=0), 1e-6)
-        z_by_region["FOV"].append(z[fov])
-        for s in stds:
-            peaks[str(int(s))].append(float(np.clip(np.round(z[fov] * s + TARGET_MEAN), 0, 255).max()))
-        for column, name in MASKS.items():
-            mask = entry.mask(column)
-            if mask is not None:
-                z_by_region[name].append(z[np.asarray(mask, dtype=bool) & fov])
-    rows = []
-    for region, parts in z_by_region.items():
-        z = np.concatenate(parts) if parts else np.zeros((0, 3))
-        rows.append({"region": region, "images": sum(len(p) > 0 for p in parts), "pixels": int(len(z)),
-                     "z_max_p99": [float(v) for v in np.percentile(z, 99, axis=0)] if len(z) else None,
-                     "clipped": {str(int(s)): clipped_share(z, s) for s in stds}})
-    header = "| region | images | pixels | " + " | ".join(f"clipped at std {int(s)}" for s in stds) + " |"
+        channel_sd.append([float(v) for v in image[fov].std(axis=0)])
+        masks = {"FOV": fov, **{name: np.asarray(m, dtype=bool) & fov for column, name in MASKS.items()
+                                if (m := entry.mask(column)) is not None}}
+        for gain in GAINS:
+            for s in stds:
+                clipped = saturated(image, fov, s, gain)
+                peaks[(gain, s)].append(float(standardize_color(image, fov, TARGET_MEAN, s, gain)[fov].max()))
+                for region, mask in masks.items():
+                    tally = counts[(gain, s)][region]
+                    tally[0] += int((clipped & mask).sum())
+                    tally[1] += int(mask.sum())
+                    tally[2] += int(mask.any())
     lines = [f"IDRiD part-A images of the idrid-ssl-gan training split ({len(prepared)} images), {args.size} px, "
-             f"target mean {TARGET_MEAN:.0f}: share of each region's pixels that colour standardisation clips "
-             f"(any channel above 255 or below 0), per `color_target_std`.\n", header,
-             "|" + "---|" * (3 + len(stds))]
-    for row in rows:
-        lines.append(f"| {row['region']} | {row['images']} | {row['pixels']:,} | "
-                     + " | ".join(f"{100 * row['clipped'][str(int(s))]:.1f} %" for s in stds) + " |")
-    lines.append("\n99th percentile of the z-score per channel (R, G, B):\n")
-    lines += [f"- {row['region']}: " + ", ".join(f"{v:.2f}" for v in row["z_max_p99"]) for row in rows
-              if row["z_max_p99"]]
-    lines.append("\nThe image's brightest standardised value (what `normalize: max` divides by; 255 for every image "
-                 "means one common scale), across the images: median [min, max]\n")
-    lines += [f"- std {s}: {np.median(v):.0f} [{min(v):.0f}, {max(v):.0f}], 255 in {sum(x >= 255 for x in v)} of "
-              f"{len(v)}" for s, v in peaks.items()]
+             f"target mean {TARGET_MEAN:.0f}: share of each region's pixels that colour standardisation "
+             "(`retinassl.data.harmonize.standardize_color`) sends to 0 or 255 in any channel, per "
+             "`color_target_std` and `color_gain`.\n"]
+    rows = []
+    for gain in GAINS:
+        lines += [f"`color_gain: {gain}`\n", "| region | images | pixels | "
+                  + " | ".join(f"clipped at std {s:g}" for s in stds) + " |", "|" + "---|" * (3 + len(stds))]
+        for region in regions:
+            tallies = [counts[(gain, s)][region] for s in stds]
+            rows.append({"gain": gain, "region": region, "images": tallies[0][2], "pixels": tallies[0][1],
+                         "clipped": {f"{s:g}": t[0] / max(t[1], 1) for s, t in zip(stds, tallies)}})
+            lines.append(f"| {region} | {tallies[0][2]} | {tallies[0][1]:,} | "
+                         + " | ".join(f"{100 * t[0] / max(t[1], 1):.1f} %" for t in tallies) + " |")
+        lines.append("")
+    lines.append("The image's brightest standardised value inside the FOV (what `normalize: max` divides by; 255 "
+                 "for every image means one common scale), across the images: median [min, max]\n")
+    lines += [f"- {gain}, std {s:g}: {np.median(v):.0f} [{min(v):.0f}, {max(v):.0f}], 255 in "
+              f"{sum(x >= 255 for x in v)} of {len(v)}" for (gain, s), v in peaks.items()]
+    sd = np.array(channel_sd)
+    pooled = np.sqrt((sd ** 2).mean(axis=1))
+    lines.append("\nEach channel's standard deviation inside the FOV before standardisation (uint8 units), median "
+                 "[min, max] across the images, and the gain each setting applies to it at std 40 (it multiplies "
+                 "the channel's noise and compression artefacts alike):\n")
+    lines += [f"- {name}: sd {np.median(sd[:, c]):.1f} [{sd[:, c].min():.1f}, {sd[:, c].max():.1f}]; gain "
+              f"channel {np.median(40 / sd[:, c]):.1f} [{(40 / sd[:, c]).min():.1f}, {(40 / sd[:, c]).max():.1f}], "
+              f"common {np.median(40 / pooled):.1f} [{(40 / pooled).min():.1f}, {(40 / pooled).max():.1f}]"
+              for c, name in enumerate("RGB")]
     write_results("colour_clipping", {"size": args.size, "target_mean": TARGET_MEAN, "stds": stds,
-                                      "images": len(prepared), "rows": rows, "image_peaks": peaks}, "\n".join(lines) + "\n")
+                                      "images": len(prepared), "rows": rows,
+                                      "image_peaks": {f"{g} {s:g}": v for (g, s), v in peaks.items()},
+                                      "channel_sd": channel_sd}, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

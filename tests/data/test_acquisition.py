@@ -68,6 +68,27 @@ def test_color_standardisation_gives_the_target_mean_and_std_inside_the_fov(tmp_
     assert not cached[~cached_fov].any()  # still masked outside the FOV
 
 
+def test_common_gain_scales_every_channel_alike_and_keeps_their_contrast_ratios() -> None:
+    image, fov = textured_fundus(0)
+    before = image[fov].astype(np.float64)
+    out = standardize_color(image, fov, (120.0, 100.0, 90.0), 20.0, gain="common")
+    inside = out[fov].astype(np.float64)
+    np.testing.assert_allclose(inside.mean(axis=0), [120, 100, 90], atol=0.3)
+    # one gain: the target over the root mean square of the channels' standard deviations
+    gain = 20.0 / np.sqrt(np.mean(before.std(axis=0) ** 2))
+    np.testing.assert_allclose(inside.std(axis=0), gain * before.std(axis=0), atol=0.3)
+    np.testing.assert_allclose(np.sqrt(np.mean(inside.std(axis=0) ** 2)), 20.0, atol=0.3)
+    with pytest.raises(ValueError, match="one target std"):
+        standardize_color(image, fov, 128.0, (20.0, 15.0, 10.0), gain="common")
+    with pytest.raises(ValueError, match="color_gain 'common'"):
+        PreprocessConfig(color_standardize=True, color_gain="common", color_target_std=(20.0, 15.0, 10.0))
+    # the default ("channel") is the map the cache keys and saved models had before the option existed
+    assert PreprocessConfig(color_standardize=True).cache_key() == \
+        PreprocessConfig(color_standardize=True, color_gain="channel").cache_key() != \
+        PreprocessConfig(color_standardize=True, color_gain="common").cache_key()
+    assert "color_gain" not in PreprocessConfig(color_gain="common").input_signature()  # off with the option
+
+
 def _old_pipeline(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     """The cached pixels as computed before the acquisition options existed (written out here)."""
     fov = fov_mask(image, config.fov_threshold)

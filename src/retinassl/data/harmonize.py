@@ -166,15 +166,23 @@ def normalize_resolution(image: np.ndarray, fov: np.ndarray, scale: float,
 
 
 def standardize_color(image: np.ndarray, fov: np.ndarray | None, mean: float | tuple[float, ...],
-                      std: float | tuple[float, ...]) -> np.ndarray:
-    """Per-image colour standardisation: each channel's mean and standard deviation inside the FOV
-    mapped to ``mean`` / ``std`` by one affine map per channel (applied to every pixel), rounded
-    and clipped to uint8.
+                      std: float | tuple[float, ...], gain: str = "channel") -> np.ndarray:
+    """Per-image colour standardisation: each channel's mean inside the FOV mapped to ``mean`` and
+    its spread scaled by one affine map per channel (applied to every pixel), rounded and clipped
+    to uint8.
+
+    ``gain="channel"``: each channel's standard deviation becomes ``std`` (a dim, noisy channel, the
+    blue of a fundus photograph, is amplified most: by a median 5.8 and up to 25 times at std 40 on
+    IDRiD, ``benchmarks/results/colour_clipping.md``). ``gain="common"``: one gain for every channel,
+    ``std`` over the image's pooled standard deviation (the root mean square of the channels'), so
+    the pooled spread becomes ``std`` and each channel keeps its contrast relative to the others
+    (``std`` is then one value).
 
     Args:
         image: ``(H, W, C)`` or ``(H, W)`` uint8.
         fov: ``(H, W)`` bool (None or empty: the whole image).
         mean, std: targets in uint8 units, one value or one per channel.
+        gain: "channel" or "common".
     """
     x = np.asarray(image, dtype=np.float64)
     flat = x.ndim == 2
@@ -182,8 +190,15 @@ def standardize_color(image: np.ndarray, fov: np.ndarray | None, mean: float | t
         x = x[..., None]
     inside = x[_fov_pixels(fov, x.shape[:2])]
     channels = x.shape[2]
-    gain = _per_channel(std, channels) / np.maximum(inside.std(axis=0), 1e-6)
-    out = _to_uint8((x - inside.mean(axis=0)) * gain + _per_channel(mean, channels))
+    spread = inside.std(axis=0)
+    if gain == "common":
+        if np.asarray(std).size > 1:
+            raise ValueError(f"a common gain takes one target std, got {std}")
+        spread = np.full(channels, np.sqrt(np.mean(spread ** 2)))
+    elif gain != "channel":
+        raise ValueError(f"gain must be 'channel' or 'common', got {gain!r}")
+    factor = _per_channel(std, channels) / np.maximum(spread, 1e-6)
+    out = _to_uint8((x - inside.mean(axis=0)) * factor + _per_channel(mean, channels))
     return out[..., 0] if flat else out
 
 

@@ -75,6 +75,9 @@ class PreprocessConfig(BaseModel):
             ``color_target_mean`` / ``color_target_std`` (:func:`standardize_color`).
         color_target_mean: target channel mean(s) in uint8 units (one value or one per channel).
         color_target_std: target channel standard deviation(s) in uint8 units.
+        color_gain: "channel" (each channel's standard deviation becomes the target: a dim channel's
+            noise is amplified with it) or "common" (one gain for all channels, from their pooled
+            standard deviation; one target value), see :func:`standardize_color`.
         color_match: match the image's colour statistics inside the FOV to ``color_reference``:
             "lab" (mean and std of each CIELAB channel, Reinhard et al. 2001,
             :func:`match_lab_statistics`; colour images only), "histogram" (each channel's
@@ -111,6 +114,7 @@ class PreprocessConfig(BaseModel):
     color_standardize: bool = False
     color_target_mean: float | tuple[float, ...] = 128.0
     color_target_std: PositiveFloat | tuple[PositiveFloat, ...] = 40.0
+    color_gain: Literal["channel", "common"] = "channel"
     color_match: Literal["none", "lab", "histogram"] = "none"
     color_reference: ColorReference | None = None
     fov_resolution: int | None = Field(None, ge=8, le=8192)
@@ -131,6 +135,10 @@ class PreprocessConfig(BaseModel):
         elif constants != (None, None):
             raise ValueError(f"normalize_mean / normalize_std are used only with normalize "
                              f"'meanstd' (normalize is {self.normalize!r})")
+        if self.color_gain == "common" and isinstance(self.color_target_std, tuple) \
+                and len(set(self.color_target_std)) > 1:
+            raise ValueError(f"color_gain 'common' scales every channel by one gain: give one "
+                             f"color_target_std, got {self.color_target_std}")
         if self.color_standardize and self.color_match != "none":
             raise ValueError("color_standardize and color_match both set the colour statistics: "
                              "choose one")
@@ -162,6 +170,8 @@ class PreprocessConfig(BaseModel):
             unused.add("clahe_clip")
         if not self.color_standardize:
             unused |= {"color_standardize", "color_target_mean", "color_target_std"}
+        if not self.color_standardize or self.color_gain == "channel":
+            unused.add("color_gain")
         if self.color_match == "none":
             unused |= {"color_match", "color_reference"}
         if not self.fov_background:
@@ -266,7 +276,8 @@ def process_pixels(image: np.ndarray, fov: np.ndarray, geometry: Geometry,
         out = normalize_resolution(out, fov, geometry.scale, config.fov_resolution,
                                    config.sharpness_sigma)
     if config.color_standardize:
-        out = standardize_color(out, fov, config.color_target_mean, config.color_target_std)
+        out = standardize_color(out, fov, config.color_target_mean, config.color_target_std,
+                                config.color_gain)
     if config.color_match == "lab":
         out = match_lab_statistics(out, fov, config.color_reference)
     elif config.color_match == "histogram":
