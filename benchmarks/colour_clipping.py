@@ -37,10 +37,34 @@ GAINS = ("channel", "common")
 
 
 def training_images(root, split_seed: int = 1):
-    """The part-A rows of the idrid-ssl-gan training split (149/50/50, ``split.seed``)."""
+    """The idrid-ssl-gan training split (149/50/50, ``split.seed``): part-A DR images with lesion
+    masks and part-B grade-0 images."""
     manifest = idrid_ssl_gan_set(root)
     train, _, _ = split_rows(manifest, SplitConfig(train=149, val=50, seed=split_seed))
-    return manifest.subset(train[(manifest.frame["part"].to_numpy()[train] == "A")])
+    return manifest.subset(train)
+
+
+def background_contrast(prepared, settings: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """Per setting, the green channel's standard deviation of the lesion-free FOV after
+    standardisation (part-A images: the FOV minus every lesion mask; part-B grade-0 images: the
+    FOV), median over the DR and over the healthy images, and their ratio. Below 1: the
+    standardisation flattens the background of the images with lesions (their lesions enlarged the
+    spread it divides by), so that a healthy image's background looks the busier (a guess this
+    measures)."""
+    values: dict[str, dict[int, list[float]]] = {name: {0: [], 1: []} for name in settings}
+    for row, entry in enumerate(prepared.entries):
+        image = np.asarray(entry.image())
+        fov = np.asarray(entry.fov(), dtype=bool)
+        background = fov.copy()
+        for column in MASKS:
+            if column != "mask_OD" and (mask := entry.mask(column)) is not None:
+                background &= ~np.asarray(mask, dtype=bool)
+        label = int(prepared.manifest.frame["abnormal"].iloc[row])
+        for name, kwargs in settings.items():
+            out = image if kwargs is None else standardize_color(image, fov, TARGET_MEAN, **kwargs)
+            values[name][label].append(float(out[..., 1][background].astype(np.float64).std()))
+    return {name: {"dr": float(np.median(v[1])), "healthy": float(np.median(v[0])),
+                   "ratio": float(np.median(v[1]) / np.median(v[0]))} for name, v in values.items()}
 
 
 def saturated(image: np.ndarray, fov: np.ndarray, std: float, gain: str) -> np.ndarray:
@@ -55,9 +79,9 @@ def main() -> None:
     parser.add_argument("--stds", default="40,30,25,20,15")
     args = parser.parse_args()
     stds = [float(s) for s in args.stds.split(",")]
-    manifest = training_images(SHARED_DATA / "idrid")
-    prepared = Cache().prepare(manifest, PreprocessConfig(size=args.size), workers=2,
-                               mask_columns=list(MASKS))
+    everything = Cache().prepare(training_images(SHARED_DATA / "idrid"), PreprocessConfig(size=args.size),
+                                 workers=2, mask_columns=list(MASKS))
+    prepared = everything.subset((everything.manifest.frame["part"] == "A").to_numpy())
     regions = ["FOV", *MASKS.values()]
     # (gain, std) -> region -> [clipped pixels, pixels, images]; (gain, std) -> per-image brightest value
     counts = {(g, s): {r: [0, 0, 0] for r in regions} for g in GAINS for s in stds}
@@ -106,8 +130,19 @@ def main() -> None:
               f"channel {np.median(40 / sd[:, c]):.1f} [{(40 / sd[:, c]).min():.1f}, {(40 / sd[:, c]).max():.1f}], "
               f"common {np.median(40 / pooled):.1f} [{(40 / pooled).min():.1f}, {(40 / pooled).max():.1f}]"
               for c, name in enumerate("RGB")]
+    settings = {"none (as stored)": None,
+                **{f"{gain} gain, std {s:g}": {"std": s, "gain": gain} for gain in GAINS for s in (40.0, 20.0)}}
+    contrast = background_contrast(everything, settings)
+    counts_by_label = everything.manifest.frame["abnormal"].astype(int).value_counts()
+    lines += ["", f"Background contrast: the green channel's standard deviation of the lesion-free FOV (part-A DR "
+              f"images: the FOV minus the lesion masks; grade-0 images: the FOV), median over the training split's "
+              f"{counts_by_label.get(1, 0)} DR and {counts_by_label.get(0, 0)} healthy images, after each "
+              "standardisation (`color_gain`, `color_target_std`); ratio below 1: the DR images' background comes "
+              "out flatter than the healthy images'.\n",
+              "| standardisation | DR images | healthy images | ratio DR / healthy |", "|---|---|---|---|"]
+    lines += [f"| {name} | {v['dr']:.1f} | {v['healthy']:.1f} | {v['ratio']:.2f} |" for name, v in contrast.items()]
     write_results("colour_clipping", {"size": args.size, "target_mean": TARGET_MEAN, "stds": stds,
-                                      "images": len(prepared), "rows": rows,
+                                      "images": len(prepared), "rows": rows, "background_contrast": contrast,
                                       "image_peaks": {f"{g} {s:g}": v for (g, s), v in peaks.items()},
                                       "channel_sd": channel_sd}, "\n".join(lines) + "\n")
     print("\n".join(lines))
