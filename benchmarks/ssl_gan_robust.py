@@ -5,9 +5,11 @@ channel's mean and standard deviation inside the FOV mapped to fixed values; or
 images x 5 samplings, the cpu budget) and the same external set through `evaluate_on` (MX fundus
 photographs with a DR grade, any DR).
 
-Per learner, recipe and labelled-image count: the IDRiD test image AUC and the MX external AUC (mean ±
-sd over the samplings); per sampling, paired DeLong tests on the same images: SSL-GAN vs ConvNet (each
-recipe) and each recipe vs the first (each learner), at every count both have cells for. One recipe's
+Per learner, recipe and labelled-image count: the validation patch AUC of the pass each cell keeps
+(from the cells' training logs, where the run still has them: what a recipe is chosen on), the
+IDRiD test image AUC and the MX external AUC (mean ± sd over the samplings); per sampling, paired
+DeLong tests on the same images: SSL-GAN vs ConvNet (each recipe) and each recipe vs the first
+(each learner), at every count both have cells for. One recipe's
 cells may come from several sweeps (``recipe=RUN_A,RUN_B``, e.g. a label count run later); a cell
 present in two of them is refused.
 
@@ -49,6 +51,20 @@ def predictions(runs: list[Path], folder: str, learner: str) -> dict[tuple[int, 
             if key in out:
                 raise SystemExit(f"{path}: the cell {learner} n={key[0]} seed={key[1]} is in two of the runs {runs}")
             out[key] = pd.read_csv(path, usecols=["id", "label", "score"])
+    return out
+
+
+def validation_auc(runs: list[Path], learner: str, n: int) -> list[float]:
+    """Per cell of ``learner`` with ``n`` labelled images, its best validation patch AUC (the pass the
+    cell keeps: the SSL-GAN's ``select_on_validation``, the supervised learners' best validation
+    epoch), read from the cell's training log; empty where the logs are gone (an archived run)."""
+    out = []
+    for run in runs:
+        for log in sorted((run / "cells").glob(f"{learner}-n{n}-s*/logs/csv/metrics.csv")):
+            frame = pd.read_csv(log)
+            column = next((c for c in ("val/patch_auc", "val/auc") if c in frame.columns), None)
+            if column is not None and frame[column].notna().any():
+                out.append(float(frame[column].max()))
     return out
 
 
@@ -110,8 +126,13 @@ def main() -> None:
         for (learner, n), values in table.items():
             if learner in LEARNERS and n in counts:
                 data["auc"][f"{recipe} / {learner} / IDRiD test / n={n}"] = values
-    lines = ["| learner | recipe | labelled | " + " | ".join(f"{n} AUC (mean ± sd, n seeds)" for n in SETS) + " |",
-             "|---|---|---|" + "---|" * len(SETS)]
+    for recipe, paths in runs.items():
+        for learner in LEARNERS:
+            for n in counts:
+                if values := validation_auc(paths, learner, n):
+                    data.setdefault("validation_patch_auc", {})[f"{recipe} / {learner} / n={n}"] = values
+    lines = ["| learner | recipe | labelled | validation patch AUC (best pass; mean ± sd, n) | "
+             + " | ".join(f"{n} AUC (mean ± sd, n seeds)" for n in SETS) + " |", "|---|---|---|---|" + "---|" * len(SETS)]
     for learner in LEARNERS:
         for recipe in [*runs, *numbers]:
             for n in counts:
@@ -120,8 +141,11 @@ def main() -> None:
                     aucs = np.array(data["auc"].get(f"{recipe} / {learner} / {name} / n={n}", []))
                     cells.append(f"{aucs.mean():.3f} ± {aucs.std(ddof=1) if len(aucs) > 1 else 0:.3f} ({len(aucs)})"
                                  if len(aucs) else "-")
+                val = np.array(data.get("validation_patch_auc", {}).get(f"{recipe} / {learner} / n={n}", []))
+                validation = f"{val.mean():.3f} ± {val.std(ddof=1) if len(val) > 1 else 0:.3f} ({len(val)})" \
+                    if len(val) else "-"
                 if any(c != "-" for c in cells):
-                    lines.append(f"| {learner} | {recipe} | {n} | " + " | ".join(cells) + " |")
+                    lines.append(f"| {learner} | {recipe} | {n} | {validation} | " + " | ".join(cells) + " |")
     lines += ["", "Paired DeLong tests per sampling (same images; difference = first - second):", "",
               "| comparison | labelled | images | mean AUC difference | p per seed | p < 0.05 (higher / lower) |",
               "|---|---|---|---|---|---|"]
