@@ -1,16 +1,20 @@
 """How much of each lesion type the colour standardisation clips (issue 23): a choice of
-``preprocess.color_target_std`` made on training images only, before any model is trained.
+``preprocess.color_target_std`` and ``preprocess.color_gain`` made on training images only, before
+any model is trained.
 
-`preprocess.color_standardize` maps each channel's mean and standard deviation inside the FOV to
-``color_target_mean`` (128) and ``color_target_std`` (40) and clips to uint8, so a pixel more than
-127 / std standard deviations above its channel's mean becomes 255 (3.2 sd at the default 40). The
-SSL-GAN table with it lost patch AUC (``ssl_gan_errors_robust.md``: bright lesions and the disc
-clipped was the reading, not a measurement). This measures it: for the IDRiD part-A images of the
-``idrid-ssl-gan`` training split (seed 1: the split every idrid-ssl-gan table uses; its validation and
-test images are not read), each pixel's z-score per channel inside the FOV at the cpu budget's
-512 px, and per lesion mask (exudates, haemorrhages, microaneurysms, soft exudates, optic disc) the
-share of its pixels that a target std would clip in any channel (above 255 or below 0), with the same
-for all FOV pixels. No network is involved.
+`preprocess.color_standardize` maps each channel's mean inside the FOV to ``color_target_mean``
+(128) and scales its spread to ``color_target_std`` (40), with a gain per channel (the default) or
+one gain for all channels (``color_gain: common``), and clips to uint8. The SSL-GAN table with it
+lost patch AUC (``ssl_gan_errors_robust.md``: bright lesions and the disc clipped was the reading,
+not a measurement). This measures it on the images of the ``idrid-ssl-gan`` training split (seed
+1: the split every idrid-ssl-gan table uses; its validation and test images are not read) at the
+cpu budget's 512 px: per lesion mask of the part-A images (exudates, haemorrhages,
+microaneurysms, soft exudates, optic disc) and for all their FOV pixels, the share of pixels that
+:func:`~retinassl.data.harmonize.standardize_color` sends to 0 or 255 in some channel where the
+stored image was not already at 0 or 255 there, per target std and gain; each image's brightest
+standardised value (what ``normalize: max`` divides by); each channel's spread and the gain it
+gets; and the lesion-free background's contrast in the DR and the healthy images after each
+standardisation. No network is involved.
 
     .venv/bin/python benchmarks/colour_clipping.py [--size 512] [--stds 40,30,25,20,15]
 """
@@ -68,9 +72,10 @@ def background_contrast(prepared, settings: dict[str, dict]) -> dict[str, dict[s
 
 
 def saturated(image: np.ndarray, fov: np.ndarray, std: float, gain: str) -> np.ndarray:
-    """``(H, W)`` bool: pixels that :func:`standardize_color` sends to 0 or 255 in any channel."""
+    """``(H, W)`` bool: pixels that :func:`standardize_color` sends to 0 or 255 in a channel where
+    the stored image was not at 0 or 255 already (clipped, or in rare cases rounded onto the bound)."""
     out = standardize_color(image, fov, TARGET_MEAN, std, gain)
-    return ((out == 0) | (out == 255)).any(axis=2)
+    return (((out == 0) | (out == 255)) & (image > 0) & (image < 255)).any(axis=2)
 
 
 def main() -> None:
@@ -104,7 +109,8 @@ def main() -> None:
                     tally[2] += int(mask.any())
     lines = [f"IDRiD part-A images of the idrid-ssl-gan training split ({len(prepared)} images), {args.size} px, "
              f"target mean {TARGET_MEAN:.0f}: share of each region's pixels that colour standardisation "
-             "(`retinassl.data.harmonize.standardize_color`) sends to 0 or 255 in any channel, per "
+             "(`retinassl.data.harmonize.standardize_color`) sends to 0 or 255 in a channel where the stored image "
+             "was not at 0 or 255 already, per "
              "`color_target_std` and `color_gain`.\n"]
     rows = []
     for gain in GAINS:

@@ -5,8 +5,8 @@ channel's mean and standard deviation inside the FOV mapped to fixed values; or
 images x 5 samplings, the cpu budget) and the same external set through `evaluate_on` (MX fundus
 photographs with a DR grade, any DR).
 
-Per learner, recipe and labelled-image count: the validation patch AUC of the pass each cell keeps
-(from the cells' training logs, where the run still has them: what a recipe is chosen on), the
+Per learner, recipe and labelled-image count: the validation patch AUC of the weights each cell
+keeps (from the cells' training logs, where the run still has them: what a recipe is chosen on), the
 IDRiD test image AUC and the MX external AUC (mean ± sd over the samplings); per sampling, paired
 DeLong tests on the same images: SSL-GAN vs ConvNet (each recipe) and each recipe vs the first
 (each learner), at every count both have cells for. One recipe's
@@ -55,16 +55,27 @@ def predictions(runs: list[Path], folder: str, learner: str) -> dict[tuple[int, 
 
 
 def validation_auc(runs: list[Path], learner: str, n: int) -> list[float]:
-    """Per cell of ``learner`` with ``n`` labelled images, its best validation patch AUC (the pass the
-    cell keeps: the SSL-GAN's ``select_on_validation``, the supervised learners' best validation
-    epoch), read from the cell's training log; empty where the logs are gone (an archived run)."""
+    """Per cell of ``learner`` with ``n`` labelled images, the validation patch AUC of the weights
+    the cell kept: the pass of its ``selected_epoch`` (``train.json``: the SSL-GAN's
+    ``select_on_validation``, the supervised learners' best validation epoch), else its last
+    pass; read from the cell's training log, empty where the logs are gone (an archived run)."""
     out = []
     for run in runs:
-        for log in sorted((run / "cells").glob(f"{learner}-n{n}-s*/logs/csv/metrics.csv")):
+        for cell in sorted((run / "cells").glob(f"{learner}-n{n}-s*")):
+            log = cell / "logs" / "csv" / "metrics.csv"
+            if not log.is_file():
+                continue
             frame = pd.read_csv(log)
             column = next((c for c in ("val/patch_auc", "val/auc") if c in frame.columns), None)
-            if column is not None and frame[column].notna().any():
-                out.append(float(frame[column].max()))
+            if column is None:
+                continue
+            passes = frame.dropna(subset=[column])
+            record = cell / "train.json"
+            selected = json.loads(record.read_text()).get("selected_epoch") if record.is_file() else None
+            if selected is not None:
+                passes = passes[passes["epoch"] == int(selected)]
+            if len(passes):
+                out.append(float(passes[column].iloc[-1]))
     return out
 
 
@@ -131,7 +142,7 @@ def main() -> None:
             for n in counts:
                 if values := validation_auc(paths, learner, n):
                     data.setdefault("validation_patch_auc", {})[f"{recipe} / {learner} / n={n}"] = values
-    lines = ["| learner | recipe | labelled | validation patch AUC (best pass; mean ± sd, n) | "
+    lines = ["| learner | recipe | labelled | validation patch AUC (kept pass; mean ± sd, n) | "
              + " | ".join(f"{n} AUC (mean ± sd, n seeds)" for n in SETS) + " |", "|---|---|---|---|" + "---|" * len(SETS)]
     for learner in LEARNERS:
         for recipe in [*runs, *numbers]:

@@ -78,15 +78,22 @@ def test_common_gain_scales_every_channel_alike_and_keeps_their_contrast_ratios(
     gain = 20.0 / np.sqrt(np.mean(before.std(axis=0) ** 2))
     np.testing.assert_allclose(inside.std(axis=0), gain * before.std(axis=0), atol=0.3)
     np.testing.assert_allclose(np.sqrt(np.mean(inside.std(axis=0) ** 2)), 20.0, atol=0.3)
+    np.testing.assert_array_equal(standardize_color(image, fov, 128.0, (20.0,) * 3, gain="common"),
+                                  standardize_color(image, fov, 128.0, 20.0, gain="common"))
     with pytest.raises(ValueError, match="one target std"):
         standardize_color(image, fov, 128.0, (20.0, 15.0, 10.0), gain="common")
     with pytest.raises(ValueError, match="color_gain 'common'"):
         PreprocessConfig(color_standardize=True, color_gain="common", color_target_std=(20.0, 15.0, 10.0))
-    # the default ("channel") is the map the cache keys and saved models had before the option existed
-    assert PreprocessConfig(color_standardize=True).cache_key() == \
-        PreprocessConfig(color_standardize=True, color_gain="channel").cache_key() != \
-        PreprocessConfig(color_standardize=True, color_gain="common").cache_key()
+    # the default ("channel") is the map the cache keys and saved models had before the option existed (the
+    # keys printed by the code before it, at 36dc3df)
+    assert PreprocessConfig(color_standardize=True).cache_key() == "5ab8ebf014e1"
+    assert PreprocessConfig(size=64, color_standardize=True, color_target_std=20.0, color_gain="channel").cache_key() \
+        == "156994a07028"
+    assert PreprocessConfig(color_standardize=True, color_gain="common").cache_key() != "5ab8ebf014e1"
+    assert PreprocessConfig(color_standardize=True, color_gain="common").input_signature()["color_gain"] == "common"
     assert "color_gain" not in PreprocessConfig(color_gain="common").input_signature()  # off with the option
+    grey = PreprocessConfig(channels=1, color_standardize=True, color_gain="common")
+    assert "color_gain" not in grey.input_signature()  # one channel: both gains are the same map
 
 
 def _old_pipeline(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
@@ -118,7 +125,8 @@ def test_cache_keys_of_configs_without_the_options_are_unchanged(settings: dict,
     assert PreprocessConfig(**settings).cache_key() == key
     # settings at their "off" values (or only used by an option that is off) change nothing
     same = PreprocessConfig(**settings, clahe_space="lab", clahe_tiles=8, color_target_mean=60.0,
-                            color_target_std=(5.0, 6.0, 7.0), fov_resolution=None, sharpness_sigma=0.0)
+                            color_target_std=(5.0, 6.0, 7.0), color_gain="common", fov_resolution=None,
+                            sharpness_sigma=0.0)
     assert same.cache_key() == key
 
 

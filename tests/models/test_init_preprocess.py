@@ -58,6 +58,10 @@ def test_equal_inputs_spelt_otherwise_pass(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="preprocess.clahe_clip is 2.0, the encoder's 4.0"):
         check_init_preprocess(str(_saved(tmp_path / "clahe", PreprocessConfig(size=32, clahe=True, clahe_clip=4.0))),
                               PreprocessConfig(size=32, clahe=True))
+    # one gain for all channels is another input than the default gain per channel
+    common = _saved(tmp_path / "gain", PreprocessConfig(size=32, color_standardize=True, color_gain="common"))
+    with pytest.raises(ConfigError, match="preprocess.color_gain"):
+        check_init_preprocess(str(common), PreprocessConfig(size=32, color_standardize=True))
 
 
 def test_models_whose_encoder_saw_other_inputs_are_refused_as_such() -> None:

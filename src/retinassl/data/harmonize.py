@@ -192,7 +192,7 @@ def standardize_color(image: np.ndarray, fov: np.ndarray | None, mean: float | t
     channels = x.shape[2]
     spread = inside.std(axis=0)
     if gain == "common":
-        if np.asarray(std).size > 1:
+        if len(set(np.ravel(std).tolist())) > 1:
             raise ValueError(f"a common gain takes one target std, got {std}")
         spread = np.full(channels, np.sqrt(np.mean(spread ** 2)))
     elif gain != "channel":

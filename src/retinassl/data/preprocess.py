@@ -135,7 +135,7 @@ class PreprocessConfig(BaseModel):
         elif constants != (None, None):
             raise ValueError(f"normalize_mean / normalize_std are used only with normalize "
                              f"'meanstd' (normalize is {self.normalize!r})")
-        if self.color_gain == "common" and isinstance(self.color_target_std, tuple) \
+        if self.color_standardize and self.color_gain == "common" and isinstance(self.color_target_std, tuple) \
                 and len(set(self.color_target_std)) > 1:
             raise ValueError(f"color_gain 'common' scales every channel by one gain: give one "
                              f"color_target_std, got {self.color_target_std}")
@@ -170,8 +170,8 @@ class PreprocessConfig(BaseModel):
             unused.add("clahe_clip")
         if not self.color_standardize:
             unused |= {"color_standardize", "color_target_mean", "color_target_std"}
-        if not self.color_standardize or self.color_gain == "channel":
-            unused.add("color_gain")
+        if not self.color_standardize or self.color_gain == "channel" or self.channels == 1:
+            unused.add("color_gain")  # one channel: both gains are the same map
         if self.color_match == "none":
             unused |= {"color_match", "color_reference"}
         if not self.fov_background:
