@@ -52,7 +52,7 @@ def main() -> None:
     outcomes = []
     for name in args.names or list(BENCHMARKS):
         dataset, extra = BENCHMARKS[name]
-        command = [sys.executable, str(HERE / f"{name}.py"), *extra]
+        command = [sys.executable, f"benchmarks/{name}.py", *extra]  # from the project root, recorded so
         if dataset is not None and not (SHARED_DATA / dataset).is_dir():
             outcomes.append((name, f"skipped: {SHARED_DATA / dataset} is absent", 0.0))
             continue
