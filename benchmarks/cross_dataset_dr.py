@@ -118,6 +118,8 @@ def main() -> None:
                 "Mean AUC over the seeds, then each seed's AUC [95 % DeLong CI of that model]."), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (source, recipe), by_set in scores.items():
+        if not by_set:
+            continue  # not trained at these seeds
         cells = []
         for test_set in TEST_SETS:
             values = by_set.get(test_set)
