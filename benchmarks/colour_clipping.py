@@ -71,10 +71,10 @@ def background_contrast(prepared, settings: dict[str, dict]) -> dict[str, dict[s
                    "ratio": float(np.median(v[1]) / np.median(v[0]))} for name, v in values.items()}
 
 
-def saturated(image: np.ndarray, fov: np.ndarray, std: float, gain: str) -> np.ndarray:
-    """``(H, W)`` bool: pixels that :func:`standardize_color` sends to 0 or 255 in a channel where
-    the stored image was not at 0 or 255 already (clipped, or in rare cases rounded onto the bound)."""
-    out = standardize_color(image, fov, TARGET_MEAN, std, gain)
+def saturated(image: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``(H, W)`` bool: pixels that the standardisation (``image`` -> ``out``) sends to 0 or 255 in a
+    channel where the stored image was not at 0 or 255 already (clipped, or in rare cases rounded
+    onto the bound)."""
     return (((out == 0) | (out == 255)) & (image > 0) & (image < 255)).any(axis=2)
 
 
@@ -100,8 +100,9 @@ def main() -> None:
                                 if (m := entry.mask(column)) is not None}}
         for gain in GAINS:
             for s in stds:
-                clipped = saturated(image, fov, s, gain)
-                peaks[(gain, s)].append(float(standardize_color(image, fov, TARGET_MEAN, s, gain)[fov].max()))
+                out = standardize_color(image, fov, TARGET_MEAN, s, gain)
+                clipped = saturated(image, out)
+                peaks[(gain, s)].append(float(out[fov].max()))
                 for region, mask in masks.items():
                     tally = counts[(gain, s)][region]
                     tally[0] += int((clipped & mask).sum())
