@@ -6,7 +6,8 @@ images x 5 samplings, the cpu budget) and the same external set through `evaluat
 photographs with a DR grade, any DR).
 
 Per learner, recipe and labelled-image count: the validation patch AUC of the weights each cell
-keeps (from the cells' training logs, where the run still has them: what a recipe is chosen on), the
+keeps (the sweep's ``selected_val_*`` rows; for older runs the cells' training logs, where the run
+still has them: what a recipe is chosen on), the
 IDRiD test image AUC and the MX external AUC (mean ± sd over the samplings); per sampling, paired
 DeLong tests on the same images: SSL-GAN vs ConvNet (each recipe) and each recipe vs the first
 (each learner), at every count both have cells for. One recipe's
@@ -54,29 +55,46 @@ def predictions(runs: list[Path], folder: str, learner: str) -> dict[tuple[int, 
     return out
 
 
+VALIDATION_METRICS = ("selected_val_patch_auc", "selected_val_auc")  # the SSL-GAN's, the supervised learners'
+
+
 def validation_auc(runs: list[Path], learner: str, n: int) -> list[float]:
     """Per cell of ``learner`` with ``n`` labelled images, the validation patch AUC of the weights
-    the cell kept: the pass of its ``selected_epoch`` (``train.json``: the SSL-GAN's
-    ``select_on_validation``, the supervised learners' best validation epoch), else its last
-    pass; read from the cell's training log, empty where the logs are gone (an archived run)."""
+    the cell kept (the SSL-GAN's ``select_on_validation``, the supervised learners' best validation
+    epoch): the run's ``selected_val_*`` result row, which archived runs keep too; for a cell of a
+    run made before that row existed, its ``selected_epoch`` pass (else its last) read from the
+    cell's training log, none where the logs are gone."""
     out = []
     for run in runs:
+        recorded: dict[int, float] = {}
+        if (run / "results.csv").is_file():
+            rows = pd.read_csv(run / "results.csv")
+            rows = rows[(rows["method"] == learner) & (rows["n_labelled"] == n)
+                        & rows["metric"].isin(VALIDATION_METRICS)]
+            recorded = {int(r.seed): float(r.value) for r in rows.itertuples()}
         for cell in sorted((run / "cells").glob(f"{learner}-n{n}-s*")):
-            log = cell / "logs" / "csv" / "metrics.csv"
-            if not log.is_file():
-                continue
-            frame = pd.read_csv(log)
-            column = next((c for c in ("val/patch_auc", "val/auc") if c in frame.columns), None)
-            if column is None:
-                continue
-            passes = frame.dropna(subset=[column])
-            record = cell / "train.json"
-            selected = json.loads(record.read_text()).get("selected_epoch") if record.is_file() else None
-            if selected is not None:
-                passes = passes[passes["epoch"] == int(selected)]
-            if len(passes):
-                out.append(float(passes[column].iloc[-1]))
+            seed = int(cell.name.rsplit("-s", 1)[1])
+            if seed not in recorded and (value := _logged_validation_auc(cell)) is not None:
+                recorded[seed] = value
+        out += [recorded[seed] for seed in sorted(recorded)]
     return out
+
+
+def _logged_validation_auc(cell: Path) -> float | None:
+    """A cell's kept validation patch AUC from its training log (runs made before ``selected_val_*``)."""
+    log = cell / "logs" / "csv" / "metrics.csv"
+    if not log.is_file():
+        return None
+    frame = pd.read_csv(log)
+    column = next((c for c in ("val/patch_auc", "val/auc") if c in frame.columns), None)
+    if column is None:
+        return None
+    passes = frame.dropna(subset=[column])
+    record = cell / "train.json"
+    selected = json.loads(record.read_text()).get("selected_epoch") if record.is_file() else None
+    if selected is not None:
+        passes = passes[passes["epoch"] == int(selected)]
+    return float(passes[column].iloc[-1]) if len(passes) else None
 
 
 def at(cells: dict[tuple[int, int], pd.DataFrame], n: int) -> dict[int, pd.DataFrame]:

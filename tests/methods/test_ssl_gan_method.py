@@ -258,9 +258,10 @@ def test_select_on_validation_ends_with_the_best_validation_weights(tmp_path: Pa
         assert final == pytest.approx(logged.max())   # the weights of the best pass, not the last
         epochs = pd.read_csv(tmp_path / "logs" / "csv" / "metrics.csv").dropna(subset=["val/patch_auc"])["epoch"]
         assert info["selected_epoch"] == epochs.loc[logged.idxmax()]
+        assert info["selected_val_patch_auc"] == pytest.approx(final)  # recorded: what the kept weights score
     else:
         assert result.best == {} and final == pytest.approx(logged.iloc[-1])
-        assert "selected_epoch" not in info
+        assert "selected_epoch" not in info and not any(k.startswith("selected_val_") for k in info)
 
 
 def _val_auc(method, val) -> float:

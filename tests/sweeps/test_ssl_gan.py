@@ -66,6 +66,10 @@ def test_smoke_sweep_resumes_only_missing_work(tmp_path: Path, monkeypatch: pyte
     assert set(cells["method"]) == {"ssl-gan", "convnet", "ssl-gan+partB"}
     pairs = results[results["metric"] == "delong_p"]
     assert sorted(pairs["method"]) == ["ssl-gan vs convnet", "ssl-gan+partB vs ssl-gan"]
+    # each cell that kept a validation pass's weights records that pass's score (a recipe is chosen on it)
+    kept = results[results["metric"] == "selected_epoch"]
+    scored = results[results["metric"].isin(["selected_val_patch_auc", "selected_val_auc"])]
+    assert len(kept) and sorted(kept["method"]) == sorted(scored["method"]) and scored["value"].between(0, 1).all()
     assert (run.path / "predictions" / "ssl-gan" / "ssl-gan-n004-s0.csv").is_file()
     assert not list((run.path / "cells").glob("*/checkpoints"))   # cleaned once evaluated
 

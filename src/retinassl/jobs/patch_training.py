@@ -103,10 +103,14 @@ def _validation(data: PatchData, learner: LearnerConfig, seed: int) -> Dataset |
 
 def training_info(trained: Trained) -> dict[str, float]:
     """What a training reports beside its classifier: seconds, optimizer steps, the epoch of the
-    validation pass whose weights it ended with (``selected_epoch``, 0-based; absent when it kept
-    its last weights) and the method's :meth:`~retinassl.methods.base.Method.health` (for the SSL-GAN,
-    how varied its generator's samples are)."""
-    selected = {"selected_epoch": float(trained.fit.best["epoch"])} if "epoch" in trained.fit.best else {}
+    validation pass whose weights it ended with (``selected_epoch``, 0-based) and that pass's
+    validation metrics (``selected_val_<metric>``, e.g. the SSL-GAN's ``selected_val_patch_auc``,
+    the supervised learners' ``selected_val_auc``: what a recipe is chosen on; both absent when it
+    kept its last weights), and the method's :meth:`~retinassl.methods.base.Method.health` (for the
+    SSL-GAN, how varied its generator's samples are)."""
+    best = trained.fit.best
+    selected = {"selected_epoch": float(best["epoch"]),
+                **{f"selected_val_{k}": float(v) for k, v in best.items() if k != "epoch"}} if "epoch" in best else {}
     return {"train_seconds": trained.fit.seconds, "train_steps": float(trained.fit.batches),
             **selected, **trained.method.health()}
 
