@@ -3,7 +3,9 @@
 :func:`fit` trains any :class:`~retinassl.methods.base.Method` on a map-style dataset. What it adds:
 
 - **Speed defaults on CPU**: channels-last memory format and bf16 autocast where the processor
-  supports it (``precision: auto``); float32 is one setting away (``precision: 32``).
+  supports it (``precision: auto``); float32 is one setting away (``precision: 32``). The precision
+  a run trains with is recorded in its ``run.json`` (``precision``), and a resumed ``auto`` run keeps
+  it on another machine: a CPU with bf16 and one without train different models from one seed.
 - **Resumable, pickle-free checkpoints** every N steps: Lightning's checkpoint (weights, optimizer
   and loop state, the position in the epoch) is stored as safetensors + JSON
   (:mod:`retinassl.io.tree`). A run killed at any point resumes with ``resume=True`` and, in
@@ -44,6 +46,28 @@ from retinassl.engine.module import LitMethod
 log = logging.getLogger(__name__)
 
 
+PRECISION_KEY = "precision"  # run.json: the Lightning precision a run trains with
+
+
+def run_precision(config: EngineConfig, recorded: str | None) -> str:
+    """The precision of a run: float32 when ``deterministic``; for a resumed run with ``precision:
+    auto``, the one it started with (``recorded``), so that its parts compute alike on machines with
+    and without bf16; else :func:`resolve_precision`. An explicit precision that differs from the
+    recorded one is used, with a warning."""
+    if config.deterministic:
+        return "32-true"
+    chosen = resolve_precision(config.precision, config.accelerator)
+    if recorded and recorded != chosen:
+        gpu = config.accelerator in ("gpu", "cuda") and torch.cuda.is_available()
+        if config.precision == "auto" and not (gpu and recorded == "bf16-mixed" and not torch.cuda.is_bf16_supported()):
+            log.info("precision %s: the precision this run started with (engine.precision=auto), so that the "
+                     "resumed part computes as the first did", recorded)
+            return recorded
+        log.warning("this run started with precision %s and resumes with %s (engine.precision=%s): its parts "
+                    "compute differently", recorded, chosen, config.precision)
+    return chosen
+
+
 def resolve_precision(precision: str, accelerator: str) -> str:
     """Lightning precision string for a config value (``auto`` picks bf16 where supported)."""
     if precision == "32":
@@ -66,6 +90,7 @@ class FitResult:
     seconds: float
     best: dict[str, float]
     history: Path | None
+    precision: str = "32-true"  # the Lightning precision it trained with (``run.json``: ``precision``)
 
 
 # -- entry point -----------------------------------------------------------------------------------
@@ -99,10 +124,11 @@ def fit(method: Method, train: Dataset, *, config: EngineConfig, run: RunDir, se
 
     from retinassl.engine.threads import THREADS_KEY, apply_threads, sharing_processes
 
-    threads = apply_threads(config.num_threads, run.status().get(THREADS_KEY) if resume else None,
-                            sharing_processes(config.devices))
+    recorded = run.status() if resume else {}
+    threads = apply_threads(config.num_threads, recorded.get(THREADS_KEY), sharing_processes(config.devices))
+    precision = run_precision(config, recorded.get(PRECISION_KEY))
     if os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0":
-        run.update_status(**{THREADS_KEY: threads})
+        run.update_status(**{THREADS_KEY: threads, PRECISION_KEY: precision})
     for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         # Lightning's start-up chatter (tips, "GPU available: False") is not for our users
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
@@ -115,7 +141,6 @@ def fit(method: Method, train: Dataset, *, config: EngineConfig, run: RunDir, se
     if val is not None and len(val) > 0:  # type: ignore[arg-type]
         val_loader = DataLoader(val, batch_size=config.batch_size, shuffle=False,
                                 num_workers=num_workers, collate_fn=collate_fn)
-    precision = "32-true" if config.deterministic else resolve_precision(config.precision, config.accelerator)
     channels_last = config.channels_last is True or (config.channels_last == "auto" and _is_convolutional(method))
     checkpoint_dir = run.checkpoints
     batches_per_epoch = max(1, len(loader))
@@ -169,7 +194,7 @@ def fit(method: Method, train: Dataset, *, config: EngineConfig, run: RunDir, se
     method.to(memory_format=torch.contiguous_format)
     history = run.logs / "csv" / "metrics.csv"
     return FitResult(method, module.batches_done, seconds, module.best,
-                     history if history.is_file() else None)
+                     history if history.is_file() else None, precision)
 
 
 def _legacy_best_weights(module: Any, checkpoint_dir: Path) -> None:

@@ -297,7 +297,8 @@ def run_pretrain(config: PretrainConfig, run: RunDir, resume: bool = False,
                  config=config.model_dump(mode="json"),
                  data_fingerprint=prepared.manifest.fingerprint(),
                  extra={"init": initial.kind, "init_source": config.model.init,
-                        "pool_size": len(dataset), "batches": result.batches, **published_meta(config.model),
+                        "pool_size": len(dataset), "batches": result.batches, "precision": result.precision,
+                        **published_meta(config.model),
                         # content fingerprints of the pool: evaluations warn when they test on these
                         PRETRAINING_KEY: pretraining_record(prepared.manifest,
                                                             content_digests(prepared.manifest))})

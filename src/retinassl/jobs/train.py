@@ -156,7 +156,8 @@ def run_train(config: TrainConfig, run: RunDir, resume: bool = False,
     save_encoder(run.encoder_dir, method.encoder, arch=arch,
                  kwargs=kwargs, preprocess=config.preprocess.model_dump(),
                  method=name, config=config.model_dump(mode="json"),
-                 data_fingerprint=prepared.manifest.subset(splits.train).fingerprint())
+                 data_fingerprint=prepared.manifest.subset(splits.train).fingerprint(),
+                 extra={"precision": result.precision})  # bf16 and float32 train different models
     metrics = evaluate_test(method, prepared, splits, config, run)
     save_trained_classifier(method, arch, kwargs, prepared, splits, config, run.path / "classifier",
                             classifier)
