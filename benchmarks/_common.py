@@ -22,8 +22,11 @@ SHARED_DATA = Path(os.environ.get("RETINASSL_SHARED_DATA", ROOT.parent / "shared
 
 
 def machine() -> dict:
+    from retinassl.hardware import cpu_supports_bf16
+
+    # bf16: what engine.precision=auto trains in on this CPU (a CPU without it trains other models)
     return {"python": platform.python_version(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "cpu_bf16": cpu_supports_bf16(),
             "load_average": os.getloadavg(), "platform": platform.platform(),
             "date": _dt.datetime.now().isoformat(timespec="seconds")}
 
@@ -48,7 +51,8 @@ def write_results(name: str, data: dict, table_md: str) -> None:
             "machine": machine(), **data}
     write_text(RESULTS / f"{name}.json", json.dumps(data, indent=2, default=float))
     header = (f"# {name}\n\nCommand: `{data['command']}`  \nMachine: {data['machine']['platform']}, "
-              f"torch {data['machine']['torch']}, {data['machine']['threads']} threads, load average "
+              f"torch {data['machine']['torch']}, {data['machine']['threads']} threads, "
+              f"{'bf16' if data['machine'].get('cpu_bf16') else 'no bf16'} CPU, load average "
               f"at start {tuple(round(x, 1) for x in data['machine']['load_average'])}, "
               f"{data['machine']['date']}\n\n")
     write_text(RESULTS / f"{name}.md", header + table_md + "\n" + (f"\n{notes.rstrip()}\n" if notes else ""))
