@@ -72,7 +72,7 @@ def validation_auc(runs: list[Path], learner: str, n: int) -> list[float]:
             rows = rows[(rows["method"] == learner) & (rows["n_labelled"] == n)
                         & rows["metric"].isin(VALIDATION_METRICS)]
             recorded = {int(r.seed): float(r.value) for r in rows.itertuples()}
-        for cell in sorted((run / "cells").glob(f"{learner}-n{n}-s*")):
+        for cell in sorted((run / "cells").glob(f"{learner}-n{n:03d}-s*")):  # the sweep's cell_name
             seed = int(cell.name.rsplit("-s", 1)[1])
             if seed not in recorded and (value := _logged_validation_auc(cell)) is not None:
                 recorded[seed] = value

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -29,17 +30,31 @@ def test_auto_follows_the_machine_until_a_run_has_started(no_bf16, monkeypatch: 
     assert engine_fit.run_precision(auto, "32-true") == "32-true"   # started without bf16: stays float32
 
 
-def test_a_resumed_auto_run_keeps_the_precision_it_started_with(no_bf16, caplog) -> None:
+def test_a_resumed_auto_run_keeps_the_precision_it_started_with(no_bf16, caplog, monkeypatch) -> None:
     with caplog.at_level(logging.INFO, logger="retinassl.engine.fit"):
         assert engine_fit.run_precision(EngineConfig(precision="auto"), "bf16-mixed") == "bf16-mixed"
+    assert "emulates it" in caplog.text                      # no bf16 on this CPU: kept, said to be slower
+    caplog.clear()
+    monkeypatch.setattr(engine_fit, "cpu_supports_bf16", lambda: True)
+    with caplog.at_level(logging.INFO, logger="retinassl.engine.fit"):
+        assert engine_fit.run_precision(EngineConfig(precision="auto"), "32-true") == "32-true"
     assert "the precision this run started with" in caplog.text
 
 
-def test_an_explicit_precision_wins_with_a_warning_and_deterministic_is_float32(no_bf16, caplog) -> None:
+def test_a_precision_this_device_cannot_run_is_not_kept(no_bf16, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="retinassl.engine.fit"):   # a GPU's fp16 run resumed on a CPU
+        assert engine_fit.run_precision(EngineConfig(precision="auto", accelerator="cpu"), "16-mixed") == "32-true"
+    assert "cannot run" in caplog.text
+
+
+def test_an_explicit_precision_or_deterministic_wins_with_a_warning(no_bf16, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="retinassl.engine.fit"):
         assert engine_fit.run_precision(EngineConfig(precision="32"), "bf16-mixed") == "32-true"
     assert "compute differently" in caplog.text
-    assert engine_fit.run_precision(EngineConfig(precision="bf16", deterministic=True), "bf16-mixed") == "32-true"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="retinassl.engine.fit"):
+        assert engine_fit.run_precision(EngineConfig(precision="auto", deterministic=True), "bf16-mixed") == "32-true"
+    assert "deterministic" in caplog.text and "compute differently" in caplog.text
 
 
 class Toy(torch.utils.data.Dataset):
@@ -77,3 +92,8 @@ def test_fit_records_its_precision_and_a_resumed_run_on_a_machine_without_bf16_k
     resumed = engine_fit.fit(_method(), Toy(), config=config.model_copy(update={"max_epochs": 2}), run=run, seed=1,
                              resume=True)
     assert resumed.precision == "bf16-mixed" and json.loads((run.path / "run.json").read_text())["precision"] == "bf16-mixed"
+
+    # asked to resume but no checkpoint is left: it starts from the beginning, in this machine's precision
+    shutil.rmtree(run.checkpoints)
+    again = engine_fit.fit(_method(), Toy(), config=config, run=run, seed=1, resume=True)
+    assert again.precision == "32-true" and run.status()["precision"] == "32-true"

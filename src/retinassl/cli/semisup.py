@@ -28,7 +28,7 @@ def train(config: str = typer.Argument(None, help="A YAML config or preset (e.g.
     overrides = list(overrides or []) + (["learner.model.allow_pickle=true"] if allow_pickle else [])
     cfg, run = open_run(SemisupTrainConfig, config, overrides, resume, runs_dir, skip_bad, data_root=data_root)
     metrics, report = run_job(run, lambda: run_semisup_train(cfg, run, resume=resume is not None))
-    typer.echo("test: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    _echo_metrics(metrics)
     typer.echo(f"report: {report}")
 
 
@@ -40,7 +40,7 @@ def evaluate(run_dir: Path = typer.Argument(..., help="A `retinassl semisup trai
 
     run, cfg = load_run_config(run_dir)
     metrics = evaluate_run(cfg, run)
-    typer.echo("test: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    _echo_metrics(metrics)
     typer.echo(f"report: {build_report(run)}")
 
 
@@ -63,3 +63,15 @@ def heatmap(image: Path = typer.Argument(..., help="A fundus image file."),
     path, probs, score = heatmap_image(image, checkpoint, out, mask)
     typer.echo(f"image score: {score:.3f} ({probs.size} patches)")
     typer.echo(f"heatmap: {path}")
+
+
+def _echo_metrics(metrics: dict[str, float]) -> None:
+    """The test metrics on one line, the training's bookkeeping (seconds, steps, the validation pass it
+    kept) on another: a validation AUC is not a test AUC."""
+    from retinassl.report.tables import BOOKKEEPING
+
+    test = {k: v for k, v in metrics.items() if not BOOKKEEPING.match(k)}
+    training = {k: v for k, v in metrics.items() if BOOKKEEPING.match(k)}
+    typer.echo("test: " + ", ".join(f"{k}={v:.4g}" for k, v in test.items()))
+    if training:
+        typer.echo("training: " + ", ".join(f"{k}={v:.4g}" for k, v in training.items()))

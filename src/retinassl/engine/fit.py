@@ -50,22 +50,33 @@ PRECISION_KEY = "precision"  # run.json: the Lightning precision a run trains wi
 
 
 def run_precision(config: EngineConfig, recorded: str | None) -> str:
-    """The precision of a run: float32 when ``deterministic``; for a resumed run with ``precision:
-    auto``, the one it started with (``recorded``), so that its parts compute alike on machines with
-    and without bf16; else :func:`resolve_precision`. An explicit precision that differs from the
-    recorded one is used, with a warning."""
-    if config.deterministic:
-        return "32-true"
-    chosen = resolve_precision(config.precision, config.accelerator)
-    if recorded and recorded != chosen:
-        gpu = config.accelerator in ("gpu", "cuda") and torch.cuda.is_available()
-        if config.precision == "auto" and not (gpu and recorded == "bf16-mixed" and not torch.cuda.is_bf16_supported()):
-            log.info("precision %s: the precision this run started with (engine.precision=auto), so that the "
-                     "resumed part computes as the first did", recorded)
-            return recorded
-        log.warning("this run started with precision %s and resumes with %s (engine.precision=%s): its parts "
-                    "compute differently", recorded, chosen, config.precision)
-    return chosen
+    """The precision of a run: float32 when ``deterministic``; for a run resumed from a checkpoint with
+    ``precision: auto``, the one it started with (``recorded``), so that its parts compute alike on
+    machines with and without bf16 (where this device can run it: a GPU's ``16-mixed`` is not kept on
+    a CPU, nor bf16 on a GPU without it); else :func:`resolve_precision`. An explicit precision, or
+    ``deterministic``, that differs from the recorded one is used, with a warning."""
+    chosen = "32-true" if config.deterministic else resolve_precision(config.precision, config.accelerator)
+    if not recorded or recorded == chosen:
+        return chosen
+    if config.precision != "auto" or config.deterministic:
+        log.warning("this run started with precision %s and resumes with %s (engine.precision=%s%s): its parts "
+                    "compute differently", recorded, chosen, config.precision,
+                    ", deterministic" if config.deterministic else "")
+        return chosen
+    gpu = config.accelerator in ("gpu", "cuda") and torch.cuda.is_available()
+    runnable = {"32-true", "16-mixed", *(["bf16-mixed"] if torch.cuda.is_bf16_supported() else [])} if gpu \
+        else {"32-true", "bf16-mixed"}
+    if recorded not in runnable:
+        log.warning("this run started with precision %s, which this device cannot run: it resumes with %s, and "
+                    "its parts compute differently", recorded, chosen)
+        return chosen
+    if recorded == "bf16-mixed" and not gpu and not cpu_supports_bf16():
+        log.warning("this run started with precision bf16-mixed on a CPU with bf16; this CPU has none, so the "
+                    "resumed part emulates it (slower; the last bits may differ from the first part)")
+    else:
+        log.info("precision %s: the precision this run started with (engine.precision=auto), so that the "
+                 "resumed part computes as the first did", recorded)
+    return recorded
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -126,7 +137,11 @@ def fit(method: Method, train: Dataset, *, config: EngineConfig, run: RunDir, se
 
     recorded = run.status() if resume else {}
     threads = apply_threads(config.num_threads, recorded.get(THREADS_KEY), sharing_processes(config.devices))
-    precision = run_precision(config, recorded.get(PRECISION_KEY))
+    ckpt_path = latest_checkpoint(run.checkpoints) if resume else None
+    if resume and ckpt_path is None:
+        log.warning("no checkpoint in %s: starting from the beginning", run.checkpoints)
+    # a run that starts again from the beginning keeps nothing of its first attempt: it takes this machine's precision
+    precision = run_precision(config, recorded.get(PRECISION_KEY) if ckpt_path is not None else None)
     if os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0":
         run.update_status(**{THREADS_KEY: threads, PRECISION_KEY: precision})
     for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
@@ -145,11 +160,6 @@ def fit(method: Method, train: Dataset, *, config: EngineConfig, run: RunDir, se
     checkpoint_dir = run.checkpoints
     batches_per_epoch = max(1, len(loader))
     module = LitMethod(method, config, seed, loader, channels_last, checkpoint_dir)
-    ckpt_path = None
-    if resume:
-        ckpt_path = latest_checkpoint(checkpoint_dir)
-        if ckpt_path is None:
-            log.warning("no checkpoint in %s: starting from the beginning", checkpoint_dir)
     loggers = [KeepingCSVLogger(run.logs, name="", version="csv", flush_logs_every_n_steps=1), TensorBoardLogger(run.logs, name="",
                                                                              version="tensorboard")]
     strategy = config.strategy

@@ -16,9 +16,10 @@ from retinassl.io.results import read_results
 from retinassl.io.rundir import RunDir
 from retinassl.report.sections import number, table_html
 
-# counts, timings, steps and chosen hyper-parameters: in the raw table only
+# counts, timings, steps, chosen hyper-parameters and the validation pass a training kept
+# (selected_epoch, selected_val_*): in the raw table only
 BOOKKEEPING = re.compile(r"^(n|n_.*|n\[.*\]|.*seconds.*|.*_batches|.*_steps|steps|C|best_epoch|val_size|"
-                         r"feature_dim|extracted_images|pool_size|skipped|delong_z|.*_per_image)$")
+                         r"feature_dim|extracted_images|pool_size|skipped|delong_z|.*_per_image|selected_.*)$")
 # the bounds of a metric's 95 % interval, as the jobs name them (vessels: _ci_low/_ci_high, external: _lo/_hi)
 BOUNDS = (("_ci_low", "_ci_high"), ("_lo", "_hi"))
 _BOUND = re.compile(r"_(ci_low|ci_high|lo|hi)$")
