@@ -35,6 +35,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 
+from retinassl.io.results import read_results  # noqa: E402
 from retinassl.metrics.classification import roc_auc  # noqa: E402
 from retinassl.metrics.stats import delong_test, significant_by_sign  # noqa: E402
 
@@ -68,7 +69,7 @@ def validation_auc(runs: list[Path], learner: str, n: int) -> list[float]:
     for run in runs:
         recorded: dict[int, float] = {}
         if (run / "results.csv").is_file():
-            rows = pd.read_csv(run / "results.csv")
+            rows = read_results(run / "results.csv")
             rows = rows[(rows["method"] == learner) & (rows["n_labelled"] == n)
                         & rows["metric"].isin(VALIDATION_METRICS)]
             recorded = {int(r.seed): float(r.value) for r in rows.itertuples()}

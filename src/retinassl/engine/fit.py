@@ -71,8 +71,8 @@ def run_precision(config: EngineConfig, recorded: str | None) -> str:
                     "its parts compute differently", recorded, chosen)
         return chosen
     if recorded == "bf16-mixed" and not gpu and not cpu_supports_bf16():
-        log.warning("this run started with precision bf16-mixed on a CPU with bf16; this CPU has none, so the "
-                    "resumed part emulates it (slower; the last bits may differ from the first part)")
+        log.warning("this run started with precision bf16-mixed; this CPU has no bf16, so the resumed part "
+                    "emulates it (slower; the last bits may differ from the first part)")
     else:
         log.info("precision %s: the precision this run started with (engine.precision=auto), so that the "
                  "resumed part computes as the first did", recorded)
@@ -101,7 +101,7 @@ class FitResult:
     seconds: float
     best: dict[str, float]
     history: Path | None
-    precision: str = "32-true"  # the Lightning precision it trained with (``run.json``: ``precision``)
+    precision: str  # the Lightning precision it trained with (``run.json``: ``precision``)
 
 
 # -- entry point -----------------------------------------------------------------------------------
