@@ -117,7 +117,9 @@ def manifest_ids(path: Path) -> "pd.DataFrame | None":  # noqa: F821
 def pretraining_costs(run, config, results) -> dict:
     """Per pretrained initialisation of a transfer sweep: its recorded metrics, the images its
     pretraining used (its own manifest: an init's splits/label select rows of the pool), the batch,
-    images seen, 2-core minutes and images/s (optimizer steps x batch / seconds)."""
+    images seen, 2-core minutes and images/s (optimizer steps x batch / seconds). An init pretrained
+    with several seeds (``pretrain_seeds``): steps and minutes summed over its pretrainings
+    (``pretrainings``), the other metrics those of the kept seed."""
     import math
 
     import pandas as pd
@@ -125,7 +127,14 @@ def pretraining_costs(run, config, results) -> dict:
     pre = results[results["protocol"] == "pretrain"]
     out = {}
     for init, g in pre.groupby("init"):
-        values = dict(zip(g["metric"], g["value"].astype(float)))
+        kept = g[(g["metric"] == "selected") & (g["value"].astype(float) == 1.0)]["seed"]
+        own = g[g["seed"].isin(kept)] if len(kept) else g
+        values = dict(zip(own["metric"], own["value"].astype(float)))
+        values.pop("selected", None)
+        for metric in ("pretrain_seconds", "pretrain_batches"):  # each seed's run once (its last record)
+            per_seed = g[g["metric"] == metric].groupby("seed")["value"].last().astype(float)
+            values[metric] = float(per_seed.sum()) if len(per_seed) else math.nan
+        values["pretrainings"] = float(max(1, g[g["metric"] == "pretrain_seconds"]["seed"].nunique()))
         spec = next((i for i in config.inits if i.name == init), None)
         batch = config.pretrain_engine.batch_size
         if spec is not None:
@@ -187,6 +196,9 @@ def add_study_arguments(parser) -> None:
     parser.add_argument("--steps", action="append", default=[], metavar="INIT=N",
                         help="pretraining optimizer steps of one initialisation (its pretrain.engine.max_steps; "
                              "its max_epochs raised so that the steps, not the epochs, end it)")
+    parser.add_argument("--pretrain-seeds", action="append", default=[], metavar="INIT=S,S,...",
+                        help="pretrain INIT once per seed and keep the encoder a probe prefers on held-out training "
+                             "patients (its pretrain_seeds)")
     parser.add_argument("--init-from", action="append", default=[], metavar="INIT=DIR",
                         help="use this encoder directory (e.g. an earlier run's pretrain/<init>/encoder) for INIT "
                              "instead of pretraining it; an INIT the preset does not have is added when --inits "
@@ -197,11 +209,13 @@ def add_study_arguments(parser) -> None:
                         help="write the tables of --resume without running (the comparison table recomputed)")
 
 
-def study_config(data: dict, budget_name: str, inits: str | None = None, steps=(), init_from=(), sets=()):
+def study_config(data: dict, budget_name: str, inits: str | None = None, steps=(), init_from=(), sets=(),
+                 pretrain_seeds=()):
     """A transfer preset's ``data`` (read, data roots resolved) at its ``budget_name`` budget with a
     study's command-line changes: ``init_from`` (``INIT=DIR``: a given encoder instead of pretraining;
     an INIT the budget lacks is added when ``inits`` names it too), ``inits`` (comma-separated names to keep), ``steps`` (``INIT=N``
-    pretraining steps) and ``sets`` (``KEY=VALUE`` overrides after the budget, as YAML)."""
+    pretraining steps), ``pretrain_seeds`` (``INIT=S,S,...``: its ``pretrain_seeds``) and ``sets`` (``KEY=VALUE``
+    overrides after the budget, as YAML)."""
     import yaml
 
     from retinassl.io.saved_model import is_saved_model
@@ -244,6 +258,15 @@ def study_config(data: dict, budget_name: str, inits: str | None = None, steps=(
         engine = spec["pretrain"].setdefault("engine", {})
         engine["max_steps"] = int(n)
         engine["max_epochs"] = max(int(engine.get("max_epochs", 1)), int(n))  # the steps bound it, not the epochs
+    for item in pretrain_seeds:
+        init, _, seeds = item.partition("=")
+        spec = next((i for i in holder["inits"] if i["name"] == init and i.get("pretrain")), None)
+        if spec is None:
+            raise SystemExit(f"--pretrain-seeds: {init!r} is not a pretrained initialisation of this run")
+        try:
+            spec["pretrain_seeds"] = [int(x) for x in seeds.split(",")]
+        except ValueError:
+            raise SystemExit(f"--pretrain-seeds {item!r}: expected INIT=S,S,... with integer seeds") from None
     for item in sets:
         key, _, value = item.partition("=")
         target = budget

@@ -238,7 +238,7 @@ def main() -> None:
         return
     data = with_shared_data_root(read_yaml(PRESET))
     data["pool"]["data"][0]["options"]["csv"] = str(pairs_csv)
-    config = study_config(data, args.budget, args.inits, args.steps, args.init_from, args.set)
+    config = study_config(data, args.budget, args.inits, args.steps, args.init_from, args.set, args.pretrain_seeds)
     name = PRESET if args.budget == "cpu" else f"{PRESET}-{args.budget}"
     out = results_name(args, name.replace("-", "_"))  # checked before the run, not after it
     run, seconds = run_study(config, args, name)

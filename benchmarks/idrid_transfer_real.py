@@ -104,9 +104,15 @@ def summary(run: RunDir, config, seconds: float) -> tuple[dict, str]:
                   "|---|---|---|---|---|---|---|---|"]
     for init, p in pretrain.items():
         method = p.get("method", "?")
+        if p.get("pretrainings", 1) > 1:  # pretrain_seeds: the cost of every seed's run; the rest the kept one's
+            init = f"{init} ({p['pretrainings']:.0f} seeds)"
         loss = next((v for k, v in p.items() if k.startswith("final_") and k.endswith("loss")), math.nan)
         lines.append(f"| {init} | {method} | {p.get('images_used', math.nan):.0f} | {p.get('pretrain_batches', 0):.0f} | "
                      f"{p['batch_size']} | {p['two_core_minutes']:.1f} | {p['images_per_s']:.1f} | {loss:.3f} |")
+    selection = selection_table(run)
+    if selection:
+        data["pretrain_selection"] = selection[0]
+        lines += ["", selection[1]]
     tuning = tuning_table(run)
     if tuning:
         data["tuning"] = tuning[0]
@@ -117,6 +123,25 @@ def summary(run: RunDir, config, seconds: float) -> tuple[dict, str]:
                   f"Intervals (the comparison's `interval` column): {' / '.join(methods) or 'none'}.", "",
                   (run.path / "comparison.md").read_text()]
     return data, "\n".join(lines)
+
+
+def selection_table(run: RunDir) -> tuple[list, str] | None:
+    """The pretraining seed kept per init on held-out training patients (``data/pretrain-selection-<init>.json``)."""
+    from retinassl.sweeps.transfer_inits import selection_records
+
+    records = selection_records(run)
+    if not records:
+        return None
+    first = records[0]
+    lines = [f"Pretraining seeds (`pretrain_seeds`): each init pretrained once per seed; kept (**bold**, used by every "
+             f"cell) the encoder whose linear probe scores best on {first['val_fraction']:.0%} of the training patients "
+             f"held out ({first['task']} {first['metric']}, mean of {first['selection_seeds']} held-out splits).", "",
+             "| init | validation score per pretraining seed |", "|---|---|"]
+    for r in records:
+        cells = [(f"**seed {c['seed']}: {c['mean']:.3f}**" if c["seed"] == r["chosen"] else f"seed {c['seed']}: "
+                  f"{c['mean']:.3f}") for c in r["candidates"]]
+        lines.append(f"| {r['init']} | " + ", ".join(cells) + " |")
+    return records, "\n".join(lines)
 
 
 def tuning_table(run: RunDir) -> tuple[list, str] | None:
@@ -173,9 +198,10 @@ def targets(comparison: pd.DataFrame, reference: str) -> str:
     return "\n".join(lines)
 
 
-def study_config(budget_name: str, inits: str | None = None, steps=(), init_from=(), sets=()):
+def study_config(budget_name: str, inits: str | None = None, steps=(), init_from=(), sets=(), pretrain_seeds=()):
     """The preset at ``budget_name`` with a study's changes (:func:`_common.study_config`)."""
-    return shared_study_config(with_shared_data_root(read_yaml(PRESET)), budget_name, inits, steps, init_from, sets)
+    return shared_study_config(with_shared_data_root(read_yaml(PRESET)), budget_name, inits, steps, init_from, sets,
+                               pretrain_seeds)
 
 
 def main() -> None:
@@ -188,7 +214,7 @@ def main() -> None:
     from retinassl.logs import setup_logging
 
     setup_logging(logging.INFO)
-    config = study_config(args.budget, args.inits, args.steps, args.init_from, args.set)
+    config = study_config(args.budget, args.inits, args.steps, args.init_from, args.set, args.pretrain_seeds)
     name = PRESET if args.budget == "cpu" else f"{PRESET}-{args.budget}"
     out = results_name(args, name.replace("-", "_"))  # checked before the run, not after it
     run, seconds = run_study(config, args, name)

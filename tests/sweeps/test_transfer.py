@@ -450,3 +450,103 @@ def check_carried_runs(config, carried, tmp_path: Path) -> None:
     assert len(rows[rows["metric"] == "n_test"]) == 4
     kept = after.iloc[:len(rows)]
     pd.testing.assert_frame_equal(kept.reset_index(drop=True), rows.reset_index(drop=True))
+
+
+def _seeds_config(tiny_root: Path, tmp_path: Path, **init) -> dict:
+    step = {"method": {"name": "rotation"},
+            "engine": {"max_steps": 1, "batch_size": 4, "checkpoint_every_n_steps": -1, "precision": "32"}}
+    pool = {"data": [{"source": "manifest", "manifest": str(tiny_root / "data" / "manifest.csv")}],
+            "detect_duplicates": False}
+    inits = [{"name": "scratch"}, {"name": "rot", "pretrain": step, "pretrain_seeds": [0, 1, 2], **init}]
+    return _config(tiny_root, tmp_path / "enc", inits=inits, pool=pool, fractions=[1.0], seeds=[0],
+                   protocols=["probe"], explain={"tsne": False, "gradcam": 0})
+
+
+def test_pretrain_seeds_config_checks(tiny_root: Path, tmp_path: Path) -> None:
+    from retinassl.errors import ConfigError
+
+    for bad, match in (({"pretrain_seeds": [0, 0]}, "distinct seeds"),
+                       ({"pool": "train"}, "pool 'train' has trained on"),
+                       ({"pretrain": {"method": {"name": "rotation"}, "seed": 3}}, "without its own 'seed'")):
+        with pytest.raises(ConfigError, match=match):
+            resolve_config(_seeds_config(tiny_root, tmp_path, **bad), None)
+    with pytest.raises(ConfigError, match="pretrain_seeds"):  # nothing to pretrain
+        resolve_config(_config(tiny_root, tmp_path / "enc",
+                               inits=[{"name": "scratch"}, {"name": "x", "pretrain_seeds": [0, 1]}]), None)
+
+
+@pytest.mark.slow
+def test_pretrain_seeds_keep_the_encoder_that_validation_prefers(tiny_root: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pretrain_seeds``: one pretraining per seed (each with its seed), each encoder scored by a probe on
+    training patients held out (never a test image, never a patient on both sides), the best kept as the
+    init's encoder and recorded; a resumed sweep neither pretrains nor chooses again."""
+    from retinassl.jobs import pretrain as pretrain_module
+    from retinassl.models.initialize import same_weights, weights_identity
+    from retinassl.sweeps import transfer_inits
+    from retinassl.sweeps.transfer_inits import selection_records
+
+    config = resolve_config(_seeds_config(tiny_root, tmp_path), None)
+    seeds_run: list[int] = []
+    real_pretrain = pretrain_module.run_pretrain
+
+    def recording(cfg, run, **kwargs):
+        seeds_run.append(cfg.seed)
+        return real_pretrain(cfg, run, **kwargs)
+
+    holdouts: list[tuple[np.ndarray, np.ndarray]] = []
+    real_holdout = transfer_inits.training_holdout
+
+    def holdout(*args, **kwargs):
+        holdouts.append(real_holdout(*args, **kwargs))
+        return holdouts[-1]
+
+    real_scores = transfer_inits.TransferInits.selection_scores
+    scored: dict[str, list[float]] = {}
+
+    def scores(self, encoder_dir, task):  # the real probe scores, then seed 1 made the best by a margin
+        values = real_scores(self, encoder_dir, task)
+        scored[Path(encoder_dir).parent.name] = values
+        return [v + (1.0 if Path(encoder_dir).parent.name == "seed-1" else 0.0) for v in values]
+
+    monkeypatch.setattr(pretrain_module, "run_pretrain", recording)
+    monkeypatch.setattr(transfer_inits, "training_holdout", holdout)
+    monkeypatch.setattr(transfer_inits.TransferInits, "selection_scores", scores)
+    run = RunDir.create(tmp_path / "runs", "seeds")
+    run_transfer(config, run)
+
+    assert seeds_run == [0, 1, 2]
+    folder = run.path / "pretrain" / "rot"
+    identities = {s: weights_identity(str(folder / f"seed-{s}" / "encoder")) for s in (0, 1, 2)}
+    assert not same_weights(identities[0], identities[1])  # each seed its own pretraining
+    assert same_weights(weights_identity(str(folder / "encoder")), identities[1])  # the kept one, copied
+    assert (folder / "manifest.csv").read_bytes() == (folder / "seed-1" / "manifest.csv").read_bytes()
+    # real probe scores of each seed on 5 held-out splits, inside the metric's range
+    assert set(scored) == {"seed-0", "seed-1", "seed-2"}
+    assert all(len(v) == 5 and all(0 <= x <= 1 for x in v) for v in scored.values())
+    manifest = Manifest.load(run.path / "data" / "downstream.csv")
+    frame = manifest.frame
+    test_rows = set(np.flatnonzero(frame["split"].astype(str).to_numpy() == "test"))
+    patients = frame["patient"].astype(str).to_numpy()
+    assert holdouts and len({tuple(v) for _, v in holdouts}) > 1  # different held-out patients per split
+    for fitted, held_out in holdouts:
+        assert not (set(fitted) | set(held_out)) & test_rows
+        assert not set(patients[fitted]) & set(patients[held_out]) - {""}
+        assert not set(fitted) & set(held_out)
+    [record] = selection_records(run)
+    assert record["chosen"] == 1 and [c["seed"] for c in record["candidates"]] == [0, 1, 2]
+    assert record["candidates"][1]["mean"] == pytest.approx(np.mean(scored["seed-1"]) + 1.0)
+    rows = read_results(run.results_file)
+    mine = rows[(rows["init"] == "rot") & (rows["protocol"] == "pretrain")]
+    assert dict(zip(mine[mine["metric"] == "selected"]["seed"], mine[mine["metric"] == "selected"]["value"])) == {
+        0: 0.0, 1: 1.0, 2: 0.0}
+    assert sorted(mine[mine["metric"] == "pretrain_seconds"]["seed"]) == [0, 1, 2]
+    # the cells use the kept encoder; a resumed run pretrains and chooses nothing again
+    grid = TransferGrid(config.model_dump(mode="json"), RunDir.resume(run.path))
+    seeds_run.clear()
+    scored.clear()
+    assert grid.model_of(config.inits[1]).init == str(folder / "encoder")
+    assert seeds_run == [] and scored == {}
+    from retinassl.report.html import build_report
+
+    assert "pretraining seeds chosen on validation data" in build_report(run).read_text()

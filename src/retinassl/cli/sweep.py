@@ -102,6 +102,7 @@ def sweep(preset: str = typer.Argument(None, help="A packaged experiment preset 
         _, report = run_job(run, lambda: table[kind](data, run, budget, resume is not None))
     from retinassl.report.html import build_report
 
-    for record in sorted((run.path / "pretrain").glob("*/run.json")):  # each pretraining's loss curve and figures
+    pretrainings = [*(run.path / "pretrain").glob("*/run.json"), *(run.path / "pretrain").glob("*/seed-*/run.json")]
+    for record in sorted(pretrainings):  # each pretraining's loss curve and figures (pretrain_seeds: each seed's)
         typer.echo(f"pretraining report: {build_report(RunDir(record.parent))}")
     typer.echo(f"report: {report}")

@@ -29,7 +29,8 @@ from retinassl.report.ssl_gan import ssl_gan_section
 from retinassl.report.summary import summary_section
 from retinassl.report.tables import metrics_table_html, raw_results_html
 from retinassl.report.transfer import (gradcam_section, transfer_curves_section, transfer_delong_section,
-                                       transfer_interval_section, transfer_tuning_section, tsne_section)
+                                       transfer_interval_section, transfer_selection_section, transfer_tuning_section,
+                                       tsne_section)
 
 
 def metrics_section(run: RunDir) -> Section | None:
@@ -94,7 +95,8 @@ SECTION_BUILDERS: list[Callable[[RunDir], Section | None]] = [
     transfer_curves_section, roc_section, vessel_section, heatmap_section, reliability_section, misses_section,
     oct_section, tsne_section, gradcam_section, ssl_gan_section, reconstructions_section, training_curves_section,
     # tables
-    transfer_interval_section, transfer_delong_section, transfer_tuning_section, metrics_section, cost_section]
+    transfer_interval_section, transfer_delong_section, transfer_selection_section, transfer_tuning_section,
+    metrics_section, cost_section]
 
 
 def build_report(run: RunDir, title: str | None = None) -> Path:

@@ -19,7 +19,7 @@ from retinassl.report.sections import number, table_html
 # counts, timings, steps, chosen hyper-parameters and the validation pass a training kept
 # (selected_epoch, selected_val_*): in the raw table only
 BOOKKEEPING = re.compile(r"^(n|n_.*|n\[.*\]|.*seconds.*|.*_batches|.*_steps|steps|C|best_epoch|val_size|"
-                         r"feature_dim|extracted_images|pool_size|skipped|delong_z|.*_per_image|selected_.*)$")
+                         r"feature_dim|extracted_images|pool_size|skipped|delong_z|.*_per_image|selected_.*|selection_.*|selected)$")
 # the bounds of a metric's 95 % interval, as the jobs name them (vessels: _ci_low/_ci_high, external: _lo/_hi)
 BOUNDS = (("_ci_low", "_ci_high"), ("_lo", "_hi"))
 _BOUND = re.compile(r"_(ci_low|ci_high|lo|hi)$")

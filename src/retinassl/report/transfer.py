@@ -147,6 +147,30 @@ def transfer_delong_section(run: RunDir):  # -> Section | None
     return Section("Transfer: DeLong p-values vs the reference", f'<p class="note">{note}</p>' + "".join(parts))
 
 
+def transfer_selection_section(run: RunDir):  # -> Section | None
+    """The pretraining seed kept per initialisation on held-out training patients (``pretrain_seeds``;
+    ``data/pretrain-selection-<init>.json``): each seed's validation score."""
+    from retinassl.report.sections import Section, table_html
+    from retinassl.sweeps.transfer_inits import selection_records
+
+    records = selection_records(run)
+    if not records:
+        return None
+    rows = [{"initialisation": r["init"], "pretraining seed": str(c["seed"]),
+             f"validation {r['metric']}": "" if c["mean"] is None or not math.isfinite(c["mean"]) else
+             f"{c['mean']:.3f}", "kept": "yes" if c["seed"] == r["chosen"] else ""}
+            for r in records for c in r["candidates"]]
+    first = records[0]
+    note = (f"An initialisation with several pretraining seeds was pretrained once per seed; the encoder kept (used "
+            f"by every cell above) is the one whose linear probe scored best on training patients held out from "
+            f"the downstream labels ({first['val_fraction']:.0%} of them, stratified; {first['task']}, "
+            f"{first['metric']}, mean of {first['selection_seeds']} held-out splits); no test image is looked at. "
+            f"The spread between seeds is the variation of the pretraining itself.")
+    return Section("Transfer: pretraining seeds chosen on validation data",
+                   f'<p class="note">{html.escape(note)}</p>'
+                   + table_html(pd.DataFrame(rows), text_columns=("initialisation", "pretraining seed", "kept")))
+
+
 def transfer_tuning_section(run: RunDir):  # -> Section | None
     """The fine-tuning settings chosen per initialisation on held-out training patients
     (``finetune_tuning``; ``data/tuning-<init>.json``): each candidate's mean validation score."""

@@ -41,12 +41,18 @@ class InitSpec(Section):
         pool: what ``pretrain`` trains on: ``unlabelled`` (the cleaned pool of ``pool.data``) or
             ``train`` (the cleaned downstream training images with their labels; only with an
             official test split).
+        pretrain_seeds: pretrain once per seed (``pretrain/<name>/seed-<s>``) and keep the encoder
+            whose linear probe scores best on patients held out from the downstream training images
+            (:meth:`~retinassl.sweeps.transfer_inits.TransferInits.selected`): two pretraining runs
+            of one recipe can differ by more than the effects a study measures, so a single run's
+            encoder is one draw. None: one run, seeded by ``pretrain.seed`` or the sweep's seed.
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
     init: str = "scratch"
     pretrain: dict[str, Any] | None = None
     pool: Literal["unlabelled", "train"] = "unlabelled"
+    pretrain_seeds: list[int] | None = Field(None, min_length=1)
 
 
 class PoolConfig(Section):
@@ -202,6 +208,14 @@ class TransferConfig(Section):
         for spec in self.evaluate_on:
             self.evaluated_task(spec)
         names = [i.name for i in self.inits]
+        for spec in self.inits:
+            if spec.pretrain_seeds is not None and (spec.pretrain is None or "seed" in spec.pretrain
+                                                    or len(set(spec.pretrain_seeds)) != len(spec.pretrain_seeds)):
+                raise ConfigError(f"init {spec.name}: pretrain_seeds {spec.pretrain_seeds} needs a 'pretrain' "
+                                  "block without its own 'seed', and distinct seeds")
+            if spec.pretrain_seeds is not None and spec.pool == "train":
+                raise ConfigError(f"init {spec.name}: pretrain_seeds chooses on training patients held out "
+                                  "from the downstream labels, which a pretraining on pool 'train' has trained on")
         for k, spec in enumerate(self.inits):  # a typo must fail now, not after hours of other initialisations
             if spec.init != "scratch" and spec.init in names and (spec.pretrain is None or spec.init not in names[:k]):
                 raise ConfigError(f"init {spec.name}: init {spec.init!r} names an initialisation of this "
@@ -221,6 +235,12 @@ class TransferConfig(Section):
         sweep pretrains itself are made on those inputs."""
         return [(spec.init, self.preprocess, f"init {spec.name}") for spec in self.inits
                 if spec.init != "scratch" and self.init_named(spec.init) is None]
+
+    def choice_task(self) -> TaskSpec:
+        """The task whose primary metric makes the choices made on validation data (fine-tuning
+        settings, pretraining seeds): ``finetune_tuning.task``, else the first task."""
+        name = self.finetune_tuning.task if self.finetune_tuning is not None else None
+        return next(t for t in self.tasks if t.name == (name or self.tasks[0].name))
 
     def init_named(self, name: str) -> InitSpec | None:
         """The initialisation called ``name``, if one is (a two-step init's first step)."""

@@ -14,7 +14,8 @@ from retinassl.data.cache import Cache, PreparedData
 from retinassl.data.leakage import clean_downstream, content_digests
 from retinassl.data.loading import load_manifest
 from retinassl.data.manifest import Manifest
-from retinassl.data.splits import nested_subsets, stratified_kfold
+from retinassl.data.splits import carve_validation, nested_subsets, stratified_kfold
+from retinassl.errors import ConfigError
 from retinassl.io.rundir import RunDir
 from retinassl.metrics.tasks import TaskSpec
 from retinassl.sweeps.transfer_config import TransferConfig
@@ -45,6 +46,30 @@ def evaluation_folds(manifest: Manifest, task: TaskSpec, folds: int, seed: int) 
     strata = task.strata(manifest)[rows]
     groups = manifest.frame["patient"].astype(str).to_numpy()[rows]
     return [(k, rows[tr], rows[te]) for k, (tr, te) in enumerate(stratified_kfold(strata, groups, folds, seed))]
+
+
+def training_holdout(manifest: Manifest, task: TaskSpec, folds: int, split_seed: int, val_fraction: float,
+                     seed: int, purpose: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(fitted, held out)`` rows of the official training images: about ``val_fraction`` of the
+    training patients held out, stratified by ``task``'s classes, never splitting a patient
+    (:func:`~retinassl.data.splits.carve_validation` with ``seed``). What a choice made before any test
+    cell (``purpose``: the fine-tuning settings, a pretraining seed) is scored on; the test images are
+    never among them. Refused without an official test split: with k-fold cross-validation every image
+    is a test image of some fold."""
+    split = evaluation_folds(manifest, task, folds, split_seed)
+    if len(split) > 1:
+        raise ConfigError(f"{purpose} needs a downstream set with a test split: with k-fold "
+                          "cross-validation every image is a test image of some fold, so no choice made "
+                          f"on training images stays clear of the test images (leave {purpose} out)")
+    _, train, _ = split[0]
+    targets = task.targets(manifest)
+    strata = (targets.max(axis=1) if targets.ndim == 2 else targets)[train]
+    groups = manifest.frame["patient"].astype(str).to_numpy()[train]
+    fit_pos, val_pos = carve_validation(strata, groups, val_fraction, seed)
+    if not len(val_pos):
+        raise RuntimeError(f"{purpose}: the training images of task {task.name!r} cannot give a "
+                           "validation split with every class (too few patients per class)")
+    return train[fit_pos], train[val_pos]
 
 
 def label_subsets(manifest: Manifest, task: TaskSpec, train_rows: np.ndarray, fractions: list[float],

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -18,15 +21,32 @@ from retinassl.config import ModelConfig
 from retinassl.data.loading import load_manifest
 from retinassl.data.leakage import clean_pool, content_digests
 from retinassl.data.manifest import Manifest
-from retinassl.errors import ConfigError
+from retinassl.errors import ConfigError, DataError
+from retinassl.jobs.features import extract_features
+from retinassl.jobs.probe import assert_frozen, fit_probe
+from retinassl.metrics.tasks import TaskSpec
 from retinassl.io.results import append_results, read_results, result_row
 from retinassl.io.rundir import RunDir
 from retinassl.io.saved_model import is_saved_model
-from retinassl.models.initialize import same_weights, weights_identity
+from retinassl.models.initialize import same_weights, seeded_initial_encoder, weights_identity
+from retinassl.models.vit_transfer import set_pooling
 from retinassl.sweeps.transfer_config import InitSpec
+from retinassl.sweeps.transfer_data import training_holdout
 
 log = logging.getLogger(__name__)
 ENCODERS_FILE = "encoders.json"
+SELECTION_SEEDS = 5            # held-out splits a pretraining seed is scored on (a probe takes seconds)
+SELECTION_VAL_FRACTION = 0.25  # share of the training patients each holds out (as finetune_tuning's default)
+
+
+def selection_file(run: RunDir, init: str) -> Path:
+    """The record of ``init``'s pretraining-seed choice (``pretrain_seeds``)."""
+    return run.path / "data" / f"pretrain-selection-{init}.json"
+
+
+def selection_records(run: RunDir) -> list[dict]:
+    """Every init's pretraining-seed record of a run: task, metric, each seed's scores, the chosen seed."""
+    return [json.loads(p.read_text()) for p in sorted((run.path / "data").glob("pretrain-selection-*.json"))]
 
 
 class TransferInits:
@@ -74,11 +94,25 @@ class TransferInits:
         return base.model_copy(update={"init": str(self.pretrained(spec))})
 
     def pretrained(self, spec: InitSpec) -> Path:
-        """Run (or reuse, or resume) the pretraining of ``spec``; returns its encoder directory."""
+        """Run (or reuse, or resume) the pretraining of ``spec``; returns its encoder directory
+        (``pretrain/<name>/encoder``). With ``pretrain_seeds``, one pretraining per seed
+        (``pretrain/<name>/seed-<s>``), then the one :meth:`selected` on validation is copied there."""
+        folder = self.run.path / "pretrain" / spec.name
+        encoder_dir = folder / "encoder"
+        if is_saved_model(encoder_dir):
+            return encoder_dir
+        if spec.pretrain_seeds is None:
+            return self._pretrain(spec, folder, None)
+        task = self.config.choice_task()
+        self._holdouts(task)  # refused now (k-fold, too few patients), not after the pretrainings
+        candidates = {seed: self._pretrain(spec, folder / f"seed-{seed}", seed) for seed in spec.pretrain_seeds}
+        return self.selected(spec, candidates, task)
+
+    def _pretrain(self, spec: InitSpec, folder: Path, seed: int | None) -> Path:
+        """One pretraining run of ``spec`` in ``folder`` (``seed``: instead of the configured one)."""
         from retinassl.jobs.pretrain import run_pretrain
 
         config = self.config
-        folder = self.run.path / "pretrain" / spec.name
         encoder_dir = folder / "encoder"
         if is_saved_model(encoder_dir):
             return encoder_dir
@@ -94,6 +128,8 @@ class TransferInits:
             pool = self.pool()
             pool_file = self.data_dir / "pool.csv"
         pretrain_config = config.pretrain_config(spec, pool_file)
+        if seed is not None:
+            pretrain_config = pretrain_config.model_copy(update={"seed": seed, "name": f"{pretrain_config.name}-seed{seed}"})
         first = config.init_named(spec.init)
         if first is None and spec.init != "scratch" and not Path(spec.init).exists():
             raise ConfigError(f"init {spec.name}: init {spec.init!r} is neither 'scratch', an initialisation of this "
@@ -105,9 +141,9 @@ class TransferInits:
             model = pretrain_config.model.model_copy(update={"init": begin})
             pretrain_config = pretrain_config.model_copy(update={"model": model})
         resume = (folder / "run.json").is_file()
-        prun = RunDir.resume(folder) if resume else _new_rundir(folder, f"{config.name}-{spec.name}")
-        log.info("init %s: pretraining %s on %d images%s", spec.name, pretrain_config.method_name,
-                 len(pool), " (resuming)" if resume else "")
+        prun = RunDir.resume(folder) if resume else _new_rundir(folder, pretrain_config.name)
+        log.info("init %s: pretraining %s on %d images%s%s", spec.name, pretrain_config.method_name,
+                 len(pool), "" if seed is None else f", seed {seed}", " (resuming)" if resume else "")
         start = time.perf_counter()
         out = run_pretrain(pretrain_config, prun, resume=resume, manifest=pool)
         prun.update_status(status="finished")
@@ -115,19 +151,86 @@ class TransferInits:
         if prun.results_file.is_file():
             table = read_results(prun.results_file)
             rows = [result_row(experiment=config.name, task="pretrain", method=str(r.method), init=spec.name,
-                               protocol="pretrain", seed=config.seed, metric=str(r.metric), value=float(r.value))
+                               protocol="pretrain", seed=pretrain_config.seed, metric=str(r.metric),
+                               value=float(r.value))
                     for r in table.itertuples()]
         # the images this pretraining used (its own manifest: an init's splits/label select rows)
         used = prun.path / "manifest.csv"
         size = len(Manifest.load(used)) if used.is_file() else len(pool)
         rows.append(result_row(experiment=config.name, task="pretrain", method=pretrain_config.method_name,
-                               init=spec.name, protocol="pretrain", seed=config.seed,
+                               init=spec.name, protocol="pretrain", seed=pretrain_config.seed,
                                metric="pool_size", value=float(size)))
         append_results(self.run.results_file, rows)
         for figure in sorted((prun.report_dir / "figures").glob("reconstructions-*.png")):  # an MAE's, for the report
             write_bytes(self.run.report_dir / "figures" / f"reconstructions-{spec.name}.png", figure.read_bytes())
         log.info("init %s: pretrained in %.0f s", spec.name, time.perf_counter() - start)
         return out
+
+    def _holdouts(self, task: TaskSpec) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The ``(fitted, held-out)`` training rows a pretraining seed is chosen on, one per selection seed."""
+        config = self.config
+        manifest = self.downstream().manifest
+        return [training_holdout(manifest, task, config.folds, config.seed, SELECTION_VAL_FRACTION,
+                                 config.seed + k, "pretrain_seeds") for k in range(SELECTION_SEEDS)]
+
+    def selection_scores(self, encoder_dir: Path, task: TaskSpec) -> list[float]:
+        """The linear probe of ``encoder_dir``'s frozen features (the sweep's ``probe`` settings) fitted
+        on the training images beside the held-out patients and scored on them (``task``'s primary
+        metric), one value per selection seed (:meth:`_holdouts`)."""
+        config = self.config
+        prepared = self.downstream()
+        model = config.model.model_copy(update={"init": str(encoder_dir)})
+        encoder = set_pooling(seeded_initial_encoder(model, config.seed).encoder, config.probe.pooling)
+        with assert_frozen(encoder):
+            features = extract_features(encoder, prepared, config.data.cache_dir).values
+        targets = task.targets(prepared.manifest)
+        classes = task.classes(prepared.manifest)
+        out = []
+        for k, (fitted, held_out) in enumerate(self._holdouts(task)):
+            scores, _ = fit_probe(features[fitted], targets[fitted], features[held_out], task, classes,
+                                  config.probe, config.seed + k)
+            out.append(float(task.metrics(targets[held_out], scores).get(task.primary, math.nan)))
+        return out
+
+    def selected(self, spec: InitSpec, candidates: dict[int, Path], task: TaskSpec) -> Path:
+        """Keep the candidate encoder (pretraining seed -> encoder directory) with the best mean
+        validation score (:meth:`selection_scores`; the earlier seed on a tie, never one scoring NaN):
+        recorded in ``data/pretrain-selection-<name>.json`` and as ``selection_<metric>`` / ``selected``
+        rows (one per seed) of the results, then copied to ``pretrain/<name>/encoder`` (with its
+        pretraining manifest), which every cell uses."""
+        scores = {seed: self.selection_scores(path, task) for seed, path in candidates.items()}
+        means = {seed: float(np.mean(v)) for seed, v in scores.items()}
+        finite = [seed for seed in candidates if math.isfinite(means[seed])]
+        if not finite:
+            raise DataError(f"init {spec.name}: no pretraining seed gave a validation {task.primary} (each "
+                            "held-out split had one class?)", path=self.data_dir)
+        best = max(finite, key=lambda seed: means[seed])  # max keeps the first of equal values
+        record = {"init": spec.name, "task": task.name, "metric": task.primary,
+                  "val_fraction": SELECTION_VAL_FRACTION, "selection_seeds": SELECTION_SEEDS,
+                  "candidates": [{"seed": seed, "scores": scores[seed], "mean": means[seed]} for seed in candidates],
+                  "chosen": best}
+        write_text(selection_file(self.run, spec.name), json.dumps(record, indent=2))
+        done = read_results(self.run.results_file) if self.run.results_file.is_file() else None
+        if done is None or not ((done["init"].astype(str) == spec.name) & (done["metric"] == "selected")).any():
+            method = self.config.pretrain_config(spec, Path("pool.csv")).method_name
+            append_results(self.run.results_file, [
+                result_row(experiment=self.config.name, task="pretrain", method=method, init=spec.name,
+                           protocol="pretrain", seed=seed, metric=metric, value=value)
+                for seed in candidates
+                for metric, value in ((f"selection_{task.primary}", means[seed]), ("selected", float(seed == best)))])
+        log.info("init %s: pretraining seed %d kept (validation %s %s)", spec.name, best, task.primary,
+                 ", ".join(f"seed {seed} {means[seed]:.3f}" for seed in candidates))
+        folder = self.run.path / "pretrain" / spec.name
+        chosen = candidates[best]
+        used = chosen.parent / "manifest.csv"
+        if used.is_file():
+            write_bytes(folder / "manifest.csv", used.read_bytes())
+        staging = folder / ".encoder.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(chosen, staging)
+        os.replace(staging, folder / "encoder")  # atomic: a killed copy leaves no encoder, and is redone
+        return folder / "encoder"
+
 
     def recorded_encoders(self) -> dict[str, str]:
         """``data/encoders.json``: each pretrained init's weights (:func:`weights_identity`)."""
@@ -165,8 +268,8 @@ class TransferInits:
                                       "run's results of it came from (its weights differ from those recorded in "
                                       f"data/{ENCODERS_FILE}); put that one back, or start a new run")
                 continue
-            if any((folder / "checkpoints").glob("*")):
-                continue
+            if any((folder / "checkpoints").glob("*")) or any(folder.glob("seed-*/checkpoints/*")):
+                continue  # resumable (pretrain_seeds: the candidates are, and choosing again is deterministic)
             traces = [what for what, there in [
                 ("rows in results.csv", rows is not None and (rows["init"].astype(str) == spec.name).any()),
                 (f"data/tuning-{spec.name}.json", (self.data_dir / f"tuning-{spec.name}.json").is_file()),

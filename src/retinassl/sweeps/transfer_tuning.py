@@ -32,9 +32,7 @@ import pandas as pd
 from retinassl.atomic import write_text
 from retinassl.config import ModelConfig
 from retinassl.data.cache import PreparedData
-from retinassl.data.splits import carve_validation
 from retinassl.engine.threads import apply_threads, sharing_processes
-from retinassl.errors import ConfigError
 from retinassl.io.archive import RESTORED_FILE
 from retinassl.io.rundir import RunDir
 from retinassl.jobs.finetune import FinetuneConfig, finetune, remove_workdir
@@ -42,7 +40,7 @@ from retinassl.metrics.tasks import TaskSpec
 from retinassl.models.initialize import same_weights, weights_identity
 from retinassl.sweeps.grid import check_unchanged
 from retinassl.sweeps.transfer_config import InitSpec, TransferConfig, tuning_candidates
-from retinassl.sweeps.transfer_data import evaluation_folds, label_subsets
+from retinassl.sweeps.transfer_data import label_subsets, training_holdout
 
 log = logging.getLogger(__name__)
 
@@ -71,40 +69,23 @@ def tuned_finetune(config: TransferConfig, run: RunDir, init: str) -> FinetuneCo
     return config.finetune.model_copy(update=chosen)
 
 
-def tuning_task(config: TransferConfig) -> TaskSpec:
-    name = config.finetune_tuning.task or config.tasks[0].name  # type: ignore[union-attr]
-    return next(t for t in config.tasks if t.name == name)
-
-
 def tuning_rows(prepared: PreparedData, config: TransferConfig, task: TaskSpec,
                 seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(subset, validation)`` rows of one tuning seed, both from the training images of the first
-    fold (the official training split, or fold 0's training part): the held-out patients and a
+    """``(subset, validation)`` rows of one tuning seed, both from the official training images
+    (:func:`~retinassl.sweeps.transfer_data.training_holdout`): the held-out patients and a
     stratified subset of the others as large as a cell's subset at the tuning fraction."""
     tuning = config.finetune_tuning
     manifest = prepared.manifest
-    folds = evaluation_folds(manifest, task, config.folds, config.seed)
-    if len(folds) > 1:  # fold 0's training images are the test images of the other folds
-        raise ConfigError("finetune_tuning needs a downstream set with a test split: with k-fold "
-                          "cross-validation every image is a test image of some fold, so no choice made "
-                          "on training images stays clear of the test images (leave finetune_tuning out)")
-    _, train, _ = folds[0]
-    targets = task.targets(manifest)
-    strata = (targets.max(axis=1) if targets.ndim == 2 else targets)[train]
-    groups = manifest.frame["patient"].astype(str).to_numpy()[train]
-    fit_pos, val_pos = carve_validation(strata, groups, tuning.val_fraction, seed)
-    if not len(val_pos):
-        raise RuntimeError(f"finetune_tuning: the training images of task {task.name!r} cannot give a "
-                           "validation split with every class (too few patients per class)")
-    pool = train[fit_pos]
-    size = max(2, math.ceil(tuning.fraction * len(train)))
+    pool, val = training_holdout(manifest, task, config.folds, config.seed, tuning.val_fraction, seed,
+                                 "finetune_tuning")
+    size = max(2, math.ceil(tuning.fraction * (len(pool) + len(val))))
     if size > len(pool):
         log.warning("finetune_tuning: a cell at fraction %g has %d images, but only %d remain beside the "
                     "held-out patients; the tuning runs use %d (lower fraction or val_fraction to match)",
                     tuning.fraction, size, len(pool), len(pool))
     fraction = min(1.0, size / len(pool))
     subset = label_subsets(manifest, task, pool, [fraction], seed, None)[fraction]
-    return subset, train[val_pos]
+    return subset, val
 
 
 def check_settings(config: TransferConfig, run: RunDir, inits: dict[str, str]) -> None:
@@ -127,7 +108,7 @@ def check_settings(config: TransferConfig, run: RunDir, inits: dict[str, str]) -
                 "finetune": config.finetune.model_dump(mode="json"),
                 "engine": config.engine.result_settings(), "probe": config.probe.model_dump(mode="json"),
                 "preprocess": config.preprocess.model_dump(mode="json"),
-                "seed": config.seed, "folds": config.folds, "tuning_task": tuning_task(config).name,
+                "seed": config.seed, "folds": config.folds, "tuning_task": config.choice_task().name,
                 "inits": inits}
     check_unchanged(run.path / "data" / "tuning.settings.json", settings, "finetune_tuning: this run's tuning",
                     archived=(run.path / RESTORED_FILE).is_file())
@@ -149,7 +130,7 @@ def tune_init(config: TransferConfig, run: RunDir, prepared: PreparedData, spec:
     if out.is_file():
         return json.loads(out.read_text())["chosen"]
     tuning = config.finetune_tuning
-    task = tuning_task(config)
+    task = config.choice_task()
     table = run.path / "data" / "tuning.csv"
     candidates = tuning_candidates(tuning.grid)
     for seed in tuning.seeds:
