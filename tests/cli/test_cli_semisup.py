@@ -29,6 +29,7 @@ def test_train_evaluate_heatmap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     run = next((tmp_path / "runs").iterdir())
     meta = json.loads((run / "classifier" / "model.json").read_text())
     assert meta["kind"] == "patch-classifier" and meta["patch_classifier"]["image_score"] == "tissue"
+    assert meta["precision"] == json.loads((run / "run.json").read_text())["precision"]  # what it trained with
     # the learner's rule reaches the scores: a mean of probabilities, not a sum over 64 cells
     scores = pd.read_csv(next(run.glob("predictions/*-test.csv")))["score"]
     assert ((scores >= 0) & (scores <= 1)).all()

@@ -73,6 +73,7 @@ def test_predict_reproduces_the_training_runs_test_scores(trained: Path, tmp_pat
     assert meta["kind"] == "classifier" and meta["preprocess"]["size"] == 64
     op = meta["operating_point"]                               # chosen on the run's validation images
     assert 0 <= op["threshold"] <= 1 and op["n_val"] > 0 and "ece" in meta["calibration"]
+    assert meta["precision"] == json.loads((trained / "run.json").read_text())["precision"]  # what it trained with
     test = pd.read_csv(next((trained / "predictions").glob("*.csv")))
     manifest = Manifest.load(trained / "manifest.csv")
     rows = manifest.frame["id"].astype(str).isin(test["id"].astype(str)).to_numpy()

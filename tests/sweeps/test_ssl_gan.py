@@ -60,6 +60,11 @@ def test_smoke_sweep_resumes_only_missing_work(tmp_path: Path, monkeypatch: pyte
     trained.clear()
     experiment.run_ssl_gan_experiment(data, RunDir.resume(run.path), "smoke", True)
     assert trained == []                                         # its saved classifier was reused
+    import json
+
+    saved = list(run.path.rglob("classifier/model.json"))
+    assert saved and all(json.loads(f.read_text())["precision"]  # each records what its cell trained with
+                         == json.loads((f.parent.parent / "run.json").read_text())["precision"] for f in saved)
     results = read_results(run.results_file)
     cells = results[results["metric"].isin(["patch_auc", "image_auc", "localisation_auc"])]
     assert len(cells) == 3 * 3 and cells["value"].between(0, 1).all()

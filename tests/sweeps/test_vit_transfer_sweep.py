@@ -59,5 +59,6 @@ def test_transfer_experiment_on_published_vit_weights(tiny_root: Path, tmp_path:
     assert meta["arch"] == "vit" and meta["weights"]["weights"] == "tiny-vit"
     assert meta["preprocess"]["normalize"] == "meanstd" and meta["preprocess"]["normalize_std"] == [0.5] * 3
     assert meta["supervised"]["layer_decay"] == 0.65 and meta["supervised"]["warmup_steps"] == 1
+    assert meta["precision"] == "32-true"  # the engine's precision: "32" (bf16 and float32 train different models)
     figure = run.report_dir / "figures" / "gradcam-published.png"
     assert figure.is_file() and figure.stat().st_size > 1000

@@ -116,6 +116,7 @@ class FinetuneResult:
     steps: int
     seconds: float
     best: dict[str, float]
+    precision: str  # the Lightning precision it trained with (recorded with a saved classifier)
 
 
 def build_classifier(model: ModelConfig, task: TaskSpec, prepared: PreparedData,
@@ -212,7 +213,8 @@ def finetune(model: ModelConfig, prepared: PreparedData, train_rows: Sequence[in
     run.path.mkdir(parents=True, exist_ok=True)
     result = fit(method, train_ds, config=engine, run=run, seed=seed, val=val_ds, resume=resume)
     scores = predict(method, prepared, np.asarray(test_rows, dtype=int))
-    return FinetuneResult(scores, method, fit_rows, val_rows, result.batches, result.seconds, result.best)
+    return FinetuneResult(scores, method, fit_rows, val_rows, result.batches, result.seconds, result.best,
+                          result.precision)
 
 
 # -- saved classifiers (for Grad-CAM) --------------------------------------------------------------

@@ -72,6 +72,7 @@ def run_semisup_train(config: SemisupTrainConfig, run: RunDir, resume: bool = Fa
                             config=config.model_dump(mode="json"),
                             data_fingerprint=data.prepared.manifest.subset(data.train[labelled]).fingerprint(),
                             extra={**validation_operating_point(trained.classifier, data),
+                                   "precision": trained.fit.precision,  # bf16 and float32 train different models
                                    **fov_record(data.prepared, data.train)})  # the scale predict matches
     info = {**training_info(trained), "n_labelled": float(n)}
     write_text(run.path / f"{config.name}-train.json", json.dumps(info))

@@ -160,7 +160,7 @@ def run_train(config: TrainConfig, run: RunDir, resume: bool = False,
                  extra={"precision": result.precision})  # bf16 and float32 train different models
     metrics = evaluate_test(method, prepared, splits, config, run)
     save_trained_classifier(method, arch, kwargs, prepared, splits, config, run.path / "classifier",
-                            classifier)
+                            classifier, precision=result.precision)
     metrics["train_seconds"] = result.seconds
     metrics["train_batches"] = float(result.batches)
     rows = [result_row(experiment=config.name, task=f"{task.kind}:{task.label}", method=name,
@@ -193,11 +193,11 @@ def carve_validation(prepared: PreparedData, splits: Splits, label: str, fractio
 
 def save_trained_classifier(method: Any, arch: str, kwargs: dict[str, Any], prepared: PreparedData,
                             splits: Splits, config: TrainConfig, directory: Path,
-                            classifier: PatchClassifier | None = None) -> Path | None:
+                            classifier: PatchClassifier | None = None, precision: str | None = None) -> Path | None:
     """Save what `retinassl predict` applies to new images: a whole-image binary ``classifier`` or
     (patch tasks) the ``patch-classifier`` ``classifier``, with its operating point (the Youden
     threshold on the validation images, and the threshold reaching 90 % sensitivity) and its
-    validation calibration error."""
+    validation calibration error (and the ``precision`` it trained with, when given)."""
     from retinassl.jobs.finetune import predict, save_classifier
     from retinassl.metrics.classification import expected_calibration_error, operating_point
     from retinassl.metrics.tasks import TaskSpec
@@ -212,6 +212,8 @@ def save_trained_classifier(method: Any, arch: str, kwargs: dict[str, Any], prep
     from retinassl.data.fov_scale import fov_record
 
     extra: dict[str, Any] = fov_record(prepared, splits.train)  # the scale predict matches
+    if precision is not None:
+        extra["precision"] = precision  # bf16 and float32 train different models
     if task.kind == "image":
         scores = predict(method, prepared, val) if len(val) else np.zeros(0)
     else:

@@ -289,7 +289,8 @@ def run_cell(config: SSLGANExperimentConfig, learner: LearnerConfig, data: Patch
         classifier.save(classifier_dir, arch=trained.arch, kwargs=trained.kwargs,
                         method=learner.method_name, preprocess=config.preprocess.model_dump(),
                         config={"learner": learner.model_dump(mode="json"), "n_labelled": n_labelled,
-                                "seed": seed, "unlabelled_pool": use_pool})
+                                "seed": seed, "unlabelled_pool": use_pool},
+                        extra={"precision": trained.fit.precision})
         write_text(info_file, json.dumps(info))
         shutil.rmtree(cell.path / "checkpoints", ignore_errors=True)
     test_bank = data.bank("test", learner.patch_size, 0)

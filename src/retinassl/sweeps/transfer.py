@@ -310,7 +310,7 @@ class TransferGrid(TransferInits, Grid):
         if (task.name == explain_task and cell["fraction"] == max(fractions) and cell["seed"] == seeds[0]
                 and cell["fold"] in (None, 0)):
             initial_meta = _arch_of(model)
-            extra: dict[str, Any] = {"init_name": spec.name, **published_meta(model)}
+            extra: dict[str, Any] = {"init_name": spec.name, "precision": result.precision, **published_meta(model)}
             val = np.asarray(result.val_rows, dtype=int)
             if task.kind == "binary" and len(val):
                 from retinassl.jobs.finetune import predict
