@@ -149,6 +149,13 @@ def pretraining_costs(run, config, results) -> dict:
     return out
 
 
+def pretrained_label(init: str, cost: dict) -> str:
+    """An init's name in a cost table: with its number of pretraining seeds when it had several (the
+    steps and minutes beside it are their sum)."""
+    n = cost.get("pretrainings", 1)
+    return f"{init} ({n:.0f} seeds)" if n > 1 else init
+
+
 def run_study(config, args, name: str):
     """Open a study's run directory (``args.resume``, read only with ``args.summary_only``, or a new
     ``<runs_dir>/<name>-<time>``) and run or complete its sweep; with ``--summary-only`` only its

@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (ROOT, SHARED_DATA, add_study_arguments, pretraining_costs, results_name, run_study,  # noqa: E402
+from _common import (ROOT, SHARED_DATA, add_study_arguments, pretrained_label, pretraining_costs, results_name, run_study,  # noqa: E402
                      study_config, with_shared_data_root, write_results)
 
 from retinassl.atomic import write_text  # noqa: E402
@@ -174,7 +174,8 @@ def summary(run: RunDir, config, seconds: float, pairs: dict) -> tuple[dict, str
              "|---|---|---|---|---|---|---|"]
     for init, p in pretrain.items():
         loss = next((v for k, v in p.items() if k.startswith("final_") and k.endswith("loss")), math.nan)
-        lines.append(f"| {init} | {p['images_used']:.0f} | {p.get('pretrain_batches', 0):.0f} | {p['batch_size']} | "
+        lines.append(f"| {pretrained_label(init, p)} | {p['images_used']:.0f} | {p.get('pretrain_batches', 0):.0f} | "
+                     f"{p['batch_size']} | "
                      f"{p['two_core_minutes']:.1f} | {p['images_per_s']:.1f} | {loss:.3f} |")
     for init, p in pretrain.items():  # a regression init with a held-out share of the eyes
         if "val_mae" in p:

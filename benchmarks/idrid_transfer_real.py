@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (ROOT, add_study_arguments, manifest_ids, pretraining_costs, results_name, run_study,  # noqa: E402
+from _common import (ROOT, add_study_arguments, manifest_ids, pretrained_label, pretraining_costs, results_name, run_study,  # noqa: E402
                      with_shared_data_root, write_results)
 from _common import study_config as shared_study_config  # noqa: E402
 
@@ -104,8 +104,7 @@ def summary(run: RunDir, config, seconds: float) -> tuple[dict, str]:
                   "|---|---|---|---|---|---|---|---|"]
     for init, p in pretrain.items():
         method = p.get("method", "?")
-        if p.get("pretrainings", 1) > 1:  # pretrain_seeds: the cost of every seed's run; the rest the kept one's
-            init = f"{init} ({p['pretrainings']:.0f} seeds)"
+        init = pretrained_label(init, p)  # pretrain_seeds: the cost of every seed's run; the rest the kept one's
         loss = next((v for k, v in p.items() if k.startswith("final_") and k.endswith("loss")), math.nan)
         lines.append(f"| {init} | {method} | {p.get('images_used', math.nan):.0f} | {p.get('pretrain_batches', 0):.0f} | "
                      f"{p['batch_size']} | {p['two_core_minutes']:.1f} | {p['images_per_s']:.1f} | {loss:.3f} |")

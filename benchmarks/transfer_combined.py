@@ -24,7 +24,7 @@ import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, pretraining_costs, write_results  # noqa: E402
+from _common import ROOT, pretrained_label, pretraining_costs, write_results  # noqa: E402
 from idrid_transfer_real import targets  # noqa: E402
 
 from retinassl.io.results import read_results  # noqa: E402
@@ -65,7 +65,8 @@ def main() -> None:
                   "|---|---|---|---|---|---|"]
         for init in [i for i in order if i in costs] + sorted(set(costs) - set(order)):
             c = costs[init]
-            lines.append(f"| {init} | {c.get('method', '?')} | `{c['run']}` | {c.get('images_used', math.nan):.0f} | "
+            lines.append(f"| {pretrained_label(init, c)} | {c.get('method', '?')} | `{c['run']}` | "
+                         f"{c.get('images_used', math.nan):.0f} | "
                          f"{c['two_core_minutes']:.1f} | {c['images_per_s']:.1f} |")
         lines.append("")
     lines += [targets(merged, reference), "", markdown_tables(merged, order)]

@@ -481,6 +481,7 @@ def test_pretrain_seeds_keep_the_encoder_that_validation_prefers(tiny_root: Path
     """``pretrain_seeds``: one pretraining per seed (each with its seed), each encoder scored by a probe on
     training patients held out (never a test image, never a patient on both sides), the best kept as the
     init's encoder and recorded; a resumed sweep neither pretrains nor chooses again."""
+    from retinassl.errors import ConfigError
     from retinassl.jobs import pretrain as pretrain_module
     from retinassl.models.initialize import same_weights, weights_identity
     from retinassl.sweeps import transfer_inits
@@ -541,12 +542,26 @@ def test_pretrain_seeds_keep_the_encoder_that_validation_prefers(tiny_root: Path
     assert dict(zip(mine[mine["metric"] == "selected"]["seed"], mine[mine["metric"] == "selected"]["value"])) == {
         0: 0.0, 1: 1.0, 2: 0.0}
     assert sorted(mine[mine["metric"] == "pretrain_seconds"]["seed"]) == [0, 1, 2]
-    # the cells use the kept encoder; a resumed run pretrains and chooses nothing again
-    grid = TransferGrid(config.model_dump(mode="json"), RunDir.resume(run.path))
+    assert (mine["metric"] == "selection_seconds").sum() == 1
+    # the cells use the kept encoder; a resumed run pretrains and chooses nothing again, also when it was
+    # killed after the choice was recorded and before the kept encoder was copied
+    import shutil
+
+    shutil.rmtree(folder / "encoder")
     seeds_run.clear()
     scored.clear()
-    assert grid.model_of(config.inits[1]).init == str(folder / "encoder")
+    run_transfer(config, RunDir.resume(run.path))
     assert seeds_run == [] and scored == {}
+    assert same_weights(weights_identity(str(folder / "encoder")), identities[1])
+    assert selection_records(run) == [record] and len(read_results(run.results_file)) == len(rows)
+    grid = TransferGrid(config.model_dump(mode="json"), RunDir.resume(run.path))
+    assert grid.model_of(config.inits[1]).init == str(folder / "encoder")
     from retinassl.report.html import build_report
 
-    assert "pretraining seeds chosen on validation data" in build_report(run).read_text()
+    page = build_report(run).read_text()
+    assert "pretraining seeds chosen on validation data" in page and "pretraining seed chosen on validation" in page
+    # other seeds than those the run chose among: refused, not mixed
+    other = resolve_config(_seeds_config(tiny_root, tmp_path, pretrain_seeds=[0, 1]), None)
+    shutil.rmtree(folder / "encoder")
+    with pytest.raises(ConfigError, match=r"pretrain_seeds \[0, 1\], but this run chose among seeds \[0, 1, 2\]"):
+        run_transfer(other, RunDir.resume(run.path))

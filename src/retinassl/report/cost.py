@@ -27,6 +27,8 @@ def _step(protocol: str, method: str, init: str, metric: str) -> str:
     """How a timed step is named: pretraining by method and init; a transfer protocol's cells by init;
     any other step (a learner of a semi-supervised sweep, a single training) by method and init."""
     kind = metric.removesuffix("seconds").removesuffix("_")
+    if kind == "selection":  # pretrain_seeds: the probes that chose among the seeds' encoders
+        return f"pretraining seed chosen on validation ({init})"
     if protocol == "pretrain" or kind == "pretrain":
         return "pretraining " + ", ".join(x for x in (method, init) if x)
     what = KINDS.get(kind, kind.replace("_", " "))

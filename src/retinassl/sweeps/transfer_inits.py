@@ -129,7 +129,8 @@ class TransferInits:
             pool_file = self.data_dir / "pool.csv"
         pretrain_config = config.pretrain_config(spec, pool_file)
         if seed is not None:
-            pretrain_config = pretrain_config.model_copy(update={"seed": seed, "name": f"{pretrain_config.name}-seed{seed}"})
+            pretrain_config = pretrain_config.model_copy(update={"seed": seed,
+                                                                 "name": f"{pretrain_config.name}-seed{seed}"})
         first = config.init_named(spec.init)
         if first is None and spec.init != "scratch" and not Path(spec.init).exists():
             raise ConfigError(f"init {spec.name}: init {spec.init!r} is neither 'scratch', an initialisation of this "
@@ -161,8 +162,8 @@ class TransferInits:
                                init=spec.name, protocol="pretrain", seed=pretrain_config.seed,
                                metric="pool_size", value=float(size)))
         append_results(self.run.results_file, rows)
-        for figure in sorted((prun.report_dir / "figures").glob("reconstructions-*.png")):  # an MAE's, for the report
-            write_bytes(self.run.report_dir / "figures" / f"reconstructions-{spec.name}.png", figure.read_bytes())
+        if seed is None:  # pretrain_seeds: the kept seed's, once chosen
+            self._copy_figures(spec, prun.path)
         log.info("init %s: pretrained in %.0f s", spec.name, time.perf_counter() - start)
         return out
 
@@ -197,40 +198,55 @@ class TransferInits:
         validation score (:meth:`selection_scores`; the earlier seed on a tie, never one scoring NaN):
         recorded in ``data/pretrain-selection-<name>.json`` and as ``selection_<metric>`` / ``selected``
         rows (one per seed) of the results, then copied to ``pretrain/<name>/encoder`` (with its
-        pretraining manifest), which every cell uses."""
-        scores = {seed: self.selection_scores(path, task) for seed, path in candidates.items()}
-        means = {seed: float(np.mean(v)) for seed, v in scores.items()}
-        finite = [seed for seed in candidates if math.isfinite(means[seed])]
-        if not finite:
-            raise DataError(f"init {spec.name}: no pretraining seed gave a validation {task.primary} (each "
-                            "held-out split had one class?)", path=self.data_dir)
-        best = max(finite, key=lambda seed: means[seed])  # max keeps the first of equal values
-        record = {"init": spec.name, "task": task.name, "metric": task.primary,
-                  "val_fraction": SELECTION_VAL_FRACTION, "selection_seeds": SELECTION_SEEDS,
-                  "candidates": [{"seed": seed, "scores": scores[seed], "mean": means[seed]} for seed in candidates],
-                  "chosen": best}
-        write_text(selection_file(self.run, spec.name), json.dumps(record, indent=2))
-        done = read_results(self.run.results_file) if self.run.results_file.is_file() else None
-        if done is None or not ((done["init"].astype(str) == spec.name) & (done["metric"] == "selected")).any():
+        pretraining manifest and figures), which every cell uses. A run killed after the choice was
+        recorded copies the recorded choice: it is not made again."""
+        record_path = selection_file(self.run, spec.name)
+        record = json.loads(record_path.read_text()) if record_path.is_file() else None
+        if record is None:
+            start = time.perf_counter()
+            scores = {seed: self.selection_scores(path, task) for seed, path in candidates.items()}
+            means = {seed: float(np.mean(v)) for seed, v in scores.items()}
+            finite = [seed for seed in candidates if math.isfinite(means[seed])]
+            if not finite:
+                raise DataError(f"init {spec.name}: no pretraining seed gave a validation {task.primary} (a "
+                                "held-out split with one class?)", path=self.data_dir)
+            best = max(finite, key=lambda seed: means[seed])  # max keeps the first of equal values
             method = self.config.pretrain_config(spec, Path("pool.csv")).method_name
-            append_results(self.run.results_file, [
-                result_row(experiment=self.config.name, task="pretrain", method=method, init=spec.name,
-                           protocol="pretrain", seed=seed, metric=metric, value=value)
-                for seed in candidates
-                for metric, value in ((f"selection_{task.primary}", means[seed]), ("selected", float(seed == best)))])
-        log.info("init %s: pretraining seed %d kept (validation %s %s)", spec.name, best, task.primary,
-                 ", ".join(f"seed {seed} {means[seed]:.3f}" for seed in candidates))
+            rows = [result_row(experiment=self.config.name, task="pretrain", method=method, init=spec.name,
+                               protocol="pretrain", seed=seed, metric=metric, value=value)
+                    for seed in candidates
+                    for metric, value in ((f"selection_{task.primary}", means[seed]), ("selected", float(seed == best)))]
+            rows.append(result_row(experiment=self.config.name, task="pretrain", method="selection", init=spec.name,
+                                   protocol="pretrain", seed=self.config.seed, metric="selection_seconds",
+                                   value=time.perf_counter() - start))
+            record = {"init": spec.name, "task": task.name, "metric": task.primary,
+                      "val_fraction": SELECTION_VAL_FRACTION, "selection_seeds": SELECTION_SEEDS,
+                      "candidates": [{"seed": seed, "scores": scores[seed], "mean": means[seed]}
+                                     for seed in candidates], "chosen": best}
+            append_results(self.run.results_file, rows)  # rows, then the record: a kill between them redoes both
+            write_text(record_path, json.dumps(record, indent=2))
+        elif [c["seed"] for c in record["candidates"]] != list(candidates):
+            raise ConfigError(f"init {spec.name}: pretrain_seeds {list(candidates)}, but this run chose among seeds "
+                              f"{[c['seed'] for c in record['candidates']]} ({record_path}); start a new run")
+        best = int(record["chosen"])
+        log.info("init %s: pretraining seed %d kept (validation %s %s)", spec.name, best, record["metric"],
+                 ", ".join(f"seed {c['seed']} {c['mean']:.3f}" for c in record["candidates"]))
         folder = self.run.path / "pretrain" / spec.name
         chosen = candidates[best]
-        used = chosen.parent / "manifest.csv"
-        if used.is_file():
-            write_bytes(folder / "manifest.csv", used.read_bytes())
+        if (chosen.parent / "manifest.csv").is_file():
+            write_bytes(folder / "manifest.csv", (chosen.parent / "manifest.csv").read_bytes())
+        self._copy_figures(spec, chosen.parent)
         staging = folder / ".encoder.partial"
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(chosen, staging)
-        os.replace(staging, folder / "encoder")  # atomic: a killed copy leaves no encoder, and is redone
+        shutil.rmtree(folder / "encoder", ignore_errors=True)  # an incomplete one (not a saved model)
+        os.replace(staging, folder / "encoder")  # a killed copy leaves no encoder, and is redone
         return folder / "encoder"
 
+    def _copy_figures(self, spec: InitSpec, pretraining: Path) -> None:
+        """A pretraining's own figures (an MAE's reconstructions) into the sweep's report."""
+        for figure in sorted((pretraining / "report" / "figures").glob("reconstructions-*.png")):
+            write_bytes(self.run.report_dir / "figures" / f"reconstructions-{spec.name}.png", figure.read_bytes())
 
     def recorded_encoders(self) -> dict[str, str]:
         """``data/encoders.json``: each pretrained init's weights (:func:`weights_identity`)."""
@@ -268,8 +284,11 @@ class TransferInits:
                                       "run's results of it came from (its weights differ from those recorded in "
                                       f"data/{ENCODERS_FILE}); put that one back, or start a new run")
                 continue
-            if any((folder / "checkpoints").glob("*")) or any(folder.glob("seed-*/checkpoints/*")):
-                continue  # resumable (pretrain_seeds: the candidates are, and choosing again is deterministic)
+            if spec.pretrain_seeds is None and any(folder.glob("seed-*/run.json")):
+                raise ConfigError(f"init {spec.name}: {folder} holds pretrainings of several seeds, but the init "
+                                  "has no pretrain_seeds now; give the same pretrain_seeds, or start a new run")
+            if any((folder / "checkpoints").glob("*")) or any(folder.glob("seed-*/run.json")):
+                continue  # resumable (pretrain_seeds: its seeds' runs, then the recorded choice)
             traces = [what for what, there in [
                 ("rows in results.csv", rows is not None and (rows["init"].astype(str) == spec.name).any()),
                 (f"data/tuning-{spec.name}.json", (self.data_dir / f"tuning-{spec.name}.json").is_file()),
