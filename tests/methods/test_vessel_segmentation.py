@@ -163,6 +163,11 @@ def test_smoke_training_on_synthetic_vessels(tmp_path: Path) -> None:
     probs = sorted((run.predictions / "synthetic").glob("*-prob.png"))
     assert probs and len(probs) == len(list((run.predictions / "synthetic").glob("*-vessels.png")))
     segmenter = load_segmenter(run.path)
+    import json
+
+    trained_with = json.loads((run.path / "run.json").read_text())["precision"]  # bf16 and float32 differ
+    assert json.loads((run.path / "segmenter" / "model.json").read_text())["precision"] == trained_with
+    assert json.loads((run.encoder_dir / "model.json").read_text())["precision"] == trained_with
     from retinassl.jobs.segment import run_segment_evaluate
     from retinassl.jobs.segment_config import EvalDatasetConfig
 

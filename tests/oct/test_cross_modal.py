@@ -132,6 +132,10 @@ def test_three_stage_run_leaves_an_encoder(paired_dataset, tmp_path, tiny_layer_
     assert metrics["target_mae_um_vs_manifest"] < 25
     encoder, meta = load_encoder(run.encoder_dir)
     assert meta["method"] == "cross-modal" and meta["preprocess"]["size"] == 48
+    import json
+
+    trained_with = json.loads((run.path / "run.json").read_text())["precision"]
+    assert meta["precision"] == trained_with == json.loads((run.path / "regressor" / "model.json").read_text())["precision"]
     assert encoder(torch.zeros(1, 3, 48, 48)).shape == (1, 32)
     assert list(run.report_dir.glob("figures/crossmodal-*.png"))
     # the whole regressor is saved: `predict` writes each photograph's thickness map in micrometres,

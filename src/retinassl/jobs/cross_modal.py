@@ -206,13 +206,14 @@ def run_cross_modal(config: CrossModalRunConfig, run: RunDir, resume: bool = Fal
                  preprocess=preprocess.model_dump(), method=name,
                  config=config.model_dump(mode="json"),
                  data_fingerprint=prepared.manifest.subset(train_rows).fingerprint(),
-                 extra={"input": config.input, "maps": config.maps, "pairs": len(train_rows)})
+                 extra={"input": config.input, "maps": config.maps, "pairs": len(train_rows),
+                        "precision": result.precision})
     # the whole regressor (encoder, decoder, mean-map prior), for `retinassl predict`
     save_model(run.path / "regressor", "cross-modal", module_state(method), {
         **encoder_meta(method.encoder, arch=initial.arch, kwargs=initial.kwargs,
                        preprocess=preprocess.model_dump(mode="json"), method=name,
                        config=config.model_dump(mode="json")),
-        "cross_modal": method.config.model_dump(mode="json"), "input": config.input})
+        "cross_modal": method.config.model_dump(mode="json"), "input": config.input, "precision": result.precision})
     metrics: dict[str, float] = {"train_seconds": result.seconds, "train_batches": float(result.batches),
                                  "maps_failing_quality": float(len(dataset.failed))}
     eval_rows = test_rows if len(test_rows) else val_rows

@@ -176,11 +176,13 @@ def run_segment_train(config: SegmentConfig, run: RunDir, resume: bool = False) 
     method = trained.method
     save_segmenter(run.path / "segmenter", method, trained.encoder_info, config,
                    {"train_ids": [str(prepared.manifest.frame.at[int(r), "id"]) for r in trained.rows],
+                    "precision": trained.fit.precision,  # bf16 and float32 train different models
                     **fov_record(prepared, trained.rows)})  # the scale predict/evaluate match
     save_encoder(run.encoder_dir, method.encoder, arch=trained.encoder_info["arch"],
                  kwargs=trained.encoder_info["kwargs"], preprocess=config.preprocess.model_dump(mode="json"),
                  method="segmentation", config=config.model_dump(mode="json"),
-                 data_fingerprint=prepared.manifest.subset(trained.rows).fingerprint())
+                 data_fingerprint=prepared.manifest.subset(trained.rows).fingerprint(),
+                 extra={"precision": trained.fit.precision})
     model = method.unet().eval()
     protocol = "finetune" if config.train.freeze_encoder_epochs == 0 else \
         f"freeze{config.train.freeze_encoder_epochs}+finetune"
