@@ -163,6 +163,8 @@ def test_adapt_job_end_to_end_and_resume(tmp_path, tiny_volumes, tiny_layer_mode
         assert np.isfinite(summary[when]["real"]["mad_px"])
         assert np.isfinite(summary[when]["synthetic"]["error_um_all"])
     assert read_model(full.path / "layer-model").meta["adapted_on_bscans"] == c["train_pseudo_labels"]
+    assert read_model(full.path / "layer-model").meta["precision"] == full.status()["precision"]  # what it trained with
+    assert read_model(tiny_layer_model[0]).meta["precision"] == "32-true"  # the trained one too (engine precision 32)
     # no file name, id or patient group reaches the run directory
     for path in full.path.rglob("*"):
         if path.is_file() and path.suffix in (".json", ".yaml", ".csv", ".txt"):

@@ -368,7 +368,7 @@ def run_adapt_layers(config: AdaptLayersConfig, run: RunDir, manifest: Manifest 
               "groups": len(set(groups)), "flag_counts": {f: sum(f in r.split(";") for r in reasons)
                                                           for f in sorted({x for r in reasons for x in r.split(";") if x})}}
     adapted.save(run.path / "layer-model", extra={"adapted_from": str(config.model),
-                                                  "adapted_on_bscans": len(train_use)})
+                                                  "adapted_on_bscans": len(train_use), "precision": result.precision})
     after = {"real": agreement(adapted, val_b, val_r), "synthetic": synthetic_error(adapted, synthetic)}
     log.info("after adaptation: %s", after)
     if config.figure_bscans:

@@ -207,7 +207,7 @@ def run_train_layers(config: LayerTrainConfig, run: RunDir,
     model = LayerModel(method.network(), boundaries, size, config.model.arch,
                        dict(config.model.kwargs), method.config.decoder_channels)
     model.save(run.path / "layer-model", extra={"train_bscans": len(train_set),
-                                                "train_volumes": len(train_idx)})
+                                                "train_volumes": len(train_idx), "precision": result.precision})
     metrics = evaluate_layers(model, [volumes[i] for i in val_idx])
     undefined = undefined_warning(metrics)
     if undefined:
