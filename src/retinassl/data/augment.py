@@ -28,12 +28,20 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> tor
 def dihedral(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One of the 8 flips/90-degree rotations per sample."""
     codes = torch.randint(0, 8, (x.shape[0],), generator=generator).tolist()
-    out = []
-    for sample, code in zip(x, codes):
-        if code & 4:
-            sample = sample.flip(-1)
-        out.append(torch.rot90(sample, code % 4, dims=(-2, -1)))
-    return torch.stack(out)
+    return torch.stack([dihedral_view(sample, code) for sample, code in zip(x, codes)])
+
+
+def dihedral_view(x: torch.Tensor, code: int) -> torch.Tensor:
+    """The batch under one of the 8 flips/90-degree rotations (``code`` 0-7, as :func:`dihedral`
+    draws them: bit 4 flips left-right, ``code % 4`` quarter turns; 0 is the identity, 2 a half turn)."""
+    if code & 4:
+        x = x.flip(-1)
+    return torch.rot90(x, code % 4, dims=(-2, -1))
+
+
+TEST_TIME_VIEWS = {"none": (0,), "flips": (0, 4, 6, 2), "dihedral": tuple(range(8))}
+"""The views a test-time augmentation averages over: ``flips`` the identity, the left-right and
+up-down flips (4, 6) and the half turn (2); ``dihedral`` all 8."""
 
 
 def random_affine(x: torch.Tensor, generator: torch.Generator, degrees: float = 180.0,

@@ -60,6 +60,8 @@ class FinetuneConfig(Section):
             layer_decay ** (d + 1)``, the final norm and head at ``lr`` (see
             :mod:`retinassl.models.vit_transfer`).
         augment: ``none``, ``dihedral`` or ``affine`` (see the ``supervised`` method).
+        tta: test-time augmentation of the scores: ``none``, ``flips`` or ``dihedral`` (the
+            ``supervised`` method's; recorded with a saved classifier, so ``retinassl predict`` applies it).
         dropout: dropout before the head.
         epochs: passes over the fitted rows.
         min_steps: at least this many optimizer steps, whatever the subset size.
@@ -86,6 +88,7 @@ class FinetuneConfig(Section):
     warmup_steps: int | None = Field(None, ge=0)
     layer_decay: float | None = Field(None, gt=0, le=1)
     augment: Literal["none", "dihedral", "affine"] = "dihedral"
+    tta: Literal["none", "flips", "dihedral"] = "none"
     dropout: float = Field(0.0, ge=0, lt=1)
     epochs: int = Field(20, ge=1)
     min_steps: int = Field(30, ge=1)
@@ -124,7 +127,7 @@ def build_classifier(model: ModelConfig, task: TaskSpec, prepared: PreparedData,
     """The ``supervised`` method around the initial encoder of ``model``; scratch weights and the
     head's initialisation are drawn from ``seed`` (not from the global RNG state)."""
     params = {**task.supervised_params(prepared.manifest), "lr": config.lr,
-              "weight_decay": config.weight_decay, "augment": config.augment,
+              "weight_decay": config.weight_decay, "augment": config.augment, "tta": config.tta,
               "dropout": config.dropout, "schedule": "cosine", "pos_weight": pos_weight,
               "warmup_steps": config.warmup_steps, "layer_decay": config.layer_decay,
               "batch_norm": config.batch_norm_mode()}

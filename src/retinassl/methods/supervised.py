@@ -79,6 +79,12 @@ class SupervisedConfig(Section):
             loss (binary task; used when batches carry bags, see the module docstring).
         target_mean, target_std: ``regression``: the training targets' mean and standard deviation
             (set by the job from the fitted rows); the head predicts ``(y - mean) / std``.
+        tta: test-time augmentation of :meth:`Supervised.scores` (what evaluations and ``retinassl
+            predict`` use; training and its validation are not affected): ``none``, ``flips`` (the mean
+            score over the image, its two mirror images and its half turn) or ``dihedral`` (over all 8
+            flips and quarter turns; :data:`~retinassl.data.augment.TEST_TIME_VIEWS`). A fundus photograph
+            has no preferred orientation once the training augmentation turns it; averaging the views
+            removes what remains of the network's orientation dependence, at 4x or 8x the inference cost.
     """
 
     task: Literal["binary", "multiclass", "multilabel", "regression"] = "binary"
@@ -98,6 +104,7 @@ class SupervisedConfig(Section):
     bag_weight: NonNegativeFloat = 1.0
     target_mean: float = 0.0
     target_std: float = Field(1.0, gt=0)
+    tta: Literal["none", "flips", "dihedral"] = "none"
 
 
 @register_method
@@ -140,7 +147,13 @@ class Supervised(Method):
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Probabilities: ``(B,)`` for binary, ``(B, K)`` for multiclass/multilabel; for regression the
-        value ``(B,)`` in the target's units."""
+        value ``(B,)`` in the target's units; with ``tta`` their mean over the views."""
+        views = augment.TEST_TIME_VIEWS[self.config.tta]
+        if len(views) == 1:
+            return self._scores(x)
+        return torch.stack([self._scores(augment.dihedral_view(x, code)).float() for code in views]).mean(0)
+
+    def _scores(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.forward(x)
         if self.config.task == "regression":
             return self.in_units(logits)
