@@ -215,7 +215,8 @@ class TransferInits:
             rows = [result_row(experiment=self.config.name, task="pretrain", method=method, init=spec.name,
                                protocol="pretrain", seed=seed, metric=metric, value=value)
                     for seed in candidates
-                    for metric, value in ((f"selection_{task.primary}", means[seed]), ("selected", float(seed == best)))]
+                    for metric, value in ((f"selection_{task.primary}", means[seed]),
+                                          ("selected", float(seed == best)))]
             rows.append(result_row(experiment=self.config.name, task="pretrain", method="selection", init=spec.name,
                                    protocol="pretrain", seed=self.config.seed, metric="selection_seconds",
                                    value=time.perf_counter() - start))
