@@ -64,3 +64,26 @@ def test_a_saved_classifier_keeps_its_tta(tmp_path: Path) -> None:
     x = _images()
     with torch.no_grad():
         assert loaded.config.tta == "dihedral" and torch.allclose(loaded.scores(x), method.scores(x), atol=1e-6)
+
+
+def test_fine_tuning_passes_it_on_and_patch_classifiers_refuse_it(tiny_prepared) -> None:
+    """``finetune: {tta: ...}`` reaches the method it builds; a patch classifier (which keeps the encoder and
+    head only, scoring each patch once) refuses a tta it would silently ignore, before anything trains."""
+    from retinassl.config import ModelConfig, validate
+    from retinassl.errors import ConfigError
+    from retinassl.jobs.finetune import FinetuneConfig, build_classifier
+    from retinassl.jobs.patch_config import LearnerConfig
+    from retinassl.jobs.train import TrainConfig
+    from retinassl.metrics.tasks import TaskSpec
+
+    task = TaskSpec(name="referable", kind="binary", label="dr_grade", positive_from=2)
+    method, _ = build_classifier(ModelConfig(arch="convnet", kwargs={"width": 4}), task, tiny_prepared,
+                                 FinetuneConfig(tta="flips"), seed=0)
+    assert method.config.tta == "flips"
+    with pytest.raises(ConfigError, match="tta='flips': test-time augmentation applies to whole-image"):
+        validate(LearnerConfig, {"method": {"name": "supervised", "tta": "flips"}}, origin="learner")
+    with pytest.raises(ConfigError, match="tta='dihedral'"):
+        validate(TrainConfig, {"task": {"kind": "patch"}, "method": {"name": "supervised", "tta": "dihedral"}},
+                 origin="train")
+    validate(TrainConfig, {"task": {"kind": "image"}, "method": {"name": "supervised", "tta": "dihedral"}},
+             origin="train")

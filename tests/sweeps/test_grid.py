@@ -85,3 +85,16 @@ def test_paths_an_archive_replaced_match_only_in_a_restored_run(tmp_path: Path, 
                         {"data": {"options": {"labels": str(tmp_path / "root" / "other.csv")}}}, "run", archived=True)
     with pytest.raises(ConfigError, match="data changed"):              # an ordinary value is still compared
         check_unchanged(recorded("labels.csv"), {"data": {"options": {"labels": "other.csv"}}}, "run", archived=True)
+
+
+def test_a_field_added_later_is_accepted_only_at_its_default(tmp_path: Path) -> None:
+    """A run recorded before a field existed ran at the field's default in effect: resumed with another value
+    (e.g. fine-tuning's test-time augmentation), its done cells would be mixed with cells of the new setting."""
+    path = tmp_path / "grid.settings.json"
+    check_unchanged(path, {"finetune": {"lr": 0.001}}, "run")  # written before `tta` existed
+    defaults = {"finetune": {"lr": 0.0003, "tta": "none"}}
+    with pytest.raises(ConfigError, match="finetune changed"):
+        check_unchanged(path, {"finetune": {"lr": 0.001, "tta": "dihedral"}}, "run", defaults=defaults)
+    check_unchanged(path, {"finetune": {"lr": 0.001, "tta": "none"}}, "run", defaults=defaults)
+    assert json.loads(path.read_text())["finetune"] == {"lr": 0.001, "tta": "none"}  # recorded from now on
+    check_unchanged(path, {"finetune": {"lr": 0.001, "tta": "none", "new": 1}}, "run", defaults=defaults)  # no default known

@@ -106,6 +106,13 @@ class LearnerConfig(Section):
     def method_name(self) -> str:
         return str(self.method.get("name", ""))
 
+    @model_validator(mode="after")
+    def _check_tta(self) -> LearnerConfig:
+        if self.method.get("tta", "none") != "none":  # a patch classifier keeps the encoder and head only
+            raise ValueError(f"method.tta={self.method['tta']!r}: test-time augmentation applies to whole-image "
+                              "classifiers; a patch classifier scores each patch once (leave tta at none)")
+        return self
+
 
 class SemisupTrainConfig(Section):
     """One patch-classifier training (``retinassl semisup train CONFIG``).

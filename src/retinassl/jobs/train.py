@@ -95,6 +95,9 @@ class TrainConfig(Section):
     @model_validator(mode="after")
     def _check_augmentation_inputs(self) -> TrainConfig:
         check_acquisition_inputs(self.method, self.preprocess, "method", self.model.weights)
+        if self.task.kind == "patch" and self.method.get("tta", "none") != "none":
+            raise ValueError(f"method.tta={self.method['tta']!r}: test-time augmentation applies to whole-image "
+                             "classifiers (task.kind: image); a patch classifier scores each patch once")
         return self
 
 

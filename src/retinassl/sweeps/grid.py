@@ -103,6 +103,12 @@ class Grid:
         Settings that only add cells (more seeds, fractions, inits) belong in the key, not here."""
         return None
 
+    def setting_defaults(self) -> dict[str, Any]:
+        """The default value of settings fields added after a record may have been written (same
+        nesting as :meth:`settings`): a field the record lacks is accepted only at its default, since
+        the recorded run ran without it (:func:`check_unchanged`)."""
+        return {}
+
     def settings_not_used_yet(self) -> set[str]:
         """Keys of :meth:`settings` that no done cell depends on yet (recorded anew on a resume;
         default: all of them while no cell is done, so a first run that failed before any cell can
@@ -181,13 +187,19 @@ def data_settings(data: Any) -> dict[str, Any]:
     return out
 
 
-def _differs(recorded: Any, now: Any, accepted: list[str] | None = None, key: str = "") -> bool:
+def _differs(recorded: Any, now: Any, accepted: list[str] | None = None, key: str = "",
+             defaults: Any = None) -> bool:
     """Whether a recorded setting differs from the current one; in mappings only the keys both have
-    are compared (a config field added after the record was written, a task not run this time).
+    are compared (a config field added after the record was written, a task not run this time),
+    except that a key ``defaults`` (the same nesting) gives a default for must be at that default
+    when the record lacks it (the recorded run ran without the field: at its default in effect).
     With ``accepted`` (a run restored from an archive), a path the archive replaced by a stand-in
     matches the current path (:func:`_same_archived_path`) and its key is added to ``accepted``."""
     if isinstance(recorded, dict) and isinstance(now, dict):
-        return any([_differs(recorded[k], now[k], accepted, f"{key}.{k}" if key else str(k))
+        defaults = defaults if isinstance(defaults, dict) else {}
+        if any(k in defaults and now[k] != defaults[k] for k in now.keys() - recorded.keys()):
+            return True
+        return any([_differs(recorded[k], now[k], accepted, f"{key}.{k}" if key else str(k), defaults.get(k))
                     for k in sorted(recorded.keys() & now.keys())])
     if isinstance(recorded, list) and isinstance(now, list) and len(recorded) == len(now):
         return any([_differs(r, n, accepted, f"{key}.{i}") for i, (r, n) in enumerate(zip(recorded, now))])
@@ -215,18 +227,20 @@ def _same_archived_path(recorded: str, now: str) -> bool:
 
 
 def check_unchanged(path: Path, settings: dict[str, Any], what: str,
-                    replace: Collection[str] = (), archived: bool = False) -> None:
+                    replace: Collection[str] = (), archived: bool = False,
+                    defaults: dict[str, Any] | None = None) -> None:
     """Record ``settings`` in ``path``; raise :class:`ConfigError` naming the top-level keys whose
     values differ from those recorded (``what`` names the run in the message). Keys in ``replace``
     (settings no done result depends on yet) and keys the record does not have are recorded anew; a
     recorded key that ``settings`` lacks is kept and not compared. ``archived``: the run was
     restored from an archive, whose records hold stand-ins for paths: those take the current paths,
-    named (by key, never by value) in a warning."""
+    named (by key, never by value) in a warning. ``defaults``: the default values of fields added
+    later (:meth:`Grid.setting_defaults`); a recorded setting that lacks one is taken at its default."""
     now = json.loads(json.dumps(settings, default=str))
     recorded = json.loads(path.read_text()) if path.is_file() else {}
     accepted: list[str] | None = [] if archived else None
     changed = sorted(k for k in now if k in recorded and k not in replace
-                     and _differs(recorded[k], now[k], accepted, k))
+                     and _differs(recorded[k], now[k], accepted, k, (defaults or {}).get(k)))
     if accepted:
         log.warning("%s: the paths at %s were not kept by the archive this run was restored from; the ones "
                     "given now are taken as the same files", what, ", ".join(accepted))
@@ -256,7 +270,7 @@ def run_grid(factory: GridFactory, args: Sequence[Any], run: RunDir, workers: in
     settings = grid.settings()
     if settings is not None:
         check_unchanged(run.path / SETTINGS_FILE, settings, f"{name} run", grid.settings_not_used_yet(),
-                        archived=(run.path / RESTORED_FILE).is_file())
+                        archived=(run.path / RESTORED_FILE).is_file(), defaults=grid.setting_defaults())
     grid.prepare()
     for stale in (run.path / "cells").glob("*/claim"):
         stale.unlink()  # claims of an interrupted sweep

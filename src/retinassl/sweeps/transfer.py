@@ -65,8 +65,8 @@ from retinassl.sweeps.transfer_external import (external_rows, prepare_external,
 from retinassl.sweeps.transfer_data import (fold_value, fraction_tag, class_labels, evaluation_folds, gradcam_rows,
                                            label_subsets, prediction_path, prepare_downstream)
 from retinassl.jobs.features import extract_features
-from retinassl.jobs.finetune import finetune, remove_workdir, save_classifier
-from retinassl.jobs.probe import assert_frozen, fit_probe
+from retinassl.jobs.finetune import FinetuneConfig, finetune, remove_workdir, save_classifier
+from retinassl.jobs.probe import ProbeConfig, assert_frozen, fit_probe
 from retinassl.metrics.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,10 @@ class TransferGrid(TransferInits, Grid):
                                       else config.finetune_tuning.model_dump(mode="json"))
             out["engine"] = config.engine.result_settings()
         return out
+
+    def setting_defaults(self) -> dict[str, Any]:
+        """Fine-tuning and probe fields added after a run started (e.g. ``tta``) are at their defaults there."""
+        return {"finetune": FinetuneConfig().model_dump(mode="json"), "probe": ProbeConfig().model_dump(mode="json")}
 
     def settings_not_used_yet(self) -> set[str]:
         """A protocol's settings while none of its cells is done (all settings while no cell is)."""

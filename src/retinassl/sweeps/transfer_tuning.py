@@ -111,6 +111,7 @@ def check_settings(config: TransferConfig, run: RunDir, inits: dict[str, str]) -
                 "seed": config.seed, "folds": config.folds, "tuning_task": config.choice_task().name,
                 "inits": inits}
     check_unchanged(run.path / "data" / "tuning.settings.json", settings, "finetune_tuning: this run's tuning",
+                    defaults={"finetune": FinetuneConfig().model_dump(mode="json")},
                     archived=(run.path / RESTORED_FILE).is_file())
 
 
