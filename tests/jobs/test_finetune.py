@@ -101,7 +101,8 @@ def test_finetune_with_a_probe_head_starts_where_the_linear_probe_ends(tiny_prep
     from retinassl.jobs.features import embed
     from retinassl.jobs.probe import ProbeConfig, fit_probe
 
-    monkeypatch.setattr(finetune_module, "fit", lambda *a, **k: SimpleNamespace(batches=0, seconds=0.0, best={}, precision="32-true"))
+    monkeypatch.setattr(finetune_module, "fit",
+                        lambda *a, **k: SimpleNamespace(batches=0, seconds=0.0, best={}, precision="32-true"))
     split = tiny_prepared.manifest.frame["split"].to_numpy()
     train, test = np.flatnonzero(split != "test"), np.flatnonzero(split == "test")
     model = ModelConfig(arch="convnet", kwargs={"width": 8})
