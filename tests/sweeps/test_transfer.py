@@ -505,8 +505,8 @@ def test_pretrain_seeds_keep_the_encoder_that_validation_prefers(tiny_root: Path
     real_scores = transfer_inits.TransferInits.selection_scores
     scored: dict[str, list[float]] = {}
 
-    def scores(self, encoder_dir, task):  # the real probe scores, then seed 1 made the best by a margin
-        values = real_scores(self, encoder_dir, task)
+    def scores(self, encoder_dir, task, holdouts):  # the real probe scores, then seed 1 made the best by a margin
+        values = real_scores(self, encoder_dir, task, holdouts)
         scored[Path(encoder_dir).parent.name] = values
         return [v + (1.0 if Path(encoder_dir).parent.name == "seed-1" else 0.0) for v in values]
 

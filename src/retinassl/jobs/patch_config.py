@@ -108,10 +108,16 @@ class LearnerConfig(Section):
 
     @model_validator(mode="after")
     def _check_tta(self) -> LearnerConfig:
-        if self.method.get("tta", "none") != "none":  # a patch classifier keeps the encoder and head only
-            raise ValueError(f"method.tta={self.method['tta']!r}: test-time augmentation applies to whole-image "
-                              "classifiers; a patch classifier scores each patch once (leave tta at none)")
+        refuse_tta(self.method)
         return self
+
+
+def refuse_tta(method: dict[str, Any]) -> None:
+    """A patch classifier keeps the encoder and head only and scores each patch once: a ``supervised``
+    method's test-time augmentation would be ignored, so it is refused (a validator's ValueError)."""
+    if method.get("tta", "none") != "none":
+        raise ValueError(f"method.tta={method['tta']!r}: test-time augmentation applies to whole-image "
+                         "classifiers; a patch classifier scores each patch once (leave tta at none)")
 
 
 class SemisupTrainConfig(Section):

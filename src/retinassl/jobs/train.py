@@ -35,7 +35,7 @@ from retinassl.figures.heatmap import overlay, save_png
 from retinassl.methods.base import seeded_method
 from retinassl.io.results import append_results, result_row
 from retinassl.io.rundir import RunDir
-from retinassl.jobs.patch_config import LearnerConfig
+from retinassl.jobs.patch_config import LearnerConfig, refuse_tta
 from retinassl.jobs.patch_training import train_patch_classifier
 from retinassl.models.patch_classifier import PatchClassifier
 from retinassl.metrics.aggregate import predict_patch_logits
@@ -95,9 +95,8 @@ class TrainConfig(Section):
     @model_validator(mode="after")
     def _check_augmentation_inputs(self) -> TrainConfig:
         check_acquisition_inputs(self.method, self.preprocess, "method", self.model.weights)
-        if self.task.kind == "patch" and self.method.get("tta", "none") != "none":
-            raise ValueError(f"method.tta={self.method['tta']!r}: test-time augmentation applies to whole-image "
-                             "classifiers (task.kind: image); a patch classifier scores each patch once")
+        if self.task.kind == "patch":  # refused before anything runs, not when its learner is built
+            refuse_tta(self.method)
         return self
 
 

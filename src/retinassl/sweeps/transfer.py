@@ -49,9 +49,8 @@ from retinassl.data.cache import Cache, PreparedData
 from retinassl.data.manifest import Manifest
 from retinassl.engine.threads import apply_threads, sharing_processes
 from retinassl.errors import DataError
-from retinassl.models.initialize import check_encoder_inputs, seeded_initial_encoder
+from retinassl.models.initialize import check_encoder_inputs
 from retinassl.models.published import published_meta
-from retinassl.models.vit_transfer import set_pooling
 from retinassl.io.results import append_results, result_row
 from retinassl.io.rundir import RunDir
 from retinassl.io.saved_model import LEGACY, META
@@ -64,9 +63,8 @@ from retinassl.sweeps.transfer_external import (external_rows, prepare_external,
                                                write_external_table)
 from retinassl.sweeps.transfer_data import (fold_value, fraction_tag, class_labels, evaluation_folds, gradcam_rows,
                                            label_subsets, prediction_path, prepare_downstream)
-from retinassl.jobs.features import extract_features
 from retinassl.jobs.finetune import FinetuneConfig, finetune, remove_workdir, save_classifier
-from retinassl.jobs.probe import ProbeConfig, assert_frozen, fit_probe
+from retinassl.jobs.probe import ProbeConfig, fit_probe
 from retinassl.metrics.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -252,10 +250,7 @@ class TransferGrid(TransferInits, Grid):
         key = spec.name if data is None else (spec.name, data.spec.name)
         if key not in self._features:
             config = self.config
-            encoder = set_pooling(seeded_initial_encoder(model, config.seed).encoder, config.probe.pooling)
-            with assert_frozen(encoder):
-                features = extract_features(encoder, self.downstream() if data is None else data.prepared,
-                                            config.data.cache_dir)
+            features = self.frozen_features(model, self.downstream() if data is None else data.prepared)
             if data is None:  # the extraction cost of the downstream features
                 append_results(self.run.results_file, [
                     result_row(experiment=config.name, task="features", method="extract", init=spec.name,
@@ -344,10 +339,7 @@ class TransferGrid(TransferInits, Grid):
                 path = figures / f"tsne-{spec.name}.png"
                 if path.is_file():
                     continue
-                encoder = set_pooling(seeded_initial_encoder(self.model_of(spec), config.seed).encoder,
-                                      config.probe.pooling)
-                with assert_frozen(encoder):
-                    features = extract_features(encoder, prepared, config.data.cache_dir)
+                features = self.frozen_features(self.model_of(spec), prepared)
                 tsne_figure(features.values[rows], class_labels(task, prepared.manifest)[rows], path,
                             title=f"{spec.name}: frozen embeddings ({task.name})", seed=config.seed)
         if config.explain.gradcam and "finetune" in config.protocols:

@@ -62,10 +62,8 @@ def training_holdout(manifest: Manifest, task: TaskSpec, folds: int, split_seed:
                           "cross-validation every image is a test image of some fold, so no choice made "
                           f"on training images stays clear of the test images (leave {purpose} out)")
     _, train, _ = split[0]
-    targets = task.targets(manifest)
-    strata = (targets.max(axis=1) if targets.ndim == 2 else targets)[train]
     groups = manifest.frame["patient"].astype(str).to_numpy()[train]
-    fit_pos, val_pos = carve_validation(strata, groups, val_fraction, seed)
+    fit_pos, val_pos = carve_validation(class_labels(task, manifest)[train], groups, val_fraction, seed)
     if not len(val_pos):
         raise RuntimeError(f"{purpose}: the training images of task {task.name!r} cannot give a "
                            "validation split with every class (too few patients per class)")

@@ -22,7 +22,8 @@ from retinassl.data.loading import load_manifest
 from retinassl.data.leakage import clean_pool, content_digests
 from retinassl.data.manifest import Manifest
 from retinassl.errors import ConfigError, DataError
-from retinassl.jobs.features import extract_features
+from retinassl.data.cache import PreparedData
+from retinassl.jobs.features import Features, extract_features
 from retinassl.jobs.probe import assert_frozen, fit_probe
 from retinassl.metrics.tasks import TaskSpec
 from retinassl.io.results import append_results, read_results, result_row
@@ -104,9 +105,9 @@ class TransferInits:
         if spec.pretrain_seeds is None:
             return self._pretrain(spec, folder, None)
         task = self.config.choice_task()
-        self._holdouts(task)  # refused now (k-fold, too few patients), not after the pretrainings
+        holdouts = self._holdouts(task)  # refused now (k-fold, too few patients), not after the pretrainings
         candidates = {seed: self._pretrain(spec, folder / f"seed-{seed}", seed) for seed in spec.pretrain_seeds}
-        return self.selected(spec, candidates, task)
+        return self.selected(spec, candidates, task, holdouts)
 
     def _pretrain(self, spec: InitSpec, folder: Path, seed: int | None) -> Path:
         """One pretraining run of ``spec`` in ``folder`` (``seed``: instead of the configured one)."""
@@ -174,26 +175,32 @@ class TransferInits:
         return [training_holdout(manifest, task, config.folds, config.seed, SELECTION_VAL_FRACTION,
                                  config.seed + k, "pretrain_seeds") for k in range(SELECTION_SEEDS)]
 
-    def selection_scores(self, encoder_dir: Path, task: TaskSpec) -> list[float]:
+    def frozen_features(self, model: ModelConfig, prepared: PreparedData) -> Features:
+        """The pooled embeddings of every row of ``prepared`` by the initial encoder of ``model``, frozen,
+        with the probe's pooling (from the feature cache when they were extracted before)."""
+        encoder = set_pooling(seeded_initial_encoder(model, self.config.seed).encoder, self.config.probe.pooling)
+        with assert_frozen(encoder):
+            return extract_features(encoder, prepared, self.config.data.cache_dir)
+
+    def selection_scores(self, encoder_dir: Path, task: TaskSpec,
+                         holdouts: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
         """The linear probe of ``encoder_dir``'s frozen features (the sweep's ``probe`` settings) fitted
         on the training images beside the held-out patients and scored on them (``task``'s primary
-        metric), one value per selection seed (:meth:`_holdouts`)."""
+        metric), one value per held-out split (:meth:`_holdouts`)."""
         config = self.config
         prepared = self.downstream()
-        model = config.model.model_copy(update={"init": str(encoder_dir)})
-        encoder = set_pooling(seeded_initial_encoder(model, config.seed).encoder, config.probe.pooling)
-        with assert_frozen(encoder):
-            features = extract_features(encoder, prepared, config.data.cache_dir).values
+        features = self.frozen_features(config.model.model_copy(update={"init": str(encoder_dir)}), prepared).values
         targets = task.targets(prepared.manifest)
         classes = task.classes(prepared.manifest)
         out = []
-        for k, (fitted, held_out) in enumerate(self._holdouts(task)):
+        for k, (fitted, held_out) in enumerate(holdouts):
             scores, _ = fit_probe(features[fitted], targets[fitted], features[held_out], task, classes,
                                   config.probe, config.seed + k)
             out.append(float(task.metrics(targets[held_out], scores).get(task.primary, math.nan)))
         return out
 
-    def selected(self, spec: InitSpec, candidates: dict[int, Path], task: TaskSpec) -> Path:
+    def selected(self, spec: InitSpec, candidates: dict[int, Path], task: TaskSpec,
+                 holdouts: list[tuple[np.ndarray, np.ndarray]]) -> Path:
         """Keep the candidate encoder (pretraining seed -> encoder directory) with the best mean
         validation score (:meth:`selection_scores`; the earlier seed on a tie, never one scoring NaN):
         recorded in ``data/pretrain-selection-<name>.json`` and as ``selection_<metric>`` / ``selected``
@@ -204,7 +211,7 @@ class TransferInits:
         record = json.loads(record_path.read_text()) if record_path.is_file() else None
         if record is None:
             start = time.perf_counter()
-            scores = {seed: self.selection_scores(path, task) for seed, path in candidates.items()}
+            scores = {seed: self.selection_scores(path, task, holdouts) for seed, path in candidates.items()}
             means = {seed: float(np.mean(v)) for seed, v in scores.items()}
             finite = [seed for seed in candidates if math.isfinite(means[seed])]
             if not finite:
