@@ -37,14 +37,16 @@ def test_probe_sweep_embeds_each_image_once(tmp_path: Path, monkeypatch: pytest.
     generate_dataset(tmp_path / "data", n_images=40, size=64, seed=3)
     n_images = len(Manifest.load(tmp_path / "data" / "manifest.csv"))
     forwarded: list[int] = []
-    real_initial = sweep_module.seeded_initial_encoder
+    from retinassl.sweeps import transfer_inits  # where the sweep builds the frozen encoders it embeds with
+
+    real_initial = transfer_inits.seeded_initial_encoder
 
     def counting_initial(model, seed):
         initial = real_initial(model, seed)
         initial.encoder.register_forward_hook(lambda m, args, out: forwarded.append(int(args[0].shape[0])))
         return initial
 
-    monkeypatch.setattr(sweep_module, "seeded_initial_encoder", counting_initial)
+    monkeypatch.setattr(transfer_inits, "seeded_initial_encoder", counting_initial)
     config = sweep_module.resolve_config(_config(tmp_path), None)
     run = RunDir.create(tmp_path / "runs", "reuse")
     sweep_module.run_transfer(config, run)
