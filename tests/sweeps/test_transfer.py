@@ -377,6 +377,14 @@ def test_a_lesion_segmentation_init_pretrains_on_the_pools_images_with_masks(tin
     assert 0 < with_masks.sum() < len(cleaned)
     assert meta["pool_size"] == with_masks.sum()
     assert "test" not in set(cleaned["split"])  # the cleaning left the downstream test images out
+    # the training images whose masks it read (or their patients') are never held out for a choice
+    down = grid.downstream().manifest.frame
+    read = cleaned[with_masks]
+    patients = set(read["patient"].fillna("").astype(str)) - {""}
+    expected = down["id"].astype(str).isin(set(read["id"].astype(str))) | down["patient"].fillna("").astype(str).isin(patients)
+    annotated = grid.annotated(str(grid.model_of(config.inits[1]).init))
+    assert annotated.any() and np.array_equal(annotated, expected.to_numpy())
+    assert not grid.annotated("scratch").any()
 
 
 @pytest.mark.slow
@@ -536,6 +544,7 @@ def test_pretrain_seeds_keep_the_encoder_that_validation_prefers(tiny_root: Path
         assert not set(fitted) & set(held_out)
     [record] = selection_records(run)
     assert record["chosen"] == 1 and [c["seed"] for c in record["candidates"]] == [0, 1, 2]
+    assert record["never_held_out"] == 0  # rotation pretraining reads no label
     assert record["candidates"][1]["mean"] == pytest.approx(np.mean(scored["seed-1"]) + 1.0)
     rows = read_results(run.results_file)
     mine = rows[(rows["init"] == "rot") & (rows["protocol"] == "pretrain")]

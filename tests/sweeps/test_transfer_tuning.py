@@ -203,3 +203,24 @@ def test_the_tuning_record_names_weights_by_content_wherever_they_lie(tmp_path: 
     save_encoder(tmp_path / "b" / "encoder", build_encoder("convnet", width=8), arch="convnet", kwargs={"width": 8})
     with pytest.raises(ConfigError, match="inits changed"):
         tuning_module.check_settings(config, run, {"scratch": "scratch", "other": str(tmp_path / "b" / "encoder")})
+
+
+def test_a_tuning_recorded_before_annotated_rows_were_kept_out_resumes_only_where_none_are(tmp_path: Path) -> None:
+    """The tuning record holds how many training images each init's held-out patients leave out (those
+    whose labels or masks its pretraining read); a record from before that rule resumes where no init
+    read any, and is refused where one did (its tuning runs held those images out)."""
+    config = resolve_config(_config(tmp_path, tmp_path / "enc"), None)
+    inits = {"scratch": "scratch", "other": "a/encoder"}
+    run = RunDir.create(tmp_path / "runs", "tune")
+    record = run.path / "data" / "tuning.settings.json"
+    tuning_module.check_settings(config, run, inits, {"scratch": 0, "other": 68})
+    assert json.loads(record.read_text())["never_held_out"] == {"scratch": 0, "other": 68}
+    tuning_module.check_settings(config, run, inits, {"scratch": 0, "other": 68})
+    with pytest.raises(ConfigError, match="never_held_out"):
+        tuning_module.check_settings(config, run, inits, {"scratch": 0, "other": 0})
+    earlier = {k: v for k, v in json.loads(record.read_text()).items() if k != "never_held_out"}
+    record.write_text(json.dumps(earlier))
+    tuning_module.check_settings(config, run, inits, {"scratch": 0, "other": 0})  # nothing read: the same rows
+    record.write_text(json.dumps(earlier))
+    with pytest.raises(ConfigError, match="never_held_out"):
+        tuning_module.check_settings(config, run, inits, {"scratch": 0, "other": 68})

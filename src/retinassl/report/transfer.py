@@ -166,6 +166,11 @@ def transfer_selection_section(run: RunDir):  # -> Section | None
             f"the downstream labels ({first['val_fraction']:.0%} of them, stratified; {first['task']}, "
             f"{first['metric']}, mean of {first['selection_seeds']} held-out splits); no test image is looked at. "
             f"The spread between seeds is the variation of the pretraining itself.")
+    kept_out = {r["init"]: r["never_held_out"] for r in records if r.get("never_held_out")}
+    if kept_out:
+        note += (" Training images whose labels or masks the pretraining read were never held out (their patients "
+                 "stay in the fitted part; the encoder knows their answers, as it knows no test image's): "
+                 + ", ".join(f"{n} for {init}" for init, n in kept_out.items()) + ".")
     return Section("Transfer: pretraining seeds chosen on validation data",
                    f'<p class="note">{html.escape(note)}</p>'
                    + table_html(pd.DataFrame(rows), text_columns=("initialisation", "pretraining seed", "kept")))

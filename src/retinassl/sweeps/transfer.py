@@ -157,9 +157,11 @@ class TransferGrid(TransferInits, Grid):
             self.check_pretraining(spec.name, self.model_of(spec).init)
         self.record_encoders()
         if config.finetune_tuning is not None and "finetune" in config.protocols:
-            check_settings(config, self.run, {s.name: str(self.model_of(s).init) for s in config.inits})
+            annotated = {s.name: self.annotated(str(self.model_of(s).init)) for s in config.inits}
+            check_settings(config, self.run, {s.name: str(self.model_of(s).init) for s in config.inits},
+                           {name: int(rows.sum()) for name, rows in annotated.items()})
             for spec in config.inits:  # every init's setting chosen on training images, before any cell
-                tune_init(config, self.run, self.downstream(), spec, self.model_of(spec))
+                tune_init(config, self.run, self.downstream(), spec, self.model_of(spec), annotated[spec.name])
 
     def cells(self) -> list[dict[str, Any]]:
         """Per init, its probe cells and then its fine-tuning cells."""

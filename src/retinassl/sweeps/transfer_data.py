@@ -11,12 +11,13 @@ import numpy as np
 
 from retinassl.atomic import write_text
 from retinassl.data.cache import Cache, PreparedData
-from retinassl.data.leakage import clean_downstream, content_digests
+from retinassl.data.leakage import PRETRAINING_KEY, clean_downstream, content_digests, seen_in_pretraining
 from retinassl.data.loading import load_manifest
 from retinassl.data.manifest import Manifest
 from retinassl.data.splits import carve_validation, nested_subsets, stratified_kfold
 from retinassl.errors import ConfigError
 from retinassl.io.rundir import RunDir
+from retinassl.io.saved_model import is_saved_model
 from retinassl.metrics.tasks import TaskSpec
 from retinassl.sweeps.transfer_config import TransferConfig
 
@@ -49,13 +50,15 @@ def evaluation_folds(manifest: Manifest, task: TaskSpec, folds: int, seed: int) 
 
 
 def training_holdout(manifest: Manifest, task: TaskSpec, folds: int, split_seed: int, val_fraction: float,
-                     seed: int, purpose: str) -> tuple[np.ndarray, np.ndarray]:
+                     seed: int, purpose: str, never_held_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(fitted, held out)`` rows of the official training images: about ``val_fraction`` of the
     training patients held out, stratified by ``task``'s classes, never splitting a patient
     (:func:`~retinassl.data.splits.carve_validation` with ``seed``). What a choice made before any test
     cell (``purpose``: the fine-tuning settings, a pretraining seed) is scored on; the test images are
-    never among them. Refused without an official test split: with k-fold cross-validation every image
-    is a test image of some fold."""
+    never among them. ``never_held_out`` (``(N,)`` bool over the manifest's rows, from
+    :func:`annotated_in_pretraining`): the patients of these rows are always fitted, never held out,
+    as the test images were never in the pretraining. Refused without an official test split: with
+    k-fold cross-validation every image is a test image of some fold."""
     split = evaluation_folds(manifest, task, folds, split_seed)
     if len(split) > 1:
         raise ConfigError(f"{purpose} needs a downstream set with a test split: with k-fold "
@@ -63,11 +66,42 @@ def training_holdout(manifest: Manifest, task: TaskSpec, folds: int, split_seed:
                           f"on training images stays clear of the test images (leave {purpose} out)")
     _, train, _ = split[0]
     groups = manifest.frame["patient"].astype(str).to_numpy()[train]
-    fit_pos, val_pos = carve_validation(class_labels(task, manifest)[train], groups, val_fraction, seed)
+    blocked = np.zeros(len(train), dtype=bool) if never_held_out is None else \
+        np.isin(groups, groups[np.asarray(never_held_out, dtype=bool)[train]])
+    eligible = np.flatnonzero(~blocked)
+    fit_pos, val_pos = carve_validation(class_labels(task, manifest)[train][eligible], groups[eligible],
+                                        val_fraction, seed)
     if not len(val_pos):
         raise RuntimeError(f"{purpose}: the training images of task {task.name!r} cannot give a "
-                           "validation split with every class (too few patients per class)")
-    return train[fit_pos], train[val_pos]
+                           "validation split with every class (too few patients per class"
+                           + (f" once the {int(blocked.sum())} the pretraining saw annotated are kept out"
+                              if blocked.any() else "") + ")")
+    return np.sort(np.concatenate([train[eligible[fit_pos]], train[blocked]])), train[eligible[val_pos]]
+
+
+def annotated_in_pretraining(init: str | None, manifest: Manifest, digests: list[str]) -> np.ndarray:
+    """``(N,)`` True for the rows of ``manifest`` (``digests``: their content digests) whose image, a
+    byte-identical copy of it or another image of its patient/eye group was read *with its labels or
+    masks* by a supervised or segmentation pretraining of the encoder ``init`` (from the record each
+    pretraining keeps in ``model.json``), following a two-step encoder to the encoder it continued
+    from. An encoder that learnt these images' answers scores them as no new patient's image: a
+    choice held out on them (:func:`training_holdout`) would favour memory. Self-supervised
+    pretraining reads no labels and marks nothing; weights without a record (scratch, published
+    models) mark nothing."""
+    from retinassl.models.checkpoint import read_encoder_meta
+
+    marked = np.zeros(len(manifest), dtype=bool)
+    seen: set[str] = set()
+    while init and init not in seen and is_saved_model(Path(init)):
+        seen.add(init)
+        meta = read_encoder_meta(init)
+        config = meta.get("config") or {}
+        record = meta.get(PRETRAINING_KEY)
+        if record and (config.get("label") is not None or config.get("mask")):
+            hits = set(seen_in_pretraining(record, manifest, digests)["test_id"])
+            marked |= manifest.frame["id"].astype(str).isin(hits).to_numpy()
+        init = meta.get("init_source")
+    return marked
 
 
 def label_subsets(manifest: Manifest, task: TaskSpec, train_rows: np.ndarray, fractions: list[float],

@@ -32,7 +32,7 @@ from retinassl.io.saved_model import is_saved_model
 from retinassl.models.initialize import same_weights, seeded_initial_encoder, weights_identity
 from retinassl.models.vit_transfer import set_pooling
 from retinassl.sweeps.transfer_config import InitSpec
-from retinassl.sweeps.transfer_data import training_holdout
+from retinassl.sweeps.transfer_data import annotated_in_pretraining, training_holdout
 
 log = logging.getLogger(__name__)
 ENCODERS_FILE = "encoders.json"
@@ -105,9 +105,10 @@ class TransferInits:
         if spec.pretrain_seeds is None:
             return self._pretrain(spec, folder, None)
         task = self.config.choice_task()
-        holdouts = self._holdouts(task)  # refused now (k-fold, too few patients), not after the pretrainings
+        self._holdouts(task, None)  # refused now (k-fold, too few patients), not after the pretrainings
         candidates = {seed: self._pretrain(spec, folder / f"seed-{seed}", seed) for seed in spec.pretrain_seeds}
-        return self.selected(spec, candidates, task, holdouts)
+        annotated = np.logical_or.reduce([self.annotated(str(path)) for path in candidates.values()])
+        return self.selected(spec, candidates, task, self._holdouts(task, annotated), int(annotated.sum()))
 
     def _pretrain(self, spec: InitSpec, folder: Path, seed: int | None) -> Path:
         """One pretraining run of ``spec`` in ``folder`` (``seed``: instead of the configured one)."""
@@ -168,12 +169,20 @@ class TransferInits:
         log.info("init %s: pretrained in %.0f s", spec.name, time.perf_counter() - start)
         return out
 
-    def _holdouts(self, task: TaskSpec) -> list[tuple[np.ndarray, np.ndarray]]:
-        """The ``(fitted, held-out)`` training rows a pretraining seed is chosen on, one per selection seed."""
+    def _holdouts(self, task: TaskSpec, annotated: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The ``(fitted, held-out)`` training rows a pretraining seed is chosen on, one per selection seed;
+        the patients of ``annotated`` rows (:meth:`annotated`) are never held out."""
         config = self.config
         manifest = self.downstream().manifest
         return [training_holdout(manifest, task, config.folds, config.seed, SELECTION_VAL_FRACTION,
-                                 config.seed + k, "pretrain_seeds") for k in range(SELECTION_SEEDS)]
+                                 config.seed + k, "pretrain_seeds", annotated) for k in range(SELECTION_SEEDS)]
+
+    def annotated(self, init: str | None) -> np.ndarray:
+        """``(N,)`` True for the downstream rows whose labels or masks the pretraining of the encoder
+        ``init`` read (:func:`~retinassl.sweeps.transfer_data.annotated_in_pretraining`): a choice made
+        on held-out training patients never holds these out."""
+        manifest = self.downstream().manifest
+        return annotated_in_pretraining(init, manifest, content_digests(manifest, self.cache.memo))
 
     def frozen_features(self, model: ModelConfig, prepared: PreparedData) -> Features:
         """The pooled embeddings of every row of ``prepared`` by the initial encoder of ``model``, frozen,
@@ -200,9 +209,11 @@ class TransferInits:
         return out
 
     def selected(self, spec: InitSpec, candidates: dict[int, Path], task: TaskSpec,
-                 holdouts: list[tuple[np.ndarray, np.ndarray]]) -> Path:
+                 holdouts: list[tuple[np.ndarray, np.ndarray]], never_held_out: int = 0) -> Path:
         """Keep the candidate encoder (pretraining seed -> encoder directory) with the best mean
-        validation score (:meth:`selection_scores`; the earlier seed on a tie, never one scoring NaN):
+        validation score (:meth:`selection_scores`; the earlier seed on a tie, never one scoring NaN;
+        ``never_held_out``: how many training images the held-out splits left out, their labels or
+        masks having been read by the pretraining):
         recorded in ``data/pretrain-selection-<name>.json`` and as ``selection_<metric>`` / ``selected``
         rows (one per seed) of the results, then copied to ``pretrain/<name>/encoder`` (with its
         pretraining manifest and figures), which every cell uses. A run killed after the choice was
@@ -229,6 +240,7 @@ class TransferInits:
                                    value=time.perf_counter() - start))
             record = {"init": spec.name, "task": task.name, "metric": task.primary,
                       "val_fraction": SELECTION_VAL_FRACTION, "selection_seeds": SELECTION_SEEDS,
+                      "never_held_out": never_held_out,
                       "candidates": [{"seed": seed, "scores": scores[seed], "mean": means[seed]}
                                      for seed in candidates], "chosen": best}
             append_results(self.run.results_file, rows)  # rows, then the record: a kill between them redoes both

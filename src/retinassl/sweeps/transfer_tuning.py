@@ -69,15 +69,16 @@ def tuned_finetune(config: TransferConfig, run: RunDir, init: str) -> FinetuneCo
     return config.finetune.model_copy(update=chosen)
 
 
-def tuning_rows(prepared: PreparedData, config: TransferConfig, task: TaskSpec,
-                seed: int) -> tuple[np.ndarray, np.ndarray]:
+def tuning_rows(prepared: PreparedData, config: TransferConfig, task: TaskSpec, seed: int,
+                annotated: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(subset, validation)`` rows of one tuning seed, both from the official training images
-    (:func:`~retinassl.sweeps.transfer_data.training_holdout`): the held-out patients and a
-    stratified subset of the others as large as a cell's subset at the tuning fraction."""
+    (:func:`~retinassl.sweeps.transfer_data.training_holdout`): the held-out patients (never those of
+    the ``annotated`` rows, whose labels or masks the init's pretraining read) and a stratified subset
+    of the others as large as a cell's subset at the tuning fraction."""
     tuning = config.finetune_tuning
     manifest = prepared.manifest
     pool, val = training_holdout(manifest, task, config.folds, config.seed, tuning.val_fraction, seed,
-                                 "finetune_tuning")
+                                 "finetune_tuning", annotated)
     size = max(2, math.ceil(tuning.fraction * (len(pool) + len(val))))
     if size > len(pool):
         log.warning("finetune_tuning: a cell at fraction %g has %d images, but only %d remain beside the "
@@ -88,11 +89,14 @@ def tuning_rows(prepared: PreparedData, config: TransferConfig, task: TaskSpec,
     return subset, val
 
 
-def check_settings(config: TransferConfig, run: RunDir, inits: dict[str, str]) -> None:
+def check_settings(config: TransferConfig, run: RunDir, inits: dict[str, str],
+                   annotated: dict[str, int] | None = None) -> None:
     """Record what the tuning runs depend on with the run (``data/tuning.settings.json``) the first
     time: the tuning settings, the fine-tuning base, engine and preprocessing, the seed and folds
-    (the splits), the tuning task and each init's weights (``inits``: name -> ``model.init``, recorded
-    by :func:`weights_identity`); a resumed run where any of these differs would mix two tunings:
+    (the splits), the tuning task, each init's weights (``inits``: name -> ``model.init``, recorded
+    by :func:`weights_identity`) and how many training images each init's held-out patients leave
+    out (``annotated``: name -> count, for the inits whose pretraining read training images'
+    labels or masks); a resumed run where any of these differs would mix two tunings:
     refused. A record of an earlier version, which held the weights' path, is upgraded where that
     path still holds the same weights."""
     inits = {name: weights_identity(init) for name, init in inits.items()}
@@ -109,9 +113,10 @@ def check_settings(config: TransferConfig, run: RunDir, inits: dict[str, str]) -
                 "engine": config.engine.result_settings(), "probe": config.probe.model_dump(mode="json"),
                 "preprocess": config.preprocess.model_dump(mode="json"),
                 "seed": config.seed, "folds": config.folds, "tuning_task": config.choice_task().name,
-                "inits": inits}
+                "inits": inits, "never_held_out": {name: int((annotated or {}).get(name, 0)) for name in inits}}
     check_unchanged(run.path / "data" / "tuning.settings.json", settings, "finetune_tuning: this run's tuning",
-                    defaults={"finetune": FinetuneConfig().model_dump(mode="json")},
+                    defaults={"finetune": FinetuneConfig().model_dump(mode="json"),
+                              "never_held_out": {name: 0 for name in inits}},  # a record from before the rule
                     archived=(run.path / RESTORED_FILE).is_file())
 
 
@@ -120,10 +125,10 @@ def _done(path: Path) -> pd.DataFrame:
 
 
 def tune_init(config: TransferConfig, run: RunDir, prepared: PreparedData, spec: InitSpec,
-              model: ModelConfig) -> dict[str, Any]:
+              model: ModelConfig, annotated: np.ndarray | None = None) -> dict[str, Any]:
     """Run the missing tuning runs of ``spec``, choose, write ``data/tuning-<init>.json``; returns
-    the chosen values. A run that diverges scores NaN, and a candidate with a NaN on any tuning
-    seed is not chosen."""
+    the chosen values (``annotated``: rows never held out, see :func:`tuning_rows`). A run that
+    diverges scores NaN, and a candidate with a NaN on any tuning seed is not chosen."""
     from retinassl.errors import DataError, TrainingDiverged
 
     apply_threads(config.engine.num_threads, sharing=sharing_processes(config.engine.devices))
@@ -135,7 +140,7 @@ def tune_init(config: TransferConfig, run: RunDir, prepared: PreparedData, spec:
     table = run.path / "data" / "tuning.csv"
     candidates = tuning_candidates(tuning.grid)
     for seed in tuning.seeds:
-        subset, val = tuning_rows(prepared, config, task, seed)
+        subset, val = tuning_rows(prepared, config, task, seed, annotated)
         for k, values in enumerate(candidates):
             done = _done(table)
             if ((done["init"] == spec.name) & (done["candidate"] == k) & (done["seed"] == seed)).any():
