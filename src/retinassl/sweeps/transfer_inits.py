@@ -105,10 +105,10 @@ class TransferInits:
         if spec.pretrain_seeds is None:
             return self._pretrain(spec, folder, None)
         task = self.config.choice_task()
-        self._holdouts(task, None)  # refused now (k-fold, too few patients), not after the pretrainings
+        self.selection_holdouts(task, None)  # refused now (k-fold, too few patients), not after the pretrainings
         candidates = {seed: self._pretrain(spec, folder / f"seed-{seed}", seed) for seed in spec.pretrain_seeds}
         annotated = np.logical_or.reduce([self.annotated(str(path)) for path in candidates.values()])
-        return self.selected(spec, candidates, task, self._holdouts(task, annotated), int(annotated.sum()))
+        return self.selected(spec, candidates, task, self.selection_holdouts(task, annotated), int(annotated.sum()))
 
     def _pretrain(self, spec: InitSpec, folder: Path, seed: int | None) -> Path:
         """One pretraining run of ``spec`` in ``folder`` (``seed``: instead of the configured one)."""
@@ -169,7 +169,7 @@ class TransferInits:
         log.info("init %s: pretrained in %.0f s", spec.name, time.perf_counter() - start)
         return out
 
-    def _holdouts(self, task: TaskSpec, annotated: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    def selection_holdouts(self, task: TaskSpec, annotated: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
         """The ``(fitted, held-out)`` training rows a pretraining seed is chosen on, one per selection seed;
         the patients of ``annotated`` rows (:meth:`annotated`) are never held out."""
         config = self.config
@@ -195,7 +195,7 @@ class TransferInits:
                          holdouts: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
         """The linear probe of ``encoder_dir``'s frozen features (the sweep's ``probe`` settings) fitted
         on the training images beside the held-out patients and scored on them (``task``'s primary
-        metric), one value per held-out split (:meth:`_holdouts`)."""
+        metric), one value per held-out split (:meth:`selection_holdouts`)."""
         config = self.config
         prepared = self.downstream()
         features = self.frozen_features(config.model.model_copy(update={"init": str(encoder_dir)}), prepared).values
