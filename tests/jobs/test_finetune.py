@@ -31,6 +31,16 @@ def test_carve_validation_stratified_grouped_or_none() -> None:
     # a singleton class stays in the fitted part, the others still validate
     fit, val = carve_validation(np.array([0, 0, 1, 1, 2]), None, 0.5, seed=1)
     assert 4 in fit and set(np.array([0, 0, 1, 1, 2])[val]) == {0, 1}
+    # items always fitted (with their groups): the others carved as if they were all there is
+    kept = np.zeros(20, dtype=bool)
+    kept[[0, 13]] = True                                            # patients p0 and p6
+    fit, val = carve_validation(strata, groups, 0.2, seed=0, always_fitted=kept)
+    assert {0, 1, 12, 13} <= set(fit) and sorted(np.r_[fit, val]) == list(range(20))
+    free = np.array([i for i in range(20) if i not in (0, 1, 12, 13)])
+    f2, v2 = carve_validation(strata[free], [groups[i] for i in free], 0.2, seed=0)
+    assert np.array_equal(val, free[v2]) and np.array_equal(fit, np.sort(np.r_[free[f2], [0, 1, 12, 13]]))
+    assert np.array_equal(carve_validation(strata, groups, 0.2, 0, np.zeros(20, dtype=bool))[1],
+                          carve_validation(strata, groups, 0.2, 0)[1])
 
 
 def test_finetune_early_stops_without_checkpoints(tiny_prepared: PreparedData, tmp_path: Path) -> None:
@@ -43,6 +53,12 @@ def test_finetune_early_stops_without_checkpoints(tiny_prepared: PreparedData, t
     engine = EngineConfig(batch_size=16, checkpoint_every_n_steps=-1, precision="32")
     result = finetune(model, tiny_prepared, train, test, REFERABLE, config, engine, tmp_path / "w", seed=0)
     per_epoch = (len(train) - len(result.val_rows)) // 16
+    # images the encoder's pretraining read the labels of are never validated on (nor their patients')
+    never = np.zeros(len(split), dtype=bool)
+    never[result.val_rows[:2]] = True
+    other = finetune(model, tiny_prepared, train, test, REFERABLE, config, engine, tmp_path / "w0", seed=0,
+                     never_held_out=never)
+    assert len(other.val_rows) > 0 and not set(other.val_rows) & set(result.val_rows[:2])
     assert len(result.val_rows) > 0 and result.steps < 50 * per_epoch
     assert result.steps <= 4 * per_epoch
     assert not list((tmp_path / "w" / "checkpoints").glob("step-*.json"))

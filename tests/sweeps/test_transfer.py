@@ -387,6 +387,51 @@ def test_a_lesion_segmentation_init_pretrains_on_the_pools_images_with_masks(tin
     assert not grid.annotated("scratch").any()
 
 
+def test_fine_tuning_cells_and_tuning_never_validate_on_what_the_pretraining_read(
+        tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each fine-tuning of the sweep (tuning runs and cells) gets its init's annotated rows, so that its
+    early stopping never validates on them; scratch gets none; the counts are recorded."""
+    import json
+
+    from retinassl.sweeps import transfer as transfer_module, transfer_tuning
+
+    real = transfer_module.finetune
+    seen: list[tuple[str, int]] = []
+
+    def recording(model, *args, never_held_out=None, **kwargs):
+        seen.append((str(model.init), int(np.asarray(never_held_out).sum())))
+        return real(model, *args, never_held_out=never_held_out, **kwargs)
+
+    monkeypatch.setattr(transfer_module, "finetune", recording)
+    monkeypatch.setattr(transfer_tuning, "finetune", recording)
+    pool = pd.read_csv(tiny_root / "data" / "manifest.csv")
+    lesions = ["mask_MA", "mask_HE", "mask_EX", "mask_SE"]
+    pool.loc[pool.index % 8 != 0, lesions] = np.nan  # one image in eight has lesion masks
+    pool_csv = tiny_root / "data" / f"pool-{tmp_path.name}.csv"
+    pool.to_csv(pool_csv, index=False)
+    pretrain = {"mask": lesions,
+                "method": {"name": "segmentation", "patch_size": 32, "patches_per_image": 1},
+                "engine": {"max_steps": 1, "batch_size": 4, "checkpoint_every_n_steps": -1, "precision": "32"}}
+    config = resolve_config(_config(
+        tiny_root, tmp_path / "enc", inits=[{"name": "scratch"}, {"name": "lesions", "pretrain": pretrain}],
+        pool={"data": [{"source": "manifest", "manifest": str(pool_csv)}], "detect_duplicates": False},
+        tasks=[{"name": "referable", "label": "dr_grade", "positive_from": 2}], protocols=["finetune"],
+        finetune_tuning={"grid": {"lr": [0.001]}, "fraction": 1.0, "seeds": [0], "val_fraction": 0.3},
+        explain={"tsne": False, "gradcam": 0}), None)
+    run = RunDir.create(tmp_path / "runs", "held")
+    try:
+        run_transfer(config, run)
+    finally:
+        pool_csv.unlink()
+    grid = TransferGrid(config.model_dump(mode="json"), RunDir.resume(run.path))
+    encoder = str(grid.model_of(config.inits[1]).init)
+    n = int(grid.annotated(encoder).sum())
+    assert n > 0
+    assert sorted(seen) == sorted([("scratch", 0), ("scratch", 0), (encoder, n), (encoder, n)])  # a tuning run, a cell
+    assert json.loads((run.path / "data" / "never-held-out.json").read_text()) == {
+        "never_held_out": {"scratch": 0, "lesions": n}}
+
+
 @pytest.mark.slow
 def test_a_sweep_restored_from_its_archive_resumes_and_never_pretrains_its_encoder_again(
         tiny_root: Path, tmp_path: Path) -> None:

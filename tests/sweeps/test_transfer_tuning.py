@@ -205,22 +205,33 @@ def test_the_tuning_record_names_weights_by_content_wherever_they_lie(tmp_path: 
         tuning_module.check_settings(config, run, {"scratch": "scratch", "other": str(tmp_path / "b" / "encoder")})
 
 
-def test_a_tuning_recorded_before_annotated_rows_were_kept_out_resumes_only_where_none_are(tmp_path: Path) -> None:
-    """The tuning record holds how many training images each init's held-out patients leave out (those
-    whose labels or masks its pretraining read); a record from before that rule resumes where no init
-    read any, and is refused where one did (its tuning runs held those images out)."""
+
+def test_the_sweep_records_how_many_images_its_fine_tuning_never_holds_out(tmp_path: Path) -> None:
+    """Tuning, early stopping and the pretraining-seed choice never hold out an image whose labels or
+    masks the init's pretraining read; the sweep records how many per init (``data/never-held-out.json``).
+    A resume where a count changed would mix cells of two rules: refused; a run fine-tuned before the
+    record existed held such images out: it resumes only where there are none."""
+    from retinassl.sweeps.transfer import TransferGrid
+
     config = resolve_config(_config(tmp_path, tmp_path / "enc"), None)
-    inits = {"scratch": "scratch", "other": "a/encoder"}
-    run = RunDir.create(tmp_path / "runs", "tune")
-    record = run.path / "data" / "tuning.settings.json"
-    tuning_module.check_settings(config, run, inits, {"scratch": 0, "other": 68})
-    assert json.loads(record.read_text())["never_held_out"] == {"scratch": 0, "other": 68}
-    tuning_module.check_settings(config, run, inits, {"scratch": 0, "other": 68})
-    with pytest.raises(ConfigError, match="never_held_out"):
-        tuning_module.check_settings(config, run, inits, {"scratch": 0, "other": 0})
-    earlier = {k: v for k, v in json.loads(record.read_text()).items() if k != "never_held_out"}
-    record.write_text(json.dumps(earlier))
-    tuning_module.check_settings(config, run, inits, {"scratch": 0, "other": 0})  # nothing read: the same rows
-    record.write_text(json.dumps(earlier))
-    with pytest.raises(ConfigError, match="never_held_out"):
-        tuning_module.check_settings(config, run, inits, {"scratch": 0, "other": 68})
+    grid = TransferGrid(config.model_dump(mode="json"), RunDir.create(tmp_path / "runs", "tune"))
+    other = str(grid.model_of(config.inits[1]).init)
+    none, three = np.zeros(10, dtype=bool), np.r_[np.ones(3, dtype=bool), np.zeros(7, dtype=bool)]
+    record = grid.data_dir / "never-held-out.json"
+
+    def check(rows: np.ndarray, finetuned: bool) -> None:
+        grid._annotated = {"scratch": none, other: rows}
+        grid.check_held_out_rule(finetuned)
+
+    check(three, finetuned=False)
+    assert json.loads(record.read_text()) == {"never_held_out": {"scratch": 0, "other": 3}}
+    check(three, finetuned=True)  # the same: accepted
+    with pytest.raises(ConfigError, match="never_held_out changed"):
+        check(none, finetuned=True)
+    record.unlink()
+    check(none, finetuned=True)  # fine-tuned before the record: nothing was read, the same rows
+    record.unlink()
+    with pytest.raises(ConfigError, match="never_held_out changed"):
+        check(three, finetuned=True)
+    record.unlink()
+    check(three, finetuned=False)  # nothing fine-tuned yet: recorded anew

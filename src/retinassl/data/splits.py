@@ -132,13 +132,16 @@ def stratified_kfold(labels: Sequence[int], groups: Sequence[str] | None, k: int
 
 
 def carve_validation(strata: np.ndarray, groups: Sequence[str] | None, fraction: float,
-                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+                     seed: int, always_fitted: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Split positions ``0..N-1`` into (fit, validation), stratified, never splitting a group.
 
     Each class whose items span at least two groups gives ``max(1, round(fraction * groups))``
     of its groups (but never all of them) to validation; a group counts in the class of its most
     severe item, and classes with a single group stay entirely in the fitted part. When the
     validation part would hold fewer than two classes there is no validation split.
+    ``always_fitted`` (``(N,)`` bool): the groups of these items stay in the fitted part and the
+    others are carved as if they were all there is (e.g. images whose labels an encoder's
+    pretraining read: validating on them would score its memory).
 
     Returns:
         ``(fit, val)`` sorted positions; ``val`` is empty when no split is possible.
@@ -147,6 +150,11 @@ def carve_validation(strata: np.ndarray, groups: Sequence[str] | None, fraction:
     n = len(strata)
     groups = np.array([f"#{i}" if groups is None or not str(groups[i]) else str(groups[i])
                        for i in range(n)])
+    if always_fitted is not None and np.asarray(always_fitted, dtype=bool).any():
+        blocked = np.isin(groups, groups[np.asarray(always_fitted, dtype=bool)])
+        free = np.flatnonzero(~blocked)
+        fit, val = carve_validation(strata[free], groups[free], fraction, seed)
+        return np.sort(np.concatenate([free[fit], np.flatnonzero(blocked)])), free[val]
     uniq, inverse = np.unique(groups, return_inverse=True)
     group_class = np.array([strata[inverse == g].max() for g in range(len(uniq))])
     rng = np.random.default_rng([seed, 7919])

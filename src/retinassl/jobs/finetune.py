@@ -171,7 +171,7 @@ def predict(method: Supervised, prepared: PreparedData, rows: Sequence[int], bat
 def finetune(model: ModelConfig, prepared: PreparedData, train_rows: Sequence[int],
              test_rows: Sequence[int], task: TaskSpec, config: FinetuneConfig, engine: EngineConfig,
              workdir: str | Path, seed: int, resume: bool = False,
-             probe: ProbeConfig | None = None) -> FinetuneResult:
+             probe: ProbeConfig | None = None, never_held_out: np.ndarray | None = None) -> FinetuneResult:
     """Fine-tune on ``train_rows`` (a validation split is carved from them) and score ``test_rows``.
 
     Args:
@@ -186,13 +186,18 @@ def finetune(model: ModelConfig, prepared: PreparedData, train_rows: Sequence[in
         seed: seeds the initialisation, the validation split, data order and augmentation.
         resume: continue from the newest checkpoint in ``workdir``.
         probe: the linear probe's settings for ``head_init: probe`` (the sweep's ``probe``).
+        never_held_out: ``(N,)`` bool over ``prepared``'s rows: images never carved into the
+            validation split, nor their patients' (those whose labels or masks the encoder's
+            pretraining read: early stopping on them would score its memory;
+            :func:`~retinassl.sweeps.transfer_data.annotated_in_pretraining`).
     """
     train_rows = np.asarray(train_rows, dtype=int)
     manifest = prepared.manifest
     targets = task.targets(manifest)
     strata = (targets.max(axis=1) if targets.ndim == 2 else targets)[train_rows]
     groups = manifest.frame["patient"].astype(str).to_numpy()[train_rows]
-    fit_pos, val_pos = carve_validation(strata, groups, config.val_fraction, seed)
+    kept = None if never_held_out is None else np.asarray(never_held_out, dtype=bool)[train_rows]
+    fit_pos, val_pos = carve_validation(strata, groups, config.val_fraction, seed, kept)
     fit_rows, val_rows = train_rows[fit_pos], train_rows[val_pos]
     pos_weight = None
     if task.kind == "binary" and config.class_balance:

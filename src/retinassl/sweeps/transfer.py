@@ -85,6 +85,7 @@ class TransferGrid(TransferInits, Grid):
         self._plan: dict[str, dict[str, Any]] | None = None
         self._features: dict[Any, Any] = {}
         self._external: list[ExternalSet] | None = None
+        self._annotated = {}
 
     # -- downstream data ---------------------------------------------------------------------
     def downstream(self) -> PreparedData:
@@ -156,12 +157,14 @@ class TransferGrid(TransferInits, Grid):
         for spec in config.inits:
             self.check_pretraining(spec.name, self.model_of(spec).init)
         self.record_encoders()
+        if "finetune" in config.protocols:
+            self.check_held_out_rule(finetuned="finetune" in {c[self.key.index("protocol")] for c in self.done()}
+                                     or (self.data_dir / "tuning.csv").is_file())
         if config.finetune_tuning is not None and "finetune" in config.protocols:
-            annotated = {s.name: self.annotated(str(self.model_of(s).init)) for s in config.inits}
-            check_settings(config, self.run, {s.name: str(self.model_of(s).init) for s in config.inits},
-                           {name: int(rows.sum()) for name, rows in annotated.items()})
+            check_settings(config, self.run, {s.name: str(self.model_of(s).init) for s in config.inits})
             for spec in config.inits:  # every init's setting chosen on training images, before any cell
-                tune_init(config, self.run, self.downstream(), spec, self.model_of(spec), annotated[spec.name])
+                tune_init(config, self.run, self.downstream(), spec, self.model_of(spec),
+                          self.annotated(str(self.model_of(spec).init)))
 
     def cells(self) -> list[dict[str, Any]]:
         """Per init, its probe cells and then its fine-tuning cells."""
@@ -297,7 +300,7 @@ class TransferGrid(TransferInits, Grid):
         resume = (workdir / "checkpoints").is_dir()
         result = finetune(model, prepared, cell["rows"], cell["test"], task,
                           tuned_finetune(config, self.run, spec.name), config.engine, workdir, cell["seed"],
-                          resume=resume, probe=config.probe)
+                          resume=resume, probe=config.probe, never_held_out=self.annotated(str(model.init)))
         from retinassl.jobs.finetune import predict
 
         external = [(e, predict(result.method, e.prepared, np.arange(len(e.prepared)))) for e in self.externals(task)]

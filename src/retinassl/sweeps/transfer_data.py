@@ -66,17 +66,14 @@ def training_holdout(manifest: Manifest, task: TaskSpec, folds: int, split_seed:
                           f"on training images stays clear of the test images (leave {purpose} out)")
     _, train, _ = split[0]
     groups = manifest.frame["patient"].astype(str).to_numpy()[train]
-    blocked = np.zeros(len(train), dtype=bool) if never_held_out is None else \
-        np.isin(groups, groups[np.asarray(never_held_out, dtype=bool)[train]])
-    eligible = np.flatnonzero(~blocked)
-    fit_pos, val_pos = carve_validation(class_labels(task, manifest)[train][eligible], groups[eligible],
-                                        val_fraction, seed)
+    kept = None if never_held_out is None else np.asarray(never_held_out, dtype=bool)[train]
+    fit_pos, val_pos = carve_validation(class_labels(task, manifest)[train], groups, val_fraction, seed, kept)
     if not len(val_pos):
         raise RuntimeError(f"{purpose}: the training images of task {task.name!r} cannot give a "
                            "validation split with every class (too few patients per class"
-                           + (f" once the {int(blocked.sum())} the pretraining saw annotated are kept out"
-                              if blocked.any() else "") + ")")
-    return np.sort(np.concatenate([train[eligible[fit_pos]], train[blocked]])), train[eligible[val_pos]]
+                           + (f" once the {int(kept.sum())} the pretraining saw annotated are kept out"
+                              if kept is not None and kept.any() else "") + ")")
+    return train[fit_pos], train[val_pos]
 
 
 def annotated_in_pretraining(init: str | None, manifest: Manifest, digests: list[str]) -> np.ndarray:

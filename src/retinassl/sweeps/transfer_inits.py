@@ -32,10 +32,12 @@ from retinassl.io.saved_model import is_saved_model
 from retinassl.models.initialize import same_weights, seeded_initial_encoder, weights_identity
 from retinassl.models.vit_transfer import set_pooling
 from retinassl.sweeps.transfer_config import InitSpec
+from retinassl.sweeps.grid import check_unchanged
 from retinassl.sweeps.transfer_data import annotated_in_pretraining, training_holdout
 
 log = logging.getLogger(__name__)
 ENCODERS_FILE = "encoders.json"
+HELD_OUT_FILE = "never-held-out.json"
 SELECTION_SEEDS = 5            # held-out splits a pretraining seed is scored on (a probe takes seconds)
 SELECTION_VAL_FRACTION = 0.25  # share of the training patients each holds out (as finetune_tuning's default)
 
@@ -52,6 +54,8 @@ def selection_records(run: RunDir) -> list[dict]:
 
 class TransferInits:
     """Pool, pretraining and pretraining-leak check of the transfer sweep's initialisations."""
+
+    _annotated: dict[str | None, np.ndarray]  # init -> :meth:`annotated`, set by the grid
 
     def pool(self) -> Manifest:
         """The cleaned unlabelled pretraining pool (``data/pool.csv``)."""
@@ -180,9 +184,24 @@ class TransferInits:
     def annotated(self, init: str | None) -> np.ndarray:
         """``(N,)`` True for the downstream rows whose labels or masks the pretraining of the encoder
         ``init`` read (:func:`~retinassl.sweeps.transfer_data.annotated_in_pretraining`): a choice made
-        on held-out training patients never holds these out."""
-        manifest = self.downstream().manifest
-        return annotated_in_pretraining(init, manifest, content_digests(manifest, self.cache.memo))
+        on held-out training images (a pretraining seed, fine-tuning settings, early stopping) never
+        holds these out, nor their patients."""
+        if init not in self._annotated:
+            manifest = self.downstream().manifest
+            self._annotated[init] = annotated_in_pretraining(init, manifest, content_digests(manifest, self.cache.memo))
+        return self._annotated[init]
+
+    def check_held_out_rule(self, finetuned: bool) -> None:
+        """Record (``data/never-held-out.json``) how many training images each init's fine-tuning never
+        holds out (:meth:`annotated`); a resume where a count changed is refused. A run ``finetuned``
+        before the record existed held every image out alike: it resumes only where every count is 0."""
+        counts = {spec.name: int(self.annotated(str(self.model_of(spec).init)).sum()) for spec in self.config.inits}
+        path = self.data_dir / HELD_OUT_FILE
+        if finetuned and not path.is_file():
+            write_text(path, json.dumps({"never_held_out": {}}))
+        check_unchanged(path, {"never_held_out": counts}, "this run's fine-tuning (validation images never "
+                        "held out: those whose labels or masks the init's pretraining read)",
+                        defaults={"never_held_out": {name: 0 for name in counts}})
 
     def frozen_features(self, model: ModelConfig, prepared: PreparedData) -> Features:
         """The pooled embeddings of every row of ``prepared`` by the initial encoder of ``model``, frozen,

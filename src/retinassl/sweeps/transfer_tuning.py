@@ -89,14 +89,13 @@ def tuning_rows(prepared: PreparedData, config: TransferConfig, task: TaskSpec, 
     return subset, val
 
 
-def check_settings(config: TransferConfig, run: RunDir, inits: dict[str, str],
-                   annotated: dict[str, int] | None = None) -> None:
+def check_settings(config: TransferConfig, run: RunDir, inits: dict[str, str]) -> None:
     """Record what the tuning runs depend on with the run (``data/tuning.settings.json``) the first
     time: the tuning settings, the fine-tuning base, engine and preprocessing, the seed and folds
-    (the splits), the tuning task, each init's weights (``inits``: name -> ``model.init``, recorded
-    by :func:`weights_identity`) and how many training images each init's held-out patients leave
-    out (``annotated``: name -> count, for the inits whose pretraining read training images'
-    labels or masks); a resumed run where any of these differs would mix two tunings:
+    (the splits), the tuning task and each init's weights (``inits``: name -> ``model.init``, recorded
+    by :func:`weights_identity`; which images are never held out is the sweep's own record,
+    :meth:`~retinassl.sweeps.transfer_inits.TransferInits.check_held_out_rule`); a resumed run where
+    any of these differs would mix two tunings:
     refused. A record of an earlier version, which held the weights' path, is upgraded where that
     path still holds the same weights."""
     inits = {name: weights_identity(init) for name, init in inits.items()}
@@ -113,10 +112,9 @@ def check_settings(config: TransferConfig, run: RunDir, inits: dict[str, str],
                 "engine": config.engine.result_settings(), "probe": config.probe.model_dump(mode="json"),
                 "preprocess": config.preprocess.model_dump(mode="json"),
                 "seed": config.seed, "folds": config.folds, "tuning_task": config.choice_task().name,
-                "inits": inits, "never_held_out": {name: int((annotated or {}).get(name, 0)) for name in inits}}
+                "inits": inits}
     check_unchanged(run.path / "data" / "tuning.settings.json", settings, "finetune_tuning: this run's tuning",
-                    defaults={"finetune": FinetuneConfig().model_dump(mode="json"),
-                              "never_held_out": {name: 0 for name in inits}},  # a record from before the rule
+                    defaults={"finetune": FinetuneConfig().model_dump(mode="json")},
                     archived=(run.path / RESTORED_FILE).is_file())
 
 
@@ -127,7 +125,8 @@ def _done(path: Path) -> pd.DataFrame:
 def tune_init(config: TransferConfig, run: RunDir, prepared: PreparedData, spec: InitSpec,
               model: ModelConfig, annotated: np.ndarray | None = None) -> dict[str, Any]:
     """Run the missing tuning runs of ``spec``, choose, write ``data/tuning-<init>.json``; returns
-    the chosen values (``annotated``: rows never held out, see :func:`tuning_rows`). A run that
+    the chosen values (``annotated``: rows never held out, by :func:`tuning_rows` nor by each run's
+    early stopping). A run that
     diverges scores NaN, and a candidate with a NaN on any tuning seed is not chosen."""
     from retinassl.errors import DataError, TrainingDiverged
 
@@ -149,7 +148,7 @@ def tune_init(config: TransferConfig, run: RunDir, prepared: PreparedData, spec:
             try:
                 result = finetune(model, prepared, subset, val, task, config.finetune.model_copy(update=values),
                                   config.engine, workdir, seed, resume=(workdir / "checkpoints").is_dir(),
-                                  probe=config.probe)
+                                  probe=config.probe, never_held_out=annotated)
             except TrainingDiverged as exc:
                 log.warning("tuning %s candidate %d %s seed %d diverged (%s): scored NaN", spec.name, k,
                             values, seed, exc)
