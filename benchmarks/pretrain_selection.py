@@ -6,7 +6,8 @@ Each candidate encoder (``pretrain/<init>/seed-<s>/encoder``) gets the sweep's o
 (:meth:`~retinassl.sweeps.transfer_inits.TransferInits.selection_scores`: a linear probe fitted beside
 the held-out training patients, mean over the selection splits) twice: on the held-out splits that may
 hold those images out (the rule before session 28), and on the splits that never do (the rule now).
-The first is checked against the score the run recorded when it was made under that rule.
+The first is checked against the score the run recorded when it was made under that rule. The run's
+records are not changed (its cleaned downstream files are prepared again, to the same content).
 
     python benchmarks/pretrain_selection.py RUN [RUN ...] --name pretrain_selection_rule
 """
@@ -31,7 +32,7 @@ def rescore(run_path: Path) -> list[dict]:
     from retinassl.sweeps.transfer_inits import selection_records
 
     config = resolve_config(yaml.safe_load((run_path / "transfer.yaml").read_text()), None)
-    grid = TransferGrid(config.model_dump(mode="json"), RunDir.resume(run_path))
+    grid = TransferGrid(config.model_dump(mode="json"), RunDir(run_path))  # not resumed: its status stays
     task = config.choice_task()
     out = []
     for record in selection_records(grid.run):

@@ -31,6 +31,7 @@ def _run(tmp_path: Path, source: str = "idrid") -> Path:
         "predictions/segment/out.csv": f"id,image,score\nx,{tmp_path}/{PRIVATE}/scan.jpg,0.2\n",
         "split.csv": "id,split\nidrid-B-test-IDRiD_001,test\n",
         "data/tuning.csv": "init,candidate,seed,metric,value\nscratch,0,0,auc,0.7\n",
+        "data/never-held-out.json": json.dumps({"never_held_out": {"lesions": 68, "scratch": 0}}),
         "data/downstream-removed.csv": "id,reason,related\na,copy,b\n",
         "data/downstream.csv": f"id,image,split,dr_grade\nidrid-B-test-IDRiD_001,{PRIVATE}/a.jpg,test,2\n",  # a manifest
         "data/downstream.csv.root": f"{tmp_path}/{PRIVATE}\n",
@@ -61,6 +62,7 @@ def _run(tmp_path: Path, source: str = "idrid") -> Path:
 
 
 KEPT = {"results.csv", "run.json", "sweep.yaml", "grid.settings.json", "split.csv", "data/tuning.csv",
+        "data/never-held-out.json",
         "data/downstream.ids.csv",
         "data/tuning-scratch.json", "data/downstream-removed.csv", "pretrain/lesions/results.csv",
         "predictions/ssl-gan/ssl-gan-n10-s0.csv", "predictions/ssl-gan@mx/ssl-gan-n10-s0.csv"}

@@ -59,6 +59,8 @@ def test_finetune_early_stops_without_checkpoints(tiny_prepared: PreparedData, t
     other = finetune(model, tiny_prepared, train, test, REFERABLE, config, engine, tmp_path / "w0", seed=0,
                      never_held_out=never)
     assert len(other.val_rows) > 0 and not set(other.val_rows) & set(result.val_rows[:2])
+    patients = tiny_prepared.manifest.frame["patient"].astype(str).to_numpy()
+    assert not (set(patients[other.val_rows]) & set(patients[never])) - {""}
     assert len(result.val_rows) > 0 and result.steps < 50 * per_epoch
     assert result.steps <= 4 * per_epoch
     assert not list((tmp_path / "w" / "checkpoints").glob("step-*.json"))

@@ -63,11 +63,16 @@ def test_the_patients_of_annotated_rows_are_always_fitted_and_nothing_else_chang
     assert 0.15 < len(set(patients[held2])) / len(free) < 0.35
 
 
-def test_nothing_left_to_hold_out_is_an_error_that_says_why() -> None:
-    manifest = _downstream(n_train=12, n_test=4)
+def test_when_everything_is_marked_the_marks_are_set_aside_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """A pretraining that read every training image's label (``pool: train``) leaves nothing else to
+    hold out: the split is the unmarked one, and the log says so."""
+    manifest = _downstream()
     marked = (manifest.frame["split"] == "train").to_numpy()
-    with pytest.raises(RuntimeError, match="the pretraining saw annotated are kept out"):
-        training_holdout(manifest, REFERABLE, 5, 0, 0.25, 0, "pretrain_seeds", marked)
+    plain = training_holdout(manifest, REFERABLE, 5, 0, 0.25, 0, "pretrain_seeds")
+    with caplog.at_level("WARNING"):
+        fitted, held = training_holdout(manifest, REFERABLE, 5, 0, 0.25, 0, "pretrain_seeds", marked)
+    assert np.array_equal(fitted, plain[0]) and np.array_equal(held, plain[1])
+    assert "may be validated on" in caplog.text
 
 
 def _encoder(path: Path, pool: Manifest, *, label=None, mask=None, init_source: str = "scratch") -> str:
@@ -78,7 +83,8 @@ def _encoder(path: Path, pool: Manifest, *, label=None, mask=None, init_source: 
     return str(path)
 
 
-def test_rows_are_marked_when_a_supervised_or_segmentation_pretraining_read_their_answers(tmp_path: Path) -> None:
+def test_rows_are_marked_when_a_supervised_or_segmentation_pretraining_read_their_answers(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     manifest = _downstream()
     frame = manifest.frame
     digests = [f"d{i}" for i in range(len(frame))]
@@ -98,6 +104,20 @@ def test_rows_are_marked_when_a_supervised_or_segmentation_pretraining_read_thei
     # two-step: a self-supervised step continued from the segmentation encoder still knows the answers
     two_step = _encoder(tmp_path / "two-step", pool, init_source=masks)
     assert np.array_equal(annotated_in_pretraining(two_step, manifest, digests), expected)
+    # digests are computed only when a record with labels is read
+    calls: list[int] = []
+
+    def lazy() -> list[str]:
+        calls.append(1)
+        return digests
+
+    assert not annotated_in_pretraining(ssl, manifest, lazy).any() and not calls
+    assert annotated_in_pretraining(masks, manifest, lazy).sum() == 4 and calls == [1]
+    # a first step that is gone cannot be followed: warned, not silently empty
+    gone = _encoder(tmp_path / "after-gone", pool, init_source=str(tmp_path / "moved" / "encoder"))
+    with caplog.at_level("WARNING"):
+        assert not annotated_in_pretraining(gone, manifest, digests).any()
+    assert "which is not there" in caplog.text
     # a byte-identical copy under another id and patient is found by its content
     copy_pool = Manifest(pd.DataFrame({"id": ["c"], "image": "x.png", "patient": ["elsewhere"]}), Path("."))
     copy = tmp_path / "copy"
@@ -121,5 +141,8 @@ def test_the_report_says_how_many_annotated_images_the_choice_never_held_out(tmp
     path = run.path / "data" / "pretrain-selection-lesions.json"
     path.write_text(json.dumps({**record, "never_held_out": 68}))
     assert "never held out" in (page := transfer_selection_section(run).html) and "68 for lesions" in page
-    path.write_text(json.dumps(record))  # a record from before the rule, or a self-supervised init: nothing to say
-    assert "never held out" not in transfer_selection_section(run).html
+    assert "before that rule" not in page
+    path.write_text(json.dumps({**record, "never_held_out": 0}))  # a self-supervised init: nothing to say
+    assert "never held out" not in (page := transfer_selection_section(run).html) and "before that rule" not in page
+    path.write_text(json.dumps(record))  # a record from before the rule
+    assert "Chosen before that rule existed (lesions)" in transfer_selection_section(run).html

@@ -400,7 +400,9 @@ def test_fine_tuning_cells_and_tuning_never_validate_on_what_the_pretraining_rea
 
     def recording(model, *args, never_held_out=None, **kwargs):
         seen.append((str(model.init), int(np.asarray(never_held_out).sum())))
-        return real(model, *args, never_held_out=never_held_out, **kwargs)
+        result = real(model, *args, never_held_out=never_held_out, **kwargs)
+        assert len(result.val_rows) and not np.asarray(never_held_out)[result.val_rows].any()
+        return result
 
     monkeypatch.setattr(transfer_module, "finetune", recording)
     monkeypatch.setattr(transfer_tuning, "finetune", recording)

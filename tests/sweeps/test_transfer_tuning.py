@@ -205,12 +205,11 @@ def test_the_tuning_record_names_weights_by_content_wherever_they_lie(tmp_path: 
         tuning_module.check_settings(config, run, {"scratch": "scratch", "other": str(tmp_path / "b" / "encoder")})
 
 
-
 def test_the_sweep_records_how_many_images_its_fine_tuning_never_holds_out(tmp_path: Path) -> None:
     """Tuning, early stopping and the pretraining-seed choice never hold out an image whose labels or
     masks the init's pretraining read; the sweep records how many per init (``data/never-held-out.json``).
-    A resume where a count changed would mix cells of two rules: refused; a run fine-tuned before the
-    record existed held such images out: it resumes only where there are none."""
+    Refused: a count that changed, and an init whose fine-tuning began before the record existed with
+    images to keep out. Accepted: such an init with none, inits added later, resumes with fewer inits."""
     from retinassl.sweeps.transfer import TransferGrid
 
     config = resolve_config(_config(tmp_path, tmp_path / "enc"), None)
@@ -218,20 +217,37 @@ def test_the_sweep_records_how_many_images_its_fine_tuning_never_holds_out(tmp_p
     other = str(grid.model_of(config.inits[1]).init)
     none, three = np.zeros(10, dtype=bool), np.r_[np.ones(3, dtype=bool), np.zeros(7, dtype=bool)]
     record = grid.data_dir / "never-held-out.json"
+    tuned = grid.data_dir / "tuning.csv"
 
-    def check(rows: np.ndarray, finetuned: bool) -> None:
+    def check(rows: np.ndarray, inits: list | None = None) -> None:
         grid._annotated = {"scratch": none, other: rows}
-        grid.check_held_out_rule(finetuned)
+        grid.config = config if inits is None else config.model_copy(update={"inits": inits})
+        grid.check_held_out_rule()
 
-    check(three, finetuned=False)
+    check(three)
     assert json.loads(record.read_text()) == {"never_held_out": {"scratch": 0, "other": 3}}
-    check(three, finetuned=True)  # the same: accepted
-    with pytest.raises(ConfigError, match="never_held_out changed"):
-        check(none, finetuned=True)
+    check(three)  # the same: accepted
+    with pytest.raises(ConfigError, match="other"):
+        check(none)
+    check(three, inits=config.inits[:1])  # resumed with scratch alone: the other's count is kept
+    assert json.loads(record.read_text()) == {"never_held_out": {"scratch": 0, "other": 3}}
+    with pytest.raises(ConfigError, match="other"):
+        check(none)
+    # a run whose fine-tuning began before the record existed
     record.unlink()
-    check(none, finetuned=True)  # fine-tuned before the record: nothing was read, the same rows
+    pd.DataFrame([{"init": "other", "candidate": 0, "seed": 0}]).to_csv(tuned, index=False)
+    with pytest.raises(ConfigError, match="began when other validation images could be held out"):
+        check(three)
+    check(none)  # nothing to keep out: the same images were held out then
     record.unlink()
-    with pytest.raises(ConfigError, match="never_held_out changed"):
-        check(three, finetuned=True)
+    pd.DataFrame([{"init": "scratch", "candidate": 0, "seed": 0}]).to_csv(tuned, index=False)
+    check(three)  # only scratch began: the other init is added, recorded as it comes
+    assert json.loads(record.read_text()) == {"never_held_out": {"scratch": 0, "other": 3}}
+    # a fine-tuning cell killed under the old rule (its checkpoint, no result) counts as begun
     record.unlink()
-    check(three, finetuned=False)  # nothing fine-tuned yet: recorded anew
+    tuned.unlink()
+    cell = grid.run.path / "cells" / grid.cell_name({"task": "referable", "init": "other", "protocol": "finetune",
+                                                     "fraction": 1.0, "seed": 0, "fold": ""})
+    (cell / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="other"):
+        check(three)

@@ -7,6 +7,7 @@ set never contains a patient seen in training.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 
@@ -14,6 +15,8 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from retinassl.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def _group_table(labels: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
@@ -141,7 +144,8 @@ def carve_validation(strata: np.ndarray, groups: Sequence[str] | None, fraction:
     validation part would hold fewer than two classes there is no validation split.
     ``always_fitted`` (``(N,)`` bool): the groups of these items stay in the fitted part and the
     others are carved as if they were all there is (e.g. images whose labels an encoder's
-    pretraining read: validating on them would score its memory).
+    pretraining read: validating on them would score its memory); when the others alone cannot
+    give a validation split, the marks are set aside with a warning (every item may be validated on).
 
     Returns:
         ``(fit, val)`` sorted positions; ``val`` is empty when no split is possible.
@@ -154,7 +158,10 @@ def carve_validation(strata: np.ndarray, groups: Sequence[str] | None, fraction:
         blocked = np.isin(groups, groups[np.asarray(always_fitted, dtype=bool)])
         free = np.flatnonzero(~blocked)
         fit, val = carve_validation(strata[free], groups[free], fraction, seed)
-        return np.sort(np.concatenate([free[fit], np.flatnonzero(blocked)])), free[val]
+        if len(val):
+            return np.sort(np.concatenate([free[fit], np.flatnonzero(blocked)])), free[val]
+        log.warning("no validation split without the %d of %d items to be kept out of it (their groups "
+                    "leave too few of a class): they may be validated on, as if not marked", int(blocked.sum()), n)
     uniq, inverse = np.unique(groups, return_inverse=True)
     group_class = np.array([strata[inverse == g].max() for g in range(len(uniq))])
     rng = np.random.default_rng([seed, 7919])

@@ -66,7 +66,8 @@ LOCAL_PATH = "<local path, not archived>"
 KEPT = ("results.csv", "grid.settings.json", "split.csv", "test-patch-labels.csv", "gallery.json",
         "comparison.csv", "comparison.md", "external.csv", "external.md", "predictions/**/*.csv",
         "data/tuning*.json", "data/tuning.csv", "data/*-removed.csv", "data/encoders.json",
-        "data/pretrain-selection-*.json", "pretrain/*/results.csv", "pretrain/*/seed-*/results.csv")
+        "data/pretrain-selection-*.json", "data/never-held-out.json", "pretrain/*/results.csv",
+        "pretrain/*/seed-*/results.csv")
 #: Records copied with their paths replaced (see the module docstring).
 RECORDS = ("run.json", "sweep.yaml", "transfer.yaml", "config.yaml", "evaluate.yaml")
 #: What ``run.json`` keeps: who the run is and how long it ran (its error text may quote a path).

@@ -171,6 +171,10 @@ def transfer_selection_section(run: RunDir):  # -> Section | None
         note += (" Training images whose labels or masks the pretraining read were never held out (their patients "
                  "stay in the fitted part; the encoder knows their answers, as it knows no test image's): "
                  + ", ".join(f"{n} for {init}" for init, n in kept_out.items()) + ".")
+    before = [r["init"] for r in records if "never_held_out" not in r]
+    if before:
+        note += (f" Chosen before that rule existed ({', '.join(before)}): its held-out splits may have held out "
+                 "images whose labels or masks the pretraining read.")
     return Section("Transfer: pretraining seeds chosen on validation data",
                    f'<p class="note">{html.escape(note)}</p>'
                    + table_html(pd.DataFrame(rows), text_columns=("initialisation", "pretraining seed", "kept")))

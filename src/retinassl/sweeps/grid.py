@@ -235,15 +235,12 @@ def check_unchanged(path: Path, settings: dict[str, Any], what: str,
     recorded key that ``settings`` lacks is kept and not compared. ``archived``: the run was
     restored from an archive, whose records hold stand-ins for paths: those take the current paths,
     named (by key, never by value) in a warning. ``defaults``: the default values of fields added
-    later (:meth:`Grid.setting_defaults`); a record that lacks one (at the top level or inside a
-    recorded setting) is taken at its default."""
+    later (:meth:`Grid.setting_defaults`); a recorded setting that lacks one is taken at its default."""
     now = json.loads(json.dumps(settings, default=str))
     recorded = json.loads(path.read_text()) if path.is_file() else {}
     accepted: list[str] | None = [] if archived else None
-    defaults = defaults or {}
-    changed = sorted(k for k in now if k not in replace and (
-        _differs(recorded[k], now[k], accepted, k, defaults.get(k)) if k in recorded
-        else path.is_file() and k in defaults and now[k] != defaults[k]))
+    changed = sorted(k for k in now if k in recorded and k not in replace
+                     and _differs(recorded[k], now[k], accepted, k, (defaults or {}).get(k)))
     if accepted:
         log.warning("%s: the paths at %s were not kept by the archive this run was restored from; the ones "
                     "given now are taken as the same files", what, ", ".join(accepted))

@@ -158,13 +158,11 @@ class TransferGrid(TransferInits, Grid):
             self.check_pretraining(spec.name, self.model_of(spec).init)
         self.record_encoders()
         if "finetune" in config.protocols:
-            self.check_held_out_rule(finetuned="finetune" in {c[self.key.index("protocol")] for c in self.done()}
-                                     or (self.data_dir / "tuning.csv").is_file())
+            self.check_held_out_rule()
         if config.finetune_tuning is not None and "finetune" in config.protocols:
             check_settings(config, self.run, {s.name: str(self.model_of(s).init) for s in config.inits})
             for spec in config.inits:  # every init's setting chosen on training images, before any cell
-                tune_init(config, self.run, self.downstream(), spec, self.model_of(spec),
-                          self.annotated(str(self.model_of(spec).init)))
+                tune_init(config, self.run, self.downstream(), spec, self.model_of(spec), self.annotated_of(spec))
 
     def cells(self) -> list[dict[str, Any]]:
         """Per init, its probe cells and then its fine-tuning cells."""
@@ -300,7 +298,7 @@ class TransferGrid(TransferInits, Grid):
         resume = (workdir / "checkpoints").is_dir()
         result = finetune(model, prepared, cell["rows"], cell["test"], task,
                           tuned_finetune(config, self.run, spec.name), config.engine, workdir, cell["seed"],
-                          resume=resume, probe=config.probe, never_held_out=self.annotated(str(model.init)))
+                          resume=resume, probe=config.probe, never_held_out=self.annotated_of(spec))
         from retinassl.jobs.finetune import predict
 
         external = [(e, predict(result.method, e.prepared, np.arange(len(e.prepared)))) for e in self.externals(task)]

@@ -4,6 +4,8 @@ predictions go, and which test images are explained."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,8 @@ from retinassl.io.rundir import RunDir
 from retinassl.io.saved_model import is_saved_model
 from retinassl.metrics.tasks import TaskSpec
 from retinassl.sweeps.transfer_config import TransferConfig
+
+log = logging.getLogger(__name__)
 
 
 def fraction_tag(fraction: float) -> str:
@@ -57,7 +61,8 @@ def training_holdout(manifest: Manifest, task: TaskSpec, folds: int, split_seed:
     cell (``purpose``: the fine-tuning settings, a pretraining seed) is scored on; the test images are
     never among them. ``never_held_out`` (``(N,)`` bool over the manifest's rows, from
     :func:`annotated_in_pretraining`): the patients of these rows are always fitted, never held out,
-    as the test images were never in the pretraining. Refused without an official test split: with
+    as the test images were never in the pretraining (unless nothing else could be held out:
+    :func:`~retinassl.data.splits.carve_validation`). Refused without an official test split: with
     k-fold cross-validation every image is a test image of some fold."""
     split = evaluation_folds(manifest, task, folds, split_seed)
     if len(split) > 1:
@@ -70,32 +75,45 @@ def training_holdout(manifest: Manifest, task: TaskSpec, folds: int, split_seed:
     fit_pos, val_pos = carve_validation(class_labels(task, manifest)[train], groups, val_fraction, seed, kept)
     if not len(val_pos):
         raise RuntimeError(f"{purpose}: the training images of task {task.name!r} cannot give a "
-                           "validation split with every class (too few patients per class"
-                           + (f" once the {int(kept.sum())} the pretraining saw annotated are kept out"
-                              if kept is not None and kept.any() else "") + ")")
+                           "validation split with every class (too few patients per class)")
     return train[fit_pos], train[val_pos]
 
 
-def annotated_in_pretraining(init: str | None, manifest: Manifest, digests: list[str]) -> np.ndarray:
-    """``(N,)`` True for the rows of ``manifest`` (``digests``: their content digests) whose image, a
-    byte-identical copy of it or another image of its patient/eye group was read *with its labels or
-    masks* by a supervised or segmentation pretraining of the encoder ``init`` (from the record each
-    pretraining keeps in ``model.json``), following a two-step encoder to the encoder it continued
-    from. An encoder that learnt these images' answers scores them as no new patient's image: a
-    choice held out on them (:func:`training_holdout`) would favour memory. Self-supervised
-    pretraining reads no labels and marks nothing; weights without a record (scratch, published
-    models) mark nothing."""
+def annotated_in_pretraining(init: str | None, manifest: Manifest,
+                             digests: Sequence[str] | Callable[[], Sequence[str]]) -> np.ndarray:
+    """``(N,)`` True for the rows of ``manifest`` whose image, a byte-identical copy of it (``digests``:
+    the rows' content digests, or a function that computes them when first needed) or another image
+    of its patient/eye group was read *with its labels or masks* by a supervised or segmentation
+    pretraining of the encoder ``init`` (from the record each pretraining keeps in ``model.json``),
+    following a two-step encoder to the encoder it continued from (``init_source``). An encoder that
+    learnt these images' answers scores them as no new patient's image: a choice held out on them
+    (:func:`training_holdout`) would favour memory. Self-supervised pretraining reads no labels and
+    marks nothing; so do scratch and published weights. A saved model of another kind (a classifier,
+    a segmenter) lists no images it was trained on, and an encoder whose ``init_source`` is gone
+    cannot be followed: both are warned about, as their images cannot be marked."""
     from retinassl.models.checkpoint import read_encoder_meta
 
     marked = np.zeros(len(manifest), dtype=bool)
     seen: set[str] = set()
-    while init and init not in seen and is_saved_model(Path(init)):
+    computed: list[Sequence[str]] = []
+    while init and init not in seen:
+        if not is_saved_model(Path(init)):
+            if seen and init != "scratch" and not Path(init).exists():
+                log.warning("encoder %s continued from %s, which is not there (moved?): the images whose "
+                            "labels or masks that pretraining read cannot be kept out of held-out choices",
+                            sorted(seen)[-1], init)
+            break
         seen.add(init)
         meta = read_encoder_meta(init)
         config = meta.get("config") or {}
         record = meta.get(PRETRAINING_KEY)
+        if meta.get("kind", "encoder") != "encoder" and not record:
+            log.warning("init %s is a saved %s: it was trained on labelled images it does not list, so "
+                        "they cannot be kept out of held-out choices", init, meta.get("kind"))
         if record and (config.get("label") is not None or config.get("mask")):
-            hits = set(seen_in_pretraining(record, manifest, digests)["test_id"])
+            if not computed:
+                computed.append(digests() if callable(digests) else digests)
+            hits = set(seen_in_pretraining(record, manifest, computed[0])["test_id"])
             marked |= manifest.frame["id"].astype(str).isin(hits).to_numpy()
         init = meta.get("init_source")
     return marked

@@ -32,7 +32,6 @@ from retinassl.io.saved_model import is_saved_model
 from retinassl.models.initialize import same_weights, seeded_initial_encoder, weights_identity
 from retinassl.models.vit_transfer import set_pooling
 from retinassl.sweeps.transfer_config import InitSpec
-from retinassl.sweeps.grid import check_unchanged
 from retinassl.sweeps.transfer_data import annotated_in_pretraining, training_holdout
 
 log = logging.getLogger(__name__)
@@ -111,7 +110,9 @@ class TransferInits:
         task = self.config.choice_task()
         self.selection_holdouts(task, None)  # refused now (k-fold, too few patients), not after the pretrainings
         candidates = {seed: self._pretrain(spec, folder / f"seed-{seed}", seed) for seed in spec.pretrain_seeds}
-        annotated = np.logical_or.reduce([self.annotated(str(path)) for path in candidates.values()])
+        annotated = self._first_step_annotated(spec)
+        for path in candidates.values():
+            annotated = annotated | self.annotated(str(path))
         return self.selected(spec, candidates, task, self.selection_holdouts(task, annotated), int(annotated.sum()))
 
     def _pretrain(self, spec: InitSpec, folder: Path, seed: int | None) -> Path:
@@ -188,20 +189,58 @@ class TransferInits:
         holds these out, nor their patients."""
         if init not in self._annotated:
             manifest = self.downstream().manifest
-            self._annotated[init] = annotated_in_pretraining(init, manifest, content_digests(manifest, self.cache.memo))
+            self._annotated[init] = annotated_in_pretraining(
+                init, manifest, lambda: content_digests(manifest, self.cache.memo))
         return self._annotated[init]
 
-    def check_held_out_rule(self, finetuned: bool) -> None:
-        """Record (``data/never-held-out.json``) how many training images each init's fine-tuning never
-        holds out (:meth:`annotated`); a resume where a count changed is refused. A run ``finetuned``
-        before the record existed held every image out alike: it resumes only where every count is 0."""
-        counts = {spec.name: int(self.annotated(str(self.model_of(spec).init)).sum()) for spec in self.config.inits}
+    def annotated_of(self, spec: InitSpec) -> np.ndarray:
+        """:meth:`annotated` of ``spec``'s encoder, with those of the sweep's initialisation a two-step
+        ``spec`` continued from (followed through the sweep, wherever its run directory now lies)."""
+        return self.annotated(str(self.model_of(spec).init)) | self._first_step_annotated(spec)
+
+    def _first_step_annotated(self, spec: InitSpec) -> np.ndarray | np.bool_:
+        """:meth:`annotated_of` the init a two-step ``spec`` continued from (``False`` for none)."""
+        first = self.config.init_named(spec.init) if spec.pretrain is not None else None
+        return self.annotated_of(first) if first is not None else np.False_
+
+    def check_held_out_rule(self) -> None:
+        """Record per init (``data/never-held-out.json``) how many downstream rows its fine-tuning never
+        holds out (:meth:`annotated_of`). Refused: an init whose count changed since it was recorded, and
+        an init whose fine-tuning began before the record existed (a done cell, a tuning run, or the
+        checkpoint of either) with rows to keep out (it held them out then). Inits that have not begun
+        are recorded as they come."""
         path = self.data_dir / HELD_OUT_FILE
-        if finetuned and not path.is_file():
-            write_text(path, json.dumps({"never_held_out": {}}))
-        check_unchanged(path, {"never_held_out": counts}, "this run's fine-tuning (validation images never "
-                        "held out: those whose labels or masks the init's pretraining read)",
-                        defaults={"never_held_out": {name: 0 for name in counts}})
+        recorded = json.loads(path.read_text()).get("never_held_out", {}) if path.is_file() else {}
+        counts = {spec.name: int(self.annotated_of(spec).sum()) for spec in self.config.inits}
+        began = self._finetuning_began()
+        changed = sorted(name for name, n in counts.items()
+                         if (recorded[name] != n if name in recorded else (name in began and n > 0)))
+        if changed:
+            raise ConfigError(
+                f"this run's fine-tuning of {', '.join(changed)} began when other validation images could be held "
+                f"out ({path.name} records the images whose labels or masks each init's pretraining read, "
+                f"{ {name: recorded.get(name, 'not recorded') for name in changed} }, now "
+                f"{ {name: counts[name] for name in changed} }): its done cells would be mixed with cells "
+                "validated otherwise; start a new run")
+        merged = {**recorded, **counts}
+        if merged != recorded or not path.is_file():
+            write_text(path, json.dumps({"never_held_out": merged}, indent=2, sort_keys=True))
+
+    def _finetuning_began(self) -> set[str]:
+        """The inits with a done fine-tuning cell, a tuning run, or a fine-tuning or tuning checkpoint."""
+        key = self.key
+        began = {str(c[key.index("init")]) for c in self.done() if c[key.index("protocol")] == "finetune"}
+        table = self.data_dir / "tuning.csv"
+        if table.is_file():
+            import pandas as pd
+
+            began |= set(pd.read_csv(table)["init"].astype(str))
+        for spec in self.config.inits:  # workdirs: tune-<init>-c<k>-s<seed>, <task>-<init>-f<fraction>-...
+            prefixes = (f"tune-{spec.name}-c", *(f"{task.name}-{spec.name}-f" for task in self.config.tasks))
+            if any(w.name.startswith(prefixes) and (w / "checkpoints").is_dir()
+                   for w in (self.run.path / "cells").glob("*")):
+                began.add(spec.name)
+        return began
 
     def frozen_features(self, model: ModelConfig, prepared: PreparedData) -> Features:
         """The pooled embeddings of every row of ``prepared`` by the initial encoder of ``model``, frozen,
@@ -231,8 +270,8 @@ class TransferInits:
                  holdouts: list[tuple[np.ndarray, np.ndarray]], never_held_out: int = 0) -> Path:
         """Keep the candidate encoder (pretraining seed -> encoder directory) with the best mean
         validation score (:meth:`selection_scores`; the earlier seed on a tie, never one scoring NaN;
-        ``never_held_out``: how many training images the held-out splits left out, their labels or
-        masks having been read by the pretraining):
+        ``never_held_out``: how many downstream rows the held-out splits never held out, with their
+        patients' other images, their labels or masks having been read by the pretraining):
         recorded in ``data/pretrain-selection-<name>.json`` and as ``selection_<metric>`` / ``selected``
         rows (one per seed) of the results, then copied to ``pretrain/<name>/encoder`` (with its
         pretraining manifest and figures), which every cell uses. A run killed after the choice was
