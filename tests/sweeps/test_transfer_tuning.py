@@ -205,14 +205,14 @@ def test_the_tuning_record_names_weights_by_content_wherever_they_lie(tmp_path: 
         tuning_module.check_settings(config, run, {"scratch": "scratch", "other": str(tmp_path / "b" / "encoder")})
 
 
-def test_the_sweep_records_how_many_images_its_fine_tuning_never_holds_out(tmp_path: Path) -> None:
+def test_the_sweep_records_how_many_images_its_fine_tuning_never_holds_out(tiny_root: Path, tmp_path: Path) -> None:
     """Tuning, early stopping and the pretraining-seed choice never hold out an image whose labels or
     masks the init's pretraining read; the sweep records how many per init (``data/never-held-out.json``).
     Refused: a count that changed, and an init whose fine-tuning began before the record existed with
     images to keep out. Accepted: such an init with none, inits added later, resumes with fewer inits."""
     from retinassl.sweeps.transfer import TransferGrid
 
-    config = resolve_config(_config(tmp_path, tmp_path / "enc"), None)
+    config = resolve_config(_config(tiny_root, tmp_path / "enc"), None)
     grid = TransferGrid(config.model_dump(mode="json"), RunDir.create(tmp_path / "runs", "tune"))
     other = str(grid.model_of(config.inits[1]).init)
     none, three = np.zeros(10, dtype=bool), np.r_[np.ones(3, dtype=bool), np.zeros(7, dtype=bool)]
@@ -247,7 +247,7 @@ def test_the_sweep_records_how_many_images_its_fine_tuning_never_holds_out(tmp_p
     record.unlink()
     tuned.unlink()
     cell = grid.run.path / "cells" / grid.cell_name({"task": "referable", "init": "other", "protocol": "finetune",
-                                                     "fraction": 1.0, "seed": 0, "fold": ""})
+                                                     "fraction": 1.0, "seed": 0, "fold": None})
     (cell / "checkpoints").mkdir(parents=True)
     with pytest.raises(ConfigError, match="other"):
         check(three)

@@ -33,6 +33,7 @@ models were tested using DeLong's test"):
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -48,7 +49,7 @@ from retinassl.config import ModelConfig, to_yaml
 from retinassl.data.cache import Cache, PreparedData
 from retinassl.data.manifest import Manifest
 from retinassl.engine.threads import apply_threads, sharing_processes
-from retinassl.errors import DataError
+from retinassl.errors import ConfigError, DataError
 from retinassl.models.initialize import check_encoder_inputs
 from retinassl.models.published import published_meta
 from retinassl.io.results import append_results, result_row
@@ -57,7 +58,7 @@ from retinassl.io.saved_model import LEGACY, META
 from retinassl.sweeps.grid import Grid, data_settings, run_grid
 from retinassl.sweeps.transfer_config import InitSpec, TransferConfig, resolve_config
 from retinassl.sweeps.transfer_inits import TransferInits
-from retinassl.sweeps.transfer_tuning import check_settings, tune_init, tuned_finetune
+from retinassl.sweeps.transfer_tuning import check_settings, tune_init, tuned_finetune, tuning_workdirs
 from retinassl.sweeps.external import ExternalSet, warn_overlap
 from retinassl.sweeps.transfer_external import (external_rows, prepare_external, with_external_tasks,
                                                write_external_table)
@@ -68,6 +69,7 @@ from retinassl.jobs.probe import ProbeConfig, fit_probe
 from retinassl.metrics.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
+HELD_OUT_FILE = "never-held-out.json"  # data/: per init, the rows its fine-tuning never holds out
 
 # -- data ------------------------------------------------------------------------------------------
 class TransferGrid(TransferInits, Grid):
@@ -163,6 +165,42 @@ class TransferGrid(TransferInits, Grid):
             check_settings(config, self.run, {s.name: str(self.model_of(s).init) for s in config.inits})
             for spec in config.inits:  # every init's setting chosen on training images, before any cell
                 tune_init(config, self.run, self.downstream(), spec, self.model_of(spec), self.annotated_of(spec))
+
+    def check_held_out_rule(self) -> None:
+        """Record per init (``data/never-held-out.json``) how many downstream rows its fine-tuning never
+        holds out (:meth:`annotated_of`). Refused: an init whose count changed since it was recorded, and
+        an init whose fine-tuning began before the record existed (a done cell, a tuning run, or the
+        checkpoint of either) with rows to keep out (it held them out then). Inits that have not begun
+        are recorded as they come."""
+        path = self.data_dir / HELD_OUT_FILE
+        recorded = json.loads(path.read_text()).get("never_held_out", {}) if path.is_file() else {}
+        counts = {spec.name: int(self.annotated_of(spec).sum()) for spec in self.config.inits}
+        began = self._finetuning_began()
+        changed = sorted(name for name, n in counts.items()
+                         if (recorded[name] != n if name in recorded else (name in began and n > 0)))
+        if changed:
+            raise ConfigError(
+                f"this run's fine-tuning of {', '.join(changed)} began when other validation images could be held "
+                f"out ({path.name} records the images whose labels or masks each init's pretraining read, "
+                f"{ {name: recorded.get(name, 'not recorded') for name in changed} }, now "
+                f"{ {name: counts[name] for name in changed} }): its done cells would be mixed with cells "
+                "validated otherwise; start a new run")
+        merged = {**recorded, **counts}
+        if merged != recorded or not path.is_file():
+            write_text(path, json.dumps({"never_held_out": merged}, indent=2, sort_keys=True))
+
+    def _finetuning_began(self) -> set[str]:
+        """The inits with a done fine-tuning cell, a tuning run, or a fine-tuning or tuning checkpoint."""
+        done = self.done()
+        began = {str(c["init"]) for c in self.cells() if c["protocol"] == "finetune" and (
+            self.cell_key(c) in done or (self.run.path / "cells" / self.cell_name(c) / "checkpoints").is_dir())}
+        table = self.data_dir / "tuning.csv"
+        if table.is_file():
+            began |= set(pd.read_csv(table)["init"].astype(str))
+        for spec in self.config.inits:
+            if any((w / "checkpoints").is_dir() for w in tuning_workdirs(self.run, spec.name)):
+                began.add(spec.name)
+        return began
 
     def cells(self) -> list[dict[str, Any]]:
         """Per init, its probe cells and then its fine-tuning cells."""

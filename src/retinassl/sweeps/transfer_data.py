@@ -54,7 +54,8 @@ def evaluation_folds(manifest: Manifest, task: TaskSpec, folds: int, seed: int) 
 
 
 def training_holdout(manifest: Manifest, task: TaskSpec, folds: int, split_seed: int, val_fraction: float,
-                     seed: int, purpose: str, never_held_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     seed: int, purpose: str,
+                     never_held_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(fitted, held out)`` rows of the official training images: about ``val_fraction`` of the
     training patients held out, stratified by ``task``'s classes, never splitting a patient
     (:func:`~retinassl.data.splits.carve_validation` with ``seed``). What a choice made before any test
@@ -95,7 +96,7 @@ def annotated_in_pretraining(init: str | None, manifest: Manifest,
 
     marked = np.zeros(len(manifest), dtype=bool)
     seen: set[str] = set()
-    computed: list[Sequence[str]] = []
+    values: Sequence[str] | None = None
     while init and init not in seen:
         if not is_saved_model(Path(init)):
             if seen and init != "scratch" and not Path(init).exists():
@@ -111,9 +112,9 @@ def annotated_in_pretraining(init: str | None, manifest: Manifest,
             log.warning("init %s is a saved %s: it was trained on labelled images it does not list, so "
                         "they cannot be kept out of held-out choices", init, meta.get("kind"))
         if record and (config.get("label") is not None or config.get("mask")):
-            if not computed:
-                computed.append(digests() if callable(digests) else digests)
-            hits = set(seen_in_pretraining(record, manifest, computed[0])["test_id"])
+            if values is None:
+                values = digests() if callable(digests) else digests
+            hits = set(seen_in_pretraining(record, manifest, values)["test_id"])
             marked |= manifest.frame["id"].astype(str).isin(hits).to_numpy()
         init = meta.get("init_source")
     return marked

@@ -36,7 +36,6 @@ from retinassl.sweeps.transfer_data import annotated_in_pretraining, training_ho
 
 log = logging.getLogger(__name__)
 ENCODERS_FILE = "encoders.json"
-HELD_OUT_FILE = "never-held-out.json"
 SELECTION_SEEDS = 5            # held-out splits a pretraining seed is scored on (a probe takes seconds)
 SELECTION_VAL_FRACTION = 0.25  # share of the training patients each holds out (as finetune_tuning's default)
 
@@ -203,45 +202,6 @@ class TransferInits:
         first = self.config.init_named(spec.init) if spec.pretrain is not None else None
         return self.annotated_of(first) if first is not None else np.False_
 
-    def check_held_out_rule(self) -> None:
-        """Record per init (``data/never-held-out.json``) how many downstream rows its fine-tuning never
-        holds out (:meth:`annotated_of`). Refused: an init whose count changed since it was recorded, and
-        an init whose fine-tuning began before the record existed (a done cell, a tuning run, or the
-        checkpoint of either) with rows to keep out (it held them out then). Inits that have not begun
-        are recorded as they come."""
-        path = self.data_dir / HELD_OUT_FILE
-        recorded = json.loads(path.read_text()).get("never_held_out", {}) if path.is_file() else {}
-        counts = {spec.name: int(self.annotated_of(spec).sum()) for spec in self.config.inits}
-        began = self._finetuning_began()
-        changed = sorted(name for name, n in counts.items()
-                         if (recorded[name] != n if name in recorded else (name in began and n > 0)))
-        if changed:
-            raise ConfigError(
-                f"this run's fine-tuning of {', '.join(changed)} began when other validation images could be held "
-                f"out ({path.name} records the images whose labels or masks each init's pretraining read, "
-                f"{ {name: recorded.get(name, 'not recorded') for name in changed} }, now "
-                f"{ {name: counts[name] for name in changed} }): its done cells would be mixed with cells "
-                "validated otherwise; start a new run")
-        merged = {**recorded, **counts}
-        if merged != recorded or not path.is_file():
-            write_text(path, json.dumps({"never_held_out": merged}, indent=2, sort_keys=True))
-
-    def _finetuning_began(self) -> set[str]:
-        """The inits with a done fine-tuning cell, a tuning run, or a fine-tuning or tuning checkpoint."""
-        key = self.key
-        began = {str(c[key.index("init")]) for c in self.done() if c[key.index("protocol")] == "finetune"}
-        table = self.data_dir / "tuning.csv"
-        if table.is_file():
-            import pandas as pd
-
-            began |= set(pd.read_csv(table)["init"].astype(str))
-        for spec in self.config.inits:  # workdirs: tune-<init>-c<k>-s<seed>, <task>-<init>-f<fraction>-...
-            prefixes = (f"tune-{spec.name}-c", *(f"{task.name}-{spec.name}-f" for task in self.config.tasks))
-            if any(w.name.startswith(prefixes) and (w / "checkpoints").is_dir()
-                   for w in (self.run.path / "cells").glob("*")):
-                began.add(spec.name)
-        return began
-
     def frozen_features(self, model: ModelConfig, prepared: PreparedData) -> Features:
         """The pooled embeddings of every row of ``prepared`` by the initial encoder of ``model``, frozen,
         with the probe's pooling (from the feature cache when they were extracted before)."""
@@ -267,7 +227,7 @@ class TransferInits:
         return out
 
     def selected(self, spec: InitSpec, candidates: dict[int, Path], task: TaskSpec,
-                 holdouts: list[tuple[np.ndarray, np.ndarray]], never_held_out: int = 0) -> Path:
+                 holdouts: list[tuple[np.ndarray, np.ndarray]], never_held_out: int) -> Path:
         """Keep the candidate encoder (pretraining seed -> encoder directory) with the best mean
         validation score (:meth:`selection_scores`; the earlier seed on a tie, never one scoring NaN;
         ``never_held_out``: how many downstream rows the held-out splits never held out, with their

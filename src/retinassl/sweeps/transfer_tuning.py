@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,7 @@ def check_settings(config: TransferConfig, run: RunDir, inits: dict[str, str]) -
     time: the tuning settings, the fine-tuning base, engine and preprocessing, the seed and folds
     (the splits), the tuning task and each init's weights (``inits``: name -> ``model.init``, recorded
     by :func:`weights_identity`; which images are never held out is the sweep's own record,
-    :meth:`~retinassl.sweeps.transfer_inits.TransferInits.check_held_out_rule`); a resumed run where
+    :meth:`~retinassl.sweeps.transfer.TransferGrid.check_held_out_rule`); a resumed run where
     any of these differs would mix two tunings:
     refused. A record of an earlier version, which held the weights' path, is upgraded where that
     path still holds the same weights."""
@@ -122,12 +123,23 @@ def _done(path: Path) -> pd.DataFrame:
     return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=list(COLUMNS))
 
 
+def tuning_workdir(run: RunDir, init: str, candidate: int, seed: int) -> Path:
+    """Where one tuning run trains (removed when it is done, unless ``keep_workdirs``)."""
+    return run.path / "cells" / f"tune-{init}-c{candidate}-s{seed}"
+
+
+def tuning_workdirs(run: RunDir, init: str) -> list[Path]:
+    """Every tuning run directory of ``init`` still on disk (:func:`tuning_workdir`'s names)."""
+    pattern = rf"tune-{re.escape(init)}-c\d+-s\d+"
+    return [p for p in (run.path / "cells").glob("tune-*") if re.fullmatch(pattern, p.name)]
+
+
 def tune_init(config: TransferConfig, run: RunDir, prepared: PreparedData, spec: InitSpec,
               model: ModelConfig, annotated: np.ndarray | None = None) -> dict[str, Any]:
     """Run the missing tuning runs of ``spec``, choose, write ``data/tuning-<init>.json``; returns
     the chosen values (``annotated``: rows never held out, by :func:`tuning_rows` nor by each run's
-    early stopping). A run that
-    diverges scores NaN, and a candidate with a NaN on any tuning seed is not chosen."""
+    early stopping). A run that diverges scores NaN, and a candidate with a NaN on any tuning seed is
+    not chosen."""
     from retinassl.errors import DataError, TrainingDiverged
 
     apply_threads(config.engine.num_threads, sharing=sharing_processes(config.engine.devices))
@@ -144,7 +156,7 @@ def tune_init(config: TransferConfig, run: RunDir, prepared: PreparedData, spec:
             done = _done(table)
             if ((done["init"] == spec.name) & (done["candidate"] == k) & (done["seed"] == seed)).any():
                 continue
-            workdir = run.path / "cells" / f"tune-{spec.name}-c{k}-s{seed}"
+            workdir = tuning_workdir(run, spec.name, k, seed)
             try:
                 result = finetune(model, prepared, subset, val, task, config.finetune.model_copy(update=values),
                                   config.engine, workdir, seed, resume=(workdir / "checkpoints").is_dir(),
