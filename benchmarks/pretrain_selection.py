@@ -5,8 +5,9 @@ training images whose labels or masks the candidates' pretraining read (the held
 Each candidate encoder (``pretrain/<init>/seed-<s>/encoder``) gets the sweep's own selection score
 (:meth:`~retinassl.sweeps.transfer_inits.TransferInits.selection_scores`: a linear probe fitted beside
 the held-out training patients, mean over the selection splits) twice: on the held-out splits that may
-hold those images out (the rule before session 28), and on the splits that never do (the rule now).
-The first is checked against the score the run recorded when it was made under that rule. The run's
+hold those images out, with the probe's ``C`` chosen on folds over the rows (the rule before session
+28, ``probe.inner_cv: rows``), and on the splits that never do, ``C`` chosen on folds of patients that
+never validate on them either (the rule now, ``inner_cv: grouped``). The first is checked against the score the run recorded when it was made under that rule. The run's
 records are not changed (its cleaned downstream files are prepared again, to the same content).
 
     python benchmarks/pretrain_selection.py RUN [RUN ...] --name pretrain_selection_rule
@@ -31,9 +32,12 @@ def rescore(run_path: Path) -> list[dict]:
     from retinassl.sweeps.transfer import TransferGrid
     from retinassl.sweeps.transfer_inits import selection_records
 
-    config = resolve_config(yaml.safe_load((run_path / "transfer.yaml").read_text()), None)
-    grid = TransferGrid(config.model_dump(mode="json"), RunDir(run_path))  # not resumed: its status stays
-    task = config.choice_task()
+    config = resolve_config(yaml.safe_load((run_path / "transfer.yaml").read_text()), None).model_dump(mode="json")
+    rules = {"may hold them out": "rows", "never holds them out": "grouped"}  # the probe's inner_cv of each rule
+    grids = {rule: TransferGrid({**config, "probe": {**config["probe"], "inner_cv": inner_cv}}, RunDir(run_path))
+             for rule, inner_cv in rules.items()}  # not resumed: the run's status stays
+    grid = grids["never holds them out"]
+    task = grid.config.choice_task()
     out = []
     for record in selection_records(grid.run):
         candidates = {c["seed"]: run_path / "pretrain" / record["init"] / f"seed-{c['seed']}" / "encoder"
@@ -44,7 +48,9 @@ def rescore(run_path: Path) -> list[dict]:
         held = {rule: [int(annotated[v].sum()) for _, v in s] for rule, s in splits.items()}
         sizes = {rule: [len(v) for _, v in s] for rule, s in splits.items()}
         for c in record["candidates"]:
-            scores = {rule: grid.selection_scores(candidates[c["seed"]], task, s) for rule, s in splits.items()}
+            scores = {rule: grids[rule].selection_scores(candidates[c["seed"]], task, s,
+                                                         annotated if rule == "never holds them out" else None)
+                      for rule, s in splits.items()}
             out.append({"run": run_path.name, "init": record["init"], "seed": c["seed"],
                         "recorded_rule": "never holds them out" if "never_held_out" in record else "may hold them out",
                         "recorded_mean": c["mean"], "recorded_chosen": record["chosen"] == c["seed"],

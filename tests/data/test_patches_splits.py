@@ -8,7 +8,7 @@ import torch
 
 from retinassl.data.patches import (from_patches, patch_boxes, patch_labels, patch_pixel_counts,
                                     patch_values_to_image, to_patches)
-from retinassl.data.splits import nested_subsets, stratified_group_split, stratified_kfold
+from retinassl.data.splits import inner_folds, nested_subsets, stratified_group_split, stratified_kfold
 from retinassl.errors import DataError
 
 
@@ -90,3 +90,39 @@ def test_kfold_groups_and_strata() -> None:
         assert abs(labels[te].mean() - 0.3) < 0.1
     with pytest.raises(DataError, match="at least 5 items of every class"):
         stratified_kfold(np.r_[np.ones(3, int), np.zeros(10, int)], None, 5, seed=0)
+
+
+def test_inner_folds_keep_patients_whole_and_never_validate_on_kept_out_rows() -> None:
+    """The inner cross-validation of a choice (the probe's C): a patient's rows fall in one fold, and
+    the rows kept out (with their patients) are fitted in every fold and validated in none."""
+    from sklearn.model_selection import StratifiedKFold
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 60)
+    # without patients and marks: scikit-learn's StratifiedKFold over the rows, as before
+    reference = list(StratifiedKFold(3, shuffle=True, random_state=5).split(np.zeros(60), labels))
+    folds = inner_folds(labels, None, 3, 5)
+    assert len(folds) == 3
+    for (fit, val), (ref_fit, ref_val) in zip(folds, reference):
+        assert np.array_equal(fit, ref_fit) and np.array_equal(val, ref_val)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(inner_folds(labels, [""] * 60, 3, 5), folds))
+    # patients of two or three rows, six rows kept out (and their patients)
+    patients = np.array([f"p{i // 3}" if i < 30 else f"q{i // 2}" for i in range(60)])
+    kept = np.zeros(60, dtype=bool)
+    kept[[0, 7, 31, 44, 45, 58]] = True
+    blocked = np.isin(patients, patients[kept])
+    folds = inner_folds(labels, patients, 3, 5, kept)
+    validated = np.concatenate([val for _, val in folds])
+    assert len(validated) == len(set(validated.tolist())) == int((~blocked).sum())  # each free row once
+    assert not blocked[validated].any()
+    for fit, val in folds:
+        assert np.array_equal(np.sort(np.concatenate([fit, val])), np.arange(60))
+        assert blocked[fit].sum() == blocked.sum()  # every kept-out row fitted in every fold
+        assert not set(patients[fit]) & set(patients[val])  # no patient on both sides
+        assert set(labels[val]) == {0, 1}
+    # a class in fewer than k patients among the rows not kept out: no folds
+    few = np.array([1] * 4 + [0] * 16)
+    assert inner_folds(few, None, 3, 0) is not None
+    assert inner_folds(few, None, 3, 0, np.array([True, True] + [False] * 18)) is None
+    assert inner_folds(few, ["a", "a", "b", "b"] + [f"n{i}" for i in range(16)], 3, 0) is None
+    assert inner_folds(np.zeros(20, dtype=int), None, 3, 0) is None

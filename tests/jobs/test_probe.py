@@ -106,3 +106,44 @@ def test_fit_probe_separable_and_degenerate() -> None:
     labels = np.stack([y, 1 - y, np.zeros(60, dtype=int)], axis=1)
     scores, cs = fit_probe(x, labels, x, multi, 3)
     assert scores.shape == (60, 3) and np.isnan(cs[2])
+
+
+def test_the_probe_chooses_c_on_folds_of_patients_never_validating_on_kept_out_rows(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """C is chosen by inner cross-validation over the training rows' patients that never validates on
+    the rows kept out (images whose labels the encoder's pretraining read); with too few other rows,
+    the default C; ``inner_cv: rows`` ignores both, as runs before it did."""
+    from retinassl.jobs import probe as probe_module
+    from retinassl.jobs.probe import ProbeConfig
+
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1], 30)
+    x = rng.normal(size=(60, 20)) + y[:, None] * 0.4
+    patients = np.array([f"p{i // 2}" for i in range(60)])
+    kept = np.zeros(60, dtype=bool)
+    kept[[1, 2, 40, 41, 50]] = True
+    config = ProbeConfig(c_grid=[0.001, 0.01], c_default=5.0)
+    real = probe_module.inner_folds
+    validated: list[np.ndarray] = []
+
+    def recording(*args, **kwargs):
+        folds = real(*args, **kwargs)
+        validated.extend(val for _, val in folds or [])
+        return folds
+
+    monkeypatch.setattr(probe_module, "inner_folds", recording)
+    _, cs = fit_probe(x, y, x[:3], REFERABLE, 1, config, seed=0, groups=patients, always_fitted=kept)
+    assert cs[0] in config.c_grid and validated
+    blocked = np.isin(patients, patients[kept])
+    seen = np.concatenate(validated)
+    assert not blocked[seen].any() and not (set(patients[seen]) & set(patients[blocked]))
+    # nearly every row kept out: too few others for 3 folds, so the default C
+    most = np.ones(60, dtype=bool)
+    most[[0, 1, 30, 31]] = False
+    _, cs = fit_probe(x, y, x[:3], REFERABLE, 1, config, seed=0, groups=patients, always_fitted=most)
+    assert cs == [5.0]
+    # inner_cv: rows: the marks and patients ignored, the C of folds over the rows
+    rows = config.model_copy(update={"inner_cv": "rows"})
+    assert fit_probe(x, y, x[:3], REFERABLE, 1, rows, seed=0, groups=patients, always_fitted=most)[1] == \
+        fit_probe(x, y, x[:3], REFERABLE, 1, rows, seed=0)[1]
+    assert fit_probe(x, y, x[:3], REFERABLE, 1, rows, seed=0)[1][0] in config.c_grid

@@ -149,6 +149,19 @@ def test_smoke_sweep_resumes_only_missing_cells(tiny_root: Path, tmp_path: Path,
         with pytest.raises(ConfigError, match=f"{name} changed"):
             run_transfer(config.model_copy(update=change), RunDir.resume(run.path))
     assert len(read_results(run.results_file)) == len(results)
+    # a run recorded before the probe's inner_cv existed chose C on folds over the rows: resumed with the
+    # grouped folds its probe cells would be mixed with others, so only `probe.inner_cv: rows` resumes it
+    import json
+
+    settings = run.path / "grid.settings.json"
+    recorded = json.loads(settings.read_text())
+    assert recorded["probe"].pop("inner_cv") == "grouped"
+    settings.write_text(json.dumps(recorded))
+    with pytest.raises(ConfigError, match="probe changed"):
+        run_transfer(config, RunDir.resume(run.path))
+    rows = config.model_copy(update={"probe": config.probe.model_copy(update={"inner_cv": "rows"})})
+    run_transfer(rows, RunDir.resume(run.path))
+    assert len(read_results(run.results_file)) == len(results)
     # the comparison: DeLong p-values for the other init at every fraction, not for the reference
     table = pd.read_csv(run.path / "comparison.csv")
     auc = table[(table["metric"] == "auc") & (table["task"] == "referable")]
@@ -387,12 +400,14 @@ def test_a_lesion_segmentation_init_pretrains_on_the_pools_images_with_masks(tin
     assert not grid.annotated("scratch").any()
 
 
-def test_fine_tuning_cells_and_tuning_never_validate_on_what_the_pretraining_read(
+def test_fine_tuning_cells_tuning_and_probes_never_validate_on_what_the_pretraining_read(
         tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each fine-tuning of the sweep (tuning runs and cells) gets its init's annotated rows, so that its
-    early stopping never validates on them; scratch gets none; the counts are recorded."""
+    early stopping never validates on them, and so does each probe's choice of C (and the probe that
+    starts a fine-tuning's head); scratch gets none; the counts are recorded."""
     import json
 
+    from retinassl.jobs import probe as probe_module
     from retinassl.sweeps import transfer as transfer_module, transfer_tuning
 
     real = transfer_module.finetune
@@ -404,8 +419,19 @@ def test_fine_tuning_cells_and_tuning_never_validate_on_what_the_pretraining_rea
         assert len(result.val_rows) and not np.asarray(never_held_out)[result.val_rows].any()
         return result
 
+    real_folds = probe_module.inner_folds
+    kept_out: list[tuple[int, bool]] = []
+
+    def folds_recording(labels, groups, k, seed, always_fitted=None):
+        folds = real_folds(labels, groups, k, seed, always_fitted)
+        marked = np.zeros(len(labels), dtype=bool) if always_fitted is None else np.asarray(always_fitted)
+        kept_out.append((int(marked.sum()), folds is not None))
+        assert not any(marked[val].any() for _, val in folds or [])
+        return folds
+
     monkeypatch.setattr(transfer_module, "finetune", recording)
     monkeypatch.setattr(transfer_tuning, "finetune", recording)
+    monkeypatch.setattr(probe_module, "inner_folds", folds_recording)
     pool = pd.read_csv(tiny_root / "data" / "manifest.csv")
     lesions = ["mask_MA", "mask_HE", "mask_EX", "mask_SE"]
     pool.loc[pool.index % 8 != 0, lesions] = np.nan  # one image in eight has lesion masks
@@ -417,8 +443,8 @@ def test_fine_tuning_cells_and_tuning_never_validate_on_what_the_pretraining_rea
     config = resolve_config(_config(
         tiny_root, tmp_path / "enc", inits=[{"name": "scratch"}, {"name": "lesions", "pretrain": pretrain}],
         pool={"data": [{"source": "manifest", "manifest": str(pool_csv)}], "detect_duplicates": False},
-        tasks=[{"name": "referable", "label": "dr_grade", "positive_from": 2}], protocols=["finetune"],
-        finetune_tuning={"grid": {"lr": [0.001]}, "fraction": 1.0, "seeds": [0], "val_fraction": 0.3},
+        tasks=[{"name": "referable", "label": "dr_grade", "positive_from": 2}], protocols=["probe", "finetune"],
+        probe={"c_grid": [0.1, 1.0]}, finetune_tuning={"grid": {"lr": [0.001]}, "fraction": 1.0, "seeds": [0], "val_fraction": 0.3},
         explain={"tsne": False, "gradcam": 0}), None)
     run = RunDir.create(tmp_path / "runs", "held")
     try:
@@ -430,6 +456,7 @@ def test_fine_tuning_cells_and_tuning_never_validate_on_what_the_pretraining_rea
     n = int(grid.annotated(encoder).sum())
     assert n > 0
     assert sorted(seen) == sorted([("scratch", 0), ("scratch", 0), (encoder, n), (encoder, n)])  # a tuning run, a cell
+    assert any(n > 0 and made for n, made in kept_out)  # the lesion init's probes chose C without validating on its annotated rows
     assert json.loads((run.path / "data" / "never-held-out.json").read_text()) == {
         "never_held_out": {"scratch": 0, "lesions": n}}
 
@@ -560,8 +587,8 @@ def test_pretrain_seeds_keep_the_encoder_that_validation_prefers(tiny_root: Path
     real_scores = transfer_inits.TransferInits.selection_scores
     scored: dict[str, list[float]] = {}
 
-    def scores(self, encoder_dir, task, holdouts):  # the real probe scores, then seed 1 made the best by a margin
-        values = real_scores(self, encoder_dir, task, holdouts)
+    def scores(self, encoder_dir, task, holdouts, annotated=None):  # the real probe scores, then seed 1 the best
+        values = real_scores(self, encoder_dir, task, holdouts, annotated)
         scored[Path(encoder_dir).parent.name] = values
         return [v + (1.0 if Path(encoder_dir).parent.name == "seed-1" else 0.0) for v in values]
 

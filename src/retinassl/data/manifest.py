@@ -119,6 +119,11 @@ class Manifest:
     def ids(self) -> list[str]:
         return self.frame["id"].tolist()
 
+    @property
+    def patients(self) -> np.ndarray:
+        """``(N,)`` patient of each row as a string (empty: unknown, the row is its own patient)."""
+        return self.frame["patient"].astype(str).to_numpy()
+
     def path(self, row: int, column: str = "image") -> Path | None:
         """Absolute path of ``column`` in ``row``, or None when the cell is empty."""
         value = self.frame.at[row, column] if column in self.frame.columns else None

@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from retinassl.errors import DataError
 
@@ -152,10 +152,9 @@ def carve_validation(strata: np.ndarray, groups: Sequence[str] | None, fraction:
     """
     strata = np.asarray(strata)
     n = len(strata)
-    groups = np.array([f"#{i}" if groups is None or not str(groups[i]) else str(groups[i])
-                       for i in range(n)])
+    groups = item_groups(groups, n)
     if always_fitted is not None and np.asarray(always_fitted, dtype=bool).any():
-        blocked = np.isin(groups, groups[np.asarray(always_fitted, dtype=bool)])
+        blocked = group_members(groups, always_fitted)
         free = np.flatnonzero(~blocked)
         fit, val = carve_validation(strata[free], groups[free], fraction, seed)
         if len(val):
@@ -176,3 +175,45 @@ def carve_validation(strata: np.ndarray, groups: Sequence[str] | None, fraction:
     if len(np.unique(strata[is_val])) < 2:
         return np.arange(n), np.zeros(0, dtype=int)
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def item_groups(groups: Sequence[str] | None, n: int) -> np.ndarray:
+    """``(N,)`` group names as strings; an item without a group (None, or an empty name) is its own
+    group, ``#<position>``."""
+    return np.array([f"#{i}" if groups is None or not str(groups[i]) else str(groups[i]) for i in range(n)])
+
+
+def group_members(groups: np.ndarray, marked: np.ndarray | None) -> np.ndarray:
+    """``(N,)`` True for the items whose group holds a ``marked`` item (``(N,)`` bool; None: none)."""
+    if marked is None:
+        return np.zeros(len(groups), dtype=bool)
+    return np.isin(groups, groups[np.asarray(marked, dtype=bool)])
+
+
+def inner_folds(labels: Sequence[int], groups: Sequence[str] | None, k: int, seed: int,
+                always_fitted: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """``k`` (fitted, validation) position pairs of an inner cross-validation that chooses a setting
+    (e.g. a probe's ``C``) on the rows it is given, stratified by label, never splitting a group, and
+    never validating on the groups of the ``always_fitted`` rows (``(N,)`` bool: e.g. images whose
+    labels or masks an encoder's pretraining read: those are in every fitted part). None when the
+    other rows cannot give it: a class present in fewer than ``k`` of their groups, or a single
+    class. When every row is its own group and none is kept out, the folds are scikit-learn's
+    ``StratifiedKFold`` over the rows (those of a choice made before groups were taken into account)."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    groups = item_groups(groups, n)
+    blocked = group_members(groups, always_fitted)
+    free = np.flatnonzero(~blocked)
+    classes = np.unique(labels)
+    if len(classes) < 2 or any(len(np.unique(groups[free][labels[free] == c])) < k for c in classes):
+        return None
+    if len(np.unique(groups[free])) == len(free):
+        split = StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(free)), labels[free])
+    else:
+        split = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(
+            np.zeros(len(free)), labels[free], groups[free])
+    out = []
+    for _, validation in split:
+        val = free[np.sort(validation)]
+        out.append((np.setdiff1d(np.arange(n), val), val))
+    return out

@@ -138,18 +138,22 @@ def build_classifier(model: ModelConfig, task: TaskSpec, prepared: PreparedData,
 
 
 def start_from_probe(method: Supervised, prepared: PreparedData, rows: Sequence[int], task: TaskSpec,
-                     seed: int, probe: ProbeConfig | None = None) -> None:
+                     seed: int, probe: ProbeConfig | None = None,
+                     never_held_out: np.ndarray | None = None) -> None:
     """Set the head of ``method`` to the linear probe of its encoder's (eval-mode) embeddings of
     ``rows`` (:func:`~retinassl.jobs.probe.probe_head` with the settings ``probe``, default
     :class:`~retinassl.jobs.probe.ProbeConfig`), its classes weighted as the loss weighs them:
-    balanced when the binary loss has a ``pos_weight`` (the weights' ratio is then the same)."""
+    balanced when the binary loss has a ``pos_weight`` (the weights' ratio is then the same). Its
+    ``C`` is chosen on folds of the rows' patients, never validating on the ``never_held_out`` ones
+    (``(N,)`` bool over ``prepared``'s rows)."""
     fc = method.head.fc
     rows = np.asarray(rows, dtype=int)
     features = embed(method.encoder, prepared.subset(rows)).astype(np.float64)
     balanced = method.config.task == "binary" and method.config.pos_weight is not None
     config = (probe or ProbeConfig()).model_copy(update={"class_weight": "balanced" if balanced else "none"})
+    kept = None if never_held_out is None else np.asarray(never_held_out, dtype=bool)[rows]
     weight, bias = probe_head(features, task.targets(prepared.manifest)[rows], task, fc.out_features,
-                              config, seed=seed)
+                              config, seed=seed, groups=prepared.manifest.patients[rows], always_fitted=kept)
     with torch.no_grad():
         fc.weight.copy_(torch.as_tensor(weight, dtype=fc.weight.dtype))
         fc.bias.copy_(torch.as_tensor(bias, dtype=fc.bias.dtype))
@@ -195,7 +199,7 @@ def finetune(model: ModelConfig, prepared: PreparedData, train_rows: Sequence[in
     manifest = prepared.manifest
     targets = task.targets(manifest)
     strata = (targets.max(axis=1) if targets.ndim == 2 else targets)[train_rows]
-    groups = manifest.frame["patient"].astype(str).to_numpy()[train_rows]
+    groups = manifest.patients[train_rows]
     kept = None if never_held_out is None else np.asarray(never_held_out, dtype=bool)[train_rows]
     fit_pos, val_pos = carve_validation(strata, groups, config.val_fraction, seed, kept)
     fit_rows, val_rows = train_rows[fit_pos], train_rows[val_pos]
@@ -206,7 +210,7 @@ def finetune(model: ModelConfig, prepared: PreparedData, train_rows: Sequence[in
             pos_weight = float((len(y) - y.sum()) / y.sum())
     method, _ = build_classifier(model, task, prepared, config, seed, pos_weight)
     if config.head_init == "probe":  # a resumed run's checkpoint then replaces it
-        start_from_probe(method, prepared, fit_rows, task, seed, probe)
+        start_from_probe(method, prepared, fit_rows, task, seed, probe, never_held_out)
     label = task.dataset_label(manifest)
     train_ds = ImageDataset(prepared.subset(fit_rows), label, task.label_map())
     val_ds = ImageDataset(prepared.subset(val_rows), label, task.label_map()) if len(val_rows) else None

@@ -11,8 +11,11 @@ reaches the optimum in milliseconds, deterministically, with no learning rate, e
 early stopping to tune per label fraction; an SGD-trained layer would reach the same optimum more
 slowly and would only differ with augmentation, which would rule out caching the features. The
 inverse regularisation strength ``C`` is chosen per probe by stratified inner cross-validation on
-the labelled subset when every class has at least ``inner_folds`` examples (AUC for binary tasks,
-log-loss otherwise), and is ``c_default`` below that (1 % of IDRiD is 5 images).
+the labelled subset when every class is in at least ``inner_folds`` patients (AUC for binary tasks,
+log-loss otherwise), and is ``c_default`` below that (1 % of IDRiD is 5 images). The inner folds
+never split a patient, and never validate on the rows the caller keeps out of every choice (images
+whose labels or masks the encoder's pretraining read: their features score its memory, which no
+test image has); ``inner_cv: rows`` gives the earlier folds over the rows.
 
 As in moco-v3 (``sanity_check``: "the linear classifier should not change the pre-trained
 backbone"), :func:`assert_frozen` compares every weight and buffer of the encoder (including
@@ -36,13 +39,13 @@ from pydantic import Field
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
-from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from torch import nn
 
 from retinassl.config import Section
 from retinassl.data.cache import PreparedData
+from retinassl.data.splits import inner_folds
 from retinassl.errors import ConfigError
 from retinassl.jobs.features import Features, extract_features
 from retinassl.metrics.classification import roc_auc
@@ -61,6 +64,9 @@ class ProbeConfig(Section):
         inner_folds: folds of the inner cross-validation that picks ``C``.
         class_weight: ``none`` or ``balanced`` (weights inversely proportional to class counts).
         max_iter: L-BFGS iterations.
+        inner_cv: ``grouped``: the inner folds never split a patient and never validate on rows
+            the caller keeps out (:func:`~retinassl.data.splits.inner_folds`); ``rows``: stratified
+            folds over the rows, blind to both (runs started before ``grouped`` existed).
         pooling: the embedding of a ViT encoder: ``encoder`` (as the encoder was built or saved),
             ``cls`` (the class token) or ``mean`` (the mean of the patch tokens, as RETFound and
             RETFound-Green are probed); other encoders always average their feature map, and
@@ -72,6 +78,7 @@ class ProbeConfig(Section):
     inner_folds: int = Field(3, ge=2)
     class_weight: Literal["none", "balanced"] = "none"
     max_iter: int = Field(3000, ge=10)
+    inner_cv: Literal["grouped", "rows"] = "grouped"
     pooling: Literal["encoder", "cls", "mean"] = "encoder"
 
 
@@ -106,12 +113,20 @@ def _logistic(c: float, config: ProbeConfig, seed: int) -> LogisticRegression:
                               class_weight=None if config.class_weight == "none" else config.class_weight)
 
 
-def _choose_c(x: np.ndarray, y: np.ndarray, config: ProbeConfig, seed: int) -> float:
-    """``C`` by stratified inner cross-validation (AUC for 2 classes, log-loss otherwise)."""
-    classes, counts = np.unique(y, return_counts=True)
-    if len(classes) < 2 or counts.min() < config.inner_folds or len(config.c_grid) < 2:
+def _choose_c(x: np.ndarray, y: np.ndarray, config: ProbeConfig, seed: int,
+              groups: np.ndarray | None = None, always_fitted: np.ndarray | None = None) -> float:
+    """``C`` by the inner cross-validation (AUC for 2 classes, log-loss otherwise): folds of
+    :func:`~retinassl.data.splits.inner_folds` (``inner_cv: grouped``: patients never split, rows
+    ``always_fitted`` never validated on) or stratified folds over the rows (``inner_cv: rows``);
+    ``c_default`` when the rows cannot give the folds."""
+    classes = np.unique(y)
+    if len(config.c_grid) < 2:
         return config.c_default
-    folds = list(StratifiedKFold(config.inner_folds, shuffle=True, random_state=seed).split(x, y))
+    if config.inner_cv == "rows":
+        groups, always_fitted = None, None
+    folds = inner_folds(y, groups, config.inner_folds, seed, always_fitted)
+    if folds is None:
+        return config.c_default
     best, best_c = -np.inf, config.c_default
     for c in config.c_grid:
         values = []
@@ -130,29 +145,33 @@ def _choose_c(x: np.ndarray, y: np.ndarray, config: ProbeConfig, seed: int) -> f
 
 
 def _fit_predict_1d(x: np.ndarray, y: np.ndarray, test: np.ndarray, num_classes: int,
-                    config: ProbeConfig, seed: int) -> tuple[np.ndarray, float]:
+                    config: ProbeConfig, seed: int, groups: np.ndarray | None,
+                    always_fitted: np.ndarray | None) -> tuple[np.ndarray, float]:
     """Class probabilities ``(M, num_classes)`` for one single-label problem, and the chosen C."""
     classes = np.unique(y)
     out = np.zeros((len(test), num_classes))
     if len(classes) == 1:  # nothing to separate: predict the only class seen
         out[:, int(classes[0])] = 1.0
         return out, float("nan")
-    scaler, model, c = _fit_logistic(x, y, config, seed)
+    scaler, model, c = _fit_logistic(x, y, config, seed, groups, always_fitted)
     out[:, model.classes_.astype(int)] = model.predict_proba(scaler.transform(test))
     return out, c
 
 
-def _fit_logistic(x: np.ndarray, y: np.ndarray, config: ProbeConfig,
-                  seed: int) -> tuple[StandardScaler, LogisticRegression, float]:
+def _fit_logistic(x: np.ndarray, y: np.ndarray, config: ProbeConfig, seed: int,
+                  groups: np.ndarray | None = None,
+                  always_fitted: np.ndarray | None = None) -> tuple[StandardScaler, LogisticRegression, float]:
     """The probe of one single-label problem: its scaler, the logistic regression on the scaled
-    features and the ``C`` chosen by inner cross-validation."""
-    c = _choose_c(x, y, config, seed)
+    features and the ``C`` chosen by inner cross-validation (:func:`_choose_c`)."""
+    c = _choose_c(x, y, config, seed, groups, always_fitted)
     scaler = StandardScaler().fit(x)
     return scaler, _logistic(c, config, seed).fit(scaler.transform(x), y), c
 
 
 def fit_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, task: TaskSpec,
-              num_outputs: int, config: ProbeConfig = ProbeConfig(), seed: int = 0) -> tuple[np.ndarray, list[float]]:
+              num_outputs: int, config: ProbeConfig = ProbeConfig(), seed: int = 0,
+              groups: Sequence[str] | None = None,
+              always_fitted: np.ndarray | None = None) -> tuple[np.ndarray, list[float]]:
     """Fit the probe on ``(train_x, train_y)`` and score ``test_x``.
 
     Args:
@@ -160,6 +179,11 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, task
         test_x: ``(M, C)`` embeddings.
         task: the task (its ``kind``).
         num_outputs: 1 (binary), classes (multiclass) or labels (multilabel).
+        groups: ``(N,)`` patient of each training row (None or empty: its own), never split by the
+            inner cross-validation that chooses ``C``.
+        always_fitted: ``(N,)`` bool, training rows (with their patients) the inner
+            cross-validation never validates on (images whose labels or masks the encoder's
+            pretraining read).
 
     Returns:
         scores ``(M,)`` (binary: P(positive)), ``(M, K)`` class probabilities or label scores;
@@ -170,27 +194,28 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, task
     with warnings.catch_warnings(), threadpool_limits(limits=1):
         warnings.simplefilter("ignore", ConvergenceWarning)
         if task.kind == "binary":
-            proba, c = _fit_predict_1d(train_x, train_y, test_x, 2, config, seed)
+            proba, c = _fit_predict_1d(train_x, train_y, test_x, 2, config, seed, groups, always_fitted)
             return proba[:, 1], [c]
         if task.kind == "multiclass":
-            proba, c = _fit_predict_1d(train_x, train_y, test_x, num_outputs, config, seed)
+            proba, c = _fit_predict_1d(train_x, train_y, test_x, num_outputs, config, seed, groups, always_fitted)
             return proba, [c]
         scores, cs = np.zeros((len(test_x), num_outputs)), []
         for k in range(num_outputs):
-            proba, c = _fit_predict_1d(train_x, train_y[:, k], test_x, 2, config, seed)
+            proba, c = _fit_predict_1d(train_x, train_y[:, k], test_x, 2, config, seed, groups, always_fitted)
             scores[:, k] = proba[:, 1]
             cs.append(c)
         return scores, cs
 
 
 def probe_head(x: np.ndarray, y: np.ndarray, task: TaskSpec, num_outputs: int,
-               config: ProbeConfig = ProbeConfig(), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+               config: ProbeConfig = ProbeConfig(), seed: int = 0, groups: Sequence[str] | None = None,
+               always_fitted: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The linear probe of ``(x, y)`` as a linear layer on the raw embeddings: ``(weight (K, C),
     bias (K,))`` whose outputs are the probe's logits (binary: the positive class's log-odds, K = 1;
     multiclass: multinomial logits, one per class, a class the rows lack at -30; multilabel: each
     label's log-odds), the standardisation folded in. It starts a fine-tuning head where the probe
     ends (LP-FT, Kumar et al. 2022), so fine-tuning does not begin by pushing random-head gradients
-    into the pretrained features. ``C`` is chosen as in :func:`fit_probe`.
+    into the pretrained features. ``C`` is chosen as in :func:`fit_probe` (``groups``, ``always_fitted``).
 
     Raises:
         ConfigError: a regression task (no logistic probe).
@@ -210,7 +235,7 @@ def probe_head(x: np.ndarray, y: np.ndarray, task: TaskSpec, num_outputs: int,
                 else:
                     bias[k] = 30.0 if int(classes[0]) == 1 else -30.0
                 continue
-            scaler, model, _ = _fit_logistic(x, target, config, seed)
+            scaler, model, _ = _fit_logistic(x, target, config, seed, groups, always_fitted)
             coef, intercept = model.coef_, model.intercept_
             if task.kind == "multiclass" and len(model.classes_) == 2:  # sklearn keeps one row: logits (0, z)
                 coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
@@ -238,8 +263,8 @@ class ProbeResult:
 def linear_probe(encoder: nn.Module, prepared: PreparedData, train_rows: Sequence[int],
                  test_rows: Sequence[int], task: TaskSpec, config: ProbeConfig = ProbeConfig(),
                  seed: int = 0, cache_dir: str | Path | None = None) -> ProbeResult:
-    """Embed ``prepared`` with the frozen encoder (cached), fit the probe on ``train_rows`` and score
-    ``test_rows``; asserts afterwards that the encoder did not change. ``config.pooling`` other than
+    """Embed ``prepared`` with the frozen encoder (cached), fit the probe on ``train_rows`` (its ``C``
+    chosen on folds of their patients) and score ``test_rows``; asserts afterwards that the encoder did not change. ``config.pooling`` other than
     ``encoder`` switches a ViT's pooling in place (:func:`~retinassl.models.vit_transfer.set_pooling`).
 
     Raises:
@@ -253,5 +278,5 @@ def linear_probe(encoder: nn.Module, prepared: PreparedData, train_rows: Sequenc
         features = extract_features(encoder, prepared, cache_dir)
         scores, cs = fit_probe(features.values[train_rows], targets[train_rows],
                                features.values[test_rows], task, task.classes(prepared.manifest),
-                               config, seed)
+                               config, seed, groups=prepared.manifest.patients[train_rows])
     return ProbeResult(scores, features, cs)

@@ -125,8 +125,10 @@ class TransferGrid(TransferInits, Grid):
         return out
 
     def setting_defaults(self) -> dict[str, Any]:
-        """Fine-tuning and probe fields added after a run started (e.g. ``tta``) are at their defaults there."""
-        return {"finetune": FinetuneConfig().model_dump(mode="json"), "probe": ProbeConfig().model_dump(mode="json")}
+        """Fine-tuning and probe fields added after a run started (e.g. ``tta``) are at their defaults there,
+        but for the probe's ``inner_cv``: such a run chose ``C`` on folds over the rows (``rows``)."""
+        return {"finetune": FinetuneConfig().model_dump(mode="json"),
+                "probe": {**ProbeConfig().model_dump(mode="json"), "inner_cv": "rows"}}
 
     def settings_not_used_yet(self) -> set[str]:
         """A protocol's settings while none of its cells is done (all settings while no cell is)."""
@@ -311,8 +313,10 @@ class TransferGrid(TransferInits, Grid):
         targets = task.targets(prepared.manifest)
         externals = self.externals(task)  # scored by the same probe (it scales by its training rows only)
         tested = [features.values[cell["test"]], *[self.features_of(spec, model, e).values for e in externals]]
-        scores, cs = fit_probe(features.values[cell["rows"]], targets[cell["rows"]], np.concatenate(tested), task,
-                               task.classes(prepared.manifest), config.probe, cell["seed"])
+        rows = cell["rows"]  # C chosen on folds of their patients, never validated on images the pretraining annotated
+        scores, cs = fit_probe(features.values[rows], targets[rows], np.concatenate(tested), task,
+                               task.classes(prepared.manifest), config.probe, cell["seed"],
+                               groups=prepared.manifest.patients[rows], always_fitted=self.annotated_of(spec)[rows])
         seconds = time.perf_counter() - start
         finite = [c for c in cs if np.isfinite(c)]
         parts = np.split(scores, np.cumsum([len(t) for t in tested])[:-1])

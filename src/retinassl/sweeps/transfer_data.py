@@ -71,7 +71,7 @@ def training_holdout(manifest: Manifest, task: TaskSpec, folds: int, split_seed:
                           "cross-validation every image is a test image of some fold, so no choice made "
                           f"on training images stays clear of the test images (leave {purpose} out)")
     _, train, _ = split[0]
-    groups = manifest.frame["patient"].astype(str).to_numpy()[train]
+    groups = manifest.patients[train]
     kept = None if never_held_out is None else np.asarray(never_held_out, dtype=bool)[train]
     fit_pos, val_pos = carve_validation(class_labels(task, manifest)[train], groups, val_fraction, seed, kept)
     if not len(val_pos):

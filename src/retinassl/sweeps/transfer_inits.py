@@ -112,7 +112,7 @@ class TransferInits:
         annotated = self._first_step_annotated(spec)
         for path in candidates.values():
             annotated = annotated | self.annotated(str(path))
-        return self.selected(spec, candidates, task, self.selection_holdouts(task, annotated), int(annotated.sum()))
+        return self.selected(spec, candidates, task, self.selection_holdouts(task, annotated), annotated)
 
     def _pretrain(self, spec: InitSpec, folder: Path, seed: int | None) -> Path:
         """One pretraining run of ``spec`` in ``folder`` (``seed``: instead of the configured one)."""
@@ -209,11 +209,12 @@ class TransferInits:
         with assert_frozen(encoder):
             return extract_features(encoder, prepared, self.config.data.cache_dir)
 
-    def selection_scores(self, encoder_dir: Path, task: TaskSpec,
-                         holdouts: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
+    def selection_scores(self, encoder_dir: Path, task: TaskSpec, holdouts: list[tuple[np.ndarray, np.ndarray]],
+                         annotated: np.ndarray | None = None) -> list[float]:
         """The linear probe of ``encoder_dir``'s frozen features (the sweep's ``probe`` settings) fitted
         on the training images beside the held-out patients and scored on them (``task``'s primary
-        metric), one value per held-out split (:meth:`selection_holdouts`)."""
+        metric), one value per held-out split (:meth:`selection_holdouts`); its ``C`` is chosen on
+        folds of the fitted patients that never validate on the ``annotated`` rows (``(N,)`` bool)."""
         config = self.config
         prepared = self.downstream()
         features = self.frozen_features(config.model.model_copy(update={"init": str(encoder_dir)}), prepared).values
@@ -222,16 +223,18 @@ class TransferInits:
         out = []
         for k, (fitted, held_out) in enumerate(holdouts):
             scores, _ = fit_probe(features[fitted], targets[fitted], features[held_out], task, classes,
-                                  config.probe, config.seed + k)
+                                  config.probe, config.seed + k, groups=prepared.manifest.patients[fitted],
+                                  always_fitted=None if annotated is None else annotated[fitted])
             out.append(float(task.metrics(targets[held_out], scores).get(task.primary, math.nan)))
         return out
 
     def selected(self, spec: InitSpec, candidates: dict[int, Path], task: TaskSpec,
-                 holdouts: list[tuple[np.ndarray, np.ndarray]], never_held_out: int) -> Path:
+                 holdouts: list[tuple[np.ndarray, np.ndarray]], annotated: np.ndarray) -> Path:
         """Keep the candidate encoder (pretraining seed -> encoder directory) with the best mean
         validation score (:meth:`selection_scores`; the earlier seed on a tie, never one scoring NaN;
-        ``never_held_out``: how many downstream rows the held-out splits never held out, with their
-        patients' other images, their labels or masks having been read by the pretraining):
+        ``annotated``: ``(N,)`` bool, the downstream rows the held-out splits never held out, with their
+        patients' other images, their labels or masks having been read by the pretraining; nor does the
+        probe's choice of ``C``):
         recorded in ``data/pretrain-selection-<name>.json`` and as ``selection_<metric>`` / ``selected``
         rows (one per seed) of the results, then copied to ``pretrain/<name>/encoder`` (with its
         pretraining manifest and figures), which every cell uses. A run killed after the choice was
@@ -240,7 +243,7 @@ class TransferInits:
         record = json.loads(record_path.read_text()) if record_path.is_file() else None
         if record is None:
             start = time.perf_counter()
-            scores = {seed: self.selection_scores(path, task, holdouts) for seed, path in candidates.items()}
+            scores = {seed: self.selection_scores(path, task, holdouts, annotated) for seed, path in candidates.items()}
             means = {seed: float(np.mean(v)) for seed, v in scores.items()}
             finite = [seed for seed in candidates if math.isfinite(means[seed])]
             if not finite:
@@ -258,7 +261,7 @@ class TransferInits:
                                    value=time.perf_counter() - start))
             record = {"init": spec.name, "task": task.name, "metric": task.primary,
                       "val_fraction": SELECTION_VAL_FRACTION, "selection_seeds": SELECTION_SEEDS,
-                      "never_held_out": never_held_out,
+                      "never_held_out": int(np.asarray(annotated).sum()), "probe_inner_cv": self.config.probe.inner_cv,
                       "candidates": [{"seed": seed, "scores": scores[seed], "mean": means[seed]}
                                      for seed in candidates], "chosen": best}
             append_results(self.run.results_file, rows)  # rows, then the record: a kill between them redoes both
