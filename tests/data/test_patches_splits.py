@@ -126,3 +126,11 @@ def test_inner_folds_keep_patients_whole_and_never_validate_on_kept_out_rows() -
     assert inner_folds(few, None, 3, 0, np.array([True, True] + [False] * 18)) is None
     assert inner_folds(few, ["a", "a", "b", "b"] + [f"n{i}" for i in range(16)], 3, 0) is None
     assert inner_folds(np.zeros(20, dtype=int), None, 3, 0) is None
+    # folds of whole patients that would leave a fitted part without positives (every positive patient in
+    # one fold; stratification by group is approximate): none, rather than a probe fitted on one class
+    labels = np.array([1, 1, 0, 0, 0, 0, 0, 1, 1, 0, 0, 1, 0, 0, 1, 1, 1])
+    groups = ["p1", "p4", "p5", "p5", "p1", "p0", "p4", "p2", "p2", "p5", "p0", "p2", "p0", "p1", "p2", "p2", "p2"]
+    assert inner_folds(labels, groups, 3, 0) is None
+    for seed in range(20):  # whenever folds are given, every fitted part has both classes
+        for fit, val in inner_folds(labels, groups, 3, seed) or []:
+            assert set(labels[fit]) == {0, 1} and len(val)

@@ -407,7 +407,7 @@ def test_fine_tuning_cells_tuning_and_probes_never_validate_on_what_the_pretrain
     starts a fine-tuning's head); scratch gets none; the counts are recorded."""
     import json
 
-    from retinassl.jobs import probe as probe_module
+    from retinassl.jobs import finetune as finetune_module, probe as probe_module
     from retinassl.sweeps import transfer as transfer_module, transfer_tuning
 
     real = transfer_module.finetune
@@ -432,6 +432,14 @@ def test_fine_tuning_cells_tuning_and_probes_never_validate_on_what_the_pretrain
     monkeypatch.setattr(transfer_module, "finetune", recording)
     monkeypatch.setattr(transfer_tuning, "finetune", recording)
     monkeypatch.setattr(probe_module, "inner_folds", folds_recording)
+    real_head = finetune_module.start_from_probe
+    heads: list[int] = []
+
+    def head_recording(method, prepared, rows, task, seed, probe=None, never_held_out=None):
+        heads.append(int(np.asarray(never_held_out).sum()))
+        return real_head(method, prepared, rows, task, seed, probe, never_held_out)
+
+    monkeypatch.setattr(finetune_module, "start_from_probe", head_recording)
     pool = pd.read_csv(tiny_root / "data" / "manifest.csv")
     lesions = ["mask_MA", "mask_HE", "mask_EX", "mask_SE"]
     pool.loc[pool.index % 8 != 0, lesions] = np.nan  # one image in eight has lesion masks
@@ -444,7 +452,8 @@ def test_fine_tuning_cells_tuning_and_probes_never_validate_on_what_the_pretrain
         tiny_root, tmp_path / "enc", inits=[{"name": "scratch"}, {"name": "lesions", "pretrain": pretrain}],
         pool={"data": [{"source": "manifest", "manifest": str(pool_csv)}], "detect_duplicates": False},
         tasks=[{"name": "referable", "label": "dr_grade", "positive_from": 2}], protocols=["probe", "finetune"],
-        probe={"c_grid": [0.1, 1.0]}, finetune_tuning={"grid": {"lr": [0.001]}, "fraction": 1.0, "seeds": [0], "val_fraction": 0.3},
+        probe={"c_grid": [0.1, 1.0]}, finetune={"epochs": 1, "min_steps": 1, "max_steps": 2, "patience": 0,
+                                                  "head_init": "probe"}, finetune_tuning={"grid": {"lr": [0.001]}, "fraction": 1.0, "seeds": [0], "val_fraction": 0.3},
         explain={"tsne": False, "gradcam": 0}), None)
     run = RunDir.create(tmp_path / "runs", "held")
     try:
@@ -456,6 +465,7 @@ def test_fine_tuning_cells_tuning_and_probes_never_validate_on_what_the_pretrain
     n = int(grid.annotated(encoder).sum())
     assert n > 0
     assert sorted(seen) == sorted([("scratch", 0), ("scratch", 0), (encoder, n), (encoder, n)])  # a tuning run, a cell
+    assert sorted(heads) == [0, 0, n, n]  # the LP-FT heads' probes too
     assert any(n > 0 and made for n, made in kept_out)  # the lesion init's probes chose C without validating on its annotated rows
     assert json.loads((run.path / "data" / "never-held-out.json").read_text()) == {
         "never_held_out": {"scratch": 0, "lesions": n}}
@@ -648,3 +658,13 @@ def test_pretrain_seeds_keep_the_encoder_that_validation_prefers(tiny_root: Path
     shutil.rmtree(folder / "encoder")
     with pytest.raises(ConfigError, match=r"pretrain_seeds \[0, 1\], but this run chose among seeds \[0, 1, 2\]"):
         run_transfer(other, RunDir.resume(run.path))
+    # a choice made before the probe's inner_cv existed (C on folds over the rows) is not reused by a run
+    # whose probes choose C on patient folds
+    import json
+
+    path = run.path / "data" / "pretrain-selection-rot.json"
+    old = json.loads(path.read_text())
+    assert old.pop("probe_inner_cv") == "grouped"
+    path.write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match="probe.inner_cv=rows"):
+        run_transfer(config, RunDir.resume(run.path))

@@ -176,6 +176,25 @@ def test_the_tuning_record_refuses_a_resume_with_other_initial_weights(tmp_path:
         tuning_module.check_settings(config, run, {"scratch": "scratch", "other": "b/encoder"})
 
 
+def test_a_tuning_recorded_before_the_probes_inner_cv_resumes_only_with_row_folds(tmp_path: Path) -> None:
+    """A tuning whose LP-FT heads chose C on folds over the rows (recorded before ``probe.inner_cv``
+    existed) is not resumed into one whose heads choose C on patient folds: its choice would be mixed."""
+    import json
+
+    config = resolve_config(_config(tmp_path, tmp_path / "enc"), None)
+    run = RunDir.create(tmp_path / "runs", "tune")
+    inits = {"scratch": "scratch"}
+    tuning_module.check_settings(config, run, inits)
+    record = run.path / "data" / "tuning.settings.json"
+    recorded = json.loads(record.read_text())
+    assert recorded["probe"].pop("inner_cv") == "grouped"
+    record.write_text(json.dumps(recorded))
+    with pytest.raises(ConfigError, match="probe changed"):
+        tuning_module.check_settings(config, run, inits)
+    rows = config.model_copy(update={"probe": config.probe.model_copy(update={"inner_cv": "rows"})})
+    tuning_module.check_settings(rows, run, inits)
+
+
 def test_the_tuning_record_names_weights_by_content_wherever_they_lie(tmp_path: Path) -> None:
     """A run restored elsewhere with its encoder put back (another path, the same weights) resumes; other
     weights at the same path are refused; a record that held the path (earlier versions) is upgraded."""

@@ -196,8 +196,9 @@ def inner_folds(labels: Sequence[int], groups: Sequence[str] | None, k: int, see
     (e.g. a probe's ``C``) on the rows it is given, stratified by label, never splitting a group, and
     never validating on the groups of the ``always_fitted`` rows (``(N,)`` bool: e.g. images whose
     labels or masks an encoder's pretraining read: those are in every fitted part). None when the
-    other rows cannot give it: a class present in fewer than ``k`` of their groups, or a single
-    class. When every row is its own group and none is kept out, the folds are scikit-learn's
+    other rows cannot give it: a class present in fewer than ``k`` of their groups, a single class,
+    or folds of whole patients that leave a fitted part without a class (stratification by group is
+    approximate). A validation part may lack a class (its AUC is then undefined). When every row is its own group and none is kept out, the folds are scikit-learn's
     ``StratifiedKFold`` over the rows (those of a choice made before groups were taken into account)."""
     labels = np.asarray(labels)
     n = len(labels)
@@ -215,5 +216,8 @@ def inner_folds(labels: Sequence[int], groups: Sequence[str] | None, k: int, see
     out = []
     for _, validation in split:
         val = free[np.sort(validation)]
-        out.append((np.setdiff1d(np.arange(n), val), val))
+        fit = np.setdiff1d(np.arange(n), val)
+        if not len(val) or len(np.unique(labels[fit])) < len(classes):
+            return None
+        out.append((fit, val))
     return out

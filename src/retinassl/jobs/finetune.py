@@ -193,7 +193,8 @@ def finetune(model: ModelConfig, prepared: PreparedData, train_rows: Sequence[in
         never_held_out: ``(N,)`` bool over ``prepared``'s rows: images never carved into the
             validation split, nor their patients' (those whose labels or masks the encoder's
             pretraining read: early stopping on them would score its memory;
-            :func:`~retinassl.sweeps.transfer_data.annotated_in_pretraining`).
+            :func:`~retinassl.sweeps.transfer_data.annotated_in_pretraining`), nor validated on by
+            the inner folds that choose the ``C`` of a ``head_init: probe`` head.
     """
     train_rows = np.asarray(train_rows, dtype=int)
     manifest = prepared.manifest

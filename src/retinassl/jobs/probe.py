@@ -11,8 +11,8 @@ reaches the optimum in milliseconds, deterministically, with no learning rate, e
 early stopping to tune per label fraction; an SGD-trained layer would reach the same optimum more
 slowly and would only differ with augmentation, which would rule out caching the features. The
 inverse regularisation strength ``C`` is chosen per probe by stratified inner cross-validation on
-the labelled subset when every class is in at least ``inner_folds`` patients (AUC for binary tasks,
-log-loss otherwise), and is ``c_default`` below that (1 % of IDRiD is 5 images). The inner folds
+the labelled subset when every class is in at least ``inner_folds`` patients besides those kept out
+(AUC for binary tasks, log-loss otherwise), and is ``c_default`` below that (1 % of IDRiD is 5 images). The inner folds
 never split a patient, and never validate on the rows the caller keeps out of every choice (images
 whose labels or masks the encoder's pretraining read: their features score its memory, which no
 test image has); ``inner_cv: rows`` gives the earlier folds over the rows.
@@ -60,7 +60,8 @@ class ProbeConfig(Section):
 
     Attributes:
         c_grid: candidate inverse L2 strengths for the inner cross-validation.
-        c_default: ``C`` when a class has fewer than ``inner_folds`` labelled examples.
+        c_default: ``C`` when the inner folds cannot be made (a class in fewer than ``inner_folds``
+            patients besides those kept out, see :func:`~retinassl.data.splits.inner_folds`).
         inner_folds: folds of the inner cross-validation that picks ``C``.
         class_weight: ``none`` or ``balanced`` (weights inversely proportional to class counts).
         max_iter: L-BFGS iterations.
@@ -137,7 +138,7 @@ def _choose_c(x: np.ndarray, y: np.ndarray, config: ProbeConfig, seed: int,
             if len(classes) == 2:
                 values.append(roc_auc(y[va] == classes[1], proba[:, 1]))
             else:
-                values.append(-log_loss(y[va], proba, labels=model.classes_))
+                values.append(-log_loss(y[va], proba, labels=classes))
         value = float(np.nanmean(values)) if np.isfinite(values).any() else -np.inf
         if value > best:
             best, best_c = value, c

@@ -109,10 +109,16 @@ class TransferInits:
         task = self.config.choice_task()
         self.selection_holdouts(task, None)  # refused now (k-fold, too few patients), not after the pretrainings
         candidates = {seed: self._pretrain(spec, folder / f"seed-{seed}", seed) for seed in spec.pretrain_seeds}
-        annotated = self._first_step_annotated(spec)
+        annotated = self.annotated_by_candidates(spec, candidates)
+        return self.selected(spec, candidates, task, self.selection_holdouts(task, annotated), annotated)
+
+    def annotated_by_candidates(self, spec: InitSpec, candidates: dict[int, Path]) -> np.ndarray:
+        """``(N,)`` True for the downstream rows whose labels or masks any candidate encoder's pretraining
+        read (:meth:`annotated`), or that of the init a two-step ``spec`` continued from."""
+        annotated = np.zeros(len(self.downstream().manifest), dtype=bool) | self._first_step_annotated(spec)
         for path in candidates.values():
             annotated = annotated | self.annotated(str(path))
-        return self.selected(spec, candidates, task, self.selection_holdouts(task, annotated), annotated)
+        return annotated
 
     def _pretrain(self, spec: InitSpec, folder: Path, seed: int | None) -> Path:
         """One pretraining run of ``spec`` in ``folder`` (``seed``: instead of the configured one)."""
@@ -269,6 +275,10 @@ class TransferInits:
         elif [c["seed"] for c in record["candidates"]] != list(candidates):
             raise ConfigError(f"init {spec.name}: pretrain_seeds {list(candidates)}, but this run chose among seeds "
                               f"{[c['seed'] for c in record['candidates']]} ({record_path}); start a new run")
+        elif record.get("probe_inner_cv", "rows") != self.config.probe.inner_cv:  # chosen before the field: rows
+            raise ConfigError(f"init {spec.name}: this run chose its pretraining seed with the probe's C from "
+                              f"probe.inner_cv={record.get('probe_inner_cv', 'rows')} ({record_path}), not "
+                              f"{self.config.probe.inner_cv}: resume it with that setting, or start a new run")
         best = int(record["chosen"])
         log.info("init %s: pretraining seed %d kept (validation %s %s)", spec.name, best, record["metric"],
                  ", ".join(f"seed {c['seed']} {c['mean']:.3f}" for c in record["candidates"]))
