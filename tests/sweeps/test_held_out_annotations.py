@@ -141,7 +141,9 @@ def test_the_report_says_how_many_annotated_images_the_choice_never_held_out(tmp
     path = run.path / "data" / "pretrain-selection-lesions.json"
     path.write_text(json.dumps({**record, "never_held_out": 68}))
     assert "never held out" in (page := transfer_selection_section(run).html) and "68 for lesions" in page
-    assert "before that rule" not in page
+    assert "before that rule" not in page and "choice of C" not in page  # C chosen on row folds (session 28)
+    path.write_text(json.dumps({**record, "never_held_out": 68, "probe_inner_cv": "grouped"}))
+    assert "choice of C validate on them (lesions" in transfer_selection_section(run).html
     path.write_text(json.dumps({**record, "never_held_out": 0}))  # a self-supervised init: nothing to say
     assert "never held out" not in (page := transfer_selection_section(run).html) and "before that rule" not in page
     path.write_text(json.dumps(record))  # a record from before the rule

@@ -171,6 +171,10 @@ def transfer_selection_section(run: RunDir):  # -> Section | None
         note += (" Training images whose labels or masks the pretraining read were never held out (their patients "
                  "stay in the fitted part; the encoder knows their answers, as it knows no test image's): "
                  + ", ".join(f"{n} for {init}" for init, n in kept_out.items()) + ".")
+        grouped = [r["init"] for r in records if r.get("never_held_out") and r.get("probe_inner_cv") == "grouped"]
+        if grouped:
+            note += (f" Nor did the probe's choice of C validate on them ({', '.join(grouped)}: inner folds of "
+                     "whole patients, those images always fitted).")
     before = [r["init"] for r in records if "never_held_out" not in r]
     if before:
         note += (f" Chosen before that rule existed ({', '.join(before)}): its held-out splits may have held out "
