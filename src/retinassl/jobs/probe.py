@@ -83,6 +83,12 @@ class ProbeConfig(Section):
     pooling: Literal["encoder", "cls", "mean"] = "encoder"
 
 
+def earlier_probe_settings() -> dict:
+    """The probe settings of a run recorded before a field existed (``check_unchanged``'s defaults):
+    the defaults, but ``inner_cv: rows``, the folds every run chose ``C`` on before ``grouped`` existed."""
+    return {**ProbeConfig().model_dump(mode="json"), "inner_cv": "rows"}
+
+
 class BackboneChanged(AssertionError):
     """The encoder's weights or buffers changed during a linear probe (they must stay frozen)."""
 

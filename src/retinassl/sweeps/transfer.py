@@ -65,7 +65,7 @@ from retinassl.sweeps.transfer_external import (external_rows, prepare_external,
 from retinassl.sweeps.transfer_data import (fold_value, fraction_tag, class_labels, evaluation_folds, gradcam_rows,
                                            label_subsets, prediction_path, prepare_downstream)
 from retinassl.jobs.finetune import FinetuneConfig, finetune, remove_workdir, save_classifier
-from retinassl.jobs.probe import ProbeConfig, fit_probe
+from retinassl.jobs.probe import earlier_probe_settings, fit_probe
 from retinassl.metrics.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class TransferGrid(TransferInits, Grid):
         """Fine-tuning and probe fields added after a run started (e.g. ``tta``) are at their defaults there,
         but for the probe's ``inner_cv``: such a run chose ``C`` on folds over the rows (``rows``)."""
         return {"finetune": FinetuneConfig().model_dump(mode="json"),
-                "probe": {**ProbeConfig().model_dump(mode="json"), "inner_cv": "rows"}}
+                "probe": earlier_probe_settings()}
 
     def settings_not_used_yet(self) -> set[str]:
         """A protocol's settings while none of its cells is done (all settings while no cell is)."""

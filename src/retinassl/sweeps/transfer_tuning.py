@@ -37,7 +37,7 @@ from retinassl.engine.threads import apply_threads, sharing_processes
 from retinassl.io.archive import RESTORED_FILE
 from retinassl.io.rundir import RunDir
 from retinassl.jobs.finetune import FinetuneConfig, finetune, remove_workdir
-from retinassl.jobs.probe import ProbeConfig
+from retinassl.jobs.probe import earlier_probe_settings
 from retinassl.metrics.tasks import TaskSpec
 from retinassl.models.initialize import same_weights, weights_identity
 from retinassl.sweeps.grid import check_unchanged
@@ -117,8 +117,7 @@ def check_settings(config: TransferConfig, run: RunDir, inits: dict[str, str]) -
                 "inits": inits}
     check_unchanged(run.path / "data" / "tuning.settings.json", settings, "finetune_tuning: this run's tuning",
                     defaults={"finetune": FinetuneConfig().model_dump(mode="json"),
-                              # tuning recorded before the probe's inner_cv existed chose C on folds over rows
-                              "probe": {**ProbeConfig().model_dump(mode="json"), "inner_cv": "rows"}},
+                              "probe": earlier_probe_settings()},
                     archived=(run.path / RESTORED_FILE).is_file())
 
 
