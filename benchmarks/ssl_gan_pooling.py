@@ -13,13 +13,21 @@ to the paper's ``sum``), and only then reports the test AUCs, with paired DeLong
 rule against ``sum`` on the same test images. The test AUCs of the rules not chosen are shown too,
 marked as such: they are what the choice could not see.
 
-    .venv/bin/python benchmarks/ssl_gan_pooling.py RUN [RUN ...] [--quantiles 0.1,0.25,0.5]
-        [--name ssl_gan_pooling]
+``--views`` adds the overlapping patches Lecouat et al. name as future work, and flips: the paper's
+``sum`` averaged over grids shifted by half a cell (``sum, 5 grids``: the grid and its 4 diagonal
+half-cell shifts; ``sum, 9 grids``: every shift by -1/2, 0, +1/2 cell in each direction; cells past the
+image's edge see black, like the background around the field of view), and over the 4 flips of every
+cell (``sum, flips``; the SSL-GAN trains with random flips).
+
+    .venv/bin/python benchmarks/ssl_gan_pooling.py RUN [RUN ...] [--quantiles 0.1,0.25,0.5] [--views]
+        [--labelled 149] [--name ssl_gan_pooling]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import sys
 from pathlib import Path
 
@@ -40,10 +48,32 @@ from retinassl.metrics.stats import delong_test  # noqa: E402
 from retinassl.models.patch_classifier import PatchClassifier  # noqa: E402
 
 
-def logits_and_fov(classifier: PatchClassifier, prepared, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(n, grid**2)`` patch logits and each cell's field-of-view share, of ``rows``."""
-    bank = build_patch_bank(prepared, rows, classifier.grid, classifier.patch_size, 0, labelled=False)
-    return predict_bank(classifier, bank), bank.fov.reshape(bank.n_images, bank.per_image)
+CENTRE = (0, 0, "none")
+FLIPS = {"none": (), "h": (-1,), "v": (-2,), "hv": (-2, -1)}
+
+
+def logits_and_fov(classifier: PatchClassifier, prepared, rows: np.ndarray,
+                   views: bool = False) -> tuple[dict, np.ndarray]:
+    """``{(dy, dx, flip): (n, grid**2) patch logits}`` and each cell's field-of-view share, of ``rows``:
+    the grid itself (``CENTRE``), and with ``views`` every grid shifted by ``dy, dx`` in {-1/2, 0, +1/2}
+    of a cell and the grid's cells flipped."""
+    p = classifier.patch_size
+    half = p // 2 if views else 0
+    bank = build_patch_bank(prepared, rows, classifier.grid, p, half, labelled=False)
+    wanted = ([(dy, dx, "none") for dy, dx in itertools.product((-half, 0, half), repeat=2)]
+              + [(0, 0, f) for f in FLIPS if f != "none"]) if views else [CENTRE]
+    out = {}
+    for dy, dx, flip in wanted:
+        windows = bank.windows[:, :, half + dy:half + dy + p, half + dx:half + dx + p]
+        if FLIPS[flip]:
+            windows = windows.flip(FLIPS[flip])
+        out[(dy, dx, flip)] = predict_bank(classifier, dataclasses.replace(bank, windows=windows.contiguous(), margin=0))
+    return out, bank.fov.reshape(bank.n_images, bank.per_image)
+
+
+def mean_of_sums(views: dict, keys: list) -> np.ndarray:
+    """The paper's ``sum`` image score averaged over the ``views`` at ``keys``."""
+    return np.mean([image_scores(views[k], "sum") for k in keys], axis=0)
 
 
 def relative_scores(logits: np.ndarray, fov: np.ndarray, quantile: float) -> np.ndarray:
@@ -57,16 +87,22 @@ def relative_scores(logits: np.ndarray, fov: np.ndarray, quantile: float) -> np.
     return (expit(logits - level) * tissue).sum(axis=1) / tissue.sum(axis=1)
 
 
-def rules(quantiles: list[float]) -> dict:
-    """Candidate name -> ``f(logits, fov)`` image scores."""
-    out = {"sum": lambda logits, fov: image_scores(logits, "sum"),
-           "tissue": lambda logits, fov: image_scores(logits, "tissue", fov)}
-    out.update({f"relative q={q:g}": (lambda logits, fov, q=q: relative_scores(logits, fov, q)) for q in quantiles})
+def rules(quantiles: list[float], views: bool = False) -> dict:
+    """Candidate name -> ``f(views, fov)`` image scores (``views`` from :func:`logits_and_fov`)."""
+    out = {"sum": lambda v, fov: image_scores(v[CENTRE], "sum"),
+           "tissue": lambda v, fov: image_scores(v[CENTRE], "tissue", fov)}
+    out.update({f"relative q={q:g}": (lambda v, fov, q=q: relative_scores(v[CENTRE], fov, q)) for q in quantiles})
+    if views:
+        out["sum, 5 grids"] = lambda v, fov: mean_of_sums(v, [k for k in v if k[2] == "none"
+                                                            and (k[0] == 0) == (k[1] == 0)])
+        out["sum, 9 grids"] = lambda v, fov: mean_of_sums(v, [k for k in v if k[2] == "none"])
+        out["sum, flips"] = lambda v, fov: mean_of_sums(v, [k for k in v if k[:2] == (0, 0)])
     return out
 
 
-def score_run(run: Path, candidates: dict) -> list[dict]:
-    """One row per (cell, rule): validation and test AUC, and the test scores for the paired tests."""
+def score_run(run: Path, candidates: dict, views: bool = False, labelled: set[int] | None = None) -> list[dict]:
+    """One row per (cell, rule): validation and test AUC, and the test scores for the paired tests
+    (the cells with ``labelled`` labelled images only, when given)."""
     raw = config_data(run / "config.yaml")
     config = validate(SSLGANExperimentConfig, raw, origin=str(run / "config.yaml"))
     data = load_patch_data(config.data, config.preprocess, config.split, config.patches)
@@ -75,12 +111,14 @@ def score_run(run: Path, candidates: dict) -> list[dict]:
     for cell in sorted((run / "cells").iterdir()):
         if not (cell / "classifier" / "model.safetensors").is_file():
             continue
+        if labelled and int(cell.name.rsplit("-", 2)[1][1:]) not in labelled:
+            continue
         classifier, _ = PatchClassifier.load(cell / "classifier")
         classifier.eval()
-        parts = {name: (rows, data.labels(rows), *logits_and_fov(classifier, prepared, rows))
+        parts = {name: (rows, data.labels(rows), *logits_and_fov(classifier, prepared, rows, views))
                  for name, rows in (("val", data.val), ("test", data.test))}
         saved = pd.read_csv(run / "predictions" / "ssl-gan" / f"{cell.name}.csv")
-        own = image_scores(parts["test"][2], classifier.image_score, parts["test"][3])
+        own = image_scores(parts["test"][2][CENTRE], classifier.image_score, parts["test"][3])
         if not np.allclose(own, saved["score"].to_numpy(), rtol=1e-4, atol=1e-4):  # the sweep's own test scores
             raise AssertionError(f"{cell}: the kept classifier does not reproduce the saved test scores")
         learner, n_labelled, seed = cell.name.rsplit("-", 2)
@@ -100,10 +138,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--quantiles", default="0.1,0.25,0.5")
+    parser.add_argument("--views", action="store_true", help="add shifted grids and flips (see above)")
+    parser.add_argument("--labelled", default="", help="comma-separated labelled counts to score (default: all)")
     parser.add_argument("--name", default="ssl_gan_pooling")
     args = parser.parse_args()
-    candidates = rules([float(q) for q in args.quantiles.split(",")])
-    rows = pd.DataFrame([row for run in args.runs for row in score_run(run, candidates)])
+    candidates = rules([float(q) for q in args.quantiles.split(",") if q], args.views)
+    labelled = {int(n) for n in args.labelled.split(",") if n} or None
+    rows = pd.DataFrame([row for run in args.runs for row in score_run(run, candidates, args.views, labelled)])
     lines, chosen_of = [], {}
     for (learner, n_labelled), group in rows.groupby(["learner", "n_labelled"], sort=True):
         val = group.groupby("rule", sort=False)["val_auc"].mean()
@@ -129,7 +170,7 @@ def main() -> None:
               "split; each cell's kept classifier, which reproduces the sweep's saved test scores. One rule chosen "
               "per learner and labelled count by the mean validation AUC; test AUCs of the other rules shown for "
               "what the choice could not see.\n")
-    write_results(args.name, {"runs": [str(r) for r in args.runs], "quantiles": args.quantiles,
+    write_results(args.name, {"runs": [str(r) for r in args.runs], "quantiles": args.quantiles, "views": args.views,
                               "chosen": {f"{k[0]}-n{k[1]}": v for k, v in chosen_of.items()},
                               "cells": rows.drop(columns=["test_labels", "test_scores"]).to_dict("records")},
                   header + "\n".join(lines) + "\n")
