@@ -14,10 +14,11 @@ rule against ``sum`` on the same test images. The test AUCs of the rules not cho
 marked as such: they are what the choice could not see.
 
 ``--views`` adds the overlapping patches Lecouat et al. name as future work, and flips: the paper's
-``sum`` averaged over grids shifted by half a cell (``sum, 5 grids``: the grid and its 4 diagonal
-half-cell shifts; ``sum, 9 grids``: every shift by -1/2, 0, +1/2 cell in each direction; cells past the
-image's edge see black, like the background around the field of view), and over the 4 flips of every
-cell (``sum, flips``; the SSL-GAN trains with random flips).
+``sum`` averaged over the grid and the grids offset by half a cell (``sum, 2 grids``: the grid and its
+diagonal half-cell offset; ``sum, 4 grids``: the offsets 0 and 1/2 cell in each direction, i.e. cells at
+a half-cell stride, each grid weighted alike; the offset grids' last row and column lie half past the
+image's edge and see black there, like the background around the field of view), and over the 4 flips
+of every cell (``sum, flips``; flips are in the SSL-GAN's training augmentation, not in the ConvNet's).
 
     .venv/bin/python benchmarks/ssl_gan_pooling.py RUN [RUN ...] [--quantiles 0.1,0.25,0.5] [--views]
         [--labelled 149] [--name ssl_gan_pooling]
@@ -55,12 +56,12 @@ FLIPS = {"none": (), "h": (-1,), "v": (-2,), "hv": (-2, -1)}
 def logits_and_fov(classifier: PatchClassifier, prepared, rows: np.ndarray,
                    views: bool = False) -> tuple[dict, np.ndarray]:
     """``{(dy, dx, flip): (n, grid**2) patch logits}`` and each cell's field-of-view share, of ``rows``:
-    the grid itself (``CENTRE``), and with ``views`` every grid shifted by ``dy, dx`` in {-1/2, 0, +1/2}
-    of a cell and the grid's cells flipped."""
+    the grid itself (``CENTRE``), and with ``views`` the grids offset by ``dy, dx`` in {0, 1/2} of a cell
+    and the grid's cells flipped. (Offsets of -1/2 would repeat the +1/2 grids one cell over.)"""
     p = classifier.patch_size
     half = p // 2 if views else 0
     bank = build_patch_bank(prepared, rows, classifier.grid, p, half, labelled=False)
-    wanted = ([(dy, dx, "none") for dy, dx in itertools.product((-half, 0, half), repeat=2)]
+    wanted = ([(dy, dx, "none") for dy, dx in itertools.product((0, half), repeat=2)]
               + [(0, 0, f) for f in FLIPS if f != "none"]) if views else [CENTRE]
     out = {}
     for dy, dx, flip in wanted:
@@ -93,9 +94,8 @@ def rules(quantiles: list[float], views: bool = False) -> dict:
            "tissue": lambda v, fov: image_scores(v[CENTRE], "tissue", fov)}
     out.update({f"relative q={q:g}": (lambda v, fov, q=q: relative_scores(v[CENTRE], fov, q)) for q in quantiles})
     if views:
-        out["sum, 5 grids"] = lambda v, fov: mean_of_sums(v, [k for k in v if k[2] == "none"
-                                                            and (k[0] == 0) == (k[1] == 0)])
-        out["sum, 9 grids"] = lambda v, fov: mean_of_sums(v, [k for k in v if k[2] == "none"])
+        out["sum, 2 grids"] = lambda v, fov: mean_of_sums(v, [k for k in v if k[2] == "none" and k[0] == k[1]])
+        out["sum, 4 grids"] = lambda v, fov: mean_of_sums(v, [k for k in v if k[2] == "none"])
         out["sum, flips"] = lambda v, fov: mean_of_sums(v, [k for k in v if k[:2] == (0, 0)])
     return out
 
