@@ -32,6 +32,7 @@ from _common import write_results  # noqa: E402
 
 from retinassl.config import config_data  # noqa: E402
 from retinassl.io.results import read_results  # noqa: E402
+from retinassl.sweeps.ssl_gan import parse_cell_name  # noqa: E402
 
 HEALTH = ["train/feature_variance_ratio", "train/p_fake_real", "train/p_fake_generated", "train/l_supervised"]
 
@@ -92,7 +93,7 @@ def patience_table(run: Path, patiences: list[int], column: str, mode: str) -> t
     rows, data = [], {}
     for cell in sorted(p for p in (run / "cells").iterdir() if p.is_dir()):
         metrics_file = next(cell.glob("logs/csv/metrics.csv"), None)
-        learner = cell.name.rpartition("-n")[0]
+        learner = parse_cell_name(cell.name)[0]
         if metrics_file is None or not (cell / "train.json").is_file() or engines[learner].get("patience"):
             continue  # unfinished, or already stopped early: no whole schedule to compare with
         passes = validation_passes(metrics_file, column)
@@ -146,10 +147,9 @@ def main() -> None:
         if not any(cell.glob("logs/csv/metrics.csv")):
             continue
         curve = cell_curve(cell, args.every)
-        method, _, rest = cell.name.rpartition("-n")
-        n, seed = rest.split("-s")
-        test = results[(results["method"] == method) & (results["n_labelled"] == int(n))
-                       & (results["seed"] == int(seed))
+        method, n, seed = parse_cell_name(cell.name)
+        test = results[(results["method"] == method) & (results["n_labelled"] == n)
+                       & (results["seed"] == seed)
                        & results["metric"].isin(["image_auc", "patch_auc", "localisation_auc"])]
         summary = {r.metric: float(r.value) for r in test.itertuples()}
         data["cells"][cell.name] = {"test": summary, "curve": curve.to_dict(orient="list")}

@@ -47,6 +47,7 @@ from retinassl.metrics.classification import roc_auc  # noqa: E402
 from retinassl.metrics.image_score import TISSUE_SHARE, image_scores  # noqa: E402
 from retinassl.metrics.stats import delong_test  # noqa: E402
 from retinassl.models.patch_classifier import PatchClassifier  # noqa: E402
+from retinassl.sweeps.ssl_gan import parse_cell_name  # noqa: E402
 
 
 CENTRE = (0, 0, "none")
@@ -111,7 +112,8 @@ def score_run(run: Path, candidates: dict, views: bool = False, labelled: set[in
     for cell in sorted((run / "cells").iterdir()):
         if not (cell / "classifier" / "model.safetensors").is_file():
             continue
-        if labelled and int(cell.name.rsplit("-", 2)[1][1:]) not in labelled:
+        learner, n_labelled, seed = parse_cell_name(cell.name)
+        if labelled and n_labelled not in labelled:
             continue
         classifier, _ = PatchClassifier.load(cell / "classifier")
         classifier.eval()
@@ -121,10 +123,9 @@ def score_run(run: Path, candidates: dict, views: bool = False, labelled: set[in
         own = image_scores(parts["test"][2][CENTRE], classifier.image_score, parts["test"][3])
         if not np.allclose(own, saved["score"].to_numpy(), rtol=1e-4, atol=1e-4):  # the sweep's own test scores
             raise AssertionError(f"{cell}: the kept classifier does not reproduce the saved test scores")
-        learner, n_labelled, seed = cell.name.rsplit("-", 2)
         for name, score in candidates.items():
-            row = {"run": run.name, "cell": cell.name, "learner": learner, "n_labelled": int(n_labelled[1:]),
-                   "seed": int(seed[1:]), "rule": name}
+            row = {"run": run.name, "cell": cell.name, "learner": learner, "n_labelled": n_labelled,
+                   "seed": seed, "rule": name}
             for part, (_, labels, logits, fov) in parts.items():
                 scores = score(logits, fov)
                 row[f"{part}_auc"] = roc_auc(labels, scores)

@@ -38,6 +38,7 @@ from _common import write_results  # noqa: E402
 from retinassl.io.results import read_results  # noqa: E402
 from retinassl.metrics.classification import roc_auc  # noqa: E402
 from retinassl.metrics.stats import delong_test, significant_by_sign  # noqa: E402
+from retinassl.sweeps.ssl_gan import parse_cell_name  # noqa: E402
 
 LEARNERS = ("ssl-gan", "convnet")
 SETS = {"IDRiD test": "ssl-gan", "MX DR (external)": "ssl-gan@mx"}
@@ -74,7 +75,7 @@ def validation_auc(runs: list[Path], learner: str, n: int) -> list[float]:
                         & rows["metric"].isin(VALIDATION_METRICS)]
             recorded = {int(r.seed): float(r.value) for r in rows.itertuples()}
         for cell in sorted((run / "cells").glob(f"{learner}-n{n:03d}-s*")):  # the sweep's cell_name
-            seed = int(cell.name.rsplit("-s", 1)[1])
+            seed = parse_cell_name(cell.name)[2]
             if seed not in recorded and (value := _logged_validation_auc(cell)) is not None:
                 recorded[seed] = value
         out += [recorded[seed] for seed in sorted(recorded)]

@@ -287,3 +287,13 @@ def test_a_learners_encoder_prepared_otherwise_is_refused_before_anything_runs(t
     with pytest.raises(ConfigError, match=r"learners\.convnet\.model\.init: .*preprocess\.clahe is False"):
         grid.prepare()
     assert not run.config_file.exists()                                 # refused before the config is recorded
+
+
+def test_a_cell_name_parses_back_to_its_label_count_and_seed():
+    from retinassl.sweeps.ssl_gan import cell_name, parse_cell_name
+
+    for label, n, seed in [("ssl-gan", 149, 0), ("ssl-gan+partB", 10, 4), ("convnet", 1234, 12)]:
+        assert parse_cell_name(cell_name(label, n, seed)) == (label, n, seed)
+    assert parse_cell_name("ssl-gan-n010-s3") == ("ssl-gan", 10, 3)
+    with pytest.raises(ValueError, match="not an SSL-GAN sweep cell"):
+        parse_cell_name("ssl-gan-149-3")

@@ -199,7 +199,8 @@ def inner_folds(labels: Sequence[int], groups: Sequence[str] | None, k: int, see
     other rows cannot give it: a class present in fewer than ``k`` of their groups, a single class,
     or folds of whole patients that leave a fitted part without a class (stratification by group is
     approximate). A validation part may lack a class (its AUC is then undefined). When every row is
-    its own group and none is kept out, the folds are scikit-learn's ``StratifiedKFold`` over the rows (those of a choice made before groups were taken into account)."""
+    its own group and none is kept out, the folds are scikit-learn's ``StratifiedKFold`` over the
+    rows (those of a choice made before groups were taken into account)."""
     labels = np.asarray(labels)
     n = len(labels)
     groups = item_groups(groups, n)

@@ -20,6 +20,8 @@ and the DeLong tests run on each external set too.
 
 from __future__ import annotations
 
+import re
+
 import json
 import logging
 import shutil
@@ -77,6 +79,14 @@ def resolve_config(data: dict[str, Any], budget: str) -> SSLGANExperimentConfig:
 
 def cell_name(label: str, n_labelled: int, seed: int) -> str:
     return f"{label}-n{n_labelled:03d}-s{seed}"
+
+
+def parse_cell_name(name: str) -> tuple[str, int, int]:
+    """``(label, n_labelled, seed)`` of a cell's name (the inverse of :func:`cell_name`)."""
+    match = re.fullmatch(r"(.+)-n(\d+)-s(\d+)", name)
+    if match is None:
+        raise ValueError(f"{name!r} is not an SSL-GAN sweep cell's name (<label>-n<labelled>-s<seed>)")
+    return match.group(1), int(match.group(2)), int(match.group(3))
 
 
 def predictions_path(run: RunDir, label: str, n_labelled: int, seed: int) -> Path:
