@@ -74,8 +74,10 @@ def validation_auc(runs: list[Path], learner: str, n: int) -> list[float]:
             rows = rows[(rows["method"] == learner) & (rows["n_labelled"] == n)
                         & rows["metric"].isin(VALIDATION_METRICS)]
             recorded = {int(r.seed): float(r.value) for r in rows.itertuples()}
-        for cell in sorted((run / "cells").glob(f"{learner}-n{n:03d}-s*")):  # the sweep's cell_name
-            seed = parse_cell_name(cell.name)[2]
+        for cell in sorted(p for p in (run / "cells").iterdir() if p.is_dir()):
+            cell_learner, cell_n, seed = parse_cell_name(cell.name)
+            if (cell_learner, cell_n) != (learner, n):
+                continue
             if seed not in recorded and (value := _logged_validation_auc(cell)) is not None:
                 recorded[seed] = value
         out += [recorded[seed] for seed in sorted(recorded)]

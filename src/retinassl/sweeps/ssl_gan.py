@@ -20,10 +20,9 @@ and the DeLong tests run on each external set too.
 
 from __future__ import annotations
 
-import re
-
 import json
 import logging
+import re
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
