@@ -65,7 +65,8 @@ def validation_auc(runs: list[Path], learner: str, n: int) -> list[float]:
     the cell kept (the SSL-GAN's ``select_on_validation``, the supervised learners' best validation
     epoch): the run's ``selected_val_*`` result row, which archived runs keep too; for a cell of a
     run made before that row existed, its ``selected_epoch`` pass (else its last) read from the
-    cell's training log, none where the logs are gone."""
+    cell's training log, none where the logs are gone. Only finished cells count (those whose test
+    predictions are saved): a cell still training has a log too, of passes it may not keep."""
     out = []
     for run in runs:
         recorded: dict[int, float] = {}
@@ -74,9 +75,12 @@ def validation_auc(runs: list[Path], learner: str, n: int) -> list[float]:
             rows = rows[(rows["method"] == learner) & (rows["n_labelled"] == n)
                         & rows["metric"].isin(VALIDATION_METRICS)]
             recorded = {int(r.seed): float(r.value) for r in rows.itertuples()}
-        for cell in sorted(p for p in (run / "cells").iterdir() if p.is_dir()):
+        cells = sorted(p for p in (run / "cells").iterdir() if p.is_dir()) if (run / "cells").is_dir() else []
+        for cell in cells:  # an archived run keeps no cells: its rows above are all there is
             cell_learner, cell_n, seed = parse_cell_name(cell.name)
             if (cell_learner, cell_n) != (learner, n):
+                continue
+            if not (run / "predictions" / SETS["IDRiD test"] / f"{cell.name}.csv").is_file():
                 continue
             if seed not in recorded and (value := _logged_validation_auc(cell)) is not None:
                 recorded[seed] = value
