@@ -168,7 +168,9 @@ def main() -> None:
         parts[3:3] = ["## Early stopping replayed on the validation passes", "",
                       f"Monitor `{column}` ({mode}); steps: where training would stop (share of the whole "
                       "schedule); same pass: the kept weights are those the whole schedule kept.", "",
-                      markdown(table), ""]
+                      markdown(table) if len(table) else
+                      "No cell to replay: every finished cell was trained with `engine.patience` set, so no "
+                      "whole schedule is there to compare with.", ""]
     write_results(args.name, data, "\n".join(parts))
     print("\n".join(parts))
 
