@@ -85,7 +85,7 @@ def validation_passes(metrics_file: Path, column: str) -> pd.DataFrame | None:
 
 
 def patience_table(run: Path, patiences: list[int], column: str, mode: str) -> tuple[pd.DataFrame, dict]:
-    """Per finished cell with ``column`` logged and trained without early stopping: the pass the
+    """Per finished cell with ``column`` logged that trained its whole schedule (no early stop): the pass the
     whole schedule kept (checked against the cell's ``train.json``), and per patience the stop, the
     kept pass and whether it is the same. Same pass means same weights only for a rerun with the same
     ``max_steps`` (the learning-rate decay starts at a share of it) and patience added."""
@@ -94,12 +94,15 @@ def patience_table(run: Path, patiences: list[int], column: str, mode: str) -> t
     for cell in sorted(p for p in (run / "cells").iterdir() if p.is_dir()):
         metrics_file = next(cell.glob("logs/csv/metrics.csv"), None)
         learner = parse_cell_name(cell.name)[0]
-        if metrics_file is None or not (cell / "train.json").is_file() or engines[learner].get("patience"):
-            continue  # unfinished, or already stopped early: no whole schedule to compare with
+        if metrics_file is None or not (cell / "train.json").is_file():
+            continue  # unfinished
+        trained = json.loads((cell / "train.json").read_text())
+        max_steps = engines[learner].get("max_steps")
+        if engines[learner].get("patience") and (max_steps is None or int(trained["train_steps"]) < int(max_steps)):
+            continue  # stopped early: no whole schedule to compare with
         passes = validation_passes(metrics_file, column)
         if passes is None:
             continue
-        trained = json.loads((cell / "train.json").read_text())
         val_every = int(engines[learner].get("val_every_n_epochs", 1))
         whole = early_stopping(passes, 0, mode, val_every)
         if whole["kept_epoch"] != int(trained["selected_epoch"]):
@@ -143,6 +146,8 @@ def main() -> None:
     results = read_results(args.run / "results.csv")
     parts = [f"Sweep run: `{args.run}`  ", f"Sweep command: `{args.command}`", ""]
     data: dict = {"run": str(args.run), "sweep_command": args.command, "cells": {}}
+    if not (args.run / "cells").is_dir():
+        parser.error(f"{args.run}: no cells/ with training logs (an archived run keeps none)")
     for cell in sorted(p for p in (args.run / "cells").iterdir() if p.is_dir()):
         if not any(cell.glob("logs/csv/metrics.csv")):
             continue
@@ -169,8 +174,8 @@ def main() -> None:
                       f"Monitor `{column}` ({mode}); steps: where training would stop (share of the whole "
                       "schedule); same pass: the kept weights are those the whole schedule kept.", "",
                       markdown(table) if len(table) else
-                      "No cell to replay: every finished cell was trained with `engine.patience` set, so no "
-                      "whole schedule is there to compare with.", ""]
+                      f"No cell to replay: none is finished with `{column}` logged and its whole schedule "
+                      "trained.", ""]
     write_results(args.name, data, "\n".join(parts))
     print("\n".join(parts))
 
