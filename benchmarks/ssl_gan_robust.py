@@ -36,9 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 
 from retinassl.io.results import read_results  # noqa: E402
+from retinassl.io.rundir import RunDir  # noqa: E402
 from retinassl.metrics.classification import roc_auc  # noqa: E402
 from retinassl.metrics.stats import delong_test, significant_by_sign  # noqa: E402
-from retinassl.sweeps.ssl_gan import parse_cell_name  # noqa: E402
+from retinassl.sweeps.ssl_gan import parse_cell_name, predictions_path  # noqa: E402
 
 LEARNERS = ("ssl-gan", "convnet")
 SETS = {"IDRiD test": "ssl-gan", "MX DR (external)": "ssl-gan@mx"}
@@ -78,9 +79,7 @@ def validation_auc(runs: list[Path], learner: str, n: int) -> list[float]:
         cells = sorted(p for p in (run / "cells").iterdir() if p.is_dir()) if (run / "cells").is_dir() else []
         for cell in cells:  # an archived run keeps no cells: its rows above are all there is
             cell_learner, cell_n, seed = parse_cell_name(cell.name)
-            if (cell_learner, cell_n) != (learner, n):
-                continue
-            if not (run / "predictions" / SETS["IDRiD test"] / f"{cell.name}.csv").is_file():
+            if (cell_learner, cell_n) != (learner, n) or not predictions_path(RunDir(run), learner, n, seed).is_file():
                 continue
             if seed not in recorded and (value := _logged_validation_auc(cell)) is not None:
                 recorded[seed] = value
