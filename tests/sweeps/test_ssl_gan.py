@@ -65,6 +65,18 @@ def test_smoke_sweep_resumes_only_missing_work(tmp_path: Path, monkeypatch: pyte
     saved = list(run.path.rglob("classifier/model.json"))
     assert saved and all(json.loads(f.read_text())["precision"]  # each records what its cell trained with
                          == json.loads((f.parent.parent / "run.json").read_text())["precision"] for f in saved)
+    # each is the model `semisup train` saves: a threshold chosen on the split's validation images and the
+    # training images' FOV scale, so `retinassl predict` gives a class on new images, not scores alone
+    n_val = int((pd.read_csv(run.path / "split.csv")["split"] == "val").sum())
+    for f in saved:
+        meta = json.loads(f.read_text())
+        assert meta["operating_point"]["n_val"] == n_val and meta["fov_diameter"] > 0 and meta["data_fingerprint"]
+    from retinassl.jobs.predict import input_manifest, predict
+
+    images = input_manifest([str(tmp_path / "synthetic")])
+    predicted = pd.read_csv(predict(saved[0].parent, images.subset(list(range(3))), tmp_path / "predicted"))
+    threshold = json.loads(saved[0].read_text())["operating_point"]["threshold"]
+    assert (predicted["predicted"] == (predicted["score"] >= threshold).astype(int)).all()
     results = read_results(run.results_file)
     cells = results[results["metric"].isin(["patch_auc", "image_auc", "localisation_auc"])]
     assert len(cells) == 3 * 3 and cells["value"].between(0, 1).all()

@@ -2,7 +2,8 @@
 engine, and handing back its patch classifier: :func:`train_patch_classifier`, used by
 ``retinassl train`` (patch task, patches read from the cache) and, through :func:`train_learner`
 (a labelled subset of the training images, patches held in memory), by ``retinassl semisup train``
-and the ``ssl-gan`` sweep.
+and the ``ssl-gan`` sweep; :func:`save_learner` is how both save what they trained (the same
+saved model whichever command made it).
 
 - ``ssl-gan``: one dataset whose item ``i`` is unlabelled patch ``i`` (every patch of every
   training image, labelled or not, plus the pool's) with a labelled patch cycled beside it
@@ -26,11 +27,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset, Subset
 
+from retinassl.data.fov_scale import fov_record
 from retinassl.engine.fit import FitResult, fit
 from retinassl.errors import ConfigError
 from retinassl.methods.base import Method, seeded_method
@@ -199,3 +202,36 @@ def train_learner(learner: LearnerConfig, data: PatchData, labelled: np.ndarray,
     if trained.classifier is None:
         raise ValueError(f"method {name!r} leaves no binary patch classifier")
     return trained
+
+
+def validation_operating_point(classifier: PatchClassifier, data: PatchData) -> dict[str, Any]:
+    """The operating point of a patch classifier's image score, chosen on the run's validation
+    images (Youden threshold, and the threshold reaching 90 % sensitivity); none without both
+    classes among them."""
+    from retinassl.jobs.patch_evaluation import evaluate_bank
+    from retinassl.metrics.classification import operating_point
+
+    labels = np.asarray(data.labels(data.val)).astype(int)
+    if len(np.unique(labels)) < 2:
+        log.warning("the validation images hold one class: the classifier is saved without a threshold")
+        return {}
+    _, predictions = evaluate_bank(classifier, data.bank("val", classifier.patch_size, 0), data.prepared,
+                                   labels, data.ids(data.val), localisation=False)
+    return {"operating_point": operating_point(labels, predictions["score"].to_numpy())}
+
+
+def save_learner(trained: Trained, data: PatchData, labelled: np.ndarray, directory: str | Path, *,
+                 method: str, preprocess: dict[str, Any], config: dict[str, Any]) -> Path:
+    """Save ``trained``'s patch classifier (kind ``patch-classifier``) with what ``retinassl
+    predict`` needs to use it on new images: the operating point chosen on the validation images
+    (:func:`validation_operating_point`), the field-of-view scale of the training images
+    (:func:`~retinassl.data.fov_scale.fov_record`), the precision it trained with (bf16 and float32
+    train different models) and the fingerprint of its labelled images (``labelled``: positions
+    into ``data.train``)."""
+    if trained.classifier is None:
+        raise ValueError("the learner left no patch classifier to save")
+    return trained.classifier.save(
+        directory, arch=trained.arch, kwargs=trained.kwargs, method=method, preprocess=preprocess,
+        config=config, data_fingerprint=data.prepared.manifest.subset(data.train[labelled]).fingerprint(),
+        extra={**validation_operating_point(trained.classifier, data), "precision": trained.fit.precision,
+               **fov_record(data.prepared, data.train)})

@@ -21,7 +21,6 @@ import numpy as np
 from retinassl.atomic import write_text
 from retinassl.config import load_config, to_yaml
 from retinassl.data.cache import Cache
-from retinassl.data.fov_scale import fov_record
 from retinassl.data.manifest import Manifest
 from retinassl.data.preprocess import PreprocessConfig
 from retinassl.errors import RunDirError
@@ -34,7 +33,7 @@ from retinassl.jobs.patch_config import SemisupTrainConfig
 from retinassl.jobs.patch_evaluation import bank_image_scores, evaluate_bank, predict_bank, write_heatmaps
 from retinassl.data.patch_bank import build_patch_bank
 from retinassl.jobs.patch_data import PatchData, load_patch_data
-from retinassl.jobs.patch_training import train_learner, training_info
+from retinassl.jobs.patch_training import save_learner, train_learner, training_info
 
 log = logging.getLogger(__name__)
 
@@ -67,32 +66,12 @@ def run_semisup_train(config: SemisupTrainConfig, run: RunDir, resume: bool = Fa
     labelled = data.labelled_subsets([n], config.seed)[n]
     trained = train_learner(config.learner, data, labelled, config.seed, run, resume=resume,
                             use_pool=config.pool is not None)
-    trained.classifier.save(run.path / CLASSIFIER, arch=trained.arch, kwargs=trained.kwargs,
-                            method=config.learner.method_name, preprocess=config.preprocess.model_dump(),
-                            config=config.model_dump(mode="json"),
-                            data_fingerprint=data.prepared.manifest.subset(data.train[labelled]).fingerprint(),
-                            extra={**validation_operating_point(trained.classifier, data),
-                                   "precision": trained.fit.precision,  # bf16 and float32 train different models
-                                   **fov_record(data.prepared, data.train)})  # the scale predict matches
+    save_learner(trained, data, labelled, run.path / CLASSIFIER, method=config.learner.method_name,
+                 preprocess=config.preprocess.model_dump(), config=config.model_dump(mode="json"))
     info = {**training_info(trained), "n_labelled": float(n)}
     write_text(run.path / f"{config.name}-train.json", json.dumps(info))
     metrics = evaluate_run(config, run, trained.classifier, data)
     return {**metrics, **{k: v for k, v in info.items() if k != "n_labelled"}}
-
-
-def validation_operating_point(classifier: PatchClassifier, data: PatchData) -> dict[str, Any]:
-    """The operating point of a patch classifier's image score, chosen on the run's validation
-    images (Youden threshold, and the threshold reaching 90 % sensitivity); none without both
-    classes among them."""
-    from retinassl.metrics.classification import operating_point
-
-    labels = np.asarray(data.labels(data.val)).astype(int)
-    if len(np.unique(labels)) < 2:
-        log.warning("the validation images hold one class: the classifier is saved without a threshold")
-        return {}
-    _, predictions = evaluate_bank(classifier, data.bank("val", classifier.patch_size, 0), data.prepared,
-                                   labels, data.ids(data.val), localisation=False)
-    return {"operating_point": operating_point(labels, predictions["score"].to_numpy())}
 
 
 def evaluate_run(config: SemisupTrainConfig, run: RunDir, classifier: PatchClassifier | None = None,

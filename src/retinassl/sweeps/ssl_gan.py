@@ -51,7 +51,7 @@ from retinassl.jobs.patch_data import PatchData, load_patch_data
 from retinassl.metrics.ssl_gan_summary import plan
 from retinassl.metrics.tasks import TaskSpec
 from retinassl.data.cache import Cache
-from retinassl.jobs.patch_training import train_learner, training_info
+from retinassl.jobs.patch_training import save_learner, train_learner, training_info
 
 log = logging.getLogger(__name__)
 
@@ -295,11 +295,10 @@ def run_cell(config: SSLGANExperimentConfig, learner: LearnerConfig, data: Patch
         trained = train_learner(learner, data, labelled, seed, cell, resume=resume, use_pool=use_pool)
         classifier = trained.classifier
         info = training_info(trained)
-        classifier.save(classifier_dir, arch=trained.arch, kwargs=trained.kwargs,
-                        method=learner.method_name, preprocess=config.preprocess.model_dump(),
-                        config={"learner": learner.model_dump(mode="json"), "n_labelled": n_labelled,
-                                "seed": seed, "unlabelled_pool": use_pool},
-                        extra={"precision": trained.fit.precision})
+        save_learner(trained, data, labelled, classifier_dir, method=learner.method_name,
+                     preprocess=config.preprocess.model_dump(),
+                     config={"learner": learner.model_dump(mode="json"), "n_labelled": n_labelled,
+                             "seed": seed, "unlabelled_pool": use_pool})
         write_text(info_file, json.dumps(info))
         shutil.rmtree(cell.path / "checkpoints", ignore_errors=True)
     test_bank = data.bank("test", learner.patch_size, 0)
