@@ -390,3 +390,38 @@ def test_acquisition_augmentation_changes_real_patches_reproducibly_and_off_draw
     other = tiny_method(acquisition=on)._real(windows, torch.Generator().manual_seed(1))
     assert torch.equal(first, again) and not torch.equal(first, other) and not torch.equal(first, plain)
     assert first.min() >= -1 and first.max() <= 1
+
+
+def test_validation_scores_whole_images_by_their_patches() -> None:
+    method = tiny_method()
+    # three images of two patches each, in shuffled order; image 1 has a diseased patch
+    image = torch.tensor([2, 0, 1, 0, 2, 1])
+    logits = torch.tensor([1.0, 0.0, 2.0, -2.0, 1.0, -1.0])
+    labels = torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+    image_label = torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 1.0])   # image 1 holds a diseased cell
+    metrics = method.validation_metrics({"logits": logits, "label": labels, "image_index": image.float(),
+                                         "image_label": image_label})
+    sigmoid = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    score = [(sigmoid(0) + sigmoid(-2)) / 2, (sigmoid(2) + sigmoid(-1)) / 2, sigmoid(1)]  # 0.310, 0.575, 0.731
+    assert score[0] < score[1] < score[2]          # the diseased image beats one healthy image of two
+    assert metrics["image_auc"] == pytest.approx(0.5)
+    assert metrics["patch_auc"] == pytest.approx(1.0)  # its diseased patch has the highest logit
+    assert "image_auc" not in method.validation_metrics({"logits": logits, "label": labels})
+    one_class = method.validation_metrics({"logits": logits, "label": labels, "image_index": image.float(),
+                                           "image_label": torch.zeros(6)})
+    assert "image_auc" not in one_class              # undefined with one class: not logged as NaN
+
+
+def test_selection_on_validation_images_keeps_the_best_image_auc_pass(tmp_path: Path) -> None:
+    from retinassl.data.patch_bank import LabelledPatches
+
+    data = tiny_dataset(n_images=4)
+    data.unlabelled.labels[np.r_[0:64, 128:192]] = 0  # images 0 and 2 healthy, 1 and 3 with lesions
+    val = LabelledPatches(data.unlabelled)            # 4 images, every patch
+    method = tiny_method(select_on_validation=True, select_metric="image_auc")
+    assert method.monitor == ("image_auc", "max")
+    cfg = EngineConfig(max_epochs=4, batch_size=16, precision="32", log_every_n_steps=1)
+    result = fit(method, data, val=val, config=cfg, run=RunDir(tmp_path), seed=3)
+    logged = pd.read_csv(tmp_path / "logs" / "csv" / "metrics.csv").dropna(subset=["val/image_auc"])
+    assert len(logged) == 4 and result.best["image_auc"] == pytest.approx(logged["val/image_auc"].max())
+    assert result.best["epoch"] == logged.loc[logged["val/image_auc"].idxmax(), "epoch"]

@@ -211,6 +211,18 @@ def test_selection_without_validation_patches_is_refused(tmp_path: Path) -> None
         experiment.run_ssl_gan_experiment(data, run, "smoke", False)
 
 
+def test_selection_on_validation_images_needs_every_validation_patch(tmp_path: Path) -> None:
+    from retinassl.errors import ConfigError
+
+    data = smoke_preset(tmp_path)
+    smoke = data["budgets"]["smoke"]["learners"]["ssl-gan"]
+    smoke["method"].update(select_on_validation=True, select_metric="image_auc")
+    smoke["val_patches"] = 5
+    run = RunDir.create(tmp_path / "runs", "idrid-ssl-gan-smoke")
+    with pytest.raises(ConfigError, match="needs all .* validation patches"):
+        experiment.run_ssl_gan_experiment(data, run, "smoke", False)
+
+
 def test_a_supervised_extension_learns_from_the_pool_as_image_level_bags(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import retinassl.jobs.patch_training as training

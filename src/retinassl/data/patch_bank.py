@@ -184,7 +184,9 @@ def build_patch_bank(prepared: PreparedData, rows: Sequence[int] | np.ndarray, g
 
 
 class LabelledPatches(Dataset):
-    """Grid cells of a labelled bank: items ``{"image": (C, p, p), "label": int64, "index"}``.
+    """Grid cells of a labelled bank: items ``{"image": (C, p, p), "label": int64, "index",
+    "image_index", "image_label"}`` (the image of the bank the cell belongs to, and whether any of
+    that image's cells is diseased: so that a validation can score whole images).
 
     Args:
         bank: the labelled patches.
@@ -198,14 +200,16 @@ class LabelledPatches(Dataset):
             raise ValueError("LabelledPatches needs a labelled patch bank")
         self.bank = bank
         self.length = len(bank) if length is None else int(length)
+        self.diseased = bank.image_labels().max(axis=1) > 0
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> dict:
         j = index % len(self.bank)
+        image = j // self.bank.per_image
         return {"image": self.bank.cell(j), "label": torch.tensor(int(self.bank.labels[j])),  # type: ignore[index]
-                "index": index}
+                "index": index, "image_index": image, "image_label": int(self.diseased[image])}
 
 
 class PatchesAndBags(Dataset):

@@ -100,6 +100,10 @@ def _validation(data: PatchData, learner: LearnerConfig, seed: int) -> Dataset |
     full = LabelledPatches(data.bank("val", learner.patch_size, 0))
     if learner.val_patches >= len(full):
         return full
+    if learner.method.get("select_metric") == "image_auc":
+        raise ConfigError(f"learner {learner.method_name}: select_metric image_auc scores whole validation "
+                          f"images, so it needs all {len(full)} validation patches (val_patches "
+                          f"{learner.val_patches}: set it to at least {len(full)})")
     rng = np.random.default_rng([seed, 7])
     return Subset(full, np.sort(rng.choice(len(full), learner.val_patches, replace=False)).tolist())
 
@@ -159,6 +163,9 @@ def train_patch_classifier(learner: LearnerConfig, train: Dataset, *, grid: int,
     if val is None and getattr(method.config, "select_on_validation", False):
         raise ConfigError(f"learner {name}: select_on_validation needs validation patches "
                           f"(val_patches > 0 and a validation split)")
+    if method.monitor and method.monitor[0] == "image_auc" and val is not None and "image_index" not in val[0]:
+        raise ConfigError(f"learner {name}: select_metric image_auc needs validation patches that know their "
+                          f"image (the in-memory patch banks of `semisup train` and the ssl-gan sweep)")
     result = fit(method, train, config=learner.engine, run=run, seed=seed, val=val, resume=resume,
                  collate_fn=collate_fn)
     method.eval()

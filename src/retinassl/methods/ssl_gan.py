@@ -47,6 +47,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from pydantic import Field, NonNegativeFloat
 from torch import nn
@@ -87,6 +88,10 @@ class SSLGANConfig(Section):
             the best patch AUC, as the supervised baselines do, instead of the last ones (the
             paper's fixed schedule). Needs validation patches. The reported
             ``generator_sample_variance_ratio`` is still the last check's.
+        select_metric: what ``select_on_validation`` (and the engine's ``patience``) follows:
+            ``patch_auc`` over the validation patches, or ``image_auc`` over the validation
+            images (each scored by its patches, as the test images are; needs every validation
+            patch: the learner's ``val_patches`` at least their number).
         flip: random horizontal and vertical flips of real patches.
         channel_gain: log-range of a random per-channel gain applied to every real patch
             (:func:`~retinassl.data.augment.channel_gain`, then clipped to [0, 1]; one value or
@@ -125,6 +130,7 @@ class SSLGANConfig(Section):
     feature_matching: Literal["l1", "l2"] = "l1"
     pull_away_weight: float = Field(0.0, ge=0)
     select_on_validation: bool = False
+    select_metric: Literal["patch_auc", "image_auc"] = "patch_auc"
     flip: bool = True
     channel_gain: NonNegativeFloat | tuple[NonNegativeFloat, ...] = 0.0
     acquisition: augment.AcquisitionAugmentConfig = augment.AcquisitionAugmentConfig()
@@ -205,7 +211,7 @@ class SSLGAN(Method):
         self.ema_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.ema_head = copy.deepcopy(self.head).requires_grad_(False)
         if config.select_on_validation:
-            self.monitor = ("patch_auc", "max")
+            self.monitor = (config.select_metric, "max")
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("collapsed_checks", torch.zeros((), dtype=torch.long))
         self.register_buffer("last_variance_ratio", torch.full((), float("nan")))
@@ -381,7 +387,26 @@ class SSLGAN(Method):
 
     # -- validation --------------------------------------------------------------------------
     def validation_outputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return {"logits": self.forward(batch["image"]).float(), "label": batch["label"].float()}
+        out = {"logits": self.forward(batch["image"]).float(), "label": batch["label"].float()}
+        if "image_index" in batch:
+            out["image_index"] = torch.as_tensor(batch["image_index"]).float()
+            out["image_label"] = torch.as_tensor(batch["image_label"]).float()
+        return out
 
     def validation_metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
-        return {"patch_auc": roc_auc(outputs["label"].numpy(), outputs["logits"].numpy())}
+        """``patch_auc``; with the patches' images known, also ``image_auc`` (when the images hold
+        both classes): each validation image scored by the mean of its validation patches'
+        probabilities (the paper's sum rule divided by the number of patches, so the test images'
+        ranking when every patch of every image is there; an estimate from a subset of
+        ``val_patches``), labelled diseased when any of its cells is."""
+        labels, logits = outputs["label"].numpy(), outputs["logits"].numpy()
+        metrics = {"patch_auc": roc_auc(labels, logits)}
+        if "image_index" in outputs:
+            images, which = np.unique(outputs["image_index"].numpy().astype(int), return_inverse=True)
+            counts = np.bincount(which, minlength=len(images))
+            probability = np.bincount(which, weights=1 / (1 + np.exp(-logits)), minlength=len(images)) / counts
+            diseased = np.zeros(len(images), dtype=int)
+            diseased[which] = outputs["image_label"].numpy().astype(int)
+            if 0 < diseased.sum() < len(diseased):
+                metrics["image_auc"] = roc_auc(diseased, probability)
+        return metrics
