@@ -41,7 +41,7 @@ def cell_curve(cell: Path, every: int) -> pd.DataFrame:
     """Per logged step: validation AUC (where computed) and the training curves, mean over ``every`` steps."""
     metrics = pd.read_csv(next(cell.glob("logs/csv/metrics.csv")))
     metrics = metrics.groupby("step").first().reset_index()
-    val_column = next((c for c in metrics.columns if c.startswith("val/") and c.endswith("auc")), None)
+    val_column = next((c for c in ("val/patch_auc", "val/auc") if c in metrics.columns), None)  # not val/image_auc
     bins = (metrics["step"] // every) * every
     train = metrics.drop(columns=[c for c in metrics.columns if c.startswith("val/")] + ["epoch"],
                          errors="ignore").groupby(bins).mean(numeric_only=True).drop(columns="step")

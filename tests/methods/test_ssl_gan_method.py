@@ -412,16 +412,24 @@ def test_validation_scores_whole_images_by_their_patches() -> None:
     assert "image_auc" not in one_class              # undefined with one class: not logged as NaN
 
 
-def test_selection_on_validation_images_keeps_the_best_image_auc_pass(tmp_path: Path) -> None:
+@pytest.mark.parametrize("metric", ["image_auc", "patch_auc"])
+def test_selection_follows_the_chosen_validation_metric(tmp_path: Path, metric: str) -> None:
     from retinassl.data.patch_bank import LabelledPatches
 
-    data = tiny_dataset(n_images=4)
-    data.unlabelled.labels[np.r_[0:64, 128:192]] = 0  # images 0 and 2 healthy, 1 and 3 with lesions
-    val = LabelledPatches(data.unlabelled)            # 4 images, every patch
-    method = tiny_method(select_on_validation=True, select_metric="image_auc")
-    assert method.monitor == ("image_auc", "max")
-    cfg = EngineConfig(max_epochs=4, batch_size=16, precision="32", log_every_n_steps=1)
-    result = fit(method, data, val=val, config=cfg, run=RunDir(tmp_path), seed=3)
+    data = tiny_dataset(n_images=6)
+    val = LabelledPatches(data.unlabelled, image_labels=np.array([0, 1, 0, 1, 0, 1]))  # 6 images, every patch
+    method = tiny_method(select_on_validation=True, select_metric=metric)
+    assert method.monitor == (metric, "max")
+    cfg = EngineConfig(max_epochs=5, batch_size=32, precision="32", log_every_n_steps=1)
+    result = fit(method, data, val=val, config=cfg, run=RunDir(tmp_path), seed=0)
     logged = pd.read_csv(tmp_path / "logs" / "csv" / "metrics.csv").dropna(subset=["val/image_auc"])
-    assert len(logged) == 4 and result.best["image_auc"] == pytest.approx(logged["val/image_auc"].max())
-    assert result.best["epoch"] == logged.loc[logged["val/image_auc"].idxmax(), "epoch"]
+    best = {m: logged.loc[logged[f"val/{m}"].idxmax(), "epoch"] for m in ("image_auc", "patch_auc")}
+    assert len(logged) == 5 and best["image_auc"] != best["patch_auc"]   # the two metrics peak apart here
+    assert result.best["epoch"] == best[metric] and result.best[metric] == pytest.approx(logged[f"val/{metric}"].max())
+
+
+def test_select_metric_without_selection_is_refused() -> None:
+    from retinassl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="select_on_validation"):
+        tiny_method(select_metric="image_auc")

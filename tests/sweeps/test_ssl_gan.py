@@ -67,11 +67,16 @@ def test_smoke_sweep_resumes_only_missing_work(tmp_path: Path, monkeypatch: pyte
                          == json.loads((f.parent.parent / "run.json").read_text())["precision"] for f in saved)
     # each is the model `semisup train` saves: a threshold chosen on the split's validation images and the
     # training images' FOV scale, so `retinassl predict` gives a class on new images, not scores alone
-    n_val = int((pd.read_csv(run.path / "split.csv")["split"] == "val").sum())
+    from retinassl.jobs.predict import ImageScorer, input_manifest, predict
+    from retinassl.metrics.classification import operating_point
+
+    patch_data = experiment._load(experiment.resolve_config(data, "smoke"))
+    val_labels = patch_data.labels(patch_data.val)
     for f in saved:
         meta = json.loads(f.read_text())
-        assert meta["operating_point"]["n_val"] == n_val and meta["fov_diameter"] > 0 and meta["data_fingerprint"]
-    from retinassl.jobs.predict import input_manifest, predict
+        val_scores, _ = ImageScorer.load(f.parent).score(patch_data.prepared, patch_data.val)
+        assert meta["operating_point"] == pytest.approx(operating_point(val_labels, val_scores))
+        assert meta["fov_diameter"] > 0 and meta["data_fingerprint"]
 
     images = input_manifest([str(tmp_path / "synthetic")])
     predicted = pd.read_csv(predict(saved[0].parent, images.subset(list(range(3))), tmp_path / "predicted"))
@@ -97,6 +102,13 @@ def test_smoke_sweep_resumes_only_missing_work(tmp_path: Path, monkeypatch: pyte
 
     other = {**data, "patches": {**data["patches"], "min_pixels": data["patches"]["min_pixels"] + 5}}
     with pytest.raises(ConfigError, match="patches changed"):
+        experiment.run_ssl_gan_experiment(other, RunDir.resume(run.path), "smoke", True)
+    # a method setting the record lacks is accepted only at its default (the done cells ran with it)
+    learners = data["budgets"]["smoke"]["learners"]
+    method = {**learners["ssl-gan"]["method"], "select_on_validation": True, "select_metric": "image_auc"}
+    other = {**data, "budgets": {**data["budgets"], "smoke": {**data["budgets"]["smoke"], "learners": {
+        **learners, "ssl-gan": {**learners["ssl-gan"], "method": method}}}}}
+    with pytest.raises(ConfigError, match="learners changed"):
         experiment.run_ssl_gan_experiment(other, RunDir.resume(run.path), "smoke", True)
 
     page = build_report(run).read_text()

@@ -184,32 +184,38 @@ def build_patch_bank(prepared: PreparedData, rows: Sequence[int] | np.ndarray, g
 
 
 class LabelledPatches(Dataset):
-    """Grid cells of a labelled bank: items ``{"image": (C, p, p), "label": int64, "index",
-    "image_index", "image_label"}`` (the image of the bank the cell belongs to, and whether any of
-    that image's cells is diseased: so that a validation can score whole images).
+    """Grid cells of a labelled bank: items ``{"image": (C, p, p), "label": int64, "index"}``; with
+    ``image_labels``, also ``"image_index"`` and ``"image_label"`` (the image of the bank the cell
+    belongs to and that image's label, so that a validation can score whole images).
 
     Args:
         bank: the labelled patches.
         length: dataset length (default: the bank's); item ``i`` is patch ``i mod len(bank)``, so
             a supervised epoch can show as many patches as an SSL-GAN epoch (one pass over all
             training patches) however few images are labelled.
+        image_labels: ``(n_images,)`` 0/1 label of each image of the bank (e.g. the manifest's).
     """
 
-    def __init__(self, bank: PatchBank, length: int | None = None) -> None:
+    def __init__(self, bank: PatchBank, length: int | None = None, image_labels: np.ndarray | None = None) -> None:
         if bank.labels is None:
             raise ValueError("LabelledPatches needs a labelled patch bank")
+        if image_labels is not None and len(image_labels) != bank.n_images:
+            raise ValueError(f"{len(image_labels)} image labels for a bank of {bank.n_images} images")
         self.bank = bank
         self.length = len(bank) if length is None else int(length)
-        self.diseased = bank.image_labels().max(axis=1) > 0
+        self.image_labels = None if image_labels is None else np.asarray(image_labels, dtype=int)
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> dict:
         j = index % len(self.bank)
-        image = j // self.bank.per_image
-        return {"image": self.bank.cell(j), "label": torch.tensor(int(self.bank.labels[j])),  # type: ignore[index]
-                "index": index, "image_index": image, "image_label": int(self.diseased[image])}
+        item = {"image": self.bank.cell(j), "label": torch.tensor(int(self.bank.labels[j])),  # type: ignore[index]
+                "index": index}
+        if self.image_labels is not None:
+            image = j // self.bank.per_image
+            item.update(image_index=image, image_label=int(self.image_labels[image]))
+        return item
 
 
 class PatchesAndBags(Dataset):

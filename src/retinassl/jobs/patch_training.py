@@ -97,13 +97,22 @@ def _pos_weight(labels: np.ndarray | None) -> float | None:
 def _validation(data: PatchData, learner: LearnerConfig, seed: int) -> Dataset | None:
     if not learner.val_patches or len(data.val) == 0:
         return None
-    full = LabelledPatches(data.bank("val", learner.patch_size, 0))
-    if learner.val_patches >= len(full):
-        return full
-    if learner.method.get("select_metric") == "image_auc":
-        raise ConfigError(f"learner {learner.method_name}: select_metric image_auc scores whole validation "
-                          f"images, so it needs all {len(full)} validation patches (val_patches "
-                          f"{learner.val_patches}: set it to at least {len(full)})")
+    bank = data.bank("val", learner.patch_size, 0)
+    by_image = learner.method.get("select_metric") == "image_auc"
+    if by_image:
+        if learner.val_patches < len(bank):
+            raise ConfigError(f"learner {learner.method_name}: select_metric image_auc scores whole validation "
+                              f"images, so it needs all {len(bank)} validation patches (val_patches "
+                              f"{learner.val_patches}: set it to at least {len(bank)})")
+        if len(np.unique(data.labels(data.val))) < 2:
+            raise ConfigError(f"learner {learner.method_name}: select_metric image_auc needs validation images "
+                              f"of both classes; the {len(data.val)} validation images hold one")
+        if learner.image_score != "sum":
+            raise ConfigError(f"learner {learner.method_name}: select_metric image_auc scores validation images "
+                              f"with the sum rule; image_score {learner.image_score} would test them otherwise")
+    if learner.val_patches >= len(bank):  # every patch: the images are scored too (image_auc)
+        return LabelledPatches(bank, image_labels=data.labels(data.val))
+    full = LabelledPatches(bank)
     rng = np.random.default_rng([seed, 7])
     return Subset(full, np.sort(rng.choice(len(full), learner.val_patches, replace=False)).tolist())
 
@@ -163,7 +172,7 @@ def train_patch_classifier(learner: LearnerConfig, train: Dataset, *, grid: int,
     if val is None and getattr(method.config, "select_on_validation", False):
         raise ConfigError(f"learner {name}: select_on_validation needs validation patches "
                           f"(val_patches > 0 and a validation split)")
-    if method.monitor and method.monitor[0] == "image_auc" and val is not None and "image_index" not in val[0]:
+    if method.monitor and method.monitor[0] == "image_auc" and val is not None and len(val) and "image_index" not in val[0]:
         raise ConfigError(f"learner {name}: select_metric image_auc needs validation patches that know their "
                           f"image (the in-memory patch banks of `semisup train` and the ssl-gan sweep)")
     result = fit(method, train, config=learner.engine, run=run, seed=seed, val=val, resume=resume,

@@ -49,7 +49,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, NonNegativeFloat
+from pydantic import Field, NonNegativeFloat, model_validator
+from scipy.special import expit
 from torch import nn
 
 from retinassl.config import Section
@@ -90,8 +91,9 @@ class SSLGANConfig(Section):
             ``generator_sample_variance_ratio`` is still the last check's.
         select_metric: what ``select_on_validation`` (and the engine's ``patience``) follows:
             ``patch_auc`` over the validation patches, or ``image_auc`` over the validation
-            images (each scored by its patches, as the test images are; needs every validation
-            patch: the learner's ``val_patches`` at least their number).
+            images (each scored by its patches with the paper's ``sum`` rule, as the test images
+            are; needs ``select_on_validation``, every validation patch: the learner's
+            ``val_patches`` at least their number, and validation images of both classes).
         flip: random horizontal and vertical flips of real patches.
         channel_gain: log-range of a random per-channel gain applied to every real patch
             (:func:`~retinassl.data.augment.channel_gain`, then clipped to [0, 1]; one value or
@@ -142,6 +144,13 @@ class SSLGANConfig(Section):
     data_init: bool = True
     data_init_logit_scale: float = Field(0.1, gt=0)
     data_init_generator: bool = False
+
+    @model_validator(mode="after")
+    def _selection(self) -> SSLGANConfig:
+        if self.select_metric != "patch_auc" and not self.select_on_validation:
+            raise ValueError(f"select_metric {self.select_metric} chooses the validation pass kept by "
+                             f"select_on_validation, which is off: set select_on_validation: true")
+        return self
 
 
 def crop_and_flip(windows: torch.Tensor, size: int, generator: torch.Generator,
@@ -394,19 +403,18 @@ class SSLGAN(Method):
         return out
 
     def validation_metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
-        """``patch_auc``; with the patches' images known, also ``image_auc`` (when the images hold
-        both classes): each validation image scored by the mean of its validation patches'
-        probabilities (the paper's sum rule divided by the number of patches, so the test images'
-        ranking when every patch of every image is there; an estimate from a subset of
-        ``val_patches``), labelled diseased when any of its cells is."""
-        labels, logits = outputs["label"].numpy(), outputs["logits"].numpy()
+        """``patch_auc``; when the patches come with their images (every validation patch scored:
+        :class:`~retinassl.data.patch_bank.LabelledPatches` with ``image_labels``) and those hold
+        both classes, also ``image_auc``: each validation image scored by the mean of its patches'
+        probabilities (the paper's ``sum`` rule over a full grid, in ranking), against its label."""
+        labels, logits = outputs["label"].numpy(), outputs["logits"].numpy().astype(np.float64)
         metrics = {"patch_auc": roc_auc(labels, logits)}
         if "image_index" in outputs:
             images, which = np.unique(outputs["image_index"].numpy().astype(int), return_inverse=True)
             counts = np.bincount(which, minlength=len(images))
-            probability = np.bincount(which, weights=1 / (1 + np.exp(-logits)), minlength=len(images)) / counts
-            diseased = np.zeros(len(images), dtype=int)
-            diseased[which] = outputs["image_label"].numpy().astype(int)
-            if 0 < diseased.sum() < len(diseased):
-                metrics["image_auc"] = roc_auc(diseased, probability)
+            probability = np.bincount(which, weights=expit(logits), minlength=len(images)) / counts
+            image_label = np.zeros(len(images), dtype=int)
+            image_label[which] = outputs["image_label"].numpy().astype(int)
+            if 0 < image_label.sum() < len(image_label):
+                metrics["image_auc"] = roc_auc(image_label, probability)
         return metrics

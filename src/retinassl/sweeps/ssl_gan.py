@@ -129,6 +129,15 @@ class SSLGANGrid(Grid):
         return {"data": data_settings(config.data), "learners": learners, "extension": extension,
                 **config.model_dump(mode="json", include={"preprocess", "split", "patches"})}
 
+    def setting_defaults(self) -> dict[str, Any]:
+        """Each learner's method at its ``Config``'s defaults: a recorded ``method`` holds only the keys
+        the preset and overrides set, so a key given on a resume that the record lacks (e.g.
+        ``select_metric``) is accepted only at its default, the value the done cells ran with."""
+        from retinassl.methods.base import method_class
+
+        return {"learners": {name: {"method": method_class(learner.method_name).Config().model_dump(mode="json")}
+                             for name, learner in self.config.learners.items()}}
+
     @property
     def externals(self) -> list[ExternalSet]:
         """The prepared ``evaluate_on`` datasets (:mod:`~retinassl.sweeps.ssl_gan_external`)."""
