@@ -16,7 +16,8 @@ are read beside it, not used for it:
   validation images (resampled within each class, the same draw for the ensemble and every member);
   the test AUC's 95 % bootstrap interval over test images
   (:func:`~retinassl.metrics.intervals.seed_image_bootstrap` with one score row), and paired DeLong
-  tests of the ensemble against each member on the test images.
+  tests of the ensemble against each member on the test images;
+- how alike the samplings rank the images within each class (mean pairwise Spearman correlation).
 
 The decision rule: the ensemble counts as a lever when its validation gain is at least ``GAIN``
 (0.01, the size of gain that would matter next to the 0.015 between the best recipe and issue 23's
@@ -102,6 +103,19 @@ def gain_interval(labels: np.ndarray, scores: np.ndarray, n_boot: int = 2000, se
     return float(low), float(high)
 
 
+def within_class_agreement(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Mean Spearman correlation over pairs of members of their scores of the images of each class
+    (``scores`` ``(members, images)``): how alike the samplings rank the healthy images among
+    themselves, and the diseased ones. Near 1, averaging them cannot reorder much."""
+    from itertools import combinations
+
+    from scipy.stats import spearmanr
+
+    return {name: float(np.mean([spearmanr(scores[a, labels == c], scores[b, labels == c])[0]
+                                 for a, b in combinations(range(len(scores)), 2)]))
+            for c, name in ((0, "healthy"), (1, "diseased"))}
+
+
 def ensemble_table(labels: pd.Series, split: pd.Series, scores: dict[int, pd.Series]) -> dict:
     """Per-sampling and ensemble AUCs on validation and test, the test interval and DeLong tests."""
     out: dict = {"seeds": sorted(scores)}
@@ -114,6 +128,7 @@ def ensemble_table(labels: pd.Series, split: pd.Series, scores: dict[int, pd.Ser
                      "members": [roc_auc(y, members[s].to_numpy(float)) for s in sorted(scores)],
                      "ensemble": roc_auc(y, members.mean(axis=1).to_numpy(float))}
         out[part]["members_mean"] = float(np.mean(out[part]["members"]))
+        out[part]["within_class_spearman"] = within_class_agreement(y, members.to_numpy(float).T)
         if part == "val":
             out[part]["gain_interval"] = gain_interval(y, members.to_numpy(float).T)
         if part == "test":
@@ -145,6 +160,9 @@ def main() -> None:
              f"mean / ensemble | validation gain [95 % interval] (lever: >= {GAIN:g}) | test AUC per sampling | "
              "test: members' mean / ensemble [95 % interval] | DeLong ensemble - member (test; difference, p) |",
              "|---|---|---|---|---|---|---|---|---|"]
+    agreement = ["", "How alike the samplings rank the images within each class (mean Spearman correlation over pairs "
+                 "of samplings):", "", "| recipe | validation: healthy / diseased | test: healthy / diseased |",
+                 "|---|---|---|"]
     for item in args.runs:
         recipe, run = item.split("=", 1)
         labels, scores = cell_scores(Path(run), args.data_root, args.labelled)
@@ -161,6 +179,10 @@ def main() -> None:
                      f"[{g_lo:+.3f}, {g_hi:+.3f}] ({'lever' if table['lever'] else 'no lever'}) | "
                      f"{' / '.join(f'{v:.3f}' for v in test['members'])} | {test['members_mean']:.3f} / "
                      f"{test['ensemble']:.3f} [{lo:.3f}, {hi:.3f}] | {tests} |")
+        agreement.append(f"| {recipe} | {val['within_class_spearman']['healthy']:.3f} / "
+                         f"{val['within_class_spearman']['diseased']:.3f} | {test['within_class_spearman']['healthy']:.3f} / "
+                         f"{test['within_class_spearman']['diseased']:.3f} |")
+    lines += agreement
     lines += ["", "Intervals: percentile bootstrap over images (2,000 replicates, resampled within each class). The "
               "members' validation AUCs are of the passes each kept for its best patch AUC on these validation images (optimistic)."]
     write_results(args.name, data, "\n".join(lines))
