@@ -19,7 +19,7 @@ numbers only (``--numbers recipe=RESULTS.json``): its IDRiD test image AUCs per 
 the runs' rows; no paired test is possible without its predictions, so the table says so.
 
     .venv/bin/python benchmarks/ssl_gan_robust.py current=RUN robust=RUN [augment=RUN[,RUN] ...]
-        [--numbers recipe=RESULTS.json] [--name ssl_gan_robust] [--command "..."]
+        [--numbers recipe=RESULTS.json] [--seeds 0,1] [--name ssl_gan_robust] [--command "..."]
 """
 
 from __future__ import annotations
@@ -45,13 +45,17 @@ LEARNERS = ("ssl-gan", "convnet")
 SETS = {"IDRiD test": "ssl-gan", "MX DR (external)": "ssl-gan@mx"}
 
 
-def predictions(runs: list[Path], folder: str, learner: str) -> dict[tuple[int, int], pd.DataFrame]:
-    """The learner's saved predictions in ``folder`` of each run, by (labelled images, seed)."""
+def predictions(runs: list[Path], folder: str, learner: str,
+                seeds: set[int] | None = None) -> dict[tuple[int, int], pd.DataFrame]:
+    """The learner's saved predictions in ``folder`` of each run, by (labelled images, seed); only
+    the samplings ``seeds`` when given."""
     out: dict[tuple[int, int], pd.DataFrame] = {}
     for run in runs:
         for path in sorted((run / "predictions" / folder).glob(f"{learner}-n*-s*.csv")):
             n, seed = path.stem[len(learner) + 2:].split("-s")
             key = (int(n), int(seed))
+            if seeds is not None and key[1] not in seeds:
+                continue
             if key in out:
                 raise SystemExit(f"{path}: the cell {learner} n={key[0]} seed={key[1]} is in two of the runs {runs}")
             out[key] = pd.read_csv(path, usecols=["id", "label", "score"])
@@ -61,7 +65,7 @@ def predictions(runs: list[Path], folder: str, learner: str) -> dict[tuple[int, 
 VALIDATION_METRICS = ("selected_val_patch_auc", "selected_val_auc")  # the SSL-GAN's, the supervised learners'
 
 
-def validation_auc(runs: list[Path], learner: str, n: int) -> list[float]:
+def validation_auc(runs: list[Path], learner: str, n: int, seeds: set[int] | None = None) -> list[float]:
     """Per cell of ``learner`` with ``n`` labelled images, the validation patch AUC of the weights
     the cell kept (the SSL-GAN's ``select_on_validation``, the supervised learners' best validation
     epoch): the run's ``selected_val_*`` result row, which archived runs keep too; for a cell of a
@@ -83,7 +87,7 @@ def validation_auc(runs: list[Path], learner: str, n: int) -> list[float]:
                 continue
             if seed not in recorded and (value := _logged_validation_auc(cell)) is not None:
                 recorded[seed] = value
-        out += [recorded[seed] for seed in sorted(recorded)]
+        out += [recorded[seed] for seed in sorted(recorded) if seeds is None or seed in seeds]
     return out
 
 
@@ -137,7 +141,9 @@ def main() -> None:
     parser.add_argument("--command", default="", help="the sweeps' command lines, recorded verbatim")
     parser.add_argument("--numbers", action="append", default=[], metavar="RECIPE=RESULTS.json",
                         help="a recipe known only by its ssl_gan_table.py results (IDRiD test image AUCs)")
+    parser.add_argument("--seeds", default=None, help="only these samplings, e.g. 0,1 (default: all)")
     args = parser.parse_args()
+    seeds = None if args.seeds is None else {int(x) for x in args.seeds.split(",")}
     numbers = {name: (Path(path), table_numbers(Path(path)))
                for name, path in (item.split("=", 1) for item in args.numbers)}
     runs = {name: [Path(run) for run in value.split(",")] for name, value in (item.split("=", 1) for item in args.runs)}
@@ -146,10 +152,11 @@ def main() -> None:
             if not any((run / "predictions" / SETS["IDRiD test"]).glob("*-n*-s*.csv")):
                 raise SystemExit(f"{recipe}={run}: no idrid-ssl-gan predictions there (predictions/ssl-gan/*.csv)")
     reference = next(iter(runs))
-    scores = {(recipe, learner, name): predictions(paths, folder, learner)
+    scores = {(recipe, learner, name): predictions(paths, folder, learner, seeds)
               for recipe, paths in runs.items() for learner in LEARNERS for name, folder in SETS.items()}
     counts = sorted({n for cells in scores.values() for n, _ in cells})
     data = {"runs": {k: [str(p) for p in v] for k, v in runs.items()}, "sweep_command": args.command,
+            "seeds": None if seeds is None else sorted(seeds),
             "labelled": counts, "auc": {}, "tests": []}
     for (recipe, learner, name), cells in scores.items():
         for n in counts:
@@ -165,7 +172,7 @@ def main() -> None:
     for recipe, paths in runs.items():
         for learner in LEARNERS:
             for n in counts:
-                if values := validation_auc(paths, learner, n):
+                if values := validation_auc(paths, learner, n, seeds):
                     data.setdefault("validation_patch_auc", {})[f"{recipe} / {learner} / n={n}"] = values
     lines = ["| learner | recipe | labelled | validation patch AUC (kept pass; mean ± sd, n) | "
              + " | ".join(f"{n} AUC (mean ± sd, n seeds)" for n in SETS) + " |", "|---|---|---|---|" + "---|" * len(SETS)]
