@@ -50,12 +50,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import Field, NonNegativeFloat, model_validator
-from scipy.special import expit
 from torch import nn
 
 from retinassl.config import Section
 from retinassl.data import augment
 from retinassl.metrics.classification import roc_auc
+from retinassl.metrics.image_score import image_scores
 from retinassl.methods.base import Method, register_method
 from retinassl.models import Encoder
 from retinassl.losses import gan as losses
@@ -405,16 +405,17 @@ class SSLGAN(Method):
     def validation_metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
         """``patch_auc``; when the patches come with their images (every validation patch scored:
         :class:`~retinassl.data.patch_bank.LabelledPatches` with ``image_labels``) and those hold
-        both classes, also ``image_auc``: each validation image scored by the mean of its patches'
-        probabilities (the paper's ``sum`` rule over a full grid, in ranking), against its label."""
-        labels, logits = outputs["label"].numpy(), outputs["logits"].numpy().astype(np.float64)
+        both classes, also ``image_auc``: each validation image scored as the test images are, by
+        the paper's ``sum`` rule (:func:`~retinassl.metrics.image_score.image_scores`), against its
+        label."""
+        labels, logits = outputs["label"].numpy(), outputs["logits"].numpy()
         metrics = {"patch_auc": roc_auc(labels, logits)}
         if "image_index" in outputs:
-            images, which = np.unique(outputs["image_index"].numpy().astype(int), return_inverse=True)
-            counts = np.bincount(which, minlength=len(images))
-            probability = np.bincount(which, weights=expit(logits), minlength=len(images)) / counts
-            image_label = np.zeros(len(images), dtype=int)
-            image_label[which] = outputs["image_label"].numpy().astype(int)
-            if 0 < image_label.sum() < len(image_label):
-                metrics["image_auc"] = roc_auc(image_label, probability)
+            image = outputs["image_index"].numpy().astype(int)
+            images, counts = np.unique(image, return_counts=True)
+            order = np.argsort(image, kind="stable")       # each image's patches side by side
+            image_label = outputs["image_label"].numpy().astype(int)[order][np.cumsum(counts) - 1]
+            if len(set(counts.tolist())) == 1 and 0 < image_label.sum() < len(images):
+                scores = image_scores(logits[order].reshape(len(images), -1), "sum")
+                metrics["image_auc"] = roc_auc(image_label, scores)
         return metrics
