@@ -412,6 +412,14 @@ def test_validation_scores_whole_images_by_their_patches() -> None:
     assert "image_auc" not in one_class              # undefined with one class: not logged as NaN
 
 
+def test_validation_refuses_images_with_missing_patches() -> None:
+    # image 0 lost a patch: no image score would be the test's, and image_auc must not silently vanish
+    outputs = {"logits": torch.tensor([0.0, 1.0, 2.0]), "label": torch.tensor([0.0, 0.0, 1.0]),
+               "image_index": torch.tensor([0.0, 1.0, 1.0]), "image_label": torch.tensor([0.0, 1.0, 1.0])}
+    with pytest.raises(ValueError, match="1 to 2 patches each"):
+        tiny_method().validation_metrics(outputs)
+
+
 @pytest.mark.parametrize("metric", ["image_auc", "patch_auc"])
 def test_selection_follows_the_chosen_validation_metric(tmp_path: Path, metric: str) -> None:
     from retinassl.data.patch_bank import LabelledPatches

@@ -415,7 +415,10 @@ class SSLGAN(Method):
             images, counts = np.unique(image, return_counts=True)
             order = np.argsort(image, kind="stable")       # each image's patches side by side
             image_label = outputs["image_label"].numpy().astype(int)[order][np.cumsum(counts) - 1]
-            if len(set(counts.tolist())) == 1 and 0 < image_label.sum() < len(images):
+            if len(set(counts.tolist())) != 1:  # image_auc would be missing, and the kept pass silently the last
+                raise ValueError(f"ssl-gan validation: the validation images came with {counts.min()} to "
+                                 f"{counts.max()} patches each; image_auc needs every patch of every image")
+            if 0 < image_label.sum() < len(images):
                 scores = image_scores(logits[order].reshape(len(images), -1), "sum")
                 metrics["image_auc"] = roc_auc(image_label, scores)
         return metrics
